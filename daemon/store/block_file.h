@@ -1,0 +1,38 @@
+// BlockFile: the narrow interface through which the sector store touches a disk.
+//
+// Three implementations: POSIX (pread/pwrite/fdatasync on a real file), in-memory, and a
+// fault-injecting wrapper that models a disk with a volatile cache (unsynced writes are lost
+// or torn on a simulated crash, EIO on cue, bit flips). Tests and the simulator use the
+// fakes; the daemon uses POSIX.
+//
+// Thread-safety: every implementation allows ReadAt/WriteAt from one thread concurrently
+// with Sync from another (the store's group-commit thread).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+
+namespace atomdisk {
+
+class BlockFile {
+ public:
+  virtual ~BlockFile() = default;
+  // Reads exactly n bytes at offset. Bytes past the end of the file, or in a hole, read as
+  // zeros. Returns IOError when the OS fails.
+  virtual Status ReadAt(std::uint64_t offset, void* buf, std::size_t n) = 0;
+  // Writes n bytes at offset (into a volatile cache: not durable until Sync).
+  virtual Status WriteAt(std::uint64_t offset, const void* buf, std::size_t n) = 0;
+  // Makes every write that returned before this call started durable (fdatasync).
+  virtual Status Sync() = 0;
+  // Size of the file in bytes (the highest written offset, or what was preallocated).
+  virtual Result<std::uint64_t> Size() = 0;
+};
+
+// Opens (creating it if `create`) a regular file. IOError names the path and errno.
+Result<std::unique_ptr<BlockFile>> OpenPosixBlockFile(const std::string& path, bool create);
+
+}  // namespace atomdisk

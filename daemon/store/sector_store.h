@@ -1,0 +1,79 @@
+// SectorStore: a node's durable copy of every sector's register value (ts, wr, 4096 bytes).
+//
+// On-disk format (docs/STORAGE.md): one sparse data file `sectors.dat` in the data_dir. Each
+// sector owns two slots; a slot is a 64-byte header (magic, sector index, ts, wr, XXH3-64
+// checksum of header fields and data) followed by the 4096 data bytes. A write goes to the
+// slot that does not hold the sector's newest durable value, so a crash at any instant
+// (even one that tears the slot being written) leaves the old value intact in the other
+// slot: every sector is old-or-new, never torn. A read takes the valid slot with the highest
+// (ts, wr); a slot whose checksum fails is ignored, and a sector whose written slots all fail
+// is reported as Corruption, never returned as data. Unwritten sectors read as (0, 0, zeros).
+// Nothing is scanned at start-up, so a restart is instant whatever the device size.
+//
+// Durability and group commit: Write() puts the slot into the OS cache at once and queues a
+// sync; every write queued while the previous fdatasync ran is covered by the next single
+// fdatasync. `done` runs only after the data is on stable storage. At most one write per
+// sector is in the file and not yet synced; a further write to that sector waits inside the
+// store (only the newest waiting one is kept; the callbacks of ones it replaced run when it
+// completes, since a newer durable value satisfies every older request).
+//
+// Threading: Open() with background_sync starts one sync thread, and `done` callbacks run
+// on it; they must be quick and must not call back into the store (post to your own loop).
+// With background_sync off (tests, the simulator) nothing is synced until the owner calls
+// SyncNow(), and callbacks run inside it: fully deterministic. Read() and Write() may be
+// called from one thread at a time (the node's loop), concurrently with the sync thread.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+#include "common/types.h"
+#include "daemon/store/block_file.h"
+
+namespace atomdisk {
+
+class SectorStore {
+ public:
+  struct Options {
+    std::uint64_t sectors = 0;   // device size in sectors; indexes >= this are refused
+    bool background_sync = true; // run the group-commit thread
+  };
+  using WriteCallback = std::function<void(Status)>;
+
+  // Opens the store in data_dir (created if missing, mode 0700): takes an exclusive lock on
+  // data_dir/LOCK (Busy if another process holds it: "data_dir X is in use by pid N"),
+  // opens or creates data_dir/sectors.dat.
+  static Result<std::unique_ptr<SectorStore>> Open(const std::string& data_dir, Options options);
+  // Over an already-open file, without a lock (tests and the simulator).
+  static std::unique_ptr<SectorStore> OpenOnFile(std::unique_ptr<BlockFile> file, Options options);
+
+  virtual ~SectorStore() = default;
+
+  // The newest valid stored value of `sector` ((0,0,zeros) if never written). This reflects
+  // writes already handed to Write(), even before they are durable. Corruption when every
+  // written slot fails its checksum; IOError when the file cannot be read.
+  virtual Result<Triple> Read(SectorIdx sector) = 0;
+
+  // Stores `value` durably; calls done(OK) once it is on stable storage, done(error) if the
+  // write or the sync failed. Never calls `done` from inside Write().
+  virtual void Write(SectorIdx sector, const Triple& value, WriteCallback done) = 0;
+
+  // Manual mode only: issues one group sync covering every queued write and runs their
+  // callbacks (and then issues the writes that were waiting behind them, which need another
+  // SyncNow). Returns the number of callbacks run.
+  virtual std::size_t SyncNow() = 0;
+
+  // Stops the sync thread after the writes already queued are synced and their callbacks
+  // have run. Called by the destructor too.
+  virtual void Close() = 0;
+
+  // Calls fn(sector, tag, checksum_ok) for every sector that has a written slot, in sector
+  // order, skipping holes (SEEK_DATA on POSIX). For offline inspection and scrub.
+  virtual Status ForEachStored(
+      const std::function<void(SectorIdx, Tag, bool checksum_ok)>& fn) = 0;
+};
+
+}  // namespace atomdisk
