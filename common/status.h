@@ -34,7 +34,9 @@ class [[nodiscard]] Status {
   Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
 
   static Status Ok() { return Status(); }
-  static Status InvalidArgument(std::string m) { return {StatusCode::kInvalidArgument, std::move(m)}; }
+  static Status InvalidArgument(std::string m) {
+    return {StatusCode::kInvalidArgument, std::move(m)};
+  }
   static Status NotFound(std::string m) { return {StatusCode::kNotFound, std::move(m)}; }
   static Status Corruption(std::string m) { return {StatusCode::kCorruption, std::move(m)}; }
   static Status IOError(std::string m) { return {StatusCode::kIOError, std::move(m)}; }
@@ -58,14 +60,13 @@ class [[nodiscard]] Status {
 
 // Always-on assertion for conditions only a bug can violate.
 [[noreturn]] void CheckFailed(const char* file, int line, const char* expr);
-#define ATOMDISK_CHECK(cond) \
-  ((cond) ? (void)0 : ::atomdisk::CheckFailed(__FILE__, __LINE__, #cond))
+#define ATOMDISK_CHECK(cond) ((cond) ? (void)0 : ::atomdisk::CheckFailed(__FILE__, __LINE__, #cond))
 
 // A value or the Status that explains why there is none. Never holds an OK status.
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}        // NOLINT: implicit by design
   Result(Status status) : v_(std::move(status)) {  // NOLINT
     ATOMDISK_CHECK(!std::get<Status>(v_).ok());
   }

@@ -1,0 +1,233 @@
+#include "common/config.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <toml++/toml.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <filesystem>
+#include <set>
+
+#include "common/hmac.h"
+
+namespace atomdisk {
+namespace fs = std::filesystem;
+
+std::string NodeConfig::Address() const {
+  if (host.find(':') != std::string::npos) return "[" + host + "]:" + std::to_string(port);
+  return host + ":" + std::to_string(port);
+}
+
+const NodeConfig* ClusterConfig::FindNode(Rank rank) const {
+  for (const auto& n : nodes) {
+    if (n.rank == rank) return &n;
+  }
+  return nullptr;
+}
+
+Status ParseHostPort(const std::string& text, std::string* host, std::uint16_t* port) {
+  std::string h, p;
+  if (!text.empty() && text[0] == '[') {
+    auto close = text.find(']');
+    if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+      return Status::InvalidArgument("address \"" + text + "\" is not [host]:port");
+    }
+    h = text.substr(1, close - 1);
+    p = text.substr(close + 2);
+  } else {
+    auto colon = text.rfind(':');
+    if (colon == std::string::npos || text.find(':') != colon) {
+      return Status::InvalidArgument("address \"" + text + "\" is not host:port");
+    }
+    h = text.substr(0, colon);
+    p = text.substr(colon + 1);
+  }
+  if (h.empty()) return Status::InvalidArgument("address \"" + text + "\" has no host");
+  if (p.empty() || p.size() > 5 || !std::all_of(p.begin(), p.end(), ::isdigit)) {
+    return Status::InvalidArgument("address \"" + text + "\" has no valid port");
+  }
+  unsigned long v = std::stoul(p);
+  if (v == 0 || v > 65535) {
+    return Status::InvalidArgument("address \"" + text + "\": port out of range 1-65535");
+  }
+  *host = h;
+  *port = static_cast<std::uint16_t>(v);
+  return Status::Ok();
+}
+
+namespace {
+
+std::string Resolve(const fs::path& base, const std::string& p) {
+  fs::path path(p);
+  if (path.is_relative()) path = base / path;
+  return path.lexically_normal().string();
+}
+
+Status Err(const std::string& file, const std::string& what) {
+  return Status::InvalidArgument(file + ": " + what);
+}
+
+}  // namespace
+
+Result<ClusterConfig> LoadClusterConfig(const std::string& path) {
+  toml::table table;
+  try {
+    table = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    if (!fs::exists(path)) return Status::NotFound(path + ": no such file");
+    return Err(path, "line " + std::to_string(e.source().begin.line) + ": " +
+                         std::string(e.description()));
+  }
+  ClusterConfig cfg;
+  cfg.path = path;
+  fs::path base = fs::absolute(fs::path(path)).parent_path();
+
+  static const std::set<std::string> kTopKeys = {"sectors", "client_key_file", "system_key_file",
+                                                 "nodes"};
+  for (const auto& [k, v] : table) {
+    if (!kTopKeys.count(std::string(k.str()))) {
+      return Err(path, "unknown key \"" + std::string(k.str()) + "\"");
+    }
+  }
+  auto sectors = table["sectors"].value<std::int64_t>();
+  if (!sectors) return Err(path, "\"sectors\" is missing or not an integer");
+  if (*sectors <= 0 || static_cast<std::uint64_t>(*sectors) > kMaxSectors) {
+    return Err(path, "\"sectors\" = " + std::to_string(*sectors) + " is outside 1.." +
+                         std::to_string(kMaxSectors));
+  }
+  cfg.sectors = static_cast<std::uint64_t>(*sectors);
+
+  auto ck = table["client_key_file"].value<std::string>();
+  auto sk = table["system_key_file"].value<std::string>();
+  if (!ck) return Err(path, "\"client_key_file\" is missing or not a string");
+  if (!sk) return Err(path, "\"system_key_file\" is missing or not a string");
+
+  const toml::array* nodes = table["nodes"].as_array();
+  if (!nodes || nodes->empty()) return Err(path, "no [[nodes]] entries");
+  if (nodes->size() > static_cast<std::size_t>(kMaxRank)) return Err(path, "too many nodes");
+  std::set<int> ranks;
+  std::set<std::string> addresses;
+  for (std::size_t i = 0; i < nodes->size(); ++i) {
+    std::string where = "nodes[" + std::to_string(i + 1) + "]";
+    const toml::table* n = (*nodes)[i].as_table();
+    if (!n) return Err(path, where + " is not a table");
+    for (const auto& [k, v] : *n) {
+      std::string key(k.str());
+      if (key != "rank" && key != "address" && key != "data_dir") {
+        return Err(path, where + ": unknown key \"" + key + "\"");
+      }
+    }
+    NodeConfig node;
+    auto rank = (*n)["rank"].value<std::int64_t>();
+    if (!rank) return Err(path, where + ": \"rank\" is missing or not an integer");
+    if (*rank < 1 || *rank > kMaxRank) {
+      return Err(path, where + ": rank " + std::to_string(*rank) + " is outside 1..254");
+    }
+    if (!ranks.insert(static_cast<int>(*rank)).second) {
+      return Err(path, where + ": rank " + std::to_string(*rank) + " used twice");
+    }
+    node.rank = static_cast<Rank>(*rank);
+    auto address = (*n)["address"].value<std::string>();
+    if (!address) return Err(path, where + ": \"address\" is missing or not a string");
+    Status s = ParseHostPort(*address, &node.host, &node.port);
+    if (!s.ok()) return Err(path, where + ": " + s.message());
+    if (!addresses.insert(node.Address()).second) {
+      return Err(path, where + ": address " + *address + " used twice");
+    }
+    if (auto dd = (*n)["data_dir"].value<std::string>()) {
+      if (dd->empty()) return Err(path, where + ": \"data_dir\" is empty");
+      node.data_dir = Resolve(base, *dd);
+    } else if ((*n)["data_dir"]) {
+      return Err(path, where + ": \"data_dir\" is not a string");
+    }
+    cfg.nodes.push_back(std::move(node));
+  }
+  std::sort(cfg.nodes.begin(), cfg.nodes.end(),
+            [](const NodeConfig& a, const NodeConfig& b) { return a.rank < b.rank; });
+
+  auto client_key = ReadKeyFile(Resolve(base, *ck), kClientKeySize);
+  if (!client_key.ok()) return Err(path, client_key.status().message());
+  auto system_key = ReadKeyFile(Resolve(base, *sk), kSystemKeySize);
+  if (!system_key.ok()) return Err(path, system_key.status().message());
+  cfg.client_key = std::move(client_key).value();
+  cfg.system_key = std::move(system_key).value();
+  return cfg;
+}
+
+namespace {
+
+Status WriteFileExclusive(const std::string& path, const std::string& contents, mode_t mode) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+  if (fd < 0) {
+    if (errno == EEXIST) return Status::InvalidArgument(path + " already exists; not overwriting");
+    return Status::FromErrno("cannot create " + path, errno);
+  }
+  std::size_t off = 0;
+  while (off < contents.size()) {
+    ssize_t n = ::write(fd, contents.data() + off, contents.size() - off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      ::close(fd);
+      return Status::FromErrno("cannot write " + path, err);
+    }
+    off += static_cast<std::size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    int err = errno;
+    ::close(fd);
+    return Status::FromErrno("cannot sync " + path, err);
+  }
+  ::close(fd);
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status WriteNewCluster(const std::string& dir, const std::vector<std::string>& addresses,
+                       std::uint64_t sectors) {
+  if (addresses.empty()) return Status::InvalidArgument("no node addresses given");
+  if (addresses.size() > static_cast<std::size_t>(kMaxRank)) {
+    return Status::InvalidArgument("too many nodes");
+  }
+  if (sectors == 0 || sectors > kMaxSectors) {
+    return Status::InvalidArgument("sectors must be in 1.." + std::to_string(kMaxSectors));
+  }
+  std::set<std::string> seen;
+  std::string toml = "# atomdisk cluster configuration (see README: Configuration reference)\n";
+  toml += "sectors = " + std::to_string(sectors) + "  # " +
+          std::to_string(sectors * kSectorSize / (1024 * 1024)) + " MiB\n";
+  toml += "client_key_file = \"client.key\"\nsystem_key_file = \"system.key\"\n";
+  for (std::size_t i = 0; i < addresses.size(); ++i) {
+    std::string host;
+    std::uint16_t port;
+    Status s = ParseHostPort(addresses[i], &host, &port);
+    if (!s.ok()) return s;
+    if (!seen.insert(addresses[i]).second) {
+      return Status::InvalidArgument("address " + addresses[i] + " given twice");
+    }
+    toml += "\n[[nodes]]\nrank = " + std::to_string(i + 1) + "\naddress = \"" + addresses[i] +
+            "\"\ndata_dir = \"data/" + std::to_string(i + 1) + "\"\n";
+  }
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return Status::IOError("cannot create " + dir + ": " + ec.message());
+  fs::path d(dir);
+  for (const char* f : {"cluster.toml", "client.key", "system.key"}) {
+    if (fs::exists(d / f)) {
+      return Status::InvalidArgument((d / f).string() + " already exists; not overwriting");
+    }
+  }
+  Status s = WriteFileExclusive((d / "client.key").string(),
+                                ToHex(RandomBytes(kClientKeySize)) + "\n", 0600);
+  if (s.ok()) {
+    s = WriteFileExclusive((d / "system.key").string(), ToHex(RandomBytes(kSystemKeySize)) + "\n",
+                           0600);
+  }
+  if (s.ok()) s = WriteFileExclusive((d / "cluster.toml").string(), toml, 0644);
+  return s;
+}
+
+}  // namespace atomdisk

@@ -1,0 +1,61 @@
+// The cluster configuration file (TOML), shared by atomdiskd, atomdisk and atomdisk-fuse.
+//
+//   sectors = 262144                  # device size in 4096-byte sectors
+//   client_key_file = "client.key"    # 32-byte key as 64 hex characters
+//   system_key_file = "system.key"    # 64-byte key as 128 hex characters
+//   [[nodes]]
+//   rank = 1                          # 1-based, unique, below 255
+//   address = "127.0.0.1:7001"        # clients and peers both connect here
+//   data_dir = "data/1"
+//
+// Relative paths resolve against the config file's folder. Plain value; thread-compatible.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "common/types.h"
+
+namespace atomdisk {
+
+struct NodeConfig {
+  Rank rank = 0;
+  std::string host;  // as written ("127.0.0.1", "::1", "node1.example")
+  std::uint16_t port = 0;
+  std::string data_dir;         // absolute after loading (empty if the file names none)
+  std::string Address() const;  // "host:port" ("[::1]:port" for IPv6)
+};
+
+struct ClusterConfig {
+  std::string path;  // the file it was loaded from
+  std::uint64_t sectors = 0;
+  std::vector<std::uint8_t> client_key;  // 32 bytes
+  std::vector<std::uint8_t> system_key;  // 64 bytes
+  std::vector<NodeConfig> nodes;         // sorted by rank
+
+  const NodeConfig* FindNode(Rank rank) const;
+  // The number of nodes whose answers form a majority: N/2 + 1.
+  std::size_t Majority() const { return nodes.size() / 2 + 1; }
+};
+
+inline constexpr std::size_t kClientKeySize = 32;
+inline constexpr std::size_t kSystemKeySize = 64;
+// Devices larger than this (2^40 sectors, 4 PiB) are refused as a likely typo.
+inline constexpr std::uint64_t kMaxSectors = std::uint64_t{1} << 40;
+
+// Loads and validates the file, and reads both key files. Every error is one line that names
+// the file and the problem ("cluster.toml: nodes[2]: rank 3 used twice").
+Result<ClusterConfig> LoadClusterConfig(const std::string& path);
+
+// Parses "host:port" or "[v6]:port". InvalidArgument explains what is wrong.
+Status ParseHostPort(const std::string& text, std::string* host, std::uint16_t* port);
+
+// Writes a new cluster: cluster.toml plus fresh random client.key and system.key (mode 0600)
+// in `dir`, nodes ranked 1.. in the order given, data_dir "data/RANK". Refuses to overwrite
+// an existing cluster.toml or key file.
+Status WriteNewCluster(const std::string& dir, const std::vector<std::string>& addresses,
+                       std::uint64_t sectors);
+
+}  // namespace atomdisk

@@ -1,0 +1,261 @@
+#include "common/wire.h"
+
+#include <cstring>
+#include <string>
+
+namespace atomdisk {
+namespace {
+
+// Big-endian appender. All endianness conversion of the protocol happens here and in Reader.
+class Writer {
+ public:
+  explicit Writer(std::vector<std::uint8_t>& out) : out_(out) {}
+  void U8(std::uint8_t v) { out_.push_back(v); }
+  void U32(std::uint32_t v) {
+    for (int s = 24; s >= 0; s -= 8) out_.push_back(static_cast<std::uint8_t>(v >> s));
+  }
+  void U64(std::uint64_t v) {
+    for (int s = 56; s >= 0; s -= 8) out_.push_back(static_cast<std::uint8_t>(v >> s));
+  }
+  void Bytes(const std::uint8_t* p, std::size_t n) { out_.insert(out_.end(), p, p + n); }
+  void Sector(const SectorPtr& s) { Bytes((s ? s : ZeroSector())->data(), kSectorSize); }
+
+ private:
+  std::vector<std::uint8_t>& out_;
+};
+
+// Bounds-checked big-endian reader: every getter fails (sticky) instead of reading past the
+// end, so a decoder checks ok() once at the end.
+class Reader {
+ public:
+  explicit Reader(std::span<const std::uint8_t> in) : in_(in) {}
+  bool ok() const { return ok_; }
+  bool AtEnd() const { return pos_ == in_.size(); }
+  std::size_t remaining() const { return in_.size() - pos_; }
+  std::uint8_t U8() { return Need(1) ? in_[pos_++] : 0; }
+  std::uint32_t U32() {
+    if (!Need(4)) return 0;
+    std::uint32_t v = 0;
+    for (int i = 0; i < 4; ++i) v = v << 8 | in_[pos_++];
+    return v;
+  }
+  std::uint64_t U64() {
+    if (!Need(8)) return 0;
+    std::uint64_t v = 0;
+    for (int i = 0; i < 8; ++i) v = v << 8 | in_[pos_++];
+    return v;
+  }
+  const std::uint8_t* Bytes(std::size_t n) {
+    if (!Need(n)) return nullptr;
+    const std::uint8_t* p = in_.data() + pos_;
+    pos_ += n;
+    return p;
+  }
+
+ private:
+  bool Need(std::size_t n) {
+    if (!ok_ || in_.size() - pos_ < n) {
+      ok_ = false;
+      return false;
+    }
+    return true;
+  }
+  std::span<const std::uint8_t> in_;
+  std::size_t pos_ = 0;
+  bool ok_ = true;
+};
+
+constexpr std::uint32_t kClientVariant = 0;
+constexpr std::uint32_t kSystemVariant = 1;
+
+Status Malformed(const char* what, const std::string& detail) {
+  return Status::Corruption(std::string("malformed ") + what + ": " + detail);
+}
+
+Frame Seal(std::vector<std::uint8_t> payload_with_room, Hmac& mac) {
+  // payload_with_room starts with 8 placeholder bytes for L.
+  std::span<const std::uint8_t> payload(payload_with_room.data() + kFrameLengthSize,
+                                        payload_with_room.size() - kFrameLengthSize);
+  MacTag tag = mac.Compute(payload);
+  std::uint64_t body = payload.size() + kMacSize;
+  for (int i = 0; i < 8; ++i) {
+    payload_with_room[i] = static_cast<std::uint8_t>(body >> (56 - 8 * i));
+  }
+  payload_with_room.insert(payload_with_room.end(), tag.begin(), tag.end());
+  return payload_with_room;
+}
+
+void Append(const ClientCommand& c, Writer& w) {
+  w.U32(kClientVariant);
+  w.U64(c.request_id);
+  w.U64(c.sector);
+  w.U32(static_cast<std::uint32_t>(c.op));
+  if (c.op == ClientOp::kWrite) w.Sector(c.data);
+}
+
+void Append(const SystemMessage& m, Writer& w) {
+  w.U32(kSystemVariant);
+  w.U8(m.sender);
+  w.U64(16);
+  w.Bytes(m.op_id.bytes.data(), 16);
+  w.U64(m.sector);
+  w.U32(static_cast<std::uint32_t>(m.content));
+  if (m.content == SystemContent::kValue || m.content == SystemContent::kWriteProc) {
+    w.U64(m.tag.ts);
+    w.U8(m.tag.wr);
+    w.Sector(m.data);
+  }
+}
+
+void Append(const ClientResponse& r, Writer& w) {
+  w.U32(static_cast<std::uint32_t>(r.status));
+  w.U64(r.request_id);
+  w.U32(static_cast<std::uint32_t>(r.op));
+  if (r.op == ClientOp::kRead) w.Sector(r.status == ResponseStatus::kOk ? r.data : nullptr);
+}
+
+template <typename M>
+std::vector<std::uint8_t> PayloadOf(const M& m, std::size_t reserve_prefix) {
+  std::vector<std::uint8_t> out(reserve_prefix);
+  out.reserve(reserve_prefix + kMaxPayloadSize + kMacSize);
+  Writer w(out);
+  Append(m, w);
+  return out;
+}
+
+}  // namespace
+
+const char* SystemContentName(SystemContent c) {
+  switch (c) {
+    case SystemContent::kReadProc:
+      return "ReadProc";
+    case SystemContent::kValue:
+      return "Value";
+    case SystemContent::kWriteProc:
+      return "WriteProc";
+    case SystemContent::kAck:
+      return "Ack";
+  }
+  return "?";
+}
+
+Frame EncodeFrame(const ClientCommand& cmd, Hmac& mac) {
+  return Seal(PayloadOf(cmd, kFrameLengthSize), mac);
+}
+Frame EncodeFrame(const SystemMessage& msg, Hmac& mac) {
+  return Seal(PayloadOf(msg, kFrameLengthSize), mac);
+}
+Frame EncodeFrame(const ClientResponse& resp, Hmac& mac) {
+  return Seal(PayloadOf(resp, kFrameLengthSize), mac);
+}
+
+std::vector<std::uint8_t> EncodePayload(const ClientCommand& cmd) { return PayloadOf(cmd, 0); }
+std::vector<std::uint8_t> EncodePayload(const SystemMessage& msg) { return PayloadOf(msg, 0); }
+std::vector<std::uint8_t> EncodePayload(const ClientResponse& resp) { return PayloadOf(resp, 0); }
+
+Result<std::uint64_t> DecodeFrameLength(std::span<const std::uint8_t, kFrameLengthSize> prefix) {
+  std::uint64_t l = 0;
+  for (auto b : prefix) l = l << 8 | b;
+  if (l < kMinFrameBody || l > kMaxFrameBody) {
+    return Malformed("frame", "length " + std::to_string(l) + " outside [" +
+                                  std::to_string(kMinFrameBody) + ", " +
+                                  std::to_string(kMaxFrameBody) + "]");
+  }
+  return l;
+}
+
+Result<CommandKind> PeekCommandKind(std::span<const std::uint8_t> payload) {
+  Reader r(payload);
+  std::uint32_t v = r.U32();
+  if (!r.ok()) return Malformed("command", "shorter than its variant");
+  if (v == kClientVariant) return CommandKind::kClient;
+  if (v == kSystemVariant) return CommandKind::kSystem;
+  return Malformed("command", "unknown variant " + std::to_string(v));
+}
+
+Result<ClientCommand> DecodeClientCommandHeader(std::span<const std::uint8_t> payload) {
+  Reader r(payload);
+  ClientCommand c;
+  if (r.U32() != kClientVariant) return Malformed("client command", "not a client command");
+  c.request_id = r.U64();
+  c.sector = r.U64();
+  std::uint32_t op = r.U32();
+  if (!r.ok()) return Malformed("client command", "truncated header");
+  if (op > 1) return Malformed("client command", "unknown op " + std::to_string(op));
+  c.op = static_cast<ClientOp>(op);
+  return c;
+}
+
+Result<ClientCommand> DecodeClientCommand(std::span<const std::uint8_t> payload) {
+  auto header = DecodeClientCommandHeader(payload);
+  if (!header.ok()) return header;
+  ClientCommand c = std::move(header).value();
+  std::size_t expected = c.op == ClientOp::kWrite ? 24 + kSectorSize : 24;
+  if (payload.size() != expected) {
+    return Malformed("client command", "size " + std::to_string(payload.size()) + ", expected " +
+                                           std::to_string(expected));
+  }
+  if (c.op == ClientOp::kWrite) c.data = MakeSector(payload.data() + 24);
+  return c;
+}
+
+Result<SystemMessage> DecodeSystemMessage(std::span<const std::uint8_t> payload) {
+  Reader r(payload);
+  SystemMessage m;
+  if (r.U32() != kSystemVariant) return Malformed("system message", "not a system message");
+  m.sender = r.U8();
+  std::uint64_t uuid_len = r.U64();
+  if (r.ok() && uuid_len != 16) {
+    return Malformed("system message", "uuid length " + std::to_string(uuid_len));
+  }
+  const std::uint8_t* id = r.Bytes(16);
+  m.sector = r.U64();
+  std::uint32_t content = r.U32();
+  if (!r.ok()) return Malformed("system message", "truncated header");
+  std::memcpy(m.op_id.bytes.data(), id, 16);
+  if (content > 3) return Malformed("system message", "unknown content " + std::to_string(content));
+  if (m.sender == 0) return Malformed("system message", "sender rank 0");
+  m.content = static_cast<SystemContent>(content);
+  if (m.content == SystemContent::kValue || m.content == SystemContent::kWriteProc) {
+    m.tag.ts = r.U64();
+    m.tag.wr = r.U8();
+    const std::uint8_t* data = r.Bytes(kSectorSize);
+    if (!r.ok()) return Malformed("system message", "truncated value");
+    m.data = MakeSector(data);
+  }
+  if (!r.AtEnd()) {
+    return Malformed("system message", std::to_string(r.remaining()) + " trailing bytes");
+  }
+  return m;
+}
+
+Result<ClientResponse> DecodeClientResponse(std::span<const std::uint8_t> payload) {
+  Reader r(payload);
+  ClientResponse resp;
+  std::uint32_t status = r.U32();
+  resp.request_id = r.U64();
+  std::uint32_t op = r.U32();
+  if (!r.ok()) return Malformed("response", "truncated header");
+  if (status > 2) return Malformed("response", "unknown status " + std::to_string(status));
+  if (op > 1) return Malformed("response", "unknown op " + std::to_string(op));
+  resp.status = static_cast<ResponseStatus>(status);
+  resp.op = static_cast<ClientOp>(op);
+  if (resp.op == ClientOp::kRead) {
+    const std::uint8_t* data = r.Bytes(kSectorSize);
+    if (!r.ok()) return Malformed("response", "truncated read data");
+    resp.data = MakeSector(data);
+  }
+  if (!r.AtEnd()) return Malformed("response", std::to_string(r.remaining()) + " trailing bytes");
+  return resp;
+}
+
+Result<std::span<const std::uint8_t>> VerifyFrameBody(std::span<const std::uint8_t> body,
+                                                      Hmac& mac) {
+  if (body.size() < kMacSize) return Status::Corruption("frame shorter than its tag");
+  auto payload = body.first(body.size() - kMacSize);
+  auto tag = body.last(kMacSize);
+  if (!mac.Verify(payload, tag)) return Status::AuthFailure("HMAC tag does not verify");
+  return payload;
+}
+
+}  // namespace atomdisk
