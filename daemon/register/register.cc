@@ -1,0 +1,297 @@
+#include "daemon/register/register.h"
+
+#include <algorithm>
+
+namespace atomdisk {
+
+#ifdef ATOMDISK_SIM_BUGS
+#define BUG(name) (config_->bugs.name)
+#else
+#define BUG(name) false
+#endif
+
+std::size_t RegisterConfig::Quorum() const {
+#ifdef ATOMDISK_SIM_BUGS
+  if (bugs.minority_quorum) return std::max<std::size_t>(1, ranks.size() / 2);
+#endif
+  return ranks.size() / 2 + 1;
+}
+
+Register::Register(SectorIdx sector, Triple durable, const RegisterConfig* config, RegisterEnv* env)
+    : sector_(sector), config_(config), env_(env), durable_(durable), stored_(durable) {
+  ATOMDISK_CHECK(durable_.data != nullptr);
+}
+
+void Register::StartRead(std::uint64_t token, std::int64_t now_ms) {
+  queue_.push_back({token, false, nullptr});
+  if (!current_) StartNext(now_ms);
+}
+
+void Register::StartWrite(std::uint64_t token, SectorPtr data, std::int64_t now_ms) {
+  ATOMDISK_CHECK(data != nullptr);
+  queue_.push_back({token, true, std::move(data)});
+  if (!current_) StartNext(now_ms);
+}
+
+std::size_t Register::RankIndex(Rank r) const {
+  auto it = std::find(config_->ranks.begin(), config_->ranks.end(), r);
+  return it == config_->ranks.end() ? config_->ranks.size()
+                                    : static_cast<std::size_t>(it - config_->ranks.begin());
+}
+
+void Register::ResetAnswers() {
+  current_->answered.assign(config_->ranks.size(), false);
+  current_->answers = 0;
+}
+
+void Register::StartNext(std::int64_t now_ms) {
+  while (!current_ && !queue_.empty()) {
+    QueuedOp op = std::move(queue_.front());
+    queue_.pop_front();
+    current_.emplace();
+    Current& c = *current_;
+    c.token = op.token;
+    c.is_write = op.is_write;
+    c.write_data = std::move(op.data);
+    c.id = env_->NewOpId();
+    c.phase = Phase::kCollect;
+    ResetAnswers();
+    // Our own Value, without the network: what is durable here.
+    c.best = durable_;
+    c.all_same = true;
+    RecordAnswer(config_->self);
+    c.backoff_ms = config_->retransmit_initial_ms;
+    c.next_send_ms = now_ms + c.backoff_ms;
+    SendPhase(/*only_unanswered=*/true);
+    MaybeFinish(now_ms);  // a one-node cluster finishes at once
+  }
+}
+
+void Register::RecordAnswer(Rank from) {
+  std::size_t i = RankIndex(from);
+  if (i >= current_->answered.size() || current_->answered[i]) return;
+  current_->answered[i] = true;
+  ++current_->answers;
+}
+
+void Register::SendPhase(bool only_unanswered) {
+  Current& c = *current_;
+  SystemMessage msg;
+  msg.sender = config_->self;
+  msg.op_id = c.id;
+  msg.sector = sector_;
+  if (c.phase == Phase::kCollect) {
+    msg.content = SystemContent::kReadProc;
+  } else if (c.phase == Phase::kImpose) {
+    msg.content = SystemContent::kWriteProc;
+    msg.tag = c.target.tag;
+    msg.data = c.target.data;
+  } else {
+    return;  // kPersistOwn sends nothing until our own copy is durable
+  }
+  for (std::size_t i = 0; i < config_->ranks.size(); ++i) {
+    Rank r = config_->ranks[i];
+    if (r == config_->self) continue;
+    if (only_unanswered && c.answered[i]) continue;
+    env_->Send(r, msg);
+  }
+}
+
+void Register::OnMessage(const SystemMessage& msg, std::int64_t now_ms) {
+  switch (msg.content) {
+    case SystemContent::kReadProc: {
+      SystemMessage reply;
+      reply.sender = config_->self;
+      reply.op_id = msg.op_id;
+      reply.sector = sector_;
+      reply.content = SystemContent::kValue;
+      reply.tag = durable_.tag;
+      reply.data = durable_.data;
+      env_->Send(msg.sender, reply);
+      return;
+    }
+    case SystemContent::kWriteProc: {
+      if (!msg.data) return;
+      AcceptAndPersist(Triple{msg.tag, msg.data});
+      if (DurableCovers(msg.tag) || BUG(ack_before_persist)) {
+        SystemMessage ack;
+        ack.sender = config_->self;
+        ack.op_id = msg.op_id;
+        ack.sector = sector_;
+        ack.content = SystemContent::kAck;
+        env_->Send(msg.sender, ack);
+      } else {
+        for (const auto& p : pending_acks_) {
+          if (p.to == msg.sender && p.id == msg.op_id) return;  // a retransmission
+        }
+        pending_acks_.push_back({msg.sender, msg.op_id, msg.tag});
+      }
+      return;
+    }
+    case SystemContent::kValue: {
+      if (!current_ || current_->id != msg.op_id || current_->phase != Phase::kCollect) return;
+      if (!msg.data) return;
+      std::size_t i = RankIndex(msg.sender);
+      if (i >= current_->answered.size() || current_->answered[i]) return;
+      Current& c = *current_;
+      if (msg.tag != c.best.tag) c.all_same = false;
+      if (msg.tag > c.best.tag) c.best = Triple{msg.tag, msg.data};
+      RecordAnswer(msg.sender);
+      MaybeFinish(now_ms);
+      return;
+    }
+    case SystemContent::kAck: {
+      if (!current_ || current_->id != msg.op_id || current_->phase != Phase::kImpose) return;
+      RecordAnswer(msg.sender);
+      MaybeFinish(now_ms);
+      return;
+    }
+  }
+}
+
+void Register::MaybeFinish(std::int64_t now_ms) {
+  if (!current_) return;
+  Current& c = *current_;
+  std::size_t quorum = config_->Quorum();
+  if (c.phase == Phase::kCollect) {
+    if (c.answers < quorum) return;
+    if (!c.is_write) {
+      // Every Value reports a durable triple, so when a majority agrees on the highest tag
+      // it is already stored on a majority: return without the impose round trip.
+      if (c.all_same || BUG(skip_impose)) {
+        Finish(c.best.data, now_ms);
+        return;
+      }
+      c.target = c.best;
+      EnterImpose(now_ms);
+      return;
+    }
+    c.target = Triple{Tag{c.best.tag.ts + 1, config_->self}, c.write_data};
+    c.phase = Phase::kPersistOwn;
+    AcceptAndPersist(c.target);
+    if (DurableCovers(c.target.tag) || BUG(ack_before_persist)) EnterImpose(now_ms);
+    return;
+  }
+  if (c.phase == Phase::kImpose && c.answers >= quorum) {
+    Finish(c.is_write ? nullptr : c.target.data, now_ms);
+  }
+}
+
+void Register::EnterImpose(std::int64_t now_ms) {
+  Current& c = *current_;
+  c.phase = Phase::kImpose;
+  ResetAnswers();
+  // Impose locally: accept if newer; our own Ack counts once durable covers the target.
+  AcceptAndPersist(c.target);
+  c.self_acked = DurableCovers(c.target.tag) || BUG(ack_before_persist);
+  if (c.self_acked) RecordAnswer(config_->self);
+  c.backoff_ms = config_->retransmit_initial_ms;
+  c.next_send_ms = now_ms + c.backoff_ms;
+  SendPhase(/*only_unanswered=*/true);
+  MaybeFinish(now_ms);
+}
+
+void Register::Finish(SectorPtr data, std::int64_t now_ms) {
+  std::uint64_t token = current_->token;
+  current_.reset();
+  env_->Complete(token, std::move(data));
+  StartNext(now_ms);
+}
+
+bool Register::DurableCovers(Tag tag) const { return durable_.tag >= tag; }
+
+void Register::AcceptAndPersist(const Triple& t) {
+  if (t.tag > stored_.tag) {
+    stored_ = t;
+    persisting_.push_back(t);
+    env_->Persist(sector_, t);
+    return;
+  }
+  // Older or equal: the stored triple covers it. Make sure that one is durable or on its way
+  // (a failed persist leaves stored_ ahead of durable_ with nothing in flight).
+  if (!DurableCovers(t.tag) && persisting_.empty()) {
+    persisting_.push_back(stored_);
+    env_->Persist(sector_, stored_);
+  }
+}
+
+void Register::OnPersisted(Tag tag, const Status& status, std::int64_t now_ms) {
+  auto it = std::find_if(persisting_.begin(), persisting_.end(),
+                         [&](const Triple& t) { return t.tag == tag; });
+  if (it == persisting_.end()) return;  // not ours (a stale completion after a reset)
+  Triple t = *it;
+  persisting_.erase(it);
+  if (!status.ok()) {
+    // Not durable. Keep stored_ (the value is still the newest we accepted); the next
+    // retransmission of the WriteProc, or our own phase retry, persists it again.
+    return;
+  }
+  if (t.tag > durable_.tag) {
+    durable_ = t;
+    OnDurableAdvanced(now_ms);
+  }
+}
+
+void Register::OnDurableAdvanced(std::int64_t now_ms) {
+  FlushAcks();
+  if (!current_) return;
+  Current& c = *current_;
+  if (c.phase == Phase::kPersistOwn && DurableCovers(c.target.tag)) {
+    EnterImpose(now_ms);
+  } else if (c.phase == Phase::kImpose && !c.self_acked && DurableCovers(c.target.tag)) {
+    c.self_acked = true;
+    RecordAnswer(config_->self);
+    MaybeFinish(now_ms);
+  }
+}
+
+void Register::FlushAcks() {
+  auto keep = pending_acks_.begin();
+  for (auto& p : pending_acks_) {
+    if (DurableCovers(p.tag)) {
+      SystemMessage ack;
+      ack.sender = config_->self;
+      ack.op_id = p.id;
+      ack.sector = sector_;
+      ack.content = SystemContent::kAck;
+      env_->Send(p.to, ack);
+    } else {
+      *keep++ = p;
+    }
+  }
+  pending_acks_.erase(keep, pending_acks_.end());
+}
+
+void Register::Tick(std::int64_t now_ms) {
+  if (!current_ || now_ms < current_->next_send_ms) return;
+  Current& c = *current_;
+  if (c.phase == Phase::kPersistOwn || (c.phase == Phase::kImpose && !c.self_acked)) {
+    AcceptAndPersist(c.target);  // re-issues the persist if a previous one failed
+  }
+  SendPhase(/*only_unanswered=*/true);
+  c.backoff_ms = std::min(c.backoff_ms * 2, config_->retransmit_max_ms);
+  c.next_send_ms = now_ms + c.backoff_ms;
+}
+
+bool Register::Idle() const {
+  return !current_ && queue_.empty() && persisting_.empty() && pending_acks_.empty();
+}
+
+void Register::CheckInvariants() const {
+  ATOMDISK_CHECK(durable_.data != nullptr && stored_.data != nullptr);
+  ATOMDISK_CHECK(durable_.tag <= stored_.tag);
+  for (const auto& t : persisting_) ATOMDISK_CHECK(t.tag <= stored_.tag);
+  for (const auto& p : pending_acks_) ATOMDISK_CHECK(p.tag <= stored_.tag);
+  if (current_) {
+    ATOMDISK_CHECK(current_->answers <= config_->ranks.size());
+    ATOMDISK_CHECK(current_->answered.size() == config_->ranks.size());
+    if (current_->phase != Phase::kCollect) {
+      ATOMDISK_CHECK(current_->target.data != nullptr);
+      if (!BUG(ack_before_persist)) {
+        ATOMDISK_CHECK(!current_->self_acked || DurableCovers(current_->target.tag));
+      }
+    }
+  }
+}
+
+}  // namespace atomdisk

@@ -1,0 +1,150 @@
+// Register: one sector's multi-writer atomic register (read-impose write-majority,
+// crash-recovery variant; shared/reference/register-algorithm.md), as a pure state machine.
+//
+// Inputs: a client read or write, a system message from a peer, a store completion
+// (OnPersisted) and a tick carrying the current time. Outputs go through RegisterEnv: system
+// messages to send, triples to persist, finished client operations. A Register owns no
+// socket, file, clock, thread or random source, which is what lets the simulator run real
+// registers under a simulated network and disk from one seed.
+//
+// What it guarantees (checked by CheckInvariants and by the simulator):
+// - the stored tag never decreases; a durable tag never decreases;
+// - an Ack for tag T is sent only once a triple >= T is durable on this node;
+// - a Value reports only the durable triple (so the one-round-trip read is safe);
+// - a writer persists its own new triple before it sends WriteProc to anyone.
+//
+// Owned by the node shell (or the simulator), one per busy sector. Not thread-safe: every
+// call for one node must come from one thread.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <vector>
+
+#include "common/status.h"
+#include "common/types.h"
+#include "common/wire.h"
+
+namespace atomdisk {
+
+// Deliberate protocol mistakes, compiled in only when ATOMDISK_SIM_BUGS is defined (the
+// simulator's own build of this file), so that the simulator can prove it catches them.
+struct RegisterBugs {
+  bool skip_impose = false;         // reads return after the first phase, always
+  bool ack_before_persist = false;  // Ack (and own write ack) before the triple is durable
+  bool minority_quorum = false;     // N/2 answers taken as a majority
+};
+
+struct RegisterConfig {
+  Rank self = 0;
+  std::vector<Rank> ranks;  // every node of the cluster, self included
+  std::int64_t retransmit_initial_ms = 100;
+  std::int64_t retransmit_max_ms = 1000;
+  RegisterBugs bugs;  // ignored unless built with ATOMDISK_SIM_BUGS
+
+  std::size_t Quorum() const;  // answers that make a majority
+};
+
+// Effects of a register, carried out by its owner.
+class RegisterEnv {
+ public:
+  virtual ~RegisterEnv() = default;
+  // Sends `msg` to node `to` (never self). Delivery may fail; the register retransmits.
+  virtual void Send(Rank to, const SystemMessage& msg) = 0;
+  // Stores `value` durably for `sector`; the owner later calls OnPersisted(value.tag, status)
+  // exactly once for this request.
+  virtual void Persist(SectorIdx sector, const Triple& value) = 0;
+  // A client operation finished. For reads `data` is the value read; for writes it is null.
+  virtual void Complete(std::uint64_t token, SectorPtr data) = 0;
+  // A fresh, unique operation id.
+  virtual Uuid NewOpId() = 0;
+};
+
+class Register {
+ public:
+  // `durable` is what the store holds for the sector now (nothing in flight).
+  Register(SectorIdx sector, Triple durable, const RegisterConfig* config, RegisterEnv* env);
+
+  // Client operations, coordinated by this node; queued behind the one in progress.
+  void StartRead(std::uint64_t token, std::int64_t now_ms);
+  void StartWrite(std::uint64_t token, SectorPtr data, std::int64_t now_ms);
+
+  // A system message addressed to this sector (msg.sector == sector, sender is a cluster
+  // member other than self; the owner checks both).
+  void OnMessage(const SystemMessage& msg, std::int64_t now_ms);
+
+  // The store finished the Persist of `tag`.
+  void OnPersisted(Tag tag, const Status& status, std::int64_t now_ms);
+
+  // Retransmits what is unanswered when its deadline has passed.
+  void Tick(std::int64_t now_ms);
+
+  // True when nothing is queued, coordinated, persisting or waiting to be acked: the owner
+  // may drop the register and rebuild it from the store later.
+  bool Idle() const;
+  // True while this node coordinates or queues client operations (the owner ticks these).
+  bool HasClientWork() const { return current_.has_value() || !queue_.empty(); }
+
+  const Triple& durable() const { return durable_; }
+  const Triple& stored() const { return stored_; }
+  SectorIdx sector() const { return sector_; }
+
+  // Aborts if an internal invariant is broken. Cheap; tests and the simulator call it
+  // after every step.
+  void CheckInvariants() const;
+
+ private:
+  enum class Phase { kCollect, kPersistOwn, kImpose };
+  struct QueuedOp {
+    std::uint64_t token;
+    bool is_write;
+    SectorPtr data;
+  };
+  struct Current {
+    std::uint64_t token = 0;
+    bool is_write = false;
+    SectorPtr write_data;
+    Uuid id;
+    Phase phase = Phase::kCollect;
+    std::vector<bool> answered;  // by rank index, for the current phase
+    std::size_t answers = 0;
+    Triple best;           // kCollect: highest Value so far
+    bool all_same = true;  // kCollect: every Value so far has best.tag
+    Triple target;         // kPersistOwn/kImpose: the triple being imposed
+    bool self_acked = false;
+    std::int64_t next_send_ms = 0;
+    std::int64_t backoff_ms = 0;
+  };
+  struct PendingAck {
+    Rank to;
+    Uuid id;
+    Tag tag;
+  };
+
+  void StartNext(std::int64_t now_ms);
+  void SendPhase(bool only_unanswered);
+  void RecordAnswer(Rank from);
+  void EnterImpose(std::int64_t now_ms);
+  void MaybeFinish(std::int64_t now_ms);
+  void Finish(SectorPtr data, std::int64_t now_ms);
+  // Accepts `t` as stored if newer and makes sure a persist covering t.tag is in flight.
+  void AcceptAndPersist(const Triple& t);
+  bool DurableCovers(Tag tag) const;
+  void FlushAcks();
+  void OnDurableAdvanced(std::int64_t now_ms);
+  std::size_t RankIndex(Rank r) const;
+  void ResetAnswers();
+
+  SectorIdx sector_;
+  const RegisterConfig* config_;
+  RegisterEnv* env_;
+  Triple durable_;                 // on stable storage here
+  Triple stored_;                  // newest accepted (durable or being persisted)
+  std::deque<Triple> persisting_;  // persists in flight, oldest first
+  std::vector<PendingAck> pending_acks_;
+  std::optional<Current> current_;
+  std::deque<QueuedOp> queue_;
+};
+
+}  // namespace atomdisk
