@@ -30,6 +30,20 @@ class BlockFile {
   virtual Status Sync() = 0;
   // Size of the file in bytes (the highest written offset, or what was preallocated).
   virtual Result<std::uint64_t> Size() = 0;
+
+  // Returned by NextDataOffset when no data lies at or after the offset asked about.
+  static constexpr std::uint64_t kNoData = ~std::uint64_t{0};
+  // The smallest offset >= `offset` that may hold data, i.e. is not inside a hole, or kNoData
+  // if everything from `offset` on is a hole or past the end. It may return an offset that
+  // only holds zeros (holes are found at the file system's block granularity, and the
+  // default says "everything before Size() may be data"); callers read to be sure. Lets the
+  // store walk a sparse file in time proportional to the data, not the file size (SEEK_DATA
+  // on POSIX). IOError when the OS fails.
+  virtual Result<std::uint64_t> NextDataOffset(std::uint64_t offset) {
+    Result<std::uint64_t> size = Size();
+    if (!size.ok()) return size.status();
+    return offset < *size ? offset : kNoData;
+  }
 };
 
 // Opens (creating it if `create`) a regular file. IOError names the path and errno.

@@ -38,8 +38,8 @@ namespace atomdisk {
 class SectorStore {
  public:
   struct Options {
-    std::uint64_t sectors = 0;   // device size in sectors; indexes >= this are refused
-    bool background_sync = true; // run the group-commit thread
+    std::uint64_t sectors = 0;    // device size in sectors; indexes >= this are refused
+    bool background_sync = true;  // run the group-commit thread
   };
   using WriteCallback = std::function<void(Status)>;
 
@@ -72,8 +72,7 @@ class SectorStore {
 
   // Calls fn(sector, tag, checksum_ok) for every sector that has a written slot, in sector
   // order, skipping holes (SEEK_DATA on POSIX). For offline inspection and scrub.
-  virtual Status ForEachStored(
-      const std::function<void(SectorIdx, Tag, bool checksum_ok)>& fn) = 0;
+  virtual Status ForEachStored(const std::function<void(SectorIdx, Tag, bool checksum_ok)>& fn) = 0;
 };
 
 }  // namespace atomdisk

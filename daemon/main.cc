@@ -1,0 +1,86 @@
+// atomdiskd: one node of an atomdisk cluster.
+//
+//   atomdiskd --config cluster.toml --rank 1 [--data-dir DIR] [--log-level LEVEL]
+//
+// Exit codes: 0 clean stop (SIGTERM/SIGINT), 1 runtime failure (cannot listen, data_dir in
+// use or unusable), 2 bad command line or configuration.
+#include <systemd/sd-daemon.h>
+
+#include <CLI/CLI.hpp>
+#include <boost/asio.hpp>
+#include <cstdio>
+#include <spdlog/spdlog.h>
+
+#include "common/config.h"
+#include "common/logging.h"
+#include "daemon/node.h"
+#include "daemon/store/sector_store.h"
+#include "daemon/version.h"
+
+namespace {
+
+int Fail(int code, const std::string& message) {
+  std::fprintf(stderr, "atomdiskd: %s\n", message.c_str());
+  return code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace atomdisk;
+  CLI::App app{"atomdiskd: one node of an atomdisk cluster (a linearizable, replicated block "
+               "device)"};
+  std::string config_path, data_dir, log_level = "info";
+  int rank = 0;
+  app.add_option("--config", config_path, "cluster configuration file (TOML)")->required();
+  app.add_option("--rank", rank, "this node's rank in the configuration")->required();
+  app.add_option("--data-dir", data_dir, "override the node's data_dir from the configuration");
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical, off");
+  app.set_version_flag("--version", std::string("atomdiskd ") + kAtomdiskVersion);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+
+  if (Status s = SetupLogging(log_level, "atomdiskd"); !s.ok()) return Fail(2, s.message());
+  auto config = LoadClusterConfig(config_path);
+  if (!config.ok()) return Fail(2, config.status().message());
+  if (rank < 1 || rank > kMaxRank || !config->FindNode(static_cast<Rank>(rank))) {
+    return Fail(2, config_path + ": no node with rank " + std::to_string(rank));
+  }
+  const NodeConfig& me = *config->FindNode(static_cast<Rank>(rank));
+  if (data_dir.empty()) data_dir = me.data_dir;
+  if (data_dir.empty()) {
+    return Fail(2, config_path + ": node " + std::to_string(rank) +
+                       " has no data_dir; give one there or with --data-dir");
+  }
+
+  SectorStore::Options store_options;
+  store_options.sectors = config->sectors;
+  auto store = SectorStore::Open(data_dir, store_options);
+  if (!store.ok()) return Fail(1, store.status().message());
+
+  boost::asio::io_context io(1);
+  Node node(io, std::move(config).value(), static_cast<Rank>(rank), std::move(store).value());
+  if (Status s = node.Listen(); !s.ok()) return Fail(1, s.message());
+  node.Start();
+  spdlog::info("atomdiskd {} rank {} serving on {} (data_dir {})", kAtomdiskVersion, rank,
+               me.Address(), data_dir);
+  sd_notify(0, "READY=1");
+
+  boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+  boost::asio::steady_timer grace(io);
+  signals.async_wait([&](boost::system::error_code ec, int signo) {
+    if (ec) return;
+    spdlog::info("signal {}: stopping", signo);
+    sd_notify(0, "STOPPING=1");
+    node.Stop();
+    // Handlers still in flight get a moment to finish; then the loop ends regardless.
+    grace.expires_after(std::chrono::seconds(2));
+    grace.async_wait([&](boost::system::error_code) { io.stop(); });
+  });
+  io.run();
+  spdlog::info("stopped");
+  return 0;
+}

@@ -1,0 +1,165 @@
+#include "daemon/net/connection.h"
+
+#include <spdlog/spdlog.h>
+
+#include <cstring>
+
+namespace atomdisk {
+
+namespace asio = boost::asio;
+using asio::awaitable;
+using asio::use_awaitable;
+
+Connection::Connection(asio::ip::tcp::socket socket, FrameSink* sink, std::string name,
+                       Options options)
+    : socket_(std::move(socket)),
+      sink_(sink),
+      name_(std::move(name)),
+      options_(options),
+      write_signal_(socket_.get_executor()),
+      read_signal_(socket_.get_executor()),
+      watchdog_(socket_.get_executor()) {
+  write_signal_.expires_at(asio::steady_timer::time_point::max());
+  read_signal_.expires_at(asio::steady_timer::time_point::max());
+  boost::system::error_code ec;
+  socket_.set_option(asio::ip::tcp::no_delay(true), ec);
+}
+
+void Connection::Start() {
+  auto self = shared_from_this();
+  asio::co_spawn(socket_.get_executor(), [self]() { return self->Reader(); }, asio::detached);
+  asio::co_spawn(socket_.get_executor(), [self]() { return self->Writer(); }, asio::detached);
+  asio::co_spawn(socket_.get_executor(), [self]() { return self->Watchdog(); }, asio::detached);
+}
+
+bool Connection::Send(SharedFrame frame) {
+  if (closed_) return false;
+  if (queue_.size() >= options_.max_queued_frames) {
+    ++frames_dropped_;
+    return false;
+  }
+  queue_.push_back(std::move(frame));
+  if (queue_.size() == 1) write_signal_.cancel();
+  return true;
+}
+
+void Connection::OpFinished() {
+  if (inflight_ > 0 && inflight_-- == options_.max_inflight) read_signal_.cancel();
+}
+
+void Connection::Close(const std::string& reason) {
+  if (closed_) return;
+  closed_ = true;
+  if (!reason.empty()) spdlog::info("connection {} closed: {}", name_, reason);
+  boost::system::error_code ec;
+  socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ec);
+  socket_.close(ec);
+  write_signal_.cancel();
+  read_signal_.cancel();
+  watchdog_.cancel();
+  queue_.clear();
+  if (on_close_) {
+    auto fn = std::move(on_close_);
+    on_close_ = nullptr;
+    fn();
+  }
+}
+
+awaitable<void> Connection::Reader() {
+  auto self = shared_from_this();
+  // Big enough for many pipelined frames; compacted when the tail cannot hold a full frame.
+  std::vector<std::uint8_t> buf(256 * 1024);
+  std::size_t begin = 0, end = 0;
+  constexpr std::size_t kMaxFrame = kFrameLengthSize + kMaxFrameBody;
+  while (!closed_) {
+    bool parsed_any = false;
+    while (end - begin >= kFrameLengthSize && !closed_) {
+      auto length = DecodeFrameLength(
+          std::span<const std::uint8_t, kFrameLengthSize>(buf.data() + begin, kFrameLengthSize));
+      if (!length.ok()) {
+        Close(length.status().message());
+        co_return;
+      }
+      if (end - begin < kFrameLengthSize + *length) break;
+      sink_->OnFrame(*this, std::span<const std::uint8_t>(buf.data() + begin + kFrameLengthSize,
+                                                         static_cast<std::size_t>(*length)));
+      begin += kFrameLengthSize + static_cast<std::size_t>(*length);
+      parsed_any = true;
+    }
+    if (closed_) co_return;
+    if (begin == end) {
+      begin = end = 0;
+    } else if (buf.size() - end < kMaxFrame) {
+      std::memmove(buf.data(), buf.data() + begin, end - begin);
+      end -= begin;
+      begin = 0;
+    }
+    // The frame deadline runs from the last completed frame while bytes of an incomplete one
+    // sit in the buffer (a slow-loris peer); a busy stream keeps resetting it.
+    if (end == begin) {
+      in_frame_ = false;
+    } else if (!in_frame_ || parsed_any) {
+      in_frame_ = true;
+      frame_started_ = std::chrono::steady_clock::now();
+    }
+    if (inflight_ >= options_.max_inflight) {
+      in_frame_ = false;  // we are the ones not reading
+      while (inflight_ >= options_.max_inflight && !closed_) {
+        boost::system::error_code ec;
+        read_signal_.expires_at(asio::steady_timer::time_point::max());
+        co_await read_signal_.async_wait(asio::redirect_error(use_awaitable, ec));
+      }
+    }
+    if (closed_) co_return;
+    boost::system::error_code ec;
+    std::size_t n = co_await socket_.async_read_some(
+        asio::buffer(buf.data() + end, buf.size() - end), asio::redirect_error(use_awaitable, ec));
+    if (ec) {
+      Close(ec == asio::error::eof ? "closed by peer" : ec.message());
+      co_return;
+    }
+    end += n;
+  }
+}
+
+awaitable<void> Connection::Writer() {
+  auto self = shared_from_this();
+  std::vector<asio::const_buffer> buffers;
+  while (!closed_) {
+    if (queue_.empty()) {
+      boost::system::error_code ec;
+      write_signal_.expires_at(asio::steady_timer::time_point::max());
+      co_await write_signal_.async_wait(asio::redirect_error(use_awaitable, ec));
+      continue;
+    }
+    // Gather everything queued (up to a bound) into one write: one syscall for many frames.
+    buffers.clear();
+    std::size_t n = std::min<std::size_t>(queue_.size(), 256);
+    for (std::size_t i = 0; i < n; ++i) buffers.push_back(asio::buffer(*queue_[i]));
+    boost::system::error_code ec;
+    co_await asio::async_write(socket_, buffers, asio::redirect_error(use_awaitable, ec));
+    if (ec || closed_) {
+      Close(ec ? ec.message() : "");
+      co_return;
+    }
+    queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
+  }
+}
+
+awaitable<void> Connection::Watchdog() {
+  auto self = shared_from_this();
+  // A peer that starts a frame and never finishes it (or stops reading our replies while
+  // its queue is full) must not hold the connection forever.
+  while (!closed_) {
+    boost::system::error_code ec;
+    watchdog_.expires_after(options_.frame_deadline / 3);
+    co_await watchdog_.async_wait(asio::redirect_error(use_awaitable, ec));
+    if (closed_) co_return;
+    if (in_frame_ && std::chrono::steady_clock::now() - frame_started_ > options_.frame_deadline) {
+      Close("incomplete frame for " + std::to_string(options_.frame_deadline.count()) + " s");
+      co_return;
+    }
+  }
+}
+
+}  // namespace atomdisk

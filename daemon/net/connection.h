@@ -1,0 +1,88 @@
+// Connection: one TCP connection carrying atdd frames, used for client connections, for
+// peers' incoming links and for our outgoing peer links alike.
+//
+// One reader coroutine parses frames out of a buffer (lengths are checked before anything
+// is read further: a bad length closes the connection) and hands each frame body to the
+// FrameSink; one writer coroutine drains a bounded queue of encoded frames, gathering every
+// queued frame into one write. Stopping means closing the socket and cancelling the timers;
+// both coroutines then end and release the Connection.
+//
+// Threading: every method must be called on the io_context's (single) thread.
+#pragma once
+
+#include <boost/asio.hpp>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "common/wire.h"
+
+namespace atomdisk {
+
+class Connection;
+
+// Receives what arrives on connections. Called on the io thread.
+class FrameSink {
+ public:
+  virtual ~FrameSink() = default;
+  // A complete frame body (payload + tag, L bytes). The span is valid only during the call.
+  virtual void OnFrame(Connection& conn, std::span<const std::uint8_t> body) = 0;
+};
+
+using SharedFrame = std::shared_ptr<const Frame>;
+
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  struct Options {
+    std::size_t max_queued_frames = 8192;  // Send() drops beyond this
+    std::size_t max_inflight = 4096;       // reading pauses while this many ops are open
+    std::chrono::seconds frame_deadline{30};  // a started frame must complete within this
+  };
+
+  Connection(boost::asio::ip::tcp::socket socket, FrameSink* sink, std::string name,
+             Options options);
+
+  // Spawns the reader and writer coroutines.
+  void Start();
+  // Queues a frame; false (and nothing queued) if closed or the queue is full.
+  bool Send(SharedFrame frame);
+  // Closes the socket; logs `reason` at info level when not empty. Idempotent.
+  void Close(const std::string& reason);
+  bool closed() const { return closed_; }
+  const std::string& name() const { return name_; }
+
+  // Operations this connection's frames started that have not been answered yet: reading
+  // pauses while there are max_inflight of them (backpressure on a greedy client).
+  void OpStarted() { ++inflight_; }
+  void OpFinished();
+
+  // Called once when the connection closes (for a peer link to reconnect).
+  void SetOnClose(std::function<void()> fn) { on_close_ = std::move(fn); }
+
+  std::uint64_t frames_dropped() const { return frames_dropped_; }
+
+ private:
+  boost::asio::awaitable<void> Reader();
+  boost::asio::awaitable<void> Writer();
+  boost::asio::awaitable<void> Watchdog();
+
+  boost::asio::ip::tcp::socket socket_;
+  FrameSink* sink_;
+  std::string name_;
+  Options options_;
+  boost::asio::steady_timer write_signal_;
+  boost::asio::steady_timer read_signal_;
+  boost::asio::steady_timer watchdog_;
+  std::deque<SharedFrame> queue_;
+  std::size_t inflight_ = 0;
+  bool closed_ = false;
+  bool in_frame_ = false;  // a frame's first bytes arrived, the rest not yet
+  std::chrono::steady_clock::time_point frame_started_;
+  std::uint64_t frames_dropped_ = 0;
+  std::function<void()> on_close_;
+};
+
+}  // namespace atomdisk

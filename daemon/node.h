@@ -1,0 +1,106 @@
+// Node: the shell around the registers of one atomdiskd. It decodes and verifies frames,
+// feeds client commands and system messages to per-sector Registers, and carries out their
+// effects: frames to peers, persists to the SectorStore, responses to clients. It reads the
+// clock and ticks registers; the registers themselves stay pure.
+//
+// Registers exist only for sectors with work in flight: one is built from the store when a
+// sector is touched and dropped as soon as it is idle, so memory follows the work, not the
+// device size.
+//
+// Threading: everything runs on the io_context's single thread, except the store's sync
+// thread, whose completions are posted back to it.
+#pragma once
+
+#include <boost/asio.hpp>
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "common/config.h"
+#include "common/hmac.h"
+#include "daemon/net/connection.h"
+#include "daemon/net/peer_link.h"
+#include "daemon/register/register.h"
+#include "daemon/store/sector_store.h"
+
+namespace atomdisk {
+
+class Node : public FrameSink, public RegisterEnv {
+ public:
+  Node(boost::asio::io_context& io, ClusterConfig config, Rank self,
+       std::unique_ptr<SectorStore> store);
+  ~Node() override;
+
+  // Binds the listening socket (the node's configured address). IOError if it cannot.
+  Status Listen();
+  // Starts accepting, the peer links and the tick timer.
+  void Start();
+  // Stops accepting, closes every connection and link, cancels timers. The io_context's
+  // run() then returns once pending handlers finish.
+  void Stop();
+
+  // FrameSink
+  void OnFrame(Connection& conn, std::span<const std::uint8_t> body) override;
+  // RegisterEnv
+  void Send(Rank to, const SystemMessage& msg) override;
+  void Persist(SectorIdx sector, const Triple& value) override;
+  void Complete(std::uint64_t token, SectorPtr data) override;
+  Uuid NewOpId() override;
+
+  std::uint16_t listen_port() const;
+
+ private:
+  struct ClientOpRef {
+    std::weak_ptr<Connection> conn;
+    std::uint64_t request_id;
+    ClientOp op;
+  };
+  boost::asio::awaitable<void> AcceptLoop();
+  boost::asio::awaitable<void> TickLoop();
+  void HandleClient(Connection& conn, std::span<const std::uint8_t> body);
+  void HandleSystem(Connection& conn, std::span<const std::uint8_t> body);
+  void Respond(Connection& conn, const ClientResponse& resp);
+  // The register of `sector`, built from the store if needed; null if the stored sector is
+  // unreadable (corrupt or I/O error: this node then stays silent for that sector).
+  Register* GetRegister(SectorIdx sector);
+  void DropIfIdle(SectorIdx sector, Register* reg);
+  std::int64_t NowMs() const;
+  std::string InfoJson() const;
+  // Logs at most once per second per kind of problem, counting the rest.
+  void LogRateLimited(const std::string& kind, const std::string& message);
+
+  boost::asio::io_context& io_;
+  ClusterConfig config_;
+  Rank self_;
+  std::unique_ptr<SectorStore> store_;
+  RegisterConfig register_config_;
+  Hmac client_mac_;
+  Hmac system_mac_;
+  boost::asio::ip::tcp::acceptor acceptor_;
+  boost::asio::steady_timer tick_timer_;
+  std::unordered_map<Rank, std::unique_ptr<PeerLink>> peers_;
+  std::unordered_map<SectorIdx, std::unique_ptr<Register>> registers_;
+  std::unordered_map<std::uint64_t, ClientOpRef> client_ops_;
+  std::vector<std::weak_ptr<Connection>> accepted_;
+  std::uint64_t next_token_ = 1;
+  std::uint64_t op_counter_ = 0;
+  std::uint64_t boot_nonce_ = 0;
+  bool stopped_ = false;
+  // The last system frame encoded, reused when the register sends the same message to
+  // several peers (a WriteProc is signed once, not once per peer).
+  SystemMessage last_msg_;
+  SharedFrame last_frame_;
+  std::chrono::steady_clock::time_point started_;
+  struct Counters {
+    std::uint64_t client_ops = 0, reads = 0, writes = 0, auth_failures = 0,
+                  invalid_sector = 0, bad_frames = 0, system_msgs = 0, persist_errors = 0,
+                  unreadable_sectors = 0;
+  } counters_;
+  std::unordered_map<std::string, std::pair<std::chrono::steady_clock::time_point, std::uint64_t>>
+      log_limits_;
+};
+
+}  // namespace atomdisk
