@@ -45,7 +45,14 @@ Status ParseHostPort(const std::string& text, std::string* host, std::uint16_t* 
     p = text.substr(colon + 1);
   }
   if (h.empty()) return Status::InvalidArgument("address \"" + text + "\" has no host");
-  if (p.empty() || p.size() > 5 || !std::all_of(p.begin(), p.end(), ::isdigit)) {
+  // Such a host is never valid, and WriteNewCluster could not quote it in TOML.
+  if (std::any_of(h.begin(), h.end(),
+                  [](unsigned char c) { return c <= ' ' || c == 0x7f || c == '"' || c == '\\'; })) {
+    return Status::InvalidArgument("address \"" + text +
+                                   "\": host has a space, quote, backslash or control character");
+  }
+  if (p.empty() || p.size() > 5 ||
+      !std::all_of(p.begin(), p.end(), [](unsigned char c) { return c >= '0' && c <= '9'; })) {
     return Status::InvalidArgument("address \"" + text + "\" has no valid port");
   }
   unsigned long v = std::stoul(p);
@@ -76,7 +83,10 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path) {
   try {
     table = toml::parse_file(path);
   } catch (const toml::parse_error& e) {
-    if (!fs::exists(path)) return Status::NotFound(path + ": no such file");
+    std::error_code ec;  // the throwing fs::exists escapes on ENAMETOOLONG, EACCES, ...
+    if (!fs::exists(path, ec)) {
+      return Status::NotFound(path + ": " + (ec ? ec.message() : "no such file"));
+    }
     return Err(path, "line " + std::to_string(e.source().begin.line) + ": " +
                          std::string(e.description()));
   }
@@ -91,7 +101,7 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path) {
       return Err(path, "unknown key \"" + std::string(k.str()) + "\"");
     }
   }
-  auto sectors = table["sectors"].value<std::int64_t>();
+  auto sectors = table["sectors"].value_exact<std::int64_t>();  // value<> takes true as 1
   if (!sectors) return Err(path, "\"sectors\" is missing or not an integer");
   if (*sectors <= 0 || static_cast<std::uint64_t>(*sectors) > kMaxSectors) {
     return Err(path, "\"sectors\" = " + std::to_string(*sectors) + " is outside 1.." +
@@ -120,7 +130,7 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path) {
       }
     }
     NodeConfig node;
-    auto rank = (*n)["rank"].value<std::int64_t>();
+    auto rank = (*n)["rank"].value_exact<std::int64_t>();
     if (!rank) return Err(path, where + ": \"rank\" is missing or not an integer");
     if (*rank < 1 || *rank > kMaxRank) {
       return Err(path, where + ": rank " + std::to_string(*rank) + " is outside 1..254");
@@ -205,7 +215,8 @@ Status WriteNewCluster(const std::string& dir, const std::vector<std::string>& a
     std::uint16_t port;
     Status s = ParseHostPort(addresses[i], &host, &port);
     if (!s.ok()) return s;
-    if (!seen.insert(addresses[i]).second) {
+    // Compare as the loader does, so "h:7001" and "[h]:07001" count as the same node.
+    if (!seen.insert(NodeConfig{.host = host, .port = port}.Address()).second) {
       return Status::InvalidArgument("address " + addresses[i] + " given twice");
     }
     toml += "\n[[nodes]]\nrank = " + std::to_string(i + 1) + "\naddress = \"" + addresses[i] +

@@ -1,5 +1,6 @@
 #include "common/wire.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -112,6 +113,11 @@ void Append(const ClientResponse& r, Writer& w) {
   w.U64(r.request_id);
   w.U32(static_cast<std::uint32_t>(r.op));
   if (r.op == ClientOp::kRead) w.Sector(r.status == ResponseStatus::kOk ? r.data : nullptr);
+  if (r.op == ClientOp::kInfo) {
+    std::size_t n = std::min(r.info.size(), kMaxInfoSize);
+    w.U32(static_cast<std::uint32_t>(n));
+    w.Bytes(reinterpret_cast<const std::uint8_t*>(r.info.data()), n);
+  }
 }
 
 template <typename M>
@@ -181,7 +187,7 @@ Result<ClientCommand> DecodeClientCommandHeader(std::span<const std::uint8_t> pa
   c.sector = r.U64();
   std::uint32_t op = r.U32();
   if (!r.ok()) return Malformed("client command", "truncated header");
-  if (op > 1) return Malformed("client command", "unknown op " + std::to_string(op));
+  if (op > 2) return Malformed("client command", "unknown op " + std::to_string(op));
   c.op = static_cast<ClientOp>(op);
   return c;
 }
@@ -237,13 +243,20 @@ Result<ClientResponse> DecodeClientResponse(std::span<const std::uint8_t> payloa
   std::uint32_t op = r.U32();
   if (!r.ok()) return Malformed("response", "truncated header");
   if (status > 2) return Malformed("response", "unknown status " + std::to_string(status));
-  if (op > 1) return Malformed("response", "unknown op " + std::to_string(op));
+  if (op > 2) return Malformed("response", "unknown op " + std::to_string(op));
   resp.status = static_cast<ResponseStatus>(status);
   resp.op = static_cast<ClientOp>(op);
   if (resp.op == ClientOp::kRead) {
     const std::uint8_t* data = r.Bytes(kSectorSize);
     if (!r.ok()) return Malformed("response", "truncated read data");
     resp.data = MakeSector(data);
+  }
+  if (resp.op == ClientOp::kInfo) {
+    std::uint32_t n = r.U32();
+    if (!r.ok() || n > kMaxInfoSize) return Malformed("response", "bad info length");
+    const std::uint8_t* text = r.Bytes(n);
+    if (!r.ok()) return Malformed("response", "truncated info");
+    resp.info.assign(reinterpret_cast<const char*>(text), n);
   }
   if (!r.AtEnd()) return Malformed("response", std::to_string(r.remaining()) + " trailing bytes");
   return resp;

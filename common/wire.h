@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <variant>
 #include <vector>
 
@@ -21,7 +22,9 @@
 
 namespace atomdisk {
 
-enum class ClientOp : std::uint32_t { kRead = 0, kWrite = 1 };
+// kInfo is atomdisk's extension (docs/PROTOCOL.md): a node describes itself (rank, version,
+// counters) as JSON without touching any register; atdd nodes reject it as an unknown op.
+enum class ClientOp : std::uint32_t { kRead = 0, kWrite = 1, kInfo = 2 };
 
 struct ClientCommand {
   std::uint64_t request_id = 0;
@@ -49,7 +52,9 @@ struct ClientResponse {
   std::uint64_t request_id = 0;
   ClientOp op = ClientOp::kRead;
   SectorPtr data;  // kRead only (zeros when status != kOk)
+  std::string info;  // kInfo only: a JSON object (at most kMaxInfoSize bytes)
 };
+inline constexpr std::size_t kMaxInfoSize = 4000;
 
 inline constexpr std::size_t kFrameLengthSize = 8;
 inline constexpr std::size_t kMacSize = 32;

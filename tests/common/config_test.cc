@@ -1,0 +1,496 @@
+// Tests for the cluster configuration file (common/config.h): a valid file, hostile files that
+// must each produce one clear error naming the file, and WriteNewCluster.
+#include "common/config.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common/hmac.h"
+
+namespace atomdisk {
+namespace {
+
+namespace fs = std::filesystem;
+using Bytes = std::vector<std::uint8_t>;
+
+std::string ReadAll(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class ConfigTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/atomdisk-config-test-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    client_key_ = RandomBytes(kClientKeySize);
+    system_key_ = RandomBytes(kSystemKeySize);
+    WriteFile("client.key", ToHex(client_key_) + "\n");
+    WriteFile("system.key", ToHex(system_key_) + "\n");
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  std::string WriteFile(const std::string& name, const std::string& contents) {
+    fs::path p = dir_ / name;
+    fs::create_directories(p.parent_path());
+    std::ofstream(p, std::ios::binary) << contents;
+    return p.string();
+  }
+
+  // A config with the standard key files and the given body (sectors, nodes, ...).
+  std::string WriteConfig(const std::string& body) {
+    return WriteFile("cluster.toml",
+                     "client_key_file = \"client.key\"\nsystem_key_file = \"system.key\"\n" + body);
+  }
+
+  static std::string Node(int rank, const std::string& address) {
+    return "\n[[nodes]]\nrank = " + std::to_string(rank) + "\naddress = \"" + address + "\"\n";
+  }
+
+  // Loads `path`, expects exactly one error line that names the file and contains `needle`.
+  static void ExpectError(const std::string& path, const std::string& needle,
+                          StatusCode code = StatusCode::kInvalidArgument) {
+    auto r = LoadClusterConfig(path);
+    ASSERT_FALSE(r.ok()) << "loaded a bad config; expected an error containing: " << needle;
+    const std::string& msg = r.status().message();
+    EXPECT_EQ(r.status().code(), code) << r.status().ToString();
+    EXPECT_NE(msg.find(path), std::string::npos) << msg;
+    EXPECT_NE(msg.find(needle), std::string::npos) << "no \"" << needle << "\" in: " << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << "not one line: " << msg;
+  }
+
+  void ExpectBadConfig(const std::string& body, const std::string& needle) {
+    SCOPED_TRACE(body);
+    ExpectError(WriteConfig(body), needle);
+  }
+
+  fs::path dir_;
+  Bytes client_key_;
+  Bytes system_key_;
+};
+
+TEST_F(ConfigTest, ValidFile) {
+  fs::path abs_data = dir_ / "elsewhere" / "one";
+  WriteFile("keys/sys.key", ToHex(system_key_));
+  std::string path = WriteFile("conf/cluster.toml",
+                               "# a comment\n"
+                               "sectors = 1024\n"
+                               "client_key_file = \"../client.key\"\n"
+                               "system_key_file = \"" +
+                                   (dir_ / "keys" / "sys.key").string() +
+                                   "\"\n"
+                                   "\n[[nodes]]\nrank = 3\naddress = \"127.0.0.1:7003\"\n"
+                                   "data_dir = \"data/./3\"\n"
+                                   "\n[[nodes]]\nrank = 1\naddress = \"[::1]:7001\"\n"
+                                   "data_dir = \"" +
+                                   abs_data.string() +
+                                   "\"\n"
+                                   "\n[[nodes]]\nrank = 2\naddress = \"node2.example:65535\"\n");
+  auto r = LoadClusterConfig(path);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const ClusterConfig& c = r.value();
+  EXPECT_EQ(c.path, path);
+  EXPECT_EQ(c.sectors, 1024u);
+  EXPECT_EQ(c.client_key, client_key_);
+  EXPECT_EQ(c.system_key, system_key_);
+  ASSERT_EQ(c.nodes.size(), 3u);
+  EXPECT_EQ(c.Majority(), 2u);
+
+  // Sorted by rank.
+  EXPECT_EQ(c.nodes[0].rank, 1);
+  EXPECT_EQ(c.nodes[1].rank, 2);
+  EXPECT_EQ(c.nodes[2].rank, 3);
+
+  EXPECT_EQ(c.nodes[0].host, "::1");
+  EXPECT_EQ(c.nodes[0].port, 7001);
+  EXPECT_EQ(c.nodes[0].Address(), "[::1]:7001");
+  EXPECT_EQ(c.nodes[0].data_dir, abs_data.string());  // absolute stays as written
+
+  EXPECT_EQ(c.nodes[1].host, "node2.example");
+  EXPECT_EQ(c.nodes[1].port, 65535);
+  EXPECT_EQ(c.nodes[1].Address(), "node2.example:65535");
+  EXPECT_EQ(c.nodes[1].data_dir, "");  // none given
+
+  EXPECT_EQ(c.nodes[2].host, "127.0.0.1");
+  EXPECT_EQ(c.nodes[2].port, 7003);
+  EXPECT_EQ(c.nodes[2].Address(), "127.0.0.1:7003");
+  // Relative to the config's folder (not to the working directory), normalised.
+  EXPECT_EQ(c.nodes[2].data_dir, (dir_ / "conf" / "data" / "3").string());
+
+  ASSERT_NE(c.FindNode(2), nullptr);
+  EXPECT_EQ(c.FindNode(2)->host, "node2.example");
+  EXPECT_EQ(c.FindNode(0), nullptr);
+  EXPECT_EQ(c.FindNode(4), nullptr);
+}
+
+TEST_F(ConfigTest, RelativeConfigPathResolvesAgainstItsFolder) {
+  std::string path =
+      WriteConfig("sectors = 8\n" + Node(1, "localhost:7001") + "data_dir = \"d1\"\n");
+  // The same file named relative to the working directory.
+  std::string rel = fs::relative(path, fs::current_path()).string();
+  ASSERT_FALSE(fs::path(rel).is_absolute());
+  auto r = LoadClusterConfig(rel);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->nodes[0].data_dir, (dir_ / "d1").string());
+  EXPECT_TRUE(fs::path(r->nodes[0].data_dir).is_absolute());
+  EXPECT_EQ(r->client_key, client_key_);
+}
+
+TEST_F(ConfigTest, BoundaryValuesAccepted) {
+  std::string body =
+      "sectors = " + std::to_string(kMaxSectors) + "\n" + Node(254, "h:1") + Node(1, "h:65535");
+  auto r = LoadClusterConfig(WriteConfig(body));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->sectors, kMaxSectors);
+  EXPECT_EQ(r->nodes[0].rank, 1);
+  EXPECT_EQ(r->nodes[1].rank, 254);
+  EXPECT_EQ(r->nodes[1].port, 1);
+
+  auto one = LoadClusterConfig(WriteConfig("sectors = 1\n" + Node(1, "h:7000")));
+  ASSERT_TRUE(one.ok()) << one.status().ToString();
+  EXPECT_EQ(one->sectors, 1u);
+  EXPECT_EQ(one->Majority(), 1u);
+}
+
+TEST(ClusterConfig, Majority) {
+  ClusterConfig c;
+  const std::size_t expected[] = {1, 1, 2, 2, 3, 3, 4};  // for 0..6 nodes
+  for (std::size_t n = 0; n <= 6; ++n) {
+    c.nodes.resize(n);
+    EXPECT_EQ(c.Majority(), expected[n]) << n << " nodes";
+  }
+}
+
+TEST_F(ConfigTest, MissingFile) {
+  std::string missing = (dir_ / "nope.toml").string();
+  ExpectError(missing, "no such file", StatusCode::kNotFound);
+  std::string missing_dir = (dir_ / "nope" / "cluster.toml").string();
+  ExpectError(missing_dir, "no such file", StatusCode::kNotFound);
+}
+
+TEST_F(ConfigTest, NotAFile) {
+  // A folder, and a name far too long for the OS: errors, not exceptions.
+  auto r = LoadClusterConfig(dir_.string());
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find(dir_.string()), std::string::npos);
+  std::string long_name = (dir_ / std::string(5000, 'x')).string();
+  auto l = LoadClusterConfig(long_name);
+  ASSERT_FALSE(l.ok());
+  EXPECT_NE(l.status().message().find(long_name), std::string::npos);
+}
+
+TEST_F(ConfigTest, TomlSyntaxError) {
+  ExpectBadConfig("sectors = 1024\nnodes = [\n", "line");
+  std::string path = WriteFile("syntax.toml", "sectors = 1024\n\nclient_key_file = \n");
+  ExpectError(path, "line 3");
+  ExpectBadConfig("sectors = 10\nsectors = 20\n" + Node(1, "h:1"), "line");
+  ExpectBadConfig("sectors = 99999999999999999999999\n" + Node(1, "h:1"), "line");
+  ExpectError(WriteFile("binary.toml", std::string("\0\xff\xfe", 3)), "line");
+}
+
+TEST_F(ConfigTest, Sectors) {
+  std::string nodes = Node(1, "h:7001");
+  ExpectBadConfig(nodes, "sectors");  // missing
+  ExpectBadConfig("sectors = 0\n" + nodes, "sectors");
+  ExpectBadConfig("sectors = -1\n" + nodes, "sectors");
+  ExpectBadConfig("sectors = -9223372036854775808\n" + nodes, "sectors");
+  ExpectBadConfig("sectors = " + std::to_string(kMaxSectors + 1) + "\n" + nodes, "sectors");
+  ExpectBadConfig("sectors = 9223372036854775807\n" + nodes, "sectors");
+  ExpectBadConfig("sectors = \"1024\"\n" + nodes, "sectors");
+  ExpectBadConfig("sectors = 1.5\n" + nodes, "sectors");
+  ExpectBadConfig("sectors = 8.0\n" + nodes, "sectors");
+  ExpectBadConfig("sectors = true\n" + nodes, "sectors");  // toml++'s value<> would say 1
+  ExpectBadConfig("sectors = [1]\n" + nodes, "sectors");
+}
+
+TEST_F(ConfigTest, UnknownKeys) {
+  ExpectBadConfig("sectors = 8\nsector = 8\n" + Node(1, "h:7001"), "unknown key \"sector\"");
+  ExpectBadConfig("sectors = 8\n" + Node(1, "h:7001") + "prot = 5\n", "unknown key \"prot\"");
+  ExpectBadConfig("sectors = 8\n[extra]\na = 1\n" + Node(1, "h:7001"), "unknown key \"extra\"");
+}
+
+TEST_F(ConfigTest, Nodes) {
+  ExpectBadConfig("sectors = 8\n", "nodes");
+  ExpectBadConfig("sectors = 8\nnodes = []\n", "nodes");
+  ExpectBadConfig("sectors = 8\nnodes = 5\n", "nodes");
+  ExpectBadConfig("sectors = 8\nnodes = [1, 2]\n", "nodes[1]");
+  ExpectBadConfig("sectors = 8\n[[nodes]]\naddress = \"h:1\"\n", "rank");
+  ExpectBadConfig("sectors = 8\n[[nodes]]\nrank = 1\n", "address");
+  ExpectBadConfig("sectors = 8\n[[nodes]]\nrank = 1\naddress = 7001\n", "address");
+  ExpectBadConfig("sectors = 8\n" + Node(1, "h:1") + "data_dir = \"\"\n", "data_dir");
+  ExpectBadConfig("sectors = 8\n" + Node(1, "h:1") + "data_dir = 3\n", "data_dir");
+  std::string many = "sectors = 8\n";
+  for (int i = 1; i <= 255; ++i) many += Node(i % 254 + 1, "h:" + std::to_string(1000 + i));
+  ExpectBadConfig(many, "nodes");
+}
+
+TEST_F(ConfigTest, Ranks) {
+  ExpectBadConfig("sectors = 8\n" + Node(1, "a:1") + Node(2, "b:1") + Node(1, "c:1"),
+                  "nodes[3]: rank 1 used twice");
+  ExpectBadConfig("sectors = 8\n" + Node(0, "a:1"), "rank 0");
+  ExpectBadConfig("sectors = 8\n" + Node(255, "a:1"), "rank 255");
+  ExpectBadConfig("sectors = 8\n" + Node(-1, "a:1"), "rank -1");
+  ExpectBadConfig("sectors = 8\n" + Node(1, "a:1") + Node(256, "b:1"), "nodes[2]: rank 256");
+  ExpectBadConfig("sectors = 8\n[[nodes]]\nrank = \"1\"\naddress = \"a:1\"\n", "rank");
+  ExpectBadConfig("sectors = 8\n[[nodes]]\nrank = true\naddress = \"a:1\"\n", "rank");
+  ExpectBadConfig("sectors = 8\n[[nodes]]\nrank = 1.0\naddress = \"a:1\"\n", "rank");
+}
+
+TEST_F(ConfigTest, BadAddresses) {
+  for (const std::string bad : {"127.0.0.1",
+                                ":7000",
+                                "host:0",
+                                "host:70000",
+                                "host:65536",
+                                "host:abc",
+                                "host:",
+                                "host",
+                                "",
+                                "::1:7001",
+                                "[::1]",
+                                "[::1]7001",
+                                "[::1:7001",
+                                "[]:7001",
+                                "host:-1",
+                                "host:+80",
+                                "host:123456",
+                                "host: 80",
+                                "h\xc3\xa9:7\xc3\xa9",
+                                "a b:7001",
+                                " h:7001",
+                                "a\tb:7001",
+                                "[a b]:7001"}) {
+    SCOPED_TRACE(bad);
+    ExpectBadConfig("sectors = 8\n" + Node(1, bad), "nodes[1]: address");
+    std::string host;
+    std::uint16_t port = 0;
+    Status s = ParseHostPort(bad, &host, &port);
+    EXPECT_FALSE(s.ok());
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(s.message().find(bad), std::string::npos) << s.message();
+  }
+}
+
+TEST(ParseHostPort, ValidForms) {
+  struct Case {
+    std::string text, host;
+    std::uint16_t port;
+    std::string address;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"127.0.0.1:7001", "127.0.0.1", 7001, "127.0.0.1:7001"},
+           {"[::1]:7001", "::1", 7001, "[::1]:7001"},
+           {"[fe80::1%eth0]:9", "fe80::1%eth0", 9, "[fe80::1%eth0]:9"},
+           {"node-1.example.com:1", "node-1.example.com", 1, "node-1.example.com:1"},
+           {"localhost:65535", "localhost", 65535, "localhost:65535"},
+           {"h:00080", "h", 80, "h:80"},
+       }) {
+    SCOPED_TRACE(c.text);
+    std::string host = "unchanged";
+    std::uint16_t port = 0;
+    Status s = ParseHostPort(c.text, &host, &port);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    EXPECT_EQ(host, c.host);
+    EXPECT_EQ(port, c.port);
+    NodeConfig n{.rank = 1, .host = host, .port = port};
+    EXPECT_EQ(n.Address(), c.address);
+  }
+  // Quotes, backslashes and control characters in a host are refused.
+  for (const std::string& bad : std::vector<std::string>{"a\"b:1", "a\\b:1", "a\nb:1", "a\x7f:1",
+                                                         "[a\"]:1", std::string("a\0b:1", 6)}) {
+    std::string host;
+    std::uint16_t port = 0;
+    EXPECT_FALSE(ParseHostPort(bad, &host, &port).ok()) << bad;
+  }
+  // A failure leaves the outputs alone.
+  std::string host = "unchanged";
+  std::uint16_t port = 5;
+  EXPECT_FALSE(ParseHostPort("host:0", &host, &port).ok());
+  EXPECT_EQ(host, "unchanged");
+  EXPECT_EQ(port, 5);
+}
+
+TEST_F(ConfigTest, DuplicateAddress) {
+  ExpectBadConfig("sectors = 8\n" + Node(1, "127.0.0.1:7001") + Node(2, "127.0.0.1:7001"),
+                  "nodes[2]: address 127.0.0.1:7001 used twice");
+  // The same endpoint spelled differently.
+  ExpectBadConfig("sectors = 8\n" + Node(1, "[::1]:7001") + Node(2, "[::1]:07001"), "used twice");
+  ExpectBadConfig("sectors = 8\n" + Node(1, "h:7001") + Node(2, "[h]:7001"), "used twice");
+  // Same host, other port, is fine.
+  auto r = LoadClusterConfig(
+      WriteConfig("sectors = 8\n" + Node(1, "127.0.0.1:7001") + Node(2, "127.0.0.1:7002")));
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+}
+
+TEST_F(ConfigTest, KeyFiles) {
+  std::string nodes = Node(1, "h:7001");
+  // Missing key file names both the config and the key file.
+  std::string path = WriteFile("missing.toml",
+                               "sectors = 8\nclient_key_file = \"absent.key\"\n"
+                               "system_key_file = \"system.key\"\n" +
+                                   nodes);
+  ExpectError(path, (dir_ / "absent.key").string());
+  path = WriteFile("missing2.toml",
+                   "sectors = 8\nclient_key_file = \"client.key\"\n"
+                   "system_key_file = \"sub/absent.key\"\n" +
+                       nodes);
+  ExpectError(path, (dir_ / "sub" / "absent.key").string());
+  // Key file settings missing or of the wrong type.
+  ExpectError(WriteFile("nock.toml", "sectors = 8\nsystem_key_file = \"system.key\"\n" + nodes),
+              "client_key_file");
+  ExpectError(WriteFile("nosk.toml", "sectors = 8\nclient_key_file = \"client.key\"\n" + nodes),
+              "system_key_file");
+  ExpectError(
+      WriteFile("numk.toml",
+                "sectors = 8\nclient_key_file = 1\nsystem_key_file = \"system.key\"\n" + nodes),
+      "client_key_file");
+  // Keys swapped: each has the other's length.
+  path = WriteFile("swapped.toml",
+                   "sectors = 8\nclient_key_file = \"system.key\"\n"
+                   "system_key_file = \"client.key\"\n" +
+                       nodes);
+  ExpectError(path, (dir_ / "system.key").string());
+  // A client key one byte short, and a system key that is not hex.
+  WriteFile("short.key", ToHex(RandomBytes(31)));
+  path = WriteFile("short.toml",
+                   "sectors = 8\nclient_key_file = \"short.key\"\n"
+                   "system_key_file = \"system.key\"\n" +
+                       nodes);
+  ExpectError(path, "short.key");
+  WriteFile("nothex.key", std::string(128, 'q'));
+  path = WriteFile("nothex.toml",
+                   "sectors = 8\nclient_key_file = \"client.key\"\n"
+                   "system_key_file = \"nothex.key\"\n" +
+                       nodes);
+  ExpectError(path, "nothex.key");
+}
+
+// --- WriteNewCluster ------------------------------------------------------------------------
+
+TEST_F(ConfigTest, WriteNewClusterRoundTrip) {
+  fs::path out = dir_ / "new" / "cluster";
+  std::vector<std::string> addresses = {"127.0.0.1:7002", "[::1]:7001", "node3.example:7003"};
+  Status s = WriteNewCluster(out.string(), addresses, 262144);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+
+  for (const char* key : {"client.key", "system.key"}) {
+    struct stat st {};
+    ASSERT_EQ(::stat((out / key).c_str(), &st), 0) << key;
+    EXPECT_EQ(st.st_mode & 07777, 0600u) << key;
+  }
+
+  auto r = LoadClusterConfig((out / "cluster.toml").string());
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  const ClusterConfig& c = r.value();
+  EXPECT_EQ(c.sectors, 262144u);
+  EXPECT_EQ(c.client_key.size(), kClientKeySize);
+  EXPECT_EQ(c.system_key.size(), kSystemKeySize);
+  EXPECT_NE(c.client_key, Bytes(kClientKeySize, 0));
+  EXPECT_EQ(ToHex(c.client_key) + "\n", ReadAll(out / "client.key"));
+  EXPECT_EQ(ToHex(c.system_key) + "\n", ReadAll(out / "system.key"));
+  ASSERT_EQ(c.nodes.size(), 3u);
+  EXPECT_EQ(c.Majority(), 2u);
+  for (std::size_t i = 0; i < 3; ++i) {
+    SCOPED_TRACE(i);
+    // Ranked 1.. in the order given.
+    EXPECT_EQ(c.nodes[i].rank, i + 1);
+    EXPECT_EQ(c.nodes[i].Address(), addresses[i]);
+    EXPECT_EQ(c.nodes[i].data_dir, (out / "data" / std::to_string(i + 1)).string());
+  }
+
+  // A second cluster elsewhere gets different keys.
+  ASSERT_TRUE(WriteNewCluster((dir_ / "other").string(), {"h:1"}, 8).ok());
+  auto other = LoadClusterConfig((dir_ / "other" / "cluster.toml").string());
+  ASSERT_TRUE(other.ok()) << other.status().ToString();
+  EXPECT_NE(other->client_key, c.client_key);
+  EXPECT_NE(other->system_key, c.system_key);
+}
+
+TEST_F(ConfigTest, WriteNewClusterRefusesToOverwrite) {
+  fs::path out = dir_ / "c";
+  ASSERT_TRUE(WriteNewCluster(out.string(), {"h:7001"}, 16).ok());
+  std::string toml = ReadAll(out / "cluster.toml");
+  std::string ck = ReadAll(out / "client.key");
+  std::string sk = ReadAll(out / "system.key");
+
+  Status again = WriteNewCluster(out.string(), {"h:7001", "h:7002"}, 32);
+  ASSERT_FALSE(again.ok());
+  EXPECT_NE(again.message().find("already exists"), std::string::npos) << again.message();
+  EXPECT_EQ(ReadAll(out / "cluster.toml"), toml);
+  EXPECT_EQ(ReadAll(out / "client.key"), ck);
+  EXPECT_EQ(ReadAll(out / "system.key"), sk);
+
+  // Any one of the three files present is enough to refuse.
+  for (const char* f : {"cluster.toml", "client.key", "system.key"}) {
+    fs::path d = dir_ / (std::string("only-") + f);
+    fs::create_directories(d);
+    std::ofstream(d / f) << "keep me";
+    Status s = WriteNewCluster(d.string(), {"h:7001"}, 16);
+    ASSERT_FALSE(s.ok()) << f;
+    EXPECT_NE(s.message().find((d / f).string()), std::string::npos) << s.message();
+    EXPECT_EQ(ReadAll(d / f), "keep me");
+  }
+}
+
+TEST_F(ConfigTest, WriteNewClusterRejectsBadInput) {
+  struct Case {
+    std::vector<std::string> addresses;
+    std::uint64_t sectors;
+  };
+  std::vector<std::string> too_many;
+  for (int i = 0; i < 255; ++i) too_many.push_back("h:" + std::to_string(1000 + i));
+  int n = 0;
+  for (const Case& c : std::vector<Case>{
+           {{}, 8},
+           {{"h:7001"}, 0},
+           {{"h:7001"}, kMaxSectors + 1},
+           {{"h:7001", "127.0.0.1"}, 8},
+           {{"h:7001", "h:70000"}, 8},
+           {{"h:7001", "h:7001"}, 8},
+           {{"h:7001", "h:07001"}, 8},  // the same endpoint, spelled differently
+           {{"h:7001", "[h]:7001"}, 8},
+           {too_many, 8},
+           // Hosts that cannot be written into TOML as they are (and are never valid anyway).
+           {{"a\"b:7001"}, 8},
+           {{"a\\b:7001"}, 8},
+           {{"a\nb:7001"}, 8},
+           {{"a b:7001"}, 8},
+       }) {
+    fs::path d = dir_ / ("bad" + std::to_string(n++));
+    SCOPED_TRACE(d.string());
+    Status s = WriteNewCluster(d.string(), c.addresses, c.sectors);
+    EXPECT_FALSE(s.ok());
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
+    EXPECT_FALSE(fs::exists(d / "cluster.toml"));
+    EXPECT_FALSE(fs::exists(d / "client.key"));
+  }
+}
+
+TEST_F(ConfigTest, WriteNewClusterMaxSizes) {
+  fs::path d = dir_ / "max";
+  std::vector<std::string> addresses;
+  for (int i = 0; i < kMaxRank; ++i) addresses.push_back("h:" + std::to_string(1000 + i));
+  ASSERT_TRUE(WriteNewCluster(d.string(), addresses, kMaxSectors).ok());
+  auto r = LoadClusterConfig((d / "cluster.toml").string());
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->sectors, kMaxSectors);
+  ASSERT_EQ(r->nodes.size(), static_cast<std::size_t>(kMaxRank));
+  EXPECT_EQ(r->nodes.back().rank, kMaxRank);
+  EXPECT_EQ(r->Majority(), 128u);
+}
+
+}  // namespace
+}  // namespace atomdisk

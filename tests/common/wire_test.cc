@@ -1,0 +1,901 @@
+// Tests for the atdd wire codec (common/wire.h) against shared/reference/wire-protocol.md:
+// byte-exact layouts, round trips, and decoders that reject (never crash on) hostile bytes.
+#include "common/wire.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/hmac.h"
+#include "common/types.h"
+
+namespace atomdisk {
+namespace {
+
+using Bytes = std::vector<std::uint8_t>;
+
+Bytes FromHex(std::string_view hex) {
+  auto r = ParseHex(hex);
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  return r.ok() ? r.value() : Bytes{};
+}
+
+// A sector whose bytes depend on `seed` and their position, so misplaced bytes show.
+SectorPtr PatternSector(std::uint8_t seed) {
+  SectorData d;
+  for (std::size_t i = 0; i < kSectorSize; ++i) {
+    d[i] = static_cast<std::uint8_t>(seed + i * 7 + (i >> 8));
+  }
+  return MakeSector(d.data());
+}
+
+Uuid MakeUuid(std::uint8_t first) {
+  Uuid u;
+  for (std::size_t i = 0; i < 16; ++i) u.bytes[i] = static_cast<std::uint8_t>(first + i);
+  return u;
+}
+
+std::uint64_t BigEndian64(const Bytes& b, std::size_t off) {
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < 8; ++i) v = v << 8 | b.at(off + i);
+  return v;
+}
+
+std::uint32_t BigEndian32(const Bytes& b, std::size_t off) {
+  std::uint32_t v = 0;
+  for (std::size_t i = 0; i < 4; ++i) v = v << 8 | b.at(off + i);
+  return v;
+}
+
+void PutBigEndian32(Bytes& b, std::size_t off, std::uint32_t v) {
+  for (std::size_t i = 0; i < 4; ++i) b.at(off + i) = static_cast<std::uint8_t>(v >> (24 - 8 * i));
+}
+
+void PutBigEndian64(Bytes& b, std::size_t off, std::uint64_t v) {
+  for (std::size_t i = 0; i < 8; ++i) b.at(off + i) = static_cast<std::uint8_t>(v >> (56 - 8 * i));
+}
+
+bool SectorEquals(const SectorPtr& s, const std::uint8_t* bytes) {
+  return s && std::equal(s->begin(), s->end(), bytes);
+}
+
+Bytes ClientKey() {
+  Bytes k(32);
+  for (std::size_t i = 0; i < k.size(); ++i) k[i] = static_cast<std::uint8_t>(0xC0 + i);
+  return k;
+}
+
+Bytes SystemKey() {
+  Bytes k(64);
+  for (std::size_t i = 0; i < k.size(); ++i) k[i] = static_cast<std::uint8_t>(0x50 ^ i);
+  return k;
+}
+
+std::uint64_t FrameLength(const Frame& f) {
+  auto l = DecodeFrameLength(std::span<const std::uint8_t, kFrameLengthSize>(f.data(), 8));
+  EXPECT_TRUE(l.ok()) << l.status().ToString();
+  return l.ok() ? l.value() : 0;
+}
+
+Result<std::uint64_t> DecodeLength(std::uint64_t l) {
+  std::array<std::uint8_t, 8> prefix{};
+  for (std::size_t i = 0; i < 8; ++i) prefix[i] = static_cast<std::uint8_t>(l >> (56 - 8 * i));
+  return DecodeFrameLength(prefix);
+}
+
+std::span<const std::uint8_t> BodyOf(const Frame& f) {
+  return std::span<const std::uint8_t>(f).subspan(kFrameLengthSize);
+}
+
+// --- Sample messages of every kind ----------------------------------------------------------
+
+ClientCommand ReadCommand() {
+  return {
+      .request_id = 0x0102030405060708ULL, .sector = 0x1112131415161718ULL, .op = ClientOp::kRead};
+}
+
+ClientCommand WriteCommand() {
+  return {.request_id = 0xFFFFFFFFFFFFFFFEULL,
+          .sector = 77,
+          .op = ClientOp::kWrite,
+          .data = PatternSector(3)};
+}
+
+SystemMessage SystemMsg(SystemContent content) {
+  SystemMessage m;
+  m.sender = 5;
+  m.op_id = MakeUuid(0xA0);
+  m.sector = 0x0000123456789ABCULL;
+  m.content = content;
+  if (content == SystemContent::kValue || content == SystemContent::kWriteProc) {
+    m.tag = {.ts = 0x8877665544332211ULL, .wr = 254};
+    m.data = PatternSector(static_cast<std::uint8_t>(content));
+  }
+  return m;
+}
+
+std::vector<SystemMessage> AllSystemMessages() {
+  return {SystemMsg(SystemContent::kReadProc), SystemMsg(SystemContent::kValue),
+          SystemMsg(SystemContent::kWriteProc), SystemMsg(SystemContent::kAck)};
+}
+
+std::vector<ClientResponse> AllResponses() {
+  std::vector<ClientResponse> out;
+  for (auto status :
+       {ResponseStatus::kOk, ResponseStatus::kAuthFailure, ResponseStatus::kInvalidSectorIndex}) {
+    for (auto op : {ClientOp::kRead, ClientOp::kWrite}) {
+      ClientResponse r{
+          .status = status, .request_id = 0xDEADBEEF00000000ULL + out.size(), .op = op};
+      if (op == ClientOp::kRead)
+        r.data = status == ResponseStatus::kOk ? PatternSector(9) : ZeroSector();
+      out.push_back(r);
+    }
+  }
+  return out;
+}
+
+void ExpectSameCommand(const ClientCommand& a, const ClientCommand& b) {
+  EXPECT_EQ(a.request_id, b.request_id);
+  EXPECT_EQ(a.sector, b.sector);
+  EXPECT_EQ(a.op, b.op);
+  if (a.op == ClientOp::kWrite) {
+    ASSERT_TRUE(a.data && b.data);
+    EXPECT_EQ(*a.data, *b.data);
+  } else {
+    EXPECT_EQ(b.data, nullptr);
+  }
+}
+
+void ExpectSameSystem(const SystemMessage& a, const SystemMessage& b) {
+  EXPECT_EQ(a.sender, b.sender);
+  EXPECT_EQ(a.op_id, b.op_id);
+  EXPECT_EQ(a.sector, b.sector);
+  EXPECT_EQ(a.content, b.content);
+  if (a.content == SystemContent::kValue || a.content == SystemContent::kWriteProc) {
+    EXPECT_EQ(a.tag, b.tag);
+    ASSERT_TRUE(a.data && b.data);
+    EXPECT_EQ(*a.data, *b.data);
+  } else {
+    EXPECT_EQ(b.tag, Tag{});
+    EXPECT_EQ(b.data, nullptr);
+  }
+}
+
+void ExpectSameResponse(const ClientResponse& a, const ClientResponse& b) {
+  EXPECT_EQ(a.status, b.status);
+  EXPECT_EQ(a.request_id, b.request_id);
+  EXPECT_EQ(a.op, b.op);
+  if (a.op == ClientOp::kRead) {
+    ASSERT_TRUE(b.data);
+    if (a.status == ResponseStatus::kOk) {
+      ASSERT_TRUE(a.data);
+      EXPECT_EQ(*a.data, *b.data);
+    } else {
+      EXPECT_EQ(*b.data, *ZeroSector());
+    }
+  } else {
+    EXPECT_EQ(b.data, nullptr);
+  }
+}
+
+// Every valid payload the tests mutate, with the decoder that accepts it.
+enum class Decoder { kClient, kSystem, kResponse };
+struct Sample {
+  std::string name;
+  Decoder decoder;
+  Bytes payload;
+};
+
+std::vector<Sample> AllSamples() {
+  std::vector<Sample> out;
+  out.push_back({"client read", Decoder::kClient, EncodePayload(ReadCommand())});
+  out.push_back({"client write", Decoder::kClient, EncodePayload(WriteCommand())});
+  for (const auto& m : AllSystemMessages()) {
+    out.push_back({std::string("system ") + SystemContentName(m.content), Decoder::kSystem,
+                   EncodePayload(m)});
+  }
+  for (const auto& r : AllResponses()) {
+    out.push_back({"response status " + std::to_string(static_cast<int>(r.status)) + " op " +
+                       std::to_string(static_cast<int>(r.op)),
+                   Decoder::kResponse, EncodePayload(r)});
+  }
+  return out;
+}
+
+Status DecodeWith(Decoder d, std::span<const std::uint8_t> p) {
+  switch (d) {
+    case Decoder::kClient:
+      return DecodeClientCommand(p).status();
+    case Decoder::kSystem:
+      return DecodeSystemMessage(p).status();
+    case Decoder::kResponse:
+      return DecodeClientResponse(p).status();
+  }
+  return Status::Ok();
+}
+
+// --- Byte-exact layouts ---------------------------------------------------------------------
+
+TEST(WireLayout, ReadProcMatchesReferenceExample) {
+  SystemMessage m;
+  m.sender = 147;
+  m.op_id.bytes.fill(0x07);
+  m.sector = 4525787855454ULL;
+  m.content = SystemContent::kReadProc;
+  Bytes expected = FromHex(
+      "00000001"
+      "93"
+      "0000000000000010"
+      "07070707070707070707070707070707"
+      "0000041dbdfa3a5e"
+      "00000000");
+  ASSERT_EQ(expected.size(), 41u);
+  Bytes payload = EncodePayload(m);
+  EXPECT_EQ(ToHex(payload), ToHex(expected));
+
+  auto decoded = DecodeSystemMessage(expected);
+  ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
+  ExpectSameSystem(m, decoded.value());
+
+  // The same message as a signed frame: L = 41 + 32, the payload, then the tag over it.
+  Hmac mac(SystemKey());
+  Frame f = EncodeFrame(m, mac);
+  ASSERT_EQ(f.size(), 8u + 41u + 32u);
+  EXPECT_EQ(FrameLength(f), 73u);
+  EXPECT_TRUE(std::equal(expected.begin(), expected.end(), f.begin() + 8));
+  MacTag tag = mac.Compute(expected);
+  EXPECT_TRUE(std::equal(tag.begin(), tag.end(), f.begin() + 8 + 41));
+}
+
+TEST(WireLayout, ClientReadCommand) {
+  ClientCommand c = ReadCommand();
+  Bytes p = EncodePayload(c);
+  ASSERT_EQ(p.size(), 24u);
+  EXPECT_EQ(ToHex(p),
+            "00000000"
+            "0102030405060708"
+            "1112131415161718"
+            "00000000");
+  // A stray data pointer on a read is not encoded.
+  c.data = PatternSector(1);
+  EXPECT_EQ(EncodePayload(c), p);
+
+  Hmac mac(ClientKey());
+  Frame f = EncodeFrame(c, mac);
+  ASSERT_EQ(f.size(), 8u + 56u);
+  EXPECT_EQ(ToHex(std::span(f).first(8)), "0000000000000038");
+  EXPECT_EQ(FrameLength(f), 56u);
+  EXPECT_TRUE(std::equal(p.begin(), p.end(), f.begin() + 8));
+  MacTag tag = mac.Compute(p);
+  EXPECT_TRUE(std::equal(tag.begin(), tag.end(), f.begin() + 8 + 24));
+}
+
+TEST(WireLayout, ClientWriteCommand) {
+  ClientCommand c = WriteCommand();
+  Bytes p = EncodePayload(c);
+  ASSERT_EQ(p.size(), 4120u);
+  EXPECT_EQ(BigEndian32(p, 0), 0u);
+  EXPECT_EQ(BigEndian64(p, 4), 0xFFFFFFFFFFFFFFFEULL);
+  EXPECT_EQ(BigEndian64(p, 12), 77u);
+  EXPECT_EQ(BigEndian32(p, 20), 1u);
+  EXPECT_TRUE(SectorEquals(c.data, p.data() + 24));
+
+  Hmac mac(ClientKey());
+  Frame f = EncodeFrame(c, mac);
+  ASSERT_EQ(f.size(), 8u + 4152u);
+  EXPECT_EQ(ToHex(std::span(f).first(8)), "0000000000001038");
+  EXPECT_EQ(FrameLength(f), 4152u);
+  EXPECT_TRUE(std::equal(p.begin(), p.end(), f.begin() + 8));
+
+  // A write without data sends zeros.
+  c.data = nullptr;
+  Bytes zero = EncodePayload(c);
+  ASSERT_EQ(zero.size(), 4120u);
+  EXPECT_TRUE(SectorEquals(ZeroSector(), zero.data() + 24));
+}
+
+TEST(WireLayout, ValueAndWriteProc) {
+  for (auto content : {SystemContent::kValue, SystemContent::kWriteProc}) {
+    SCOPED_TRACE(SystemContentName(content));
+    SystemMessage m = SystemMsg(content);
+    Bytes p = EncodePayload(m);
+    ASSERT_EQ(p.size(), kMaxPayloadSize);
+    ASSERT_EQ(p.size(), 4146u);
+    EXPECT_EQ(BigEndian32(p, 0), 1u);   // RegisterCommand::System
+    EXPECT_EQ(p[4], 5u);                // process_identifier
+    EXPECT_EQ(BigEndian64(p, 5), 16u);  // UUID length
+    EXPECT_TRUE(std::equal(m.op_id.bytes.begin(), m.op_id.bytes.end(), p.begin() + 13));
+    EXPECT_EQ(BigEndian64(p, 29), 0x0000123456789ABCULL);                // sector_idx
+    EXPECT_EQ(BigEndian32(p, 37), static_cast<std::uint32_t>(content));  // content
+    EXPECT_EQ(BigEndian64(p, 41), 0x8877665544332211ULL);                // timestamp
+    EXPECT_EQ(p[49], 254u);                                              // write_rank
+    EXPECT_TRUE(SectorEquals(m.data, p.data() + 50));                    // data
+
+    Hmac mac(SystemKey());
+    Frame f = EncodeFrame(m, mac);
+    EXPECT_EQ(FrameLength(f), kMaxFrameBody);
+  }
+  EXPECT_EQ(BigEndian32(EncodePayload(SystemMsg(SystemContent::kValue)), 37), 1u);
+  EXPECT_EQ(BigEndian32(EncodePayload(SystemMsg(SystemContent::kWriteProc)), 37), 2u);
+}
+
+TEST(WireLayout, AckAndReadProcHaveNoValue) {
+  for (auto content : {SystemContent::kReadProc, SystemContent::kAck}) {
+    SCOPED_TRACE(SystemContentName(content));
+    SystemMessage m = SystemMsg(content);
+    // A stray tag or data pointer is not encoded for these.
+    m.tag = {.ts = 9, .wr = 9};
+    m.data = PatternSector(2);
+    Bytes p = EncodePayload(m);
+    ASSERT_EQ(p.size(), 41u);
+    EXPECT_EQ(BigEndian32(p, 0), 1u);
+    EXPECT_EQ(p[4], 5u);
+    EXPECT_EQ(BigEndian64(p, 5), 16u);
+    EXPECT_TRUE(std::equal(m.op_id.bytes.begin(), m.op_id.bytes.end(), p.begin() + 13));
+    EXPECT_EQ(BigEndian64(p, 29), 0x0000123456789ABCULL);
+    EXPECT_EQ(BigEndian32(p, 37), static_cast<std::uint32_t>(content));
+  }
+  EXPECT_EQ(BigEndian32(EncodePayload(SystemMsg(SystemContent::kAck)), 37), 3u);
+}
+
+TEST(WireLayout, Responses) {
+  Hmac mac(ClientKey());
+  // Write response: status, request id, op; no data. L = 48.
+  ClientResponse w{.status = ResponseStatus::kInvalidSectorIndex,
+                   .request_id = 0x0A0B0C0D0E0F1011ULL,
+                   .op = ClientOp::kWrite};
+  Bytes wp = EncodePayload(w);
+  ASSERT_EQ(wp.size(), 16u);
+  EXPECT_EQ(ToHex(wp),
+            "00000002"
+            "0a0b0c0d0e0f1011"
+            "00000001");
+  Frame wf = EncodeFrame(w, mac);
+  ASSERT_EQ(wf.size(), 8u + 48u);
+  EXPECT_EQ(FrameLength(wf), 48u);
+  EXPECT_EQ(FrameLength(wf), kMinFrameBody);
+
+  // Read response: status, request id, op, 4096 bytes. L = 4144.
+  ClientResponse r{.status = ResponseStatus::kOk,
+                   .request_id = 42,
+                   .op = ClientOp::kRead,
+                   .data = PatternSector(4)};
+  Bytes rp = EncodePayload(r);
+  ASSERT_EQ(rp.size(), 4112u);
+  EXPECT_EQ(BigEndian32(rp, 0), 0u);
+  EXPECT_EQ(BigEndian64(rp, 4), 42u);
+  EXPECT_EQ(BigEndian32(rp, 12), 0u);
+  EXPECT_TRUE(SectorEquals(r.data, rp.data() + 16));
+  Frame rf = EncodeFrame(r, mac);
+  ASSERT_EQ(rf.size(), 8u + 4144u);
+  EXPECT_EQ(FrameLength(rf), 4144u);
+
+  // A failed read carries zeros, whatever data the caller left in the struct.
+  r.status = ResponseStatus::kAuthFailure;
+  Bytes fp = EncodePayload(r);
+  ASSERT_EQ(fp.size(), 4112u);
+  EXPECT_EQ(BigEndian32(fp, 0), 1u);
+  EXPECT_TRUE(SectorEquals(ZeroSector(), fp.data() + 16));
+  // An Ok read without data sends zeros.
+  r.status = ResponseStatus::kOk;
+  r.data = nullptr;
+  EXPECT_TRUE(SectorEquals(ZeroSector(), EncodePayload(r).data() + 16));
+}
+
+// --- Round trips ----------------------------------------------------------------------------
+
+TEST(WireRoundTrip, ClientCommands) {
+  Hmac mac(ClientKey());
+  for (const auto& c : {ReadCommand(), WriteCommand()}) {
+    auto d = DecodeClientCommand(EncodePayload(c));
+    ASSERT_TRUE(d.ok()) << d.status().ToString();
+    ExpectSameCommand(c, d.value());
+
+    // Through a whole frame, the way a node reads one.
+    Frame f = EncodeFrame(c, mac);
+    EXPECT_EQ(FrameLength(f), f.size() - 8);
+    auto payload = VerifyFrameBody(BodyOf(f), mac);
+    ASSERT_TRUE(payload.ok()) << payload.status().ToString();
+    auto kind = PeekCommandKind(payload.value());
+    ASSERT_TRUE(kind.ok());
+    EXPECT_EQ(kind.value(), CommandKind::kClient);
+    auto d2 = DecodeClientCommand(payload.value());
+    ASSERT_TRUE(d2.ok()) << d2.status().ToString();
+    ExpectSameCommand(c, d2.value());
+
+    auto h = DecodeClientCommandHeader(payload.value());
+    ASSERT_TRUE(h.ok());
+    EXPECT_EQ(h->request_id, c.request_id);
+    EXPECT_EQ(h->sector, c.sector);
+    EXPECT_EQ(h->op, c.op);
+  }
+  // Extreme field values.
+  ClientCommand edge{
+      .request_id = 0, .sector = std::numeric_limits<std::uint64_t>::max(), .op = ClientOp::kRead};
+  auto d = DecodeClientCommand(EncodePayload(edge));
+  ASSERT_TRUE(d.ok());
+  ExpectSameCommand(edge, d.value());
+}
+
+TEST(WireRoundTrip, SystemMessages) {
+  Hmac mac(SystemKey());
+  auto messages = AllSystemMessages();
+  SystemMessage edge = SystemMsg(SystemContent::kValue);
+  edge.sender = 1;
+  edge.sector = std::numeric_limits<std::uint64_t>::max();
+  edge.tag = {.ts = std::numeric_limits<std::uint64_t>::max(), .wr = 0};
+  messages.push_back(edge);
+  SystemMessage high = SystemMsg(SystemContent::kWriteProc);
+  high.sender = 254;
+  high.tag = {.ts = 0, .wr = 1};
+  messages.push_back(high);
+  for (const auto& m : messages) {
+    SCOPED_TRACE(SystemContentName(m.content));
+    auto d = DecodeSystemMessage(EncodePayload(m));
+    ASSERT_TRUE(d.ok()) << d.status().ToString();
+    ExpectSameSystem(m, d.value());
+
+    Frame f = EncodeFrame(m, mac);
+    EXPECT_EQ(FrameLength(f), f.size() - 8);
+    auto payload = VerifyFrameBody(BodyOf(f), mac);
+    ASSERT_TRUE(payload.ok()) << payload.status().ToString();
+    auto kind = PeekCommandKind(payload.value());
+    ASSERT_TRUE(kind.ok());
+    EXPECT_EQ(kind.value(), CommandKind::kSystem);
+    auto d2 = DecodeSystemMessage(payload.value());
+    ASSERT_TRUE(d2.ok()) << d2.status().ToString();
+    ExpectSameSystem(m, d2.value());
+  }
+}
+
+TEST(WireRoundTrip, Responses) {
+  Hmac mac(ClientKey());
+  for (const auto& r : AllResponses()) {
+    auto d = DecodeClientResponse(EncodePayload(r));
+    ASSERT_TRUE(d.ok()) << d.status().ToString();
+    ExpectSameResponse(r, d.value());
+
+    Frame f = EncodeFrame(r, mac);
+    EXPECT_EQ(FrameLength(f), f.size() - 8);
+    auto payload = VerifyFrameBody(BodyOf(f), mac);
+    ASSERT_TRUE(payload.ok()) << payload.status().ToString();
+    auto d2 = DecodeClientResponse(payload.value());
+    ASSERT_TRUE(d2.ok()) << d2.status().ToString();
+    ExpectSameResponse(r, d2.value());
+  }
+}
+
+TEST(WireRoundTrip, SystemContentNames) {
+  EXPECT_STREQ(SystemContentName(SystemContent::kReadProc), "ReadProc");
+  EXPECT_STREQ(SystemContentName(SystemContent::kValue), "Value");
+  EXPECT_STREQ(SystemContentName(SystemContent::kWriteProc), "WriteProc");
+  EXPECT_STREQ(SystemContentName(SystemContent::kAck), "Ack");
+}
+
+// --- Frame length ---------------------------------------------------------------------------
+
+TEST(WireFrameLength, Bounds) {
+  EXPECT_EQ(kMinFrameBody, 48u);
+  EXPECT_EQ(kMaxFrameBody, 4146u + 32u);
+
+  auto min = DecodeLength(kMinFrameBody);
+  ASSERT_TRUE(min.ok());
+  EXPECT_EQ(min.value(), kMinFrameBody);
+  auto max = DecodeLength(kMaxFrameBody);
+  ASSERT_TRUE(max.ok());
+  EXPECT_EQ(max.value(), kMaxFrameBody);
+  for (std::uint64_t l : {std::uint64_t{56}, std::uint64_t{4144}, std::uint64_t{4152}}) {
+    auto r = DecodeLength(l);
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r.value(), l);
+  }
+
+  for (std::uint64_t bad :
+       {std::uint64_t{0}, std::uint64_t{1}, std::uint64_t{32}, kMinFrameBody - 1, kMaxFrameBody + 1,
+        std::uint64_t{1} << 32, (std::uint64_t{1} << 32) + 56, (std::uint64_t{1} << 63) + 56,
+        std::uint64_t{1} << 63, std::numeric_limits<std::uint64_t>::max()}) {
+    SCOPED_TRACE(bad);
+    auto r = DecodeLength(bad);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), StatusCode::kCorruption);
+  }
+}
+
+// --- Malformed payloads ---------------------------------------------------------------------
+
+TEST(WireMalformed, EveryTruncationIsRejected) {
+  for (const auto& s : AllSamples()) {
+    SCOPED_TRACE(s.name);
+    ASSERT_TRUE(DecodeWith(s.decoder, s.payload).ok());
+    for (std::size_t n = 0; n < s.payload.size(); ++n) {
+      // A fresh copy of exactly n bytes, so ASan sees any read past the end.
+      Bytes cut(s.payload.begin(), s.payload.begin() + static_cast<std::ptrdiff_t>(n));
+      Status st = DecodeWith(s.decoder, cut);
+      ASSERT_FALSE(st.ok()) << "accepted a prefix of " << n << " bytes";
+      EXPECT_EQ(st.code(), StatusCode::kCorruption);
+      if (s.decoder != Decoder::kResponse) {
+        auto kind = PeekCommandKind(cut);
+        EXPECT_EQ(kind.ok(), n >= 4) << n;
+      }
+    }
+  }
+}
+
+TEST(WireMalformed, HeaderDecoderNeedsOnlyTheHeader) {
+  for (const auto& c : {ReadCommand(), WriteCommand()}) {
+    Bytes p = EncodePayload(c);
+    for (std::size_t n = 0; n <= p.size(); ++n) {
+      Bytes cut(p.begin(), p.begin() + static_cast<std::ptrdiff_t>(n));
+      auto h = DecodeClientCommandHeader(cut);
+      if (n < 24) {
+        ASSERT_FALSE(h.ok()) << n;
+        EXPECT_EQ(h.status().code(), StatusCode::kCorruption);
+      } else {
+        ASSERT_TRUE(h.ok()) << n << ": " << h.status().ToString();
+        EXPECT_EQ(h->request_id, c.request_id);
+        EXPECT_EQ(h->sector, c.sector);
+        EXPECT_EQ(h->op, c.op);
+      }
+    }
+  }
+  // A system payload is not a client command header.
+  auto h = DecodeClientCommandHeader(EncodePayload(SystemMsg(SystemContent::kAck)));
+  EXPECT_FALSE(h.ok());
+}
+
+TEST(WireMalformed, TrailingBytesAreRejected) {
+  for (const auto& s : AllSamples()) {
+    SCOPED_TRACE(s.name);
+    for (std::size_t extra : {std::size_t{1}, std::size_t{4}, kSectorSize}) {
+      Bytes longer = s.payload;
+      longer.resize(longer.size() + extra, 0);
+      Status st = DecodeWith(s.decoder, longer);
+      ASSERT_FALSE(st.ok()) << extra << " extra bytes accepted";
+      EXPECT_EQ(st.code(), StatusCode::kCorruption);
+    }
+  }
+}
+
+TEST(WireMalformed, UnknownCommandVariant) {
+  for (std::uint32_t v : {2u, 3u, 0x100u, 0xFFFFFFFFu}) {
+    SCOPED_TRACE(v);
+    Bytes client = EncodePayload(ReadCommand());
+    PutBigEndian32(client, 0, v);
+    EXPECT_FALSE(PeekCommandKind(client).ok());
+    EXPECT_FALSE(DecodeClientCommand(client).ok());
+    EXPECT_FALSE(DecodeClientCommandHeader(client).ok());
+    Bytes system = EncodePayload(SystemMsg(SystemContent::kAck));
+    PutBigEndian32(system, 0, v);
+    EXPECT_FALSE(PeekCommandKind(system).ok());
+    EXPECT_FALSE(DecodeSystemMessage(system).ok());
+  }
+  // Each decoder refuses the other kind.
+  EXPECT_FALSE(DecodeClientCommand(EncodePayload(SystemMsg(SystemContent::kAck))).ok());
+  EXPECT_FALSE(DecodeSystemMessage(EncodePayload(ReadCommand())).ok());
+  Bytes as_system = EncodePayload(ReadCommand());
+  PutBigEndian32(as_system, 0, 1);
+  EXPECT_FALSE(DecodeClientCommand(as_system).ok());
+  EXPECT_FALSE(PeekCommandKind(Bytes{}).ok());
+  EXPECT_FALSE(PeekCommandKind(Bytes{0, 0, 0}).ok());
+}
+
+TEST(WireMalformed, UnknownClientOp) {
+  for (const auto& c : {ReadCommand(), WriteCommand()}) {
+    // (2 is atomdisk's kInfo extension, a known op.)
+    for (std::uint32_t op : {3u, 4u, 0x80000000u, 0xFFFFFFFFu}) {
+      SCOPED_TRACE(op);
+      Bytes p = EncodePayload(c);
+      PutBigEndian32(p, 20, op);
+      auto d = DecodeClientCommand(p);
+      ASSERT_FALSE(d.ok());
+      EXPECT_EQ(d.status().code(), StatusCode::kCorruption);
+      EXPECT_FALSE(DecodeClientCommandHeader(p).ok());
+    }
+  }
+  // A read header followed by write data, and a write header without its data.
+  Bytes p = EncodePayload(WriteCommand());
+  PutBigEndian32(p, 20, 0);
+  EXPECT_FALSE(DecodeClientCommand(p).ok());
+  p = EncodePayload(ReadCommand());
+  PutBigEndian32(p, 20, 1);
+  EXPECT_FALSE(DecodeClientCommand(p).ok());
+}
+
+TEST(WireMalformed, UnknownSystemContent) {
+  for (const auto& m : AllSystemMessages()) {
+    for (std::uint32_t content : {4u, 5u, 0x100u, 0xFFFFFFFFu}) {
+      SCOPED_TRACE(content);
+      Bytes p = EncodePayload(m);
+      PutBigEndian32(p, 37, content);
+      auto d = DecodeSystemMessage(p);
+      ASSERT_FALSE(d.ok());
+      EXPECT_EQ(d.status().code(), StatusCode::kCorruption);
+    }
+  }
+  // ReadProc/Ack header with a value after it; Value/WriteProc header without one.
+  Bytes p = EncodePayload(SystemMsg(SystemContent::kValue));
+  PutBigEndian32(p, 37, 0);
+  EXPECT_FALSE(DecodeSystemMessage(p).ok());
+  PutBigEndian32(p, 37, 3);
+  EXPECT_FALSE(DecodeSystemMessage(p).ok());
+  p = EncodePayload(SystemMsg(SystemContent::kAck));
+  PutBigEndian32(p, 37, 1);
+  EXPECT_FALSE(DecodeSystemMessage(p).ok());
+  PutBigEndian32(p, 37, 2);
+  EXPECT_FALSE(DecodeSystemMessage(p).ok());
+}
+
+TEST(WireMalformed, SenderRankZero) {
+  for (const auto& m : AllSystemMessages()) {
+    Bytes p = EncodePayload(m);
+    p[4] = 0;
+    EXPECT_FALSE(DecodeSystemMessage(p).ok()) << SystemContentName(m.content);
+  }
+}
+
+TEST(WireMalformed, UnknownResponseStatusOrOp) {
+  for (const auto& r : AllResponses()) {
+    for (std::uint32_t status : {3u, 4u, 0xFFFFFFFFu}) {
+      Bytes p = EncodePayload(r);
+      PutBigEndian32(p, 0, status);
+      auto d = DecodeClientResponse(p);
+      ASSERT_FALSE(d.ok()) << status;
+      EXPECT_EQ(d.status().code(), StatusCode::kCorruption);
+    }
+    for (std::uint32_t op : {3u, 0xFFFFFFFFu}) {
+      Bytes p = EncodePayload(r);
+      PutBigEndian32(p, 12, op);
+      EXPECT_FALSE(DecodeClientResponse(p).ok()) << op;
+    }
+  }
+  // A write response claiming to be a read response, and the reverse.
+  Bytes p = EncodePayload(ClientResponse{.op = ClientOp::kWrite});
+  PutBigEndian32(p, 12, 0);
+  EXPECT_FALSE(DecodeClientResponse(p).ok());
+  p = EncodePayload(ClientResponse{.op = ClientOp::kRead});
+  PutBigEndian32(p, 12, 1);
+  EXPECT_FALSE(DecodeClientResponse(p).ok());
+}
+
+TEST(WireMalformed, UuidLengthOtherThan16) {
+  for (const auto& m : AllSystemMessages()) {
+    SCOPED_TRACE(SystemContentName(m.content));
+    for (std::uint64_t len :
+         {std::uint64_t{0}, std::uint64_t{1}, std::uint64_t{15}, std::uint64_t{17},
+          std::uint64_t{32}, (std::uint64_t{1} << 32) | 16, (std::uint64_t{1} << 63) | 16,
+          std::numeric_limits<std::uint64_t>::max()}) {
+      SCOPED_TRACE(len);
+      Bytes p = EncodePayload(m);
+      PutBigEndian64(p, 5, len);
+      auto d = DecodeSystemMessage(p);
+      ASSERT_FALSE(d.ok());
+      EXPECT_EQ(d.status().code(), StatusCode::kCorruption);
+    }
+    // A 15-byte UUID honestly encoded as such (the frame is one byte shorter).
+    Bytes p = EncodePayload(m);
+    PutBigEndian64(p, 5, 15);
+    p.erase(p.begin() + 13);
+    EXPECT_FALSE(DecodeSystemMessage(p).ok());
+  }
+}
+
+// Decoding any bytes must return an error or a value that re-encodes to the same bytes.
+void CheckAnyBytes(std::span<const std::uint8_t> in, Hmac& client_mac) {
+  if (auto c = DecodeClientCommand(in); c.ok()) {
+    ASSERT_EQ(EncodePayload(c.value()), Bytes(in.begin(), in.end()));
+    ASSERT_TRUE(DecodeClientCommandHeader(in).ok());
+    ASSERT_EQ(PeekCommandKind(in).value(), CommandKind::kClient);
+  } else {
+    ASSERT_EQ(c.status().code(), StatusCode::kCorruption);
+  }
+  if (auto h = DecodeClientCommandHeader(in); h.ok()) {
+    ASSERT_GE(in.size(), 24u);
+    ASSERT_EQ(h->data, nullptr);
+  }
+  if (auto m = DecodeSystemMessage(in); m.ok()) {
+    ASSERT_EQ(EncodePayload(m.value()), Bytes(in.begin(), in.end()));
+    ASSERT_NE(m->sender, 0);
+    ASSERT_EQ(PeekCommandKind(in).value(), CommandKind::kSystem);
+  } else {
+    ASSERT_EQ(m.status().code(), StatusCode::kCorruption);
+  }
+  if (auto r = DecodeClientResponse(in); r.ok()) {
+    // A failed read's data is not echoed by the encoder (it sends zeros), so compare headers.
+    Bytes again = EncodePayload(r.value());
+    ASSERT_EQ(again.size(), in.size());
+    if (r->status == ResponseStatus::kOk || r->op == ClientOp::kWrite) {
+      ASSERT_EQ(again, Bytes(in.begin(), in.end()));
+    } else {
+      ASSERT_TRUE(std::equal(again.begin(), again.begin() + 16, in.begin()));
+    }
+  } else {
+    ASSERT_EQ(r.status().code(), StatusCode::kCorruption);
+  }
+  if (auto k = PeekCommandKind(in); !k.ok()) {
+    ASSERT_EQ(k.status().code(), StatusCode::kCorruption);
+  }
+  if (in.size() >= kFrameLengthSize) {
+    auto l = DecodeFrameLength(std::span<const std::uint8_t, kFrameLengthSize>(in.data(), 8));
+    if (l.ok()) {
+      ASSERT_GE(l.value(), kMinFrameBody);
+      ASSERT_LE(l.value(), kMaxFrameBody);
+    }
+  }
+  auto v = VerifyFrameBody(in, client_mac);
+  if (v.ok()) {
+    ASSERT_EQ(v->size(), in.size() - kMacSize);  // only if someone forged a tag...
+  } else {
+    ASSERT_EQ(v.status().code(),
+              in.size() < kMacSize ? StatusCode::kCorruption : StatusCode::kAuthFailure);
+  }
+}
+
+TEST(WireFuzz, RandomBytes) {
+  std::mt19937_64 rng(0x5EED'A70D'D15CULL);
+  std::uniform_int_distribution<std::size_t> len_dist(0, 5000);
+  std::uniform_int_distribution<int> byte_dist(0, 255);
+  Hmac mac(ClientKey());
+  for (int i = 0; i < 20000; ++i) {
+    Bytes in(len_dist(rng));
+    for (auto& b : in) b = static_cast<std::uint8_t>(byte_dist(rng));
+    // Steer a third of the inputs towards each variant so decoders get past the first u32.
+    if (in.size() >= 4 && i % 3 != 2) {
+      PutBigEndian32(in, 0, static_cast<std::uint32_t>(i % 3));
+    }
+    ASSERT_NO_FATAL_FAILURE(CheckAnyBytes(in, mac))
+        << "input " << i << ", " << in.size() << " bytes";
+  }
+}
+
+TEST(WireFuzz, MutatedValidPayloads) {
+  std::mt19937_64 rng(20260101);
+  auto samples = AllSamples();
+  Hmac mac(ClientKey());
+  int accepted = 0;
+  for (int i = 0; i < 20000; ++i) {
+    const Sample& s = samples[static_cast<std::size_t>(i) % samples.size()];
+    Bytes in = s.payload;
+    switch (rng() % 4) {
+      case 0: {  // flip a few bits
+        int flips = 1 + static_cast<int>(rng() % 4);
+        for (int f = 0; f < flips; ++f)
+          in[rng() % in.size()] ^= static_cast<std::uint8_t>(1u << (rng() % 8));
+        break;
+      }
+      case 1:  // truncate
+        in.resize(rng() % in.size());
+        break;
+      case 2: {  // overwrite a header byte (the first 50 bytes hold every header field)
+        in[rng() % std::min<std::size_t>(in.size(), 50)] = static_cast<std::uint8_t>(rng());
+        break;
+      }
+      case 3: {  // grow by a few bytes
+        in.resize(in.size() + 1 + rng() % 8, static_cast<std::uint8_t>(rng()));
+        break;
+      }
+    }
+    if (DecodeWith(s.decoder, in).ok()) ++accepted;
+    ASSERT_NO_FATAL_FAILURE(CheckAnyBytes(in, mac)) << "mutation " << i << " of " << s.name;
+  }
+  // Bit flips in request ids, sectors and data still decode; the mix must exercise both paths.
+  EXPECT_GT(accepted, 0);
+}
+
+// --- Authentication -------------------------------------------------------------------------
+
+TEST(WireAuth, WrongKeyIsAuthFailure) {
+  Hmac client(ClientKey());
+  Bytes other_key = ClientKey();
+  other_key[31] ^= 1;
+  Hmac other(other_key);
+  Hmac system(SystemKey());
+  for (const auto& c : {ReadCommand(), WriteCommand()}) {
+    Frame f = EncodeFrame(c, client);
+    ASSERT_TRUE(VerifyFrameBody(BodyOf(f), client).ok());
+    for (Hmac* wrong : {&other, &system}) {
+      auto v = VerifyFrameBody(BodyOf(f), *wrong);
+      ASSERT_FALSE(v.ok());
+      EXPECT_EQ(v.status().code(), StatusCode::kAuthFailure);
+    }
+  }
+  Frame sf = EncodeFrame(SystemMsg(SystemContent::kValue), system);
+  ASSERT_TRUE(VerifyFrameBody(BodyOf(sf), system).ok());
+  EXPECT_EQ(VerifyFrameBody(BodyOf(sf), client).status().code(), StatusCode::kAuthFailure);
+}
+
+TEST(WireAuth, EveryFlippedBitIsAuthFailure) {
+  Hmac mac(ClientKey());
+  Frame f = EncodeFrame(ReadCommand(), mac);
+  Bytes body(f.begin() + 8, f.end());
+  ASSERT_EQ(body.size(), 56u);
+  // Every bit of the payload (24 bytes) and of the tag (32 bytes).
+  for (std::size_t byte = 0; byte < body.size(); ++byte) {
+    for (int bit = 0; bit < 8; ++bit) {
+      Bytes bad = body;
+      bad[byte] ^= static_cast<std::uint8_t>(1u << bit);
+      auto v = VerifyFrameBody(bad, mac);
+      ASSERT_FALSE(v.ok()) << "byte " << byte << " bit " << bit;
+      EXPECT_EQ(v.status().code(), StatusCode::kAuthFailure);
+    }
+  }
+  // A flip deep inside a write's data, and in a system frame.
+  Frame w = EncodeFrame(WriteCommand(), mac);
+  w[8 + 24 + 2000] ^= 0x10;
+  EXPECT_EQ(VerifyFrameBody(BodyOf(w), mac).status().code(), StatusCode::kAuthFailure);
+  Hmac sys(SystemKey());
+  Frame s = EncodeFrame(SystemMsg(SystemContent::kWriteProc), sys);
+  s[s.size() - 1] ^= 0x80;
+  EXPECT_EQ(VerifyFrameBody(BodyOf(s), sys).status().code(), StatusCode::kAuthFailure);
+  // The frame is still intact after all that.
+  EXPECT_TRUE(VerifyFrameBody(body, mac).ok());
+}
+
+TEST(WireAuth, BodyShorterThanTag) {
+  Hmac mac(ClientKey());
+  for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{31}}) {
+    Bytes body(n, 0);
+    auto v = VerifyFrameBody(body, mac);
+    ASSERT_FALSE(v.ok());
+    EXPECT_EQ(v.status().code(), StatusCode::kCorruption);
+  }
+  // Exactly a tag: an empty payload, authenticated like any other.
+  MacTag t = mac.Compute({});
+  auto v = VerifyFrameBody(t, mac);
+  ASSERT_TRUE(v.ok());
+  EXPECT_TRUE(v->empty());
+}
+
+TEST(WireAuth, AuthFailureResponseFromHeaderOfBadCommand) {
+  Hmac client(ClientKey());
+  Hmac attacker(Bytes(32, 0x41));
+  for (const auto& c : {ReadCommand(), WriteCommand()}) {
+    SCOPED_TRACE(static_cast<int>(c.op));
+    for (bool forged_key : {false, true}) {
+      Frame f = EncodeFrame(c, forged_key ? attacker : client);
+      if (!forged_key) f.back() ^= 1;
+      auto body = BodyOf(f);
+      auto v = VerifyFrameBody(body, client);
+      ASSERT_FALSE(v.ok());
+      ASSERT_EQ(v.status().code(), StatusCode::kAuthFailure);
+
+      // What a node does: read the header leniently from the unverified payload and answer.
+      auto header = DecodeClientCommandHeader(body.first(body.size() - kMacSize));
+      ASSERT_TRUE(header.ok()) << header.status().ToString();
+      EXPECT_EQ(header->request_id, c.request_id);
+      EXPECT_EQ(header->op, c.op);
+      ClientResponse resp{.status = ResponseStatus::kAuthFailure,
+                          .request_id = header->request_id,
+                          .op = header->op};
+      Frame rf = EncodeFrame(resp, client);
+      EXPECT_EQ(FrameLength(rf), c.op == ClientOp::kRead ? 4144u : 48u);
+      auto rp = VerifyFrameBody(BodyOf(rf), client);
+      ASSERT_TRUE(rp.ok());
+      auto back = DecodeClientResponse(rp.value());
+      ASSERT_TRUE(back.ok()) << back.status().ToString();
+      EXPECT_EQ(back->status, ResponseStatus::kAuthFailure);
+      EXPECT_EQ(back->request_id, c.request_id);
+      EXPECT_EQ(back->op, c.op);
+      if (c.op == ClientOp::kRead) {
+        ASSERT_TRUE(back->data);
+        EXPECT_EQ(*back->data, *ZeroSector());
+      } else {
+        EXPECT_EQ(back->data, nullptr);
+      }
+    }
+  }
+  // The lenient header accepts a write command whose data is cut short (the tag failed anyway).
+  Bytes p = EncodePayload(WriteCommand());
+  p.resize(100);
+  auto h = DecodeClientCommandHeader(p);
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->op, ClientOp::kWrite);
+  EXPECT_FALSE(DecodeClientCommand(p).ok());
+}
+
+}  // namespace
+}  // namespace atomdisk
