@@ -69,6 +69,11 @@
 //      - Alternative writes are tried earliest deadline first, which finds a linearization
 //        of a linearizable history almost without backtracking.
 //     max_states_per_key bounds the number of cached states; past it the key is "gave up".
+//
+// Keys are checked in ascending order and checking stops at the first key that is not
+// linearizable (bad_key); a key the search gave up on is remembered and reported only if no
+// later key fails outright. ops_checked/keys_checked count the ok ops and unknown writes of
+// the keys checked so far (keys holding only failed ops or unknown reads are not counted).
 #include "common/lincheck.h"
 
 #include <algorithm>
@@ -266,8 +271,8 @@ void PrepareKey(const std::vector<HistoryOp>& history, const std::vector<std::ui
     out.ops.push_back(k);
   }
   out.num_values = static_cast<std::uint32_t>(info.size());
-  // Kept writes of a read id are all its writes; an id that is not read lost only unknown
-  // writes, so counting writers on `info` decides uniqueness for the kept ops too.
+  // Counted over all non-failed writes: slightly conservative, as a duplicate among dropped
+  // unknown writes also sends the key to the search.
   out.unique_ids = info[0].writers == 0;
   for (std::uint32_t v = 1; v < info.size() && out.unique_ids; ++v) {
     out.unique_ids = info[v].writers == 1;
@@ -495,6 +500,8 @@ class KeySearch {
   std::vector<std::uint32_t> entry_op_;
   std::vector<std::uint8_t> entry_is_call_;
   std::vector<std::int32_t> call_entry_, ret_entry_;
+  // Per op, its deadline: the position of the earliest return event it must be linearized
+  // before (its own; for a write, also those of the reads of its id, which need it first).
   std::vector<std::uint32_t> priority_;
   std::vector<std::uint32_t> readers_left_, writers_left_;  // per value, not yet linearized
   // Only when every id on the key is written once (and "" never): per value, the latest call
@@ -785,13 +792,11 @@ std::string ExplainFailure(const std::vector<HistoryOp>& history, const Prepared
   out << "; then " << DescribeOp(history[b.index])
       << " must take effect next (its return is the earliest pending one)";
   // Why it cannot: a read of another value, and/or a later read that still needs this one.
+  // (A read of a value that can never come back is not reached: the search stops before.)
   std::uint32_t pending_reader = kNone;  // the latest-called one
   bool value_rewritten = false;
-  bool blocker_writer_pending = false;
   for (std::uint32_t i = 0; i < ops.size(); ++i) {
-    if (search.BestLinearized(i) || i == search.best_blocker()) continue;
-    if (ops[i].is_write && ops[i].value == b.value) blocker_writer_pending = true;
-    if (ops[i].value != value) continue;
+    if (search.BestLinearized(i) || i == search.best_blocker() || ops[i].value != value) continue;
     if (ops[i].is_write) value_rewritten = true;
     if (!ops[i].is_write &&
         (pending_reader == kNone || ops[i].call_pos > ops[pending_reader].call_pos)) {
@@ -799,11 +804,8 @@ std::string ExplainFailure(const std::vector<HistoryOp>& history, const Prepared
     }
   }
   const bool wrong_value = !b.is_write && b.value != value;
-  if (wrong_value) {
-    out << " but it returned " << Quote(history[b.index].value);
-    if (!blocker_writer_pending) out << ", which was already overwritten";
-  }
-  if (pending_reader != kNone && !value_rewritten && (!wrong_value || blocker_writer_pending)) {
+  if (wrong_value) out << " but it returned " << Quote(history[b.index].value);
+  if (pending_reader != kNone && !value_rewritten) {
     out << (wrong_value ? ", and no write may take effect before "
                         : " but no write may take "
                           "effect before ")

@@ -1,7 +1,7 @@
 // Linearizability checking of read/write register histories.
 //
 // A history is a list of completed, failed or uncertain operations on keys (sectors). Every
-// write carries a unique value id; a read reports the id it found ("" or "0" = the initial,
+// write carries a unique value id; a read reports the id it found ("" = the initial,
 // never-written value). The checker partitions by key (a history is linearizable iff each
 // key's sub-history is) and runs a Wing-Gong/Lowe search with memoisation of visited
 // (linearized-set, register-value) states on each key.
