@@ -130,6 +130,15 @@ struct SlotPair {
   int newest = -1;  // the valid slot with the highest tag, -1 if none
 
   bool AnyWritten() const { return state[0] != SlotState::kEmpty || state[1] != SlotState::kEmpty; }
+  bool AnyEmpty() const { return state[0] == SlotState::kEmpty || state[1] == SlotState::kEmpty; }
+  // The slot a new write goes to: the one not holding the newest valid value. With no valid
+  // slot, an empty slot stands for the sector's previous value (never written: zeros), so the
+  // write goes to the other one; a crash tearing it then leaves the sector unwritten, not
+  // corrupt.
+  int Target() const {
+    if (newest >= 0) return 1 - newest;
+    return state[0] == SlotState::kEmpty && state[1] != SlotState::kEmpty ? 1 : 0;
+  }
   // False when a written slot failed its header or checksum check (needs verify_all).
   bool AllWrittenValid() const {
     for (SlotState s : state) {
@@ -276,11 +285,13 @@ class SectorStoreImpl final : public SectorStore {
     if (p.newest >= 0) {
       return Triple{p.tag[p.newest], MakeSector(buf + p.newest * kSlotSize + kHeaderSize)};
     }
-    if (p.AnyWritten()) {
+    if (!p.AnyEmpty()) {  // both written, neither valid: only bit rot does that
       return Status::Corruption("sector " + std::to_string(sector) +
                                 ": no valid slot (slot 0: " + SlotStateName(p.state[0]) +
                                 ", slot 1: " + SlotStateName(p.state[1]) + ")");
     }
+    // Never written, or its first write was torn by a crash (or, indistinguishably, that
+    // write's only copy rotted): the previous value, zeros.
     return Triple{Tag{}, ZeroSector()};
   }
 
@@ -328,8 +339,7 @@ class SectorStoreImpl final : public SectorStore {
         Finish(sector, Status::Ok());
         return;
       }
-      // With no valid slot, either slot will do (neither holds anything worth keeping).
-      target = p.newest >= 0 ? 1 - p.newest : 0;
+      target = p.Target();
       EncodeSlot(sector, value, buf);
       s = file_->WriteAt(SlotOffset(sector, target), buf, kSlotSize);
     }

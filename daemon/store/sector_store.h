@@ -6,8 +6,10 @@
 // slot that does not hold the sector's newest durable value, so a crash at any instant
 // (even one that tears the slot being written) leaves the old value intact in the other
 // slot: every sector is old-or-new, never torn. A read takes the valid slot with the highest
-// (ts, wr); a slot whose checksum fails is ignored, and a sector whose written slots all fail
-// is reported as Corruption, never returned as data. Unwritten sectors read as (0, 0, zeros).
+// (ts, wr); a slot whose checksum fails is ignored, and a sector whose two slots are both
+// written and both fail is reported as Corruption, never returned as data. Unwritten sectors
+// read as (0, 0, zeros); so does a sector whose only written slot fails (its first write was
+// torn by a crash: the old value is "unwritten").
 // Nothing is scanned at start-up, so a restart is instant whatever the device size.
 //
 // Durability and group commit: Write() puts the slot into the OS cache at once and queues a
@@ -45,7 +47,10 @@ class SectorStore {
 
   // Opens the store in data_dir (created if missing, mode 0700): takes an exclusive lock on
   // data_dir/LOCK (Busy if another process holds it: "data_dir X is in use by pid N"),
-  // opens or creates data_dir/sectors.dat.
+  // opens or creates data_dir/sectors.dat. Both Open and OpenOnFile fdatasync the file once
+  // before anything is read, so that writes a dead process left unsynced in the OS cache are
+  // durable before this store can read them (IOError from Open if that fails; OpenOnFile
+  // then returns a store that refuses everything with IOError).
   static Result<std::unique_ptr<SectorStore>> Open(const std::string& data_dir, Options options);
   // Over an already-open file, without a lock (tests and the simulator).
   static std::unique_ptr<SectorStore> OpenOnFile(std::unique_ptr<BlockFile> file, Options options);
@@ -53,12 +58,22 @@ class SectorStore {
   virtual ~SectorStore() = default;
 
   // The newest valid stored value of `sector` ((0,0,zeros) if never written). This reflects
-  // writes already handed to Write(), even before they are durable. Corruption when every
-  // written slot fails its checksum; IOError when the file cannot be read.
+  // writes already handed to Write(), even before they are durable (not those whose write
+  // failed). Corruption when both slots are written and both fail their checks; IOError when
+  // the file cannot be read, or after a failed sync (see Write).
   virtual Result<Triple> Read(SectorIdx sector) = 0;
 
   // Stores `value` durably; calls done(OK) once it is on stable storage, done(error) if the
   // write or the sync failed. Never calls `done` from inside Write().
+  // - Tags only grow: a value whose tag is not greater than the sector's newest stored or
+  //   pending tag writes nothing and completes OK once that newer value is durable (a store
+  //   holding a newer value satisfies an older request; invariant 3).
+  // - InvalidArgument for sector >= options.sectors (a caller bug, reported as a value).
+  // - IOError when the pwrite fails: only this write fails, the sector keeps its old value.
+  // - After a failed sync every write of that batch fails, and the store then refuses every
+  //   later Read and Write with IOError until it is reopened (after a failed fdatasync the
+  //   OS may have dropped the data while the file still shows it; reopening syncs again).
+  // Cost: one pread of the sector's two slots and one pwrite, on the calling thread.
   virtual void Write(SectorIdx sector, const Triple& value, WriteCallback done) = 0;
 
   // Manual mode only: issues one group sync covering every queued write and runs their
@@ -66,12 +81,18 @@ class SectorStore {
   // SyncNow). Returns the number of callbacks run.
   virtual std::size_t SyncNow() = 0;
 
-  // Stops the sync thread after the writes already queued are synced and their callbacks
-  // have run. Called by the destructor too.
+  // Stops the sync thread after the writes already queued (and those waiting behind them)
+  // are synced and their callbacks have run. Called by the destructor too. In manual mode
+  // nothing is synced: unsynced writes are dropped with their callbacks, never run (like a
+  // process crash; call SyncNow() until it returns 0 first for a clean stop). No Write() or
+  // SyncNow() after Close().
   virtual void Close() = 0;
 
   // Calls fn(sector, tag, checksum_ok) for every sector that has a written slot, in sector
-  // order, skipping holes (SEEK_DATA on POSIX). For offline inspection and scrub.
+  // order, skipping holes (SEEK_DATA on POSIX). For offline inspection and scrub. `tag` is
+  // what Read() would return ((0,0) if no slot is valid); checksum_ok is false if any written
+  // slot fails its checks (bit rot, or a write torn by a crash: they look alike). A sector
+  // with a write in flight is reported with the pending tag and checksum_ok true.
   virtual Status ForEachStored(const std::function<void(SectorIdx, Tag, bool checksum_ok)>& fn) = 0;
 };
 
