@@ -1,0 +1,157 @@
+// atomdisk-physlimits: the physical floor under a replicated write on this machine, measured
+// in the same run as the cluster benchmark (scripts/bench-cluster.sh):
+//   - loopback TCP round trip carrying a 4 KiB message (one ping-pong at a time);
+//   - 4 KiB pwrite + fdatasync on a file in --dir (the disk the nodes' data_dirs are on),
+//     with 1 and with 3 streams at once (three nodes on one disk).
+// Prints one line per measurement: name, count, p50 and p99 in microseconds (--json for a
+// machine-readable object).
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Stats {
+  std::string name;
+  std::size_t count = 0;
+  double p50_us = 0, p99_us = 0;
+};
+
+Stats Summarize(const std::string& name, std::vector<double> us) {
+  std::sort(us.begin(), us.end());
+  Stats s{name, us.size(), 0, 0};
+  if (!us.empty()) {
+    s.p50_us = us[us.size() / 2];
+    s.p99_us = us[std::min(us.size() - 1, us.size() * 99 / 100)];
+  }
+  return s;
+}
+
+bool FullIo(int fd, char* buf, std::size_t n, bool write) {
+  std::size_t off = 0;
+  while (off < n) {
+    ssize_t r = write ? ::write(fd, buf + off, n - off) : ::read(fd, buf + off, n - off);
+    if (r <= 0) return false;
+    off += static_cast<std::size_t>(r);
+  }
+  return true;
+}
+
+Stats LoopbackRoundTrip(int iterations) {
+  int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::listen(listener, 1) != 0 ||
+      ::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    std::perror("physlimits: loopback listen");
+    std::exit(1);
+  }
+  std::thread server([listener, iterations] {
+    int c = ::accept(listener, nullptr, nullptr);
+    int one = 1;
+    ::setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    std::vector<char> buf(4096 + 64);
+    for (int i = 0; i < iterations + 100; ++i) {
+      if (!FullIo(c, buf.data(), buf.size(), false) || !FullIo(c, buf.data(), 64, true)) break;
+    }
+    ::close(c);
+  });
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  int one = 1;
+  ::setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (::connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    std::perror("physlimits: connect");
+    std::exit(1);
+  }
+  std::vector<char> buf(4096 + 64, 'x');
+  std::vector<double> us;
+  for (int i = 0; i < iterations + 100; ++i) {
+    auto t0 = Clock::now();
+    if (!FullIo(s, buf.data(), buf.size(), true) || !FullIo(s, buf.data(), 64, false)) break;
+    auto dt = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+    if (i >= 100) us.push_back(dt);  // the first ones warm up the path
+  }
+  ::close(s);
+  server.join();
+  ::close(listener);
+  return Summarize("loopback_rtt_4k", std::move(us));
+}
+
+Stats WriteSync(const std::string& dir, int streams, int iterations) {
+  std::vector<std::vector<double>> per(static_cast<std::size_t>(streams));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < streams; ++t) {
+    threads.emplace_back([&, t] {
+      std::string path = dir + "/physlimits." + std::to_string(::getpid()) + "." + std::to_string(t);
+      int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+      if (fd < 0) {
+        std::perror(("physlimits: " + path).c_str());
+        std::exit(1);
+      }
+      std::vector<char> buf(4096, static_cast<char>(t));
+      for (int i = 0; i < iterations; ++i) {
+        auto t0 = Clock::now();
+        off_t off = static_cast<off_t>((i % 1024) * 8192);
+        if (::pwrite(fd, buf.data(), buf.size(), off) != 4096 || ::fdatasync(fd) != 0) {
+          std::perror("physlimits: write/fdatasync");
+          std::exit(1);
+        }
+        per[static_cast<std::size_t>(t)].push_back(
+            std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+      }
+      ::close(fd);
+      ::unlink(path.c_str());
+    });
+  }
+  for (auto& th : threads) th.join();
+  std::vector<double> all;
+  for (auto& v : per) all.insert(all.end(), v.begin(), v.end());
+  return Summarize("write_fdatasync_4k_x" + std::to_string(streams), std::move(all));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"atomdisk-physlimits: loopback round trip and 4 KiB write+fdatasync latency"};
+  std::string dir = ".";
+  int iterations = 5000;
+  bool json = false;
+  app.add_option("--dir", dir, "directory on the disk to measure (the data_dirs' disk)");
+  app.add_option("--iterations", iterations, "samples per measurement")->check(CLI::Range(10, 10000000));
+  app.add_flag("--json", json, "print one JSON object");
+  CLI11_PARSE(app, argc, argv);
+
+  std::vector<Stats> results = {LoopbackRoundTrip(iterations), WriteSync(dir, 1, iterations / 2),
+                                WriteSync(dir, 3, iterations / 2)};
+  if (json) {
+    std::printf("{");
+    for (std::size_t i = 0; i < results.size(); ++i) {
+      std::printf("%s\"%s\":{\"count\":%zu,\"p50_us\":%.1f,\"p99_us\":%.1f}", i ? "," : "",
+                  results[i].name.c_str(), results[i].count, results[i].p50_us, results[i].p99_us);
+    }
+    std::printf("}\n");
+  } else {
+    std::printf("%-24s %8s %10s %10s\n", "measurement", "samples", "p50 us", "p99 us");
+    for (const auto& r : results) {
+      std::printf("%-24s %8zu %10.1f %10.1f\n", r.name.c_str(), r.count, r.p50_us, r.p99_us);
+    }
+  }
+  return 0;
+}
