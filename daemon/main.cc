@@ -8,7 +8,10 @@
 
 #include <CLI/CLI.hpp>
 #include <boost/asio.hpp>
+#include <condition_variable>
 #include <cstdio>
+#include <mutex>
+#include <thread>
 #include <spdlog/spdlog.h>
 
 #include "common/config.h"
@@ -70,17 +73,29 @@ int main(int argc, char** argv) {
   sd_notify(0, "READY=1");
 
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
-  boost::asio::steady_timer grace(io);
+  std::mutex stop_mu;
+  std::condition_variable stop_cv;
+  bool loop_done = false;
+  std::thread watchdog;
   signals.async_wait([&](boost::system::error_code ec, int signo) {
     if (ec) return;
     spdlog::info("signal {}: stopping", signo);
     sd_notify(0, "STOPPING=1");
     node.Stop();
-    // Handlers still in flight get a moment to finish; then the loop ends regardless.
-    grace.expires_after(std::chrono::seconds(2));
-    grace.async_wait([&](boost::system::error_code) { io.stop(); });
+    // The loop ends by itself once the closed connections' handlers finish; if something
+    // still holds it after 2 s, end it regardless.
+    watchdog = std::thread([&] {
+      std::unique_lock lock(stop_mu);
+      if (!stop_cv.wait_for(lock, std::chrono::seconds(2), [&] { return loop_done; })) io.stop();
+    });
   });
   io.run();
+  {
+    std::lock_guard lock(stop_mu);
+    loop_done = true;
+  }
+  stop_cv.notify_all();
+  if (watchdog.joinable()) watchdog.join();
   spdlog::info("stopped");
   return 0;
 }
