@@ -78,7 +78,7 @@ Status Err(const std::string& file, const std::string& what) {
 
 }  // namespace
 
-Result<ClusterConfig> LoadClusterConfig(const std::string& path) {
+Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) {
   toml::table table;
   try {
     table = toml::parse_file(path);
@@ -159,10 +159,12 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path) {
 
   auto client_key = ReadKeyFile(Resolve(base, *ck), kClientKeySize);
   if (!client_key.ok()) return Err(path, client_key.status().message());
-  auto system_key = ReadKeyFile(Resolve(base, *sk), kSystemKeySize);
-  if (!system_key.ok()) return Err(path, system_key.status().message());
   cfg.client_key = std::move(client_key).value();
-  cfg.system_key = std::move(system_key).value();
+  if (use == ConfigUse::kNode) {
+    auto system_key = ReadKeyFile(Resolve(base, *sk), kSystemKeySize);
+    if (!system_key.ok()) return Err(path, system_key.status().message());
+    cfg.system_key = std::move(system_key).value();
+  }
   return cfg;
 }
 

@@ -45,9 +45,14 @@ inline constexpr std::size_t kSystemKeySize = 64;
 // Devices larger than this (2^40 sectors, 4 PiB) are refused as a likely typo.
 inline constexpr std::uint64_t kMaxSectors = std::uint64_t{1} << 40;
 
-// Loads and validates the file, and reads both key files. Every error is one line that names
-// the file and the problem ("cluster.toml: nodes[2]: rank 3 used twice").
-Result<ClusterConfig> LoadClusterConfig(const std::string& path);
+// Who loads the file: a node needs both keys; a client (the CLI, the FUSE mount) only the
+// client key, so client hosts need not hold system.key (which would let them act as nodes).
+enum class ConfigUse { kNode, kClient };
+
+// Loads and validates the file, and reads the key files `use` needs (for kClient,
+// system_key stays empty and system_key_file is not opened). Every error is one line that
+// names the file and the problem ("cluster.toml: nodes[2]: rank 3 used twice").
+Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use = ConfigUse::kNode);
 
 // Parses "host:port" or "[v6]:port". InvalidArgument explains what is wrong.
 Status ParseHostPort(const std::string& text, std::string* host, std::uint16_t* port);

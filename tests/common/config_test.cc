@@ -494,3 +494,25 @@ TEST_F(ConfigTest, WriteNewClusterMaxSizes) {
 
 }  // namespace
 }  // namespace atomdisk
+
+namespace atomdisk {
+namespace {
+
+class ConfigUseTest : public ConfigTest {};
+
+TEST_F(ConfigUseTest, ClientNeedsNoSystemKey) {
+  std::string path = WriteConfig("sectors = 8\n" + Node(1, "127.0.0.1:7001"));
+  fs::remove(dir_ / "system.key");
+  auto client = LoadClusterConfig(path, ConfigUse::kClient);
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  EXPECT_EQ(client->client_key, client_key_);
+  EXPECT_TRUE(client->system_key.empty());
+  // A node cannot run without it, and says which file is missing.
+  auto node = LoadClusterConfig(path, ConfigUse::kNode);
+  ASSERT_FALSE(node.ok());
+  EXPECT_NE(node.status().message().find("system.key"), std::string::npos)
+      << node.status().ToString();
+}
+
+}  // namespace
+}  // namespace atomdisk
