@@ -1,0 +1,75 @@
+// Mounting and running a low-level FUSE session, shared by atomdisk-fuse, the fake-backed
+// test mount and the benchmark passthrough: -o option parsing, the session with our custom
+// /dev/fuse hooks, the multi-threaded loop, clean exit on SIGTERM/SIGINT/SIGHUP and on
+// fusermount3 -u.
+//
+// Plain functions; call them from the main thread only.
+#pragma once
+
+#include <fuse_lowlevel.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "fuse/parallel_dio.h"
+
+namespace atomdisk::fuse {
+
+// What -o may carry besides libfuse's own mount options (allow_other, ro, ...).
+struct MountTuning {
+  bool cached = false;                              // -o cached (default: direct)
+  bool parallel_direct_writes = true;               // -o no_parallel_writes turns it off
+  std::chrono::milliseconds op_timeout{5000};       // -o timeout=SECONDS
+  std::chrono::milliseconds attempt_timeout{1000};  // -o attempt_timeout=SECONDS
+  std::size_t max_inflight = 1024;                  // -o inflight=N
+  unsigned threads = 4;                             // -o threads=N (libfuse workers)
+  bool clone_fd = false;                            // -o clone_fd
+  std::uint16_t max_background = 256;               // -o max_background=N
+  std::vector<std::string> fuse_options;            // everything else, for libfuse
+};
+
+// Splits each -o argument at commas and takes ours out. InvalidArgument names a bad value.
+Status ParseMountOptions(const std::vector<std::string>& o_args, MountTuning* tuning);
+
+// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread so that threads it starts later
+// (the client's) never take them, and ignores SIGPIPE. RunSession unblocks them in the main
+// thread once the signal handlers are in place.
+void BlockTerminationSignals();
+
+struct SessionOptions {
+  std::string mountpoint;  // absolute path of an existing directory
+  std::string fsname;      // shown in /proc/mounts
+  bool debug = false;      // libfuse's request log (-d)
+  MountTuning tuning;
+};
+
+struct SessionHooks {
+  // Called once, after the mount succeeded (ok) or failed (message in `error`).
+  std::function<void(bool ok, const std::string& error)> on_mounted;
+  // Called after the loop ends and before unmounting: finish or fail outstanding work so no
+  // reply is sent after the session is destroyed.
+  std::function<void()> before_unmount;
+  // Non-null to answer open with FOPEN_PARALLEL_DIRECT_WRITES (tuning decides).
+  ParallelDirectWrites::LookupFn parallel_writes = nullptr;
+};
+
+// Creates the session, mounts, serves until unmounted or signalled, unmounts and destroys.
+// Returns the process exit code (0 on a clean unmount).
+int RunSession(const SessionOptions& options, const fuse_lowlevel_ops& ops, void* userdata,
+               const SessionHooks& hooks);
+
+// Resolves `path` to an absolute directory path. InvalidArgument if it is not a directory.
+Result<std::string> ResolveMountpoint(const std::string& path);
+
+// Forks; the parent waits until the child reports (ReportDaemonReady) and exits with the
+// child's status; the child returns. The child must call ReportDaemonReady exactly once.
+void DaemonizeWaitingForChild();
+// In the child: tells the waiting parent the exit status (0 = mounted); on success detaches
+// from the terminal (setsid, stdio to /dev/null, cwd /). No-op if not daemonized.
+void ReportDaemonReady(int status);
+
+}  // namespace atomdisk::fuse
