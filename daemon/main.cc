@@ -4,6 +4,7 @@
 //
 // Exit codes: 0 clean stop (SIGTERM/SIGINT), 1 runtime failure (cannot listen, data_dir in
 // use or unusable), 2 bad command line or configuration.
+#include <spdlog/spdlog.h>
 #include <systemd/sd-daemon.h>
 
 #include <CLI/CLI.hpp>
@@ -12,7 +13,6 @@
 #include <cstdio>
 #include <mutex>
 #include <thread>
-#include <spdlog/spdlog.h>
 
 #include "common/config.h"
 #include "common/logging.h"
@@ -31,8 +31,9 @@ int Fail(int code, const std::string& message) {
 
 int main(int argc, char** argv) {
   using namespace atomdisk;
-  CLI::App app{"atomdiskd: one node of an atomdisk cluster (a linearizable, replicated block "
-               "device)"};
+  CLI::App app{
+      "atomdiskd: one node of an atomdisk cluster (a linearizable, replicated block "
+      "device)"};
   std::string config_path, data_dir, log_level = "info";
   int rank = 0;
   app.add_option("--config", config_path, "cluster configuration file (TOML)")->required();

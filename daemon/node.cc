@@ -32,8 +32,8 @@ Node::Node(asio::io_context& io, ClusterConfig config, Rank self,
       started_(std::chrono::steady_clock::now()) {
   register_config_.self = self_;
   for (const auto& n : config_.nodes) register_config_.ranks.push_back(n.rank);
-  ATOMDISK_CHECK(RAND_bytes(reinterpret_cast<unsigned char*>(&boot_nonce_),
-                            sizeof(boot_nonce_)) == 1);
+  ATOMDISK_CHECK(RAND_bytes(reinterpret_cast<unsigned char*>(&boot_nonce_), sizeof(boot_nonce_)) ==
+                 1);
   for (const auto& n : config_.nodes) {
     if (n.rank == self_) continue;
     peers_.emplace(n.rank, std::make_unique<PeerLink>(io_, n.rank, n.host, n.port, this));
@@ -51,8 +51,7 @@ Status Node::Listen() {
   tcp::resolver resolver(io_);
   auto results = resolver.resolve(me->host, std::to_string(me->port), ec);
   if (ec || results.empty()) {
-    return Status::IOError("cannot resolve listen address " + me->Address() + ": " +
-                           ec.message());
+    return Status::IOError("cannot resolve listen address " + me->Address() + ": " + ec.message());
   }
   tcp::endpoint ep = results.begin()->endpoint();
   acceptor_.open(ep.protocol(), ec);
@@ -90,7 +89,8 @@ void Node::Stop() {
 asio::awaitable<void> Node::AcceptLoop() {
   while (!stopped_) {
     boost::system::error_code ec;
-    tcp::socket socket = co_await acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+    tcp::socket socket =
+        co_await acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
     if (stopped_) co_return;
     if (ec) {
       LogRateLimited("accept", "accept failed: " + ec.message());
@@ -118,9 +118,11 @@ asio::awaitable<void> Node::TickLoop() {
     if (stopped_) co_return;
     std::int64_t now = NowMs();
     idle.clear();
-    for (auto& [sector, reg] : registers_) {
-      reg->Tick(now);
-      if (reg->Idle()) idle.push_back(sector);
+    for (auto& [sector, slot] : registers_) {
+      slot.reg->Tick(now);
+      bool idle_now = slot.reg->Idle();
+      if (idle_now && slot.idle_at_last_tick) idle.push_back(sector);
+      slot.idle_at_last_tick = idle_now;
     }
     for (SectorIdx s : idle) registers_.erase(s);
   }
@@ -162,7 +164,8 @@ void Node::HandleClient(Connection& conn, std::span<const std::uint8_t> body) {
       return;
     }
     LogRateLimited("auth", "client " + conn.name() + ": command with a bad HMAC tag");
-    Respond(conn, ClientResponse{ResponseStatus::kAuthFailure, header->request_id, header->op, {}, {}});
+    Respond(conn,
+            ClientResponse{ResponseStatus::kAuthFailure, header->request_id, header->op, {}, {}});
     return;
   }
   auto cmd = DecodeClientCommand(*payload);
@@ -173,12 +176,14 @@ void Node::HandleClient(Connection& conn, std::span<const std::uint8_t> body) {
   }
   ++counters_.client_ops;
   if (cmd->op == ClientOp::kInfo) {
-    Respond(conn, ClientResponse{ResponseStatus::kOk, cmd->request_id, ClientOp::kInfo, {}, InfoJson()});
+    Respond(conn,
+            ClientResponse{ResponseStatus::kOk, cmd->request_id, ClientOp::kInfo, {}, InfoJson()});
     return;
   }
   if (cmd->sector >= config_.sectors) {
     ++counters_.invalid_sector;
-    Respond(conn, ClientResponse{ResponseStatus::kInvalidSectorIndex, cmd->request_id, cmd->op, {}, {}});
+    Respond(conn,
+            ClientResponse{ResponseStatus::kInvalidSectorIndex, cmd->request_id, cmd->op, {}, {}});
     return;
   }
   Register* reg = GetRegister(cmd->sector);
@@ -193,7 +198,6 @@ void Node::HandleClient(Connection& conn, std::span<const std::uint8_t> body) {
     ++counters_.reads;
     reg->StartRead(token, NowMs());
   }
-  DropIfIdle(cmd->sector, reg);
 }
 
 void Node::HandleSystem(Connection& conn, std::span<const std::uint8_t> body) {
@@ -223,12 +227,14 @@ void Node::HandleSystem(Connection& conn, std::span<const std::uint8_t> body) {
   Register* reg = GetRegister(msg->sector);
   if (!reg) return;
   reg->OnMessage(*msg, NowMs());
-  DropIfIdle(msg->sector, reg);
 }
 
 Register* Node::GetRegister(SectorIdx sector) {
   auto it = registers_.find(sector);
-  if (it != registers_.end()) return it->second.get();
+  if (it != registers_.end()) {
+    it->second.idle_at_last_tick = false;
+    return it->second.reg.get();
+  }
   auto stored = store_->Read(sector);
   if (!stored.ok()) {
     ++counters_.unreadable_sectors;
@@ -238,12 +244,8 @@ Register* Node::GetRegister(SectorIdx sector) {
   }
   auto reg = std::make_unique<Register>(sector, std::move(stored).value(), &register_config_, this);
   Register* raw = reg.get();
-  registers_.emplace(sector, std::move(reg));
+  registers_.emplace(sector, RegisterSlot{std::move(reg), false});
   return raw;
-}
-
-void Node::DropIfIdle(SectorIdx sector, Register* reg) {
-  if (reg->Idle()) registers_.erase(sector);
 }
 
 void Node::Send(Rank to, const SystemMessage& msg) {
@@ -268,8 +270,7 @@ void Node::Persist(SectorIdx sector, const Triple& value) {
       }
       auto it = registers_.find(sector);
       if (it == registers_.end()) return;
-      it->second->OnPersisted(tag, status, NowMs());
-      DropIfIdle(sector, it->second.get());
+      it->second.reg->OnPersisted(tag, status, NowMs());
     });
   });
 }
@@ -300,14 +301,15 @@ std::string Node::InfoJson() const {
   j["version"] = kAtomdiskVersion;
   j["sectors"] = config_.sectors;
   j["nodes"] = config_.nodes.size();
-  j["uptime_s"] = std::chrono::duration_cast<std::chrono::seconds>(
-                      std::chrono::steady_clock::now() - started_)
-                      .count();
+  j["uptime_s"] =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started_)
+          .count();
   j["active_registers"] = registers_.size();
   j["ops_in_flight"] = client_ops_.size();
   nlohmann::json peers = nlohmann::json::array();
   for (const auto& [rank, link] : peers_) {
-    peers.push_back({{"rank", rank}, {"connected", link->connected()}, {"dropped", link->dropped()}});
+    peers.push_back(
+        {{"rank", rank}, {"connected", link->connected()}, {"dropped", link->dropped()}});
   }
   j["peers"] = peers;
   j["counters"] = {{"client_ops", counters_.client_ops},
@@ -320,7 +322,8 @@ std::string Node::InfoJson() const {
                    {"persist_errors", counters_.persist_errors},
                    {"unreadable_sectors", counters_.unreadable_sectors}};
   std::string s = j.dump();
-  if (s.size() > kMaxInfoSize) s = nlohmann::json{{"rank", self_}, {"version", kAtomdiskVersion}}.dump();
+  if (s.size() > kMaxInfoSize)
+    s = nlohmann::json{{"rank", self_}, {"version", kAtomdiskVersion}}.dump();
   return s;
 }
 

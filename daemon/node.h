@@ -3,9 +3,9 @@
 // effects: frames to peers, persists to the SectorStore, responses to clients. It reads the
 // clock and ticks registers; the registers themselves stay pure.
 //
-// Registers exist only for sectors with work in flight: one is built from the store when a
-// sector is touched and dropped as soon as it is idle, so memory follows the work, not the
-// device size.
+// Registers exist only for sectors with recent work: one is built from the store when a
+// sector is touched and dropped once it has been idle for a tick or two, so memory follows
+// the work, not the device size.
 //
 // Threading: everything runs on the io_context's single thread, except the store's sync
 // thread, whose completions are posted back to it.
@@ -66,7 +66,6 @@ class Node : public FrameSink, public RegisterEnv {
   // The register of `sector`, built from the store if needed; null if the stored sector is
   // unreadable (corrupt or I/O error: this node then stays silent for that sector).
   Register* GetRegister(SectorIdx sector);
-  void DropIfIdle(SectorIdx sector, Register* reg);
   std::int64_t NowMs() const;
   std::string InfoJson() const;
   // Logs at most once per second per kind of problem, counting the rest.
@@ -82,7 +81,15 @@ class Node : public FrameSink, public RegisterEnv {
   boost::asio::ip::tcp::acceptor acceptor_;
   boost::asio::steady_timer tick_timer_;
   std::unordered_map<Rank, std::unique_ptr<PeerLink>> peers_;
-  std::unordered_map<SectorIdx, std::unique_ptr<Register>> registers_;
+  struct RegisterSlot {
+    std::unique_ptr<Register> reg;
+    bool idle_at_last_tick = false;
+  };
+  // Registers of recently touched sectors. An idle one stays until it has been idle at two
+  // consecutive ticks (10-20 ms), so the ReadProc and the WriteProc of one operation, or
+  // back-to-back operations on a sector, find it without reading the store again; memory
+  // stays bounded by the operation rate times 20 ms.
+  std::unordered_map<SectorIdx, RegisterSlot> registers_;
   std::unordered_map<std::uint64_t, ClientOpRef> client_ops_;
   std::vector<std::weak_ptr<Connection>> accepted_;
   std::uint64_t next_token_ = 1;
@@ -95,9 +102,8 @@ class Node : public FrameSink, public RegisterEnv {
   SharedFrame last_frame_;
   std::chrono::steady_clock::time_point started_;
   struct Counters {
-    std::uint64_t client_ops = 0, reads = 0, writes = 0, auth_failures = 0,
-                  invalid_sector = 0, bad_frames = 0, system_msgs = 0, persist_errors = 0,
-                  unreadable_sectors = 0;
+    std::uint64_t client_ops = 0, reads = 0, writes = 0, auth_failures = 0, invalid_sector = 0,
+                  bad_frames = 0, system_msgs = 0, persist_errors = 0, unreadable_sectors = 0;
   } counters_;
   std::unordered_map<std::string, std::pair<std::chrono::steady_clock::time_point, std::uint64_t>>
       log_limits_;

@@ -282,6 +282,10 @@ class SectorStoreImpl final : public SectorStore {
     Status s = file_->ReadAt(SlotOffset(sector, 0), buf, kSectorStride);
     if (!s.ok()) return s;
     SlotPair p = Examine(sector, buf, /*verify_all=*/false);
+    if (p.newest >= 0 || !p.AnyWritten()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      RememberSlots(sector, p.Target(), p.newest >= 0, p.newest >= 0 ? p.tag[p.newest] : Tag{});
+    }
     if (p.newest >= 0) {
       return Triple{p.tag[p.newest], MakeSector(buf + p.newest * kSlotSize + kHeaderSize)};
     }
@@ -322,6 +326,30 @@ class SectorStoreImpl final : public SectorStore {
     Entry& e = NewEntry(sector);
     e.inflight = value;
     e.inflight_done.push_back(std::move(done));
+    if (auto hint = hints_.find(sector); hint != hints_.end()) {
+      // The slots are known from the Read() that built this sector's register or from the
+      // last sync: no pread needed.
+      const SlotHint h = hint->second;
+      if (h.has_newest && value.tag <= h.newest_tag) {
+        Finish(sector, Status::Ok());
+        return;
+      }
+      lock.unlock();
+      std::uint8_t* buf = caller_buf_.data();
+      EncodeSlot(sector, value, buf);
+      Status s = file_->WriteAt(SlotOffset(sector, h.target), buf, kSlotSize);
+      lock.lock();
+      if (!s.ok()) {
+        hints_.erase(sector);
+        Finish(sector, s);
+        return;
+      }
+      e.durable_slot = h.has_newest ? 1 - h.target : -1;
+      e.target_slot = h.target;
+      queued_.push_back(sector);
+      cv_.notify_one();
+      return;
+    }
     lock.unlock();
 
     // The entry marks the sector busy; the sync thread ignores entries it has not been
@@ -345,6 +373,7 @@ class SectorStoreImpl final : public SectorStore {
     }
     lock.lock();
     if (!s.ok()) {
+      hints_.erase(sector);
       Finish(sector, s);
       return;
     }
@@ -434,6 +463,19 @@ class SectorStoreImpl final : public SectorStore {
     Status status;
   };
   static constexpr std::size_t kMaxFreeNodes = 1024;
+  // What is known of a sector's slots without reading them: where its next write goes and
+  // its newest valid durable tag. Learned from Read() and from completed syncs; forgotten on
+  // any error. A bounded cache: cleared when full, so memory does not grow with the device.
+  struct SlotHint {
+    int target = 0;
+    bool has_newest = false;
+    Tag newest_tag;
+  };
+  static constexpr std::size_t kMaxHints = 1 << 16;
+  void RememberSlots(SectorIdx sector, int target, bool has_newest, Tag newest_tag) {
+    if (hints_.size() >= kMaxHints && !hints_.count(sector)) hints_.clear();
+    hints_[sector] = SlotHint{target, has_newest, newest_tag};
+  }
 
   static Status OutOfRange(SectorIdx sector) {
     return Status::InvalidArgument("sector " + std::to_string(sector) + " out of range");
@@ -505,6 +547,11 @@ class SectorStoreImpl final : public SectorStore {
       Entry& e = it->second;
       for (WriteCallback& cb : e.inflight_done) run_.emplace_back(std::move(cb), status);
       e.inflight_done.clear();
+      if (status.ok()) {
+        RememberSlots(sector, 1 - e.target_slot, true, e.inflight.tag);
+      } else {
+        hints_.erase(sector);
+      }
       if (!status.ok() || !e.has_waiting) {
         for (WriteCallback& cb : e.waiting_done) run_.emplace_back(std::move(cb), failed_);
         e.waiting_done.clear();
@@ -566,6 +613,7 @@ class SectorStoreImpl final : public SectorStore {
         }
         for (WriteCallback& cb : e.inflight_done) Defer(std::move(cb), status);
         e.inflight_done.clear();
+        hints_.erase(sector);
         if (e.has_waiting) {
           Promote(sector, e);  // appends to issue_: handled on the next pass
         } else {
@@ -602,6 +650,7 @@ class SectorStoreImpl final : public SectorStore {
   std::vector<SectorIdx> queued_;  // written, waiting for the next sync
   std::vector<std::pair<WriteCallback, Status>> ready_;  // callbacks due without a sync
   std::vector<Map::node_type> free_nodes_;
+  std::unordered_map<SectorIdx, SlotHint> hints_;
   Status failed_;  // set for good after a failed sync
   bool stop_ = false;
   bool closed_ = false;
