@@ -1,0 +1,492 @@
+// Unit tests of the register state machine (daemon/register/register.cc), driven by hand
+// through a fake environment that records every effect: messages sent, persists issued,
+// operations completed. Each test feeds events one by one and checks the effects, and calls
+// CheckInvariants() after every step.
+#include "daemon/register/register.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "common/types.h"
+#include "common/wire.h"
+
+namespace atomdisk {
+namespace {
+
+SectorPtr Fill(std::uint8_t byte) {
+  SectorData d;
+  d.fill(byte);
+  return MakeSector(d.data());
+}
+
+Uuid IdOf(std::uint64_t n) {
+  Uuid u;
+  for (int i = 0; i < 8; ++i) u.bytes[15 - i] = static_cast<std::uint8_t>(n >> (8 * i));
+  return u;
+}
+
+struct Sent {
+  Rank to;
+  SystemMessage msg;
+};
+
+struct Completed {
+  std::uint64_t token;
+  SectorPtr data;
+};
+
+// Records every effect; hands out op ids 1, 2, 3, ...
+class FakeEnv : public RegisterEnv {
+ public:
+  void Send(Rank to, const SystemMessage& msg) override { sent.push_back({to, msg}); }
+  void Persist(SectorIdx sector, const Triple& value) override {
+    EXPECT_EQ(sector, kSector);
+    persisted.push_back(value);
+  }
+  void Complete(std::uint64_t token, SectorPtr data) override {
+    completed.push_back({token, std::move(data)});
+  }
+  Uuid NewOpId() override { return IdOf(++last_id); }
+
+  // The messages sent since the last call, and forgets them.
+  std::vector<Sent> TakeSent() { return std::exchange(sent, {}); }
+  std::vector<Triple> TakePersisted() { return std::exchange(persisted, {}); }
+
+  static constexpr SectorIdx kSector = 7;
+  std::vector<Sent> sent;
+  std::vector<Triple> persisted;
+  std::vector<Completed> completed;
+  std::uint64_t last_id = 0;
+};
+
+class RegisterTest : public ::testing::Test {
+ protected:
+  void MakeCluster(std::size_t n, Triple durable = {Tag{}, ZeroSector()}) {
+    config_.self = 1;
+    config_.ranks.clear();
+    for (std::size_t i = 1; i <= n; ++i) config_.ranks.push_back(static_cast<Rank>(i));
+    config_.retransmit_initial_ms = 100;
+    config_.retransmit_max_ms = 1000;
+    reg_.emplace(FakeEnv::kSector, durable, &config_, &env_);
+    reg_->CheckInvariants();
+  }
+
+  SystemMessage Msg(Rank from, Uuid id, SystemContent content, Tag tag = {},
+                    SectorPtr data = nullptr) {
+    SystemMessage m;
+    m.sender = from;
+    m.op_id = id;
+    m.sector = FakeEnv::kSector;
+    m.content = content;
+    m.tag = tag;
+    m.data = std::move(data);
+    return m;
+  }
+
+  void Deliver(const SystemMessage& m, std::int64_t now_ms = 0) {
+    reg_->OnMessage(m, now_ms);
+    reg_->CheckInvariants();
+  }
+  void Persisted(Tag tag, Status status = Status::Ok(), std::int64_t now_ms = 0) {
+    reg_->OnPersisted(tag, status, now_ms);
+    reg_->CheckInvariants();
+  }
+  void Tick(std::int64_t now_ms) {
+    reg_->Tick(now_ms);
+    reg_->CheckInvariants();
+  }
+
+  RegisterConfig config_;
+  FakeEnv env_;
+  std::optional<Register> reg_;
+};
+
+// Every message in `sent` has this content and id; returns the ranks they went to.
+std::vector<Rank> Targets(const std::vector<Sent>& sent, SystemContent content, Uuid id) {
+  std::vector<Rank> to;
+  for (const auto& s : sent) {
+    EXPECT_EQ(s.msg.content, content) << SystemContentName(s.msg.content);
+    EXPECT_EQ(s.msg.op_id, id);
+    EXPECT_EQ(s.msg.sender, 1);
+    EXPECT_EQ(s.msg.sector, FakeEnv::kSector);
+    to.push_back(s.to);
+  }
+  return to;
+}
+
+TEST_F(RegisterTest, QuorumIsAMajority) {
+  MakeCluster(3);
+  EXPECT_EQ(config_.Quorum(), 2u);
+  MakeCluster(4);
+  EXPECT_EQ(config_.Quorum(), 3u);
+  MakeCluster(5);
+  EXPECT_EQ(config_.Quorum(), 3u);
+}
+
+TEST_F(RegisterTest, ReadTakesOneRoundTripWhenAMajorityAgrees) {
+  SectorPtr v = Fill(0xaa);
+  MakeCluster(3, {Tag{4, 2}, v});
+  reg_->StartRead(11, 0);
+  reg_->CheckInvariants();
+  Uuid id = IdOf(1);
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kReadProc, id), (std::vector<Rank>{2, 3}));
+  Deliver(Msg(2, id, SystemContent::kValue, Tag{4, 2}, Fill(0xaa)));
+  ASSERT_EQ(env_.completed.size(), 1u);
+  EXPECT_EQ(env_.completed[0].token, 11u);
+  EXPECT_EQ(*env_.completed[0].data, *v);
+  EXPECT_TRUE(env_.sent.empty()) << "no impose phase when every Value agrees";
+  EXPECT_TRUE(env_.persisted.empty());
+  EXPECT_TRUE(reg_->Idle());
+}
+
+TEST_F(RegisterTest, ReadImposesWhenValuesDiffer) {
+  MakeCluster(3, {Tag{1, 1}, Fill(1)});
+  reg_->StartRead(5, 0);
+  Uuid id = IdOf(1);
+  env_.TakeSent();
+  SectorPtr newer = Fill(9);
+  Deliver(Msg(2, id, SystemContent::kValue, Tag{3, 2}, newer));
+  EXPECT_TRUE(env_.completed.empty());
+  // Impose: WriteProc with the highest triple to the others, and a local persist of it.
+  auto sent = env_.TakeSent();
+  EXPECT_EQ(Targets(sent, SystemContent::kWriteProc, id), (std::vector<Rank>{2, 3}));
+  for (const auto& s : sent) {
+    EXPECT_EQ(s.msg.tag, (Tag{3, 2}));
+    EXPECT_EQ(*s.msg.data, *newer);
+  }
+  auto persisted = env_.TakePersisted();
+  ASSERT_EQ(persisted.size(), 1u);
+  EXPECT_EQ(persisted[0].tag, (Tag{3, 2}));
+  EXPECT_EQ(reg_->stored().tag, (Tag{3, 2}));
+  EXPECT_EQ(reg_->durable().tag, (Tag{1, 1}));
+  // One remote Ack is not a majority while our own copy is not durable.
+  Deliver(Msg(2, id, SystemContent::kAck));
+  EXPECT_TRUE(env_.completed.empty());
+  Persisted(Tag{3, 2});
+  ASSERT_EQ(env_.completed.size(), 1u);
+  EXPECT_EQ(*env_.completed[0].data, *newer);
+  EXPECT_EQ(reg_->durable().tag, (Tag{3, 2}));
+  EXPECT_TRUE(reg_->Idle());
+}
+
+TEST_F(RegisterTest, ReadImposesWhenOwnValueIsNewest) {
+  MakeCluster(3, {Tag{6, 1}, Fill(6)});
+  reg_->StartRead(5, 0);
+  Uuid id = IdOf(1);
+  env_.TakeSent();
+  Deliver(Msg(3, id, SystemContent::kValue, Tag{2, 3}, Fill(2)));
+  // Our durable copy covers the target already: we count ourselves, and need one Ack.
+  EXPECT_TRUE(env_.TakePersisted().empty());
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kWriteProc, id), (std::vector<Rank>{2, 3}));
+  EXPECT_TRUE(env_.completed.empty());
+  Deliver(Msg(3, id, SystemContent::kAck));
+  ASSERT_EQ(env_.completed.size(), 1u);
+  EXPECT_EQ((*env_.completed[0].data)[0], 6);
+}
+
+TEST_F(RegisterTest, WritePersistsOwnCopyBeforeSendingWriteProc) {
+  MakeCluster(3, {Tag{2, 3}, Fill(2)});
+  SectorPtr x = Fill(0x77);
+  reg_->StartWrite(42, x, 0);
+  Uuid id = IdOf(1);
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kReadProc, id), (std::vector<Rank>{2, 3}));
+  EXPECT_TRUE(env_.persisted.empty()) << "nothing is stored before the first phase";
+  Deliver(Msg(3, id, SystemContent::kValue, Tag{5, 2}, Fill(5)));
+  // New tag: (max ts + 1, own rank), persisted here before anyone hears of it.
+  auto persisted = env_.TakePersisted();
+  ASSERT_EQ(persisted.size(), 1u);
+  EXPECT_EQ(persisted[0].tag, (Tag{6, 1}));
+  EXPECT_EQ(*persisted[0].data, *x);
+  EXPECT_TRUE(env_.TakeSent().empty()) << "no WriteProc before our own copy is durable";
+  Tick(500);  // a retransmission deadline passing must not leak the WriteProc either
+  for (const auto& s : env_.TakeSent()) EXPECT_NE(s.msg.content, SystemContent::kWriteProc);
+  Persisted(Tag{6, 1}, Status::Ok(), 501);
+  auto sent = env_.TakeSent();
+  EXPECT_EQ(Targets(sent, SystemContent::kWriteProc, id), (std::vector<Rank>{2, 3}));
+  for (const auto& s : sent) {
+    EXPECT_EQ(s.msg.tag, (Tag{6, 1}));
+    EXPECT_EQ(*s.msg.data, *x);
+  }
+  EXPECT_TRUE(env_.completed.empty());
+  Deliver(Msg(2, id, SystemContent::kAck), 502);
+  ASSERT_EQ(env_.completed.size(), 1u);
+  EXPECT_EQ(env_.completed[0].token, 42u);
+  EXPECT_EQ(env_.completed[0].data, nullptr);
+  EXPECT_TRUE(reg_->Idle());
+}
+
+TEST_F(RegisterTest, WriteAfterFailedOwnPersistRetriesOnTick) {
+  MakeCluster(3);
+  reg_->StartWrite(1, Fill(3), 0);
+  Uuid id = IdOf(1);
+  env_.TakeSent();
+  Deliver(Msg(2, id, SystemContent::kValue, Tag{}, ZeroSector()));
+  ASSERT_EQ(env_.TakePersisted().size(), 1u);
+  Persisted(Tag{1, 1}, Status::IOError("disk on fire"));
+  EXPECT_TRUE(env_.TakeSent().empty());
+  Tick(100);
+  auto again = env_.TakePersisted();
+  ASSERT_EQ(again.size(), 1u) << "the failed persist is issued again";
+  EXPECT_EQ(again[0].tag, (Tag{1, 1}));
+  Persisted(Tag{1, 1});
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kWriteProc, id), (std::vector<Rank>{2, 3}));
+}
+
+TEST_F(RegisterTest, AckWaitsForDurableStore) {
+  MakeCluster(3);
+  Uuid id = IdOf(100);
+  SectorPtr v = Fill(4);
+  Deliver(Msg(2, id, SystemContent::kWriteProc, Tag{4, 2}, v));
+  auto persisted = env_.TakePersisted();
+  ASSERT_EQ(persisted.size(), 1u);
+  EXPECT_EQ(persisted[0].tag, (Tag{4, 2}));
+  EXPECT_TRUE(env_.sent.empty()) << "no Ack before the store is durable";
+  EXPECT_FALSE(reg_->Idle());
+  // A Value meanwhile reports the durable triple, not the one being persisted.
+  Deliver(Msg(3, IdOf(101), SystemContent::kReadProc));
+  auto value = env_.TakeSent();
+  ASSERT_EQ(value.size(), 1u);
+  EXPECT_EQ(value[0].to, 3);
+  EXPECT_EQ(value[0].msg.content, SystemContent::kValue);
+  EXPECT_EQ(value[0].msg.tag, Tag{});
+  // A retransmitted WriteProc neither persists again nor queues a second Ack.
+  Deliver(Msg(2, id, SystemContent::kWriteProc, Tag{4, 2}, v));
+  EXPECT_TRUE(env_.TakePersisted().empty());
+  EXPECT_TRUE(env_.sent.empty());
+  Persisted(Tag{4, 2});
+  auto acks = env_.TakeSent();
+  ASSERT_EQ(acks.size(), 1u);
+  EXPECT_EQ(acks[0].to, 2);
+  EXPECT_EQ(acks[0].msg.content, SystemContent::kAck);
+  EXPECT_EQ(acks[0].msg.op_id, id);
+  EXPECT_TRUE(reg_->Idle());
+  // Once durable, a retransmission is acked at once; so is an older triple.
+  Deliver(Msg(2, id, SystemContent::kWriteProc, Tag{4, 2}, v));
+  Deliver(Msg(3, IdOf(102), SystemContent::kWriteProc, Tag{3, 3}, Fill(3)));
+  acks = env_.TakeSent();
+  ASSERT_EQ(acks.size(), 2u);
+  EXPECT_EQ(acks[0].to, 2);
+  EXPECT_EQ(acks[1].to, 3);
+  EXPECT_EQ(acks[1].msg.op_id, IdOf(102));
+  EXPECT_TRUE(env_.TakePersisted().empty());
+  EXPECT_EQ(reg_->stored().tag, (Tag{4, 2})) << "an older triple never replaces a newer one";
+}
+
+TEST_F(RegisterTest, AckForOlderTagWaitsForNewerPersist) {
+  MakeCluster(3);
+  Deliver(Msg(2, IdOf(100), SystemContent::kWriteProc, Tag{5, 2}, Fill(5)));
+  ASSERT_EQ(env_.TakePersisted().size(), 1u);
+  // (3,3) is older than the stored (5,2), which covers it once durable: no new persist,
+  // and no Ack yet since nothing >= (3,3) is durable.
+  Deliver(Msg(3, IdOf(101), SystemContent::kWriteProc, Tag{3, 3}, Fill(3)));
+  EXPECT_TRUE(env_.TakePersisted().empty());
+  EXPECT_TRUE(env_.sent.empty());
+  Persisted(Tag{5, 2});
+  auto acks = env_.TakeSent();
+  ASSERT_EQ(acks.size(), 2u);
+  EXPECT_EQ(acks[0].to, 2);
+  EXPECT_EQ(acks[1].to, 3);
+}
+
+TEST_F(RegisterTest, FailedPersistIsRetriedByRetransmission) {
+  MakeCluster(3);
+  Uuid id = IdOf(100);
+  Deliver(Msg(2, id, SystemContent::kWriteProc, Tag{1, 2}, Fill(1)));
+  ASSERT_EQ(env_.TakePersisted().size(), 1u);
+  Persisted(Tag{1, 2}, Status::IOError("EIO"));
+  EXPECT_TRUE(env_.sent.empty()) << "a failed persist is never acked";
+  EXPECT_EQ(reg_->durable().tag, Tag{});
+  Deliver(Msg(2, id, SystemContent::kWriteProc, Tag{1, 2}, Fill(1)));
+  auto again = env_.TakePersisted();
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].tag, (Tag{1, 2}));
+  Persisted(Tag{1, 2});
+  ASSERT_EQ(env_.sent.size(), 1u);
+  EXPECT_EQ(env_.sent[0].msg.content, SystemContent::kAck);
+}
+
+TEST_F(RegisterTest, RetransmitsOnTickWithBackoff) {
+  MakeCluster(5);
+  reg_->StartRead(1, 0);
+  Uuid id = IdOf(1);
+  EXPECT_EQ(env_.TakeSent().size(), 4u);
+  Tick(99);
+  EXPECT_TRUE(env_.sent.empty());
+  Tick(100);
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kReadProc, id),
+            (std::vector<Rank>{2, 3, 4, 5}));
+  // Answered nodes are not asked again.
+  Deliver(Msg(4, id, SystemContent::kValue, Tag{}, ZeroSector()), 150);
+  EXPECT_TRUE(env_.completed.empty()) << "2 of 5 answers are not a majority";
+  Tick(299);
+  EXPECT_TRUE(env_.sent.empty()) << "backoff doubled: next at 100 + 200";
+  Tick(300);
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kReadProc, id), (std::vector<Rank>{2, 3, 5}));
+  Tick(699);
+  EXPECT_TRUE(env_.sent.empty());
+  Tick(700);  // + 400
+  EXPECT_EQ(env_.TakeSent().size(), 3u);
+  Tick(1499);
+  EXPECT_TRUE(env_.sent.empty());
+  Tick(1500);  // + 800
+  EXPECT_EQ(env_.TakeSent().size(), 3u);
+  Tick(2499);
+  EXPECT_TRUE(env_.sent.empty());
+  Tick(2500);  // capped at retransmit_max_ms = 1000
+  EXPECT_EQ(env_.TakeSent().size(), 3u);
+  Tick(3500);
+  EXPECT_EQ(env_.TakeSent().size(), 3u);
+}
+
+TEST_F(RegisterTest, ImposePhaseRetransmitsWriteProcToUnacked) {
+  MakeCluster(5, {Tag{2, 1}, Fill(2)});
+  reg_->StartRead(1, 0);
+  Uuid id = IdOf(1);
+  env_.TakeSent();
+  Deliver(Msg(2, id, SystemContent::kValue, Tag{}, ZeroSector()), 10);
+  Deliver(Msg(3, id, SystemContent::kValue, Tag{2, 1}, Fill(2)), 10);
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kWriteProc, id),
+            (std::vector<Rank>{2, 3, 4, 5}));
+  Deliver(Msg(5, id, SystemContent::kAck), 20);
+  Tick(110);  // the impose phase restarted the backoff at 10
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kWriteProc, id), (std::vector<Rank>{2, 3, 4}));
+  Deliver(Msg(3, id, SystemContent::kAck), 120);
+  ASSERT_EQ(env_.completed.size(), 1u);
+  Tick(10000);
+  EXPECT_TRUE(env_.sent.empty()) << "nothing is retransmitted once the operation is done";
+}
+
+TEST_F(RegisterTest, StaleAndMisplacedAnswersAreIgnored) {
+  MakeCluster(5);
+  reg_->StartRead(1, 0);
+  Uuid id = IdOf(1);
+  env_.TakeSent();
+  // Another operation's id, Acks in the first phase, unknown senders, duplicates.
+  Deliver(Msg(2, IdOf(77), SystemContent::kValue, Tag{9, 2}, Fill(9)));
+  Deliver(Msg(3, id, SystemContent::kAck));
+  Deliver(Msg(4, id, SystemContent::kAck));
+  Deliver(Msg(9, id, SystemContent::kValue, Tag{}, ZeroSector()));
+  Deliver(Msg(2, id, SystemContent::kValue, Tag{}, ZeroSector()));
+  Deliver(Msg(2, id, SystemContent::kValue, Tag{}, ZeroSector()));
+  EXPECT_TRUE(env_.completed.empty()) << "self + node 2 are 2 answers of the 3 needed";
+  EXPECT_TRUE(env_.sent.empty());
+  Deliver(Msg(3, id, SystemContent::kValue, Tag{}, ZeroSector()));
+  ASSERT_EQ(env_.completed.size(), 1u);
+  EXPECT_EQ(*env_.completed[0].data, *ZeroSector());
+  // Late answers to the finished operation change nothing.
+  Deliver(Msg(4, id, SystemContent::kValue, Tag{8, 4}, Fill(8)));
+  Deliver(Msg(4, id, SystemContent::kAck));
+  EXPECT_EQ(env_.completed.size(), 1u);
+  EXPECT_TRUE(env_.sent.empty());
+  EXPECT_TRUE(reg_->Idle());
+}
+
+TEST_F(RegisterTest, ValuesAreIgnoredInTheImposePhase) {
+  MakeCluster(3);
+  reg_->StartRead(1, 0);
+  Uuid id = IdOf(1);
+  env_.TakeSent();
+  Deliver(Msg(2, id, SystemContent::kValue, Tag{1, 2}, Fill(1)));
+  auto sent = env_.TakeSent();
+  ASSERT_EQ(sent.size(), 2u);
+  EXPECT_EQ(sent[0].msg.content, SystemContent::kWriteProc);
+  // A late Value carrying something newer must not change the triple being imposed.
+  Deliver(Msg(3, id, SystemContent::kValue, Tag{7, 3}, Fill(7)));
+  Persisted(Tag{1, 2});
+  Deliver(Msg(3, id, SystemContent::kAck));
+  ASSERT_EQ(env_.completed.size(), 1u);
+  EXPECT_EQ((*env_.completed[0].data)[0], 1);
+}
+
+TEST_F(RegisterTest, OperationsOnASectorRunOneAtATimeInOrder) {
+  MakeCluster(3);
+  reg_->StartWrite(1, Fill(1), 0);
+  reg_->StartRead(2, 0);
+  reg_->StartWrite(3, Fill(3), 0);
+  reg_->CheckInvariants();
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kReadProc, IdOf(1)), (std::vector<Rank>{2, 3}));
+  EXPECT_EQ(env_.last_id, 1u) << "queued operations have not started";
+  // Finish the write.
+  Deliver(Msg(2, IdOf(1), SystemContent::kValue, Tag{}, ZeroSector()));
+  Persisted(Tag{1, 1});
+  env_.TakeSent();
+  Deliver(Msg(2, IdOf(1), SystemContent::kAck));
+  ASSERT_EQ(env_.completed.size(), 1u);
+  EXPECT_EQ(env_.completed[0].token, 1u);
+  // The read starts at once with a fresh id.
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kReadProc, IdOf(2)), (std::vector<Rank>{2, 3}));
+  Deliver(Msg(3, IdOf(2), SystemContent::kValue, Tag{1, 1}, Fill(1)));
+  ASSERT_EQ(env_.completed.size(), 2u);
+  EXPECT_EQ(env_.completed[1].token, 2u);
+  EXPECT_EQ((*env_.completed[1].data)[0], 1);
+  // Then the second write, whose tag follows the first's.
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kReadProc, IdOf(3)), (std::vector<Rank>{2, 3}));
+  Deliver(Msg(3, IdOf(3), SystemContent::kValue, Tag{1, 1}, Fill(1)));
+  auto persisted = env_.TakePersisted();
+  ASSERT_EQ(persisted.size(), 2u);
+  EXPECT_EQ(persisted[1].tag, (Tag{2, 1}));
+}
+
+TEST_F(RegisterTest, IdleOnlyWhenNothingIsInFlight) {
+  MakeCluster(3);
+  EXPECT_TRUE(reg_->Idle());
+  EXPECT_FALSE(reg_->HasClientWork());
+  reg_->StartRead(1, 0);
+  EXPECT_FALSE(reg_->Idle());
+  EXPECT_TRUE(reg_->HasClientWork());
+  Deliver(Msg(2, IdOf(1), SystemContent::kValue, Tag{}, ZeroSector()));
+  EXPECT_TRUE(reg_->Idle());
+  EXPECT_FALSE(reg_->HasClientWork());
+  // A persist in flight (with an Ack waiting for it) keeps the register busy.
+  Deliver(Msg(2, IdOf(50), SystemContent::kWriteProc, Tag{1, 2}, Fill(1)));
+  EXPECT_FALSE(reg_->Idle());
+  EXPECT_FALSE(reg_->HasClientWork());
+  Persisted(Tag{1, 2});
+  EXPECT_TRUE(reg_->Idle());
+  // A failed persist with its Ack still owed keeps it busy too.
+  Deliver(Msg(3, IdOf(51), SystemContent::kWriteProc, Tag{2, 3}, Fill(2)));
+  Persisted(Tag{2, 3}, Status::IOError("EIO"));
+  EXPECT_FALSE(reg_->Idle());
+}
+
+TEST_F(RegisterTest, StaleStoreCompletionIsIgnored) {
+  MakeCluster(3, {Tag{3, 1}, Fill(3)});
+  Persisted(Tag{9, 9});  // never asked for
+  EXPECT_EQ(reg_->durable().tag, (Tag{3, 1}));
+  EXPECT_TRUE(env_.sent.empty());
+}
+
+TEST_F(RegisterTest, DurableTagNeverDecreases) {
+  MakeCluster(3);
+  Deliver(Msg(2, IdOf(60), SystemContent::kWriteProc, Tag{2, 2}, Fill(2)));
+  Deliver(Msg(3, IdOf(61), SystemContent::kWriteProc, Tag{4, 3}, Fill(4)));
+  auto persisted = env_.TakePersisted();
+  ASSERT_EQ(persisted.size(), 2u);
+  // The newer one completes first; the older completion must not roll durable back.
+  Persisted(Tag{4, 3});
+  EXPECT_EQ(reg_->durable().tag, (Tag{4, 3}));
+  Persisted(Tag{2, 2});
+  EXPECT_EQ(reg_->durable().tag, (Tag{4, 3}));
+  EXPECT_EQ(env_.sent.size(), 2u) << "both WriteProcs acked";
+  EXPECT_TRUE(reg_->Idle());
+}
+
+TEST_F(RegisterTest, SingleNodeClusterFinishesAtOnce) {
+  config_.self = 1;
+  config_.ranks = {1};
+  reg_.emplace(FakeEnv::kSector, Triple{Tag{}, ZeroSector()}, &config_, &env_);
+  reg_->StartRead(1, 0);
+  ASSERT_EQ(env_.completed.size(), 1u);
+  reg_->StartWrite(2, Fill(5), 0);
+  ASSERT_EQ(env_.TakePersisted().size(), 1u);
+  Persisted(Tag{1, 1});
+  ASSERT_EQ(env_.completed.size(), 2u);
+  EXPECT_TRUE(env_.sent.empty());
+}
+
+}  // namespace
+}  // namespace atomdisk

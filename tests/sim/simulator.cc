@@ -1,0 +1,1277 @@
+#include "tests/sim/simulator.h"
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <memory>
+#include <queue>
+#include <random>
+#include <set>
+#include <utility>
+
+#include "common/types.h"
+#include "common/wire.h"
+#include "daemon/register/register.h"
+#include "daemon/store/faulty_block_file.h"
+#include "daemon/store/mem_block_file.h"
+#include "daemon/store/sector_store.h"
+
+namespace atomdisk {
+
+const char* SimBugName(SimBug bug) {
+  switch (bug) {
+    case SimBug::kNone:
+      return "none";
+    case SimBug::kSkipImpose:
+      return "skip-impose";
+    case SimBug::kAckBeforePersist:
+      return "ack-before-persist";
+    case SimBug::kMinorityQuorum:
+      return "minority-quorum";
+    case SimBug::kForgetOnRestart:
+      return "forget-on-restart";
+  }
+  return "?";
+}
+
+std::vector<SimBug> AllSimBugs() {
+  return {SimBug::kSkipImpose, SimBug::kAckBeforePersist, SimBug::kMinorityQuorum,
+          SimBug::kForgetOnRestart};
+}
+
+std::optional<SimBug> ParseSimBug(std::string_view name) {
+  if (name == "none") return SimBug::kNone;
+  for (SimBug b : AllSimBugs()) {
+    if (name == SimBugName(b)) return b;
+  }
+  return std::nullopt;
+}
+
+std::string ReplayCommand(const SimOptions& o) {
+  std::string cmd = "atomdisk-sim --seed " + std::to_string(o.seed) + " --nodes " +
+                    std::to_string(o.nodes) + " --steps " + std::to_string(o.steps);
+  if (o.bug != SimBug::kNone) cmd += std::string(" --bug ") + SimBugName(o.bug);
+  if (!o.state_checks) cmd += " --history-only";
+  if (o.max_lincheck_states != SimOptions{}.max_lincheck_states) {
+    cmd += " --max-lincheck-states " + std::to_string(o.max_lincheck_states);
+  }
+  return cmd;
+}
+
+namespace {
+
+constexpr std::int64_t kUsPerMs = 1000;
+// Sectors the store accepts; the workload stays well inside.
+constexpr std::uint64_t kDeviceSectors = 1 << 16;
+// Cold sectors are drawn from [kColdBase, kColdBase + kColdRange).
+constexpr std::uint64_t kColdBase = 16;
+constexpr std::uint64_t kColdRange = 4000;
+constexpr std::size_t kLastEvents = 60;
+
+std::uint64_t Mix64(std::uint64_t x) {
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+void PutLe64(std::uint8_t* p, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<std::uint8_t>(v >> (8 * i));
+}
+
+std::uint64_t GetLe64(const std::uint8_t* p) {
+  std::uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = v << 8 | p[i];
+  return v;
+}
+
+// The sector a client writes for value id `id` (> 0): the id in the first 8 bytes, then words
+// derived from it, so that a torn or mixed sector is recognised as such.
+SectorPtr ValueSector(std::uint64_t id) {
+  auto d = std::make_shared<SectorData>();
+  PutLe64(d->data(), id);
+  for (std::size_t i = 1; i < kSectorSize / 8; ++i)
+    PutLe64(d->data() + 8 * i, Mix64(id * 8191 + i));
+  return d;
+}
+
+// The value id a sector holds (0: the initial all-zero sector), or nullopt if its bytes are
+// neither zeros nor exactly what a client wrote (torn, mixed, garbage).
+std::optional<std::uint64_t> ValueIdOf(const SectorData& d) {
+  std::uint64_t id = GetLe64(d.data());
+  for (std::size_t i = 1; i < kSectorSize / 8; ++i) {
+    std::uint64_t want = id == 0 ? 0 : Mix64(id * 8191 + i);
+    if (GetLe64(d.data() + 8 * i) != want) return std::nullopt;
+  }
+  return id;
+}
+
+std::string TagStr(Tag t) {
+  return "(" + std::to_string(t.ts) + "," + std::to_string(static_cast<int>(t.wr)) + ")";
+}
+
+std::string ShortId(const Uuid& u) { return u.ToString().substr(0, 8); }
+
+// Forwards to the node's disk until the node crashes; from then on writes and syncs fail, so
+// that nothing the dying store does afterwards (its destructor flushing, say) reaches the disk.
+class CrashGate final : public BlockFile {
+ public:
+  explicit CrashGate(std::shared_ptr<BlockFile> disk) : disk_(std::move(disk)) {}
+  Status ReadAt(std::uint64_t offset, void* buf, std::size_t n) override {
+    return disk_->ReadAt(offset, buf, n);
+  }
+  Status WriteAt(std::uint64_t offset, const void* buf, std::size_t n) override {
+    if (cut_) return Status::IOError("simulated node is down");
+    return disk_->WriteAt(offset, buf, n);
+  }
+  Status Sync() override {
+    if (cut_) return Status::IOError("simulated node is down");
+    return disk_->Sync();
+  }
+  Result<std::uint64_t> Size() override { return disk_->Size(); }
+  Result<std::uint64_t> NextDataOffset(std::uint64_t offset) override {
+    return disk_->NextDataOffset(offset);
+  }
+  void Cut() { cut_ = true; }
+
+ private:
+  std::shared_ptr<BlockFile> disk_;
+  bool cut_ = false;
+};
+
+class Simulator {
+ public:
+  Simulator(const SimOptions& options, std::ostream* trace);
+  SimResult Run();
+
+ private:
+  enum class EventType {
+    kDeliver,
+    kSync,
+    kTick,
+    kClientIssue,
+    kClientTimeout,
+    kNemesis,
+    kRestart,
+    kHealPartition,
+    kDiskFast,
+  };
+  struct Event {
+    std::int64_t time_us = 0;
+    std::uint64_t seq = 0;
+    EventType type = EventType::kTick;
+    int node = 0;  // kDeliver: receiver
+    int from = 0;  // kDeliver: sender
+    std::uint64_t epoch = 0;
+    std::uint64_t from_epoch = 0;
+    std::uint64_t arg = 0;  // client, op token, partition or slow-disk generation
+    std::shared_ptr<const SystemMessage> msg;
+  };
+  struct EventLater {
+    bool operator()(const Event& a, const Event& b) const {
+      return a.time_us != b.time_us ? a.time_us > b.time_us : a.seq > b.seq;
+    }
+  };
+
+  struct Completion {
+    SectorIdx sector;
+    Tag tag;
+    std::uint64_t value_id;
+    Status status;
+  };
+
+  class NodeEnv final : public RegisterEnv {
+   public:
+    NodeEnv(Simulator* sim, int node) : sim_(sim), node_(node) {}
+    void Send(Rank to, const SystemMessage& msg) override { sim_->OnSend(node_, to, msg); }
+    void Persist(SectorIdx sector, const Triple& value) override {
+      sim_->OnPersist(node_, sector, value);
+    }
+    void Complete(std::uint64_t token, SectorPtr data) override {
+      sim_->OnComplete(node_, token, std::move(data));
+    }
+    Uuid NewOpId() override { return sim_->NewOpId(); }
+
+   private:
+    Simulator* sim_;
+    int node_;
+  };
+
+  struct Node {
+    Rank rank = 0;
+    bool up = true;
+    std::uint64_t epoch = 0;  // bumped at each crash: stale events and callbacks are ignored
+    RegisterConfig config;
+    std::unique_ptr<NodeEnv> env;
+    std::shared_ptr<FaultyBlockFile> disk;
+    std::shared_ptr<CrashGate> gate;
+    std::unique_ptr<SectorStore> store;
+    std::map<SectorIdx, std::unique_ptr<Register>> regs;
+    std::uint64_t persists_in_flight = 0;
+    bool sync_scheduled = false;
+    bool disk_slow = false;
+    std::uint64_t disk_slow_gen = 0;
+    std::vector<Completion> completions;  // filled by store callbacks inside SyncNow
+    // What the simulator knows is durable here, independently of the register: OK store
+    // completions, and what the disk held when the store was opened after a crash.
+    std::map<SectorIdx, Tag> known_durable;
+    // The highest durable tag this node ever claimed (register durable(), known_durable):
+    // after a restart the disk must hold at least this.
+    std::map<SectorIdx, Tag> max_durable;
+    std::set<SectorIdx> written_since_open;
+    // (sender, op id) -> (sector, tag) of the last WriteProc delivered, for the Ack check.
+    std::map<std::pair<Rank, Uuid>, std::pair<SectorIdx, Tag>> writeprocs;
+    std::set<std::uint64_t> tokens;  // client operations this node coordinates
+  };
+
+  struct Op {
+    HistoryOp h;
+    int node = 0;
+    std::uint64_t epoch = 0;
+    bool waiting = false;      // the client still waits for it
+    bool in_register = false;  // the coordinator still holds it
+    bool final_read = false;
+  };
+
+  // Workload and fault parameters, drawn from the seed.
+  struct Params {
+    int clients = 4;
+    int hot_sectors = 2;
+    int hot_permille = 850;
+    int read_permille = 500;
+    // 0: every client reads and writes. k > 0: clients 0..k-1 mostly write, the others only
+    // read (writes then rarely overlap, so a stale read has nowhere to hide).
+    int writers = 0;
+    std::int64_t think_max_us = 3000;
+    std::int64_t timeout_ms = 4000;
+    std::int64_t tick_ms = 10;
+    std::int64_t nemesis_min_ms = 10;
+    std::int64_t nemesis_max_ms = 200;
+    int max_down = 1;
+  };
+
+  // --- randomness ---
+  std::uint64_t Below(std::uint64_t n) { return n == 0 ? 0 : rng_() % n; }
+  std::int64_t Range(std::int64_t lo, std::int64_t hi) {
+    return lo + static_cast<std::int64_t>(Below(static_cast<std::uint64_t>(hi - lo + 1)));
+  }
+  bool Chance(int permille) { return static_cast<int>(Below(1000)) < permille; }
+
+  // --- events ---
+  void Push(Event e) {
+    e.seq = next_seq_++;
+    queue_.push(std::move(e));
+  }
+  void At(std::int64_t delay_us, Event e) {
+    e.time_us = now_us_ + std::max<std::int64_t>(1, delay_us);
+    Push(std::move(e));
+  }
+  void Dispatch(const Event& e);
+  std::int64_t NowMs() const { return now_us_ / kUsPerMs; }
+  std::int64_t HistNow() {
+    hist_ns_ = std::max(hist_ns_ + 1, now_us_ * 1000);
+    return hist_ns_;
+  }
+
+  // --- trace and failures ---
+  void Trace(const std::string& line);
+  void Fail(const std::string& check, const std::string& detail);
+  bool failed() const { return !result_.ok; }
+
+  // --- nodes ---
+  void OpenStore(int n);
+  void Crash(int n);
+  void Restart(int n);
+  Register* GetRegister(int n, SectorIdx sector);
+  void MaybeDrop(int n, SectorIdx sector);
+  void ScheduleSync(int n);
+  void RunSync(int n);
+  void ScheduleTick(int n);
+  void CheckDiskHolds(int n, const char* when);
+  void CheckAfterEvent();
+  void NoteDurable(int n, SectorIdx sector, Tag tag, std::uint64_t value_id);
+  void NoteTagValue(SectorIdx sector, Tag tag, std::uint64_t value_id, const char* where);
+
+  // --- register effects ---
+  void OnSend(int from, Rank to, const SystemMessage& msg);
+  void OnPersist(int n, SectorIdx sector, const Triple& value);
+  void OnComplete(int n, std::uint64_t token, SectorPtr data);
+  Uuid NewOpId();
+  void OnStoreDone(int n, std::uint64_t epoch, Completion c) {
+    if (nodes_[n]->epoch != epoch) return;  // the node crashed since: the callback is lost
+    nodes_[n]->completions.push_back(std::move(c));
+  }
+
+  // --- network ---
+  void Deliver(const Event& e);
+  std::int64_t NetDelayUs(int from, int to);
+  void DrawLinkLatencies();
+
+  // --- clients ---
+  void ClientIssue(int client);
+  std::uint64_t StartOp(int client, int node, bool is_write, SectorIdx sector, bool final_read);
+  void ClientDone(int client);
+  void ClientTimeout(std::uint64_t token);
+
+  // --- faults ---
+  void Nemesis();
+  void HealAll();
+
+  bool Quiescent() const;
+  int NodesDown() const {
+    int down = 0;
+    for (const auto& node : nodes_) down += node->up ? 0 : 1;
+    return down;
+  }
+  std::string StuckOps() const;
+
+  SimOptions options_;
+  std::ostream* trace_out_;
+  std::mt19937_64 rng_;
+  Params p_;
+  SimResult result_;
+  std::deque<std::string> last_events_;
+  std::uint64_t hash_ = 0xcbf29ce484222325ULL;
+
+  std::priority_queue<Event, std::vector<Event>, EventLater> queue_;
+  std::uint64_t next_seq_ = 0;
+  std::int64_t now_us_ = 0;
+  std::int64_t hist_ns_ = 0;
+  bool healing_ = false;  // faults healed, no new client operations, no timeouts
+
+  std::vector<std::unique_ptr<Node>> nodes_;
+  std::vector<std::vector<bool>> blocked_;                  // blocked_[from][to]: partitioned link
+  std::vector<std::vector<std::int64_t>> link_latency_us_;  // typical delay of each link
+  std::uint64_t partition_gen_ = 0;
+  int drop_permille_ = 0;
+  int dup_permille_ = 0;
+  int slow_permille_ = 0;
+
+  std::vector<Op> ops_;  // token = index + 1
+  std::uint64_t next_value_id_ = 0;
+  // (sector, tag) of every triple that left a node or became durable -> its value id.
+  std::map<std::pair<SectorIdx, Tag>, std::uint64_t> tag_values_;
+};
+
+Simulator::Simulator(const SimOptions& options, std::ostream* trace)
+    : options_(options), trace_out_(trace), rng_(options.seed) {}
+
+void Simulator::Trace(const std::string& line) {
+  char head[48];
+  std::snprintf(head, sizeof(head), "%lld.%03lld ", static_cast<long long>(now_us_ / 1000),
+                static_cast<long long>(now_us_ % 1000));
+  std::string full = head + line;
+  for (unsigned char c : full) hash_ = (hash_ ^ c) * 0x100000001b3ULL;
+  hash_ = (hash_ ^ '\n') * 0x100000001b3ULL;
+  if (trace_out_) *trace_out_ << full << '\n';
+  last_events_.push_back(std::move(full));
+  if (last_events_.size() > kLastEvents) last_events_.pop_front();
+}
+
+void Simulator::Fail(const std::string& check, const std::string& detail) {
+  if (failed()) return;  // the first failure is the one reported
+  result_.ok = false;
+  result_.check = check;
+  result_.detail = detail;
+  Trace("FAIL " + check + ": " + detail);
+}
+
+// ---------------------------------------------------------------------------------------
+// Nodes: store, registers, crash and restart.
+
+void Simulator::OpenStore(int n) {
+  Node& node = *nodes_[n];
+  node.gate = std::make_shared<CrashGate>(node.disk);
+  SectorStore::Options o;
+  o.sectors = kDeviceSectors;
+  o.background_sync = false;
+  node.store = SectorStore::OpenOnFile(ShareBlockFile(node.gate), o);
+  node.written_since_open.clear();
+}
+
+void Simulator::CheckDiskHolds(int n, const char* when) {
+  Node& node = *nodes_[n];
+  for (auto& [sector, tag] : node.max_durable) {
+    Result<Triple> r = node.store->Read(sector);
+    if (!r.ok()) {
+      Fail("store-error", "node " + std::to_string(node.rank) + " sector " +
+                              std::to_string(sector) + " " + when + ": " + r.status().ToString());
+      return;
+    }
+    if (!ValueIdOf(*r->data)) {
+      Fail("torn-value", "node " + std::to_string(node.rank) + " sector " + std::to_string(sector) +
+                             " " + when + " reads tag " + TagStr(r->tag) +
+                             " with data that no client wrote");
+      return;
+    }
+    if (r->tag < tag && !options_.state_checks) tag = r->tag;  // --history-only
+    if (r->tag < tag) {
+      Fail("durable-decreased", "node " + std::to_string(node.rank) + " sector " +
+                                    std::to_string(sector) + " " + when + ": disk holds " +
+                                    TagStr(r->tag) + " but " + TagStr(tag) +
+                                    " was durable there before");
+      return;
+    }
+  }
+}
+
+void Simulator::Crash(int n) {
+  Node& node = *nodes_[n];
+  ++result_.stats.crashes;
+  Trace("crash node " + std::to_string(node.rank) + " (" + std::to_string(node.regs.size()) +
+        " registers, " + std::to_string(node.persists_in_flight) + " persists in flight)");
+  node.up = false;
+  ++node.epoch;
+  node.gate->Cut();
+  node.disk->SimulateCrash(rng_);
+  node.store.reset();
+  node.regs.clear();
+  node.completions.clear();
+  node.persists_in_flight = 0;
+  node.sync_scheduled = false;
+  node.disk_slow = false;
+  node.writeprocs.clear();
+  // Operations this node coordinated are lost: their clients stop waiting (outcome unknown).
+  for (std::uint64_t token : node.tokens) {
+    Op& op = ops_[token - 1];
+    op.in_register = false;
+    if (op.waiting) {
+      op.waiting = false;
+      op.h.outcome = HistoryOp::Outcome::kUnknown;
+      ++result_.stats.ops_unknown;
+      ClientDone(static_cast<int>(op.h.client));
+    }
+  }
+  node.tokens.clear();
+}
+
+void Simulator::Restart(int n) {
+  Node& node = *nodes_[n];
+  if (node.up) return;
+  if (options_.bug == SimBug::kForgetOnRestart) {
+    node.disk = std::make_shared<FaultyBlockFile>();  // the bug: a blank disk
+  }
+  OpenStore(n);
+  Result<Triple> probe = node.store->Read(0);
+  if (!probe.ok() && probe.status().code() == StatusCode::kIOError) {
+    // The store failed to open (an injected EIO on its first sync): try again later.
+    Trace("restart node " + std::to_string(node.rank) + " failed (" + probe.status().ToString() +
+          "): retrying");
+    node.gate->Cut();
+    node.store.reset();
+    Event e;
+    e.type = EventType::kRestart;
+    e.node = n;
+    At(Range(1, 50) * kUsPerMs, std::move(e));
+    return;
+  }
+  node.up = true;
+  Trace("restart node " + std::to_string(node.rank));
+  CheckDiskHolds(n, "after restart");
+  node.known_durable.clear();  // rebuilt lazily from the disk, which is all durable now
+  ScheduleTick(n);
+}
+
+Register* Simulator::GetRegister(int n, SectorIdx sector) {
+  Node& node = *nodes_[n];
+  auto it = node.regs.find(sector);
+  if (it != node.regs.end()) return it->second.get();
+  Result<Triple> r = node.store->Read(sector);
+  if (!r.ok()) {
+    Fail("store-error", "node " + std::to_string(node.rank) + " read of sector " +
+                            std::to_string(sector) + ": " + r.status().ToString());
+    return nullptr;
+  }
+  std::optional<std::uint64_t> id = ValueIdOf(*r->data);
+  if (!id) {
+    Fail("torn-value", "node " + std::to_string(node.rank) + " sector " + std::to_string(sector) +
+                           " reads tag " + TagStr(r->tag) + " with data that no client wrote");
+    return nullptr;
+  }
+  if (!node.written_since_open.contains(sector)) {
+    // Nothing was written to this sector since the store was opened over the disk left by
+    // the last crash: what it reads is durable.
+    Tag& k = node.known_durable[sector];
+    k = std::max(k, r->tag);
+  }
+  Tag& m = node.max_durable[sector];
+  if (r->tag < m && !options_.state_checks) m = r->tag;  // --history-only
+  if (r->tag < m) {
+    Fail("durable-decreased", "node " + std::to_string(node.rank) + " sector " +
+                                  std::to_string(sector) + ": store reads " + TagStr(r->tag) +
+                                  " but " + TagStr(m) + " was durable there before");
+    return nullptr;
+  }
+  ++result_.stats.registers_created;
+  auto reg = std::make_unique<Register>(sector, *r, &node.config, node.env.get());
+  Register* raw = reg.get();
+  node.regs.emplace(sector, std::move(reg));
+  return raw;
+}
+
+void Simulator::MaybeDrop(int n, SectorIdx sector) {
+  Node& node = *nodes_[n];
+  auto it = node.regs.find(sector);
+  if (it == node.regs.end() || !it->second->Idle()) return;
+  Tag& m = node.max_durable[sector];
+  m = std::max(m, it->second->durable().tag);
+  node.regs.erase(it);
+}
+
+void Simulator::ScheduleSync(int n) {
+  Node& node = *nodes_[n];
+  if (node.sync_scheduled || !node.up) return;
+  node.sync_scheduled = true;
+  Event e;
+  e.type = EventType::kSync;
+  e.node = n;
+  e.epoch = node.epoch;
+  // Group commit latency: usually fast, sometimes a slow disk.
+  std::int64_t delay = node.disk_slow ? Range(5000, 150000) : Range(20, 1500);
+  if (Chance(20)) delay += Range(2000, 40000);
+  At(delay, std::move(e));
+}
+
+void Simulator::RunSync(int n) {
+  Node& node = *nodes_[n];
+  node.sync_scheduled = false;
+  ++result_.stats.syncs;
+  std::size_t ran = node.store->SyncNow();
+  std::vector<Completion> done = std::move(node.completions);
+  node.completions.clear();
+  Trace("sync node " + std::to_string(node.rank) + ": " + std::to_string(ran) + " callbacks");
+  if (!healing_ && ran > 0 && Chance(10) && NodesDown() < p_.max_down) {
+    // The node dies after the sync, before anyone hears of it: durable, never acked.
+    Trace("node " + std::to_string(node.rank) + " dies right after its sync");
+    Crash(n);
+    Event e;
+    e.type = EventType::kRestart;
+    e.node = n;
+    At(Range(1, 800) * kUsPerMs, std::move(e));
+    return;
+  }
+  if (ran != done.size()) {
+    Fail("sim-internal", "SyncNow reported " + std::to_string(ran) + " callbacks, saw " +
+                             std::to_string(done.size()));
+    return;
+  }
+  for (Completion& c : done) {
+    --node.persists_in_flight;
+    Trace("  persisted node " + std::to_string(node.rank) + " sector " + std::to_string(c.sector) +
+          " tag " + TagStr(c.tag) + " v" + std::to_string(c.value_id) + ": " + c.status.ToString());
+    if (c.status.ok()) NoteDurable(n, c.sector, c.tag, c.value_id);
+    auto it = node.regs.find(c.sector);
+    if (it == node.regs.end()) {
+      Fail("sim-internal", "store completion for sector " + std::to_string(c.sector) +
+                               " whose register was dropped");
+      return;
+    }
+    it->second->OnPersisted(c.tag, c.status, NowMs());
+    if (failed()) return;
+    MaybeDrop(n, c.sector);
+  }
+  if (!failed() &&
+      std::any_of(done.begin(), done.end(), [](const Completion& c) { return !c.status.ok(); })) {
+    // After a failed sync the store refuses everything until it is reopened: the node
+    // restarts (as a daemon would, under systemd), losing what was not synced.
+    Result<Triple> probe = node.store->Read(0);
+    if (!probe.ok() && probe.status().code() == StatusCode::kIOError) {
+      Trace("node " + std::to_string(node.rank) + " store stopped (" + probe.status().ToString() +
+            "): the node restarts");
+      Crash(n);
+      Event e;
+      e.type = EventType::kRestart;
+      e.node = n;
+      At(Range(1, 50) * kUsPerMs, std::move(e));
+      return;
+    }
+  }
+  if (node.persists_in_flight > 0) ScheduleSync(n);
+}
+
+void Simulator::NoteDurable(int n, SectorIdx sector, Tag tag, std::uint64_t value_id) {
+  Node& node = *nodes_[n];
+  Tag& k = node.known_durable[sector];
+  k = std::max(k, tag);
+  Tag& m = node.max_durable[sector];
+  m = std::max(m, tag);
+  NoteTagValue(sector, tag, value_id, "durable");
+}
+
+void Simulator::NoteTagValue(SectorIdx sector, Tag tag, std::uint64_t value_id, const char* where) {
+  if (!options_.state_checks) return;
+  if (tag == Tag{}) {
+    if (value_id != 0) {
+      Fail("tag-reuse",
+           "sector " + std::to_string(sector) + " tag (0,0) carries v" + std::to_string(value_id));
+    }
+    return;
+  }
+  auto [it, inserted] = tag_values_.emplace(std::make_pair(sector, tag), value_id);
+  if (!inserted && it->second != value_id) {
+    Fail("tag-reuse", "sector " + std::to_string(sector) + " tag " + TagStr(tag) + " carries v" +
+                          std::to_string(it->second) + " and, " + where + ", v" +
+                          std::to_string(value_id) + ": two values with one tag");
+  }
+}
+
+void Simulator::ScheduleTick(int n) {
+  Event e;
+  e.type = EventType::kTick;
+  e.node = n;
+  e.epoch = nodes_[n]->epoch;
+  At(p_.tick_ms * kUsPerMs + Range(-2000, 2000), std::move(e));
+}
+
+// ---------------------------------------------------------------------------------------
+// Register effects.
+
+Uuid Simulator::NewOpId() {
+  Uuid u;
+  std::uint64_t a = rng_(), b = rng_();
+  PutLe64(u.bytes.data(), a);
+  PutLe64(u.bytes.data() + 8, b);
+  return u;
+}
+
+void Simulator::OnSend(int from, Rank to, const SystemMessage& msg) {
+  Node& src = *nodes_[from];
+  ++result_.stats.messages_sent;
+  if (msg.sender != src.rank || to == src.rank || to < 1 || to > static_cast<int>(nodes_.size())) {
+    Fail("sim-internal", "node " + std::to_string(src.rank) + " sends a message as " +
+                             std::to_string(msg.sender) + " to " + std::to_string(to));
+    return;
+  }
+  // Every message goes through the wire codec.
+  std::vector<std::uint8_t> payload = EncodePayload(msg);
+  Result<SystemMessage> decoded = DecodeSystemMessage(payload);
+  if (!decoded.ok()) {
+    Fail("codec", "decoding an encoded " + std::string(SystemContentName(msg.content)) + ": " +
+                      decoded.status().ToString());
+    return;
+  }
+  const SystemMessage& d = *decoded;
+  bool has_value = msg.content == SystemContent::kValue || msg.content == SystemContent::kWriteProc;
+  if (d.sender != msg.sender || d.op_id != msg.op_id || d.sector != msg.sector ||
+      d.content != msg.content ||
+      (has_value && (d.tag != msg.tag || !msg.data || !d.data || *d.data != *msg.data))) {
+    Fail("codec", std::string(SystemContentName(msg.content)) + " changed in a round trip");
+    return;
+  }
+  std::uint64_t value_id = 0;
+  if (has_value) {
+    std::optional<std::uint64_t> id = ValueIdOf(*d.data);
+    if (!id) {
+      Fail("torn-value", "node " + std::to_string(src.rank) + " sends a " +
+                             SystemContentName(msg.content) + " with data no client wrote");
+      return;
+    }
+    value_id = *id;
+    NoteTagValue(d.sector, d.tag, value_id,
+                 msg.content == SystemContent::kValue ? "in a Value" : "in a WriteProc");
+  }
+  std::string what = std::string(SystemContentName(msg.content)) + " " + std::to_string(src.rank) +
+                     "->" + std::to_string(to) + " op " + ShortId(msg.op_id) + " sector " +
+                     std::to_string(msg.sector);
+  if (has_value) what += " tag " + TagStr(d.tag) + " v" + std::to_string(value_id);
+
+  if (msg.content == SystemContent::kAck && options_.state_checks) {
+    auto it = src.writeprocs.find({to, msg.op_id});
+    if (it == src.writeprocs.end()) {
+      Fail("ack-before-durable", "node " + std::to_string(src.rank) + " acks op " +
+                                     ShortId(msg.op_id) + " to " + std::to_string(to) +
+                                     " without having received its WriteProc");
+      return;
+    }
+    auto [sector, tag] = it->second;
+    Tag durable = src.known_durable.count(sector) ? src.known_durable[sector] : Tag{};
+    if (durable < tag && src.disk->PendingWriteCount() == 0) {
+      // Nothing on this disk is unsynced: what the store reads is durable.
+      Result<Triple> r = src.store->Read(sector);
+      if (r.ok()) durable = std::max(durable, r->tag);
+    }
+    if (durable < tag) {
+      Fail("ack-before-durable", "node " + std::to_string(src.rank) + " acks WriteProc " +
+                                     TagStr(tag) + " (op " + ShortId(msg.op_id) + ", sector " +
+                                     std::to_string(sector) + ") to " + std::to_string(to) +
+                                     " while only " + TagStr(durable) + " is durable there");
+      return;
+    }
+    src.writeprocs.erase(it);
+  }
+
+  Node& dst = *nodes_[to - 1];
+  if (!dst.up || blocked_[from][to - 1] || Chance(drop_permille_)) {
+    ++result_.stats.messages_dropped;
+    Trace("send " + what + " (dropped)");
+    return;
+  }
+  auto shared = std::make_shared<const SystemMessage>(std::move(decoded).value());
+  int copies = Chance(dup_permille_) ? 2 : 1;
+  if (copies == 2) ++result_.stats.messages_duplicated;
+  for (int i = 0; i < copies; ++i) {
+    Event e;
+    e.type = EventType::kDeliver;
+    e.node = to - 1;
+    e.from = from;
+    e.epoch = dst.epoch;
+    e.from_epoch = src.epoch;
+    e.msg = shared;
+    std::int64_t delay = NetDelayUs(from, to - 1);
+    Trace("send " + what + " in " + std::to_string(delay) + "us" + (i ? " (duplicate)" : ""));
+    At(delay, std::move(e));
+  }
+}
+
+std::int64_t Simulator::NetDelayUs(int from, int to) {
+  if (Chance(slow_permille_)) return Range(5000, 400000);  // late: overtaken by later ones
+  std::int64_t base = link_latency_us_[from][to];
+  return Range(base / 4, base * 2);
+}
+
+void Simulator::DrawLinkLatencies() {
+  // Some links slower than others, so that a write reaches some nodes well before the rest.
+  const std::size_t n = nodes_.size();
+  link_latency_us_.assign(n, std::vector<std::int64_t>(n, 500));
+  bool uneven = Chance(600);
+  for (std::size_t a = 0; a < n; ++a) {
+    for (std::size_t b = 0; b < n; ++b) {
+      link_latency_us_[a][b] = uneven && Chance(300) ? Range(2000, 15000) : Range(100, 800);
+    }
+  }
+}
+
+void Simulator::OnPersist(int n, SectorIdx sector, const Triple& value) {
+  Node& node = *nodes_[n];
+  ++result_.stats.persists;
+  std::optional<std::uint64_t> id = ValueIdOf(*value.data);
+  if (!id) {
+    Fail("torn-value", "node " + std::to_string(node.rank) + " persists data no client wrote");
+    return;
+  }
+  Trace("persist node " + std::to_string(node.rank) + " sector " + std::to_string(sector) +
+        " tag " + TagStr(value.tag) + " v" + std::to_string(*id));
+  node.written_since_open.insert(sector);
+  ++node.persists_in_flight;
+  std::uint64_t epoch = node.epoch;
+  Tag tag = value.tag;
+  std::uint64_t value_id = *id;
+  node.store->Write(sector, value, [this, n, epoch, sector, tag, value_id](Status s) {
+    OnStoreDone(n, epoch, Completion{sector, tag, value_id, std::move(s)});
+  });
+  ScheduleSync(n);
+}
+
+void Simulator::OnComplete(int n, std::uint64_t token, SectorPtr data) {
+  Node& node = *nodes_[n];
+  if (token == 0 || token > ops_.size() || ops_[token - 1].node != n ||
+      !ops_[token - 1].in_register || ops_[token - 1].epoch != node.epoch) {
+    Fail("sim-internal",
+         "node " + std::to_string(node.rank) + " completes unknown token " + std::to_string(token));
+    return;
+  }
+  Op& op = ops_[token - 1];
+  op.in_register = false;
+  node.tokens.erase(token);
+  std::string what = std::string(op.h.kind == HistoryOp::Kind::kRead ? "read" : "write") + " #" +
+                     std::to_string(token) + " sector " + std::to_string(op.h.key);
+  if (op.h.kind == HistoryOp::Kind::kRead) {
+    if (!data) {
+      Fail("sim-internal", what + " completed without data");
+      return;
+    }
+    std::optional<std::uint64_t> id = ValueIdOf(*data);
+    if (!id) {
+      Fail("torn-value",
+           what + " at node " + std::to_string(node.rank) + " returned data no client wrote");
+      return;
+    }
+    what += " -> v" + std::to_string(*id);
+    if (op.waiting) op.h.value = *id == 0 ? "" : std::to_string(*id);
+  } else {
+    what += " v" + op.h.value;
+  }
+  if (!op.waiting) {
+    Trace("complete " + what + " at node " + std::to_string(node.rank) +
+          " (client gave up: ignored)");
+    return;
+  }
+  op.waiting = false;
+  op.h.return_ns = HistNow();
+  op.h.outcome = HistoryOp::Outcome::kOk;
+  ++result_.stats.ops_ok;
+  Trace("complete " + what + " at node " + std::to_string(node.rank));
+  if (!op.final_read) ClientDone(static_cast<int>(op.h.client));
+}
+
+// ---------------------------------------------------------------------------------------
+// Network.
+
+void Simulator::Deliver(const Event& e) {
+  Node& dst = *nodes_[e.node];
+  Node& src = *nodes_[e.from];
+  const SystemMessage& msg = *e.msg;
+  std::string what = std::string(SystemContentName(msg.content)) + " " + std::to_string(src.rank) +
+                     "->" + std::to_string(dst.rank) + " op " + ShortId(msg.op_id) + " sector " +
+                     std::to_string(msg.sector);
+  if (!dst.up || dst.epoch != e.epoch || src.epoch != e.from_epoch || blocked_[e.from][e.node]) {
+    ++result_.stats.messages_dropped;
+    Trace("lost " + what);
+    return;
+  }
+  ++result_.stats.messages_delivered;
+  Trace("deliver " + what);
+  if (msg.content == SystemContent::kWriteProc) {
+    dst.writeprocs[{msg.sender, msg.op_id}] = {msg.sector, msg.tag};
+  }
+  Register* reg = GetRegister(e.node, msg.sector);
+  if (!reg) return;
+  reg->OnMessage(msg, NowMs());
+  if (failed()) return;
+  MaybeDrop(e.node, msg.sector);
+}
+
+// ---------------------------------------------------------------------------------------
+// Clients.
+
+std::uint64_t Simulator::StartOp(int client, int n, bool is_write, SectorIdx sector,
+                                 bool final_read) {
+  Node& node = *nodes_[n];
+  Op op;
+  op.h.client = static_cast<std::uint64_t>(client);
+  op.h.kind = is_write ? HistoryOp::Kind::kWrite : HistoryOp::Kind::kRead;
+  op.h.key = sector;
+  op.h.outcome = HistoryOp::Outcome::kUnknown;
+  op.node = n;
+  op.epoch = node.epoch;
+  op.waiting = true;
+  op.in_register = true;
+  op.final_read = final_read;
+  SectorPtr data;
+  if (is_write) {
+    std::uint64_t id = ++next_value_id_;
+    op.h.value = std::to_string(id);
+    data = ValueSector(id);
+  }
+  op.h.call_ns = HistNow();
+  ops_.push_back(std::move(op));
+  std::uint64_t token = ops_.size();
+  node.tokens.insert(token);
+  Trace(std::string("call ") + (is_write ? "write" : "read") + " #" + std::to_string(token) +
+        " client " + std::to_string(client) + " sector " + std::to_string(sector) + " at node " +
+        std::to_string(node.rank) + (is_write ? " v" + ops_.back().h.value : ""));
+  Register* reg = GetRegister(n, sector);
+  if (!reg) return token;
+  if (is_write) {
+    reg->StartWrite(token, std::move(data), NowMs());
+  } else {
+    reg->StartRead(token, NowMs());
+  }
+  if (failed()) return token;
+  MaybeDrop(n, sector);
+  return token;
+}
+
+void Simulator::ClientIssue(int client) {
+  if (healing_) return;
+  std::vector<int> up;
+  for (std::size_t i = 0; i < nodes_.size(); ++i) {
+    if (nodes_[i]->up) up.push_back(static_cast<int>(i));
+  }
+  if (up.empty()) {
+    Event e;
+    e.type = EventType::kClientIssue;
+    e.arg = static_cast<std::uint64_t>(client);
+    At(Range(10000, 50000), std::move(e));
+    return;
+  }
+  int n = up[Below(up.size())];
+  SectorIdx sector = Chance(p_.hot_permille) ? Below(static_cast<std::uint64_t>(p_.hot_sectors))
+                                             : kColdBase + Below(kColdRange);
+  bool is_write = p_.writers == 0 ? !Chance(p_.read_permille) : client < p_.writers && Chance(800);
+  std::uint64_t token = StartOp(client, n, is_write, sector, false);
+  if (ops_[token - 1].waiting) {
+    Event e;
+    e.type = EventType::kClientTimeout;
+    e.arg = token;
+    At(p_.timeout_ms * kUsPerMs, std::move(e));
+  }
+}
+
+void Simulator::ClientDone(int client) {
+  if (healing_) return;
+  Event e;
+  e.type = EventType::kClientIssue;
+  e.arg = static_cast<std::uint64_t>(client);
+  At(Range(1, p_.think_max_us), std::move(e));
+}
+
+void Simulator::ClientTimeout(std::uint64_t token) {
+  Op& op = ops_[token - 1];
+  if (!op.waiting || healing_) return;
+  op.waiting = false;
+  op.h.outcome = HistoryOp::Outcome::kUnknown;
+  ++result_.stats.ops_unknown;
+  Trace("timeout #" + std::to_string(token) + " (outcome unknown)");
+  ClientDone(static_cast<int>(op.h.client));
+}
+
+// ---------------------------------------------------------------------------------------
+// Faults.
+
+void Simulator::Nemesis() {
+  Event next;
+  next.type = EventType::kNemesis;
+  At(Range(p_.nemesis_min_ms, p_.nemesis_max_ms) * kUsPerMs, std::move(next));
+  int n_nodes = static_cast<int>(nodes_.size());
+  int down = NodesDown();
+  switch (Below(7)) {
+    case 0:
+    case 1: {  // crash a node, restart it later
+      int limit = Chance(100) ? n_nodes : p_.max_down;
+      if (down >= limit) return;
+      // Half the time, a node with writes in flight: those are the crashes that lose or
+      // tear something.
+      std::vector<int> up, writing;
+      for (int i = 0; i < n_nodes; ++i) {
+        if (!nodes_[i]->up) continue;
+        up.push_back(i);
+        if (nodes_[i]->persists_in_flight > 0) writing.push_back(i);
+      }
+      int n =
+          !writing.empty() && Chance(500) ? writing[Below(writing.size())] : up[Below(up.size())];
+      Crash(n);
+      Event e;
+      e.type = EventType::kRestart;
+      e.node = n;
+      At(Range(1, 800) * kUsPerMs, std::move(e));
+      return;
+    }
+    case 2: {  // partition: a symmetric split, or some one-way links
+      ++result_.stats.partitions;
+      ++partition_gen_;
+      for (auto& row : blocked_) std::fill(row.begin(), row.end(), false);
+      std::string desc;
+      if (Chance(600)) {
+        std::vector<bool> side(n_nodes);
+        for (int i = 0; i < n_nodes; ++i) side[i] = Chance(500);
+        for (int a = 0; a < n_nodes; ++a) {
+          for (int b = 0; b < n_nodes; ++b) blocked_[a][b] = side[a] != side[b];
+        }
+        desc = "split";
+        for (int i = 0; i < n_nodes; ++i) desc += side[i] ? " A" : " B";
+      } else {
+        desc = "one-way";
+        int links = static_cast<int>(Range(1, n_nodes));
+        for (int i = 0; i < links; ++i) {
+          int a = static_cast<int>(Below(n_nodes)), b = static_cast<int>(Below(n_nodes));
+          if (a == b) continue;
+          blocked_[a][b] = true;
+          desc += " " + std::to_string(a + 1) + "-/->" + std::to_string(b + 1);
+        }
+      }
+      Trace("partition " + desc);
+      Event e;
+      e.type = EventType::kHealPartition;
+      e.arg = partition_gen_;
+      At(Range(5, 800) * kUsPerMs, std::move(e));
+      return;
+    }
+    case 3: {  // network weather
+      static constexpr std::array<int, 5> kDrop = {0, 0, 20, 100, 300};
+      static constexpr std::array<int, 4> kDup = {0, 0, 30, 150};
+      static constexpr std::array<int, 4> kSlow = {20, 80, 250, 400};
+      drop_permille_ = kDrop[Below(kDrop.size())];
+      dup_permille_ = kDup[Below(kDup.size())];
+      slow_permille_ = kSlow[Below(kSlow.size())];
+      DrawLinkLatencies();
+      Trace("network drop " + std::to_string(drop_permille_) + "/1000 dup " +
+            std::to_string(dup_permille_) + "/1000 slow " + std::to_string(slow_permille_) +
+            "/1000");
+      return;
+    }
+    case 4: {  // a disk error on one node
+      int n = static_cast<int>(Below(n_nodes));
+      if (!nodes_[n]->up) return;
+      ++result_.stats.disk_faults;
+      if (Chance(500)) {
+        nodes_[n]->disk->FailNextWrites(1);
+        Trace("disk node " + std::to_string(n + 1) + ": next write fails");
+      } else {
+        nodes_[n]->disk->FailNextSyncs(1);
+        Trace("disk node " + std::to_string(n + 1) + ": next sync fails");
+      }
+      return;
+    }
+    case 5: {  // a slow disk for a while
+      int n = static_cast<int>(Below(n_nodes));
+      if (!nodes_[n]->up) return;
+      nodes_[n]->disk_slow = true;
+      Trace("disk node " + std::to_string(n + 1) + " slow");
+      Event e;
+      e.type = EventType::kDiskFast;
+      e.node = n;
+      e.epoch = nodes_[n]->epoch;
+      e.arg = ++nodes_[n]->disk_slow_gen;
+      At(Range(20, 500) * kUsPerMs, std::move(e));
+      return;
+    }
+    default:  // a quiet spell
+      return;
+  }
+}
+
+void Simulator::HealAll() {
+  healing_ = true;
+  Trace("heal: partitions, drops, disk faults off; every node up; clients stop");
+  ++partition_gen_;
+  for (auto& row : blocked_) std::fill(row.begin(), row.end(), false);
+  drop_permille_ = dup_permille_ = slow_permille_ = 0;
+  for (std::size_t i = 0; i < nodes_.size(); ++i) {
+    Node& node = *nodes_[i];
+    node.disk->FailNextWrites(0);
+    node.disk->FailNextSyncs(0);
+    node.disk_slow = false;
+    if (!node.up) Restart(static_cast<int>(i));
+  }
+}
+
+bool Simulator::Quiescent() const {
+  for (const Op& op : ops_) {
+    if (op.waiting || op.in_register) return false;
+  }
+  return true;
+}
+
+std::string Simulator::StuckOps() const {
+  std::string out;
+  int shown = 0;
+  for (std::size_t i = 0; i < ops_.size(); ++i) {
+    const Op& op = ops_[i];
+    if (!op.waiting && !op.in_register) continue;
+    if (++shown > 10) break;
+    out += "  #" + std::to_string(i + 1) + " " +
+           (op.h.kind == HistoryOp::Kind::kRead ? "read" : "write") + " sector " +
+           std::to_string(op.h.key) + " at node " + std::to_string(op.node + 1) +
+           (op.waiting ? " (client waiting)" : " (client gave up)") + "\n";
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// The run.
+
+void Simulator::CheckAfterEvent() {
+  for (std::size_t i = 0; i < nodes_.size() && !failed(); ++i) {
+    Node& node = *nodes_[i];
+    if (!node.up) continue;
+    for (const auto& [sector, reg] : node.regs) {
+      reg->CheckInvariants();
+      Tag d = reg->durable().tag;
+      auto k = node.known_durable.find(sector);
+      if (options_.state_checks && k != node.known_durable.end() && d < k->second) {
+        Fail("register-durable-behind", "node " + std::to_string(node.rank) + " sector " +
+                                            std::to_string(sector) + ": register durable " +
+                                            TagStr(d) + " behind store " + TagStr(k->second));
+        return;
+      }
+      Tag& m = node.max_durable[sector];
+      if (d < m && options_.state_checks) {
+        Fail("durable-decreased", "node " + std::to_string(node.rank) + " sector " +
+                                      std::to_string(sector) + ": register durable " + TagStr(d) +
+                                      " below earlier " + TagStr(m));
+        return;
+      }
+      m = d;
+    }
+  }
+}
+
+void Simulator::Dispatch(const Event& e) {
+  switch (e.type) {
+    case EventType::kDeliver:
+      Deliver(e);
+      return;
+    case EventType::kSync: {
+      Node& node = *nodes_[e.node];
+      if (!node.up || node.epoch != e.epoch) return;
+      RunSync(e.node);
+      return;
+    }
+    case EventType::kTick: {
+      Node& node = *nodes_[e.node];
+      if (!node.up || node.epoch != e.epoch) return;
+      std::vector<SectorIdx> busy;
+      for (const auto& [sector, reg] : node.regs) {
+        if (reg->HasClientWork()) busy.push_back(sector);
+      }
+      for (SectorIdx s : busy) {
+        auto it = node.regs.find(s);
+        if (it != node.regs.end()) it->second->Tick(NowMs());
+        if (failed()) return;
+      }
+      ScheduleTick(e.node);
+      return;
+    }
+    case EventType::kClientIssue:
+      ClientIssue(static_cast<int>(e.arg));
+      return;
+    case EventType::kClientTimeout:
+      ClientTimeout(e.arg);
+      return;
+    case EventType::kNemesis:
+      if (!healing_) Nemesis();
+      return;
+    case EventType::kRestart:
+      Restart(e.node);
+      return;
+    case EventType::kHealPartition:
+      if (e.arg == partition_gen_) {
+        for (auto& row : blocked_) std::fill(row.begin(), row.end(), false);
+        Trace("partition healed");
+      }
+      return;
+    case EventType::kDiskFast: {
+      Node& node = *nodes_[e.node];
+      if (node.epoch == e.epoch && node.disk_slow_gen == e.arg) node.disk_slow = false;
+      return;
+    }
+  }
+}
+
+SimResult Simulator::Run() {
+  const int n_nodes = options_.nodes;
+  // Workload and faults, drawn from the seed.
+  p_.clients = static_cast<int>(Range(3, 3 * n_nodes));
+  p_.hot_sectors = static_cast<int>(Range(1, 3));
+  p_.hot_permille = static_cast<int>(Range(700, 950));
+  p_.read_permille = static_cast<int>(Range(300, 800));
+  p_.writers = Chance(500) ? 0 : static_cast<int>(Range(1, 2));
+  p_.think_max_us = Range(500, 5000);
+  p_.timeout_ms = Range(300, 3000);
+  p_.max_down = (n_nodes - 1) / 2;
+  std::int64_t retransmit_initial_ms = Range(20, 100);
+  std::int64_t retransmit_max_ms = retransmit_initial_ms * Range(4, 10);
+
+  RegisterBugs bugs;
+  bugs.skip_impose = options_.bug == SimBug::kSkipImpose;
+  bugs.ack_before_persist = options_.bug == SimBug::kAckBeforePersist;
+  bugs.minority_quorum = options_.bug == SimBug::kMinorityQuorum;
+
+  blocked_.assign(n_nodes, std::vector<bool>(n_nodes, false));
+  for (int i = 0; i < n_nodes; ++i) {
+    auto node = std::make_unique<Node>();
+    node->rank = static_cast<Rank>(i + 1);
+    node->config.self = node->rank;
+    for (int j = 1; j <= n_nodes; ++j) node->config.ranks.push_back(static_cast<Rank>(j));
+    node->config.retransmit_initial_ms = retransmit_initial_ms;
+    node->config.retransmit_max_ms = retransmit_max_ms;
+    node->config.bugs = bugs;
+    node->env = std::make_unique<NodeEnv>(this, i);
+    node->disk = std::make_shared<FaultyBlockFile>();
+    nodes_.push_back(std::move(node));
+    OpenStore(i);
+  }
+  DrawLinkLatencies();
+  Trace("seed " + std::to_string(options_.seed) + " nodes " + std::to_string(n_nodes) + " bug " +
+        SimBugName(options_.bug) + " clients " + std::to_string(p_.clients) + " hot " +
+        std::to_string(p_.hot_sectors) + " hot/1000 " + std::to_string(p_.hot_permille) +
+        " reads/1000 " + std::to_string(p_.read_permille) + " writers " +
+        std::to_string(p_.writers) + " timeout " + std::to_string(p_.timeout_ms) +
+        "ms retransmit " + std::to_string(retransmit_initial_ms) + ".." +
+        std::to_string(retransmit_max_ms) + "ms");
+  for (int i = 0; i < n_nodes; ++i) ScheduleTick(i);
+  for (int c = 0; c < p_.clients; ++c) {
+    Event e;
+    e.type = EventType::kClientIssue;
+    e.arg = static_cast<std::uint64_t>(c);
+    At(Range(1, 2000), std::move(e));
+  }
+  Event nemesis;
+  nemesis.type = EventType::kNemesis;
+  At(Range(p_.nemesis_min_ms, p_.nemesis_max_ms) * kUsPerMs, std::move(nemesis));
+
+  auto step = [this]() {
+    Event e = queue_.top();
+    queue_.pop();
+    now_us_ = e.time_us;
+    ++result_.stats.events;
+    Dispatch(e);
+    if (!failed()) CheckAfterEvent();
+  };
+
+  // Phase 1: faults and client load.
+  for (std::uint64_t i = 0; i < options_.steps && !failed(); ++i) step();
+
+  // Phase 2: heal every fault; every operation still held by a coordinator must finish.
+  constexpr std::int64_t kDrainLimitUs = 120'000 * kUsPerMs;
+  if (!failed()) {
+    HealAll();
+    std::int64_t deadline = now_us_ + kDrainLimitUs;
+    while (!failed() && !Quiescent() && now_us_ < deadline) step();
+    if (!failed() && !Quiescent()) {
+      Fail("liveness", "after healing every fault, operations still pending after " +
+                           std::to_string(kDrainLimitUs / kUsPerMs / 1000) + " s:\n" + StuckOps());
+    }
+  }
+  // Phase 3: every node reads every hot sector; these must finish too.
+  if (!failed()) {
+    Trace("final reads");
+    for (int s = 0; s < p_.hot_sectors && !failed(); ++s) {
+      for (int n = 0; n < n_nodes && !failed(); ++n) {
+        StartOp(p_.clients + n, n, /*is_write=*/false, static_cast<SectorIdx>(s), true);
+      }
+    }
+    std::int64_t deadline = now_us_ + kDrainLimitUs;
+    while (!failed() && !Quiescent() && now_us_ < deadline) step();
+    if (!failed() && !Quiescent()) {
+      Fail("liveness", "final reads still pending after healing:\n" + StuckOps());
+    }
+  }
+  if (!failed()) {
+    for (int n = 0; n < n_nodes && !failed(); ++n) CheckDiskHolds(n, "at the end");
+  }
+
+  // The history, and its linearizability.
+  for (const Op& op : ops_) result_.history.push_back(op.h);
+  result_.stats.history_ops = result_.history.size();
+  for (const HistoryOp& h : result_.history) {
+    std::string line = HistoryOpToJson(h);
+    for (unsigned char c : line) hash_ = (hash_ ^ c) * 0x100000001b3ULL;
+  }
+  if (!failed()) {
+    LinCheckOptions lo;
+    lo.max_states_per_key = options_.max_lincheck_states;
+    LinCheckResult lin = CheckLinearizable(result_.history, lo);
+    if (lin.verdict == LinCheckResult::Verdict::kNotLinearizable) {
+      Fail("linearizability", "sector " + std::to_string(lin.bad_key) + ": " + lin.explanation);
+    } else if (lin.verdict == LinCheckResult::Verdict::kGaveUp) {
+      Fail("lincheck-gave-up", "the checker gave up (more than " +
+                                   std::to_string(lo.max_states_per_key) +
+                                   " states on one sector): " + lin.explanation);
+    }
+  }
+  result_.stats.virtual_ms = NowMs();
+  result_.trace_hash = hash_;
+  result_.last_events.assign(last_events_.begin(), last_events_.end());
+  // Tear down the stores while the registers and callbacks they may still call are alive.
+  for (auto& node : nodes_) {
+    if (node->gate) node->gate->Cut();
+    ++node->epoch;
+    node->store.reset();
+    node->regs.clear();
+  }
+  return std::move(result_);
+}
+
+}  // namespace
+
+SimResult RunSimulation(const SimOptions& options, std::ostream* trace) {
+  Simulator sim(options, trace);
+  return sim.Run();
+}
+
+}  // namespace atomdisk

@@ -1,0 +1,94 @@
+// The deterministic simulator (docs/SIMULATION.md): N real registers (daemon/register) and N
+// real sector stores (daemon/store) over in-memory, fault-injecting disks, a simulated
+// network that drops, duplicates, delays and reorders messages and partitions nodes, crashes
+// and restarts, and clients issuing reads and writes with timeouts. Virtual time only: no
+// clock, no thread, no socket. Every choice comes from one std::mt19937_64 seeded with the
+// run's seed, so one seed replays one run byte for byte.
+//
+// After every event it checks the invariants (register CheckInvariants, a node's durable tag
+// never decreasing across restarts, no Ack before the durable store, no tag carrying two
+// values, every stored or read sector a complete value); at the end it heals every fault,
+// requires every pending operation to finish, and checks the history for linearizability.
+//
+// Thread-compatible: a Simulator is used by one thread; separate Simulators share nothing.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/lincheck.h"
+
+namespace atomdisk {
+
+// Deliberate mistakes the simulator must catch (register ones need atomdisk_register_sim).
+enum class SimBug {
+  kNone,
+  kSkipImpose,        // reads return after the first phase, always
+  kAckBeforePersist,  // Ack (and the writer's own ack) before the triple is durable
+  kMinorityQuorum,    // N/2 answers taken as a majority
+  kForgetOnRestart,   // a restarted node starts from an empty disk
+};
+
+// "skip-impose", ... ; "none" for kNone.
+const char* SimBugName(SimBug bug);
+// Parses a catalogue name; nullopt for an unknown one.
+std::optional<SimBug> ParseSimBug(std::string_view name);
+// Every catalogued bug (not kNone), in catalogue order.
+std::vector<SimBug> AllSimBugs();
+
+struct SimOptions {
+  std::uint64_t seed = 1;
+  int nodes = 3;
+  // Events in the faulty phase; then faults are healed and the run drains.
+  std::uint64_t steps = 3000;
+  SimBug bug = SimBug::kNone;
+  // The state checks made at every step: no Ack before the durable store, no tag carrying
+  // two values, a durable tag never decreasing. Off only to show that the end-of-run checks
+  // (linearizability, liveness) catch a bug on their own.
+  bool state_checks = true;
+  // Upper bound handed to the linearizability checker, per sector.
+  std::uint64_t max_lincheck_states = 5'000'000;
+};
+
+struct SimStats {
+  std::uint64_t events = 0;
+  std::int64_t virtual_ms = 0;
+  std::uint64_t messages_sent = 0;
+  std::uint64_t messages_dropped = 0;
+  std::uint64_t messages_duplicated = 0;
+  std::uint64_t messages_delivered = 0;
+  std::uint64_t persists = 0;
+  std::uint64_t syncs = 0;
+  std::uint64_t crashes = 0;
+  std::uint64_t partitions = 0;
+  std::uint64_t disk_faults = 0;
+  std::uint64_t registers_created = 0;
+  std::uint64_t ops_ok = 0;
+  std::uint64_t ops_unknown = 0;
+  std::uint64_t history_ops = 0;
+};
+
+struct SimResult {
+  bool ok = true;
+  // Which check failed: "ack-before-durable", "durable-decreased", "register-durable-behind",
+  // "tag-reuse", "torn-value", "store-error", "codec", "liveness", "linearizability",
+  // "lincheck-gave-up", "sim-internal". Empty when ok.
+  std::string check;
+  std::string detail;                    // what was seen, several lines
+  std::vector<std::string> last_events;  // the trace lines leading to the failure
+  std::uint64_t trace_hash = 0;          // FNV-1a of every trace line and of the history
+  SimStats stats;
+  std::vector<HistoryOp> history;
+};
+
+// Runs one simulation. When `trace` is non-null every event is written to it, one line each.
+SimResult RunSimulation(const SimOptions& options, std::ostream* trace = nullptr);
+
+// The command line that replays `options` ("atomdisk-sim --seed 7 --nodes 3 ...").
+std::string ReplayCommand(const SimOptions& options);
+
+}  // namespace atomdisk
