@@ -73,6 +73,15 @@ int main(int argc, char** argv) {
                me.Address(), data_dir);
   sd_notify(0, "READY=1");
 
+  int exit_code = 0;
+  node.SetOnFatal([&](const std::string& why) {
+    // Like PostgreSQL after a failed fsync: do not guess what reached the disk; restart
+    // (systemd's Restart=on-failure) and read it back.
+    spdlog::critical("{}; exiting so that the node restarts and rereads its disk", why);
+    exit_code = 1;
+    node.Stop();
+    io.stop();
+  });
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
   std::mutex stop_mu;
   std::condition_variable stop_cv;
@@ -98,5 +107,5 @@ int main(int argc, char** argv) {
   stop_cv.notify_all();
   if (watchdog.joinable()) watchdog.join();
   spdlog::info("stopped");
-  return 0;
+  return exit_code;
 }

@@ -267,6 +267,12 @@ void Node::Persist(SectorIdx sector, const Triple& value) {
         ++counters_.persist_errors;
         LogRateLimited("persist", "persisting sector " + std::to_string(sector) +
                                       " failed: " + status.ToString());
+        if (store_->Failed() && on_fatal_) {
+          auto fatal = std::move(on_fatal_);
+          on_fatal_ = nullptr;
+          fatal("the data file failed an fdatasync: " + status.message());
+          return;
+        }
       }
       auto it = registers_.find(sector);
       if (it == registers_.end()) return;

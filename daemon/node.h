@@ -52,6 +52,10 @@ class Node : public FrameSink, public RegisterEnv {
 
   std::uint16_t listen_port() const;
 
+  // Called (once, on the io thread) when the node cannot go on: its store failed a sync.
+  // The owner stops the loop and exits non-zero so that the service manager restarts it.
+  void SetOnFatal(std::function<void(const std::string&)> fn) { on_fatal_ = std::move(fn); }
+
  private:
   struct ClientOpRef {
     std::weak_ptr<Connection> conn;
@@ -96,6 +100,7 @@ class Node : public FrameSink, public RegisterEnv {
   std::uint64_t op_counter_ = 0;
   std::uint64_t boot_nonce_ = 0;
   bool stopped_ = false;
+  std::function<void(const std::string&)> on_fatal_;
   // The last system frame encoded, reused when the register sends the same message to
   // several peers (a WriteProc is signed once, not once per peer).
   SystemMessage last_msg_;

@@ -274,7 +274,10 @@ void Register::Tick(std::int64_t now_ms) {
 }
 
 bool Register::Idle() const {
-  return !current_ && queue_.empty() && persisting_.empty() && pending_acks_.empty();
+  // stored_ ahead of durable_ (a persist failed) keeps the register: rebuilt from the store,
+  // it could take a value whose sync never succeeded for a durable one.
+  return !current_ && queue_.empty() && persisting_.empty() && pending_acks_.empty() &&
+         stored_.tag == durable_.tag;
 }
 
 void Register::CheckInvariants() const {

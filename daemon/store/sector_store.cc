@@ -383,6 +383,11 @@ class SectorStoreImpl final : public SectorStore {
     cv_.notify_one();
   }
 
+  bool Failed() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return !failed_.ok();
+  }
+
   std::size_t SyncNow() override {
     ATOMDISK_CHECK(!options_.background_sync);
     std::unique_lock<std::mutex> lock(mu_);

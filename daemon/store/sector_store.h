@@ -81,6 +81,11 @@ class SectorStore {
   // SyncNow). Returns the number of callbacks run.
   virtual std::size_t SyncNow() = 0;
 
+  // True once a sync has failed: the store then refuses every Read and Write (after a failed
+  // fdatasync the OS may have dropped dirty pages, so the file no longer shows what the disk
+  // holds). The owner should restart, which reopens it.
+  virtual bool Failed() = 0;
+
   // Stops the sync thread after the writes already queued (and those waiting behind them)
   // are synced and their callbacks have run. Called by the destructor too. In manual mode
   // nothing is synced: unsynced writes are dropped with their callbacks, never run (like a
