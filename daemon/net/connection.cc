@@ -27,9 +27,12 @@ Connection::Connection(asio::ip::tcp::socket socket, FrameSink* sink, std::strin
 
 void Connection::Start() {
   auto self = shared_from_this();
-  asio::co_spawn(socket_.get_executor(), [self]() { return self->Reader(); }, asio::detached);
-  asio::co_spawn(socket_.get_executor(), [self]() { return self->Writer(); }, asio::detached);
-  asio::co_spawn(socket_.get_executor(), [self]() { return self->Watchdog(); }, asio::detached);
+  asio::co_spawn(
+      socket_.get_executor(), [self]() { return self->Reader(); }, asio::detached);
+  asio::co_spawn(
+      socket_.get_executor(), [self]() { return self->Writer(); }, asio::detached);
+  asio::co_spawn(
+      socket_.get_executor(), [self]() { return self->Watchdog(); }, asio::detached);
 }
 
 bool Connection::Send(SharedFrame frame) {
@@ -39,12 +42,16 @@ bool Connection::Send(SharedFrame frame) {
     return false;
   }
   queue_.push_back(std::move(frame));
-  if (queue_.size() == 1) write_signal_.cancel();
+  if (queue_.size() == 1) {
+    write_progress_ = std::chrono::steady_clock::now();
+    write_signal_.cancel();
+  }
   return true;
 }
 
 void Connection::OpFinished() {
-  if (inflight_ > 0 && inflight_-- == options_.max_inflight) read_signal_.cancel();
+  if (inflight_ > 0) --inflight_;
+  if (!Saturated()) read_signal_.cancel();
 }
 
 void Connection::Close(const std::string& reason) {
@@ -73,7 +80,7 @@ awaitable<void> Connection::Reader() {
   constexpr std::size_t kMaxFrame = kFrameLengthSize + kMaxFrameBody;
   while (!closed_) {
     bool parsed_any = false;
-    while (end - begin >= kFrameLengthSize && !closed_) {
+    while (end - begin >= kFrameLengthSize && !closed_ && !Saturated()) {
       auto length = DecodeFrameLength(
           std::span<const std::uint8_t, kFrameLengthSize>(buf.data() + begin, kFrameLengthSize));
       if (!length.ok()) {
@@ -82,7 +89,7 @@ awaitable<void> Connection::Reader() {
       }
       if (end - begin < kFrameLengthSize + *length) break;
       sink_->OnFrame(*this, std::span<const std::uint8_t>(buf.data() + begin + kFrameLengthSize,
-                                                         static_cast<std::size_t>(*length)));
+                                                          static_cast<std::size_t>(*length)));
       begin += kFrameLengthSize + static_cast<std::size_t>(*length);
       parsed_any = true;
     }
@@ -102,13 +109,14 @@ awaitable<void> Connection::Reader() {
       in_frame_ = true;
       frame_started_ = std::chrono::steady_clock::now();
     }
-    if (inflight_ >= options_.max_inflight) {
+    if (Saturated()) {
       in_frame_ = false;  // we are the ones not reading
-      while (inflight_ >= options_.max_inflight && !closed_) {
+      while (Saturated() && !closed_) {
         boost::system::error_code ec;
         read_signal_.expires_at(asio::steady_timer::time_point::max());
         co_await read_signal_.async_wait(asio::redirect_error(use_awaitable, ec));
       }
+      continue;  // frames already buffered are parsed before anything more is read
     }
     if (closed_) co_return;
     boost::system::error_code ec;
@@ -143,6 +151,8 @@ awaitable<void> Connection::Writer() {
       co_return;
     }
     queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
+    write_progress_ = std::chrono::steady_clock::now();
+    if (!Saturated()) read_signal_.cancel();
   }
 }
 
@@ -155,8 +165,14 @@ awaitable<void> Connection::Watchdog() {
     watchdog_.expires_after(options_.frame_deadline / 3);
     co_await watchdog_.async_wait(asio::redirect_error(use_awaitable, ec));
     if (closed_) co_return;
-    if (in_frame_ && std::chrono::steady_clock::now() - frame_started_ > options_.frame_deadline) {
+    auto now = std::chrono::steady_clock::now();
+    if (in_frame_ && now - frame_started_ > options_.frame_deadline) {
       Close("incomplete frame for " + std::to_string(options_.frame_deadline.count()) + " s");
+      co_return;
+    }
+    if (!queue_.empty() && now - write_progress_ > options_.frame_deadline) {
+      Close("peer has not read our frames for " + std::to_string(options_.frame_deadline.count()) +
+            " s");
       co_return;
     }
   }

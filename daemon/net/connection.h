@@ -38,7 +38,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
  public:
   struct Options {
     std::size_t max_queued_frames = 8192;  // Send() drops beyond this
-    std::size_t max_inflight = 4096;       // reading pauses while this many ops are open
+    std::size_t max_inflight = 1024;       // reading pauses at this many open ops + queued frames
     std::chrono::seconds frame_deadline{30};  // a started frame must complete within this
   };
 
@@ -58,6 +58,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // pauses while there are max_inflight of them (backpressure on a greedy client).
   void OpStarted() { ++inflight_; }
   void OpFinished();
+  // Reading pauses while open operations plus queued frames reach max_inflight, so that a
+  // client that does not read its responses stalls itself instead of growing the queue.
+  bool Saturated() const { return inflight_ + queue_.size() >= options_.max_inflight; }
 
   // Called once when the connection closes (for a peer link to reconnect).
   void SetOnClose(std::function<void()> fn) { on_close_ = std::move(fn); }
@@ -81,6 +84,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool closed_ = false;
   bool in_frame_ = false;  // a frame's first bytes arrived, the rest not yet
   std::chrono::steady_clock::time_point frame_started_;
+  std::chrono::steady_clock::time_point write_progress_;  // last completed write (or idle)
   std::uint64_t frames_dropped_ = 0;
   std::function<void()> on_close_;
 };

@@ -1,0 +1,596 @@
+// Hostile inputs against a live node (invariant 5: no input from the network can crash a
+// daemon or change data without a valid tag). After each attack a good client on another
+// connection must still be served, and the attacked data must be unchanged.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <barrier>
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "common/hmac.h"
+#include "common/wire.h"
+#include "tests/daemon/daemon_test_util.h"
+#include "tests/daemon/raw_client.h"
+
+namespace atomdisk::itest {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+Bytes U32Be(std::uint32_t v) {
+  return {static_cast<std::uint8_t>(v >> 24), static_cast<std::uint8_t>(v >> 16),
+          static_cast<std::uint8_t>(v >> 8), static_cast<std::uint8_t>(v)};
+}
+
+void Append(Bytes& out, std::span<const std::uint8_t> more) {
+  out.insert(out.end(), more.begin(), more.end());
+}
+
+Bytes ResponseFrame(std::uint32_t status, std::uint64_t request_id, std::uint32_t op,
+                    bool with_zero_data, std::span<const std::uint8_t> key) {
+  Bytes payload = U32Be(status);
+  Append(payload, BigEndian64(request_id));
+  Append(payload, U32Be(op));
+  if (with_zero_data) payload.resize(payload.size() + kSectorSize, 0);
+  return SignPayload(payload, key);
+}
+
+Bytes WrongKey(std::size_t size) {
+  Bytes key(size);
+  for (std::size_t i = 0; i < size; ++i) key[i] = static_cast<std::uint8_t>(0xA5 ^ i);
+  return key;
+}
+
+// A system WriteProc that, if a node accepted it, would overwrite `sector` with a very high
+// timestamp.
+SystemMessage HostileWriteProc(Rank sender, SectorIdx sector, std::uint64_t id) {
+  SystemMessage m;
+  m.sender = sender;
+  for (std::size_t i = 0; i < 16; ++i) m.op_id.bytes[i] = static_cast<std::uint8_t>(i * 3 + 1);
+  m.sector = sector;
+  m.content = SystemContent::kWriteProc;
+  m.tag = Tag{1'000'000, sender};
+  m.data = IdSector(id);
+  return m;
+}
+
+// A sector with known contents that attacks try to change, and one a good client writes.
+constexpr SectorIdx kVictim = 20;
+constexpr std::uint64_t kVictimId = 4242;
+constexpr SectorIdx kCanary = 21;
+
+class DaemonHostileTest : public ::testing::Test {
+ protected:
+  // One node is attacked; a three-node cluster so that serving involves its peer links.
+  void SetUp() override {
+    cluster_ = std::make_unique<LiveCluster>(3);
+    ASSERT_TRUE(cluster_->ok());
+    ASSERT_TRUE(ServesWriteAndRead(*cluster_, 1, kVictim, kVictimId));
+  }
+
+  // The node still serves a good client on a fresh connection, and the victim sector holds
+  // what it held.
+  void ExpectStillServing() {
+    SCOPED_TRACE("after the attack");
+    ASSERT_TRUE(cluster_->IsRunning(1)) << cluster_->harness().LogTail(1);
+    ASSERT_TRUE(ServesWriteAndRead(*cluster_, 1, kCanary, ++canary_id_));
+    auto client = cluster_->Connect(1);
+    ASSERT_NE(client, nullptr);
+    auto data = client->Read(kVictim);
+    ASSERT_TRUE(data.ok()) << data.status().ToString();
+    EXPECT_EQ(CheckedId(**data), kVictimId) << "the attack changed data";
+  }
+
+  std::uint64_t canary_id_ = 1;
+  std::unique_ptr<LiveCluster> cluster_;
+};
+
+TEST_F(DaemonHostileTest, WrongClientKeyGetsAuthFailureAndWritesNothing) {
+  auto attacker = cluster_->Connect(1);
+  ASSERT_NE(attacker, nullptr);
+  Bytes bad_key = WrongKey(kClientKeySize);
+
+  ASSERT_TRUE(
+      attacker->SendSignedWith(ClientCommand{77, kVictim, ClientOp::kWrite, IdSector(666)}, bad_key)
+          .ok());
+  auto wframe = attacker->ReadFrame();
+  ASSERT_TRUE(wframe.ok()) << wframe.status().ToString();
+  EXPECT_EQ(wframe->length, 48u);
+  // Status 1, request id and op echoed, signed with the real client key.
+  EXPECT_EQ(wframe->bytes, ResponseFrame(1, 77, 1, false, cluster_->client_key()));
+
+  ASSERT_TRUE(
+      attacker->SendSignedWith(ClientCommand{78, kVictim, ClientOp::kRead, nullptr}, bad_key).ok());
+  auto rframe = attacker->ReadFrame();
+  ASSERT_TRUE(rframe.ok()) << rframe.status().ToString();
+  EXPECT_EQ(rframe->length, 4144u);
+  EXPECT_EQ(rframe->bytes, ResponseFrame(1, 78, 0, true, cluster_->client_key()));
+
+  // A frame signed with the right key whose data was changed afterwards (one bit).
+  Hmac mac(Bytes(cluster_->client_key().begin(), cluster_->client_key().end()));
+  Frame tampered = EncodeFrame(ClientCommand{79, kVictim, ClientOp::kWrite, IdSector(667)}, mac);
+  tampered[kFrameLengthSize + 24 + 100] ^= 0x01;
+  ASSERT_TRUE(attacker->SendBytes(tampered).ok());
+  auto tframe = attacker->ReadFrame();
+  ASSERT_TRUE(tframe.ok()) << tframe.status().ToString();
+  EXPECT_EQ(tframe->bytes, ResponseFrame(1, 79, 1, false, cluster_->client_key()));
+
+  // Nothing else happens: the connection stays usable for correctly signed commands.
+  auto data = attacker->Read(kVictim);
+  ASSERT_TRUE(data.ok()) << data.status().ToString();
+  EXPECT_EQ(CheckedId(**data), kVictimId);
+  ExpectStillServing();
+}
+
+TEST_F(DaemonHostileTest, SectorOutOfRangeGetsInvalidSectorIndex) {
+  auto client = cluster_->Connect(1);
+  ASSERT_NE(client, nullptr);
+  const std::uint64_t n = cluster_->sectors();
+  std::uint64_t rid = 500;
+  for (std::uint64_t sector : {n, n + 1, std::uint64_t{1} << 63, ~std::uint64_t{0}}) {
+    SCOPED_TRACE("sector " + std::to_string(sector));
+    ASSERT_TRUE(client->Send(ClientCommand{++rid, sector, ClientOp::kWrite, IdSector(5)}).ok());
+    auto w = client->ReadFrame();
+    ASSERT_TRUE(w.ok()) << w.status().ToString();
+    EXPECT_EQ(w->bytes, ResponseFrame(2, rid, 1, false, cluster_->client_key()));
+    ASSERT_TRUE(client->Send(ClientCommand{++rid, sector, ClientOp::kRead, nullptr}).ok());
+    auto r = client->ReadFrame();
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(r->bytes, ResponseFrame(2, rid, 0, true, cluster_->client_key()));
+  }
+  // The last sector is in range.
+  ASSERT_TRUE(client->Write(n - 1, IdSector(9)).ok());
+  ExpectStillServing();
+}
+
+// Inputs after which the node must close the connection (and nothing else).
+struct ClosingCase {
+  std::string name;
+  std::function<Bytes(const LiveCluster&)> bytes;
+};
+
+std::vector<ClosingCase> ClosingCases() {
+  auto client_frame = [](std::uint32_t variant, std::uint32_t op, std::size_t extra_bytes,
+                         bool good_tag) {
+    return [=](const LiveCluster& c) {
+      Bytes payload = U32Be(variant);
+      Append(payload, BigEndian64(1234));
+      Append(payload, BigEndian64(kVictim));
+      Append(payload, U32Be(op));
+      payload.resize(payload.size() + extra_bytes, 0x5A);
+      return SignPayload(payload, good_tag ? Bytes(c.client_key().begin(), c.client_key().end())
+                                           : WrongKey(kClientKeySize));
+    };
+  };
+  auto system_frame = [](std::size_t trailing, std::uint64_t uuid_len) {
+    return [=](const LiveCluster& c) {
+      SystemMessage m = HostileWriteProc(2, kVictim, 666);
+      m.content = SystemContent::kReadProc;
+      Bytes payload = EncodePayload(m);
+      if (uuid_len != 16) {
+        Bytes len = BigEndian64(uuid_len);
+        std::copy(len.begin(), len.end(), payload.begin() + 5);
+      }
+      payload.resize(payload.size() + trailing, 0x00);
+      return SignPayload(payload, Bytes(c.system_key().begin(), c.system_key().end()));
+    };
+  };
+  auto raw = [](Bytes b) { return [b](const LiveCluster&) { return b; }; };
+  auto prefix = [](std::uint64_t l, std::size_t then) {
+    return [=](const LiveCluster&) {
+      Bytes b = BigEndian64(l);
+      b.resize(b.size() + then, 0x11);
+      return b;
+    };
+  };
+  std::string http = "GET / HTTP/1.1\r\nHost: atomdisk\r\n\r\n";
+  return {
+      {"GarbageBytes", raw(Bytes(http.begin(), http.end()))},
+      {"FrameLengthZero", prefix(0, 64)},
+      {"FrameLength2Pow63", prefix(std::uint64_t{1} << 63, 64)},
+      {"FrameLengthMax", prefix(~std::uint64_t{0}, 64)},
+      {"FrameLengthBelowMinimum", prefix(kMinFrameBody - 1, kMinFrameBody - 1)},
+      {"FrameLengthAboveMaximum", prefix(kMaxFrameBody + 1, 64)},
+      {"UnknownVariant7", client_frame(7, 0, 0, true)},
+      {"UnknownOp9", client_frame(0, 9, 0, true)},
+      {"UnknownOp9BadTag", client_frame(0, 9, 0, false)},
+      {"WriteWithoutData", client_frame(0, 1, 0, true)},
+      {"ReadWithTrailingBytes", client_frame(0, 0, 3, true)},
+      {"SystemFrameWithTrailingBytes", system_frame(3, 16)},
+      {"SystemFrameUuidLength17", system_frame(0, 17)},
+  };
+}
+
+TEST_F(DaemonHostileTest, MalformedFramesCloseTheConnection) {
+  for (const ClosingCase& c : ClosingCases()) {
+    SCOPED_TRACE(c.name);
+    auto attacker = cluster_->Connect(1);
+    ASSERT_NE(attacker, nullptr);
+    // A bystander with a connection open before the attack keeps it.
+    auto bystander = cluster_->Connect(1);
+    ASSERT_NE(bystander, nullptr);
+    ASSERT_TRUE(attacker->SendBytes(c.bytes(*cluster_)).ok());
+    EXPECT_TRUE(attacker->WaitForClose(seconds(5))) << "the node kept the connection open";
+    auto data = bystander->Read(kVictim);
+    ASSERT_TRUE(data.ok()) << data.status().ToString();
+    EXPECT_EQ(CheckedId(**data), kVictimId);
+    ExpectStillServing();
+  }
+}
+
+TEST_F(DaemonHostileTest, FrameOneByteShortThenCloseWritesNothing) {
+  auto attacker = cluster_->Connect(1);
+  ASSERT_NE(attacker, nullptr);
+  Hmac mac(Bytes(cluster_->client_key().begin(), cluster_->client_key().end()));
+  Frame f = EncodeFrame(ClientCommand{1, kVictim, ClientOp::kWrite, IdSector(666)}, mac);
+  f.pop_back();
+  ASSERT_TRUE(attacker->SendBytes(f).ok());
+  attacker->Close();
+  ExpectStillServing();
+}
+
+TEST_F(DaemonHostileTest, TruncatedFrameThenSilenceDoesNotBlockOthers) {
+  auto attacker = cluster_->Connect(1);
+  ASSERT_NE(attacker, nullptr);
+  Hmac mac(Bytes(cluster_->client_key().begin(), cluster_->client_key().end()));
+  Frame f = EncodeFrame(ClientCommand{1, kVictim, ClientOp::kWrite, IdSector(666)}, mac);
+  f.resize(f.size() / 2);
+  ASSERT_TRUE(attacker->SendBytes(f).ok());
+  // While the attacker holds its half frame, everyone else is served.
+  ExpectStillServing();
+  // Closing after the frame deadline (30 s) is DaemonHostileSlowTest's business.
+}
+
+TEST(DaemonHostileSlowTest, TruncatedFrameThenSilenceIsClosedAfterFrameDeadline) {
+  LiveCluster cluster(1);
+  ASSERT_TRUE(cluster.ok());
+  auto attacker = cluster.Connect(1);
+  ASSERT_NE(attacker, nullptr);
+  Hmac mac(Bytes(cluster.client_key().begin(), cluster.client_key().end()));
+  Frame f = EncodeFrame(ClientCommand{1, 5, ClientOp::kWrite, IdSector(666)}, mac);
+  f.resize(100);
+  auto start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(attacker->SendBytes(f).ok());
+  // The daemon's frame deadline is 30 s (Connection::Options); it checks every 10 s.
+  EXPECT_TRUE(attacker->WaitForClose(seconds(50)));
+  auto waited = std::chrono::steady_clock::now() - start;
+  EXPECT_GE(waited, seconds(29));
+  std::cerr << "closed after " << std::chrono::duration_cast<milliseconds>(waited).count()
+            << " ms\n";
+  EXPECT_TRUE(ServesWriteAndRead(cluster, 1, 6, 77));
+}
+
+TEST_F(DaemonHostileTest, SystemFrameWithBadTagIsDropped) {
+  auto attacker = cluster_->Connect(1);
+  ASSERT_NE(attacker, nullptr);
+  Bytes frame =
+      SignPayload(EncodePayload(HostileWriteProc(2, kVictim, 666)), WrongKey(kSystemKeySize));
+  ASSERT_TRUE(attacker->SendBytes(frame).ok());
+  // Dropped: no answer, and the connection stays open (a client command on it still works).
+  auto data = attacker->Read(kVictim);
+  ASSERT_TRUE(data.ok()) << data.status().ToString();
+  EXPECT_EQ(CheckedId(**data), kVictimId);
+  ExpectStillServing();
+}
+
+TEST_F(DaemonHostileTest, SystemFrameFromUnknownRankIsDropped) {
+  auto attacker = cluster_->Connect(1);
+  ASSERT_NE(attacker, nullptr);
+  Bytes key(cluster_->system_key().begin(), cluster_->system_key().end());
+  // A correctly signed WriteProc from rank 9 (not in the cluster), from rank 1 to node 1
+  // itself, and one for a sector beyond the device: all dropped.
+  ASSERT_TRUE(
+      attacker->SendBytes(SignPayload(EncodePayload(HostileWriteProc(9, kVictim, 666)), key)).ok());
+  ASSERT_TRUE(
+      attacker->SendBytes(SignPayload(EncodePayload(HostileWriteProc(1, kVictim, 667)), key)).ok());
+  ASSERT_TRUE(attacker
+                  ->SendBytes(SignPayload(
+                      EncodePayload(HostileWriteProc(2, cluster_->sectors() + 5, 668)), key))
+                  .ok());
+  auto data = attacker->Read(kVictim);
+  ASSERT_TRUE(data.ok()) << data.status().ToString();
+  EXPECT_EQ(CheckedId(**data), kVictimId);
+  ExpectStillServing();
+}
+
+TEST_F(DaemonHostileTest, TwoHundredConcurrentConnectionsEachWriteAndRead) {
+  constexpr int kThreads = 8;
+  constexpr int kPerThread = 25;
+  std::barrier all_connected(kThreads);
+  std::atomic<int> done{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<std::unique_ptr<RawClient>> conns;
+      for (int i = 0; i < kPerThread; ++i) conns.push_back(cluster_->Connect(1));
+      // All 200 are open before anyone sends.
+      all_connected.arrive_and_wait();
+      for (auto& c : conns) {
+        if (!c) return;
+      }
+      auto sector = [&](int i) { return static_cast<SectorIdx>(1000 + t * kPerThread + i); };
+      for (int i = 0; i < kPerThread; ++i) {
+        if (!conns[i]
+                 ->Send(ClientCommand{1, sector(i), ClientOp::kWrite, IdSector(sector(i))})
+                 .ok()) {
+          return;
+        }
+      }
+      for (int i = 0; i < kPerThread; ++i) {
+        auto r = conns[i]->ReadResponse(seconds(20));
+        if (!r.ok() || r->status != ResponseStatus::kOk || r->request_id != 1) {
+          ADD_FAILURE() << "write on connection " << t * kPerThread + i << ": "
+                        << (r.ok() ? "bad response" : r.status().ToString());
+          return;
+        }
+      }
+      for (int i = 0; i < kPerThread; ++i) {
+        if (!conns[i]->Send(ClientCommand{2, sector(i), ClientOp::kRead, nullptr}).ok()) return;
+      }
+      for (int i = 0; i < kPerThread; ++i) {
+        auto r = conns[i]->ReadResponse(seconds(20));
+        if (!r.ok() || r->status != ResponseStatus::kOk || r->request_id != 2 || !r->data ||
+            CheckedId(*r->data) != sector(i)) {
+          ADD_FAILURE() << "read on connection " << t * kPerThread + i << ": "
+                        << (r.ok() ? "bad response" : r.status().ToString());
+          return;
+        }
+        ++done;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(done.load(), kThreads * kPerThread);
+  ExpectStillServing();
+}
+
+TEST_F(DaemonHostileTest, FrameSentByteByByteIsServed) {
+  auto client = cluster_->Connect(1);
+  ASSERT_NE(client, nullptr);
+  Hmac mac(Bytes(cluster_->client_key().begin(), cluster_->client_key().end()));
+  Frame f = EncodeFrame(ClientCommand{31, kCanary, ClientOp::kWrite, IdSector(31)}, mac);
+  for (std::uint8_t byte : f) {
+    ASSERT_TRUE(client->SendBytes(std::span<const std::uint8_t>(&byte, 1)).ok());
+  }
+  auto resp = client->ReadResponse();
+  ASSERT_TRUE(resp.ok()) << resp.status().ToString();
+  EXPECT_EQ(resp->request_id, 31u);
+  EXPECT_EQ(resp->status, ResponseStatus::kOk);
+  auto data = client->Read(kCanary);
+  ASSERT_TRUE(data.ok()) << data.status().ToString();
+  EXPECT_EQ(CheckedId(**data), 31u);
+}
+
+// Builds `n` pipelined read commands (request ids 1..n) over 64 sectors, signed with `key`.
+Bytes ReadFlood(int n, std::span<const std::uint8_t> key) {
+  Hmac mac(key);
+  Bytes buf;
+  for (int i = 0; i < n; ++i) {
+    Frame f = EncodeFrame(ClientCommand{static_cast<std::uint64_t>(i + 1),
+                                        static_cast<SectorIdx>(i % 64), ClientOp::kRead, nullptr},
+                          mac);
+    buf.insert(buf.end(), f.begin(), f.end());
+  }
+  return buf;
+}
+
+// A client that pipelines many commands before it reads anything must get every response
+// eventually (or, if the node will not hold that many, see its connection closed): a
+// response must never be dropped silently on a connection that stays open, or the client
+// waits for it forever.
+TEST_F(DaemonHostileTest, ClientThatReadsLateGetsEveryResponseOrAClose) {
+  constexpr int kOps = 12000;
+  auto client = cluster_->Connect(1);
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->SendBytes(ReadFlood(kOps, cluster_->client_key())).ok());
+  // Let the node answer everything it has taken in before we start reading.
+  auto observer = cluster_->Connect(1);
+  ASSERT_NE(observer, nullptr);
+  std::int64_t in_flight = -1;
+  bool settled = PollUntil(
+      [&] {
+        auto info = observer->Info();
+        in_flight = info.ok() ? info->value("ops_in_flight", std::int64_t{-1}) : -1;
+        return in_flight == 0;
+      },
+      seconds(60));
+  ASSERT_TRUE(settled) << "ops_in_flight " << in_flight;
+  std::vector<bool> seen(kOps + 1, false);
+  int got = 0;
+  Status last;
+  while (got < kOps) {
+    auto r = client->ReadResponse(seconds(3));
+    if (!r.ok()) {
+      last = r.status();
+      break;
+    }
+    if (r->request_id >= 1 && r->request_id <= kOps && !seen[r->request_id]) {
+      seen[r->request_id] = true;
+      ++got;
+    }
+  }
+  if (got < kOps) {
+    EXPECT_TRUE(last.code() == StatusCode::kUnavailable)
+        << got << " of " << kOps << " responses arrived and then nothing, on a connection "
+        << "that stayed open: the rest were dropped silently (" << last.ToString() << ")";
+  }
+  ExpectStillServing();
+}
+
+long RssKb(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::atol(line.c_str() + 6);
+  }
+  return -1;
+}
+
+// Clients without the key that send many commands and never read the answers: the node must
+// not keep their answers forever. Connection::Watchdog's comment promises a deadline for a
+// peer that "stops reading our replies while its queue is full": the connections must be
+// closed within the frame deadline (30 s) plus the watchdog's period and some slack.
+TEST(DaemonHostileSlowTest, NonReadingUnauthenticatedFloodIsDisconnected) {
+  LiveCluster cluster(1);
+  ASSERT_TRUE(cluster.ok());
+  pid_t pid = cluster.harness().Pid(1);
+  long rss_before = RssKb(pid);
+  constexpr int kConnections = 4;
+  Bytes flood = ReadFlood(12000, WrongKey(kClientKeySize));
+  std::vector<std::unique_ptr<RawClient>> attackers;
+  for (int i = 0; i < kConnections; ++i) {
+    attackers.push_back(cluster.Connect(1));
+    ASSERT_NE(attackers.back(), nullptr);
+    ASSERT_TRUE(attackers.back()->SendBytes(flood).ok());
+  }
+  ASSERT_TRUE(ServesWriteAndRead(cluster, 1, 5, 5));
+  long rss_flooded = RssKb(pid);
+  std::cerr << "node RSS " << rss_before << " kB before, " << rss_flooded << " kB with "
+            << kConnections << " non-reading unauthenticated connections\n";
+  bool closed = PollUntil(
+      [&] {
+        for (auto& a : attackers) {
+          if (!a->PeerClosedWithoutReading()) return false;
+        }
+        return true;
+      },
+      seconds(60));
+  EXPECT_TRUE(closed) << "connections that never read their answers are kept open, holding "
+                      << (rss_flooded - rss_before) / kConnections << " kB each";
+  EXPECT_TRUE(ServesWriteAndRead(cluster, 1, 6, 6));
+}
+
+// One fuzz frame: mostly near-valid frames (right length prefix, right variant, sometimes
+// the right key) so that the fuzzing reaches past the length check into every decoder.
+Bytes FuzzFrame(std::mt19937_64& rng, const LiveCluster& c, bool* complete) {
+  auto pick = [&](std::uint64_t n) { return rng() % n; };
+  auto random_bytes = [&](std::size_t n) {
+    Bytes b(n);
+    for (auto& x : b) x = static_cast<std::uint8_t>(rng());
+    return b;
+  };
+  const Bytes ckey(c.client_key().begin(), c.client_key().end());
+  const Bytes skey(c.system_key().begin(), c.system_key().end());
+  // Sectors: the fuzz range [4000, 4064), the device's edge, or anything.
+  auto sector = [&]() -> std::uint64_t {
+    switch (pick(3)) {
+      case 0:
+        return 4000 + pick(64);
+      case 1:
+        return c.sectors() - 1 + pick(3);
+      default:
+        return rng();
+    }
+  };
+  *complete = true;
+  Bytes frame;
+  switch (pick(7)) {
+    case 0:  // random bytes
+      frame = random_bytes(1 + pick(300));
+      break;
+    case 1: {  // a plausible length prefix, random body
+      std::uint64_t l = kMinFrameBody + pick(kMaxFrameBody - kMinFrameBody + 1);
+      frame = BigEndian64(l);
+      Append(frame, random_bytes(l));
+      break;
+    }
+    case 2: {  // a client command header with random rest, random or right key
+      Bytes payload = U32Be(0);
+      Append(payload, BigEndian64(rng()));
+      Append(payload, BigEndian64(sector()));
+      Append(payload, U32Be(static_cast<std::uint32_t>(pick(4) == 0 ? rng() : pick(4))));
+      std::size_t sizes[] = {0, kSectorSize, pick(kSectorSize + 64), 1};
+      Append(payload, random_bytes(sizes[pick(4)]));
+      frame = SignPayload(payload, pick(2) ? ckey : random_bytes(kClientKeySize));
+      break;
+    }
+    case 3: {  // a system message with random fields, mostly the right key
+      SystemMessage m;
+      m.sender = static_cast<Rank>(pick(5));
+      for (auto& b : m.op_id.bytes) b = static_cast<std::uint8_t>(rng());
+      m.sector = sector();
+      m.content = static_cast<SystemContent>(pick(4));
+      m.tag = Tag{rng() % 1000, static_cast<Rank>(pick(5))};
+      m.data = IdSector(rng() % 1000 + 1);
+      Bytes payload = EncodePayload(m);
+      if (pick(4) == 0) payload[5 + pick(8)] ^= static_cast<std::uint8_t>(1 + pick(255));
+      if (pick(4) == 0) payload[37 + 3] = static_cast<std::uint8_t>(pick(256));  // content
+      if (pick(4) == 0) payload.resize(payload.size() - pick(payload.size()));
+      if (pick(4) == 0) Append(payload, random_bytes(1 + pick(16)));
+      if (payload.size() < kMinPayloadSize) payload.resize(kMinPayloadSize);
+      frame = SignPayload(payload, pick(5) ? skey : random_bytes(kSystemKeySize));
+      break;
+    }
+    case 4: {  // a valid client command with one bit flipped anywhere
+      Hmac mac(ckey);
+      bool write = pick(2);
+      frame = EncodeFrame(
+          ClientCommand{rng(), 4000 + pick(64), write ? ClientOp::kWrite : ClientOp::kRead,
+                        write ? IdSector(rng() % 1000 + 1) : nullptr},
+          mac);
+      frame[pick(frame.size())] ^= static_cast<std::uint8_t>(1u << pick(8));
+      break;
+    }
+    case 5: {  // a valid command cut short (the connection is then closed)
+      Hmac mac(ckey);
+      frame = EncodeFrame(ClientCommand{rng(), 4000 + pick(64), ClientOp::kRead, nullptr}, mac);
+      frame.resize(pick(frame.size()));
+      *complete = false;
+      break;
+    }
+    default: {  // a valid info request or read (the node must answer it)
+      Hmac mac(ckey);
+      frame = EncodeFrame(ClientCommand{rng(), 4000 + pick(64),
+                                        pick(2) ? ClientOp::kInfo : ClientOp::kRead, nullptr},
+                          mac);
+      break;
+    }
+  }
+  return frame;
+}
+
+TEST_F(DaemonHostileTest, RandomFramesFuzzLoop) {
+  const std::uint64_t seed = std::getenv("ATOMDISK_ITEST_SEED")
+                                 ? std::strtoull(std::getenv("ATOMDISK_ITEST_SEED"), nullptr, 10)
+                                 : 20260101;
+  std::cerr << "ATOMDISK_ITEST_SEED=" << seed << "\n";
+  std::mt19937_64 rng(seed);
+  constexpr int kFrames = 3000;
+  std::unique_ptr<RawClient> conn;
+  int frames_on_conn = 0, connections = 0, send_failures = 0;
+  for (int i = 0; i < kFrames; ++i) {
+    if (!conn) {
+      conn = cluster_->Connect(1);
+      ASSERT_NE(conn, nullptr) << "after " << i << " frames";
+      frames_on_conn = 0;
+      ++connections;
+    }
+    bool complete = true;
+    Bytes frame = FuzzFrame(rng, *cluster_, &complete);
+    if (!conn->SendBytes(frame).ok()) {
+      ++send_failures;  // the node closed it: expected for most malformed frames
+      conn.reset();
+      continue;
+    }
+    // Keep connections short so neither side's buffers fill with unread answers.
+    if (!complete || ++frames_on_conn >= 16) conn.reset();
+    if (i % 500 == 499) {
+      ASSERT_TRUE(cluster_->IsRunning(1)) << "after " << i + 1 << " frames\n"
+                                          << cluster_->harness().LogTail(1);
+    }
+  }
+  conn.reset();
+  std::cerr << kFrames << " frames over " << connections << " connections, " << send_failures
+            << " sends failed\n";
+  ExpectStillServing();
+  // The other nodes are fine too (the fuzzed system messages went through node 1's registers).
+  EXPECT_TRUE(ServesWriteAndRead(*cluster_, 2, 22, 5));
+  EXPECT_TRUE(ServesWriteAndRead(*cluster_, 3, 23, 6));
+}
+
+}  // namespace
+}  // namespace atomdisk::itest
