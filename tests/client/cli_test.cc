@@ -1,0 +1,470 @@
+// The `atomdisk` CLI, run as a program (RunProcess) against real clusters (TestCluster):
+// help for every command, exit codes and messages for bad input, round trips, a 20 MiB
+// upload that survives kill -9 of every node, status, bench (with a history checked for
+// linearizability under a node kill) and inspect.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "client/client.h"
+#include "common/hmac.h"
+#include "common/lincheck.h"
+#include "tests/harness/cluster.h"
+
+namespace atomdisk::client {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using std::chrono::milliseconds;
+using testing::ProcessResult;
+using testing::RunOptions;
+using testing::TestCluster;
+
+ProcessResult Cli(std::vector<std::string> args, RunOptions options = {}) {
+  args.insert(args.begin(), ATOMDISK_CLI_BIN);
+  bool has_config = false;
+  for (const auto& e : options.env) has_config |= e.rfind("ATOMDISK_CONFIG=", 0) == 0;
+  if (!has_config) options.env.push_back("ATOMDISK_CONFIG=");  // not the developer's cluster
+  return testing::RunProcess(args, options);
+}
+
+bool Contains(const std::string& hay, const std::string& needle) {
+  return hay.find(needle) != std::string::npos;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void WriteFile(const std::string& path, const std::string& data) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << data;
+}
+
+std::string RandomBytes(std::size_t n, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::string s(n, '\0');
+  for (auto& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
+// A scratch directory removed at the end of the test.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (fs::temp_directory_path() / "atomdisk-cli-XXXXXX").string();
+    std::vector<char> buf(pattern.begin(), pattern.end());
+    buf.push_back('\0');
+    EXPECT_NE(::mkdtemp(buf.data()), nullptr);
+    path_ = buf.data();
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// ---- Without a cluster ----
+
+TEST(CliTest, EveryCommandHasHelp) {
+  for (const char* cmd :
+       {"init", "status", "read", "write", "upload", "download", "bench", "inspect"}) {
+    ProcessResult r = Cli({cmd, "--help"});
+    EXPECT_EQ(r.exit_code, 0) << cmd << ": " << r.Describe();
+    EXPECT_TRUE(Contains(r.out, "Usage")) << cmd << ": " << r.out;
+    EXPECT_TRUE(Contains(r.out, "Exit codes")) << cmd << ": " << r.out;
+  }
+  ProcessResult top = Cli({"--help"});
+  EXPECT_EQ(top.exit_code, 0);
+  EXPECT_TRUE(Contains(top.out, "bench"));
+}
+
+TEST(CliTest, UsageErrorsExitWith2) {
+  EXPECT_EQ(Cli({}).exit_code, 2);
+  EXPECT_EQ(Cli({"frobnicate"}).exit_code, 2);
+  EXPECT_EQ(Cli({"read"}).exit_code, 2);            // missing SECTOR
+  EXPECT_EQ(Cli({"read", "banana"}).exit_code, 2);  // not a number
+  EXPECT_EQ(Cli({"write", "0", "--fill", "300"}).exit_code, 2);
+  EXPECT_EQ(Cli({"bench", "--write-ratio", "2"}).exit_code, 2);
+}
+
+TEST(CliTest, MissingConfigIsAClearError) {
+  TempDir dir;
+  ProcessResult r = Cli({"--config", dir / "nope.toml", "read", "0"});
+  EXPECT_EQ(r.exit_code, 2) << r.Describe();
+  EXPECT_TRUE(Contains(r.err, "cannot load the cluster config")) << r.err;
+  EXPECT_TRUE(Contains(r.err, "nope.toml")) << r.err;
+  // The default is ./cluster.toml.
+  RunOptions in_dir;
+  in_dir.cwd = dir.path();
+  ProcessResult d = Cli({"status"}, in_dir);
+  EXPECT_EQ(d.exit_code, 2) << d.Describe();
+  EXPECT_TRUE(Contains(d.err, "cluster.toml")) << d.err;
+  EXPECT_TRUE(Contains(d.err, "atomdisk init")) << d.err;
+}
+
+TEST(CliTest, InitWritesAConfigAndPrivateKeys) {
+  TempDir dir;
+  std::string d = dir / "c";
+  ProcessResult r = Cli({"init", "--nodes", "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
+                         "--sectors", "1000", "--dir", d});
+  ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  EXPECT_TRUE(Contains(r.out, "atomdiskd --config")) << r.out;
+  EXPECT_TRUE(Contains(r.out, "--rank 3")) << r.out;
+  struct stat st;
+  ASSERT_EQ(::stat((d + "/client.key").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  ASSERT_EQ(::stat((d + "/system.key").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  Result<ClusterConfig> c = LoadClusterConfig(d + "/cluster.toml");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->sectors, 1000u);
+  EXPECT_EQ(c->nodes.size(), 3u);
+  // Never overwrites.
+  ProcessResult again = Cli({"init", "--nodes", "127.0.0.1:7001", "--dir", d});
+  EXPECT_EQ(again.exit_code, 2) << again.Describe();
+  EXPECT_TRUE(Contains(again.err, "already exists")) << again.err;
+  ProcessResult bad = Cli({"init", "--nodes", "localhost", "--dir", dir / "x"});
+  EXPECT_EQ(bad.exit_code, 2) << bad.Describe();
+  EXPECT_TRUE(Contains(bad.err, "host:port")) << bad.err;
+}
+
+// ---- On a cluster ----
+
+class CliClusterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!TestCluster::DaemonAvailable()) {
+      GTEST_SKIP() << "atomdiskd not built at " << TestCluster::DaemonPath();
+    }
+    testing::TestClusterOptions o;
+    o.nodes = 3;
+    o.sectors = 8192;  // 32 MiB
+    auto c = TestCluster::Start(o);
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    cluster_ = std::move(c).value();
+  }
+
+  // Runs the CLI with this cluster's config.
+  ProcessResult Run(std::vector<std::string> args, RunOptions options = {}) {
+    args.insert(args.begin(), {"--config", cluster_->config_path()});
+    return Cli(args, options);
+  }
+
+  std::unique_ptr<TestCluster> cluster_;
+  TempDir tmp_;
+};
+
+TEST_F(CliClusterTest, WriteFillAndReadBack) {
+  ProcessResult w = Run({"write", "10", "--fill", "0xab", "--count", "3"});
+  ASSERT_EQ(w.exit_code, 0) << w.Describe();
+  EXPECT_TRUE(Contains(w.out, "sectors 10..12")) << w.out;
+  ProcessResult r = Run({"read", "10", "--count", "3", "--out", tmp_ / "out"});
+  ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  EXPECT_EQ(ReadFile(tmp_ / "out"), std::string(3 * 4096, '\xab'));
+  ProcessResult raw = Run({"read", "11"});  // a pipe: raw bytes
+  ASSERT_EQ(raw.exit_code, 0) << raw.Describe();
+  EXPECT_EQ(raw.out, std::string(4096, '\xab'));
+  ProcessResult hex = Run({"read", "12", "--hex"});
+  ASSERT_EQ(hex.exit_code, 0) << hex.Describe();
+  EXPECT_TRUE(Contains(hex.out, "0000c000  ab ab ab ab")) << hex.out;
+  ProcessResult zero = Run({"read", "13"});
+  EXPECT_EQ(zero.out, std::string(4096, '\0'));
+}
+
+TEST_F(CliClusterTest, WriteFromAFile) {
+  std::string data = RandomBytes(8192, 1);
+  WriteFile(tmp_ / "in", data);
+  ProcessResult w = Run({"write", "20", "--in", tmp_ / "in"});
+  ASSERT_EQ(w.exit_code, 0) << w.Describe();
+  ProcessResult r = Run({"read", "20", "--count", "2"});
+  EXPECT_EQ(r.out, data);
+  // A short last block is refused before anything is written, unless --pad.
+  WriteFile(tmp_ / "short", RandomBytes(5000, 2));
+  ProcessResult s = Run({"write", "40", "--in", tmp_ / "short"});
+  EXPECT_EQ(s.exit_code, 2) << s.Describe();
+  EXPECT_TRUE(Contains(s.err, "not a multiple of 4096")) << s.err;
+  EXPECT_EQ(Run({"read", "40"}).out, std::string(4096, '\0'));
+  ProcessResult p = Run({"write", "40", "--in", tmp_ / "short", "--pad"});
+  ASSERT_EQ(p.exit_code, 0) << p.Describe();
+  std::string back = Run({"read", "40", "--count", "2"}).out;
+  EXPECT_EQ(back.substr(0, 5000), ReadFile(tmp_ / "short"));
+  EXPECT_EQ(back.substr(5000), std::string(8192 - 5000, '\0'));
+}
+
+TEST_F(CliClusterTest, BadInputGivesClearMessagesAndNoWrite) {
+  ProcessResult out_of_range = Run({"read", "8192"});
+  EXPECT_EQ(out_of_range.exit_code, 2) << out_of_range.Describe();
+  EXPECT_TRUE(Contains(out_of_range.err, "outside the device")) << out_of_range.err;
+  ProcessResult past_end = Run({"write", "8191", "--fill", "1", "--count", "2"});
+  EXPECT_EQ(past_end.exit_code, 2) << past_end.Describe();
+  EXPECT_TRUE(Contains(past_end.err, "run past the end")) << past_end.err;
+  EXPECT_EQ(Run({"read", "8191"}).out, std::string(4096, '\0'));
+
+  ProcessResult missing = Run({"upload", tmp_ / "nonexistent"});
+  EXPECT_EQ(missing.exit_code, 2) << missing.Describe();
+  EXPECT_TRUE(Contains(missing.err, "cannot open")) << missing.err;
+  ProcessResult dir = Run({"upload", tmp_.path()});
+  EXPECT_EQ(dir.exit_code, 2) << dir.Describe();
+  EXPECT_TRUE(Contains(dir.err, "not a regular file")) << dir.err;
+  ProcessResult misaligned = Run({"download", tmp_ / "x", "--offset", "100", "--length", "1"});
+  EXPECT_EQ(misaligned.exit_code, 2) << misaligned.Describe();
+  EXPECT_TRUE(Contains(misaligned.err, "multiple of 4096")) << misaligned.err;
+  ProcessResult beyond = Run({"download", tmp_ / "x", "--offset", "32M", "--length", "1"});
+  EXPECT_EQ(beyond.exit_code, 2) << beyond.Describe();
+  EXPECT_FALSE(fs::exists(tmp_ / "x"));
+  ProcessResult bench = Run({"bench", "--first", "8190", "--sectors", "10", "--duration", "1"});
+  EXPECT_EQ(bench.exit_code, 2) << bench.Describe();
+  ProcessResult node = Run({"--node", "9", "read", "0"});
+  EXPECT_EQ(node.exit_code, 2) << node.Describe();
+  EXPECT_TRUE(Contains(node.err, "no node with that rank")) << node.err;
+
+  // A file larger than the device: refused before anything is written.
+  std::string big = tmp_ / "big";
+  {
+    int fd = ::open(big.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::ftruncate(fd, 8192 * 4096 + 1), 0);
+    ::close(fd);
+  }
+  ProcessResult too_big = Run({"upload", big});
+  EXPECT_EQ(too_big.exit_code, 2) << too_big.Describe();
+  EXPECT_TRUE(Contains(too_big.err, "does not fit")) << too_big.err;
+  EXPECT_TRUE(Contains(too_big.err, "nothing was written")) << too_big.err;
+  WriteFile(tmp_ / "small", "x");
+  ProcessResult too_far = Run({"upload", tmp_ / "small", "--offset", "32M"});
+  EXPECT_EQ(too_far.exit_code, 2) << too_far.Describe();
+  EXPECT_TRUE(Contains(too_far.err, "does not fit")) << too_far.err;
+}
+
+TEST_F(CliClusterTest, WrongKeyIsAClearConfigError) {
+  // The same cluster, but a client key of our own.
+  std::string dir = tmp_ / "wrong";
+  fs::create_directories(dir);
+  fs::copy_file(cluster_->config_path(), dir + "/cluster.toml");
+  // No system.key: a client host does not need it.
+  WriteFile(dir + "/client.key", ToHex(atomdisk::RandomBytes(32)) + "\n");
+  auto t0 = std::chrono::steady_clock::now();
+  ProcessResult r = Cli({"--config", dir + "/cluster.toml", "write", "0", "--fill", "7"});
+  EXPECT_EQ(r.exit_code, 2) << r.Describe();
+  EXPECT_TRUE(Contains(r.err, "client key")) << r.err;
+  EXPECT_FALSE(Contains(r.out, "wrote")) << r.out;
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, milliseconds(4500));
+  ProcessResult status = Cli({"--config", dir + "/cluster.toml", "status"});
+  EXPECT_EQ(status.exit_code, 1) << status.Describe();
+  EXPECT_TRUE(Contains(status.out, "client key")) << status.out;
+  // And the cluster did not take the write.
+  EXPECT_EQ(Run({"read", "0"}).out, std::string(4096, '\0'));
+}
+
+TEST_F(CliClusterTest, NoNodeReachableFailsCleanly) {
+  cluster_->KillAll();
+  ProcessResult w = Run({"--timeout", "1000", "write", "0", "--fill", "1"});
+  EXPECT_EQ(w.exit_code, 1) << w.Describe();
+  EXPECT_TRUE(Contains(w.err, "no node reachable")) << w.err;
+  EXPECT_FALSE(Contains(w.out, "wrote")) << w.out;
+  ProcessResult r = Run({"--timeout", "1000", "read", "0", "--out", tmp_ / "r"});
+  EXPECT_EQ(r.exit_code, 1) << r.Describe();
+  EXPECT_FALSE(fs::exists(tmp_ / "r"));
+  EXPECT_FALSE(fs::exists(tmp_ / "r.partial"));
+  ProcessResult s = Run({"status"});
+  EXPECT_EQ(s.exit_code, 1) << s.Describe();
+  EXPECT_TRUE(Contains(s.out, "quorum: LOST, 0 of 3 nodes up")) << s.out;
+  EXPECT_TRUE(Contains(s.out, "connection refused")) << s.out;
+}
+
+TEST_F(CliClusterTest, ConfigComesFromTheEnvironmentOrTheCurrentFolder) {
+  RunOptions env;
+  env.env = {"ATOMDISK_CONFIG=" + cluster_->config_path()};
+  ProcessResult r = Cli({"status"}, env);
+  EXPECT_EQ(r.exit_code, 0) << r.Describe();
+  RunOptions cwd;
+  cwd.cwd = cluster_->dir();
+  ProcessResult d = Cli({"status"}, cwd);
+  EXPECT_EQ(d.exit_code, 0) << d.Describe();
+  // --config wins over the environment.
+  env.env = {"ATOMDISK_CONFIG=/nonexistent.toml"};
+  ProcessResult flag = Cli({"status", "--config", cluster_->config_path()}, env);
+  EXPECT_EQ(flag.exit_code, 0) << flag.Describe();
+}
+
+TEST_F(CliClusterTest, StatusShowsNodesAndQuorum) {
+  ProcessResult ok = Run({"status"});
+  ASSERT_EQ(ok.exit_code, 0) << ok.Describe();
+  EXPECT_TRUE(Contains(ok.out, "quorum: OK, 3 of 3 nodes up")) << ok.out;
+  EXPECT_TRUE(Contains(ok.out, "rtt")) << ok.out;
+  EXPECT_TRUE(Contains(ok.out, "version")) << ok.out;
+  ProcessResult j = Run({"status", "--json"});
+  ASSERT_EQ(j.exit_code, 0) << j.Describe();
+  json parsed = json::parse(j.out);
+  EXPECT_EQ(parsed["quorum"]["up"], 3);
+  EXPECT_EQ(parsed["nodes"].size(), 3u);
+  EXPECT_TRUE(parsed["nodes"][0]["info"].contains("version"));
+  ASSERT_TRUE(cluster_->Kill9(1).ok());
+  ASSERT_TRUE(cluster_->Stop(2).ok());
+  ProcessResult lost = Run({"status"});
+  EXPECT_EQ(lost.exit_code, 1) << lost.Describe();
+  EXPECT_TRUE(
+      Contains(lost.out, "quorum: LOST, 1 of 3 nodes up: writes and reads will not complete"))
+      << lost.out;
+}
+
+// The acceptance test of the data path: a 20 MiB file (plus a ragged tail) survives kill -9
+// of every node and comes back intact through a different node.
+TEST_F(CliClusterTest, UploadSurvivesKill9OfEveryNodeAndDownloadsThroughAnotherNode) {
+  const std::size_t size = 20 * 1024 * 1024 + 1234;
+  std::string data = RandomBytes(size, 42);
+  WriteFile(tmp_ / "file", data);
+  // Something after the upload's ragged end that the read-modify-write must keep.
+  const std::uint64_t first = 1;
+  const std::uint64_t tail_sector = first + size / 4096;
+  ASSERT_EQ(Run({"write", std::to_string(tail_sector), "--fill", "0x5a"}).exit_code, 0);
+  ProcessResult up = Run({"--node", "1", "upload", tmp_ / "file", "--offset", "4096", "--json"},
+                         RunOptions{.timeout = milliseconds(240000)});
+  ASSERT_EQ(up.exit_code, 0) << up.Describe();
+  json summary = json::parse(up.out);
+  std::string sha = summary["sha256"];
+  EXPECT_EQ(summary["bytes"], size);
+
+  cluster_->KillAll();
+  ASSERT_TRUE(cluster_->StartAll().ok());
+
+  ProcessResult down = Run({"--node", "3", "download", tmp_ / "copy", "--offset", "4096",
+                            "--length", std::to_string(size), "--sha256", sha},
+                           RunOptions{.timeout = milliseconds(240000)});
+  ASSERT_EQ(down.exit_code, 0) << down.Describe();
+  EXPECT_TRUE(Contains(down.out, sha)) << down.out;
+  EXPECT_TRUE(ReadFile(tmp_ / "copy") == data) << "downloaded bytes differ";
+  std::string tail = Run({"read", std::to_string(tail_sector)}).out;
+  ASSERT_EQ(tail.size(), 4096u);
+  EXPECT_EQ(tail.substr(size % 4096), std::string(4096 - size % 4096, '\x5a'));
+  // A wrong expectation is an integrity failure (exit code 3).
+  ProcessResult mismatch = Run(
+      {"download", "-", "--offset", "4096", "--length", "4096", "--sha256", std::string(64, '0')});
+  EXPECT_EQ(mismatch.exit_code, 3) << mismatch.err;
+  EXPECT_TRUE(Contains(mismatch.err, "MISMATCH")) << mismatch.err;
+}
+
+TEST_F(CliClusterTest, UploadVerifyAndStdoutDownload) {
+  std::string data = RandomBytes(3 * 4096 + 7, 5);
+  WriteFile(tmp_ / "f", data);
+  ProcessResult up = Run({"upload", tmp_ / "f", "--offset", "1M", "--verify"});
+  ASSERT_EQ(up.exit_code, 0) << up.Describe();
+  EXPECT_TRUE(Contains(up.out, "verified")) << up.out;
+  ProcessResult down =
+      Run({"download", "-", "--offset", "1M", "--length", std::to_string(data.size())});
+  ASSERT_EQ(down.exit_code, 0) << down.Describe();
+  EXPECT_TRUE(down.out == data);
+  EXPECT_TRUE(Contains(down.err, "sha256")) << down.err;  // the summary goes to stderr
+}
+
+TEST_F(CliClusterTest, BenchReportsThroughputAndLatency) {
+  ProcessResult r =
+      Run({"bench", "--duration", "1", "--inflight", "8", "--sectors", "64", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  json j = json::parse(r.out);
+  EXPECT_GT(j["ops"].get<double>(), 0);
+  EXPECT_GT(j["ops_per_s"].get<double>(), 0);
+  EXPECT_GT(j["latency"]["p50_ms"].get<double>(), 0);
+  EXPECT_GE(j["latency"]["p99_ms"].get<double>(), j["latency"]["p50_ms"].get<double>());
+  EXPECT_EQ(j["integrity_errors"], 0);
+  ProcessResult text = Run({"bench", "--duration", "0.5", "--write-ratio", "0"});
+  ASSERT_EQ(text.exit_code, 0) << text.Describe();
+  EXPECT_TRUE(Contains(text.out, "ops/s")) << text.out;
+  EXPECT_TRUE(Contains(text.out, "p99.9")) << text.out;
+}
+
+// The client ops node `rank` has served, from its kInfo counters (0 if unknown).
+std::uint64_t ClientOpsServed(const TestCluster& c, int rank) {
+  Result<ClientOptions> o = OptionsFromConfig(c.config(), {std::to_string(rank)});
+  if (!o.ok()) return 0;
+  auto client = Client::Create(*o);
+  std::vector<NodeInfo> info = client->Probe(milliseconds(1000));
+  if (info.empty() || !info[0].reachable) return 0;
+  json j = json::parse(info[0].info_json, nullptr, false);
+  if (!j.is_object() || !j.contains("counters")) return 0;
+  return j["counters"].value("client_ops", std::uint64_t{0});
+}
+
+TEST_F(CliClusterTest, BenchHistoryUnderANodeKillIsLinearizable) {
+  std::string history = tmp_ / "history.jsonl";
+  ProcessResult bench;
+  std::thread runner([&] {
+    bench = Run({"bench", "--duration", "4", "--inflight", "8", "--sectors", "6", "--write-ratio",
+                 "0.5", "--history", history, "--check", "--json"},
+                RunOptions{.timeout = milliseconds(120000)});
+  });
+  // Kill the preferred node once the bench is well under way.
+  bool busy =
+      testing::WaitFor([&] { return ClientOpsServed(*cluster_, 1) > 2000; }, milliseconds(30000));
+  Status killed = cluster_->Kill9(1);
+  runner.join();
+  ASSERT_TRUE(busy) << "the bench did not get going";
+  ASSERT_TRUE(killed.ok());
+  ASSERT_EQ(bench.exit_code, 0) << bench.Describe();
+  json j = json::parse(bench.out);
+  EXPECT_EQ(j["linearizability"], "linearizable") << bench.out;
+  EXPECT_GT(j["ops"].get<double>(), 100);
+  // Check the file independently too.
+  std::ifstream in(history);
+  Result<std::vector<HistoryOp>> ops = ParseHistory(in);
+  ASSERT_TRUE(ops.ok()) << ops.status().ToString();
+  EXPECT_GT(ops->size(), 100u);
+  LinCheckResult lr = CheckLinearizable(*ops);
+  EXPECT_EQ(lr.verdict, LinCheckResult::Verdict::kLinearizable)
+      << "sector " << lr.bad_key << ": " << lr.explanation;
+}
+
+TEST_F(CliClusterTest, InspectReadsAStoppedNodesStore) {
+  ASSERT_EQ(Run({"write", "5", "--fill", "0x11", "--count", "2"}).exit_code, 0);
+  std::string data_dir = cluster_->DataDir(1);
+  ProcessResult busy = Run({"inspect", data_dir});
+  EXPECT_EQ(busy.exit_code, 1) << busy.Describe();
+  EXPECT_TRUE(Contains(busy.err, "stop the node first")) << busy.err;
+  ASSERT_TRUE(cluster_->Stop(1).ok());
+  ASSERT_TRUE(cluster_->Stop(2).ok());
+  ProcessResult list = Run({"inspect", data_dir});
+  ASSERT_EQ(list.exit_code, 0) << list.Describe();
+  ProcessResult one = Run({"inspect", data_dir, "--sector", "5", "--json"});
+  ASSERT_EQ(one.exit_code, 0) << one.Describe();
+  json j = json::parse(one.out);
+  ProcessResult digest1 = Run({"inspect", data_dir, "--digest", "--json"});
+  ProcessResult digest2 = Run({"inspect", cluster_->DataDir(2), "--digest", "--json"});
+  ASSERT_EQ(digest1.exit_code, 0) << digest1.Describe();
+  ASSERT_EQ(digest2.exit_code, 0) << digest2.Describe();
+  json d1 = json::parse(digest1.out), d2 = json::parse(digest2.out);
+  EXPECT_EQ(d1["sha256"].get<std::string>().size(), 64u);
+  EXPECT_EQ(d1["unreadable"], 0);
+  // Every write reached a majority; with two of three nodes inspected, at least one of them
+  // holds each of the two sectors.
+  EXPECT_GE(d1["stored_sectors"].get<int>() + d2["stored_sectors"].get<int>(), 2);
+  if (j["stored"].get<bool>()) {
+    EXPECT_GE(j["ts"].get<int>(), 1);
+    EXPECT_TRUE(j["readable"].get<bool>());
+  }
+  ProcessResult not_dir = Run({"inspect", tmp_ / "nothing"});
+  EXPECT_EQ(not_dir.exit_code, 2) << not_dir.Describe();
+  ProcessResult empty = Run({"inspect", tmp_.path()});
+  EXPECT_EQ(empty.exit_code, 2) << empty.Describe();
+  EXPECT_TRUE(Contains(empty.err, "sectors.dat")) << empty.err;
+}
+
+}  // namespace
+}  // namespace atomdisk::client
