@@ -51,7 +51,7 @@ struct ClientResponse {
   ResponseStatus status = ResponseStatus::kOk;
   std::uint64_t request_id = 0;
   ClientOp op = ClientOp::kRead;
-  SectorPtr data;  // kRead only (zeros when status != kOk)
+  SectorPtr data;    // kRead only (zeros when status != kOk)
   std::string info;  // kInfo only: a JSON object (at most kMaxInfoSize bytes)
 };
 inline constexpr std::size_t kMaxInfoSize = 4000;

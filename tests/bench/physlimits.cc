@@ -99,7 +99,8 @@ Stats WriteSync(const std::string& dir, int streams, int iterations) {
   std::vector<std::thread> threads;
   for (int t = 0; t < streams; ++t) {
     threads.emplace_back([&, t] {
-      std::string path = dir + "/physlimits." + std::to_string(::getpid()) + "." + std::to_string(t);
+      std::string path =
+          dir + "/physlimits." + std::to_string(::getpid()) + "." + std::to_string(t);
       int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
       if (fd < 0) {
         std::perror(("physlimits: " + path).c_str());
@@ -134,7 +135,8 @@ int main(int argc, char** argv) {
   int iterations = 5000;
   bool json = false;
   app.add_option("--dir", dir, "directory on the disk to measure (the data_dirs' disk)");
-  app.add_option("--iterations", iterations, "samples per measurement")->check(CLI::Range(10, 10000000));
+  app.add_option("--iterations", iterations, "samples per measurement")
+      ->check(CLI::Range(10, 10000000));
   app.add_flag("--json", json, "print one JSON object");
   CLI11_PARSE(app, argc, argv);
 
