@@ -7,83 +7,16 @@
 namespace atomdisk {
 namespace {
 
-// Big-endian appender. All endianness conversion of the protocol happens here and in Reader.
-class Writer {
- public:
-  explicit Writer(std::vector<std::uint8_t>& out) : out_(out) {}
-  void U8(std::uint8_t v) { out_.push_back(v); }
-  void U32(std::uint32_t v) {
-    for (int s = 24; s >= 0; s -= 8) out_.push_back(static_cast<std::uint8_t>(v >> s));
-  }
-  void U64(std::uint64_t v) {
-    for (int s = 56; s >= 0; s -= 8) out_.push_back(static_cast<std::uint8_t>(v >> s));
-  }
-  void Bytes(const std::uint8_t* p, std::size_t n) { out_.insert(out_.end(), p, p + n); }
-  void Sector(const SectorPtr& s) { Bytes((s ? s : ZeroSector())->data(), kSectorSize); }
-
- private:
-  std::vector<std::uint8_t>& out_;
-};
-
-// Bounds-checked big-endian reader: every getter fails (sticky) instead of reading past the
-// end, so a decoder checks ok() once at the end.
-class Reader {
- public:
-  explicit Reader(std::span<const std::uint8_t> in) : in_(in) {}
-  bool ok() const { return ok_; }
-  bool AtEnd() const { return pos_ == in_.size(); }
-  std::size_t remaining() const { return in_.size() - pos_; }
-  std::uint8_t U8() { return Need(1) ? in_[pos_++] : 0; }
-  std::uint32_t U32() {
-    if (!Need(4)) return 0;
-    std::uint32_t v = 0;
-    for (int i = 0; i < 4; ++i) v = v << 8 | in_[pos_++];
-    return v;
-  }
-  std::uint64_t U64() {
-    if (!Need(8)) return 0;
-    std::uint64_t v = 0;
-    for (int i = 0; i < 8; ++i) v = v << 8 | in_[pos_++];
-    return v;
-  }
-  const std::uint8_t* Bytes(std::size_t n) {
-    if (!Need(n)) return nullptr;
-    const std::uint8_t* p = in_.data() + pos_;
-    pos_ += n;
-    return p;
-  }
-
- private:
-  bool Need(std::size_t n) {
-    if (!ok_ || in_.size() - pos_ < n) {
-      ok_ = false;
-      return false;
-    }
-    return true;
-  }
-  std::span<const std::uint8_t> in_;
-  std::size_t pos_ = 0;
-  bool ok_ = true;
-};
+using wire_internal::Reader;
+using wire_internal::Seal;
+using wire_internal::Writer;
 
 constexpr std::uint32_t kClientVariant = 0;
 constexpr std::uint32_t kSystemVariant = 1;
+constexpr std::uint32_t kSyncVariant = 2;  // common/sync_wire.h: kSyncPayloadPrefix
 
 Status Malformed(const char* what, const std::string& detail) {
   return Status::Corruption(std::string("malformed ") + what + ": " + detail);
-}
-
-Frame Seal(std::vector<std::uint8_t> payload_with_room, Hmac& mac) {
-  // payload_with_room starts with 8 placeholder bytes for L.
-  std::span<const std::uint8_t> payload(payload_with_room.data() + kFrameLengthSize,
-                                        payload_with_room.size() - kFrameLengthSize);
-  MacTag tag = mac.Compute(payload);
-  std::uint64_t body = payload.size() + kMacSize;
-  for (int i = 0; i < 8; ++i) {
-    payload_with_room[i] = static_cast<std::uint8_t>(body >> (56 - 8 * i));
-  }
-  payload_with_room.insert(payload_with_room.end(), tag.begin(), tag.end());
-  return payload_with_room;
 }
 
 void Append(const ClientCommand& c, Writer& w) {
@@ -113,7 +46,7 @@ void Append(const ClientResponse& r, Writer& w) {
   w.U64(r.request_id);
   w.U32(static_cast<std::uint32_t>(r.op));
   if (r.op == ClientOp::kRead) w.Sector(r.status == ResponseStatus::kOk ? r.data : nullptr);
-  if (r.op == ClientOp::kInfo) {
+  if (HasJsonResponse(r.op)) {
     std::size_t n = std::min(r.info.size(), kMaxInfoSize);
     w.U32(static_cast<std::uint32_t>(n));
     w.Bytes(reinterpret_cast<const std::uint8_t*>(r.info.data()), n);
@@ -130,6 +63,23 @@ std::vector<std::uint8_t> PayloadOf(const M& m, std::size_t reserve_prefix) {
 }
 
 }  // namespace
+
+namespace wire_internal {
+
+Frame Seal(std::vector<std::uint8_t> payload_with_room, Hmac& mac) {
+  // payload_with_room starts with 8 placeholder bytes for L.
+  std::span<const std::uint8_t> payload(payload_with_room.data() + kFrameLengthSize,
+                                        payload_with_room.size() - kFrameLengthSize);
+  MacTag tag = mac.Compute(payload);
+  std::uint64_t body = payload.size() + kMacSize;
+  for (int i = 0; i < 8; ++i) {
+    payload_with_room[i] = static_cast<std::uint8_t>(body >> (56 - 8 * i));
+  }
+  payload_with_room.insert(payload_with_room.end(), tag.begin(), tag.end());
+  return payload_with_room;
+}
+
+}  // namespace wire_internal
 
 const char* SystemContentName(SystemContent c) {
   switch (c) {
@@ -159,15 +109,28 @@ std::vector<std::uint8_t> EncodePayload(const ClientCommand& cmd) { return Paylo
 std::vector<std::uint8_t> EncodePayload(const SystemMessage& msg) { return PayloadOf(msg, 0); }
 std::vector<std::uint8_t> EncodePayload(const ClientResponse& resp) { return PayloadOf(resp, 0); }
 
-Result<std::uint64_t> DecodeFrameLength(std::span<const std::uint8_t, kFrameLengthSize> prefix) {
-  std::uint64_t l = 0;
-  for (auto b : prefix) l = l << 8 | b;
-  if (l < kMinFrameBody || l > kMaxFrameBody) {
+namespace {
+
+Result<std::uint64_t> DecodeLengthWithin(std::span<const std::uint8_t, kFrameLengthSize> prefix,
+                                         std::uint64_t min_body, std::uint64_t max_body) {
+  Reader r(prefix);
+  std::uint64_t l = r.U64();
+  if (l < min_body || l > max_body) {
     return Malformed("frame", "length " + std::to_string(l) + " outside [" +
-                                  std::to_string(kMinFrameBody) + ", " +
-                                  std::to_string(kMaxFrameBody) + "]");
+                                  std::to_string(min_body) + ", " + std::to_string(max_body) + "]");
   }
   return l;
+}
+
+}  // namespace
+
+Result<std::uint64_t> DecodeFrameLength(std::span<const std::uint8_t, kFrameLengthSize> prefix) {
+  return DecodeLengthWithin(prefix, kMinFrameBody, kMaxFrameBody);
+}
+
+Result<std::uint64_t> DecodeResponseFrameLength(
+    std::span<const std::uint8_t, kFrameLengthSize> prefix) {
+  return DecodeLengthWithin(prefix, kMinResponseFrameBody, kMaxResponseFrameBody);
 }
 
 Result<CommandKind> PeekCommandKind(std::span<const std::uint8_t> payload) {
@@ -176,6 +139,7 @@ Result<CommandKind> PeekCommandKind(std::span<const std::uint8_t> payload) {
   if (!r.ok()) return Malformed("command", "shorter than its variant");
   if (v == kClientVariant) return CommandKind::kClient;
   if (v == kSystemVariant) return CommandKind::kSystem;
+  if (v == kSyncVariant) return CommandKind::kSync;
   return Malformed("command", "unknown variant " + std::to_string(v));
 }
 
@@ -187,7 +151,8 @@ Result<ClientCommand> DecodeClientCommandHeader(std::span<const std::uint8_t> pa
   c.sector = r.U64();
   std::uint32_t op = r.U32();
   if (!r.ok()) return Malformed("client command", "truncated header");
-  if (op > 2) return Malformed("client command", "unknown op " + std::to_string(op));
+  if (op > static_cast<std::uint32_t>(ClientOp::kScrub))
+    return Malformed("client command", "unknown op " + std::to_string(op));
   c.op = static_cast<ClientOp>(op);
   return c;
 }
@@ -243,7 +208,8 @@ Result<ClientResponse> DecodeClientResponse(std::span<const std::uint8_t> payloa
   std::uint32_t op = r.U32();
   if (!r.ok()) return Malformed("response", "truncated header");
   if (status > 2) return Malformed("response", "unknown status " + std::to_string(status));
-  if (op > 2) return Malformed("response", "unknown op " + std::to_string(op));
+  if (op > static_cast<std::uint32_t>(ClientOp::kScrub))
+    return Malformed("response", "unknown op " + std::to_string(op));
   resp.status = static_cast<ResponseStatus>(status);
   resp.op = static_cast<ClientOp>(op);
   if (resp.op == ClientOp::kRead) {
@@ -251,7 +217,7 @@ Result<ClientResponse> DecodeClientResponse(std::span<const std::uint8_t> payloa
     if (!r.ok()) return Malformed("response", "truncated read data");
     resp.data = MakeSector(data);
   }
-  if (resp.op == ClientOp::kInfo) {
+  if (HasJsonResponse(resp.op)) {
     std::uint32_t n = r.U32();
     if (!r.ok() || n > kMaxInfoSize) return Malformed("response", "bad info length");
     const std::uint8_t* text = r.Bytes(n);

@@ -22,9 +22,13 @@
 
 namespace atomdisk {
 
-// kInfo is atomdisk's extension (docs/PROTOCOL.md): a node describes itself (rank, version,
-// counters) as JSON without touching any register; atdd nodes reject it as an unknown op.
-enum class ClientOp : std::uint32_t { kRead = 0, kWrite = 1, kInfo = 2 };
+// kInfo and kScrub are atomdisk's extensions (docs/PROTOCOL.md): with kInfo a node describes
+// itself (rank, version, counters) as JSON without touching any register; kScrub asks it to
+// start a scrub (docs/RESYNC.md) and it answers with a JSON object too. Neither carries data
+// in the command; atdd nodes reject both as unknown ops.
+enum class ClientOp : std::uint32_t { kRead = 0, kWrite = 1, kInfo = 2, kScrub = 3 };
+// Ops whose response carries JSON text (u32 n | n bytes) instead of sector data.
+inline bool HasJsonResponse(ClientOp op) { return op == ClientOp::kInfo || op == ClientOp::kScrub; }
 
 struct ClientCommand {
   std::uint64_t request_id = 0;
@@ -52,19 +56,31 @@ struct ClientResponse {
   std::uint64_t request_id = 0;
   ClientOp op = ClientOp::kRead;
   SectorPtr data;    // kRead only (zeros when status != kOk)
-  std::string info;  // kInfo only: a JSON object (at most kMaxInfoSize bytes)
+  std::string info;  // kInfo and kScrub only: a JSON object (at most kMaxInfoSize bytes)
 };
 inline constexpr std::size_t kMaxInfoSize = 4000;
 
 inline constexpr std::size_t kFrameLengthSize = 8;
 inline constexpr std::size_t kMacSize = 32;
-// The largest payload any message has (a system Value/WriteProc: 4146 bytes). A frame whose
-// L exceeds this plus the tag is refused before anything is allocated.
+// The largest payload of an atdd message (a system Value/WriteProc: 4146 bytes); client
+// commands and responses are smaller.
 inline constexpr std::size_t kMaxPayloadSize = 4 + 1 + 8 + 16 + 8 + 4 + 8 + 1 + kSectorSize;
-// The smallest payload (a read/write response header without data: 16 bytes).
+// The largest sync message payload (common/sync_wire.h: an EntriesReply of 4096 entries,
+// 69662 bytes; sync_wire.h checks that this covers every sync message).
+inline constexpr std::size_t kMaxSyncPayloadBound = 4 + 1 + 1 + 8 + 8 + 4 + 4 + 4096 * (8 + 8 + 1);
+// The smallest atdd payload (a read/write response header without data: 16 bytes).
 inline constexpr std::size_t kMinPayloadSize = 16;
-inline constexpr std::uint64_t kMaxFrameBody = kMaxPayloadSize + kMacSize;
-inline constexpr std::uint64_t kMinFrameBody = kMinPayloadSize + kMacSize;
+// The smallest sync payload (a Hello: the 14-byte header alone).
+inline constexpr std::size_t kMinSyncPayloadSize = 4 + 1 + 1 + 8;
+// Frames a node accepts: any atdd or sync message. A frame whose L exceeds this is refused
+// before anything is allocated.
+inline constexpr std::uint64_t kMaxFrameBody =
+    (kMaxPayloadSize > kMaxSyncPayloadBound ? kMaxPayloadSize : kMaxSyncPayloadBound) + kMacSize;
+inline constexpr std::uint64_t kMinFrameBody =
+    (kMinPayloadSize < kMinSyncPayloadSize ? kMinPayloadSize : kMinSyncPayloadSize) + kMacSize;
+// Frames a client accepts: responses only, which are never larger than an atdd message.
+inline constexpr std::uint64_t kMaxResponseFrameBody = kMaxPayloadSize + kMacSize;
+inline constexpr std::uint64_t kMinResponseFrameBody = kMinPayloadSize + kMacSize;
 
 // A complete encoded frame (length, payload, tag), ready to write to a socket.
 using Frame = std::vector<std::uint8_t>;
@@ -79,12 +95,18 @@ std::vector<std::uint8_t> EncodePayload(const ClientCommand& cmd);
 std::vector<std::uint8_t> EncodePayload(const SystemMessage& msg);
 std::vector<std::uint8_t> EncodePayload(const ClientResponse& resp);
 
-// Parses the 8-byte length prefix. Corruption if L is outside [kMinFrameBody, kMaxFrameBody].
+// Parses the 8-byte length prefix of a node-bound frame. Corruption if L is outside
+// [kMinFrameBody, kMaxFrameBody].
 Result<std::uint64_t> DecodeFrameLength(std::span<const std::uint8_t, kFrameLengthSize> prefix);
+// The same for a response frame (client side): Corruption if L is outside
+// [kMinResponseFrameBody, kMaxResponseFrameBody], so a client never buffers more than a
+// response.
+Result<std::uint64_t> DecodeResponseFrameLength(
+    std::span<const std::uint8_t, kFrameLengthSize> prefix);
 
-// Which kind of command a node-bound payload carries, from its first u32. Corruption for
-// anything else.
-enum class CommandKind { kClient, kSystem };
+// Which kind of command a node-bound payload carries, from its first u32: 0 client command,
+// 1 atdd system message, 2 sync message (common/sync_wire.h). Corruption for anything else.
+enum class CommandKind { kClient, kSystem, kSync };
 Result<CommandKind> PeekCommandKind(std::span<const std::uint8_t> payload);
 
 // Decode one payload (the frame body without its tag). Corruption on any malformation.
@@ -100,5 +122,75 @@ Result<ClientCommand> DecodeClientCommandHeader(std::span<const std::uint8_t> pa
 // Returns the payload, or AuthFailure.
 Result<std::span<const std::uint8_t>> VerifyFrameBody(std::span<const std::uint8_t> body,
                                                       Hmac& mac);
+
+// Codec building blocks shared by wire.cc and sync_wire.cc, so that all byte order handling
+// of the protocols lives in this header. Not for use outside common/.
+namespace wire_internal {
+
+// Big-endian appender.
+class Writer {
+ public:
+  explicit Writer(std::vector<std::uint8_t>& out) : out_(out) {}
+  void U8(std::uint8_t v) { out_.push_back(v); }
+  void U32(std::uint32_t v) {
+    for (int s = 24; s >= 0; s -= 8) out_.push_back(static_cast<std::uint8_t>(v >> s));
+  }
+  void U64(std::uint64_t v) {
+    for (int s = 56; s >= 0; s -= 8) out_.push_back(static_cast<std::uint8_t>(v >> s));
+  }
+  void Bytes(const std::uint8_t* p, std::size_t n) { out_.insert(out_.end(), p, p + n); }
+  // A null sector is sent as zeros.
+  void Sector(const SectorPtr& s) { Bytes((s ? s : ZeroSector())->data(), kSectorSize); }
+
+ private:
+  std::vector<std::uint8_t>& out_;
+};
+
+// Bounds-checked big-endian reader: every getter fails (sticky) instead of reading past the
+// end, so a decoder checks ok() once after a group of reads.
+class Reader {
+ public:
+  explicit Reader(std::span<const std::uint8_t> in) : in_(in) {}
+  bool ok() const { return ok_; }
+  bool AtEnd() const { return pos_ == in_.size(); }
+  std::size_t remaining() const { return in_.size() - pos_; }
+  std::uint8_t U8() { return Need(1) ? in_[pos_++] : 0; }
+  std::uint32_t U32() {
+    if (!Need(4)) return 0;
+    std::uint32_t v = 0;
+    for (int i = 0; i < 4; ++i) v = v << 8 | in_[pos_++];
+    return v;
+  }
+  std::uint64_t U64() {
+    if (!Need(8)) return 0;
+    std::uint64_t v = 0;
+    for (int i = 0; i < 8; ++i) v = v << 8 | in_[pos_++];
+    return v;
+  }
+  const std::uint8_t* Bytes(std::size_t n) {
+    if (!Need(n)) return nullptr;
+    const std::uint8_t* p = in_.data() + pos_;
+    pos_ += n;
+    return p;
+  }
+
+ private:
+  bool Need(std::size_t n) {
+    if (!ok_ || in_.size() - pos_ < n) {
+      ok_ = false;
+      return false;
+    }
+    return true;
+  }
+  std::span<const std::uint8_t> in_;
+  std::size_t pos_ = 0;
+  bool ok_ = true;
+};
+
+// Turns `payload_with_room` (kFrameLengthSize placeholder bytes, then the payload) into a
+// frame: fills in L and appends the payload's tag computed with `mac`.
+Frame Seal(std::vector<std::uint8_t> payload_with_room, Hmac& mac);
+
+}  // namespace wire_internal
 
 }  // namespace atomdisk

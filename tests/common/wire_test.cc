@@ -204,6 +204,15 @@ std::vector<Sample> AllSamples() {
                        std::to_string(static_cast<int>(r.op)),
                    Decoder::kResponse, EncodePayload(r)});
   }
+  // atomdisk's admin ops: no data in the command, JSON in the response.
+  for (auto op : {ClientOp::kInfo, ClientOp::kScrub}) {
+    std::string n = std::to_string(static_cast<int>(op));
+    ClientCommand c{.request_id = 0x0A0B0C0D0E0F1011ULL, .sector = 0, .op = op};
+    out.push_back({"client op " + n, Decoder::kClient, EncodePayload(c)});
+    ClientResponse r{.status = ResponseStatus::kOk, .request_id = 42, .op = op};
+    r.info = R"({"started":true})";
+    out.push_back({"response op " + n, Decoder::kResponse, EncodePayload(r)});
+  }
   return out;
 }
 
@@ -318,7 +327,8 @@ TEST(WireLayout, ValueAndWriteProc) {
 
     Hmac mac(SystemKey());
     Frame f = EncodeFrame(m, mac);
-    EXPECT_EQ(FrameLength(f), kMaxFrameBody);
+    EXPECT_EQ(FrameLength(f), kMaxPayloadSize + kMacSize);
+    EXPECT_EQ(FrameLength(f), kMaxResponseFrameBody);
   }
   EXPECT_EQ(BigEndian32(EncodePayload(SystemMsg(SystemContent::kValue)), 37), 1u);
   EXPECT_EQ(BigEndian32(EncodePayload(SystemMsg(SystemContent::kWriteProc)), 37), 2u);
@@ -358,7 +368,7 @@ TEST(WireLayout, Responses) {
   Frame wf = EncodeFrame(w, mac);
   ASSERT_EQ(wf.size(), 8u + 48u);
   EXPECT_EQ(FrameLength(wf), 48u);
-  EXPECT_EQ(FrameLength(wf), kMinFrameBody);
+  EXPECT_EQ(FrameLength(wf), kMinResponseFrameBody);
 
   // Read response: status, request id, op, 4096 bytes. L = 4144.
   ClientResponse r{.status = ResponseStatus::kOk,
@@ -480,8 +490,14 @@ TEST(WireRoundTrip, SystemContentNames) {
 // --- Frame length ---------------------------------------------------------------------------
 
 TEST(WireFrameLength, Bounds) {
-  EXPECT_EQ(kMinFrameBody, 48u);
-  EXPECT_EQ(kMaxFrameBody, 4146u + 32u);
+  // A sync Hello (14-byte payload, sync_wire.h) is the smallest frame a node accepts; a
+  // response is at least 16 bytes.
+  EXPECT_EQ(kMinFrameBody, 46u);
+  EXPECT_EQ(kMinResponseFrameBody, 48u);
+  // Nodes accept the largest sync message (an EntriesReply of 4096 entries, sync_wire.h);
+  // clients accept only what a response can be (at most an atdd-sized payload).
+  EXPECT_EQ(kMaxFrameBody, 69662u + 32u);
+  EXPECT_EQ(kMaxResponseFrameBody, 4146u + 32u);
 
   auto min = DecodeLength(kMinFrameBody);
   ASSERT_TRUE(min.ok());
@@ -504,6 +520,29 @@ TEST(WireFrameLength, Bounds) {
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.status().code(), StatusCode::kCorruption);
   }
+}
+
+TEST(WireFrameLength, ResponseBounds) {
+  auto decode = [](std::uint64_t l) {
+    std::array<std::uint8_t, 8> prefix{};
+    for (std::size_t i = 0; i < 8; ++i) prefix[i] = static_cast<std::uint8_t>(l >> (56 - 8 * i));
+    return DecodeResponseFrameLength(prefix);
+  };
+  for (std::uint64_t good :
+       {kMinResponseFrameBody, std::uint64_t{4112 + 32}, kMaxResponseFrameBody}) {
+    auto r = decode(good);
+    ASSERT_TRUE(r.ok()) << good;
+    EXPECT_EQ(r.value(), good);
+  }
+  // A sync-sized frame is fine for a node but refused by a client before it allocates.
+  for (std::uint64_t bad :
+       {std::uint64_t{0}, kMinFrameBody, kMinResponseFrameBody - 1, kMaxResponseFrameBody + 1,
+        kMaxFrameBody, kMaxFrameBody + 1, std::numeric_limits<std::uint64_t>::max()}) {
+    auto r = decode(bad);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.status().code(), StatusCode::kCorruption);
+  }
+  EXPECT_TRUE(DecodeLength(kMaxResponseFrameBody + 1).ok());
 }
 
 // --- Malformed payloads ---------------------------------------------------------------------
@@ -562,7 +601,8 @@ TEST(WireMalformed, TrailingBytesAreRejected) {
 }
 
 TEST(WireMalformed, UnknownCommandVariant) {
-  for (std::uint32_t v : {2u, 3u, 0x100u, 0xFFFFFFFFu}) {
+  // (2 is atomdisk's sync extension, common/sync_wire.h: a known variant.)
+  for (std::uint32_t v : {3u, 0x100u, 0x02000000u, 0xFFFFFFFFu}) {
     SCOPED_TRACE(v);
     Bytes client = EncodePayload(ReadCommand());
     PutBigEndian32(client, 0, v);
@@ -582,12 +622,21 @@ TEST(WireMalformed, UnknownCommandVariant) {
   EXPECT_FALSE(DecodeClientCommand(as_system).ok());
   EXPECT_FALSE(PeekCommandKind(Bytes{}).ok());
   EXPECT_FALSE(PeekCommandKind(Bytes{0, 0, 0}).ok());
+  EXPECT_FALSE(PeekCommandKind(Bytes{0, 0, 2}).ok());
+  auto sync = PeekCommandKind(Bytes{0, 0, 0, 2});
+  ASSERT_TRUE(sync.ok());
+  EXPECT_EQ(sync.value(), CommandKind::kSync);
+  // A sync prefix does not make a payload a client command or an atdd system message.
+  Bytes as_sync = EncodePayload(SystemMsg(SystemContent::kAck));
+  PutBigEndian32(as_sync, 0, 2);
+  EXPECT_FALSE(DecodeSystemMessage(as_sync).ok());
+  EXPECT_FALSE(DecodeClientCommand(as_sync).ok());
 }
 
 TEST(WireMalformed, UnknownClientOp) {
   for (const auto& c : {ReadCommand(), WriteCommand()}) {
-    // (2 is atomdisk's kInfo extension, a known op.)
-    for (std::uint32_t op : {3u, 4u, 0x80000000u, 0xFFFFFFFFu}) {
+    // (2 and 3 are atomdisk's kInfo and kScrub extensions, known ops.)
+    for (std::uint32_t op : {4u, 5u, 0x80000000u, 0xFFFFFFFFu}) {
       SCOPED_TRACE(op);
       Bytes p = EncodePayload(c);
       PutBigEndian32(p, 20, op);
@@ -604,6 +653,39 @@ TEST(WireMalformed, UnknownClientOp) {
   p = EncodePayload(ReadCommand());
   PutBigEndian32(p, 20, 1);
   EXPECT_FALSE(DecodeClientCommand(p).ok());
+}
+
+TEST(WireLayout, ScrubCommandAndResponse) {
+  ClientCommand c{.request_id = 7, .sector = 99, .op = ClientOp::kScrub};
+  Bytes cp = EncodePayload(c);
+  ASSERT_EQ(cp.size(), 24u);
+  EXPECT_EQ(BigEndian32(cp, 20), 3u);
+  auto dc = DecodeClientCommand(cp);
+  ASSERT_TRUE(dc.ok()) << dc.status().ToString();
+  ExpectSameCommand(c, dc.value());
+  Bytes with_data = cp;
+  with_data.resize(24 + kSectorSize);
+  EXPECT_FALSE(DecodeClientCommand(with_data).ok());
+
+  ClientResponse r{.status = ResponseStatus::kOk, .request_id = 7, .op = ClientOp::kScrub};
+  r.info = R"({"started":false,"error":"busy"})";
+  Bytes rp = EncodePayload(r);
+  ASSERT_EQ(rp.size(), 16u + 4 + r.info.size());
+  EXPECT_EQ(BigEndian32(rp, 12), 3u);
+  EXPECT_EQ(BigEndian32(rp, 16), r.info.size());
+  auto dr = DecodeClientResponse(rp);
+  ASSERT_TRUE(dr.ok()) << dr.status().ToString();
+  EXPECT_EQ(dr->op, ClientOp::kScrub);
+  EXPECT_EQ(dr->info, r.info);
+  EXPECT_EQ(dr->data, nullptr);
+  // A length above kMaxInfoSize is refused even with the bytes present.
+  Bytes huge = EncodePayload(ClientResponse{.status = ResponseStatus::kOk,
+                                            .request_id = 7,
+                                            .op = ClientOp::kScrub,
+                                            .info = std::string(kMaxInfoSize, 'x')});
+  PutBigEndian32(huge, 16, kMaxInfoSize + 1);
+  huge.push_back('x');
+  EXPECT_FALSE(DecodeClientResponse(huge).ok());
 }
 
 TEST(WireMalformed, UnknownSystemContent) {
