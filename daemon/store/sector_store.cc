@@ -139,10 +139,11 @@ struct SlotPair {
     if (newest >= 0) return 1 - newest;
     return state[0] == SlotState::kEmpty && state[1] != SlotState::kEmpty ? 1 : 0;
   }
-  // False when a written slot failed its header or checksum check (needs verify_all).
-  bool AllWrittenValid() const {
+  // False when a written slot failed a check that was made (its header, or its checksum if
+  // it was verified). After Examine(verify_all) every written slot was checked.
+  bool NoneFailed() const {
     for (SlotState s : state) {
-      if (s != SlotState::kEmpty && s != SlotState::kValid) return false;
+      if (s == SlotState::kBadHeader || s == SlotState::kBadChecksum) return false;
     }
     return true;
   }
@@ -417,34 +418,27 @@ class SectorStoreImpl final : public SectorStore {
   }
 
   Status ForEachStored(const std::function<void(SectorIdx, Tag, bool)>& fn) override {
-    std::vector<std::uint8_t> buf(kSectorStride);
-    const std::uint64_t end = options_.sectors * kSectorStride;
-    std::uint64_t pos = 0;
-    while (pos < end) {
-      Result<std::uint64_t> next = file_->NextDataOffset(pos);
-      if (!next.ok()) return next.status();
-      if (*next >= end) break;
-      const SectorIdx sector = *next / kSectorStride;
-      pos = (sector + 1) * kSectorStride;
-      std::optional<Tag> pending_tag;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        auto it = pending_.find(sector);
-        if (it != pending_.end()) {
-          pending_tag = it->second.has_waiting ? it->second.waiting.tag : it->second.inflight.tag;
-        }
-      }
-      if (pending_tag) {  // being rewritten: the slots may be changing under us
-        fn(sector, *pending_tag, true);
-        continue;
-      }
-      Status s = file_->ReadAt(SlotOffset(sector, 0), buf.data(), kSectorStride);
-      if (!s.ok()) return s;
-      SlotPair p = Examine(sector, buf.data(), /*verify_all=*/true);
-      if (!p.AnyWritten()) continue;  // a block shared with a neighbour's slot
-      fn(sector, p.newest >= 0 ? p.tag[p.newest] : Tag{}, p.AllWrittenValid());
+    return ScanRange(0, options_.sectors, /*verify_all=*/true, fn);
+  }
+
+  Status ScanRange(SectorIdx first, std::uint64_t count, bool verify_all,
+                   const std::function<void(SectorIdx, Tag, bool)>& fn) override {
+    ATOMDISK_CHECK(!in_scan_);  // fn must not scan again: the scan buffers are shared
+    if (first >= options_.sectors || count == 0) return Status::Ok();
+    const SectorIdx last = first + std::min(count, options_.sectors - first);  // exclusive
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      // After a failed sync the file may show data the disk lost: report nothing from it.
+      if (!failed_.ok()) return failed_;
     }
-    return Status::Ok();
+    in_scan_ = true;
+    if (scan_buf_.empty()) {
+      scan_buf_.resize(kScanChunkSectors * kSectorStride);
+      scan_pending_.resize(kScanChunkSectors);
+    }
+    Status s = ScanChunks(first, last, verify_all, fn);
+    in_scan_ = false;
+    return s;
   }
 
  private:
@@ -480,6 +474,52 @@ class SectorStoreImpl final : public SectorStore {
   void RememberSlots(SectorIdx sector, int target, bool has_newest, Tag newest_tag) {
     if (hints_.size() >= kMaxHints && !hints_.count(sector)) hints_.clear();
     hints_[sector] = SlotHint{target, has_newest, newest_tag};
+  }
+
+  // ScanRange over [first, last): finds the next allocated byte, reads up to
+  // kScanChunkSectors sectors from there in one pread, reports the written ones, repeats.
+  // Chunked reads keep a dense range (or a preallocated file, where every byte counts as
+  // data) to a few preads; a sparse range costs one NextDataOffset per chunk of data.
+  Status ScanChunks(SectorIdx first, SectorIdx last, bool verify_all,
+                    const std::function<void(SectorIdx, Tag, bool)>& fn) {
+    const std::uint64_t end = last * kSectorStride;
+    std::uint64_t pos = first * kSectorStride;
+    while (pos < end) {
+      Result<std::uint64_t> next = file_->NextDataOffset(pos);
+      if (!next.ok()) return next.status();
+      if (*next >= end) break;
+      // NextDataOffset never goes backwards, but a fake might: never rescan a sector.
+      const SectorIdx chunk_first = std::max(*next, pos) / kSectorStride;
+      const std::uint64_t n = std::min<std::uint64_t>(kScanChunkSectors, last - chunk_first);
+      pos = (chunk_first + n) * kSectorStride;
+      // Which of these sectors have a write in flight, before reading: the sync thread may be
+      // writing their slots (a waiting write it issues), so their bytes mean nothing. The
+      // others cannot change while we read: only this thread starts writes.
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        for (std::uint64_t i = 0; i < n; ++i) {
+          scan_pending_[i].reset();
+          if (pending_.empty()) continue;
+          auto it = pending_.find(chunk_first + i);
+          if (it == pending_.end()) continue;
+          const Entry& e = it->second;
+          scan_pending_[i] = e.has_waiting ? e.waiting.tag : e.inflight.tag;
+        }
+      }
+      Status s = file_->ReadAt(SlotOffset(chunk_first, 0), scan_buf_.data(), n * kSectorStride);
+      if (!s.ok()) return s;
+      for (std::uint64_t i = 0; i < n; ++i) {
+        const SectorIdx sector = chunk_first + i;
+        if (scan_pending_[i]) {  // being rewritten: report what Read() would return
+          fn(sector, *scan_pending_[i], true);
+          continue;
+        }
+        SlotPair p = Examine(sector, scan_buf_.data() + i * kSectorStride, verify_all);
+        if (!p.AnyWritten()) continue;  // a hole, or a block shared with a neighbour's slot
+        fn(sector, p.newest >= 0 ? p.tag[p.newest] : Tag{}, p.NoneFailed());
+      }
+    }
+    return Status::Ok();
   }
 
   static Status OutOfRange(SectorIdx sector) {
@@ -668,6 +708,11 @@ class SectorStoreImpl final : public SectorStore {
   alignas(64) std::array<std::uint8_t, kSlotSize> sync_buf_;
   // Used by Read() and Write() (one caller thread).
   alignas(64) std::array<std::uint8_t, kSectorStride> caller_buf_;
+  // Used by ScanRange() (the same caller thread), allocated on its first call.
+  static constexpr std::uint64_t kScanChunkSectors = 16;  // 130 KiB per pread
+  std::vector<std::uint8_t> scan_buf_;
+  std::vector<std::optional<Tag>> scan_pending_;  // per chunk sector: its pending tag
+  bool in_scan_ = false;
 };
 
 Status CheckOptions(const SectorStore::Options& options) {

@@ -99,6 +99,18 @@ class SectorStore {
   // slot fails its checks (bit rot, or a write torn by a crash: they look alike). A sector
   // with a write in flight is reported with the pending tag and checksum_ok true.
   virtual Status ForEachStored(const std::function<void(SectorIdx, Tag, bool checksum_ok)>& fn) = 0;
+
+  // ForEachStored restricted to sectors [first, first + count) (clipped to the device; a
+  // range past the end reports nothing), for resync digests and scrub chunks on a live
+  // store. With verify_all false only the checks Read() makes are done (cheaper: the newest
+  // candidate's checksum, the other slot's only if that fails), and checksum_ok is false only
+  // when a written slot failed a check that was made: a corrupt newest-looking slot is
+  // reported even when an older valid one is found. Reads chunks of up to 16 sectors into a
+  // buffer the store keeps. Call from the thread that calls Write(); fn must not call
+  // ScanRange or ForEachStored. Both return IOError if the file cannot be read, and the
+  // failed-sync error once the store has failed (see Failed()).
+  virtual Status ScanRange(SectorIdx first, std::uint64_t count, bool verify_all,
+                           const std::function<void(SectorIdx, Tag, bool checksum_ok)>& fn) = 0;
 };
 
 }  // namespace atomdisk

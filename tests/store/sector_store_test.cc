@@ -729,5 +729,374 @@ TEST(SectorStorePosixTest, LargeDeviceStaysSparse) {
   EXPECT_TRUE(ReadsAs(**store, kSectors - 2, Triple{Tag{}, ZeroSector()}));
 }
 
+// --- ScanRange ----------------------------------------------------------------------------------
+
+// Forwards to another BlockFile and counts reads, or hides holes (NextDataOffset says "data"
+// everywhere before the end, like a preallocated file).
+class ProbeBlockFile final : public BlockFile {
+ public:
+  ProbeBlockFile(std::shared_ptr<BlockFile> file, bool hide_holes)
+      : file_(std::move(file)), hide_holes_(hide_holes) {}
+  Status ReadAt(std::uint64_t offset, void* buf, std::size_t n) override {
+    ++reads;
+    return file_->ReadAt(offset, buf, n);
+  }
+  Status WriteAt(std::uint64_t offset, const void* buf, std::size_t n) override {
+    return file_->WriteAt(offset, buf, n);
+  }
+  Status Sync() override { return file_->Sync(); }
+  Result<std::uint64_t> Size() override { return file_->Size(); }
+  Result<std::uint64_t> NextDataOffset(std::uint64_t offset) override {
+    ++seeks;
+    if (hide_holes_) return BlockFile::NextDataOffset(offset);
+    return file_->NextDataOffset(offset);
+  }
+  std::atomic<int> reads{0};
+  std::atomic<int> seeks{0};
+
+ private:
+  const std::shared_ptr<BlockFile> file_;
+  const bool hide_holes_;
+};
+
+enum class Backing { kMem, kFaulty, kPosix, kPreallocatedMem, kPreallocatedPosix };
+
+std::string BackingName(const ::testing::TestParamInfo<Backing>& info) {
+  switch (info.param) {
+    case Backing::kMem:
+      return "Mem";
+    case Backing::kFaulty:
+      return "Faulty";
+    case Backing::kPosix:
+      return "Posix";
+    case Backing::kPreallocatedMem:
+      return "PreallocatedMem";
+    case Backing::kPreallocatedPosix:
+      return "PreallocatedPosix";
+  }
+  return "?";
+}
+
+struct Scanned {
+  SectorIdx sector;
+  Tag tag;
+  bool ok;
+  friend bool operator==(const Scanned&, const Scanned&) = default;
+};
+
+std::ostream& operator<<(std::ostream& os, const Scanned& s) {
+  return os << "{" << s.sector << ", " << s.tag.ToString() << ", " << (s.ok ? "ok" : "bad") << "}";
+}
+
+// A store over each kind of block file, in manual sync mode, with raw() giving direct access
+// to the bytes under it (to corrupt them).
+class ScanRangeTest : public ::testing::TestWithParam<Backing> {
+ protected:
+  static constexpr std::uint64_t kSectors = 1200;
+
+  void SetUp() override { Open(); }
+
+  void Open() {
+    store_.reset();
+    switch (GetParam()) {
+      case Backing::kMem:
+      case Backing::kPreallocatedMem: {
+        if (!mem_) {
+          mem_ = std::make_shared<MemBlockFile>();
+          if (GetParam() == Backing::kPreallocatedMem) Preallocate(*mem_);
+        }
+        raw_ = mem_;
+        store_ = SectorStore::OpenOnFile(ShareBlockFile(mem_), Manual(kSectors));
+        break;
+      }
+      case Backing::kFaulty:
+        if (!faulty_) faulty_ = std::make_shared<FaultyBlockFile>();
+        raw_ = faulty_;
+        store_ = SectorStore::OpenOnFile(ShareBlockFile(faulty_), Manual(kSectors));
+        break;
+      case Backing::kPosix:
+      case Backing::kPreallocatedPosix: {
+        const std::string path = dir_.path() + "/sectors.dat";
+        if (GetParam() == Backing::kPreallocatedPosix && !std::filesystem::exists(path)) {
+          auto f = OpenPosixBlockFile(path, /*create=*/true);
+          ASSERT_TRUE(f.ok());
+          Preallocate(**f);
+        }
+        auto store = SectorStore::Open(dir_.path(), Manual(kSectors));
+        ASSERT_TRUE(store.ok()) << store.status().ToString();
+        store_ = std::move(*store);
+        auto f = OpenPosixBlockFile(path, /*create=*/false);
+        ASSERT_TRUE(f.ok()) << f.status().ToString();
+        raw_ = std::move(*f);
+        break;
+      }
+    }
+  }
+
+  // Zeros written over the whole device: no holes left (a fully allocated sectors.dat).
+  static void Preallocate(BlockFile& f) {
+    std::vector<std::uint8_t> zeros(2 * kSlotSize * 64);
+    const std::uint64_t end = 2 * kSlotSize * kSectors;
+    for (std::uint64_t off = 0; off < end; off += zeros.size()) {
+      const std::size_t n =
+          static_cast<std::size_t>(std::min<std::uint64_t>(zeros.size(), end - off));
+      ASSERT_TRUE(f.WriteAt(off, zeros.data(), n).ok());
+    }
+    ASSERT_TRUE(f.Sync().ok());
+  }
+
+  void Write(SectorIdx sector, const Triple& v) { store_->Write(sector, v, results_.Add()); }
+  void Sync() {
+    while (store_->SyncNow() > 0) {
+    }
+    ASSERT_TRUE(results_.AllOk());
+  }
+
+  std::vector<Scanned> Scan(SectorIdx first, std::uint64_t count, bool verify_all) {
+    std::vector<Scanned> got;
+    Status s = store_->ScanRange(first, count, verify_all, [&](SectorIdx sector, Tag tag, bool ok) {
+      got.push_back(Scanned{sector, tag, ok});
+    });
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    return got;
+  }
+
+  // Flips one bit of the stored bytes at `offset`.
+  void Flip(std::uint64_t offset) {
+    std::uint8_t b = 0;
+    ASSERT_TRUE(raw_->ReadAt(offset, &b, 1).ok());
+    b ^= 0x10;
+    ASSERT_TRUE(raw_->WriteAt(offset, &b, 1).ok());
+  }
+
+  TempDir dir_;
+  std::shared_ptr<MemBlockFile> mem_;
+  std::shared_ptr<FaultyBlockFile> faulty_;
+  std::shared_ptr<BlockFile> raw_;
+  std::unique_ptr<SectorStore> store_;
+  Results results_;
+};
+
+TEST_P(ScanRangeTest, EmptyStoreReportsNothing) {
+  for (bool verify_all : {false, true}) {
+    EXPECT_TRUE(Scan(0, kSectors, verify_all).empty());
+    EXPECT_TRUE(Scan(100, 256, verify_all).empty());
+  }
+  bool called = false;
+  ASSERT_TRUE(store_->ForEachStored([&](SectorIdx, Tag, bool) { called = true; }).ok());
+  EXPECT_FALSE(called);
+}
+
+TEST_P(ScanRangeTest, ReportsExactlyTheWrittenSectorsInRangeInOrder) {
+  const std::vector<SectorIdx> written = {0, 1, 5, 15, 16, 17, 255, 256, 257, 511, 1000, 1199};
+  std::map<SectorIdx, Tag> want;
+  std::uint64_t ts = 1;
+  for (SectorIdx s : written) {
+    Triple v = Value(ts++, static_cast<Rank>(1 + s % 5), s);
+    want[s] = v.tag;
+    Write(s, v);
+  }
+  Sync();
+  // A second value for some: both slots written, the newer one wins.
+  for (SectorIdx s : {1ull, 256ull, 1199ull}) {
+    Triple v = Value(ts++, 3, s);
+    want[s] = v.tag;
+    Write(s, v);
+  }
+  Sync();
+
+  auto expect = [&](SectorIdx first, std::uint64_t count) {
+    std::vector<Scanned> out;
+    for (auto [s, tag] : want) {
+      if (s >= first && s - first < count) out.push_back(Scanned{s, tag, true});
+    }
+    return out;
+  };
+  const std::pair<SectorIdx, std::uint64_t> ranges[] = {
+      {0, kSectors}, {0, 1},         {1, 255},      {255, 2},       {256, 256},
+      {2, 3},        {6, 9},         {16, 1},       {17, 238},      {1199, 1},
+      {1100, 100},   {1100, 500},    {1199, 1000},  {0, ~0ull},     {1000, ~0ull},
+      {kSectors, 1}, {kSectors, 10}, {5000, ~0ull}, {~0ull, ~0ull}, {3, 0},
+  };
+  for (bool verify_all : {false, true}) {
+    for (auto [first, count] : ranges) {
+      EXPECT_EQ(Scan(first, count, verify_all), expect(first, count))
+          << "first " << first << " count " << count << " verify_all " << verify_all;
+    }
+  }
+  std::vector<Scanned> all;
+  ASSERT_TRUE(store_
+                  ->ForEachStored([&](SectorIdx s, Tag tag, bool ok) {
+                    all.push_back(Scanned{s, tag, ok});
+                  })
+                  .ok());
+  EXPECT_EQ(all, expect(0, kSectors));
+
+  // The same after a restart (nothing pending, nothing cached).
+  Open();
+  for (bool verify_all : {false, true}) {
+    EXPECT_EQ(Scan(0, kSectors, verify_all), expect(0, kSectors));
+    EXPECT_EQ(Scan(250, 10, verify_all), expect(250, 10));
+  }
+}
+
+TEST_P(ScanRangeTest, RandomWritesAndRangesMatchAModel) {
+  std::mt19937_64 rng(7);
+  std::map<SectorIdx, Tag> model;  // the newest tag handed to the store
+  for (int round = 0; round < 30; ++round) {
+    for (int i = 0; i < 20; ++i) {
+      // Clustered: many neighbours within one chunk, and some far apart.
+      const SectorIdx s = rng() % 2 ? rng() % 40 + 300 : rng() % kSectors;
+      Triple v = Value(static_cast<std::uint64_t>(round * 100 + i + 1), 1, s);
+      model[s] = v.tag;
+      Write(s, v);
+    }
+    if (round % 3 != 0) store_->SyncNow();  // leave some pending (and some waiting)
+    for (int q = 0; q < 10; ++q) {
+      const SectorIdx first = rng() % (kSectors + 20);
+      const std::uint64_t count = rng() % 4 == 0 ? kSectors : rng() % 300;
+      std::vector<Scanned> want;
+      for (auto it = model.lower_bound(first); it != model.end() && it->first - first < count;
+           ++it) {
+        want.push_back(Scanned{it->first, it->second, true});
+      }
+      const bool verify_all = rng() % 2;
+      ASSERT_EQ(Scan(first, count, verify_all), want)
+          << "round " << round << " first " << first << " count " << count;
+    }
+  }
+  Sync();
+}
+
+TEST_P(ScanRangeTest, PendingWritesAreReportedWithTheirTag) {
+  Write(10, Value(1));
+  Sync();
+  Write(10, Value(2));  // in flight, not synced
+  Write(20, Value(5));  // first write, not synced
+  EXPECT_EQ(Scan(0, kSectors, true),
+            (std::vector<Scanned>{{10, Value(2).tag, true}, {20, Value(5).tag, true}}));
+  Write(10, Value(3));  // waits behind ts 2
+  Write(10, Value(4));  // replaces ts 3
+  for (bool verify_all : {false, true}) {
+    EXPECT_EQ(Scan(5, 10, verify_all), (std::vector<Scanned>{{10, Value(4).tag, true}}));
+  }
+  store_->SyncNow();  // ts 2 and 5 durable; ts 4 issued, not yet synced
+  EXPECT_EQ(Scan(0, kSectors, false),
+            (std::vector<Scanned>{{10, Value(4).tag, true}, {20, Value(5).tag, true}}));
+  Sync();
+  EXPECT_EQ(Scan(0, kSectors, true),
+            (std::vector<Scanned>{{10, Value(4).tag, true}, {20, Value(5).tag, true}}));
+  // An older write than what is stored changes nothing.
+  Write(20, Value(1));
+  Sync();
+  EXPECT_EQ(Scan(20, 1, true), (std::vector<Scanned>{{20, Value(5).tag, true}}));
+}
+
+TEST_P(ScanRangeTest, CorruptSlotsAreReported) {
+  for (SectorIdx s : {3ull, 4ull, 5ull, 6ull, 7ull}) {
+    Write(s, Value(1, 1, s));  // slot 0
+    Sync();
+    Write(s, Value(2, 1, s));  // slot 1, the newest
+    Sync();
+  }
+  Write(8, Value(1));  // only slot 0
+  Sync();
+  Flip(SlotOffset(3, 1) + 64 + 100);  // newest slot's data: older value, not ok
+  Flip(SlotOffset(4, 0) + 64 + 100);  // older slot's data: only a full check sees it
+  Flip(SlotOffset(5, 1) + 16);        // newest slot's tag (header)
+  Flip(SlotOffset(6, 0) + 64);        // both slots
+  Flip(SlotOffset(6, 1) + 4000);
+  Flip(SlotOffset(8, 0) + 2000);  // a sector's only slot: reads as unwritten
+  const Tag t1 = Value(1).tag, t2 = Value(2).tag;
+  EXPECT_EQ(Scan(0, kSectors, /*verify_all=*/true), (std::vector<Scanned>{{3, t1, false},
+                                                                          {4, t2, false},
+                                                                          {5, t1, false},
+                                                                          {6, Tag{}, false},
+                                                                          {7, t2, true},
+                                                                          {8, Tag{}, false}}));
+  EXPECT_EQ(Scan(0, kSectors, /*verify_all=*/false), (std::vector<Scanned>{{3, t1, false},
+                                                                           {4, t2, true},
+                                                                           {5, t1, false},
+                                                                           {6, Tag{}, false},
+                                                                           {7, t2, true},
+                                                                           {8, Tag{}, false}}));
+  bool all_ok = true;
+  ASSERT_TRUE(store_->ForEachStored([&](SectorIdx, Tag, bool ok) { all_ok &= ok; }).ok());
+  EXPECT_FALSE(all_ok);
+  // The tags match what Read() returns.
+  EXPECT_EQ(store_->Read(3)->tag, t1);
+  EXPECT_EQ(store_->Read(4)->tag, t2);
+  EXPECT_EQ(store_->Read(6).status().code(), StatusCode::kCorruption);
+  EXPECT_EQ(store_->Read(8)->tag, Tag{});
+
+  // A rewrite repairs: the corrupt slot is the one written.
+  Write(3, Value(9, 1, 3));
+  Sync();
+  EXPECT_EQ(Scan(3, 1, true), (std::vector<Scanned>{{3, Value(9).tag, true}}));
+}
+
+TEST(SectorStoreTest, AFailedStoreRefusesToScan) {
+  auto disk = std::make_shared<FaultyBlockFile>();
+  auto store = SectorStore::OpenOnFile(ShareBlockFile(disk), Manual(8));
+  Results results;
+  store->Write(1, Value(1), results.Add());
+  store->SyncNow();
+  ASSERT_TRUE(results.AllOk());
+  disk->FailNextSyncs(1);
+  store->Write(2, Value(2), results.Add());
+  store->SyncNow();
+  ASSERT_TRUE(store->Failed());
+  Status s = store->ScanRange(0, 8, false, [](SectorIdx, Tag, bool) { FAIL(); });
+  EXPECT_EQ(s.code(), StatusCode::kIOError) << s.ToString();
+  EXPECT_EQ(store->ForEachStored([](SectorIdx, Tag, bool) { FAIL(); }).code(),
+            StatusCode::kIOError);
+  store.reset();  // reopening recovers
+  store = SectorStore::OpenOnFile(ShareBlockFile(disk), Manual(8));
+  std::vector<SectorIdx> seen;
+  ASSERT_TRUE(
+      store->ScanRange(0, 8, true, [&](SectorIdx s, Tag, bool) { seen.push_back(s); }).ok());
+  EXPECT_FALSE(seen.empty());
+  EXPECT_EQ(seen.front(), 1u);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllBlockFiles, ScanRangeTest,
+                         ::testing::Values(Backing::kMem, Backing::kFaulty, Backing::kPosix,
+                                           Backing::kPreallocatedMem, Backing::kPreallocatedPosix),
+                         BackingName);
+
+TEST(SectorStoreTest, ScanRangeReadsADenseBucketInChunks) {
+  auto mem = std::make_shared<MemBlockFile>();
+  auto probe = std::make_shared<ProbeBlockFile>(mem, /*hide_holes=*/false);
+  auto store = SectorStore::OpenOnFile(ShareBlockFile(probe), Manual(1024));
+  Results results;
+  for (SectorIdx s = 256; s < 512; ++s) store->Write(s, Value(1, 1, s), results.Add());
+  store->SyncNow();
+  ASSERT_TRUE(results.AllOk());
+  probe->reads = 0;
+  probe->seeks = 0;
+  int n = 0;
+  ASSERT_TRUE(store->ScanRange(256, 256, false, [&](SectorIdx, Tag, bool) { ++n; }).ok());
+  EXPECT_EQ(n, 256);
+  EXPECT_EQ(probe->reads, 16);
+  EXPECT_EQ(probe->seeks, 16);
+  // A sparse one: one read per written sector's chunk, holes skipped.
+  probe->reads = 0;
+  ASSERT_TRUE(store->ScanRange(0, 1024, false, [&](SectorIdx, Tag, bool) {}).ok());
+  EXPECT_EQ(probe->reads, 16);
+}
+
+TEST(SectorStoreDeathTest, ScanRangeFromInsideAScanIsABug) {
+  auto store = SectorStore::OpenOnFile(std::make_unique<MemBlockFile>(), Manual(8));
+  Results results;
+  store->Write(1, Value(1), results.Add());
+  store->SyncNow();
+  EXPECT_DEATH((void)store->ScanRange(0, 8, true,
+                                      [&](SectorIdx, Tag, bool) {
+                                        (void)store->ScanRange(0, 8, true,
+                                                               [](SectorIdx, Tag, bool) {});
+                                      }),
+               "in_scan_");
+}
+
 }  // namespace
 }  // namespace atomdisk
