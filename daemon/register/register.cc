@@ -59,7 +59,7 @@ void Register::StartNext(std::int64_t now_ms) {
     // Our own Value, without the network: what is durable here.
     c.best = durable_;
     c.all_same = true;
-    RecordAnswer(config_->self);
+    if (config_->votes) RecordAnswer(config_->self);
     c.backoff_ms = config_->retransmit_initial_ms;
     c.next_send_ms = now_ms + c.backoff_ms;
     SendPhase(/*only_unanswered=*/true);
@@ -100,6 +100,7 @@ void Register::SendPhase(bool only_unanswered) {
 void Register::OnMessage(const SystemMessage& msg, std::int64_t now_ms) {
   switch (msg.content) {
     case SystemContent::kReadProc: {
+      if (!config_->votes) return;  // joining: our copy may lack what we once promised
       SystemMessage reply;
       reply.sender = config_->self;
       reply.op_id = msg.op_id;
@@ -113,6 +114,7 @@ void Register::OnMessage(const SystemMessage& msg, std::int64_t now_ms) {
     case SystemContent::kWriteProc: {
       if (!msg.data) return;
       AcceptAndPersist(Triple{msg.tag, msg.data});
+      if (!config_->votes) return;  // stored, but a joining node acknowledges nothing
       if (DurableCovers(msg.tag) || BUG(ack_before_persist)) {
         SystemMessage ack;
         ack.sender = config_->self;
@@ -183,7 +185,7 @@ void Register::EnterImpose(std::int64_t now_ms) {
   ResetAnswers();
   // Impose locally: accept if newer; our own Ack counts once durable covers the target.
   AcceptAndPersist(c.target);
-  c.self_acked = DurableCovers(c.target.tag) || BUG(ack_before_persist);
+  c.self_acked = config_->votes && (DurableCovers(c.target.tag) || BUG(ack_before_persist));
   if (c.self_acked) RecordAnswer(config_->self);
   c.backoff_ms = config_->retransmit_initial_ms;
   c.next_send_ms = now_ms + c.backoff_ms;
@@ -238,7 +240,8 @@ void Register::OnDurableAdvanced(std::int64_t now_ms) {
   Current& c = *current_;
   if (c.phase == Phase::kPersistOwn && DurableCovers(c.target.tag)) {
     EnterImpose(now_ms);
-  } else if (c.phase == Phase::kImpose && !c.self_acked && DurableCovers(c.target.tag)) {
+  } else if (c.phase == Phase::kImpose && !c.self_acked && config_->votes &&
+             DurableCovers(c.target.tag)) {
     c.self_acked = true;
     RecordAnswer(config_->self);
     MaybeFinish(now_ms);
@@ -262,7 +265,29 @@ void Register::FlushAcks() {
   pending_acks_.erase(keep, pending_acks_.end());
 }
 
+void Register::OnVotesChanged(std::int64_t now_ms) {
+  if (!config_->votes || !current_) return;
+  Current& c = *current_;
+  if (c.phase == Phase::kCollect) {
+    // c.best already includes our durable value from when the operation started (it is a
+    // real value, so taking it into the maximum was always safe); it now counts as an answer.
+    RecordAnswer(config_->self);
+    MaybeFinish(now_ms);
+  } else if (c.phase == Phase::kImpose && !c.self_acked && DurableCovers(c.target.tag)) {
+    c.self_acked = true;
+    RecordAnswer(config_->self);
+    MaybeFinish(now_ms);
+  }
+}
+
 void Register::Tick(std::int64_t now_ms) {
+  if (persisting_.empty() && durable_.tag < stored_.tag) {
+    // A persist failed (an I/O error on its write) and nothing will retry it for us once
+    // the operation that brought the value is over: retry here, so that the value becomes
+    // durable and the register can go idle.
+    persisting_.push_back(stored_);
+    env_->Persist(sector_, stored_);
+  }
   if (!current_ || now_ms < current_->next_send_ms) return;
   Current& c = *current_;
   if (c.phase == Phase::kPersistOwn || (c.phase == Phase::kImpose && !c.self_acked)) {

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -42,6 +43,10 @@ struct RegisterConfig {
   std::int64_t retransmit_initial_ms = 100;
   std::int64_t retransmit_max_ms = 1000;
   RegisterBugs bugs;  // ignored unless built with ATOMDISK_SIM_BUGS
+  // False while this node is joining (docs/RESYNC.md): it then sends no Value and no Ack and
+  // does not count itself in the quorums of the operations it coordinates. It still stores
+  // WriteProcs and persists its own writes. The owner may flip it at any time.
+  bool votes = true;
 
   std::size_t Quorum() const;  // answers that make a majority
 };
@@ -74,10 +79,19 @@ class Register {
   // member other than self; the owner checks both).
   void OnMessage(const SystemMessage& msg, std::int64_t now_ms);
 
+  // A value pulled from a peer by resync (docs/RESYNC.md): stored like a WriteProc's value
+  // if newer than what this register holds, but acknowledged to nobody.
+  void Absorb(const Triple& value) { AcceptAndPersist(value); }
+
   // The store finished the Persist of `tag`.
   void OnPersisted(Tag tag, const Status& status, std::int64_t now_ms);
 
-  // Retransmits what is unanswered when its deadline has passed.
+  // The owner flipped config.votes to true: an operation this node coordinates counts our
+  // own answer now (in a one-node cluster nothing else would ever finish it).
+  void OnVotesChanged(std::int64_t now_ms);
+
+  // Retransmits what is unanswered when its deadline has passed, and re-issues a persist
+  // that failed.
   void Tick(std::int64_t now_ms);
 
   // True when nothing is queued, coordinated, persisting or waiting to be acked: the owner

@@ -488,5 +488,62 @@ TEST_F(RegisterTest, SingleNodeClusterFinishesAtOnce) {
   EXPECT_TRUE(env_.sent.empty());
 }
 
+// ---- a node that does not vote (joining after a lost disk, docs/RESYNC.md) ----
+
+TEST_F(RegisterTest, NonVotingNodeAnswersNoReadProcAndAcksNoWriteProcButStoresIt) {
+  MakeCluster(3);
+  config_.votes = false;
+  Deliver(Msg(2, IdOf(100), SystemContent::kReadProc));
+  EXPECT_TRUE(env_.TakeSent().empty()) << "a joining node sent a Value";
+  Deliver(Msg(2, IdOf(101), SystemContent::kWriteProc, Tag{5, 2}, Fill(5)));
+  std::vector<Triple> p = env_.TakePersisted();
+  ASSERT_EQ(p.size(), 1u) << "the WriteProc's value must still be stored";
+  EXPECT_EQ(p[0].tag, (Tag{5, 2}));
+  Persisted(Tag{5, 2});
+  EXPECT_TRUE(env_.TakeSent().empty()) << "a joining node acknowledged a WriteProc";
+  EXPECT_EQ(reg_->durable().tag, (Tag{5, 2}));
+}
+
+TEST_F(RegisterTest, NonVotingCoordinatorNeedsAMajorityOfPeers) {
+  MakeCluster(3);
+  config_.votes = false;
+  reg_->StartRead(1, 0);
+  reg_->CheckInvariants();
+  env_.TakeSent();
+  // One peer alone would be a majority together with us; without our vote it is not.
+  Deliver(Msg(2, IdOf(1), SystemContent::kValue, Tag{}, ZeroSector()));
+  EXPECT_TRUE(env_.completed.empty());
+  Deliver(Msg(3, IdOf(1), SystemContent::kValue, Tag{}, ZeroSector()));
+  ASSERT_EQ(env_.completed.size(), 1u);
+  EXPECT_EQ(env_.completed[0].token, 1u);
+}
+
+TEST_F(RegisterTest, OperationStartedBeforeVotingFinishesOnceTheNodeVotes) {
+  MakeCluster(1);
+  config_.votes = false;
+  reg_->StartRead(9, 0);
+  reg_->CheckInvariants();
+  EXPECT_TRUE(env_.completed.empty()) << "a one-node cluster that does not vote has no quorum";
+  config_.votes = true;
+  reg_->OnVotesChanged(0);
+  reg_->CheckInvariants();
+  ASSERT_EQ(env_.completed.size(), 1u);
+  EXPECT_EQ(env_.completed[0].token, 9u);
+}
+
+TEST_F(RegisterTest, FailedPersistIsRetriedByTickSoTheRegisterCanGoIdle) {
+  MakeCluster(3);
+  Deliver(Msg(2, IdOf(7), SystemContent::kWriteProc, Tag{3, 2}, Fill(3)));
+  ASSERT_EQ(env_.TakePersisted().size(), 1u);
+  Persisted(Tag{3, 2}, Status::IOError("injected"));
+  EXPECT_FALSE(reg_->Idle());
+  Tick(10);
+  std::vector<Triple> p = env_.TakePersisted();
+  ASSERT_EQ(p.size(), 1u) << "the failed persist was not retried";
+  EXPECT_EQ(p[0].tag, (Tag{3, 2}));
+  Persisted(Tag{3, 2});
+  EXPECT_TRUE(reg_->Idle());
+}
+
 }  // namespace
 }  // namespace atomdisk
