@@ -160,7 +160,10 @@ class ClientImpl final : public Client {
     Submit(ClientOp::kWrite, sector, std::move(data), options, std::move(done));
   }
 
-  std::vector<NodeInfo> Probe(milliseconds timeout) override;
+  std::vector<NodeInfo> Probe(milliseconds timeout) override {
+    return Admin(timeout, ClientOp::kInfo);
+  }
+  std::vector<NodeInfo> Admin(milliseconds timeout, ClientOp op) override;
 
   std::size_t ReachableNodes() const override { return reachable_.load(); }
   std::size_t ConfiguredNodes() const override { return nodes_.size(); }
@@ -471,7 +474,7 @@ class ClientImpl final : public Client {
       std::size_t pos = 0;
       while (c->open && have - pos >= kFrameLengthSize) {
         std::span<const std::uint8_t, kFrameLengthSize> prefix(buf.data() + pos, kFrameLengthSize);
-        Result<std::uint64_t> len = DecodeFrameLength(prefix);
+        Result<std::uint64_t> len = DecodeResponseFrameLength(prefix);
         if (!len.ok()) {
           ++bad_frames_;
           CloseConn(*n, c, "malformed response from the node: " + len.status().message());
@@ -644,7 +647,8 @@ class ClientImpl final : public Client {
     }
   }
 
-  awaitable<void> ProbeNode(std::size_t index, Clock::time_point deadline, NodeInfo* out);
+  awaitable<void> ProbeNode(std::size_t index, ClientOp op, Clock::time_point deadline,
+                            NodeInfo* out);
 
   ClientOptions options_;
   asio::io_context io_;
@@ -706,7 +710,7 @@ void ClientImpl::Close() {
 }
 
 // Fresh connection, kInfo a few times; the fastest round trip is the RTT.
-awaitable<void> ClientImpl::ProbeNode(std::size_t index, Clock::time_point deadline,
+awaitable<void> ClientImpl::ProbeNode(std::size_t index, ClientOp op, Clock::time_point deadline,
                                       NodeInfo* out) {
   const Endpoint& ep = options_.nodes[index];
   out->endpoint = ep;
@@ -744,10 +748,12 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, Clock::time_point deadl
     if (ec) error = why("cannot connect", ec);
     if (!ec) st->socket.set_option(tcp::no_delay(true), ec);
   }
-  for (int ping = 0; error.empty() && ping < kProbePings; ++ping) {
+  // kInfo is harmless to repeat (the fastest answer is the RTT); other admin ops go once.
+  const int pings = op == ClientOp::kInfo ? kProbePings : 1;
+  for (int ping = 0; error.empty() && ping < pings; ++ping) {
     ClientCommand cmd;
     cmd.request_id = next_request_id_++;
-    cmd.op = ClientOp::kInfo;
+    cmd.op = op;
     Frame frame = EncodeFrame(cmd, mac_);
     auto t0 = Clock::now();
     co_await asio::async_write(st->socket, asio::buffer(frame),
@@ -769,7 +775,7 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, Clock::time_point deadl
       error = why("no answer", ec);
       break;
     }
-    Result<std::uint64_t> len = DecodeFrameLength(prefix);
+    Result<std::uint64_t> len = DecodeResponseFrameLength(prefix);
     if (!len.ok()) {
       error = "malformed answer: " + len.status().message();
       break;
@@ -792,7 +798,7 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, Clock::time_point deadl
     Result<ClientResponse> resp = DecodeClientResponse(*payload);
     if (!resp.ok()) {
       error = "malformed answer: " + resp.status().message();
-    } else if (resp->request_id != cmd.request_id || resp->op != ClientOp::kInfo) {
+    } else if (resp->request_id != cmd.request_id || resp->op != op) {
       error = "the node answered the info request with something else";
     } else if (resp->status == ResponseStatus::kAuthFailure) {
       error = "the node rejected our HMAC tag: the client key differs from the cluster's";
@@ -811,7 +817,7 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, Clock::time_point deadl
   st->socket.close(ignored);
 }
 
-std::vector<NodeInfo> ClientImpl::Probe(milliseconds timeout) {
+std::vector<NodeInfo> ClientImpl::Admin(milliseconds timeout, ClientOp op) {
   ATOMDISK_CHECK(std::this_thread::get_id() != thread_.get_id());
   std::vector<NodeInfo> out(options_.nodes.size());
   for (std::size_t i = 0; i < out.size(); ++i) {
@@ -823,14 +829,15 @@ std::vector<NodeInfo> ClientImpl::Probe(milliseconds timeout) {
   {
     std::lock_guard<std::mutex> lock(submit_mu_);
     if (closed_) return out;
-    asio::post(io_, [this, timeout, done, &out] {
+    asio::post(io_, [this, timeout, op, done, &out] {
       auto deadline = Clock::now() + timeout;
       auto remaining = std::make_shared<std::size_t>(out.size());
       for (std::size_t i = 0; i < out.size(); ++i) {
         out[i].error.clear();
-        asio::co_spawn(io_, ProbeNode(i, deadline, &out[i]), [remaining, done](std::exception_ptr) {
-          if (--*remaining == 0) done->set_value();
-        });
+        asio::co_spawn(io_, ProbeNode(i, op, deadline, &out[i]),
+                       [remaining, done](std::exception_ptr) {
+                         if (--*remaining == 0) done->set_value();
+                       });
       }
     });
   }

@@ -41,6 +41,7 @@
 #include "common/config.h"
 #include "common/status.h"
 #include "common/types.h"
+#include "common/wire.h"
 
 namespace atomdisk::client {
 
@@ -157,6 +158,18 @@ class Client {
   // Asks every configured node for its kInfo on a fresh connection of its own, with this
   // timeout for the whole probe; blocking. Never fails as a whole: each NodeInfo says.
   virtual std::vector<NodeInfo> Probe(std::chrono::milliseconds timeout) = 0;
+  // Like Probe, but sends one admin request `op` (ClientOp::kScrub: start a scrub) to every
+  // configured node; info_json holds each node's answer. Clients without admin support
+  // report every node unreachable.
+  virtual std::vector<NodeInfo> Admin(std::chrono::milliseconds timeout, ClientOp op) {
+    (void)timeout;
+    std::vector<NodeInfo> out;
+    for (std::size_t i = 0; i < ConfiguredNodes(); ++i) {
+      out.emplace_back().error = "admin requests are not supported by this client";
+    }
+    (void)op;
+    return out;
+  }
 
   // Nodes currently connected (for error messages and status).
   virtual std::size_t ReachableNodes() const = 0;

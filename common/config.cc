@@ -1,6 +1,7 @@
 #include "common/config.h"
 
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <toml++/toml.h>
 #include <unistd.h>
@@ -18,6 +19,28 @@ namespace fs = std::filesystem;
 std::string NodeConfig::Address() const {
   if (host.find(':') != std::string::npos) return "[" + host + "]:" + std::to_string(port);
   return host + ":" + std::to_string(port);
+}
+
+Uuid ClusterConfig::ClusterId() const {
+  Uuid id;
+  if (!cluster_id_hex.empty()) {
+    auto bytes = ParseHex(cluster_id_hex);
+    ATOMDISK_CHECK(bytes.ok() && bytes->size() == id.bytes.size());
+    std::copy(bytes->begin(), bytes->end(), id.bytes.begin());
+    return id;
+  }
+  static constexpr char kLabel[] = "atomdisk cluster id";
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  ATOMDISK_CHECK(ctx != nullptr);
+  ATOMDISK_CHECK(EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr) == 1 &&
+                 EVP_DigestUpdate(ctx, kLabel, sizeof(kLabel) - 1) == 1 &&
+                 EVP_DigestUpdate(ctx, system_key.data(), system_key.size()) == 1 &&
+                 EVP_DigestFinal_ex(ctx, digest, &len) == 1);
+  EVP_MD_CTX_free(ctx);
+  std::copy(digest, digest + id.bytes.size(), id.bytes.begin());
+  return id;
 }
 
 const NodeConfig* ClusterConfig::FindNode(Rank rank) const {
@@ -94,8 +117,9 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) 
   cfg.path = path;
   fs::path base = fs::absolute(fs::path(path)).parent_path();
 
-  static const std::set<std::string> kTopKeys = {"sectors", "client_key_file", "system_key_file",
-                                                 "nodes"};
+  static const std::set<std::string> kTopKeys = {
+      "sectors",    "client_key_file", "system_key_file",   "nodes",
+      "cluster_id", "resync_rate_mb",  "resync_interval_s", "scrub_interval_s"};
   for (const auto& [k, v] : table) {
     if (!kTopKeys.count(std::string(k.str()))) {
       return Err(path, "unknown key \"" + std::string(k.str()) + "\"");
@@ -108,6 +132,33 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) 
                          std::to_string(kMaxSectors));
   }
   cfg.sectors = static_cast<std::uint64_t>(*sectors);
+
+  if (table["cluster_id"]) {
+    auto id = table["cluster_id"].value<std::string>();
+    auto bytes =
+        id ? ParseHex(*id) : Result<std::vector<std::uint8_t>>(Status::InvalidArgument(""));
+    if (!id || !bytes.ok() || bytes->size() != 16) {
+      return Err(path, "\"cluster_id\" must be a string of 32 hex digits");
+    }
+    cfg.cluster_id_hex = *id;
+  }
+  if (table["resync_rate_mb"]) {
+    auto v = table["resync_rate_mb"].value<double>();  // integers convert too
+    if (!v || !(*v >= 0) || *v > 1e6) {
+      return Err(path, "\"resync_rate_mb\" must be a number in 0..1000000 (0 = unlimited)");
+    }
+    cfg.resync_rate_mb = *v;
+  }
+  for (auto [key, field] : {std::pair{"resync_interval_s", &cfg.resync_interval_s},
+                            std::pair{"scrub_interval_s", &cfg.scrub_interval_s}}) {
+    if (!table[key]) continue;
+    auto v = table[key].value_exact<std::int64_t>();
+    if (!v || *v < 0 || *v > 365LL * 24 * 3600) {
+      return Err(path, "\"" + std::string(key) +
+                           "\" must be an integer number of seconds in 0..31536000 (0 = off)");
+    }
+    *field = *v;
+  }
 
   auto ck = table["client_key_file"].value<std::string>();
   auto sk = table["system_key_file"].value<std::string>();
@@ -212,6 +263,8 @@ Status WriteNewCluster(const std::string& dir, const std::vector<std::string>& a
   toml += "sectors = " + std::to_string(sectors) + "  # " +
           std::to_string(sectors * kSectorSize / (1024 * 1024)) + " MiB\n";
   toml += "client_key_file = \"client.key\"\nsystem_key_file = \"system.key\"\n";
+  // Ties every node's data_dir to this cluster (docs/RESYNC.md).
+  toml += "cluster_id = \"" + ToHex(RandomBytes(16)) + "\"\n";
   for (std::size_t i = 0; i < addresses.size(); ++i) {
     std::string host;
     std::uint16_t port;

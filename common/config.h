@@ -1,6 +1,10 @@
 // The cluster configuration file (TOML), shared by atomdiskd, atomdisk and atomdisk-fuse.
 //
 //   sectors = 262144                  # device size in 4096-byte sectors
+//   cluster_id = "0123...cdef"        # optional: 32 hex digits (atomdisk init writes one)
+//   resync_rate_mb = 200              # optional: resync pull limit (MB/s), 0 = unlimited
+//   resync_interval_s = 600           # optional: anti-entropy pass period, 0 = at start only
+//   scrub_interval_s = 0              # optional: scrub period, 0 = on request only
 //   client_key_file = "client.key"    # 32-byte key as 64 hex characters
 //   system_key_file = "system.key"    # 64-byte key as 128 hex characters
 //   [[nodes]]
@@ -34,6 +38,16 @@ struct ClusterConfig {
   std::vector<std::uint8_t> client_key;  // 32 bytes
   std::vector<std::uint8_t> system_key;  // 64 bytes
   std::vector<NodeConfig> nodes;         // sorted by rank
+  // Optional settings (docs/RESYNC.md). cluster_id: 32 hex digits written by `atomdisk
+  // init`; empty in files from before it existed (ClusterId() then derives one).
+  std::string cluster_id_hex;
+  double resync_rate_mb = 200;           // resync pull limit, MB/s of sector data; 0 = none
+  std::int64_t resync_interval_s = 600;  // periodic anti-entropy pass; 0 = only at start
+  std::int64_t scrub_interval_s = 0;     // periodic scrub; 0 = only `atomdisk scrub`
+
+  // The cluster's identity: cluster_id if set, else the first 16 bytes of
+  // SHA-256("atomdisk cluster id" | system key) (so nodes loaded with kNode agree on it).
+  Uuid ClusterId() const;
 
   const NodeConfig* FindNode(Rank rank) const;
   // The number of nodes whose answers form a majority: N/2 + 1.

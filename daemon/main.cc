@@ -17,6 +17,7 @@
 #include "common/config.h"
 #include "common/logging.h"
 #include "daemon/node.h"
+#include "daemon/store/identity.h"
 #include "daemon/store/sector_store.h"
 #include "daemon/version.h"
 
@@ -65,10 +66,37 @@ int main(int argc, char** argv) {
   auto store = SectorStore::Open(data_dir, store_options);
   if (!store.ok()) return Fail(1, store.status().message());
 
+  // Which cluster and rank this data_dir belongs to, and whether it may vote
+  // (docs/RESYNC.md).
+  NodeMembership membership;
+  membership.data_dir = data_dir;
+  auto identity = LoadIdentity(data_dir);
+  if (!identity.ok()) return Fail(1, identity.status().message());
+  membership.identity = *identity;
+  if (membership.identity) {
+    const Identity& id = *membership.identity;
+    if (id.cluster_id != config->ClusterId()) {
+      return Fail(2, IdentityPath(data_dir) + " belongs to cluster " + id.cluster_id.ToString() +
+                         ", but " + config_path + " is cluster " + config->ClusterId().ToString() +
+                         "; refusing to mix them (wrong data_dir or wrong config?)");
+    }
+    if (id.rank != rank) {
+      return Fail(2, IdentityPath(data_dir) + " belongs to rank " + std::to_string(id.rank) +
+                         ", not " + std::to_string(rank) + "; refusing to start");
+    }
+  } else {
+    bool any = false;
+    Status s = (*store)->ScanRange(0, config->sectors, /*verify_all=*/false,
+                                   [&](SectorIdx, Tag, bool) { any = true; });
+    if (!s.ok()) return Fail(1, "cannot scan " + data_dir + ": " + s.message());
+    membership.store_empty = !any;
+  }
+
   boost::asio::io_context io(1);
-  Node node(io, std::move(config).value(), static_cast<Rank>(rank), std::move(store).value());
+  Node node(io, std::move(config).value(), static_cast<Rank>(rank), std::move(store).value(),
+            std::move(membership));
   if (Status s = node.Listen(); !s.ok()) return Fail(1, s.message());
-  node.Start();
+  if (Status s = node.Start(); !s.ok()) return Fail(1, s.message());
   spdlog::info("atomdiskd {} rank {} serving on {} (data_dir {})", kAtomdiskVersion, rank,
                me.Address(), data_dir);
   sd_notify(0, "READY=1");

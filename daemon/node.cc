@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/sync_wire.h"
 #include "daemon/version.h"
 
 namespace atomdisk {
@@ -20,11 +21,12 @@ bool SameMessage(const SystemMessage& a, const SystemMessage& b) {
 }  // namespace
 
 Node::Node(asio::io_context& io, ClusterConfig config, Rank self,
-           std::unique_ptr<SectorStore> store)
+           std::unique_ptr<SectorStore> store, NodeMembership membership)
     : io_(io),
       config_(std::move(config)),
       self_(self),
       store_(std::move(store)),
+      membership_(std::move(membership)),
       client_mac_(config_.client_key),
       system_mac_(config_.system_key),
       acceptor_(io),
@@ -38,6 +40,18 @@ Node::Node(asio::io_context& io, ClusterConfig config, Rank self,
     if (n.rank == self_) continue;
     peers_.emplace(n.rank, std::make_unique<PeerLink>(io_, n.rank, n.host, n.port, this));
   }
+  SyncerOptions so;
+  so.self = self_;
+  so.ranks = register_config_.ranks;
+  so.sectors = config_.sectors;
+  so.cluster_id = config_.ClusterId();
+  so.rate_bytes_per_s = config_.resync_rate_mb * 1e6;
+  so.resync_interval_ms = config_.resync_interval_s * 1000;
+  so.scrub_interval_ms = config_.scrub_interval_s * 1000;
+  // Until the Syncer decides, this node answers nothing: it may have lost its disk.
+  register_config_.votes = false;
+  syncer_ =
+      std::make_unique<Syncer>(std::move(so), membership_.identity, membership_.store_empty, this);
 }
 
 Node::~Node() {
@@ -67,10 +81,29 @@ std::uint16_t Node::listen_port() const {
   return acceptor_.local_endpoint(ec).port();
 }
 
-void Node::Start() {
+Status Node::Start() {
   asio::co_spawn(io_, AcceptLoop(), asio::detached);
   asio::co_spawn(io_, TickLoop(), asio::detached);
   for (auto& [rank, link] : peers_) link->Start();
+  // The Syncer starts at the first tick at which every peer link is up, or 500 ms from now:
+  // its first Hellos and Digests then reach the peers instead of being dropped by links
+  // still connecting (and waiting for a retry).
+  sync_start_deadline_ms_ = NowMs() + 500;
+  return Status::Ok();
+}
+
+void Node::MaybeStartSyncer(std::int64_t now) {
+  if (sync_started_) return;
+  bool all_up = true;
+  for (const auto& [rank, link] : peers_) all_up = all_up && link->connected();
+  if (!all_up && now < sync_start_deadline_ms_) return;
+  sync_started_ = true;
+  Status s = syncer_->Start(now);
+  if (!s.ok() && on_fatal_) {
+    auto fatal = std::move(on_fatal_);
+    on_fatal_ = nullptr;
+    fatal("cannot start: " + s.ToString());
+  }
 }
 
 void Node::Stop() {
@@ -125,6 +158,8 @@ asio::awaitable<void> Node::TickLoop() {
       slot.idle_at_last_tick = idle_now;
     }
     for (SectorIdx s : idle) registers_.erase(s);
+    MaybeStartSyncer(now);
+    if (sync_started_) syncer_->Tick(now);
   }
 }
 
@@ -144,6 +179,8 @@ void Node::OnFrame(Connection& conn, std::span<const std::uint8_t> body) {
   }
   if (*kind == CommandKind::kClient) {
     HandleClient(conn, body);
+  } else if (*kind == CommandKind::kSync) {
+    HandleSync(conn, body);
   } else {
     HandleSystem(conn, body);
   }
@@ -178,6 +215,17 @@ void Node::HandleClient(Connection& conn, std::span<const std::uint8_t> body) {
   if (cmd->op == ClientOp::kInfo) {
     Respond(conn,
             ClientResponse{ResponseStatus::kOk, cmd->request_id, ClientOp::kInfo, {}, InfoJson()});
+    return;
+  }
+  if (cmd->op == ClientOp::kScrub) {
+    Status started = sync_started_ ? syncer_->StartScrub(NowMs())
+                                   : Status::Unavailable("the node is starting; try again");
+    nlohmann::json j = {{"started", started.ok()}};
+    if (!started.ok()) j["error"] = started.message();
+    spdlog::info("scrub requested by {}: {}", conn.name(),
+                 started.ok() ? "started" : started.message());
+    Respond(conn,
+            ClientResponse{ResponseStatus::kOk, cmd->request_id, ClientOp::kScrub, {}, j.dump()});
     return;
   }
   if (cmd->sector >= config_.sectors) {
@@ -224,9 +272,34 @@ void Node::HandleSystem(Connection& conn, std::span<const std::uint8_t> body) {
                                     " beyond the device dropped");
     return;
   }
+  NoteInbound(msg->sender, conn);
   Register* reg = GetRegister(msg->sector);
   if (!reg) return;
   reg->OnMessage(*msg, NowMs());
+}
+
+void Node::HandleSync(Connection& conn, std::span<const std::uint8_t> body) {
+  auto payload = VerifyFrameBody(body, system_mac_);
+  if (!payload.ok()) {
+    ++counters_.auth_failures;
+    LogRateLimited("sysauth", "system frame with a bad HMAC tag from " + conn.name() + " dropped");
+    return;
+  }
+  auto msg = DecodeSyncMessage(*payload);
+  if (!msg.ok()) {
+    ++counters_.bad_frames;
+    conn.Close(msg.status().message());
+    return;
+  }
+  ++counters_.sync_msgs;
+  if (msg->sender == self_ || !config_.FindNode(msg->sender)) {
+    LogRateLimited("sender", "sync message from unknown rank " +
+                                 std::to_string(static_cast<int>(msg->sender)) + " dropped");
+    return;
+  }
+  NoteInbound(msg->sender, conn);
+  if (!sync_started_) return;  // a few ms after start-up: the peer asks again
+  syncer_->OnMessage(*msg, NowMs());
 }
 
 Register* Node::GetRegister(SectorIdx sector) {
@@ -255,10 +328,33 @@ void Node::Send(Rank to, const SystemMessage& msg) {
     last_msg_ = msg;
     last_frame_ = std::make_shared<const Frame>(EncodeFrame(msg, system_mac_));
   }
-  it->second->Send(last_frame_);
+  SendToPeer(to, *it->second, last_frame_);
+}
+
+void Node::SendToPeer(Rank to, PeerLink& link, SharedFrame frame) {
+  if (link.connected()) {
+    link.Send(std::move(frame));
+    return;
+  }
+  // Our link to a peer that just restarted may sit in its reconnect back-off for up to a
+  // second, while the peer's own link to us is up: answer on that one meanwhile.
+  auto in = inbound_.find(to);
+  if (in == inbound_.end()) return;
+  auto conn = in->second.lock();
+  if (!conn || conn->closed()) {
+    inbound_.erase(in);
+    return;
+  }
+  conn->Send(std::move(frame));
+}
+
+void Node::NoteInbound(Rank from, Connection& conn) {
+  auto& slot = inbound_[from];
+  if (slot.lock().get() != &conn) slot = conn.weak_from_this();
 }
 
 void Node::Persist(SectorIdx sector, const Triple& value) {
+  syncer_->OnLocalWrite(sector);
   Tag tag = value.tag;
   store_->Write(sector, value, [this, sector, tag](Status status) {
     // On the store's sync thread: hand the completion back to the io thread.
@@ -301,6 +397,56 @@ Uuid Node::NewOpId() {
   return id;
 }
 
+void Node::SendSync(Rank to, const SyncMessage& msg) {
+  auto it = peers_.find(to);
+  if (it == peers_.end()) return;
+  SendToPeer(to, *it->second, std::make_shared<const Frame>(EncodeFrame(msg, system_mac_)));
+}
+
+Status Node::ScanTags(SectorIdx first, std::uint64_t count, bool verify_all,
+                      const std::function<void(SectorIdx, Tag, bool ok)>& fn) {
+  return store_->ScanRange(first, count, verify_all, fn);
+}
+
+Result<Triple> Node::ReadSector(SectorIdx sector) { return store_->Read(sector); }
+
+void Node::Absorb(SectorIdx sector, const Triple& value, std::uint64_t token) {
+  // Through the register if the sector has one, so that its idea of the stored value stays
+  // the store's; the store write below then only reports when that value (or a newer one) is
+  // durable. Without a register the store alone keeps tags from going down.
+  auto it = registers_.find(sector);
+  if (it != registers_.end()) it->second.reg->Absorb(value);
+  syncer_->OnLocalWrite(sector);
+  store_->Write(sector, value, [this, token](Status status) {
+    asio::post(io_, [this, token, status = std::move(status)]() {
+      if (!status.ok() && store_->Failed() && on_fatal_) {
+        auto fatal = std::move(on_fatal_);
+        on_fatal_ = nullptr;
+        fatal("the data file failed an fdatasync: " + status.message());
+        return;
+      }
+      syncer_->OnAbsorbed(token, status, NowMs());
+    });
+  });
+}
+
+Status Node::SaveIdentity(const Identity& identity) {
+  return ::atomdisk::SaveIdentity(membership_.data_dir, identity);
+}
+
+void Node::SetVoting(bool voting) {
+  if (voting != register_config_.votes) {
+    spdlog::info("{}", voting ? "voting: answering as a quorum member"
+                              : "not voting until caught up (docs/RESYNC.md)");
+  }
+  register_config_.votes = voting;
+  if (voting) {
+    for (auto& [sector, slot] : registers_) slot.reg->OnVotesChanged(NowMs());
+  }
+}
+
+void Node::Note(const std::string& line) { spdlog::info("{}", line); }
+
 std::string Node::InfoJson() const {
   nlohmann::json j;
   j["rank"] = self_;
@@ -318,6 +464,24 @@ std::string Node::InfoJson() const {
         {{"rank", rank}, {"connected", link->connected()}, {"dropped", link->dropped()}});
   }
   j["peers"] = peers;
+  SyncStatus ss = syncer_->GetStatus(NowMs());
+  j["voting"] = ss.voting;
+  j["state"] = ss.state;
+  j["resync"] = {{"active", ss.resync.active},
+                 {"join", ss.resync.join},
+                 {"window", ss.resync.window},
+                 {"windows", ss.resync.windows},
+                 {"sectors_pulled", ss.resync.sectors_pulled},
+                 {"bytes_pulled", ss.resync.bytes_pulled},
+                 {"sectors_to_go", ss.resync.sectors_to_go},
+                 {"bytes_per_s", ss.resync.bytes_per_s},
+                 {"eta_s", ss.resync.eta_s},
+                 {"passes_done", ss.resync.passes_done}};
+  j["scrub"] = {{"active", ss.scrub.active},         {"bucket", ss.scrub.bucket},
+                {"buckets", ss.scrub.buckets},       {"sectors_checked", ss.scrub.sectors_checked},
+                {"corrupt", ss.scrub.corrupt},       {"repaired", ss.scrub.repaired},
+                {"unrepaired", ss.scrub.unrepaired}, {"stale", ss.scrub.stale},
+                {"runs_done", ss.scrub.runs_done}};
   j["counters"] = {{"client_ops", counters_.client_ops},
                    {"reads", counters_.reads},
                    {"writes", counters_.writes},
@@ -325,6 +489,7 @@ std::string Node::InfoJson() const {
                    {"invalid_sector", counters_.invalid_sector},
                    {"bad_frames", counters_.bad_frames},
                    {"system_msgs", counters_.system_msgs},
+                   {"sync_msgs", counters_.sync_msgs},
                    {"persist_errors", counters_.persist_errors},
                    {"unreadable_sectors", counters_.unreadable_sectors}};
   std::string s = j.dump();

@@ -24,20 +24,31 @@
 #include "daemon/net/connection.h"
 #include "daemon/net/peer_link.h"
 #include "daemon/register/register.h"
+#include "daemon/store/identity.h"
 #include "daemon/store/sector_store.h"
+#include "daemon/sync/syncer.h"
 
 namespace atomdisk {
 
-class Node : public FrameSink, public RegisterEnv {
+// What the node's data_dir says about its membership (docs/RESYNC.md).
+struct NodeMembership {
+  std::string data_dir;              // where IDENTITY is saved
+  std::optional<Identity> identity;  // as loaded; nullopt if there is no IDENTITY file
+  bool store_empty = true;           // the store holds no written sector
+};
+
+class Node : public FrameSink, public RegisterEnv, public SyncEnv {
  public:
   Node(boost::asio::io_context& io, ClusterConfig config, Rank self,
-       std::unique_ptr<SectorStore> store);
+       std::unique_ptr<SectorStore> store, NodeMembership membership);
   ~Node() override;
 
   // Binds the listening socket (the node's configured address). IOError if it cannot.
   Status Listen();
-  // Starts accepting, the peer links and the tick timer.
-  void Start();
+  // Starts accepting, the peer links and the tick timer; the Syncer (which decides whether
+  // this node votes) follows at a tick once the links are up. A Syncer that cannot start
+  // (its identity cannot be saved) is fatal (SetOnFatal).
+  Status Start();
   // Stops accepting, closes every connection and link, cancels timers. The io_context's
   // run() then returns once pending handlers finish.
   void Stop();
@@ -49,6 +60,15 @@ class Node : public FrameSink, public RegisterEnv {
   void Persist(SectorIdx sector, const Triple& value) override;
   void Complete(std::uint64_t token, SectorPtr data) override;
   Uuid NewOpId() override;
+  // SyncEnv
+  void SendSync(Rank to, const SyncMessage& msg) override;
+  Status ScanTags(SectorIdx first, std::uint64_t count, bool verify_all,
+                  const std::function<void(SectorIdx, Tag, bool ok)>& fn) override;
+  Result<Triple> ReadSector(SectorIdx sector) override;
+  void Absorb(SectorIdx sector, const Triple& value, std::uint64_t token) override;
+  Status SaveIdentity(const Identity& identity) override;
+  void SetVoting(bool voting) override;
+  void Note(const std::string& line) override;
 
   std::uint16_t listen_port() const;
 
@@ -66,10 +86,17 @@ class Node : public FrameSink, public RegisterEnv {
   boost::asio::awaitable<void> TickLoop();
   void HandleClient(Connection& conn, std::span<const std::uint8_t> body);
   void HandleSystem(Connection& conn, std::span<const std::uint8_t> body);
+  void HandleSync(Connection& conn, std::span<const std::uint8_t> body);
   void Respond(Connection& conn, const ClientResponse& resp);
   // The register of `sector`, built from the store if needed; null if the stored sector is
   // unreadable (corrupt or I/O error: this node then stays silent for that sector).
   Register* GetRegister(SectorIdx sector);
+  // Sends to a peer on our link to it, or, while that link is down, on the last connection
+  // the peer itself opened to us (remembered by NoteInbound for authenticated senders).
+  void SendToPeer(Rank to, PeerLink& link, SharedFrame frame);
+  void NoteInbound(Rank from, Connection& conn);
+  // Starts the Syncer once the peer links are up (or a short deadline passed).
+  void MaybeStartSyncer(std::int64_t now);
   std::int64_t NowMs() const;
   std::string InfoJson() const;
   // Logs at most once per second per kind of problem, counting the rest.
@@ -80,6 +107,10 @@ class Node : public FrameSink, public RegisterEnv {
   Rank self_;
   std::unique_ptr<SectorStore> store_;
   RegisterConfig register_config_;
+  NodeMembership membership_;
+  std::unique_ptr<Syncer> syncer_;
+  bool sync_started_ = false;
+  std::int64_t sync_start_deadline_ms_ = 0;
   Hmac client_mac_;
   Hmac system_mac_;
   boost::asio::ip::tcp::acceptor acceptor_;
@@ -96,6 +127,7 @@ class Node : public FrameSink, public RegisterEnv {
   std::unordered_map<SectorIdx, RegisterSlot> registers_;
   std::unordered_map<std::uint64_t, ClientOpRef> client_ops_;
   std::vector<std::weak_ptr<Connection>> accepted_;
+  std::unordered_map<Rank, std::weak_ptr<Connection>> inbound_;
   std::uint64_t next_token_ = 1;
   std::uint64_t op_counter_ = 0;
   std::uint64_t boot_nonce_ = 0;
@@ -108,7 +140,8 @@ class Node : public FrameSink, public RegisterEnv {
   std::chrono::steady_clock::time_point started_;
   struct Counters {
     std::uint64_t client_ops = 0, reads = 0, writes = 0, auth_failures = 0, invalid_sector = 0,
-                  bad_frames = 0, system_msgs = 0, persist_errors = 0, unreadable_sectors = 0;
+                  bad_frames = 0, system_msgs = 0, sync_msgs = 0, persist_errors = 0,
+                  unreadable_sectors = 0;
   } counters_;
   std::unordered_map<std::string, std::pair<std::chrono::steady_clock::time_point, std::uint64_t>>
       log_limits_;

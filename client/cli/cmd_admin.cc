@@ -1,12 +1,15 @@
-// Admin commands: init (a new cluster's config and keys), status (per-node health and the
-// quorum state) and inspect (a stopped node's store, offline).
+// Admin commands: init (a new cluster's config and keys), status (per-node health, resync
+// and scrub progress, the quorum state), scrub (check and repair every node's copy) and
+// inspect (a stopped node's store, offline).
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "client/cli/commands.h"
@@ -85,6 +88,49 @@ CommandFn AddInitCommand(CLI::App& app, GlobalOptions& /*g*/) {
 
 // ---- status ----
 
+namespace {
+
+// Human lines for a node's membership, resync and scrub state (its kInfo "state", "resync"
+// and "scrub" objects); none when it votes and nothing runs.
+std::vector<std::string> SyncLines(const json& info) {
+  std::vector<std::string> lines;
+  if (!info.is_object()) return lines;
+  if (!info.value("voting", true)) lines.push_back("NOT VOTING: " + info.value("state", "?"));
+  const json& r = info.contains("resync") ? info["resync"] : json();
+  if (r.is_object() && r.value("active", false)) {
+    char buf[256];
+    const double windows = std::max(1.0, r.value("windows", 1.0));
+    const double eta = r.value("eta_s", -1.0);
+    std::snprintf(buf, sizeof buf,
+                  "%s %.0f%% (window %llu of %llu): pulled %s sectors (%s), "
+                  "%s to go, %s/s, ETA %s",
+                  r.value("join", false) ? "join resync" : "resync",
+                  100.0 * r.value("window", 0.0) / windows,
+                  static_cast<unsigned long long>(r.value("window", 0ULL)),
+                  static_cast<unsigned long long>(r.value("windows", 0ULL)),
+                  HumanCount(r.value("sectors_pulled", 0ULL)).c_str(),
+                  HumanBytes(r.value("bytes_pulled", 0.0)).c_str(),
+                  HumanCount(r.value("sectors_to_go", 0ULL)).c_str(),
+                  HumanBytes(r.value("bytes_per_s", 0.0)).c_str(),
+                  eta < 0 ? "unknown" : HumanClock(eta).c_str());
+    lines.push_back(buf);
+  }
+  const json& sc = info.contains("scrub") ? info["scrub"] : json();
+  if (sc.is_object() && sc.value("active", false)) {
+    char buf[256];
+    const double buckets = std::max(1.0, sc.value("buckets", 1.0));
+    std::snprintf(buf, sizeof buf, "scrub %.0f%%: checked %s sectors, %llu corrupt, %llu repaired",
+                  100.0 * sc.value("bucket", 0.0) / buckets,
+                  HumanCount(sc.value("sectors_checked", 0ULL)).c_str(),
+                  static_cast<unsigned long long>(sc.value("corrupt", 0ULL)),
+                  static_cast<unsigned long long>(sc.value("repaired", 0ULL)));
+    lines.push_back(buf);
+  }
+  return lines;
+}
+
+}  // namespace
+
 CommandFn AddStatusCommand(CLI::App& app, GlobalOptions& g) {
   struct Args {
     std::int64_t wait_ms = 2000;
@@ -107,11 +153,16 @@ CommandFn AddStatusCommand(CLI::App& app, GlobalOptions& g) {
     std::vector<NodeInfo> nodes = client->Probe(std::chrono::milliseconds(a->wait_ms));
     client->Close();
 
-    std::size_t up = 0;
-    for (const auto& n : nodes) up += n.reachable ? 1 : 0;
+    std::size_t up = 0, voting = 0;
+    for (const auto& n : nodes) {
+      up += n.reachable ? 1 : 0;
+      json info = n.reachable ? json::parse(n.info_json, nullptr, false) : json();
+      // Nodes from before membership existed say nothing and always vote.
+      if (n.reachable && (!info.is_object() || info.value("voting", true))) ++voting;
+    }
     const std::size_t total = config.nodes.size();
     const bool all_probed = nodes.size() == total && g.nodes.empty();
-    const bool quorum = up >= config.Majority();
+    const bool quorum = voting >= config.Majority();
     std::string quorum_line;
     if (!all_probed) {
       quorum_line = "quorum: UNKNOWN, " + std::to_string(up) + " of " +
@@ -121,6 +172,11 @@ CommandFn AddStatusCommand(CLI::App& app, GlobalOptions& g) {
     } else if (quorum) {
       quorum_line =
           "quorum: OK, " + std::to_string(up) + " of " + std::to_string(total) + " nodes up";
+      if (voting < up) quorum_line += ", " + std::to_string(up - voting) + " still joining";
+    } else if (up >= config.Majority()) {
+      quorum_line = "quorum: LOST, " + std::to_string(up) + " of " + std::to_string(total) +
+                    " nodes up but only " + std::to_string(voting) +
+                    " voting (the others are catching up): writes and reads wait";
     } else {
       quorum_line = "quorum: LOST, " + std::to_string(up) + " of " + std::to_string(total) +
                     " nodes up: writes and reads will not complete";
@@ -145,6 +201,7 @@ CommandFn AddStatusCommand(CLI::App& app, GlobalOptions& g) {
       }
       j["quorum"] = {{"ok", all_probed ? json(quorum) : json(nullptr)},
                      {"up", up},
+                     {"voting", voting},
                      {"total", total},
                      {"majority", config.Majority()}};
       std::printf("%s\n", j.dump(2).c_str());
@@ -183,11 +240,127 @@ CommandFn AddStatusCommand(CLI::App& app, GlobalOptions& g) {
         }
         std::printf("  %-8s %-21s up    rtt %.2f ms%s\n", who.c_str(), n.endpoint.Address().c_str(),
                     n.rtt_ms, extra.c_str());
+        for (const std::string& line : SyncLines(info)) {
+          std::printf("  %-8s %s\n", "", line.c_str());
+        }
       }
       std::printf("%s\n", quorum_line.c_str());
     }
     if (!all_probed) return up == nodes.size() ? kExitOk : kExitFailed;
     return quorum ? kExitOk : kExitFailed;
+  };
+}
+
+// ---- scrub ----
+
+CommandFn AddScrubCommand(CLI::App& app, GlobalOptions& g) {
+  struct Args {
+    bool no_wait = false;
+    bool json = false;
+    std::int64_t timeout_s = 0;
+  };
+  auto a = std::make_shared<Args>();
+  CLI::App* cmd = app.add_subcommand("scrub", "Check every stored sector and repair bad ones");
+  cmd->footer(
+      "Asks each selected node (every node, or those given with --node) to read every sector\n"
+      "it stores, verify its checksums, and repair a bad one from a majority of its peers\n"
+      "(docs/RESYNC.md). Foreground I/O goes on meanwhile. Shows progress until every node\n"
+      "finished, then what each found. Exit code 0 when nothing is left unrepaired, 3 when a\n"
+      "sector could not be repaired, 1 when a node could not be asked or did not finish.");
+  cmd->add_flag("--no-wait", a->no_wait, "start the scrubs and return at once");
+  cmd->add_option("--timeout", a->timeout_s, "give up waiting after this many seconds (0: never)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--json", a->json, "print the result as JSON");
+  return [a, &g] {
+    ClusterConfig config;
+    std::unique_ptr<Client> client;
+    if (auto err = MakeClient(g, &config, &client, 16)) return Fail(err->exit_code, err->message);
+    const auto wait = std::chrono::milliseconds(3000);
+    // The runs each node had finished before, so that we know when ours is done.
+    std::vector<NodeInfo> before = client->Probe(wait);
+    std::vector<NodeInfo> started = client->Admin(wait, ClientOp::kScrub);
+    int exit_code = kExitOk;
+    std::vector<std::uint64_t> runs_before(before.size(), 0);
+    std::vector<bool> waiting(started.size(), false);
+    for (std::size_t i = 0; i < started.size(); ++i) {
+      json b = before[i].reachable ? json::parse(before[i].info_json, nullptr, false) : json();
+      if (b.is_object() && b.contains("scrub")) {
+        runs_before[i] = b["scrub"].value("runs_done", 0ULL);
+      }
+      const std::string who = started[i].endpoint.ToString();
+      if (!started[i].reachable) {
+        std::fprintf(stderr, "scrub: %s: %s\n", who.c_str(), started[i].error.c_str());
+        exit_code = kExitFailed;
+        continue;
+      }
+      json r = json::parse(started[i].info_json, nullptr, false);
+      if (!r.is_object()) {
+        std::fprintf(stderr, "scrub: %s: unexpected answer\n", who.c_str());
+        exit_code = kExitFailed;
+        continue;
+      }
+      if (!r.value("started", false)) {
+        // Already running (someone else started it, or the schedule): wait for that one.
+        std::fprintf(stderr, "scrub: %s: %s; waiting for it\n", who.c_str(),
+                     r.value("error", std::string("not started")).c_str());
+      }
+      waiting[i] = true;
+    }
+    if (a->no_wait) {
+      std::fprintf(stderr, "scrub: started; follow it with `atomdisk status`\n");
+      return exit_code;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<json> result(started.size());
+    auto last_print = t0;
+    while (std::any_of(waiting.begin(), waiting.end(), [](bool w) { return w; })) {
+      if (a->timeout_s > 0 &&
+          std::chrono::steady_clock::now() - t0 > std::chrono::seconds(a->timeout_s)) {
+        std::fprintf(stderr, "scrub: gave up waiting after %lld s\n",
+                     static_cast<long long>(a->timeout_s));
+        return kExitFailed;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      std::vector<NodeInfo> now = client->Probe(wait);
+      const bool print = std::chrono::steady_clock::now() - last_print > std::chrono::seconds(2);
+      for (std::size_t i = 0; i < now.size() && i < waiting.size(); ++i) {
+        if (!waiting[i] || !now[i].reachable) continue;
+        json info = json::parse(now[i].info_json, nullptr, false);
+        if (!info.is_object() || !info.contains("scrub")) continue;
+        const json& sc = info["scrub"];
+        if (!sc.value("active", false) && sc.value("runs_done", 0ULL) > runs_before[i]) {
+          waiting[i] = false;
+          result[i] = sc;
+        } else if (print) {
+          for (const std::string& line : SyncLines(info)) {
+            if (line.rfind("scrub", 0) == 0) {
+              std::fprintf(stderr, "%s: %s\n", now[i].endpoint.ToString().c_str(), line.c_str());
+            }
+          }
+        }
+      }
+      if (print) last_print = std::chrono::steady_clock::now();
+    }
+    json out = json::array();
+    for (std::size_t i = 0; i < started.size(); ++i) {
+      if (!result[i].is_object()) continue;
+      const json& sc = result[i];
+      const std::uint64_t unrepaired = sc.value("unrepaired", 0ULL);
+      if (unrepaired > 0 && exit_code == kExitOk) exit_code = kExitMismatch;
+      if (a->json) {
+        out.push_back({{"rank", started[i].endpoint.rank}, {"scrub", sc}});
+      } else {
+        std::printf("%s: checked %s sectors, %llu corrupt, %llu repaired, %llu unrepaired\n",
+                    started[i].endpoint.ToString().c_str(),
+                    HumanCount(sc.value("sectors_checked", 0ULL)).c_str(),
+                    static_cast<unsigned long long>(sc.value("corrupt", 0ULL)),
+                    static_cast<unsigned long long>(sc.value("repaired", 0ULL)),
+                    static_cast<unsigned long long>(unrepaired));
+      }
+    }
+    if (a->json) std::printf("%s\n", out.dump(2).c_str());
+    return exit_code;
   };
 }
 

@@ -15,6 +15,7 @@ using CommandFn = std::function<int()>;
 CommandFn AddInitCommand(CLI::App& app, GlobalOptions& g);
 CommandFn AddStatusCommand(CLI::App& app, GlobalOptions& g);
 CommandFn AddInspectCommand(CLI::App& app, GlobalOptions& g);
+CommandFn AddScrubCommand(CLI::App& app, GlobalOptions& g);
 CommandFn AddReadCommand(CLI::App& app, GlobalOptions& g);
 CommandFn AddWriteCommand(CLI::App& app, GlobalOptions& g);
 CommandFn AddUploadCommand(CLI::App& app, GlobalOptions& g);

@@ -54,6 +54,7 @@ int main(int argc, char** argv) {
   add(AddUploadCommand);
   add(AddDownloadCommand);
   add(AddBenchCommand);
+  add(AddScrubCommand);
   add(AddInspectCommand);
   for (CLI::App* sub : app.get_subcommands({})) {
     std::string footer = sub->get_footer();

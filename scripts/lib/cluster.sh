@@ -20,7 +20,9 @@
 #                                    CLUSTER_CONFIG, CLUSTER_SECTORS, CLUSTER_PORT[rank].
 #   cluster_start_node RANK          Starts atomdiskd for RANK in the background; its log is
 #                                    DIR/node-RANK.log; pid in CLUSTER_PID[rank].
-#   cluster_start_all                Starts every node, then waits until all listen.
+#   cluster_start_all                Starts every node, then waits until all listen and vote.
+#   cluster_wait_voting [TIMEOUT_S] [COUNT]
+#                                    Waits until COUNT nodes (default all) vote (atomdisk status).
 #   cluster_wait_listening [TIMEOUT_S] [RANK...]
 #                                    Waits until the nodes (default: all started ones) accept
 #                                    TCP connections; non-zero on timeout (default 20 s).
@@ -141,7 +143,26 @@ cluster_start_node() {
 cluster_start_all() {
   local rank
   for ((rank = 1; rank <= CLUSTER_N; rank++)); do cluster_start_node "$rank" || return 1; done
-  cluster_wait_listening 20
+  cluster_wait_listening 20 && cluster_wait_voting 20
+}
+
+# Waits until COUNT nodes (default: all) vote: a new cluster's nodes register with each other
+# first, and a node back with an empty data_dir votes only once it caught up (docs/RESYNC.md).
+cluster_wait_voting() {  # [TIMEOUT_S] [COUNT]
+  local timeout=${1:-20} want=${2:-$CLUSTER_N} deadline out v
+  deadline=$((SECONDS + timeout))
+  while true; do
+    out=$("$ATOMDISK_BIN_DIR/atomdisk" --config "$CLUSTER_CONFIG" status --json --wait 1000 \
+      2>/dev/null) || true
+    v=$(grep -Eo '"voting": [0-9]+' <<<"$out" | tail -1 | grep -Eo '[0-9]+') || v=0
+    if [ "${v:-0}" -ge "$want" ]; then return 0; fi
+    if ((SECONDS >= deadline)); then
+      cluster_log "fewer than $want nodes vote after ${timeout}s; status:"
+      "$ATOMDISK_BIN_DIR/atomdisk" --config "$CLUSTER_CONFIG" status >&2 || true
+      return 1
+    fi
+    sleep 0.1
+  done
 }
 
 cluster_wait_listening() {

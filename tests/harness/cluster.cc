@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
@@ -19,8 +20,12 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
+
+#include "common/hmac.h"
+#include "common/wire.h"
 
 extern char** environ;
 
@@ -273,6 +278,10 @@ Result<std::unique_ptr<TestCluster>> TestCluster::Start(TestClusterOptions optio
   if (!c.ok()) return c;
   Status s = (*c)->StartAll();
   if (!s.ok()) return s;  // the destructor kills what started and removes the directory
+  for (const auto& n : (*c)->config_.nodes) {
+    s = (*c)->WaitVoting(n.rank, (*c)->options_.start_timeout);
+    if (!s.ok()) return s;
+  }
   return c;
 }
 
@@ -409,6 +418,82 @@ Status TestCluster::WaitListening(int rank) {
   return Status::Timeout("node " + std::to_string(rank) + " did not accept connections on " +
                          node->Address() + " within " +
                          std::to_string(options_.start_timeout.count()) + " ms; its log:\n" +
+                         LogTail(rank));
+}
+
+Result<std::string> TestCluster::Info(int rank, std::chrono::milliseconds timeout) {
+  const NodeConfig* node = config_.FindNode(static_cast<Rank>(rank));
+  if (node == nullptr) return Status::InvalidArgument("no node " + std::to_string(rank));
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Status::FromErrno("socket", errno);
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
+  tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(node->port);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    return Status::FromErrno("connect to node " + std::to_string(rank), errno);
+  }
+  Hmac mac(config_.client_key);
+  ClientCommand cmd;
+  cmd.request_id = 1;
+  cmd.op = ClientOp::kInfo;
+  Frame frame = EncodeFrame(cmd, mac);
+  if (::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(frame.size())) {
+    return Status::FromErrno("send to node " + std::to_string(rank), errno);
+  }
+  auto read_all = [&](std::uint8_t* p, std::size_t n) -> Status {
+    while (n > 0) {
+      ssize_t r = ::recv(fd, p, n, 0);
+      if (r <= 0) return Status::IOError("node " + std::to_string(rank) + ": no info answer");
+      p += r;
+      n -= static_cast<std::size_t>(r);
+    }
+    return Status::Ok();
+  };
+  std::array<std::uint8_t, kFrameLengthSize> prefix;
+  if (Status st = read_all(prefix.data(), prefix.size()); !st.ok()) return st;
+  Result<std::uint64_t> len = DecodeResponseFrameLength(prefix);
+  if (!len.ok()) return len.status();
+  std::vector<std::uint8_t> body(*len);
+  if (Status st = read_all(body.data(), body.size()); !st.ok()) return st;
+  auto payload = VerifyFrameBody(body, mac);
+  if (!payload.ok()) return payload.status();
+  auto resp = DecodeClientResponse(*payload);
+  if (!resp.ok()) return resp.status();
+  return resp->info;
+}
+
+Status TestCluster::WaitVoting(int rank, std::chrono::milliseconds timeout) {
+  auto deadline = Clock::now() + timeout;
+  std::string last = "no answer";
+  while (true) {
+    if (!IsRunning(rank)) {
+      return Status::Unavailable("node " + std::to_string(rank) +
+                                 " exited while we waited for it to vote; its log:\n" +
+                                 LogTail(rank));
+    }
+    Result<std::string> info = Info(rank, std::chrono::milliseconds(1000));
+    if (info.ok()) {
+      auto j = nlohmann::json::parse(*info, nullptr, /*allow_exceptions=*/false);
+      if (j.is_object() && j.value("voting", false)) return Status::Ok();
+      last = j.is_object() ? j.value("state", std::string("?")) : *info;
+    } else {
+      last = info.status().ToString();
+    }
+    if (Clock::now() >= deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return Status::Timeout("node " + std::to_string(rank) + " does not vote after " +
+                         std::to_string(timeout.count()) + " ms (" + last + "); its log:\n" +
                          LogTail(rank));
 }
 

@@ -10,9 +10,10 @@
 // client.key, system.key (WriteNewCluster), each node's data_dir and a log per node, picks
 // free 127.0.0.1 ports (bind to port 0, read the port, close), and starts one
 // `atomdiskd --config DIR/cluster.toml --rank R --log-level LEVEL` per node, waiting
-// (bounded, by connect retry) until each accepts connections. Another process could take a
-// port between our probe and the daemon's bind; the daemon then fails to start and Start()
-// reports it with the node's log tail.
+// (bounded, by connect retry) until each accepts connections, and then until every node
+// votes (a new cluster's nodes register with each other first: docs/RESYNC.md). Another process
+// could take a port between our probe and the daemon's bind; the daemon then fails to start and
+// Start() reports it with the node's log tail.
 //
 // Ownership and clean-up: the TestCluster owns its processes and its directory. The
 // destructor SIGKILLs every node still running, reaps it and removes the directory, also
@@ -101,6 +102,12 @@ class TestCluster {
   void KillAll();
   // Starts every node that is not running.
   Status StartAll();
+  // Node `rank`'s kInfo answer (JSON text: docs/PROTOCOL.md), on a fresh connection, within
+  // `timeout`.
+  Result<std::string> Info(int rank, std::chrono::milliseconds timeout = std::chrono::seconds(2));
+  // Waits until node `rank` says it votes (kInfo "voting": true; docs/RESYNC.md), bounded by
+  // `timeout`; Timeout with the node's state and log tail otherwise.
+  Status WaitVoting(int rank, std::chrono::milliseconds timeout);
 
   bool IsRunning(int rank);   // reaps it if it exited
   pid_t Pid(int rank) const;  // -1 when not running
