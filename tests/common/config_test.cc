@@ -417,6 +417,57 @@ TEST_F(ConfigTest, WriteNewClusterRoundTrip) {
   ASSERT_TRUE(other.ok()) << other.status().ToString();
   EXPECT_NE(other->client_key, c.client_key);
   EXPECT_NE(other->system_key, c.system_key);
+  // ... and a cluster id of its own, which ties each node's data_dir to its cluster.
+  EXPECT_EQ(c.cluster_id_hex.size(), 32u);
+  EXPECT_NE(other->cluster_id_hex, c.cluster_id_hex);
+  EXPECT_NE(other->ClusterId(), c.ClusterId());
+}
+
+TEST_F(ConfigTest, ResyncSettings) {
+  std::string base = "sectors = 8\n";
+  std::string nodes = Node(1, "h:7001");
+  auto ok = LoadClusterConfig(WriteConfig(base + nodes));
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(ok->resync_rate_mb, 200);  // the defaults
+  EXPECT_EQ(ok->resync_interval_s, 600);
+  EXPECT_EQ(ok->scrub_interval_s, 0);
+  EXPECT_TRUE(ok->cluster_id_hex.empty());
+
+  auto set = LoadClusterConfig(WriteConfig(
+      base + "cluster_id = \"00112233445566778899AABBCCDDEEFF\"\nresync_rate_mb = 12.5\n" +
+      "resync_interval_s = 0\nscrub_interval_s = 86400\n" + nodes));
+  ASSERT_TRUE(set.ok()) << set.status().ToString();
+  EXPECT_EQ(set->resync_rate_mb, 12.5);
+  EXPECT_EQ(set->resync_interval_s, 0);
+  EXPECT_EQ(set->scrub_interval_s, 86400);
+  EXPECT_EQ(set->ClusterId().ToString(), "00112233445566778899aabbccddeeff");
+
+  for (const char* bad :
+       {"cluster_id = \"0011\"", "cluster_id = \"zz112233445566778899aabbccddeeff\"",
+        "cluster_id = 5", "cluster_id = \"00112233445566778899aabbccddeeff00\""}) {
+    ExpectBadConfig(base + bad + "\n" + nodes, "cluster_id");
+  }
+  for (const char* bad : {"resync_rate_mb = -1", "resync_rate_mb = \"fast\"",
+                          "resync_rate_mb = nan", "resync_rate_mb = 1e9"}) {
+    ExpectBadConfig(base + bad + "\n" + nodes, "resync_rate_mb");
+  }
+  for (const char* bad : {"resync_interval_s = -5", "resync_interval_s = 1.5",
+                          "resync_interval_s = 99999999999", "resync_interval_s = true"}) {
+    ExpectBadConfig(base + bad + "\n" + nodes, "resync_interval_s");
+  }
+  ExpectBadConfig(base + "scrub_interval_s = -1\n" + nodes, "scrub_interval_s");
+}
+
+TEST_F(ConfigTest, ClusterIdWithoutTheKeyIsDerivedFromTheSystemKey) {
+  auto a = LoadClusterConfig(WriteConfig("sectors = 8\n" + Node(1, "h:7001")));
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  auto b = LoadClusterConfig(WriteConfig("sectors = 16\n" + Node(1, "h:7002")));
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_EQ(a->ClusterId(), b->ClusterId()) << "same system key, same cluster";
+  WriteFile("system.key", ToHex(RandomBytes(kSystemKeySize)) + "\n");
+  auto c = LoadClusterConfig(WriteConfig("sectors = 8\n" + Node(1, "h:7001")));
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_NE(a->ClusterId(), c->ClusterId());
 }
 
 TEST_F(ConfigTest, WriteNewClusterRefusesToOverwrite) {
