@@ -516,6 +516,12 @@ class SectorStoreImpl final : public SectorStore {
         }
         SlotPair p = Examine(sector, scan_buf_.data() + i * kSectorStride, verify_all);
         if (!p.AnyWritten()) continue;  // a hole, or a block shared with a neighbour's slot
+        if (!p.NoneFailed()) {
+          // The slot cache may still describe the slot as it was before it rotted; a repair
+          // must read the slots again (or it would find "already stored" and write nothing).
+          std::lock_guard<std::mutex> lock(mu_);
+          hints_.erase(sector);
+        }
         fn(sector, p.newest >= 0 ? p.tag[p.newest] : Tag{}, p.NoneFailed());
       }
     }
