@@ -308,6 +308,7 @@ Register* Node::GetRegister(SectorIdx sector) {
     it->second.idle_at_last_tick = false;
     return it->second.reg.get();
   }
+  if (direct_absorbs_.count(sector)) return nullptr;  // being repaired: not durable yet
   auto stored = store_->Read(sector);
   if (!stored.ok()) {
     ++counters_.unreadable_sectors;
@@ -370,6 +371,8 @@ void Node::Persist(SectorIdx sector, const Triple& value) {
           return;
         }
       }
+      // The register's durable tag (what resync reports) may have moved.
+      syncer_->OnLocalWrite(sector);
       auto it = registers_.find(sector);
       if (it == registers_.end()) return;
       it->second.reg->OnPersisted(tag, status, NowMs());
@@ -403,22 +406,49 @@ void Node::SendSync(Rank to, const SyncMessage& msg) {
   SendToPeer(to, *it->second, std::make_shared<const Frame>(EncodeFrame(msg, system_mac_)));
 }
 
+// Resync sees durable values only. The store also reports values still on their way to
+// the disk; one of those may be a writer's own new value, which exists nowhere else yet:
+// handed to a peer, it could outlive this node's crash and meet a different value under the
+// same tag. A pending value lives in its sector's register until it is durable, so the
+// register's durable triple is the one to report.
 Status Node::ScanTags(SectorIdx first, std::uint64_t count, bool verify_all,
                       const std::function<void(SectorIdx, Tag, bool ok)>& fn) {
-  return store_->ScanRange(first, count, verify_all, fn);
+  return store_->ScanRange(first, count, verify_all, [&](SectorIdx sector, Tag tag, bool ok) {
+    auto it = registers_.find(sector);
+    fn(sector, it == registers_.end() ? tag : it->second.reg->durable().tag, ok);
+  });
 }
 
-Result<Triple> Node::ReadSector(SectorIdx sector) { return store_->Read(sector); }
+Result<Triple> Node::ReadSector(SectorIdx sector) {
+  auto it = registers_.find(sector);
+  if (it != registers_.end()) return it->second.reg->durable();
+  if (direct_absorbs_.count(sector)) {
+    return Status::Unavailable("sector " + std::to_string(sector) + " is being repaired");
+  }
+  return store_->Read(sector);
+}
 
 void Node::Absorb(SectorIdx sector, const Triple& value, std::uint64_t token) {
-  // Through the register if the sector has one, so that its idea of the stored value stays
-  // the store's; the store write below then only reports when that value (or a newer one) is
-  // durable. Without a register the store alone keeps tags from going down.
-  auto it = registers_.find(sector);
-  if (it != registers_.end()) it->second.reg->Absorb(value);
+  // Through the sector's register, built if needed, which then holds the value as stored but
+  // not durable until the store says so (a register built from the store meanwhile would take
+  // the pending value for a durable one and could report it in a Value). The store write
+  // below writes nothing more; it reports when this value, or a newer one, is durable.
+  // A sector whose copy is unreadable (scrub repairs it) has no register: the store takes
+  // the value directly, and no register is built for the sector until it is durable.
   syncer_->OnLocalWrite(sector);
-  store_->Write(sector, value, [this, token](Status status) {
-    asio::post(io_, [this, token, status = std::move(status)]() {
+  Register* reg = direct_absorbs_.count(sector) ? nullptr : GetRegister(sector);
+  bool direct = reg == nullptr;
+  if (reg) {
+    reg->Absorb(value);
+  } else {
+    ++direct_absorbs_[sector];
+  }
+  store_->Write(sector, value, [this, token, sector, direct](Status status) {
+    asio::post(io_, [this, token, sector, direct, status = std::move(status)]() {
+      if (direct) {
+        auto d = direct_absorbs_.find(sector);
+        if (d != direct_absorbs_.end() && --d->second == 0) direct_absorbs_.erase(d);
+      }
       if (!status.ok() && store_->Failed() && on_fatal_) {
         auto fatal = std::move(on_fatal_);
         on_fatal_ = nullptr;

@@ -128,6 +128,9 @@ class Node : public FrameSink, public RegisterEnv, public SyncEnv {
   std::unordered_map<std::uint64_t, ClientOpRef> client_ops_;
   std::vector<std::weak_ptr<Connection>> accepted_;
   std::unordered_map<Rank, std::weak_ptr<Connection>> inbound_;
+  // Sectors with resync values written straight to the store (their copy was unreadable, so
+  // they have no register), by count, until durable.
+  std::unordered_map<SectorIdx, int> direct_absorbs_;
   std::uint64_t next_token_ = 1;
   std::uint64_t op_counter_ = 0;
   std::uint64_t boot_nonce_ = 0;
