@@ -74,8 +74,11 @@ void PrintFailure(const SimOptions& o, const SimResult& r) {
 
 int main(int argc, char** argv) {
   CLI::App app{
-      "atomdisk deterministic simulator: real registers and stores under a "
-      "simulated network, disk and clients, one seed per run."};
+      "atomdisk deterministic simulator: real registers, syncers and stores under a "
+      "simulated network, disk and clients, one seed per run. Faults: message drops, "
+      "duplicates, delays and reordering, partitions, crashes (losing unsynced writes), "
+      "disk errors, slow disks, and disk replacement (a node restarts with an empty store "
+      "and no IDENTITY and must rejoin through a join pass before it votes)."};
   std::uint64_t seeds = 1;
   std::uint64_t first_seed = 1;
   std::uint64_t seed = 0;
@@ -99,14 +102,16 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--bug", bug_name,
                  "turn on a catalogued mistake: skip-impose, ack-before-persist, "
-                 "minority-quorum, forget-on-restart");
+                 "minority-quorum, forget-on-restart (a restart wipes the store but keeps the "
+                 "IDENTITY), joiner-votes (a node whose disk was replaced votes at once)");
   app.add_flag("--expect-failure", expect_failure,
                "pass iff some seed fails (the bug is caught); stops at the first such seed");
   app.add_option("--expect-check", expect_check,
                  "with --expect-failure: only a failure of this check counts");
   app.add_flag("--history-only", history_only,
                "skip the per-step state checks (Ack after durable, tag reuse, durable tag "
-               "decreasing) to show that linearizability and liveness alone catch a bug");
+               "decreasing, a non-voter answering, a rejoined node behind) to show that "
+               "linearizability, liveness and convergence alone catch a bug");
   app.add_option("--max-lincheck-states", options.max_lincheck_states,
                  "linearizability checker's search bound per sector");
   app.add_flag("--trace", trace, "print every event of every run");
@@ -175,12 +180,18 @@ int main(int argc, char** argv) {
     total.persists += r.stats.persists;
     total.disk_faults += r.stats.disk_faults;
     total.virtual_ms += r.stats.virtual_ms;
+    total.sync_messages += r.stats.sync_messages;
+    total.replaced_disks += r.stats.replaced_disks;
+    total.absorbs += r.stats.absorbs;
+    total.passes_done += r.stats.passes_done;
     if (verbose) {
       std::cout << "seed " << s << " " << (r.ok ? "ok" : "FAIL " + r.check) << " events "
                 << r.stats.events << " virtual " << r.stats.virtual_ms << "ms ops "
                 << r.stats.ops_ok << " ok " << r.stats.ops_unknown << " unknown, crashes "
-                << r.stats.crashes << " partitions " << r.stats.partitions << " trace " << std::hex
-                << r.trace_hash << std::dec << "\n";
+                << r.stats.crashes << " partitions " << r.stats.partitions << " replaced disks "
+                << r.stats.replaced_disks << " sync messages " << r.stats.sync_messages
+                << " passes " << r.stats.passes_done << " trace " << std::hex << r.trace_hash
+                << std::dec << "\n";
     }
     if (r.ok) {
       ++passed;
@@ -219,6 +230,9 @@ int main(int argc, char** argv) {
             << total.ops_unknown << " unknown, " << total.crashes << " crashes, "
             << total.partitions << " partitions, " << total.disk_faults << " disk faults, "
             << total.messages_sent << " messages (" << total.messages_dropped << " dropped, "
-            << total.messages_duplicated << " duplicated), " << total.virtual_ms << " virtual ms\n";
+            << total.messages_duplicated << " duplicated), " << total.sync_messages
+            << " sync messages, " << total.replaced_disks << " replaced disks, " << total.absorbs
+            << " absorbs, " << total.passes_done << " resync passes, " << total.virtual_ms
+            << " virtual ms\n";
   return failed == 0 ? 0 : 1;
 }

@@ -12,12 +12,15 @@
 #include <set>
 #include <utility>
 
+#include "common/sync_wire.h"
 #include "common/types.h"
 #include "common/wire.h"
 #include "daemon/register/register.h"
 #include "daemon/store/faulty_block_file.h"
+#include "daemon/store/identity.h"
 #include "daemon/store/mem_block_file.h"
 #include "daemon/store/sector_store.h"
+#include "daemon/sync/syncer.h"
 
 namespace atomdisk {
 
@@ -33,13 +36,15 @@ const char* SimBugName(SimBug bug) {
       return "minority-quorum";
     case SimBug::kForgetOnRestart:
       return "forget-on-restart";
+    case SimBug::kJoinerVotes:
+      return "joiner-votes";
   }
   return "?";
 }
 
 std::vector<SimBug> AllSimBugs() {
   return {SimBug::kSkipImpose, SimBug::kAckBeforePersist, SimBug::kMinorityQuorum,
-          SimBug::kForgetOnRestart};
+          SimBug::kForgetOnRestart, SimBug::kJoinerVotes};
 }
 
 std::optional<SimBug> ParseSimBug(std::string_view name) {
@@ -70,6 +75,19 @@ constexpr std::uint64_t kDeviceSectors = 1 << 16;
 constexpr std::uint64_t kColdBase = 16;
 constexpr std::uint64_t kColdRange = 4000;
 constexpr std::size_t kLastEvents = 60;
+// Syncer timing, scaled to virtual runs of a few seconds.
+constexpr std::int64_t kHelloIntervalMs = 200;
+constexpr std::int64_t kJoiningHelloIntervalMs = 50;
+constexpr std::int64_t kSyncRequestTimeoutMs = 300;
+constexpr std::int64_t kCheckpointIntervalMs = 100;
+constexpr std::int64_t kResyncIntervalMs = 2000;
+
+// The cluster id every simulated node is configured with.
+Uuid SimClusterId() {
+  Uuid u;
+  for (std::size_t i = 0; i < u.bytes.size(); ++i) u.bytes[i] = static_cast<std::uint8_t>(0xA0 + i);
+  return u;
+}
 
 std::uint64_t Mix64(std::uint64_t x) {
   x += 0x9E3779B97F4A7C15ULL;
@@ -142,6 +160,34 @@ class CrashGate final : public BlockFile {
   bool cut_ = false;
 };
 
+// A read-only view of a node's disk: a store opened over it reads what the disk holds (its
+// unsynced writes included) and changes nothing. Used to look for copies of a value.
+class ReadOnlyView final : public BlockFile {
+ public:
+  explicit ReadOnlyView(std::shared_ptr<BlockFile> disk) : disk_(std::move(disk)) {}
+  Status ReadAt(std::uint64_t offset, void* buf, std::size_t n) override {
+    return disk_->ReadAt(offset, buf, n);
+  }
+  Status WriteAt(std::uint64_t, const void*, std::size_t) override {
+    return Status::IOError("read-only view");
+  }
+  Status Sync() override { return Status::Ok(); }
+  Result<std::uint64_t> Size() override { return disk_->Size(); }
+  Result<std::uint64_t> NextDataOffset(std::uint64_t offset) override {
+    return disk_->NextDataOffset(offset);
+  }
+
+ private:
+  std::shared_ptr<BlockFile> disk_;
+};
+
+// The event queue, with a look at what it holds (messages in flight).
+template <typename T, typename Less>
+class EventQueue : public std::priority_queue<T, std::vector<T>, Less> {
+ public:
+  const std::vector<T>& items() const { return this->c; }
+};
+
 class Simulator {
  public:
   Simulator(const SimOptions& options, std::ostream* trace);
@@ -168,7 +214,9 @@ class Simulator {
     std::uint64_t epoch = 0;
     std::uint64_t from_epoch = 0;
     std::uint64_t arg = 0;  // client, op token, partition or slow-disk generation
+    // kDeliver: exactly one of them, a register message or a sync message.
     std::shared_ptr<const SystemMessage> msg;
+    std::shared_ptr<const SyncMessage> sync_msg;
   };
   struct EventLater {
     bool operator()(const Event& a, const Event& b) const {
@@ -181,6 +229,20 @@ class Simulator {
     Tag tag;
     std::uint64_t value_id;
     Status status;
+    bool absorb = false;             // a SyncEnv::Absorb, not a register's Persist
+    std::uint64_t absorb_token = 0;  // absorb: the Syncer's token
+  };
+  struct DeferredAbsorb {
+    SectorIdx sector;
+    Triple value;
+    std::uint64_t token;
+  };
+  // Work for a sector that waits until the absorbs in flight for it are durable: a register
+  // message delivered, or a client operation (its token) to start.
+  struct Held {
+    std::shared_ptr<const SystemMessage> msg;
+    int from = 0;
+    std::uint64_t token = 0;
   };
 
   class NodeEnv final : public RegisterEnv {
@@ -194,6 +256,44 @@ class Simulator {
       sim_->OnComplete(node_, token, std::move(data));
     }
     Uuid NewOpId() override { return sim_->NewOpId(); }
+
+   private:
+    Simulator* sim_;
+    int node_;
+  };
+
+  class NodeSyncEnv final : public SyncEnv {
+   public:
+    NodeSyncEnv(Simulator* sim, int node) : sim_(sim), node_(node) {}
+    void SendSync(Rank to, const SyncMessage& msg) override { sim_->OnSendSync(node_, to, msg); }
+    // Durable values only, like the daemon (daemon/node.cc): a value still on its way to
+    // the disk lives in its sector's register, whose durable triple is what resync sees.
+    Status ScanTags(SectorIdx first, std::uint64_t count, bool verify_all,
+                    const std::function<void(SectorIdx, Tag, bool ok)>& fn) override {
+      auto& regs = sim_->nodes_[node_]->regs;
+      return sim_->nodes_[node_]->store->ScanRange(
+          first, count, verify_all, [&](SectorIdx sector, Tag tag, bool ok) {
+            auto it = regs.find(sector);
+            fn(sector, it == regs.end() ? tag : it->second->durable().tag, ok);
+          });
+    }
+    Result<Triple> ReadSector(SectorIdx sector) override {
+      auto& regs = sim_->nodes_[node_]->regs;
+      auto it = regs.find(sector);
+      if (it != regs.end()) return it->second->durable();
+      return sim_->nodes_[node_]->store->Read(sector);
+    }
+    void Absorb(SectorIdx sector, const Triple& value, std::uint64_t token) override {
+      sim_->OnAbsorb(node_, sector, value, token);
+    }
+    Status SaveIdentity(const Identity& identity) override {
+      sim_->nodes_[node_]->identity = identity;
+      return Status::Ok();
+    }
+    void SetVoting(bool voting) override { sim_->OnSetVoting(node_, voting); }
+    void Note(const std::string& line) override {
+      sim_->Trace("node " + std::to_string(node_ + 1) + " sync: " + line);
+    }
 
    private:
     Simulator* sim_;
@@ -225,6 +325,22 @@ class Simulator {
     // (sender, op id) -> (sector, tag) of the last WriteProc delivered, for the Ack check.
     std::map<std::pair<Rank, Uuid>, std::pair<SectorIdx, Tag>> writeprocs;
     std::set<std::uint64_t> tokens;  // client operations this node coordinates
+
+    // Membership and resync.
+    std::unique_ptr<NodeSyncEnv> sync_env;
+    std::unique_ptr<Syncer> syncer;  // null while down
+    // data_dir/IDENTITY: survives crashes, erased by a disk replacement.
+    std::optional<Identity> identity;
+    bool voting = false;              // the Syncer's last SetVoting (config.votes)
+    bool replace_on_restart = false;  // crashed by "replace disk": restarts blank
+    // The disk was replaced and the node has not voted since. `must_hold` is, per sector, the
+    // highest tag of an operation that completed before the replacement: every one of them
+    // must be durable here once the node votes again (check joiner-behind).
+    bool replaced = false;
+    std::map<SectorIdx, Tag> must_hold;
+    std::map<SectorIdx, int> absorbing;           // absorbs handed to the store, not yet durable
+    std::deque<DeferredAbsorb> deferred_absorbs;  // their sector's register was busy
+    std::map<SectorIdx, std::vector<Held>> held;  // waits for the sector's absorbs
   };
 
   struct Op {
@@ -294,9 +410,30 @@ class Simulator {
   void CheckAfterEvent();
   void NoteDurable(int n, SectorIdx sector, Tag tag, std::uint64_t value_id);
   void NoteTagValue(SectorIdx sector, Tag tag, std::uint64_t value_id, const char* where);
+  // Whether some disk, register, waiting absorb or message in flight still holds this value.
+  bool ValueExists(SectorIdx sector, Tag tag, std::uint64_t value_id);
+  void StartSyncer(int n);
+  void StopSyncer(int n);
+  Tag DurableTagAt(int n, SectorIdx sector);
+  bool WillVote(int n) const;
+  void HandleRegisterMessage(int n, const SystemMessage& msg);
+  void ReleaseHeld(int n, SectorIdx sector);
+  void RetryDeferredAbsorbs(int n);
+  void StoreAbsorb(int n, SectorIdx sector, const Triple& value, std::uint64_t token,
+                   std::uint64_t value_id);
+  void ReplaceDisk(int n);
+  void CheckConvergence();
+
+  // --- syncer effects ---
+  void OnSendSync(int from, Rank to, const SyncMessage& msg);
+  void OnAbsorb(int n, SectorIdx sector, const Triple& value, std::uint64_t token);
+  void OnSetVoting(int n, bool voting);
 
   // --- register effects ---
   void OnSend(int from, Rank to, const SystemMessage& msg);
+  void Transmit(int from, int to, Event e, const std::string& what);
+  static std::string SyncWhat(const SyncMessage& msg, Rank from, Rank to);
+  void StartOnRegister(int n, std::uint64_t token);
   void OnPersist(int n, SectorIdx sector, const Triple& value);
   void OnComplete(int n, std::uint64_t token, SectorPtr data);
   Uuid NewOpId();
@@ -319,6 +456,9 @@ class Simulator {
   // --- faults ---
   void Nemesis();
   void HealAll();
+  // The live nodes whose store holds a hot sector's tag newer than the most other live nodes
+  // hold (none if all agree).
+  std::vector<int> NodesAhead();
 
   bool Quiescent() const;
   int NodesDown() const {
@@ -336,7 +476,7 @@ class Simulator {
   std::deque<std::string> last_events_;
   std::uint64_t hash_ = 0xcbf29ce484222325ULL;
 
-  std::priority_queue<Event, std::vector<Event>, EventLater> queue_;
+  EventQueue<Event, EventLater> queue_;
   std::uint64_t next_seq_ = 0;
   std::int64_t now_us_ = 0;
   std::int64_t hist_ns_ = 0;
@@ -354,6 +494,11 @@ class Simulator {
   std::uint64_t next_value_id_ = 0;
   // (sector, tag) of every triple that left a node or became durable -> its value id.
   std::map<std::pair<SectorIdx, Tag>, std::uint64_t> tag_values_;
+  // value id -> its tag (the first one seen), and per sector the highest tag of an operation
+  // that completed (the client was told): a node's promises that outlive its disk.
+  std::map<std::uint64_t, Tag> value_tags_;
+  std::map<SectorIdx, Tag> completed_tags_;
+  bool fresh_cluster_ = false;  // nodes start with no IDENTITY (else: voting, all voters)
 };
 
 Simulator::Simulator(const SimOptions& options, std::ostream* trace)
@@ -425,10 +570,14 @@ void Simulator::Crash(int n) {
         " registers, " + std::to_string(node.persists_in_flight) + " persists in flight)");
   node.up = false;
   ++node.epoch;
+  StopSyncer(n);
   node.gate->Cut();
   node.disk->SimulateCrash(rng_);
   node.store.reset();
   node.regs.clear();
+  node.absorbing.clear();
+  node.deferred_absorbs.clear();
+  node.held.clear();
   node.completions.clear();
   node.persists_in_flight = 0;
   node.sync_scheduled = false;
@@ -451,8 +600,15 @@ void Simulator::Crash(int n) {
 void Simulator::Restart(int n) {
   Node& node = *nodes_[n];
   if (node.up) return;
-  if (options_.bug == SimBug::kForgetOnRestart) {
-    node.disk = std::make_shared<FaultyBlockFile>();  // the bug: a blank disk
+  if (node.replace_on_restart) {
+    // A new, blank disk: no data and no IDENTITY. What the old disk held is gone, legitimately.
+    node.replace_on_restart = false;
+    node.disk = std::make_shared<FaultyBlockFile>();
+    node.identity.reset();
+    node.max_durable.clear();
+    node.known_durable.clear();
+  } else if (options_.bug == SimBug::kForgetOnRestart) {
+    node.disk = std::make_shared<FaultyBlockFile>();  // the bug: a blank disk, IDENTITY kept
   }
   OpenStore(n);
   Result<Triple> probe = node.store->Read(0);
@@ -469,10 +625,126 @@ void Simulator::Restart(int n) {
     return;
   }
   node.up = true;
-  Trace("restart node " + std::to_string(node.rank));
+  Trace("restart node " + std::to_string(node.rank) +
+        (node.identity ? node.identity->voting ? " (IDENTITY: voting)" : " (IDENTITY: joining)"
+                       : " (no IDENTITY)"));
   CheckDiskHolds(n, "after restart");
   node.known_durable.clear();  // rebuilt lazily from the disk, which is all durable now
+  if (failed()) return;
+  StartSyncer(n);
   ScheduleTick(n);
+}
+
+void Simulator::StartSyncer(int n) {
+  Node& node = *nodes_[n];
+  // A sector counts as written when it has a valid slot (a torn first write reads as
+  // unwritten, tag (0,0)).
+  bool store_empty = true;
+  Status scan =
+      node.store->ScanRange(0, kDeviceSectors, /*verify_all=*/false, [&](SectorIdx, Tag tag, bool) {
+        if (tag != Tag{}) store_empty = false;
+      });
+  if (!scan.ok()) {
+    Fail("store-error", "node " + std::to_string(node.rank) + " scan at start: " + scan.ToString());
+    return;
+  }
+  SyncerOptions o;
+  o.self = node.rank;
+  o.ranks = node.config.ranks;
+  o.sectors = kDeviceSectors;
+  o.cluster_id = SimClusterId();
+  o.rate_bytes_per_s = 0;
+  o.hello_interval_ms = kHelloIntervalMs;
+  o.joining_hello_interval_ms = kJoiningHelloIntervalMs;
+  o.request_timeout_ms = kSyncRequestTimeoutMs;
+  o.checkpoint_interval_ms = kCheckpointIntervalMs;
+  o.resync_interval_ms = kResyncIntervalMs;
+  o.bug_joiner_votes = options_.bug == SimBug::kJoinerVotes;
+  node.voting = false;
+  node.config.votes = false;  // until the Syncer decides
+  Trace("syncer node " + std::to_string(node.rank) + " starts: " +
+        (node.identity ? node.identity->voting ? "IDENTITY voting" : "IDENTITY joining"
+                       : "no IDENTITY") +
+        (store_empty ? ", empty store" : ", data in store"));
+  node.syncer = std::make_unique<Syncer>(o, node.identity, store_empty, node.sync_env.get());
+  Status s = node.syncer->Start(NowMs());
+  if (!s.ok()) {
+    Fail("sim-internal", "node " + std::to_string(node.rank) + " Syncer::Start: " + s.ToString());
+  }
+}
+
+void Simulator::StopSyncer(int n) {
+  Node& node = *nodes_[n];
+  if (node.syncer) {
+    result_.stats.passes_done += node.syncer->GetStatus(NowMs()).resync.passes_done;
+  }
+  node.syncer.reset();
+  node.voting = false;
+  node.config.votes = false;
+}
+
+Tag Simulator::DurableTagAt(int n, SectorIdx sector) {
+  Node& node = *nodes_[n];
+  Tag t;
+  auto k = node.known_durable.find(sector);
+  if (k != node.known_durable.end()) t = k->second;
+  if (!node.written_since_open.contains(sector) || node.disk->PendingWriteCount() == 0) {
+    // Nothing unsynced for this sector: what the store reads is durable.
+    Result<Triple> r = node.store->Read(sector);
+    if (r.ok()) t = std::max(t, r->tag);
+  }
+  return t;
+}
+
+bool Simulator::WillVote(int n) const {
+  const Node& node = *nodes_[n];
+  if (node.up) return node.voting;
+  return !node.replace_on_restart && node.identity && node.identity->voting;
+}
+
+void Simulator::ReplaceDisk(int n) {
+  Node& node = *nodes_[n];
+  ++result_.stats.replaced_disks;
+  Trace("replace disk of node " + std::to_string(node.rank) +
+        ": it crashes and restarts with an empty store and no IDENTITY");
+  Crash(n);
+  node.replace_on_restart = true;
+  node.replaced = true;
+  // Every operation that completed so far may rest on this disk's promises: the node must
+  // hold all of them again before it votes.
+  node.must_hold = completed_tags_;
+  Event e;
+  e.type = EventType::kRestart;
+  e.node = n;
+  // Half the time a quick swap, so that the node is back before the writes it missed are
+  // overwritten on every other node.
+  At((Chance(500) ? Range(1, 800) : Range(1, 30)) * kUsPerMs, std::move(e));
+}
+
+void Simulator::OnSetVoting(int n, bool voting) {
+  Node& node = *nodes_[n];
+  Trace("node " + std::to_string(node.rank) + (voting ? " votes" : " does not vote"));
+  node.voting = voting;
+  node.config.votes = voting;
+  if (voting) {
+    for (auto& [sector, reg] : node.regs) reg->OnVotesChanged(NowMs());
+  }
+  if (!voting || !node.replaced) return;
+  node.replaced = false;
+  std::map<SectorIdx, Tag> must_hold = std::move(node.must_hold);
+  node.must_hold.clear();
+  if (!options_.state_checks) return;
+  for (const auto& [sector, tag] : must_hold) {
+    Tag here = DurableTagAt(n, sector);
+    if (here < tag) {
+      Fail("joiner-behind", "node " + std::to_string(node.rank) +
+                                " votes again after its disk was replaced, but sector " +
+                                std::to_string(sector) + " is durable there only at " +
+                                TagStr(here) + " while an operation completed at " + TagStr(tag) +
+                                " before the replacement");
+      return;
+    }
+  }
 }
 
 Register* Simulator::GetRegister(int n, SectorIdx sector) {
@@ -558,17 +830,40 @@ void Simulator::RunSync(int n) {
                              std::to_string(done.size()));
     return;
   }
+  // Everything this sync made durable is noted before anyone hears of it, so that checks
+  // made from inside the callbacks (joiner-behind) see the whole batch.
+  for (const Completion& c : done) {
+    if (c.status.ok()) NoteDurable(n, c.sector, c.tag, c.value_id);
+  }
   for (Completion& c : done) {
     --node.persists_in_flight;
     Trace("  persisted node " + std::to_string(node.rank) + " sector " + std::to_string(c.sector) +
-          " tag " + TagStr(c.tag) + " v" + std::to_string(c.value_id) + ": " + c.status.ToString());
-    if (c.status.ok()) NoteDurable(n, c.sector, c.tag, c.value_id);
+          " tag " + TagStr(c.tag) + " v" + std::to_string(c.value_id) +
+          (c.absorb ? " (absorb)" : "") + ": " + c.status.ToString());
+    if (failed()) return;
+    if (c.absorb) {
+      auto a = node.absorbing.find(c.sector);
+      if (a == node.absorbing.end() || node.regs.contains(c.sector)) {
+        Fail("sim-internal", "absorb completion for sector " + std::to_string(c.sector) +
+                                 " that has no absorb in flight, or has a register");
+        return;
+      }
+      if (--a->second == 0) node.absorbing.erase(a);
+      node.syncer->OnAbsorbed(c.absorb_token, c.status, NowMs());
+      if (failed()) return;
+      if (!node.absorbing.contains(c.sector)) ReleaseHeld(n, c.sector);
+      if (failed()) return;
+      continue;
+    }
     auto it = node.regs.find(c.sector);
     if (it == node.regs.end()) {
       Fail("sim-internal", "store completion for sector " + std::to_string(c.sector) +
                                " whose register was dropped");
       return;
     }
+    // The register's durable tag (what resync reports) may have moved: its bucket digest
+    // is stale, as in daemon/node.cc.
+    node.syncer->OnLocalWrite(c.sector);
     it->second->OnPersisted(c.tag, c.status, NowMs());
     if (failed()) return;
     MaybeDrop(n, c.sector);
@@ -602,6 +897,7 @@ void Simulator::NoteDurable(int n, SectorIdx sector, Tag tag, std::uint64_t valu
 }
 
 void Simulator::NoteTagValue(SectorIdx sector, Tag tag, std::uint64_t value_id, const char* where) {
+  if (value_id != 0) value_tags_.emplace(value_id, tag);
   if (!options_.state_checks) return;
   if (tag == Tag{}) {
     if (value_id != 0) {
@@ -611,11 +907,65 @@ void Simulator::NoteTagValue(SectorIdx sector, Tag tag, std::uint64_t value_id, 
     return;
   }
   auto [it, inserted] = tag_values_.emplace(std::make_pair(sector, tag), value_id);
+  if (!inserted && it->second != value_id && result_.stats.replaced_disks > 0 &&
+      !ValueExists(sector, tag, it->second)) {
+    // Every copy of the old value was on a disk since replaced (and the messages that carried
+    // it were lost with their sender): its writer, rejoined, minted the tag again.
+    Trace("  sector " + std::to_string(sector) + " tag " + TagStr(tag) + ": v" +
+          std::to_string(it->second) +
+          " is gone everywhere (replaced disk); the tag now carries v" + std::to_string(value_id));
+    it->second = value_id;
+    return;
+  }
   if (!inserted && it->second != value_id) {
     Fail("tag-reuse", "sector " + std::to_string(sector) + " tag " + TagStr(tag) + " carries v" +
                           std::to_string(it->second) + " and, " + where + ", v" +
                           std::to_string(value_id) + ": two values with one tag");
   }
+}
+
+bool Simulator::ValueExists(SectorIdx sector, Tag tag, std::uint64_t value_id) {
+  auto same = [&](Tag t, const SectorPtr& data) {
+    return t == tag && data && ValueIdOf(*data) == value_id;
+  };
+  for (const auto& node : nodes_) {
+    if (!node->up && node->replace_on_restart) continue;  // that disk is gone
+    SectorStore::Options o;
+    o.sectors = kDeviceSectors;
+    o.background_sync = false;
+    auto view = SectorStore::OpenOnFile(std::make_unique<ReadOnlyView>(node->disk), o);
+    Result<Triple> r = view->Read(sector);
+    if (!r.ok() || same(r->tag, r->data)) return true;  // unreadable: assume it is there
+    if (!node->up) continue;
+    auto reg = node->regs.find(sector);
+    if (reg != node->regs.end() &&
+        (same(reg->second->stored().tag, reg->second->stored().data) ||
+         same(reg->second->durable().tag, reg->second->durable().data))) {
+      return true;
+    }
+    for (const DeferredAbsorb& d : node->deferred_absorbs) {
+      if (d.sector == sector && same(d.value.tag, d.value.data)) return true;
+    }
+    auto h = node->held.find(sector);
+    if (h != node->held.end()) {
+      for (const Held& held : h->second) {
+        if (held.msg && same(held.msg->tag, held.msg->data)) return true;
+      }
+    }
+  }
+  for (const Event& e : queue_.items()) {
+    if (e.type != EventType::kDeliver || nodes_[e.from]->epoch != e.from_epoch ||
+        nodes_[e.node]->epoch != e.epoch) {
+      continue;  // not a message, or one that will be lost
+    }
+    if (e.msg && e.msg->sector == sector && same(e.msg->tag, e.msg->data)) return true;
+    if (e.sync_msg) {
+      for (const FetchedSector& f : e.sync_msg->fetched) {
+        if (f.ok && f.sector == sector && same(f.value.tag, f.value.data)) return true;
+      }
+    }
+  }
+  return false;
 }
 
 void Simulator::ScheduleTick(int n) {
@@ -703,27 +1053,112 @@ void Simulator::OnSend(int from, Rank to, const SystemMessage& msg) {
     src.writeprocs.erase(it);
   }
 
-  Node& dst = *nodes_[to - 1];
-  if (!dst.up || blocked_[from][to - 1] || Chance(drop_permille_)) {
+  if (options_.state_checks && !src.voting &&
+      (msg.content == SystemContent::kValue || msg.content == SystemContent::kAck)) {
+    Fail("nonvoter-answered",
+         "node " + std::to_string(src.rank) + " does not vote but sends " + what);
+    return;
+  }
+  Event e;
+  e.msg = std::make_shared<const SystemMessage>(std::move(decoded).value());
+  Transmit(from, to - 1, std::move(e), what);
+}
+
+void Simulator::Transmit(int from, int to, Event e, const std::string& what) {
+  Node& src = *nodes_[from];
+  Node& dst = *nodes_[to];
+  if (!dst.up || blocked_[from][to] || Chance(drop_permille_)) {
     ++result_.stats.messages_dropped;
     Trace("send " + what + " (dropped)");
     return;
   }
-  auto shared = std::make_shared<const SystemMessage>(std::move(decoded).value());
   int copies = Chance(dup_permille_) ? 2 : 1;
   if (copies == 2) ++result_.stats.messages_duplicated;
+  e.type = EventType::kDeliver;
+  e.node = to;
+  e.from = from;
+  e.epoch = dst.epoch;
+  e.from_epoch = src.epoch;
   for (int i = 0; i < copies; ++i) {
-    Event e;
-    e.type = EventType::kDeliver;
-    e.node = to - 1;
-    e.from = from;
-    e.epoch = dst.epoch;
-    e.from_epoch = src.epoch;
-    e.msg = shared;
-    std::int64_t delay = NetDelayUs(from, to - 1);
+    std::int64_t delay = NetDelayUs(from, to);
     Trace("send " + what + " in " + std::to_string(delay) + "us" + (i ? " (duplicate)" : ""));
-    At(delay, std::move(e));
+    At(delay, e);
   }
+}
+
+std::string Simulator::SyncWhat(const SyncMessage& msg, Rank from, Rank to) {
+  std::string what = std::string("sync ") + SyncKindName(msg.kind) + " " + std::to_string(from) +
+                     "->" + std::to_string(to) + " req " + std::to_string(msg.request_id);
+  switch (msg.kind) {
+    case SyncKind::kHelloReply: {
+      what += msg.voting ? " voting, voters" : " joining, voters";
+      for (Rank r : msg.voters) what += " " + std::to_string(r);
+      break;
+    }
+    case SyncKind::kDigest:
+    case SyncKind::kDigestReply:
+      what += " buckets " + std::to_string(msg.first) + "+" + std::to_string(msg.count);
+      break;
+    case SyncKind::kEntries:
+      what += " sectors " + std::to_string(msg.first) + "+" + std::to_string(msg.count);
+      break;
+    case SyncKind::kEntriesReply:
+      what += " sectors " + std::to_string(msg.first) + "+" + std::to_string(msg.count) + ": " +
+              std::to_string(msg.entries.size()) + " entries";
+      break;
+    case SyncKind::kFetch:
+      what += " " + std::to_string(msg.sectors.size()) + " sectors from " +
+              (msg.sectors.empty() ? std::string("-") : std::to_string(msg.sectors.front()));
+      break;
+    case SyncKind::kFetchReply:
+      what += " " + std::to_string(msg.fetched.size()) + " sectors";
+      break;
+    default:
+      break;
+  }
+  return what;
+}
+
+void Simulator::OnSendSync(int from, Rank to, const SyncMessage& msg) {
+  Node& src = *nodes_[from];
+  ++result_.stats.messages_sent;
+  ++result_.stats.sync_messages;
+  if (msg.sender != src.rank || to == src.rank || to < 1 || to > static_cast<int>(nodes_.size())) {
+    Fail("sim-internal", "node " + std::to_string(src.rank) + " sends a sync message as " +
+                             std::to_string(msg.sender) + " to " + std::to_string(to));
+    return;
+  }
+  // Every message goes through the wire codec; the decoded copy must encode to the same bytes.
+  std::vector<std::uint8_t> payload = EncodePayload(msg);
+  Result<SyncMessage> decoded = DecodeSyncMessage(payload);
+  if (!decoded.ok()) {
+    Fail("codec", std::string("decoding an encoded sync ") + SyncKindName(msg.kind) + ": " +
+                      decoded.status().ToString());
+    return;
+  }
+  const SyncMessage& d = *decoded;
+  if (d.sender != msg.sender || d.kind != msg.kind || d.request_id != msg.request_id ||
+      EncodePayload(d) != payload) {
+    Fail("codec", std::string("sync ") + SyncKindName(msg.kind) + " changed in a round trip");
+    return;
+  }
+  for (const FetchedSector& f : d.fetched) {
+    if (!f.ok) continue;
+    std::optional<std::uint64_t> id = f.value.data ? ValueIdOf(*f.value.data) : std::nullopt;
+    if (!id) {
+      Fail("torn-value", "node " + std::to_string(src.rank) + " sends sector " +
+                             std::to_string(f.sector) +
+                             " in a FetchReply with data no client "
+                             "wrote");
+      return;
+    }
+    NoteTagValue(f.sector, f.value.tag, *id, "in a FetchReply");
+    if (failed()) return;
+  }
+  std::string what = SyncWhat(d, src.rank, to);
+  Event e;
+  e.sync_msg = std::make_shared<const SyncMessage>(std::move(decoded).value());
+  Transmit(from, to - 1, std::move(e), what);
 }
 
 std::int64_t Simulator::NetDelayUs(int from, int to) {
@@ -762,7 +1197,100 @@ void Simulator::OnPersist(int n, SectorIdx sector, const Triple& value) {
   node.store->Write(sector, value, [this, n, epoch, sector, tag, value_id](Status s) {
     OnStoreDone(n, epoch, Completion{sector, tag, value_id, std::move(s)});
   });
+  if (node.syncer) node.syncer->OnLocalWrite(sector);
   ScheduleSync(n);
+}
+
+// The daemon's rule (docs/RESYNC.md): an absorb goes through the sector's register if it has
+// one. A register has no way to take a value other than through the protocol, so: a busy
+// register makes the absorb wait (retried at each tick); an idle one is dropped; then the
+// value goes straight to the store, which never lowers a tag. While it is in flight, no
+// register is built for the sector (its Read would report the pending value as durable):
+// messages and client operations for it are held until the absorb is durable.
+void Simulator::OnAbsorb(int n, SectorIdx sector, const Triple& value, std::uint64_t token) {
+  Node& node = *nodes_[n];
+  ++result_.stats.absorbs;
+  std::optional<std::uint64_t> id = value.data ? ValueIdOf(*value.data) : std::nullopt;
+  if (!id) {
+    Fail("torn-value", "node " + std::to_string(node.rank) + " absorbs sector " +
+                           std::to_string(sector) + " with data no client wrote");
+    return;
+  }
+  NoteTagValue(sector, value.tag, *id, "absorbed");
+  auto it = node.regs.find(sector);
+  if (it != node.regs.end()) {
+    if (!it->second->Idle()) {
+      Trace("absorb node " + std::to_string(node.rank) + " sector " + std::to_string(sector) +
+            " tag " + TagStr(value.tag) + " v" + std::to_string(*id) + ": register busy, later");
+      node.deferred_absorbs.push_back(DeferredAbsorb{sector, value, token});
+      return;
+    }
+    MaybeDrop(n, sector);
+  }
+  StoreAbsorb(n, sector, value, token, *id);
+}
+
+void Simulator::StoreAbsorb(int n, SectorIdx sector, const Triple& value, std::uint64_t token,
+                            std::uint64_t value_id) {
+  Node& node = *nodes_[n];
+  Trace("absorb node " + std::to_string(node.rank) + " sector " + std::to_string(sector) + " tag " +
+        TagStr(value.tag) + " v" + std::to_string(value_id));
+  if (!node.written_since_open.contains(sector)) {
+    // What the disk held when the store was opened is durable.
+    Result<Triple> r = node.store->Read(sector);
+    if (r.ok()) {
+      Tag& k = node.known_durable[sector];
+      k = std::max(k, r->tag);
+    }
+  }
+  node.written_since_open.insert(sector);
+  ++node.persists_in_flight;
+  ++node.absorbing[sector];
+  std::uint64_t epoch = node.epoch;
+  Tag tag = value.tag;
+  node.store->Write(sector, value, [this, n, epoch, sector, tag, value_id, token](Status s) {
+    OnStoreDone(n, epoch, Completion{sector, tag, value_id, std::move(s), true, token});
+  });
+  node.syncer->OnLocalWrite(sector);
+  ScheduleSync(n);
+}
+
+void Simulator::RetryDeferredAbsorbs(int n) {
+  Node& node = *nodes_[n];
+  if (node.deferred_absorbs.empty()) return;
+  std::deque<DeferredAbsorb> todo = std::move(node.deferred_absorbs);
+  node.deferred_absorbs.clear();
+  for (DeferredAbsorb& d : todo) {
+    if (failed()) return;
+    auto it = node.regs.find(d.sector);
+    if (it != node.regs.end() && !it->second->Idle()) {
+      node.deferred_absorbs.push_back(std::move(d));
+      continue;
+    }
+    if (it != node.regs.end()) MaybeDrop(n, d.sector);
+    StoreAbsorb(n, d.sector, d.value, d.token, ValueIdOf(*d.value.data).value_or(0));
+  }
+}
+
+void Simulator::ReleaseHeld(int n, SectorIdx sector) {
+  Node& node = *nodes_[n];
+  // A store stopped by a failed sync serves nothing: the node restarts at the end of this
+  // sync (RunSync), which drops what it holds.
+  if (node.store->Failed()) return;
+  auto it = node.held.find(sector);
+  if (it == node.held.end()) return;
+  std::vector<Held> held = std::move(it->second);
+  node.held.erase(it);
+  Trace("node " + std::to_string(node.rank) + " sector " + std::to_string(sector) +
+        ": absorbs durable, " + std::to_string(held.size()) + " held events go on");
+  for (const Held& h : held) {
+    if (failed() || !node.up) return;
+    if (h.msg) {
+      HandleRegisterMessage(n, *h.msg);
+    } else {
+      StartOnRegister(n, h.token);
+    }
+  }
 }
 
 void Simulator::OnComplete(int n, std::uint64_t token, SectorPtr data) {
@@ -803,6 +1331,14 @@ void Simulator::OnComplete(int n, std::uint64_t token, SectorPtr data) {
   op.h.return_ns = HistNow();
   op.h.outcome = HistoryOp::Outcome::kOk;
   ++result_.stats.ops_ok;
+  if (!op.h.value.empty()) {
+    // The client now relies on this value's tag: a majority holds it durably.
+    auto vt = value_tags_.find(std::stoull(op.h.value));
+    if (vt != value_tags_.end()) {
+      Tag& c = completed_tags_[op.h.key];
+      c = std::max(c, vt->second);
+    }
+  }
   Trace("complete " + what + " at node " + std::to_string(node.rank));
   if (!op.final_read) ClientDone(static_cast<int>(op.h.client));
 }
@@ -813,10 +1349,15 @@ void Simulator::OnComplete(int n, std::uint64_t token, SectorPtr data) {
 void Simulator::Deliver(const Event& e) {
   Node& dst = *nodes_[e.node];
   Node& src = *nodes_[e.from];
-  const SystemMessage& msg = *e.msg;
-  std::string what = std::string(SystemContentName(msg.content)) + " " + std::to_string(src.rank) +
-                     "->" + std::to_string(dst.rank) + " op " + ShortId(msg.op_id) + " sector " +
-                     std::to_string(msg.sector);
+  std::string what;
+  if (e.sync_msg) {
+    what = SyncWhat(*e.sync_msg, src.rank, dst.rank);
+  } else {
+    const SystemMessage& msg = *e.msg;
+    what = std::string(SystemContentName(msg.content)) + " " + std::to_string(src.rank) + "->" +
+           std::to_string(dst.rank) + " op " + ShortId(msg.op_id) + " sector " +
+           std::to_string(msg.sector);
+  }
   if (!dst.up || dst.epoch != e.epoch || src.epoch != e.from_epoch || blocked_[e.from][e.node]) {
     ++result_.stats.messages_dropped;
     Trace("lost " + what);
@@ -824,14 +1365,29 @@ void Simulator::Deliver(const Event& e) {
   }
   ++result_.stats.messages_delivered;
   Trace("deliver " + what);
-  if (msg.content == SystemContent::kWriteProc) {
-    dst.writeprocs[{msg.sender, msg.op_id}] = {msg.sector, msg.tag};
+  if (e.sync_msg) {
+    dst.syncer->OnMessage(*e.sync_msg, NowMs());
+    return;
   }
-  Register* reg = GetRegister(e.node, msg.sector);
+  const SystemMessage& msg = *e.msg;
+  if (dst.absorbing.contains(msg.sector)) {
+    Trace("  held: sector " + std::to_string(msg.sector) + " has an absorb in flight");
+    dst.held[msg.sector].push_back(Held{e.msg, e.from, 0});
+    return;
+  }
+  HandleRegisterMessage(e.node, msg);
+}
+
+void Simulator::HandleRegisterMessage(int n, const SystemMessage& msg) {
+  if (msg.content == SystemContent::kWriteProc) {
+    // Recorded when the register gets it (a held duplicate is recorded again when it goes on).
+    nodes_[n]->writeprocs[{msg.sender, msg.op_id}] = {msg.sector, msg.tag};
+  }
+  Register* reg = GetRegister(n, msg.sector);
   if (!reg) return;
   reg->OnMessage(msg, NowMs());
   if (failed()) return;
-  MaybeDrop(e.node, msg.sector);
+  MaybeDrop(n, msg.sector);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -850,12 +1406,7 @@ std::uint64_t Simulator::StartOp(int client, int n, bool is_write, SectorIdx sec
   op.waiting = true;
   op.in_register = true;
   op.final_read = final_read;
-  SectorPtr data;
-  if (is_write) {
-    std::uint64_t id = ++next_value_id_;
-    op.h.value = std::to_string(id);
-    data = ValueSector(id);
-  }
+  if (is_write) op.h.value = std::to_string(++next_value_id_);
   op.h.call_ns = HistNow();
   ops_.push_back(std::move(op));
   std::uint64_t token = ops_.size();
@@ -863,16 +1414,28 @@ std::uint64_t Simulator::StartOp(int client, int n, bool is_write, SectorIdx sec
   Trace(std::string("call ") + (is_write ? "write" : "read") + " #" + std::to_string(token) +
         " client " + std::to_string(client) + " sector " + std::to_string(sector) + " at node " +
         std::to_string(node.rank) + (is_write ? " v" + ops_.back().h.value : ""));
+  if (node.absorbing.contains(sector)) {
+    Trace("  held: sector " + std::to_string(sector) + " has an absorb in flight");
+    node.held[sector].push_back(Held{nullptr, 0, token});
+    return token;
+  }
+  StartOnRegister(n, token);
+  return token;
+}
+
+void Simulator::StartOnRegister(int n, std::uint64_t token) {
+  Op& op = ops_[token - 1];
+  if (!op.in_register || op.node != n || op.epoch != nodes_[n]->epoch) return;
+  SectorIdx sector = op.h.key;
   Register* reg = GetRegister(n, sector);
-  if (!reg) return token;
-  if (is_write) {
-    reg->StartWrite(token, std::move(data), NowMs());
+  if (!reg) return;
+  if (op.h.kind == HistoryOp::Kind::kWrite) {
+    reg->StartWrite(token, ValueSector(std::stoull(op.h.value)), NowMs());
   } else {
     reg->StartRead(token, NowMs());
   }
-  if (failed()) return token;
+  if (failed()) return;
   MaybeDrop(n, sector);
-  return token;
 }
 
 void Simulator::ClientIssue(int client) {
@@ -928,7 +1491,7 @@ void Simulator::Nemesis() {
   At(Range(p_.nemesis_min_ms, p_.nemesis_max_ms) * kUsPerMs, std::move(next));
   int n_nodes = static_cast<int>(nodes_.size());
   int down = NodesDown();
-  switch (Below(7)) {
+  switch (Below(9)) {
     case 0:
     case 1: {  // crash a node, restart it later
       int limit = Chance(100) ? n_nodes : p_.max_down;
@@ -943,11 +1506,19 @@ void Simulator::Nemesis() {
       }
       int n =
           !writing.empty() && Chance(500) ? writing[Below(writing.size())] : up[Below(up.size())];
+      // A quarter of the time, a node holding a hot sector's newest value that the most
+      // others lack, back quickly: what a restart that forgot something turns into a stale read.
+      std::vector<int> ahead = NodesAhead();
+      bool quick = false;
+      if (!ahead.empty() && Chance(250)) {
+        n = ahead[Below(ahead.size())];
+        quick = Chance(500);
+      }
       Crash(n);
       Event e;
       e.type = EventType::kRestart;
       e.node = n;
-      At(Range(1, 800) * kUsPerMs, std::move(e));
+      At((quick ? Range(1, 30) : Range(1, 800)) * kUsPerMs, std::move(e));
       return;
     }
     case 2: {  // partition: a symmetric split, or some one-way links
@@ -1019,9 +1590,51 @@ void Simulator::Nemesis() {
       At(Range(20, 500) * kUsPerMs, std::move(e));
       return;
     }
+    case 6:
+    case 7: {  // replace a node's disk (it must rejoin), when every other node votes
+      if (down >= p_.max_down) return;
+      int n = static_cast<int>(Below(n_nodes));
+      // Half the time, a node holding a hot sector's value that another node lacks: losing
+      // such a disk is what a node voting too early turns into a stale read.
+      std::vector<int> ahead = NodesAhead();
+      if (!ahead.empty() && Chance(500)) n = ahead[Below(ahead.size())];
+      if (!nodes_[n]->up) return;
+      for (int i = 0; i < n_nodes; ++i) {
+        if (i != n && (!WillVote(i) || nodes_[i]->replaced)) return;
+      }
+      ReplaceDisk(n);
+      return;
+    }
     default:  // a quiet spell
       return;
   }
+}
+
+std::vector<int> Simulator::NodesAhead() {
+  // For each live node, the most live nodes that hold an older tag of one hot sector.
+  const int n_nodes = static_cast<int>(nodes_.size());
+  std::vector<int> behind_count(n_nodes, 0);
+  std::vector<Tag> tags(n_nodes);
+  for (int s = 0; s < p_.hot_sectors; ++s) {
+    for (int i = 0; i < n_nodes; ++i) {
+      tags[i] = Tag{};
+      if (!nodes_[i]->up) continue;
+      Result<Triple> r = nodes_[i]->store->Read(static_cast<SectorIdx>(s));
+      if (r.ok()) tags[i] = r->tag;
+    }
+    for (int i = 0; i < n_nodes; ++i) {
+      if (!nodes_[i]->up) continue;
+      int behind = 0;
+      for (int j = 0; j < n_nodes; ++j) behind += nodes_[j]->up && tags[j] < tags[i] ? 1 : 0;
+      behind_count[i] = std::max(behind_count[i], behind);
+    }
+  }
+  int best = *std::max_element(behind_count.begin(), behind_count.end());
+  std::vector<int> ahead;
+  for (int i = 0; i < n_nodes && best > 0; ++i) {
+    if (behind_count[i] == best) ahead.push_back(i);
+  }
+  return ahead;
 }
 
 void Simulator::HealAll() {
@@ -1043,6 +1656,12 @@ bool Simulator::Quiescent() const {
   for (const Op& op : ops_) {
     if (op.waiting || op.in_register) return false;
   }
+  for (const auto& node : nodes_) {
+    if (!node->up || !node->voting || !node->deferred_absorbs.empty() || !node->absorbing.empty() ||
+        !node->held.empty()) {
+      return false;
+    }
+  }
   return true;
 }
 
@@ -1058,7 +1677,129 @@ std::string Simulator::StuckOps() const {
            std::to_string(op.h.key) + " at node " + std::to_string(op.node + 1) +
            (op.waiting ? " (client waiting)" : " (client gave up)") + "\n";
   }
+  for (const auto& node : nodes_) {
+    if (!node->up) {
+      out += "  node " + std::to_string(node->rank) + " is down\n";
+      continue;
+    }
+    if (!node->voting) {
+      out += "  node " + std::to_string(node->rank) +
+             " does not vote: " + node->syncer->GetStatus(now_us_ / kUsPerMs).state + "\n";
+    }
+    for (const DeferredAbsorb& d : node->deferred_absorbs) {
+      auto it = node->regs.find(d.sector);
+      out += "  node " + std::to_string(node->rank) + ": absorb of sector " +
+             std::to_string(d.sector) + " tag " + TagStr(d.value.tag) + " waits for its register";
+      if (it != node->regs.end()) {
+        const Register& r = *it->second;
+        out += " (not idle: stored " + TagStr(r.stored().tag) + " durable " +
+               TagStr(r.durable().tag) +
+               (r.HasClientWork() ? ", client work" : ", no client work") + ")";
+      }
+      out += "\n";
+    }
+    if (!node->deferred_absorbs.empty() || !node->absorbing.empty() || !node->held.empty()) {
+      out += "  node " + std::to_string(node->rank) + ": " +
+             std::to_string(node->deferred_absorbs.size()) + " absorbs waiting for a register, " +
+             std::to_string(node->absorbing.size()) + " sectors absorbing, " +
+             std::to_string(node->held.size()) + " sectors holding events\n";
+    }
+  }
   return out;
+}
+
+// After the final reads, with nothing else going on: every node runs a resync pass started
+// now, and then every node must hold the same tag for every sector (the newest one anywhere,
+// since a pass pulls everything newer from every peer).
+void Simulator::CheckConvergence() {
+  Trace("final resync: a pass on every node, then the stores must agree");
+  const std::size_t n_nodes = nodes_.size();
+  std::vector<bool> started(n_nodes, false);
+  std::vector<std::uint64_t> target(n_nodes, 0);
+  constexpr std::int64_t kLimitUs = 120'000 * kUsPerMs;
+  std::int64_t deadline = now_us_ + kLimitUs;
+  while (!failed()) {
+    bool done = true;
+    for (std::size_t i = 0; i < n_nodes; ++i) {
+      Syncer& syncer = *nodes_[i]->syncer;
+      std::uint64_t passes = syncer.GetStatus(NowMs()).resync.passes_done;
+      if (!started[i]) {
+        done = false;
+        if (syncer.StartResync(NowMs()).ok()) {
+          started[i] = true;
+          target[i] = passes + 1;
+          Trace("node " + std::to_string(i + 1) + ": final pass started");
+        }
+      } else if (passes < target[i]) {
+        done = false;
+      }
+    }
+    if (done) break;
+    if (now_us_ >= deadline || queue_.empty()) {
+      std::string stuck;
+      for (std::size_t i = 0; i < n_nodes; ++i) {
+        stuck += "\n  node " + std::to_string(i + 1) + ": " +
+                 (started[i] ? "pass started" : "pass not started") + ", " +
+                 nodes_[i]->syncer->GetStatus(NowMs()).state;
+      }
+      Fail("liveness", "the final resync passes did not finish within " +
+                           std::to_string(kLimitUs / kUsPerMs / 1000) + " s:" + stuck + "\n" +
+                           StuckOps());
+      return;
+    }
+    Event e = queue_.top();
+    queue_.pop();
+    now_us_ = e.time_us;
+    ++result_.stats.events;
+    Dispatch(e);
+    if (!failed()) CheckAfterEvent();
+  }
+  if (failed()) return;
+  // Let the last absorbs become durable (the stores report pending tags anyway).
+  std::vector<std::map<SectorIdx, Tag>> tags(n_nodes);
+  std::set<SectorIdx> sectors;
+  for (std::size_t i = 0; i < n_nodes; ++i) {
+    Status s = nodes_[i]->store->ForEachStored([&](SectorIdx sector, Tag tag, bool) {
+      if (tag == Tag{}) return;
+      tags[i][sector] = tag;
+      sectors.insert(sector);
+    });
+    if (!s.ok()) {
+      Fail("store-error", "node " + std::to_string(i + 1) + " final scan: " + s.ToString());
+      return;
+    }
+  }
+  for (SectorIdx sector : sectors) {
+    std::string line;
+    bool differ = false;
+    Tag first;
+    for (std::size_t i = 0; i < n_nodes; ++i) {
+      auto it = tags[i].find(sector);
+      Tag t = it == tags[i].end() ? Tag{} : it->second;
+      if (i == 0) first = t;
+      differ = differ || t != first;
+      line += " node " + std::to_string(i + 1) + " " + TagStr(t);
+    }
+    if (!differ && first != Tag{}) {
+      // Same tag everywhere: it must be the same value everywhere too.
+      line.clear();
+      std::optional<std::uint64_t> first_id;
+      for (std::size_t i = 0; i < n_nodes; ++i) {
+        Result<Triple> r = nodes_[i]->store->Read(sector);
+        std::optional<std::uint64_t> id;
+        if (r.ok()) id = ValueIdOf(*r->data);
+        if (i == 0) first_id = id;
+        differ = differ || !id || id != first_id;
+        line += " node " + std::to_string(i + 1) + " " + TagStr(first) + " " +
+                (id ? "v" + std::to_string(*id) : std::string("unreadable"));
+      }
+    }
+    if (differ) {
+      Fail("convergence", "after a final resync pass on every node, sector " +
+                              std::to_string(sector) + " still differs:" + line);
+      return;
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1068,6 +1809,13 @@ void Simulator::CheckAfterEvent() {
   for (std::size_t i = 0; i < nodes_.size() && !failed(); ++i) {
     Node& node = *nodes_[i];
     if (!node.up) continue;
+    node.syncer->CheckInvariants();
+    if (node.syncer->voting() != node.voting) {
+      Fail("sim-internal", "node " + std::to_string(node.rank) + " Syncer says voting " +
+                               std::to_string(node.syncer->voting()) + " but SetVoting said " +
+                               std::to_string(node.voting));
+      return;
+    }
     for (const auto& [sector, reg] : node.regs) {
       reg->CheckInvariants();
       Tag d = reg->durable().tag;
@@ -1104,15 +1852,18 @@ void Simulator::Dispatch(const Event& e) {
     case EventType::kTick: {
       Node& node = *nodes_[e.node];
       if (!node.up || node.epoch != e.epoch) return;
+      // Every register is ticked, as the daemon does (node.cc); idle ones are already dropped.
       std::vector<SectorIdx> busy;
-      for (const auto& [sector, reg] : node.regs) {
-        if (reg->HasClientWork()) busy.push_back(sector);
-      }
+      for (const auto& [sector, reg] : node.regs) busy.push_back(sector);
       for (SectorIdx s : busy) {
         auto it = node.regs.find(s);
         if (it != node.regs.end()) it->second->Tick(NowMs());
         if (failed()) return;
       }
+      RetryDeferredAbsorbs(e.node);
+      if (failed()) return;
+      node.syncer->Tick(NowMs());
+      if (failed()) return;
       ScheduleTick(e.node);
       return;
     }
@@ -1155,6 +1906,7 @@ SimResult Simulator::Run() {
   p_.max_down = (n_nodes - 1) / 2;
   std::int64_t retransmit_initial_ms = Range(20, 100);
   std::int64_t retransmit_max_ms = retransmit_initial_ms * Range(4, 10);
+  fresh_cluster_ = Chance(500);
 
   RegisterBugs bugs;
   bugs.skip_impose = options_.bug == SimBug::kSkipImpose;
@@ -1171,6 +1923,16 @@ SimResult Simulator::Run() {
     node->config.retransmit_max_ms = retransmit_max_ms;
     node->config.bugs = bugs;
     node->env = std::make_unique<NodeEnv>(this, i);
+    node->sync_env = std::make_unique<NodeSyncEnv>(this, i);
+    if (!fresh_cluster_) {
+      // A cluster that has run before: every node votes and knows every other one voted.
+      Identity id;
+      id.cluster_id = SimClusterId();
+      id.rank = node->rank;
+      id.voting = true;
+      id.voters = node->config.ranks;
+      node->identity = id;
+    }
     node->disk = std::make_shared<FaultyBlockFile>();
     nodes_.push_back(std::move(node));
     OpenStore(i);
@@ -1182,7 +1944,9 @@ SimResult Simulator::Run() {
         " reads/1000 " + std::to_string(p_.read_permille) + " writers " +
         std::to_string(p_.writers) + " timeout " + std::to_string(p_.timeout_ms) +
         "ms retransmit " + std::to_string(retransmit_initial_ms) + ".." +
-        std::to_string(retransmit_max_ms) + "ms");
+        std::to_string(retransmit_max_ms) + "ms" +
+        (fresh_cluster_ ? ", new cluster" : ", voting identities"));
+  for (int i = 0; i < n_nodes && !failed(); ++i) StartSyncer(i);
   for (int i = 0; i < n_nodes; ++i) ScheduleTick(i);
   for (int c = 0; c < p_.clients; ++c) {
     Event e;
@@ -1231,6 +1995,7 @@ SimResult Simulator::Run() {
       Fail("liveness", "final reads still pending after healing:\n" + StuckOps());
     }
   }
+  if (!failed()) CheckConvergence();
   if (!failed()) {
     for (int n = 0; n < n_nodes && !failed(); ++n) CheckDiskHolds(n, "at the end");
   }
@@ -1258,11 +2023,13 @@ SimResult Simulator::Run() {
   result_.trace_hash = hash_;
   result_.last_events.assign(last_events_.begin(), last_events_.end());
   // Tear down the stores while the registers and callbacks they may still call are alive.
-  for (auto& node : nodes_) {
-    if (node->gate) node->gate->Cut();
-    ++node->epoch;
-    node->store.reset();
-    node->regs.clear();
+  for (int n = 0; n < n_nodes; ++n) {
+    Node& node = *nodes_[n];
+    StopSyncer(n);
+    if (node.gate) node.gate->Cut();
+    ++node.epoch;
+    node.store.reset();
+    node.regs.clear();
   }
   return std::move(result_);
 }

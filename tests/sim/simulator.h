@@ -7,8 +7,12 @@
 //
 // After every event it checks the invariants (register CheckInvariants, a node's durable tag
 // never decreasing across restarts, no Ack before the durable store, no tag carrying two
-// values, every stored or read sector a complete value); at the end it heals every fault,
-// requires every pending operation to finish, and checks the history for linearizability.
+// values, every stored or read sector a complete value, a node that rejoins after a disk
+// replacement holding every write completed before it); at the end it heals every fault,
+// requires every pending operation to finish and every node to vote, runs a resync pass on
+// every node and requires the stores to converge, and checks the history for
+// linearizability. Each node also runs the real Syncer (daemon/sync), whose messages share
+// the simulated network with the registers'.
 //
 // Thread-compatible: a Simulator is used by one thread; separate Simulators share nothing.
 #pragma once
@@ -30,7 +34,8 @@ enum class SimBug {
   kSkipImpose,        // reads return after the first phase, always
   kAckBeforePersist,  // Ack (and the writer's own ack) before the triple is durable
   kMinorityQuorum,    // N/2 answers taken as a majority
-  kForgetOnRestart,   // a restarted node starts from an empty disk
+  kForgetOnRestart,   // a restarted node's store is wiped but its IDENTITY (voting) is kept
+  kJoinerVotes,       // a node with a replaced disk votes at once (SyncerOptions::bug_joiner_votes)
 };
 
 // "skip-impose", ... ; "none" for kNone.
@@ -70,13 +75,18 @@ struct SimStats {
   std::uint64_t ops_ok = 0;
   std::uint64_t ops_unknown = 0;
   std::uint64_t history_ops = 0;
+  std::uint64_t sync_messages = 0;   // sync messages sent (also counted in messages_sent)
+  std::uint64_t replaced_disks = 0;  // "replace disk" faults: empty store and no IDENTITY
+  std::uint64_t absorbs = 0;         // SyncEnv::Absorb calls
+  std::uint64_t passes_done = 0;     // resync passes finished, summed over nodes and restarts
 };
 
 struct SimResult {
   bool ok = true;
   // Which check failed: "ack-before-durable", "durable-decreased", "register-durable-behind",
-  // "tag-reuse", "torn-value", "store-error", "codec", "liveness", "linearizability",
-  // "lincheck-gave-up", "sim-internal". Empty when ok.
+  // "tag-reuse", "torn-value", "store-error", "codec", "nonvoter-answered", "joiner-behind",
+  // "liveness", "convergence", "linearizability", "lincheck-gave-up", "sim-internal". Empty
+  // when ok.
   std::string check;
   std::string detail;                    // what was seen, several lines
   std::vector<std::string> last_events;  // the trace lines leading to the failure
