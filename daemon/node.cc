@@ -3,6 +3,7 @@
 #include <openssl/rand.h>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <nlohmann/json.hpp>
 
 #include "common/sync_wire.h"
@@ -476,6 +477,23 @@ void Node::SetVoting(bool voting) {
 }
 
 void Node::Note(const std::string& line) { spdlog::info("{}", line); }
+
+std::uint64_t Node::WallClockMicros() {
+  auto us = std::chrono::duration_cast<std::chrono::microseconds>(
+                std::chrono::system_clock::now().time_since_epoch())
+                .count();
+  return us > 0 ? static_cast<std::uint64_t>(us) : 0;
+}
+
+void Node::SetWriteTsFloor(std::uint64_t floor) {
+  if (floor != register_config_.min_write_ts) {
+    spdlog::info(
+        "own writes use ts >= {} (write ts floor after a disk replacement, "
+        "docs/RESYNC.md)",
+        floor);
+  }
+  register_config_.min_write_ts = floor;
+}
 
 std::string Node::InfoJson() const {
   nlohmann::json j;

@@ -69,6 +69,8 @@ class Node : public FrameSink, public RegisterEnv, public SyncEnv {
   Status SaveIdentity(const Identity& identity) override;
   void SetVoting(bool voting) override;
   void Note(const std::string& line) override;
+  std::uint64_t WallClockMicros() override;
+  void SetWriteTsFloor(std::uint64_t floor) override;
 
   std::uint16_t listen_port() const;
 

@@ -168,7 +168,8 @@ void Register::MaybeFinish(std::int64_t now_ms) {
       EnterImpose(now_ms);
       return;
     }
-    c.target = Triple{Tag{c.best.tag.ts + 1, config_->self}, c.write_data};
+    c.target = Triple{Tag{std::max(c.best.tag.ts + 1, config_->min_write_ts), config_->self},
+                      c.write_data};
     c.phase = Phase::kPersistOwn;
     AcceptAndPersist(c.target);
     if (DurableCovers(c.target.tag) || BUG(ack_before_persist)) EnterImpose(now_ms);

@@ -47,6 +47,11 @@ struct RegisterConfig {
   // does not count itself in the quorums of the operations it coordinates. It still stores
   // WriteProcs and persists its own writes. The owner may flip it at any time.
   bool votes = true;
+  // Lowest ts this node's own writes use (docs/RESYNC.md, "Tags after a disk replacement").
+  // After a join pass it lies above every ts an earlier incarnation of this rank can have
+  // used, so a new write never reuses a tag whose old value survives somewhere the join did
+  // not look. A larger ts is always safe: a write only needs one above its read quorum's.
+  std::uint64_t min_write_ts = 0;
 
   std::size_t Quorum() const;  // answers that make a majority
 };

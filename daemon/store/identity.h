@@ -12,6 +12,9 @@
 //   rank = 2
 //   voting = true
 //   voters = [1, 2, 3]
+//   write_ts_floor = 1763781809000000  # lowest ts of own writes; optional on load (absent:
+//                                      # 0, no floor), always written (docs/RESYNC.md,
+//                                      # "Tags after a disk replacement")
 //   resync_active = true        # a pass was running
 //   resync_join = false         # ... and it is the catch-up a joining node needs to vote
 //   resync_next_window = 17     # first window not yet fully pulled
@@ -37,6 +40,10 @@ struct Identity {
   bool resync_active = false;
   bool resync_join = false;
   std::uint64_t resync_next_window = 0;
+  // Lowest ts this node's own writes use (RegisterConfig::min_write_ts), set when a join
+  // pass ends: above every ts an earlier incarnation of this rank (before its disk was
+  // replaced) can have used. 0: no floor.
+  std::uint64_t write_ts_floor = 0;
 
   friend bool operator==(const Identity&, const Identity&) = default;
   // Adds `r` to voters (kept sorted, unique). Returns true if it was not there.

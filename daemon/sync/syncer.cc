@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <deque>
+#include <limits>
 #include <map>
 #include <set>
 #include <utility>
@@ -113,6 +114,9 @@ struct Syncer::Impl {
     std::int64_t last_progress_ms = 0;
     std::uint64_t windows_done = 0;
     std::uint64_t sectors_pulled = 0, bytes_pulled = 0;
+    // Join pass: the highest ts in any Entries reply, fetched value or own tag compared
+    // (the write ts floor lies above it).
+    std::uint64_t max_ts_seen = 0;
   };
 
   struct AbsorbToken {
@@ -166,6 +170,9 @@ struct Syncer::Impl {
   bool voting = false;  // last SetVoting
   bool vote_save_pending = false;
   bool vote_pending_background_pass = false;
+  // Write ts floor computed when the join pass ended, saved by BecomeVoter (0: none).
+  std::uint64_t join_floor = 0;
+  std::uint64_t applied_floor = 0;  // last SetWriteTsFloor
   std::uint64_t next_id = 1;
 
   // Digest cache.
@@ -256,6 +263,9 @@ struct Syncer::Impl {
     rate_tokens = rate_capacity;
     if (options.scrub_interval_ms > 0) next_scrub_ms = now_ms + options.scrub_interval_ms;
 
+    // A floor taken after an earlier join pass still holds: the tags of the incarnation
+    // before that disk replacement may still be out there.
+    ApplyWriteTsFloor(identity.write_ts_floor);
     if (identity.voting) {
       EnterVoting(now_ms);
       std::uint64_t from = 0;
@@ -284,6 +294,27 @@ struct Syncer::Impl {
   void SetVoting(bool v) {
     voting = v;
     env->SetVoting(v);
+  }
+
+  void ApplyWriteTsFloor(std::uint64_t floor) {
+    if (floor <= applied_floor) return;
+    applied_floor = floor;
+    env->SetWriteTsFloor(floor);
+  }
+
+  // The write ts floor at the end of a join pass that saw ts values up to `max_ts_seen`
+  // (docs/RESYNC.md, "Tags after a disk replacement"). Kept within what IDENTITY can hold: a
+  // ts past 2^63 comes only from a broken peer.
+  std::uint64_t JoinFloor(std::uint64_t max_ts_seen) {
+    constexpr auto kMaxFloor = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
+    std::uint64_t seen_above = max_ts_seen < kMaxFloor ? max_ts_seen + 1 : kMaxFloor;
+    std::uint64_t floor = std::max({identity.write_ts_floor, env->WallClockMicros(), seen_above});
+    if (floor > kMaxFloor) {
+      env->Note("write ts floor " + std::to_string(floor) + " capped at " +
+                std::to_string(kMaxFloor));
+      floor = kMaxFloor;
+    }
+    return floor;
   }
 
   void EnterVoting(std::int64_t now_ms) {
@@ -406,6 +437,7 @@ struct Syncer::Impl {
     next.resync_active = false;
     next.resync_join = false;
     next.resync_next_window = 0;
+    next.write_ts_floor = std::max(next.write_ts_floor, join_floor);
     Status s = env->SaveIdentity(next);
     if (!s.ok()) {
       if (!vote_save_pending) env->Note("cannot save IDENTITY to start voting: " + s.ToString());
@@ -415,6 +447,9 @@ struct Syncer::Impl {
     }
     vote_save_pending = false;
     identity = next;
+    join_floor = 0;
+    // Before voting: no write of ours may take a tag the old incarnation used.
+    ApplyWriteTsFloor(identity.write_ts_floor);
     EnterVoting(now_ms);
     env->Note("voting");
     if (background_pass) StartPass(/*join=*/false, peers, 0, now_ms);
@@ -434,6 +469,9 @@ struct Syncer::Impl {
   void Serve(const SyncMessage& msg) {
     switch (msg.kind) {
       case SyncKind::kHello: {
+        // Before Start the voters list is not loaded yet: an empty one would tell a replaced
+        // node it never voted.
+        if (mode == Mode::kNew) return;
         SyncMessage r = Msg(SyncKind::kHelloReply, msg.request_id);
         r.cluster_id = options.cluster_id;
         r.voting = voting;
@@ -569,7 +607,12 @@ struct Syncer::Impl {
     p.last_checkpoint_ms = now_ms;
     p.last_progress_ms = now_ms;
     for (Rank r : sources) p.sources.push_back(NewSource(r));
-    if (join) mode = Mode::kJoinPass;
+    if (join) {
+      mode = Mode::kJoinPass;
+      // Writes this node coordinates while joining (peer quorums) must not reuse an old
+      // incarnation's tag either; the pass end raises the floor over what it saw.
+      ApplyWriteTsFloor(JoinFloor(0));
+    }
     Identity next = identity;
     next.resync_active = true;
     next.resync_join = join;
@@ -726,6 +769,7 @@ struct Syncer::Impl {
     Pass& p = *pass;
     ATOMDISK_CHECK(p.wants.empty() && p.absorbing == 0);
     bool join = p.join;
+    std::uint64_t max_ts_seen = p.max_ts_seen;
     double secs = static_cast<double>(now_ms - p.start_ms) / 1000.0;
     env->Note(std::string(join ? "join" : "resync") +
               " pass done: " + std::to_string(p.windows_done) + " windows, " +
@@ -740,7 +784,10 @@ struct Syncer::Impl {
     pass.reset();
     if (options.resync_interval_ms > 0) next_pass_ms = now_ms + options.resync_interval_ms;
     if (join) {
-      // Everything a quorum may have promised is durable here now: vote.
+      // Everything a quorum may have promised is durable here now: vote, with own writes
+      // above every tag the old incarnation may have used.
+      join_floor = JoinFloor(max_ts_seen);
+      env->Note("write ts floor after the join pass: " + std::to_string(join_floor));
       BecomeVoter(now_ms, /*background_pass=*/false);
       return;
     }
@@ -844,6 +891,12 @@ struct Syncer::Impl {
     if (!s.ok()) std::fill(own.begin(), own.end(), Tag{});
     for (const SyncEntry& e : msg.entries) {
       if (e.tag > own[e.sector - req.first]) AddWant(e.sector, e.tag, rank);
+    }
+    if (pass->join) {
+      for (const SyncEntry& e : msg.entries) {
+        pass->max_ts_seen = std::max(pass->max_ts_seen, e.tag.ts);
+      }
+      for (const Tag& t : own) pass->max_ts_seen = std::max(pass->max_ts_seen, t.ts);
     }
     SendEntries(*src, now_ms);
     PumpFetches(now_ms);
@@ -962,7 +1015,10 @@ struct Syncer::Impl {
     p.sectors_in_flight -= req.sectors.size();
     if (Source* src = FindSource(msg.sender)) src->waiting = false;
     std::map<SectorIdx, const FetchedSector*> got;
-    for (const FetchedSector& f : msg.fetched) got.emplace(f.sector, &f);
+    for (const FetchedSector& f : msg.fetched) {
+      got.emplace(f.sector, &f);
+      if (p.join && f.ok) p.max_ts_seen = std::max(p.max_ts_seen, f.value.tag.ts);
+    }
     for (SectorIdx s : req.sectors) {
       auto w = p.wants.find(s);
       if (w == p.wants.end() || w->second.state != Want::State::kFetching) continue;
@@ -1478,6 +1534,8 @@ struct Syncer::Impl {
     ATOMDISK_CHECK(mode != Mode::kJoinPass || !voting);
     ATOMDISK_CHECK(!identity.voting || identity.HasVoter(options.self) || mode == Mode::kNew);
     ATOMDISK_CHECK(std::is_sorted(identity.voters.begin(), identity.voters.end()));
+    // The saved floor is in force (a node votes only with it applied).
+    ATOMDISK_CHECK(applied_floor >= identity.write_ts_floor || mode == Mode::kNew);
     if (pass) {
       const Pass& p = *pass;
       ATOMDISK_CHECK(p.window <= windows);

@@ -28,6 +28,13 @@
 // from that pass. A join pass needs RequiredSources() voting peers; a source that stops
 // answering is replaced by another voting peer or waited for.
 //
+// Write ts floor. A node with a replaced disk may have started writes in its old incarnation
+// whose tags (ts, self) survive where its join pass did not look; its new writes must not
+// reuse such a tag. When a join pass ends, the floor max(previous floor, WallClockMicros(),
+// max ts the pass saw + 1) is saved in IDENTITY with voting = true, and SetWriteTsFloor is
+// called before SetVoting(true); Start re-applies a saved floor. While the join pass runs
+// (the node coordinates writes with peer quorums) the floor is max(saved, WallClockMicros()).
+//
 // Scrub. Reads every stored sector with full checksum checks, scrub_buckets_per_tick
 // buckets per tick; a sector with a bad slot is fetched from RequiredSources() peers and the
 // newest value found is absorbed if it is newer than ours (the store writes it over the
@@ -101,6 +108,12 @@ class SyncEnv {
   virtual void SetVoting(bool voting) = 0;
   // One line for the log (the node logs it; the simulator traces it).
   virtual void Note(const std::string& line) = 0;
+  // Wall-clock time in microseconds since the Unix epoch (the simulator's is virtual). Read
+  // only to pick the write ts floor after a join pass.
+  virtual std::uint64_t WallClockMicros() = 0;
+  // From now on this node's own writes use ts >= floor (RegisterConfig::min_write_ts;
+  // docs/RESYNC.md, "Tags after a disk replacement"). Called with a non-decreasing floor.
+  virtual void SetWriteTsFloor(std::uint64_t floor) = 0;
 };
 
 struct SyncStatus {

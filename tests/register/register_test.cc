@@ -545,5 +545,31 @@ TEST_F(RegisterTest, FailedPersistIsRetriedByTickSoTheRegisterCanGoIdle) {
   EXPECT_TRUE(reg_->Idle());
 }
 
+// After a disk replacement the node's writes take ts from a floor above anything its old
+// incarnation may have used (docs/RESYNC.md); the floor only ever raises the ts.
+TEST_F(RegisterTest, WriteTsIsAtLeastTheConfiguredFloor) {
+  for (auto [floor, want] : {std::pair<std::uint64_t, std::uint64_t>{1000, 1000},
+                             std::pair<std::uint64_t, std::uint64_t>{3, 6}}) {
+    SCOPED_TRACE(floor);
+    env_ = FakeEnv();
+    config_.min_write_ts = floor;
+    MakeCluster(3, {Tag{2, 3}, Fill(2)});
+    reg_->StartWrite(42, Fill(0x77), 0);
+    Uuid id = IdOf(1);
+    EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kReadProc, id), (std::vector<Rank>{2, 3}));
+    Deliver(Msg(3, id, SystemContent::kValue, Tag{5, 2}, Fill(5)));
+    auto persisted = env_.TakePersisted();
+    ASSERT_EQ(persisted.size(), 1u);
+    EXPECT_EQ(persisted[0].tag, (Tag{want, 1}));
+    Persisted(Tag{want, 1}, Status::Ok(), 1);
+    auto sent = env_.TakeSent();
+    EXPECT_EQ(Targets(sent, SystemContent::kWriteProc, id), (std::vector<Rank>{2, 3}));
+    for (const auto& s : sent) EXPECT_EQ(s.msg.tag, (Tag{want, 1}));
+    Deliver(Msg(2, id, SystemContent::kAck), 2);
+    ASSERT_EQ(env_.completed.size(), 1u);
+    EXPECT_TRUE(reg_->Idle());
+  }
+}
+
 }  // namespace
 }  // namespace atomdisk

@@ -81,6 +81,8 @@ constexpr std::int64_t kJoiningHelloIntervalMs = 50;
 constexpr std::int64_t kSyncRequestTimeoutMs = 300;
 constexpr std::int64_t kCheckpointIntervalMs = 100;
 constexpr std::int64_t kResyncIntervalMs = 2000;
+// The simulated wall clock (SyncEnv::WallClockMicros) reads this plus virtual time.
+constexpr std::uint64_t kSimWallClockEpochUs = 1'000'000'000;
 
 // The cluster id every simulated node is configured with.
 Uuid SimClusterId() {
@@ -293,6 +295,15 @@ class Simulator {
     void SetVoting(bool voting) override { sim_->OnSetVoting(node_, voting); }
     void Note(const std::string& line) override {
       sim_->Trace("node " + std::to_string(node_ + 1) + " sync: " + line);
+    }
+    // Virtual and deterministic: far above the ts values a run reaches, and growing with
+    // virtual time like a real clock (docs/RESYNC.md, "Tags after a disk replacement").
+    std::uint64_t WallClockMicros() override {
+      return kSimWallClockEpochUs + static_cast<std::uint64_t>(sim_->now_us_);
+    }
+    void SetWriteTsFloor(std::uint64_t floor) override {
+      sim_->Trace("node " + std::to_string(node_ + 1) + " write ts floor " + std::to_string(floor));
+      sim_->nodes_[node_]->config.min_write_ts = floor;
     }
 
    private:
@@ -661,7 +672,8 @@ void Simulator::StartSyncer(int n) {
   o.resync_interval_ms = kResyncIntervalMs;
   o.bug_joiner_votes = options_.bug == SimBug::kJoinerVotes;
   node.voting = false;
-  node.config.votes = false;  // until the Syncer decides
+  node.config.votes = false;     // until the Syncer decides
+  node.config.min_write_ts = 0;  // a new process: the Syncer applies the saved floor
   Trace("syncer node " + std::to_string(node.rank) + " starts: " +
         (node.identity ? node.identity->voting ? "IDENTITY voting" : "IDENTITY joining"
                        : "no IDENTITY") +

@@ -52,6 +52,7 @@ Identity Sample() {
   id.resync_active = true;
   id.resync_join = false;
   id.resync_next_window = 17;
+  id.write_ts_floor = 1763781809000000;
   return id;
 }
 
@@ -62,6 +63,7 @@ std::string ValidFileWith(const std::string& key, const std::string& line) {
                          "rank = 2",
                          "voting = true",
                          "voters = [1, 2, 3]",
+                         "write_ts_floor = 0",
                          "resync_active = false",
                          "resync_join = false",
                          "resync_next_window = 0"};
@@ -119,6 +121,7 @@ TEST(IdentityTest, RoundTripOfExtremes) {
   id.resync_active = true;
   id.resync_join = true;
   id.resync_next_window = (1ull << 63) - 1;
+  id.write_ts_floor = (1ull << 63) - 1;
   ASSERT_TRUE(SaveIdentity(dir.path(), id).ok());
   auto loaded = LoadIdentity(dir.path());
   ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
@@ -227,6 +230,11 @@ TEST(IdentityTest, InvalidValuesAreCorruption) {
       {"resync_next_window", "resync_next_window = -1", "negative"},
       {"resync_next_window", "resync_next_window = 1.5", "resync_next_window"},
       {"resync_next_window", "", "resync_next_window"},
+      {"write_ts_floor", "write_ts_floor = -1", "negative"},
+      {"write_ts_floor", "write_ts_floor = 1.5", "write_ts_floor"},
+      {"write_ts_floor", "write_ts_floor = \"5\"", "write_ts_floor"},
+      {"write_ts_floor", "write_ts_floor = true", "write_ts_floor"},
+      {"write_ts_floor", "write_ts_floor = 9223372036854775808", ""},  // beyond int64
       {"extra", "extra = 1", "unknown key \"extra\""},
   };
   for (const Case& c : cases) {
@@ -238,6 +246,34 @@ TEST(IdentityTest, InvalidValuesAreCorruption) {
   auto loaded = LoadIdentity(dir.path());
   ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
   EXPECT_TRUE(loaded->has_value());
+}
+
+// write_ts_floor came after the first IDENTITY files: a file without it loads with no floor,
+// and the next save writes it.
+TEST(IdentityTest, WriteTsFloorIsOptionalOnLoadAndAlwaysSaved) {
+  TempDir dir;
+  const std::string path = IdentityPath(dir.path());
+  WriteFile(path, ValidFileWith("write_ts_floor", ""));
+  auto loaded = LoadIdentity(dir.path());
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  ASSERT_TRUE(loaded->has_value());
+  EXPECT_EQ((*loaded)->write_ts_floor, 0u);
+
+  WriteFile(path, ValidFileWith("write_ts_floor", "write_ts_floor = 123456789"));
+  loaded = LoadIdentity(dir.path());
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  EXPECT_EQ((*loaded)->write_ts_floor, 123456789u);
+
+  Identity id = Sample();
+  id.write_ts_floor = 0;
+  ASSERT_TRUE(SaveIdentity(dir.path(), id).ok());
+  EXPECT_NE(ReadFile(path).find("\nwrite_ts_floor = 0\n"), std::string::npos);
+  id.write_ts_floor = 42;
+  ASSERT_TRUE(SaveIdentity(dir.path(), id).ok());
+  EXPECT_NE(ReadFile(path).find("\nwrite_ts_floor = 42\n"), std::string::npos);
+  loaded = LoadIdentity(dir.path());
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  EXPECT_EQ(**loaded, id);
 }
 
 TEST(IdentityTest, UnsortedDuplicateVotersAreNormalised) {

@@ -104,6 +104,8 @@ class FakeNode : public SyncEnv {
     if (v && on_vote) on_vote();
   }
   void Note(const std::string& line) override { notes.push_back(line); }
+  std::uint64_t WallClockMicros() override { return wall_clock_us; }
+  void SetWriteTsFloor(std::uint64_t floor) override { floor_calls.push_back(floor); }
 
   Tag TagOf(SectorIdx s) const {
     auto it = data.find(s);
@@ -130,6 +132,8 @@ class FakeNode : public SyncEnv {
   int absorb_failures_left = 0;
   int older_absorbs = 0;
   std::vector<bool> voting_calls;
+  std::uint64_t wall_clock_us = 1'000'000;
+  std::vector<std::uint64_t> floor_calls;  // SetWriteTsFloor arguments
   std::vector<std::string> notes;
   std::vector<std::string> events;
   std::function<void()> on_vote;
@@ -450,6 +454,77 @@ TEST(SyncerTest, ReplacedDiskJoinsAfterPullingEverythingNewer) {
   EXPECT_GE(c.node(1).CountNotes("join pass done"), 1);
   // The join pass started durably marked as one.
   EXPECT_EQ(c.node(1).older_absorbs, 0);
+}
+
+// The old incarnation of a replaced disk may have tags out there that the join pass did not
+// see: the new one's writes take ts from a floor above them (docs/RESYNC.md), saved with
+// voting = true, applied before it votes, and applied again after a restart.
+TEST(SyncerTest, JoinPassSetsAWriteTsFloorBeforeVoting) {
+  for (std::uint64_t big_ts : {std::uint64_t{7}, std::uint64_t{5'000'000}}) {
+    SCOPED_TRACE(big_ts);
+    Cluster c(3, 1000);
+    c.node(2).data[5] = Value(3, 2);
+    c.node(3).data[9] = Value(big_ts, 1);  // written by node 1's old incarnation
+    c.node(2).saved = VotingIdentity(2, {1, 2, 3});
+    c.node(3).saved = VotingIdentity(3, {1, 2, 3});
+    FakeNode& n = c.node(1);
+    n.wall_clock_us = 1'000'000;
+    bool checked = false;
+    n.on_vote = [&] {
+      checked = true;
+      ASSERT_TRUE(n.saved.has_value());
+      EXPECT_TRUE(n.saved->voting);
+      EXPECT_GE(n.saved->write_ts_floor, n.wall_clock_us);
+      EXPECT_GT(n.saved->write_ts_floor, big_ts);
+      ASSERT_FALSE(n.floor_calls.empty()) << "voting before the floor was applied";
+      EXPECT_EQ(n.floor_calls.back(), n.saved->write_ts_floor);
+    };
+    c.StartNode(2);
+    c.StartNode(3);
+    c.StartNode(1);
+    EXPECT_FALSE(n.voting());
+    ASSERT_TRUE(c.RunUntil([&] { return n.voting(); }));
+    EXPECT_TRUE(checked);
+    const std::uint64_t floor = n.saved->write_ts_floor;
+    EXPECT_EQ(floor, std::max<std::uint64_t>(n.wall_clock_us, big_ts + 1));
+    EXPECT_EQ(n.syncer->identity().write_ts_floor, floor);
+    // While joining (it coordinates writes with peer quorums) the clock floor held already.
+    ASSERT_FALSE(n.floor_calls.empty());
+    EXPECT_EQ(n.floor_calls.front(), n.wall_clock_us);
+    EXPECT_TRUE(std::is_sorted(n.floor_calls.begin(), n.floor_calls.end()));
+    // Nodes that kept their disks never need a floor.
+    EXPECT_TRUE(c.node(2).floor_calls.empty());
+    EXPECT_TRUE(c.node(3).floor_calls.empty());
+    EXPECT_EQ(c.node(2).saved->write_ts_floor, 0u);
+
+    // A restart applies the saved floor before it votes, whatever the clock says now.
+    c.StopNode(1);
+    n.floor_calls.clear();
+    n.wall_clock_us = 10;
+    checked = false;
+    n.on_vote = [&] {
+      checked = true;
+      EXPECT_EQ(n.floor_calls, std::vector<std::uint64_t>{floor});
+    };
+    c.StartNode(1);
+    EXPECT_TRUE(n.voting());
+    EXPECT_TRUE(checked);
+    c.RunFor(1000);
+    EXPECT_EQ(n.floor_calls, std::vector<std::uint64_t>{floor});
+    EXPECT_EQ(n.saved->write_ts_floor, floor);
+  }
+}
+
+// A node that never voted promised nothing: it registers and votes without a floor.
+TEST(SyncerTest, NewNodeNeedsNoWriteTsFloor) {
+  Cluster c(3, 1000);
+  for (Rank r : {1, 2, 3}) c.StartNode(r);
+  ASSERT_TRUE(
+      c.RunUntil([&] { return c.node(1).voting() && c.node(2).voting() && c.node(3).voting(); }));
+  for (Rank r : {1, 2, 3}) {
+    EXPECT_TRUE(c.node(r).floor_calls.empty());
+    EXPECT_EQ(c.node(r).saved->write_ts_floor, 0u);
+  }
 }
 
 TEST(SyncerTest, JoinWaitsForEnoughVotingPeers) {
