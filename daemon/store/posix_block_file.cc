@@ -101,6 +101,11 @@ Result<std::unique_ptr<BlockFile>> OpenPosixBlockFile(const std::string& path, b
     ::close(fd);
     return Status::IOError("open " + path + ": not a regular file");
   }
+  // The store reads one sector's two slots (8 KiB) at a time, at random. Kernel read-ahead
+  // would read (or, in a sparse region, allocate and zero) many more pages per such read:
+  // perf showed it at about a quarter of a node's pread time under random writes to fresh
+  // sectors. Advice only, so a failure is harmless.
+  (void)::posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
   return std::unique_ptr<BlockFile>(std::make_unique<PosixBlockFile>(path, fd));
 }
 
