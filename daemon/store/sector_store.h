@@ -42,12 +42,18 @@ class SectorStore {
   struct Options {
     std::uint64_t sectors = 0;    // device size in sectors; indexes >= this are refused
     bool background_sync = true;  // run the group-commit thread
+    // Open() reserves the data file's blocks for the whole device (fallocate), so a sector's
+    // first write allocates nothing; best effort: skipped where the file system cannot, or
+    // when it would take more than half the free space. The file stays sparse to SEEK_DATA.
+    bool preallocate = true;
   };
   using WriteCallback = std::function<void(Status)>;
 
   // Opens the store in data_dir (created if missing, mode 0700): takes an exclusive lock on
   // data_dir/LOCK (Busy if another process holds it: "data_dir X is in use by pid N"),
-  // opens or creates data_dir/sectors.dat. Both Open and OpenOnFile fdatasync the file once
+  // opens or creates data_dir/sectors.dat (preallocating it, see Options). InvalidArgument if
+  // the file holds data past the device's end (was it shrunk?). Both Open and OpenOnFile
+  // fdatasync the file once
   // before anything is read, so that writes a dead process left unsynced in the OS cache are
   // durable before this store can read them (IOError from Open if that fails; OpenOnFile
   // then returns a store that refuses everything with IOError).
