@@ -735,6 +735,7 @@ TEST(SectorStorePosixTest, PreallocatedFileReadsAndScansLikeASparseOne) {
   constexpr std::uint64_t kSectors = 4096;  // 16 MiB, a 34 MB file
   SectorStore::Options options;
   options.sectors = kSectors;
+  options.preallocate = true;
   auto store = SectorStore::Open(dir.path(), options);
   ASSERT_TRUE(store.ok()) << store.status().ToString();
   struct stat st;
@@ -775,6 +776,7 @@ TEST(SectorStorePosixTest, ShrinkingIsRefusedOnlyOverWrittenSectors) {
   TempDir dir;
   SectorStore::Options options;
   options.sectors = 4096;
+  options.preallocate = true;
   auto store = SectorStore::Open(dir.path(), options);
   ASSERT_TRUE(store.ok()) << store.status().ToString();
   Latch latch;
