@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
-# Side-by-side A/B of two atomdiskd binaries: for each round, a fresh 3-node cluster on
-# loopback runs daemon A, then a fresh one runs daemon B (the order alternates every round,
-# so drift on a noisy machine hits both alike), each measured with the same `atomdisk bench`
-# cells through node 1. Prints a Markdown table of medians and the ratios B/A.
+# Side-by-side A/B of two atomdiskd binaries: one 3-node cluster on loopback per side, each
+# round starts side A's cluster with daemon A and measures it, then side B's with daemon B
+# (the order alternates every round, so drift on a noisy machine hits both alike), each with
+# the same `atomdisk bench` cells through node 1. Prints a Markdown table of medians and the
+# ratios B/A.
 #
 #   scripts/ab-daemon.sh --a PATH/atomdiskd --b PATH/atomdiskd [--rounds N] [--duration S]
-#       [--cells "write:1 write:64 read:64"] [--sectors K] [--device-sectors N] [--dir DIR]
-#       [--cli PATH/atomdisk]
+#       [--cells "write:1 write:64 read:64"] [--sectors K] [--dir DIR] [--cli PATH/atomdisk]
 #
-# Defaults: 3 rounds of 3 s per cell, writes and reads spread over 65,536 sectors of a
-# 262,144-sector device (fresh data files, so most writes allocate blocks, as in
-# scripts/bench-cluster.sh); reads go to the sectors the write cells wrote. The CLI is
-# BUILD_DIR/bin/atomdisk (BUILD_DIR defaults to build) unless --cli says otherwise.
+# Defaults: 3 rounds of 3 s per cell over 65,536 sectors. Every round uses its own 65,536
+# sectors of a device of rounds x 65,536 (fresh, so writes go to never-written sectors, as
+# in scripts/bench-cluster.sh), and reads go to what that round's write cells wrote. The
+# clusters are made once, not per round: deleting data files costs minutes on some disks.
+# The CLI is BUILD_DIR/bin/atomdisk (BUILD_DIR defaults to build) unless --cli says otherwise.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-bin_a="" bin_b="" rounds=3 duration=3 cells="write:1 write:64 read:64" sectors=65536
-device_sectors=262144 dir="" cli=""
+bin_a="" bin_b="" rounds=3 duration=3 cells="write:1 write:64 read:64" sectors=65536 dir=""
+cli=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --a) bin_a="$2"; shift 2 ;;
@@ -24,10 +25,9 @@ while [ $# -gt 0 ]; do
     --duration) duration="$2"; shift 2 ;;
     --cells) cells="$2"; shift 2 ;;
     --sectors) sectors="$2"; shift 2 ;;
-    --device-sectors) device_sectors="$2"; shift 2 ;;
     --dir) dir="$2"; shift 2 ;;
     --cli) cli="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "ab-daemon: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -48,24 +48,38 @@ for side in a b; do
   ln -sf "$(readlink -f "$cli")" "$dir/bin-$side/atomdisk"
 done
 
-run_side() {  # SIDE ROUND: a fresh cluster with that side's daemon, every cell once
+# One cluster per side, with its own folder and ports, created once.
+for side in a b; do
+  (
+    export ATOMDISK_BIN_DIR="$dir/bin-$side" CLUSTER_NO_TRAP=1
+    # shellcheck source=scripts/lib/cluster.sh
+    source "$root/scripts/lib/cluster.sh"
+    cluster_create "$dir/cluster-$side" 3 $((rounds * sectors)) >/dev/null
+    declare -p CLUSTER_PORT | sed "s/^declare -A/declare -gA/" >"$dir/cluster-$side/ports"
+  )
+done
+
+run_side() {  # SIDE ROUND: start that side's cluster, run every cell once, stop it
   local side=$1 round=$2
   (
     export ATOMDISK_BIN_DIR="$dir/bin-$side"
     # shellcheck source=scripts/lib/cluster.sh
     source "$root/scripts/lib/cluster.sh"
-    cluster_create "$dir/run-$round-$side" 3 "$device_sectors" >/dev/null
+    # shellcheck disable=SC1090,SC2034
+    source "$dir/cluster-$side/ports"
+    CLUSTER_DIR="$dir/cluster-$side" CLUSTER_N=3 CLUSTER_CONFIG="$dir/cluster-$side/cluster.toml"
+    cluster_install_trap
+    cluster_register_cleanup "cluster_stop_all"
     cluster_start_all
     for cell in $cells; do
       local kind=${cell%%:*} inflight=${cell##*:} ratio=1 out
       [ "$kind" = read ] && ratio=0
       out="$("$cli" --config "$CLUSTER_CONFIG" --node 1 bench --write-ratio "$ratio" \
-        --inflight "$inflight" --duration "$duration" --sectors "$sectors" --seed "$round" --json)"
+        --inflight "$inflight" --duration "$duration" --sectors "$sectors" \
+        --first $(((round - 1) * sectors)) --seed "$round" --json)"
       echo "{\"side\":\"$side\",\"round\":$round,\"cell\":\"$cell\",\"r\":$(echo "$out" | tr -d '\n')}" >>"$results"
-      echo "ab-daemon: round $round, $side, $cell: $(echo "$out" | grep -m1 '"ops_per_s"' | tr -d ' ,')" >&2
+      echo "ab-daemon: $(date +%T) round $round, $side, $cell: $(echo "$out" | grep -m1 '"ops_per_s"' | tr -d ' ,')" >&2
     done
-    cluster_stop_all
-    rm -rf "$CLUSTER_DIR/data"
   )
 }
 
@@ -91,3 +105,4 @@ for cell in cells:
           f"{med([x['latency']['p99_ms'] for x in a]):.3f} | {med([x['latency']['p99_ms'] for x in b]):.3f} | "
           f"{sum(x['errors'] for x in a)}/{sum(x['errors'] for x in b)} |")
 PY
+echo "ab-daemon: results in $results; remove $dir when done (its data files are large)" >&2
