@@ -1,6 +1,7 @@
 // atomdiskd: one node of an atomdisk cluster.
 //
 //   atomdiskd --config cluster.toml --rank 1 [--data-dir DIR] [--log-level LEVEL]
+//             [--preallocate]
 //
 // Exit codes: 0 clean stop (SIGTERM/SIGINT), 1 runtime failure (cannot listen, data_dir in
 // use or unusable), 2 bad command line or configuration.
@@ -41,6 +42,10 @@ int main(int argc, char** argv) {
   app.add_option("--rank", rank, "this node's rank in the configuration")->required();
   app.add_option("--data-dir", data_dir, "override the node's data_dir from the configuration");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical, off");
+  bool preallocate = false;
+  app.add_flag("--preallocate", preallocate,
+               "reserve the blocks of sectors.dat for the whole device at start-up (fallocate) "
+               "instead of leaving it sparse");
   app.set_version_flag("--version", std::string("atomdiskd ") + kAtomdiskVersion);
   try {
     app.parse(argc, argv);
@@ -63,6 +68,7 @@ int main(int argc, char** argv) {
 
   SectorStore::Options store_options;
   store_options.sectors = config->sectors;
+  store_options.preallocate = preallocate;
   auto store = SectorStore::Open(data_dir, store_options);
   if (!store.ok()) return Fail(1, store.status().message());
 

@@ -250,13 +250,24 @@ void Node::HandleClient(Connection& conn, std::span<const std::uint8_t> body) {
 }
 
 void Node::HandleSystem(Connection& conn, std::span<const std::uint8_t> body) {
-  auto payload = VerifyFrameBody(body, system_mac_);
-  if (!payload.ok()) {
+  // Decoded before its tag is checked, only to drop early the Values no operation waits for
+  // any more (the last peer's answer to a quorum that was complete without it: one of the
+  // two Values of every read and write here). The register would ignore them anyway, and
+  // dropping a frame unchecked is no more than an attacker on the path could do: what it acts
+  // on is still verified first. That saves a 4 KiB HMAC, a fifth of a read's.
+  auto msg = DecodeSystemMessage(body.first(body.size() - kMacSize));
+  if (msg.ok() && msg->content == SystemContent::kValue) {
+    auto it = registers_.find(msg->sector);
+    if (it == registers_.end() || !it->second.reg->WantsValue(*msg)) {
+      ++counters_.unwanted_values;
+      return;
+    }
+  }
+  if (!VerifyFrameBody(body, system_mac_).ok()) {
     ++counters_.auth_failures;
     LogRateLimited("sysauth", "system frame with a bad HMAC tag from " + conn.name() + " dropped");
     return;
   }
-  auto msg = DecodeSystemMessage(*payload);
   if (!msg.ok()) {
     ++counters_.bad_frames;
     conn.Close(msg.status().message());
@@ -539,7 +550,8 @@ std::string Node::InfoJson() const {
                    {"system_msgs", counters_.system_msgs},
                    {"sync_msgs", counters_.sync_msgs},
                    {"persist_errors", counters_.persist_errors},
-                   {"unreadable_sectors", counters_.unreadable_sectors}};
+                   {"unreadable_sectors", counters_.unreadable_sectors},
+                   {"unwanted_values", counters_.unwanted_values}};
   std::string s = j.dump();
   if (s.size() > kMaxInfoSize)
     s = nlohmann::json{{"rank", self_}, {"version", kAtomdiskVersion}}.dump();

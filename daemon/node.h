@@ -146,7 +146,8 @@ class Node : public FrameSink, public RegisterEnv, public SyncEnv {
   struct Counters {
     std::uint64_t client_ops = 0, reads = 0, writes = 0, auth_failures = 0, invalid_sector = 0,
                   bad_frames = 0, system_msgs = 0, sync_msgs = 0, persist_errors = 0,
-                  unreadable_sectors = 0;
+                  unreadable_sectors = 0,
+                  unwanted_values = 0;  // Values dropped unchecked: no operation waited for them
   } counters_;
   std::unordered_map<std::string, std::pair<std::chrono::steady_clock::time_point, std::uint64_t>>
       log_limits_;

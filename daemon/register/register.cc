@@ -299,6 +299,13 @@ void Register::Tick(std::int64_t now_ms) {
   c.next_send_ms = now_ms + c.backoff_ms;
 }
 
+bool Register::WantsValue(const SystemMessage& msg) const {
+  if (msg.content != SystemContent::kValue) return true;
+  if (!current_ || current_->id != msg.op_id || current_->phase != Phase::kCollect) return false;
+  std::size_t i = RankIndex(msg.sender);
+  return i < current_->answered.size() && !current_->answered[i];
+}
+
 bool Register::Idle() const {
   // stored_ ahead of durable_ (a persist failed) keeps the register: rebuilt from the store,
   // it could take a value whose sync never succeeded for a durable one.

@@ -102,6 +102,11 @@ class Register {
   // True when nothing is queued, coordinated, persisting or waiting to be acked: the owner
   // may drop the register and rebuild it from the store later.
   bool Idle() const;
+  // False when OnMessage would ignore this Value without looking at its data: no operation of
+  // ours with that id is collecting Values, or `sender` already answered it (typically the
+  // last node of a quorum that was complete without it). Reads nothing but the header fields,
+  // so the owner may ask before it checks the frame's tag, and drop the frame unchecked.
+  bool WantsValue(const SystemMessage& msg) const;
   // True while this node coordinates or queues client operations (the owner ticks these).
   bool HasClientWork() const { return current_.has_value() || !queue_.empty(); }
 

@@ -31,6 +31,17 @@ class BlockFile {
   // Size of the file in bytes (the highest written offset, or what was preallocated).
   virtual Result<std::uint64_t> Size() = 0;
 
+  // Reserves disk blocks for the first `size` bytes of the file without writing them (they
+  // still read as zeros, and NextDataOffset may still skip them as holes), extending the file
+  // to `size` if it is shorter; never changes what the file holds. Later writes there then
+  // allocate nothing. Unsupported or impossible (the file system cannot, ENOSPC): an error,
+  // after which the file is as before or partly reserved, which is harmless. The default does
+  // nothing (in-memory files have nothing to allocate).
+  virtual Status Allocate(std::uint64_t size) {
+    (void)size;
+    return Status::Ok();
+  }
+
   // Returned by NextDataOffset when no data lies at or after the offset asked about.
   static constexpr std::uint64_t kNoData = ~std::uint64_t{0};
   // The smallest offset >= `offset` that may hold data, i.e. is not inside a hole, or kNoData

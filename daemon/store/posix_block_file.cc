@@ -63,6 +63,18 @@ class PosixBlockFile final : public BlockFile {
     return Status::Ok();
   }
 
+  Status Allocate(std::uint64_t size) override {
+    // fallocate (not posix_fallocate, which falls back to writing zeros over the whole range
+    // where the file system cannot reserve blocks: far too slow for a large device). The
+    // reserved extents are "unwritten": they read as zeros and SEEK_DATA skips them.
+    int r;
+    do {
+      r = ::fallocate(fd_, 0, 0, static_cast<off_t>(size));
+    } while (r != 0 && errno == EINTR);
+    if (r != 0) return Status::FromErrno("fallocate " + path_, errno);
+    return Status::Ok();
+  }
+
   Result<std::uint64_t> Size() override {
     struct stat st;
     if (::fstat(fd_, &st) != 0) return Status::FromErrno("fstat " + path_, errno);
@@ -101,6 +113,11 @@ Result<std::unique_ptr<BlockFile>> OpenPosixBlockFile(const std::string& path, b
     ::close(fd);
     return Status::IOError("open " + path + ": not a regular file");
   }
+  // The store reads one sector's two slots (8 KiB) at a time, at random. Kernel read-ahead
+  // would read (or, in a sparse region, allocate and zero) many more pages per such read:
+  // perf showed it at about a quarter of a node's pread time under random writes to fresh
+  // sectors. Advice only, so a failure is harmless.
+  (void)::posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
   return std::unique_ptr<BlockFile>(std::make_unique<PosixBlockFile>(path, fd));
 }
 

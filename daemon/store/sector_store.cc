@@ -1,4 +1,4 @@
-// The sector store: two checksummed slots per sector in one sparse file, group commit.
+// The sector store: two checksummed slots per sector in one file, group commit.
 // Format and crash-atomicity argument: docs/STORAGE.md.
 
 #include "daemon/store/sector_store.h"
@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -204,6 +205,13 @@ Status MakeDirs(const std::string& path, mode_t mode) {
     return Status::FromErrno("mkdir " + p, errno);
   }
   return FsyncPath(parent);
+}
+
+// Bytes an unprivileged user may still write on the file system holding `dir`; 0 if unknown.
+std::uint64_t FreeBytes(const std::string& dir) {
+  struct statvfs st;
+  if (::statvfs(dir.c_str(), &st) != 0) return 0;
+  return static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize;
 }
 
 // Takes the data_dir lock and writes our pid into it. Returns the lock's fd.
@@ -759,12 +767,25 @@ Result<std::unique_ptr<SectorStore>> SectorStore::Open(const std::string& data_d
     s = FsyncPath(data_dir);  // the new file's name is durable before anything goes in it
     if (!s.ok()) return fail(s);
   }
+  const std::uint64_t end = options.sectors * kSectorStride;
   Result<std::uint64_t> size = (*file)->Size();
   if (!size.ok()) return fail(size.status());
-  if (*size > options.sectors * kSectorStride) {
-    return fail(Status::InvalidArgument(path + " holds data past sector " +
-                                        std::to_string(options.sectors - 1) +
-                                        ": was the device shrunk?"));
+  if (*size > end) {
+    // Past the end may lie blocks reserved for a larger device and never written: holes to
+    // SEEK_DATA. A slot written past the end reaches into the 4 KiB block that starts at the
+    // first block boundary after its start, so searching from the first boundary at or after
+    // `end` finds it (and never mistakes the last sector's slot for data past the end).
+    Result<std::uint64_t> data = (*file)->NextDataOffset((end + 4095) / 4096 * 4096);
+    if (!data.ok()) return fail(data.status());
+    if (*data != BlockFile::kNoData && *data < *size) {
+      return fail(Status::InvalidArgument(path + " holds data past sector " +
+                                          std::to_string(options.sectors - 1) +
+                                          ": was the device shrunk?"));
+    }
+  } else if (options.preallocate && *size < end && FreeBytes(data_dir) / 2 >= end - *size) {
+    // Best effort: where it fails the file stays sparse, which only costs speed. The initial
+    // sync (in the constructor) makes the reservation durable along with everything else.
+    (void)(*file)->Allocate(end);
   }
   auto store = std::make_unique<SectorStoreImpl>(std::move(*file), options, *lock_fd);
   s = store->InitialStatus();

@@ -1,6 +1,6 @@
 // SectorStore: a node's durable copy of every sector's register value (ts, wr, 4096 bytes).
 //
-// On-disk format (docs/STORAGE.md): one sparse data file `sectors.dat` in the data_dir. Each
+// On-disk format (docs/STORAGE.md): one data file `sectors.dat` in the data_dir. Each
 // sector owns two slots; a slot is a 64-byte header (magic, sector index, ts, wr, XXH3-64
 // checksum of header fields and data) followed by the 4096 data bytes. A write goes to the
 // slot that does not hold the sector's newest durable value, so a crash at any instant
@@ -42,12 +42,20 @@ class SectorStore {
   struct Options {
     std::uint64_t sectors = 0;    // device size in sectors; indexes >= this are refused
     bool background_sync = true;  // run the group-commit thread
+    // Open() reserves the data file's blocks for the whole device (fallocate), so that a
+    // sector's first write allocates nothing and the disk cannot fill up under the store.
+    // Best effort: skipped where the file system cannot, or when it would take more than half
+    // the free space. The reserved blocks stay holes to SEEK_DATA. Off by default: it gains
+    // little on ext4 (docs/STORAGE.md) and freeing a reservation is slow on some disks.
+    bool preallocate = false;
   };
   using WriteCallback = std::function<void(Status)>;
 
   // Opens the store in data_dir (created if missing, mode 0700): takes an exclusive lock on
   // data_dir/LOCK (Busy if another process holds it: "data_dir X is in use by pid N"),
-  // opens or creates data_dir/sectors.dat. Both Open and OpenOnFile fdatasync the file once
+  // opens or creates data_dir/sectors.dat (preallocating it if asked, see Options). InvalidArgument
+  // if the file holds data past the device's end (was it shrunk?). Both Open and OpenOnFile
+  // fdatasync the file once
   // before anything is read, so that writes a dead process left unsynced in the OS cache are
   // durable before this store can read them (IOError from Open if that fails; OpenOnFile
   // then returns a store that refuses everything with IOError).

@@ -143,6 +143,35 @@ TEST_F(RegisterTest, ReadTakesOneRoundTripWhenAMajorityAgrees) {
   EXPECT_TRUE(reg_->Idle());
 }
 
+TEST_F(RegisterTest, WantsValueOnlyWhileItsOperationCollects) {
+  MakeCluster(3, {Tag{4, 2}, Fill(0xaa)});
+  Uuid id = IdOf(1);
+  SystemMessage from2 = Msg(2, id, SystemContent::kValue, Tag{4, 2}, Fill(0xaa));
+  SystemMessage from3 = Msg(3, id, SystemContent::kValue, Tag{4, 2}, Fill(0xaa));
+  EXPECT_FALSE(reg_->WantsValue(from2)) << "no operation yet";
+  EXPECT_TRUE(reg_->WantsValue(Msg(2, id, SystemContent::kReadProc))) << "requests always count";
+  reg_->StartWrite(11, Fill(0xbb), 0);
+  EXPECT_TRUE(reg_->WantsValue(from2));
+  EXPECT_TRUE(reg_->WantsValue(from3));
+  EXPECT_FALSE(reg_->WantsValue(Msg(2, IdOf(9), SystemContent::kValue, Tag{4, 2}, Fill(0xaa))))
+      << "another operation's id";
+  EXPECT_FALSE(reg_->WantsValue(Msg(1, id, SystemContent::kValue, Tag{4, 2}, Fill(0xaa))))
+      << "our own answer is never sent";
+  EXPECT_FALSE(reg_->WantsValue(Msg(7, id, SystemContent::kValue, Tag{4, 2}, Fill(0xaa))))
+      << "not a member";
+  Deliver(from2);  // a quorum: the write moves on to persisting its own copy
+  EXPECT_FALSE(reg_->WantsValue(from2)) << "answered already";
+  EXPECT_FALSE(reg_->WantsValue(from3)) << "the phase is over: the register ignores it";
+  // What WantsValue says is what OnMessage does: delivering it changes nothing.
+  env_.TakeSent();
+  std::vector<Triple> persisted = env_.TakePersisted();
+  Deliver(from3);
+  EXPECT_TRUE(env_.sent.empty());
+  EXPECT_TRUE(env_.persisted.empty());
+  ASSERT_EQ(persisted.size(), 1u);
+  EXPECT_EQ(persisted[0].tag, (Tag{5, 1}));
+}
+
 TEST_F(RegisterTest, ReadImposesWhenValuesDiffer) {
   MakeCluster(3, {Tag{1, 1}, Fill(1)});
   reg_->StartRead(5, 0);

@@ -699,11 +699,12 @@ TEST(SectorStorePosixTest, CloseDrainsQueuedAndWaitingWrites) {
   for (SectorIdx s = 0; s < 64; ++s) ASSERT_TRUE(ReadsAs(**store, s, Value(5, 1, s)));
 }
 
-TEST(SectorStorePosixTest, LargeDeviceStaysSparse) {
+TEST(SectorStorePosixTest, LargeDeviceStaysSparseWithoutPreallocation) {
   TempDir dir;
   constexpr std::uint64_t kSectors = 1ull << 21;  // an 8 GiB device
   SectorStore::Options options;
   options.sectors = kSectors;
+  options.preallocate = false;
   auto store = SectorStore::Open(dir.path(), options);
   ASSERT_TRUE(store.ok()) << store.status().ToString();
   Latch latch;
@@ -1096,6 +1097,88 @@ TEST(SectorStoreDeathTest, ScanRangeFromInsideAScanIsABug) {
                                                                [](SectorIdx, Tag, bool) {});
                                       }),
                "in_scan_");
+}
+
+TEST(SectorStorePosixTest, PreallocatedFileReadsAndScansLikeASparseOne) {
+  TempDir dir;
+  constexpr std::uint64_t kSectors = 4096;  // 16 MiB, a 34 MB file
+  SectorStore::Options options;
+  options.sectors = kSectors;
+  options.preallocate = true;
+  auto store = SectorStore::Open(dir.path(), options);
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  struct stat st;
+  ASSERT_EQ(::stat((dir.path() + "/sectors.dat").c_str(), &st), 0);
+  EXPECT_EQ(static_cast<std::uint64_t>(st.st_size), 2 * kSectors * kSlotSize);
+  // tmpfs and ext4 both reserve blocks; a file system that cannot leaves the file sparse.
+  if (static_cast<std::uint64_t>(st.st_blocks) * 512 < 2 * kSectors * kSlotSize) {
+    GTEST_SKIP() << "this file system does not preallocate";
+  }
+
+  Latch latch;
+  (*store)->Write(4000, Value(9), latch.Add());
+  (*store)->Write(5, Value(8), latch.Add());
+  latch.WaitFor(2);
+  ASSERT_TRUE(latch.errors().empty());
+  EXPECT_TRUE(ReadsAs(**store, 6, Triple{Tag{}, ZeroSector()}));
+  EXPECT_TRUE(ReadsAs(**store, 4000, Value(9)));
+  // Reserved blocks are holes to SEEK_DATA (ext4, xfs, tmpfs), and wherever the scan does
+  // land on them their zeroed headers read as never written: only written sectors show.
+  std::vector<SectorIdx> seen;
+  ASSERT_TRUE((*store)
+                  ->ForEachStored([&](SectorIdx s, Tag, bool ok) {
+                    EXPECT_TRUE(ok);
+                    seen.push_back(s);
+                  })
+                  .ok());
+  EXPECT_EQ(seen, (std::vector<SectorIdx>{5, 4000}));
+  store->reset();
+
+  // Reopening preallocates nothing more and changes nothing.
+  store = SectorStore::Open(dir.path(), options);
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  EXPECT_TRUE(ReadsAs(**store, 5, Value(8)));
+  EXPECT_TRUE(ReadsAs(**store, 4000, Value(9)));
+}
+
+TEST(SectorStorePosixTest, ShrinkingIsRefusedOnlyOverWrittenSectors) {
+  TempDir dir;
+  SectorStore::Options options;
+  options.sectors = 4096;
+  options.preallocate = true;
+  auto store = SectorStore::Open(dir.path(), options);
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  Latch latch;
+  (*store)->Write(2047, Value(3), latch.Add());  // the last sector of the smaller device
+  (*store)->Write(3000, Value(4), latch.Add());
+  latch.WaitFor(2);
+  ASSERT_TRUE(latch.errors().empty());
+  store->reset();
+
+  options.sectors = 2048;  // sector 3000 holds data past the end
+  store = SectorStore::Open(dir.path(), options);
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.status().code(), StatusCode::kInvalidArgument);
+
+  options.sectors = 3001;  // just big enough
+  store = SectorStore::Open(dir.path(), options);
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  EXPECT_TRUE(ReadsAs(**store, 3000, Value(4)));
+  store->reset();
+
+  // A preallocated tail nobody wrote (a file of a larger device) is no reason to refuse.
+  TempDir other;
+  options.sectors = 4096;
+  store = SectorStore::Open(other.path(), options);
+  ASSERT_TRUE(store.ok());
+  (*store)->Write(2047, Value(5), latch.Add());
+  latch.WaitFor(3);
+  ASSERT_TRUE(latch.errors().empty());
+  store->reset();
+  options.sectors = 2048;
+  store = SectorStore::Open(other.path(), options);
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  EXPECT_TRUE(ReadsAs(**store, 2047, Value(5)));
 }
 
 }  // namespace
