@@ -100,11 +100,20 @@ void Node::MaybeStartSyncer(std::int64_t now) {
   if (!all_up && now < sync_start_deadline_ms_) return;
   sync_started_ = true;
   Status s = syncer_->Start(now);
-  if (!s.ok() && on_fatal_) {
-    auto fatal = std::move(on_fatal_);
-    on_fatal_ = nullptr;
-    fatal("cannot start: " + s.ToString());
-  }
+  if (!s.ok()) Fatal("cannot start: " + s.ToString());
+}
+
+void Node::Fatal(const std::string& why) {
+  if (!on_fatal_) return;  // already on its way out
+  auto fatal = std::move(on_fatal_);
+  on_fatal_ = nullptr;
+  fatal(why);
+}
+
+bool Node::StopIfStoreFailed(const Status& status) {
+  if (status.ok() || !store_->Failed() || !on_fatal_) return false;
+  Fatal("the data file failed an fdatasync: " + status.message());
+  return true;
 }
 
 void Node::Stop() {
@@ -376,12 +385,7 @@ void Node::Persist(SectorIdx sector, const Triple& value) {
         ++counters_.persist_errors;
         LogRateLimited("persist", "persisting sector " + std::to_string(sector) +
                                       " failed: " + status.ToString());
-        if (store_->Failed() && on_fatal_) {
-          auto fatal = std::move(on_fatal_);
-          on_fatal_ = nullptr;
-          fatal("the data file failed an fdatasync: " + status.message());
-          return;
-        }
+        if (StopIfStoreFailed(status)) return;
       }
       // The register's durable tag (what resync reports) may have moved.
       syncer_->OnLocalWrite(sector);
@@ -461,12 +465,7 @@ void Node::Absorb(SectorIdx sector, const Triple& value, std::uint64_t token) {
         auto d = direct_absorbs_.find(sector);
         if (d != direct_absorbs_.end() && --d->second == 0) direct_absorbs_.erase(d);
       }
-      if (!status.ok() && store_->Failed() && on_fatal_) {
-        auto fatal = std::move(on_fatal_);
-        on_fatal_ = nullptr;
-        fatal("the data file failed an fdatasync: " + status.message());
-        return;
-      }
+      if (StopIfStoreFailed(status)) return;
       syncer_->OnAbsorbed(token, status, NowMs());
     });
   });

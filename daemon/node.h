@@ -97,6 +97,11 @@ class Node : public FrameSink, public RegisterEnv, public SyncEnv {
   // the peer itself opened to us (remembered by NoteInbound for authenticated senders).
   void SendToPeer(Rank to, PeerLink& link, SharedFrame frame);
   void NoteInbound(Rank from, Connection& conn);
+  // Calls the SetOnFatal function once (later calls do nothing).
+  void Fatal(const std::string& why);
+  // After a failed fdatasync the store refuses everything: ends the node (true) instead of
+  // going on with `status`. False for any other outcome.
+  bool StopIfStoreFailed(const Status& status);
   // Starts the Syncer once the peer links are up (or a short deadline passed).
   void MaybeStartSyncer(std::int64_t now);
   std::int64_t NowMs() const;
