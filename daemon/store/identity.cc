@@ -93,6 +93,7 @@ std::string Serialize(const Identity& id) {
          std::to_string(kFormat) + "\ncluster_id = \"" + id.cluster_id.ToString() +
          "\"\nrank = " + std::to_string(id.rank) + "\nvoting = " + b(id.voting) + "\nvoters = [" +
          voters + "]\nwrite_ts_floor = " + std::to_string(id.write_ts_floor) +
+         "\nwrite_ts_lease = " + std::to_string(id.write_ts_lease) +
          "\nresync_active = " + b(id.resync_active) + "\nresync_join = " + b(id.resync_join) +
          "\nresync_next_window = " + std::to_string(id.resync_next_window) + "\n";
 }
@@ -108,8 +109,9 @@ Result<Identity> Parse(const std::string& path, const std::string& contents) {
   // Unknown keys are refused rather than dropped: a newer version's field may matter, and a
   // rewrite by this version would lose it.
   static const std::set<std::string> kKeys = {
-      "format",      "cluster_id",         "rank",          "voting", "voters", "resync_active",
-      "resync_join", "resync_next_window", "write_ts_floor"};
+      "format",         "cluster_id",    "rank",        "voting",
+      "voters",         "resync_active", "resync_join", "resync_next_window",
+      "write_ts_floor", "write_ts_lease"};
   for (const auto& [k, v] : table) {
     if (!kKeys.count(std::string(k.str()))) {
       return Bad(path, "unknown key \"" + std::string(k.str()) + "\"");
@@ -161,14 +163,14 @@ Result<Identity> Parse(const std::string& path, const std::string& contents) {
   }
   id.resync_next_window = static_cast<std::uint64_t>(*window);
 
-  // Optional: files written before it existed have none, which means no floor.
-  if (table.contains("write_ts_floor")) {
-    auto floor = table["write_ts_floor"].value_exact<std::int64_t>();
-    if (!floor) return Bad(path, "\"write_ts_floor\" is not an integer");
-    if (*floor < 0) {
-      return Bad(path, "write_ts_floor " + std::to_string(*floor) + " is negative");
-    }
-    id.write_ts_floor = static_cast<std::uint64_t>(*floor);
+  // Optional: files written before they existed have none, which means no floor / no lease.
+  for (auto [key, field] : {std::pair{"write_ts_floor", &id.write_ts_floor},
+                            std::pair{"write_ts_lease", &id.write_ts_lease}}) {
+    if (!table.contains(key)) continue;
+    auto v = table[key].value_exact<std::int64_t>();
+    if (!v) return Bad(path, "\"" + std::string(key) + "\" is not an integer");
+    if (*v < 0) return Bad(path, std::string(key) + " " + std::to_string(*v) + " is negative");
+    *field = static_cast<std::uint64_t>(*v);
   }
   return id;
 }
@@ -211,6 +213,8 @@ Status SaveIdentity(const std::string& data_dir, const Identity& identity) {
   ATOMDISK_CHECK(identity.resync_next_window <=
                  static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()));
   ATOMDISK_CHECK(identity.write_ts_floor <=
+                 static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()));
+  ATOMDISK_CHECK(identity.write_ts_lease <=
                  static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()));
   for (Rank r : identity.voters) ATOMDISK_CHECK(ValidRank(r));
   Identity normalised = identity;

@@ -15,6 +15,9 @@
 //   write_ts_floor = 1763781809000000  # lowest ts of own writes; optional on load (absent:
 //                                      # 0, no floor), always written (docs/RESYNC.md,
 //                                      # "Tags after a disk replacement")
+//   write_ts_lease = 16777216          # own writes with a lower ts may go out before they are
+//                                      # durable here; optional on load (absent: 0), always
+//                                      # written (docs/REGISTER.md, "The write ts lease")
 //   resync_active = true        # a pass was running
 //   resync_join = false         # ... and it is the catch-up a joining node needs to vote
 //   resync_next_window = 17     # first window not yet fully pulled
@@ -44,6 +47,10 @@ struct Identity {
   // pass ends: above every ts an earlier incarnation of this rank (before its disk was
   // replaced) can have used. 0: no floor.
   std::uint64_t write_ts_floor = 0;
+  // Own writes with a ts below this may send WriteProc before their own copy is durable
+  // (RegisterConfig::write_ts_lease). Saved before it is used, so a restart's write ts floor
+  // (max of write_ts_floor and this) lies above every ts such a write can have used. 0: none.
+  std::uint64_t write_ts_lease = 0;
 
   friend bool operator==(const Identity&, const Identity&) = default;
   // Adds `r` to voters (kept sorted, unique). Returns true if it was not there.

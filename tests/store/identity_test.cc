@@ -53,6 +53,7 @@ Identity Sample() {
   id.resync_join = false;
   id.resync_next_window = 17;
   id.write_ts_floor = 1763781809000000;
+  id.write_ts_lease = 1763781826000000;
   return id;
 }
 
@@ -64,6 +65,7 @@ std::string ValidFileWith(const std::string& key, const std::string& line) {
                          "voting = true",
                          "voters = [1, 2, 3]",
                          "write_ts_floor = 0",
+                         "write_ts_lease = 0",
                          "resync_active = false",
                          "resync_join = false",
                          "resync_next_window = 0"};
@@ -122,6 +124,7 @@ TEST(IdentityTest, RoundTripOfExtremes) {
   id.resync_join = true;
   id.resync_next_window = (1ull << 63) - 1;
   id.write_ts_floor = (1ull << 63) - 1;
+  id.write_ts_lease = (1ull << 63) - 1;
   ASSERT_TRUE(SaveIdentity(dir.path(), id).ok());
   auto loaded = LoadIdentity(dir.path());
   ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
@@ -235,6 +238,9 @@ TEST(IdentityTest, InvalidValuesAreCorruption) {
       {"write_ts_floor", "write_ts_floor = \"5\"", "write_ts_floor"},
       {"write_ts_floor", "write_ts_floor = true", "write_ts_floor"},
       {"write_ts_floor", "write_ts_floor = 9223372036854775808", ""},  // beyond int64
+      {"write_ts_lease", "write_ts_lease = -1", "negative"},
+      {"write_ts_lease", "write_ts_lease = 1.5", "write_ts_lease"},
+      {"write_ts_lease", "write_ts_lease = \"5\"", "write_ts_lease"},
       {"extra", "extra = 1", "unknown key \"extra\""},
   };
   for (const Case& c : cases) {
@@ -246,6 +252,24 @@ TEST(IdentityTest, InvalidValuesAreCorruption) {
   auto loaded = LoadIdentity(dir.path());
   ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
   EXPECT_TRUE(loaded->has_value());
+}
+
+// write_ts_lease came later still: a file without it loads with no lease (every write then
+// persists its own copy first, docs/REGISTER.md), and the next save writes it.
+TEST(IdentityTest, WriteTsLeaseIsOptionalOnLoadAndAlwaysSaved) {
+  TempDir dir;
+  const std::string path = IdentityPath(dir.path());
+  WriteFile(path, ValidFileWith("write_ts_lease", ""));
+  auto loaded = LoadIdentity(dir.path());
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  ASSERT_TRUE(loaded->has_value());
+  EXPECT_EQ((*loaded)->write_ts_lease, 0u);
+  ASSERT_TRUE(SaveIdentity(dir.path(), **loaded).ok());
+  EXPECT_NE(ReadFile(path).find("\nwrite_ts_lease = 0\n"), std::string::npos);
+  WriteFile(path, ValidFileWith("write_ts_lease", "write_ts_lease = 16777216"));
+  loaded = LoadIdentity(dir.path());
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  EXPECT_EQ((*loaded)->write_ts_lease, 16777216u);
 }
 
 // write_ts_floor came after the first IDENTITY files: a file without it loads with no floor,
