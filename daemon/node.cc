@@ -51,6 +51,12 @@ Node::Node(asio::io_context& io, ClusterConfig config, Rank self,
   so.scrub_interval_ms = config_.scrub_interval_s * 1000;
   // Until the Syncer decides, this node answers nothing: it may have lost its disk.
   register_config_.votes = false;
+  // Writes this node coordinates before the Syncer starts already stay above the ts its
+  // earlier runs may have used (docs/REGISTER.md); the Syncer raises the floor no lower.
+  if (membership_.identity) {
+    register_config_.min_write_ts =
+        std::max(membership_.identity->write_ts_floor, membership_.identity->write_ts_lease);
+  }
   syncer_ =
       std::make_unique<Syncer>(std::move(so), membership_.identity, membership_.store_empty, this);
 }
@@ -427,17 +433,25 @@ void Node::SendSync(Rank to, const SyncMessage& msg) {
 // handed to a peer, it could outlive this node's crash and meet a different value under the
 // same tag. A pending value lives in its sector's register until it is durable, so the
 // register's durable triple is the one to report.
-Status Node::ScanTags(SectorIdx first, std::uint64_t count, bool verify_all,
+Status Node::ScanTags(SectorIdx first, std::uint64_t count, bool verify_all, TagView view,
                       const std::function<void(SectorIdx, Tag, bool ok)>& fn) {
   return store_->ScanRange(first, count, verify_all, [&](SectorIdx sector, Tag tag, bool ok) {
     auto it = registers_.find(sector);
-    fn(sector, it == registers_.end() ? tag : it->second.reg->durable().tag, ok);
+    if (it == registers_.end()) return fn(sector, tag, ok);
+    const Register& reg = *it->second.reg;
+    fn(sector, view == TagView::kServed ? reg.Served().tag : reg.durable().tag, ok);
   });
+}
+
+void Node::ForEachServedAhead(const std::function<void(SectorIdx)>& fn) {
+  for (const auto& [sector, slot] : registers_) {
+    if (slot.reg->Served().tag > slot.reg->durable().tag) fn(sector);
+  }
 }
 
 Result<Triple> Node::ReadSector(SectorIdx sector) {
   auto it = registers_.find(sector);
-  if (it != registers_.end()) return it->second.reg->durable();
+  if (it != registers_.end()) return it->second.reg->Served();
   if (direct_absorbs_.count(sector)) {
     return Status::Unavailable("sector " + std::to_string(sector) + " is being repaired");
   }
@@ -503,6 +517,12 @@ void Node::SetWriteTsFloor(std::uint64_t floor) {
         floor);
   }
   register_config_.min_write_ts = floor;
+}
+
+void Node::SetWriteTsLease(std::uint64_t lease) { register_config_.write_ts_lease = lease; }
+
+void Node::WantWriteTsLease(std::uint64_t ts) {
+  if (sync_started_) syncer_->RaiseWriteTsLease(ts);
 }
 
 std::string Node::InfoJson() const {

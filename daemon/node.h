@@ -60,17 +60,20 @@ class Node : public FrameSink, public RegisterEnv, public SyncEnv {
   void Persist(SectorIdx sector, const Triple& value) override;
   void Complete(std::uint64_t token, SectorPtr data) override;
   Uuid NewOpId() override;
+  void WantWriteTsLease(std::uint64_t ts) override;
   // SyncEnv
   void SendSync(Rank to, const SyncMessage& msg) override;
-  Status ScanTags(SectorIdx first, std::uint64_t count, bool verify_all,
+  Status ScanTags(SectorIdx first, std::uint64_t count, bool verify_all, TagView view,
                   const std::function<void(SectorIdx, Tag, bool ok)>& fn) override;
   Result<Triple> ReadSector(SectorIdx sector) override;
+  void ForEachServedAhead(const std::function<void(SectorIdx)>& fn) override;
   void Absorb(SectorIdx sector, const Triple& value, std::uint64_t token) override;
   Status SaveIdentity(const Identity& identity) override;
   void SetVoting(bool voting) override;
   void Note(const std::string& line) override;
   std::uint64_t WallClockMicros() override;
   void SetWriteTsFloor(std::uint64_t floor) override;
+  void SetWriteTsLease(std::uint64_t lease) override;
 
   std::uint16_t listen_port() const;
 

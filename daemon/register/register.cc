@@ -170,6 +170,14 @@ void Register::MaybeFinish(std::int64_t now_ms) {
     }
     c.target = Triple{Tag{std::max(c.best.tag.ts + 1, config_->min_write_ts), config_->self},
                       c.write_data};
+    if (c.target.tag.ts < config_->write_ts_lease) {
+      // Under the lease: a crash that loses our own copy cannot lead to this tag's reuse
+      // (the next incarnation writes above the lease), so persist it and send WriteProc at
+      // once; our own Ack counts when the persist completes.
+      EnterImpose(now_ms);
+      return;
+    }
+    env_->WantWriteTsLease(c.target.tag.ts);
     c.phase = Phase::kPersistOwn;
     AcceptAndPersist(c.target);
     if (DurableCovers(c.target.tag) || BUG(ack_before_persist)) EnterImpose(now_ms);
@@ -304,6 +312,12 @@ bool Register::WantsValue(const SystemMessage& msg) const {
   if (!current_ || current_->id != msg.op_id || current_->phase != Phase::kCollect) return false;
   std::size_t i = RankIndex(msg.sender);
   return i < current_->answered.size() && !current_->answered[i];
+}
+
+const Triple& Register::Served() const {
+  const bool own_unleased =
+      stored_.tag.wr == config_->self && stored_.tag.ts >= config_->write_ts_lease;
+  return stored_.tag > durable_.tag && !own_unleased ? stored_ : durable_;
 }
 
 bool Register::Idle() const {

@@ -11,7 +11,8 @@
 // - the stored tag never decreases; a durable tag never decreases;
 // - an Ack for tag T is sent only once a triple >= T is durable on this node;
 // - a Value reports only the durable triple (so the one-round-trip read is safe);
-// - a writer persists its own new triple before it sends WriteProc to anyone.
+// - a writer persists its own new triple before it sends WriteProc to anyone, unless its ts
+//   lies below the write ts lease (docs/REGISTER.md): then both happen at once.
 //
 // Owned by the node shell (or the simulator), one per busy sector. Not thread-safe: every
 // call for one node must come from one thread.
@@ -52,6 +53,12 @@ struct RegisterConfig {
   // used, so a new write never reuses a tag whose old value survives somewhere the join did
   // not look. A larger ts is always safe: a write only needs one above its read quorum's.
   std::uint64_t min_write_ts = 0;
+  // Own writes whose ts lies below this send WriteProc while their own copy is still being
+  // persisted (one fdatasync off a write's latency); the others persist first. The owner
+  // keeps this lease durable (IDENTITY) before it sets it, and after a restart sets
+  // min_write_ts to at least the saved lease: a write whose own copy a crash lost can then
+  // never have its tag reused by the next incarnation (docs/REGISTER.md).
+  std::uint64_t write_ts_lease = 0;
 
   std::size_t Quorum() const;  // answers that make a majority
 };
@@ -69,6 +76,10 @@ class RegisterEnv {
   virtual void Complete(std::uint64_t token, SectorPtr data) = 0;
   // A fresh, unique operation id.
   virtual Uuid NewOpId() = 0;
+  // A write of ours chose ts `ts` >= config.write_ts_lease and so persists its own copy
+  // before it sends WriteProc. The owner may raise the lease above `ts` (durably first) so
+  // that later writes skip that wait.
+  virtual void WantWriteTsLease(std::uint64_t ts) { (void)ts; }
 };
 
 class Register {
@@ -111,6 +122,10 @@ class Register {
   bool HasClientWork() const { return current_.has_value() || !queue_.empty(); }
 
   const Triple& durable() const { return durable_; }
+  // What resync serves to peers (TagView::kServed): stored_, unless it is our own write above
+  // the write ts lease that is not durable yet (its tag could be reused after a crash); then
+  // durable_.
+  const Triple& Served() const;
   const Triple& stored() const { return stored_; }
   SectorIdx sector() const { return sector_; }
 

@@ -173,6 +173,8 @@ struct Syncer::Impl {
   // Write ts floor computed when the join pass ended, saved by BecomeVoter (0: none).
   std::uint64_t join_floor = 0;
   std::uint64_t applied_floor = 0;  // last SetWriteTsFloor
+  std::uint64_t applied_lease = 0;  // last SetWriteTsLease (saved in identity first)
+  bool lease_save_failed_noted = false;
   std::uint64_t next_id = 1;
 
   // Digest cache.
@@ -252,10 +254,17 @@ struct Syncer::Impl {
       }
     }
     if (identity.voting) identity.AddVoter(options.self);
+    // Writes of the earlier run below its lease may have gone out without a durable copy
+    // here: this run's writes start above it (docs/REGISTER.md), under a new lease.
+    const std::uint64_t restart_floor = std::max(identity.write_ts_floor, identity.write_ts_lease);
+    identity.write_ts_lease = LeaseAbove(restart_floor);
     if (!loaded || *loaded != identity) {
       Status s = env->SaveIdentity(identity);
       if (!s.ok()) return s;
     }
+    ApplyWriteTsFloor(restart_floor);
+    applied_lease = identity.write_ts_lease;
+    env->SetWriteTsLease(applied_lease);
     // Request ids count up from the start time (scaled): a reply that an earlier run of this
     // node asked for, still in flight, cannot match a request of this run.
     next_id = (static_cast<std::uint64_t>(std::max<std::int64_t>(now_ms, 0)) << 20) + 1;
@@ -294,6 +303,36 @@ struct Syncer::Impl {
   void SetVoting(bool v) {
     voting = v;
     env->SetVoting(v);
+  }
+
+  // A lease kWriteTsLeaseStep above `ts`, within what IDENTITY can hold.
+  static std::uint64_t LeaseAbove(std::uint64_t ts) {
+    constexpr auto kMax = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
+    return ts < kMax - kWriteTsLeaseStep ? ts + kWriteTsLeaseStep : kMax;
+  }
+
+  void RaiseWriteTsLease(std::uint64_t ts) {
+    if (mode == Mode::kNew || ts < applied_lease) return;  // not started, or already covered
+    Identity next = identity;
+    next.write_ts_lease = LeaseAbove(ts);
+    if (next.write_ts_lease <= applied_lease) return;  // at the cap
+    Status s = env->SaveIdentity(next);
+    if (!s.ok()) {
+      // Writes stay correct without a lease (they persist their own copy first); the next
+      // one above it asks again.
+      if (!lease_save_failed_noted) {
+        env->Note(
+            "cannot save IDENTITY to raise the write ts lease (writes take one "
+            "fdatasync longer until it can): " +
+            s.ToString());
+      }
+      lease_save_failed_noted = true;
+      return;
+    }
+    lease_save_failed_noted = false;
+    identity = next;
+    applied_lease = identity.write_ts_lease;
+    env->SetWriteTsLease(applied_lease);
   }
 
   void ApplyWriteTsFloor(std::uint64_t floor) {
@@ -506,8 +545,10 @@ struct Syncer::Impl {
         r.first = msg.first;
         r.count = msg.count;
         r.digests.reserve(msg.count);
+        std::set<std::uint64_t> ahead;  // buckets with a value being persisted
+        env->ForEachServedAhead([&](SectorIdx sec) { ahead.insert(sec / kBucketSectors); });
         for (std::uint64_t b = msg.first; b < msg.first + msg.count; ++b) {
-          std::optional<std::uint64_t> d = OwnDigest(b);
+          std::optional<std::uint64_t> d = ServedDigest(b, ahead);
           if (!d) return;  // unreadable here: no reply, the requester retries
           r.digests.push_back(*d);
         }
@@ -523,11 +564,12 @@ struct Syncer::Impl {
         SyncMessage r = Msg(SyncKind::kEntriesReply, msg.request_id);
         r.first = msg.first;
         r.count = msg.count;
-        Status s = env->ScanTags(msg.first, msg.count, false, [&](SectorIdx sec, Tag t, bool) {
-          if (t != Tag{} && sec >= msg.first && sec - msg.first < msg.count) {
-            r.entries.push_back({sec, t});
-          }
-        });
+        Status s = env->ScanTags(
+            msg.first, msg.count, false, TagView::kServed, [&](SectorIdx sec, Tag t, bool) {
+              if (t != Tag{} && sec >= msg.first && sec - msg.first < msg.count) {
+                r.entries.push_back({sec, t});
+              }
+            });
         if (!s.ok()) return;  // no reply: the requester retries or drops us
         std::sort(r.entries.begin(), r.entries.end(),
                   [](const SyncEntry& a, const SyncEntry& b) { return a.sector < b.sector; });
@@ -578,12 +620,28 @@ struct Syncer::Impl {
     std::uint64_t first = b * kBucketSectors;
     std::uint64_t count = std::min<std::uint64_t>(kBucketSectors, options.sectors - first);
     std::uint64_t d = 0;
-    Status s = env->ScanTags(first, count, false, [&](SectorIdx sec, Tag t, bool) {
-      if (t != Tag{} && sec >= first && sec - first < count) d ^= SectorTagDigest(sec, t);
-    });
+    Status s =
+        env->ScanTags(first, count, false, TagView::kDurable, [&](SectorIdx sec, Tag t, bool) {
+          if (t != Tag{} && sec >= first && sec - first < count) d ^= SectorTagDigest(sec, t);
+        });
     if (!s.ok()) return std::nullopt;
     digest[b] = d;
     digest_valid[b] = true;
+    return d;
+  }
+
+  // The digest of bucket b that peers get: as OwnDigest, but over the kServed tags. Not
+  // cached; only buckets with a value being persisted (`ahead`) differ from OwnDigest.
+  std::optional<std::uint64_t> ServedDigest(std::uint64_t b, const std::set<std::uint64_t>& ahead) {
+    if (!ahead.count(b)) return OwnDigest(b);
+    std::uint64_t first = b * kBucketSectors;
+    std::uint64_t count = std::min<std::uint64_t>(kBucketSectors, options.sectors - first);
+    std::uint64_t d = 0;
+    Status s =
+        env->ScanTags(first, count, false, TagView::kServed, [&](SectorIdx sec, Tag t, bool) {
+          if (t != Tag{} && sec >= first && sec - first < count) d ^= SectorTagDigest(sec, t);
+        });
+    if (!s.ok()) return std::nullopt;
     return d;
   }
 
@@ -882,12 +940,14 @@ struct Syncer::Impl {
     --src->entries_in_flight;
     src->waiting = false;
     Rank rank = src->rank;
-    // Our own tags for the range (pending writes included). If the scan fails, every peer
+    // Our own durable tags for the range. If the scan fails, every peer
     // entry is fetched: Absorb never lowers a tag, so that only costs bandwidth.
     std::vector<Tag> own(req.count);
-    Status s = env->ScanTags(req.first, req.count, false, [&](SectorIdx sec, Tag t, bool) {
-      if (sec >= req.first && sec - req.first < req.count) own[sec - req.first] = t;
-    });
+    Status s = env->ScanTags(req.first, req.count, false, TagView::kDurable,
+                             [&](SectorIdx sec, Tag t, bool) {
+                               if (sec >= req.first && sec - req.first < req.count)
+                                 own[sec - req.first] = t;
+                             });
     if (!s.ok()) std::fill(own.begin(), own.end(), Tag{});
     for (const SyncEntry& e : msg.entries) {
       if (e.tag > own[e.sector - req.first]) AddWant(e.sector, e.tag, rank);
@@ -1233,16 +1293,17 @@ struct Syncer::Impl {
       std::uint64_t b = scrub.bucket++;
       std::uint64_t first = b * kBucketSectors;
       std::uint64_t count = std::min<std::uint64_t>(kBucketSectors, options.sectors - first);
-      Status s = env->ScanTags(first, count, true, [&](SectorIdx sec, Tag t, bool ok) {
-        if (sec < first || sec - first >= count) return;
-        ++scrub.checked;
-        if (ok) return;
-        ++scrub.corrupt;
-        if (scrub.repairs.count(sec) == 0) {
-          scrub.repairs[sec] = Repair{t, {}, now_ms, false};
-          found.push_back(sec);
-        }
-      });
+      Status s =
+          env->ScanTags(first, count, true, TagView::kDurable, [&](SectorIdx sec, Tag t, bool ok) {
+            if (sec < first || sec - first >= count) return;
+            ++scrub.checked;
+            if (ok) return;
+            ++scrub.corrupt;
+            if (scrub.repairs.count(sec) == 0) {
+              scrub.repairs[sec] = Repair{t, {}, now_ms, false};
+              found.push_back(sec);
+            }
+          });
       if (!s.ok())
         env->Note("scrub: cannot scan bucket " + std::to_string(b) + ": " + s.ToString());
     }
@@ -1536,6 +1597,8 @@ struct Syncer::Impl {
     ATOMDISK_CHECK(std::is_sorted(identity.voters.begin(), identity.voters.end()));
     // The saved floor is in force (a node votes only with it applied).
     ATOMDISK_CHECK(applied_floor >= identity.write_ts_floor || mode == Mode::kNew);
+    // The lease in force is the saved one (never ahead of what a restart would see).
+    ATOMDISK_CHECK(applied_lease == identity.write_ts_lease || mode == Mode::kNew);
     if (pass) {
       const Pass& p = *pass;
       ATOMDISK_CHECK(p.window <= windows);
@@ -1600,6 +1663,7 @@ void Syncer::OnAbsorbed(std::uint64_t token, const Status& status, std::int64_t 
   impl_->OnAbsorbed(token, status, now_ms);
 }
 void Syncer::OnLocalWrite(SectorIdx sector) { impl_->Invalidate(sector); }
+void Syncer::RaiseWriteTsLease(std::uint64_t ts) { impl_->RaiseWriteTsLease(ts); }
 void Syncer::Tick(std::int64_t now_ms) { impl_->Tick(now_ms); }
 Status Syncer::StartScrub(std::int64_t now_ms) { return impl_->StartScrub(now_ms); }
 Status Syncer::StartResync(std::int64_t now_ms) { return impl_->StartResync(now_ms); }

@@ -83,6 +83,16 @@ struct SyncerOptions {
   std::size_t RequiredSources() const { return ranks.size() - Quorum() + 1; }
 };
 
+// Which value of a sector resync looks at (docs/RESYNC.md, "What resync sees").
+enum class TagView {
+  // What is durable here: this node's own state, which a join or pass compares against.
+  kDurable,
+  // What this node serves to peers: the durable value, or a newer one still being persisted
+  // when its tag can never be reused (a value from another writer, or our own write under the
+  // write ts lease, which has gone out in WriteProcs already).
+  kServed,
+};
+
 // Effects of a Syncer, carried out by its owner.
 class SyncEnv {
  public:
@@ -90,12 +100,16 @@ class SyncEnv {
   // Sends `msg` to node `to` (never self). Delivery may fail; the Syncer retries.
   virtual void SendSync(Rank to, const SyncMessage& msg) = 0;
   // Calls fn(sector, tag, ok) for each sector in [first, first + count) with a written slot
-  // (SectorStore::ScanRange: newest stored tag, pending writes included; tag (0,0) when no
-  // slot is valid; ok false when a slot fails its checks, all slots with verify_all).
-  virtual Status ScanTags(SectorIdx first, std::uint64_t count, bool verify_all,
+  // (SectorStore::ScanRange; tag (0,0) when no slot is valid; ok false when a slot fails its
+  // checks, all slots with verify_all), with the tag `view` gives.
+  virtual Status ScanTags(SectorIdx first, std::uint64_t count, bool verify_all, TagView view,
                           const std::function<void(SectorIdx, Tag, bool ok)>& fn) = 0;
-  // The newest stored value of `sector` (for Fetch replies). An error if it is unreadable.
+  // The value of `sector` this node serves (TagView::kServed; for Fetch replies). An error if
+  // it is unreadable.
   virtual Result<Triple> ReadSector(SectorIdx sector) = 0;
+  // Calls fn(sector) for every sector whose kServed tag lies above its kDurable tag (a handful:
+  // values being persisted), so that bucket digests served to peers can account for them.
+  virtual void ForEachServedAhead(const std::function<void(SectorIdx)>& fn) = 0;
   // Stores `value` for `sector` unless a newer or equal tag is stored (a tag never goes
   // down; through the sector's register if it has one). Later calls
   // Syncer::OnAbsorbed(token, status) exactly once, when the value or a newer one is durable
@@ -114,7 +128,15 @@ class SyncEnv {
   // From now on this node's own writes use ts >= floor (RegisterConfig::min_write_ts;
   // docs/RESYNC.md, "Tags after a disk replacement"). Called with a non-decreasing floor.
   virtual void SetWriteTsFloor(std::uint64_t floor) = 0;
+  // From now on own writes with ts below `lease` may go out before they are durable here
+  // (RegisterConfig::write_ts_lease; docs/REGISTER.md). Called only once the lease is saved in
+  // IDENTITY, with a non-decreasing lease.
+  virtual void SetWriteTsLease(std::uint64_t lease) = 0;
 };
+
+// How far above a write's ts a raised write ts lease lies: a restart moves this node's write
+// ts floor up by at most this much, and the lease is saved again only after writes reach it.
+inline constexpr std::uint64_t kWriteTsLeaseStep = std::uint64_t{1} << 24;
 
 struct SyncStatus {
   bool voting = false;
@@ -158,6 +180,10 @@ class Syncer {
   // A new value of `sector` was handed to the store (by a register or an Absorb): the
   // cached digest of its bucket is stale.
   void OnLocalWrite(SectorIdx sector);
+  // A write of this node needs ts `ts`, at or above the write ts lease: saves a lease above it
+  // in IDENTITY and applies it (SetWriteTsLease). Nothing before Start, or if `ts` is below
+  // the lease already; a failed save is noted once and leaves the lease as it was.
+  void RaiseWriteTsLease(std::uint64_t ts);
   // Sends Hellos, retries unanswered requests, issues rate-limited fetches, scrubs a chunk.
   void Tick(std::int64_t now_ms);
 

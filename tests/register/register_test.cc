@@ -51,6 +51,7 @@ class FakeEnv : public RegisterEnv {
     completed.push_back({token, std::move(data)});
   }
   Uuid NewOpId() override { return IdOf(++last_id); }
+  void WantWriteTsLease(std::uint64_t ts) override { lease_wanted.push_back(ts); }
 
   // The messages sent since the last call, and forgets them.
   std::vector<Sent> TakeSent() { return std::exchange(sent, {}); }
@@ -61,6 +62,7 @@ class FakeEnv : public RegisterEnv {
   std::vector<Triple> persisted;
   std::vector<Completed> completed;
   std::uint64_t last_id = 0;
+  std::vector<std::uint64_t> lease_wanted;
 };
 
 class RegisterTest : public ::testing::Test {
@@ -245,6 +247,64 @@ TEST_F(RegisterTest, WritePersistsOwnCopyBeforeSendingWriteProc) {
   ASSERT_EQ(env_.completed.size(), 1u);
   EXPECT_EQ(env_.completed[0].token, 42u);
   EXPECT_EQ(env_.completed[0].data, nullptr);
+  EXPECT_TRUE(reg_->Idle());
+}
+
+// Without a lease covering its ts the write persists first (above) and asks for a lease.
+TEST_F(RegisterTest, WriteAboveTheLeaseAsksForOne) {
+  config_.write_ts_lease = 6;
+  MakeCluster(3, {Tag{2, 3}, Fill(2)});
+  reg_->StartWrite(42, Fill(0x77), 0);
+  Uuid id = IdOf(1);
+  env_.TakeSent();
+  Deliver(Msg(3, id, SystemContent::kValue, Tag{5, 2}, Fill(5)));  // ts 6: not below 6
+  EXPECT_EQ(env_.lease_wanted, (std::vector<std::uint64_t>{6}));
+  EXPECT_EQ(env_.TakePersisted().size(), 1u);
+  EXPECT_TRUE(env_.TakeSent().empty()) << "no WriteProc before our own copy is durable";
+}
+
+// Under the lease the WriteProc goes out with our own persist in flight; our own Ack counts
+// only once that persist completes, so the write needs a majority of durable copies still.
+TEST_F(RegisterTest, WriteUnderTheLeaseSendsWriteProcWhilePersisting) {
+  config_.write_ts_lease = 7;
+  MakeCluster(3, {Tag{2, 3}, Fill(2)});
+  SectorPtr x = Fill(0x77);
+  reg_->StartWrite(42, x, 0);
+  Uuid id = IdOf(1);
+  env_.TakeSent();
+  Deliver(Msg(3, id, SystemContent::kValue, Tag{5, 2}, Fill(5)));
+  EXPECT_TRUE(env_.lease_wanted.empty());
+  auto persisted = env_.TakePersisted();
+  ASSERT_EQ(persisted.size(), 1u);
+  EXPECT_EQ(persisted[0].tag, (Tag{6, 1}));
+  auto sent = env_.TakeSent();
+  EXPECT_EQ(Targets(sent, SystemContent::kWriteProc, id), (std::vector<Rank>{2, 3}));
+  for (const auto& s : sent) EXPECT_EQ(s.msg.tag, (Tag{6, 1}));
+  // One peer's Ack alone is not a majority: our own copy is not durable yet.
+  Deliver(Msg(2, id, SystemContent::kAck), 1);
+  EXPECT_TRUE(env_.completed.empty());
+  Persisted(Tag{6, 1}, Status::Ok(), 2);
+  ASSERT_EQ(env_.completed.size(), 1u);
+  EXPECT_EQ(env_.completed[0].token, 42u);
+  EXPECT_TRUE(reg_->Idle());
+
+  // A second write whose own persist fails still finishes on the two peers' Acks, and the
+  // failed persist is retried by the tick until the register can go idle.
+  config_.write_ts_lease = 100;  // raised meanwhile (ts 7 would not be under 7)
+  reg_->StartWrite(43, Fill(0x78), 3);
+  Uuid id2 = IdOf(2);
+  env_.TakeSent();
+  Deliver(Msg(2, id2, SystemContent::kValue, Tag{6, 1}, x), 4);
+  ASSERT_EQ(env_.TakePersisted().size(), 1u);
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kWriteProc, id2), (std::vector<Rank>{2, 3}));
+  Persisted(Tag{7, 1}, Status::IOError("disk on fire"), 5);
+  Deliver(Msg(2, id2, SystemContent::kAck), 6);
+  Deliver(Msg(3, id2, SystemContent::kAck), 7);
+  ASSERT_EQ(env_.completed.size(), 2u);
+  EXPECT_FALSE(reg_->Idle());
+  Tick(200);
+  ASSERT_EQ(env_.TakePersisted().size(), 1u);
+  Persisted(Tag{7, 1}, Status::Ok(), 201);
   EXPECT_TRUE(reg_->Idle());
 }
 

@@ -100,10 +100,12 @@ int main(int argc, char** argv) {
   app.add_option("--nodes", options.nodes, "cluster size")->check(CLI::IsMember({3, 5}));
   app.add_option("--steps", options.steps, "events in the faulty phase of each run")
       ->check(CLI::PositiveNumber);
-  app.add_option("--bug", bug_name,
-                 "turn on a catalogued mistake: skip-impose, ack-before-persist, "
-                 "minority-quorum, forget-on-restart (a restart wipes the store but keeps the "
-                 "IDENTITY), joiner-votes (a node whose disk was replaced votes at once)");
+  app.add_option(
+      "--bug", bug_name,
+      "turn on a catalogued mistake: skip-impose, ack-before-persist, "
+      "minority-quorum, forget-on-restart (a restart wipes the store but keeps the "
+      "IDENTITY), joiner-votes (a node whose disk was replaced votes at once), lease-forgotten "
+      "(a restarted node writes below its earlier write ts lease)");
   app.add_flag("--expect-failure", expect_failure,
                "pass iff some seed fails (the bug is caught); stops at the first such seed");
   app.add_option("--expect-check", expect_check,

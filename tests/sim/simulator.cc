@@ -38,13 +38,15 @@ const char* SimBugName(SimBug bug) {
       return "forget-on-restart";
     case SimBug::kJoinerVotes:
       return "joiner-votes";
+    case SimBug::kLeaseForgotten:
+      return "lease-forgotten";
   }
   return "?";
 }
 
 std::vector<SimBug> AllSimBugs() {
-  return {SimBug::kSkipImpose, SimBug::kAckBeforePersist, SimBug::kMinorityQuorum,
-          SimBug::kForgetOnRestart, SimBug::kJoinerVotes};
+  return {SimBug::kSkipImpose,      SimBug::kAckBeforePersist, SimBug::kMinorityQuorum,
+          SimBug::kForgetOnRestart, SimBug::kJoinerVotes,      SimBug::kLeaseForgotten};
 }
 
 std::optional<SimBug> ParseSimBug(std::string_view name) {
@@ -258,6 +260,9 @@ class Simulator {
       sim_->OnComplete(node_, token, std::move(data));
     }
     Uuid NewOpId() override { return sim_->NewOpId(); }
+    void WantWriteTsLease(std::uint64_t ts) override {
+      if (auto& syncer = sim_->nodes_[node_]->syncer) syncer->RaiseWriteTsLease(ts);
+    }
 
    private:
     Simulator* sim_;
@@ -270,20 +275,27 @@ class Simulator {
     void SendSync(Rank to, const SyncMessage& msg) override { sim_->OnSendSync(node_, to, msg); }
     // Durable values only, like the daemon (daemon/node.cc): a value still on its way to
     // the disk lives in its sector's register, whose durable triple is what resync sees.
-    Status ScanTags(SectorIdx first, std::uint64_t count, bool verify_all,
+    Status ScanTags(SectorIdx first, std::uint64_t count, bool verify_all, TagView view,
                     const std::function<void(SectorIdx, Tag, bool ok)>& fn) override {
       auto& regs = sim_->nodes_[node_]->regs;
       return sim_->nodes_[node_]->store->ScanRange(
           first, count, verify_all, [&](SectorIdx sector, Tag tag, bool ok) {
             auto it = regs.find(sector);
-            fn(sector, it == regs.end() ? tag : it->second->durable().tag, ok);
+            if (it == regs.end()) return fn(sector, tag, ok);
+            fn(sector,
+               view == TagView::kServed ? it->second->Served().tag : it->second->durable().tag, ok);
           });
     }
     Result<Triple> ReadSector(SectorIdx sector) override {
       auto& regs = sim_->nodes_[node_]->regs;
       auto it = regs.find(sector);
-      if (it != regs.end()) return it->second->durable();
+      if (it != regs.end()) return it->second->Served();
       return sim_->nodes_[node_]->store->Read(sector);
+    }
+    void ForEachServedAhead(const std::function<void(SectorIdx)>& fn) override {
+      for (const auto& [sector, reg] : sim_->nodes_[node_]->regs) {
+        if (reg->Served().tag > reg->durable().tag) fn(sector);
+      }
     }
     void Absorb(SectorIdx sector, const Triple& value, std::uint64_t token) override {
       sim_->OnAbsorb(node_, sector, value, token);
@@ -304,6 +316,10 @@ class Simulator {
     void SetWriteTsFloor(std::uint64_t floor) override {
       sim_->Trace("node " + std::to_string(node_ + 1) + " write ts floor " + std::to_string(floor));
       sim_->nodes_[node_]->config.min_write_ts = floor;
+    }
+    void SetWriteTsLease(std::uint64_t lease) override {
+      sim_->Trace("node " + std::to_string(node_ + 1) + " write ts lease " + std::to_string(lease));
+      sim_->nodes_[node_]->config.write_ts_lease = lease;
     }
 
    private:
@@ -620,6 +636,10 @@ void Simulator::Restart(int n) {
     node.known_durable.clear();
   } else if (options_.bug == SimBug::kForgetOnRestart) {
     node.disk = std::make_shared<FaultyBlockFile>();  // the bug: a blank disk, IDENTITY kept
+  } else if (options_.bug == SimBug::kLeaseForgotten && node.identity) {
+    // The bug: the restart does not start above the earlier run's lease, under which writes
+    // went out before their own copy was durable.
+    node.identity->write_ts_lease = 0;
   }
   OpenStore(n);
   Result<Triple> probe = node.store->Read(0);
@@ -672,8 +692,9 @@ void Simulator::StartSyncer(int n) {
   o.resync_interval_ms = kResyncIntervalMs;
   o.bug_joiner_votes = options_.bug == SimBug::kJoinerVotes;
   node.voting = false;
-  node.config.votes = false;     // until the Syncer decides
-  node.config.min_write_ts = 0;  // a new process: the Syncer applies the saved floor
+  node.config.votes = false;       // until the Syncer decides
+  node.config.min_write_ts = 0;    // a new process: the Syncer applies the saved floor
+  node.config.write_ts_lease = 0;  // ... and lease
   Trace("syncer node " + std::to_string(node.rank) + " starts: " +
         (node.identity ? node.identity->voting ? "IDENTITY voting" : "IDENTITY joining"
                        : "no IDENTITY") +
@@ -719,12 +740,16 @@ void Simulator::ReplaceDisk(int n) {
   ++result_.stats.replaced_disks;
   Trace("replace disk of node " + std::to_string(node.rank) +
         ": it crashes and restarts with an empty store and no IDENTITY");
+  // Only a node that voted (its IDENTITY says so, saved before its first vote; or an earlier
+  // disk of it did, and it has not voted since) made promises: a node that never voted
+  // registers and votes with an empty store, by design (docs/RESYNC.md).
+  const bool voted = node.replaced || (node.identity && node.identity->voting);
   Crash(n);
   node.replace_on_restart = true;
-  node.replaced = true;
+  node.replaced = voted;
   // Every operation that completed so far may rest on this disk's promises: the node must
   // hold all of them again before it votes.
-  node.must_hold = completed_tags_;
+  if (voted) node.must_hold = completed_tags_;
   Event e;
   e.type = EventType::kRestart;
   e.node = n;

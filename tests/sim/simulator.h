@@ -36,6 +36,7 @@ enum class SimBug {
   kMinorityQuorum,    // N/2 answers taken as a majority
   kForgetOnRestart,   // a restarted node's store is wiped but its IDENTITY (voting) is kept
   kJoinerVotes,       // a node with a replaced disk votes at once (SyncerOptions::bug_joiner_votes)
+  kLeaseForgotten,    // a restarted node's writes do not start above its earlier write ts lease
 };
 
 // "skip-impose", ... ; "none" for kNone.

@@ -58,7 +58,7 @@ class FakeNode : public SyncEnv {
   FakeNode(Cluster* cluster, Rank rank) : cluster_(cluster), rank_(rank) {}
 
   void SendSync(Rank to, const SyncMessage& msg) override;
-  Status ScanTags(SectorIdx first, std::uint64_t count, bool verify_all,
+  Status ScanTags(SectorIdx first, std::uint64_t count, bool verify_all, TagView view,
                   const std::function<void(SectorIdx, Tag, bool ok)>& fn) override {
     if (scan_fails) return Status::IOError("scan fails on cue");
     std::set<SectorIdx> keys;
@@ -71,8 +71,11 @@ class FakeNode : public SyncEnv {
     }
     for (SectorIdx s : keys) {
       auto c = corrupt.find(s);
+      auto ahead = served_ahead.find(s);
       if (c != corrupt.end()) {
         fn(s, c->second, false);
+      } else if (view == TagView::kServed && ahead != served_ahead.end()) {
+        fn(s, ahead->second.tag, true);
       } else {
         fn(s, data.at(s).tag, true);
       }
@@ -84,9 +87,13 @@ class FakeNode : public SyncEnv {
     auto c = corrupt.find(sector);
     if (c != corrupt.end() && c->second == Tag{}) return Status::Corruption("both slots bad");
     if (unreadable.count(sector) != 0) return Status::IOError("unreadable on cue");
+    if (auto ahead = served_ahead.find(sector); ahead != served_ahead.end()) return ahead->second;
     auto it = data.find(sector);
     if (it == data.end()) return Triple{Tag{}, ZeroSector()};
     return it->second;
+  }
+  void ForEachServedAhead(const std::function<void(SectorIdx)>& fn) override {
+    for (const auto& [sector, value] : served_ahead) fn(sector);
   }
   void Absorb(SectorIdx sector, const Triple& value, std::uint64_t token) override {
     if (value.tag <= TagOf(sector)) ++older_absorbs;
@@ -106,6 +113,7 @@ class FakeNode : public SyncEnv {
   void Note(const std::string& line) override { notes.push_back(line); }
   std::uint64_t WallClockMicros() override { return wall_clock_us; }
   void SetWriteTsFloor(std::uint64_t floor) override { floor_calls.push_back(floor); }
+  void SetWriteTsLease(std::uint64_t lease) override { lease_calls.push_back(lease); }
 
   Tag TagOf(SectorIdx s) const {
     auto it = data.find(s);
@@ -125,6 +133,9 @@ class FakeNode : public SyncEnv {
   std::map<SectorIdx, Triple> data;
   std::map<SectorIdx, Tag> corrupt;  // sector -> tag its scan reports (ok = false)
   std::set<SectorIdx> unreadable;    // ReadSector fails
+  // Values being persisted that this node serves (TagView::kServed) above data's durable
+  // ones; a sector here must also be in data.
+  std::map<SectorIdx, Triple> served_ahead;
   std::optional<Identity> saved;
   int saves = 0;
   bool fail_save = false;
@@ -134,6 +145,7 @@ class FakeNode : public SyncEnv {
   std::vector<bool> voting_calls;
   std::uint64_t wall_clock_us = 1'000'000;
   std::vector<std::uint64_t> floor_calls;  // SetWriteTsFloor arguments
+  std::vector<std::uint64_t> lease_calls;  // SetWriteTsLease arguments
   std::vector<std::string> notes;
   std::vector<std::string> events;
   std::function<void()> on_vote;
@@ -456,6 +468,36 @@ TEST(SyncerTest, ReplacedDiskJoinsAfterPullingEverythingNewer) {
   EXPECT_EQ(c.node(1).older_absorbs, 0);
 }
 
+// A write that went out under the write ts lease may be durable only on the replaced disk
+// while its writer still persists its own copy: the joiner must pull it from the writer
+// (TagView::kServed), even when the durable digests of joiner and writer agree, and must
+// compare against its own durable tags only (docs/RESYNC.md, "What resync sees").
+TEST(SyncerTest, JoinPullsAValueItsWriterStillPersists) {
+  Cluster c(3, 1000);
+  for (Rank r : {1, 2, 3}) c.node(r).data[5] = Value(3, 2);  // agreed on everywhere
+  c.node(2).served_ahead[5] = Value(4, 2);                   // node 2's write, own persist pending
+  // (sector 300 lies in another bucket, so that bucket 0's durable digests agree)
+  c.node(2).saved = VotingIdentity(2, {1, 2, 3});
+  c.node(3).saved = VotingIdentity(3, {1, 2, 3});
+  FakeNode& n = c.node(1);
+  n.saved = VotingIdentity(1, {1, 2, 3});
+  n.saved->voting = false;  // its join was interrupted: it joins again
+  n.data[300] = Value(1, 1);
+  n.served_ahead[300] = Value(9, 1);  // the joiner's own pending write: not a durable copy
+  c.node(2).data[300] = Value(8, 2);
+  bool checked = false;
+  n.on_vote = [&] {
+    checked = true;
+    EXPECT_EQ(n.TagOf(5), (Tag{4, 2}));
+    EXPECT_EQ(n.TagOf(300), (Tag{8, 2}));
+  };
+  c.StartNode(2);
+  c.StartNode(3);
+  c.StartNode(1);
+  ASSERT_TRUE(c.RunUntil([&] { return n.voting(); }));
+  EXPECT_TRUE(checked);
+}
+
 // The old incarnation of a replaced disk may have tags out there that the join pass did not
 // see: the new one's writes take ts from a floor above them (docs/RESYNC.md), saved with
 // voting = true, applied before it votes, and applied again after a restart.
@@ -497,22 +539,62 @@ TEST(SyncerTest, JoinPassSetsAWriteTsFloorBeforeVoting) {
     EXPECT_TRUE(c.node(3).floor_calls.empty());
     EXPECT_EQ(c.node(2).saved->write_ts_floor, 0u);
 
-    // A restart applies the saved floor before it votes, whatever the clock says now.
+    // A restart applies the saved floor before it votes, whatever the clock says now (and
+    // the saved write ts lease, when that is higher: docs/REGISTER.md).
+    const std::uint64_t lease = n.saved->write_ts_lease;
+    const std::uint64_t restart_floor = std::max(floor, lease);
     c.StopNode(1);
     n.floor_calls.clear();
     n.wall_clock_us = 10;
     checked = false;
     n.on_vote = [&] {
       checked = true;
-      EXPECT_EQ(n.floor_calls, std::vector<std::uint64_t>{floor});
+      EXPECT_EQ(n.floor_calls, std::vector<std::uint64_t>{restart_floor});
     };
     c.StartNode(1);
     EXPECT_TRUE(n.voting());
     EXPECT_TRUE(checked);
     c.RunFor(1000);
-    EXPECT_EQ(n.floor_calls, std::vector<std::uint64_t>{floor});
+    EXPECT_EQ(n.floor_calls, std::vector<std::uint64_t>{restart_floor});
     EXPECT_EQ(n.saved->write_ts_floor, floor);
+    EXPECT_EQ(n.saved->write_ts_lease, restart_floor + kWriteTsLeaseStep);
   }
+}
+
+// The write ts lease (docs/REGISTER.md): saved at every start above the earlier one (which
+// becomes the floor), raised on request only once durable, never lowered, and left alone when
+// the save fails.
+TEST(SyncerTest, WriteTsLeaseIsSavedBeforeItIsApplied) {
+  Cluster c(3, 1000);
+  for (Rank r : {1, 2, 3}) c.node(r).saved = VotingIdentity(r, {1, 2, 3});
+  FakeNode& n = c.node(1);
+  n.saved->write_ts_lease = 5000;
+  c.StartNode(2);
+  c.StartNode(3);
+  c.StartNode(1);
+  ASSERT_TRUE(n.voting());
+  EXPECT_EQ(n.floor_calls, std::vector<std::uint64_t>{5000});
+  EXPECT_EQ(n.saved->write_ts_lease, 5000 + kWriteTsLeaseStep);
+  EXPECT_EQ(n.lease_calls, std::vector<std::uint64_t>{5000 + kWriteTsLeaseStep});
+
+  n.syncer->RaiseWriteTsLease(100);  // already covered: nothing saved
+  EXPECT_EQ(n.lease_calls.size(), 1u);
+  const std::uint64_t ts = 5000 + kWriteTsLeaseStep;  // a write at the lease
+  n.fail_save = true;
+  n.syncer->RaiseWriteTsLease(ts);
+  EXPECT_EQ(n.lease_calls.size(), 1u) << "a lease that is not durable must not be used";
+  EXPECT_EQ(n.CountNotes("cannot save IDENTITY to raise the write ts lease"), 1);
+  n.fail_save = false;
+  n.syncer->RaiseWriteTsLease(ts);
+  EXPECT_EQ(n.saved->write_ts_lease, ts + kWriteTsLeaseStep);
+  EXPECT_EQ(n.lease_calls.back(), ts + kWriteTsLeaseStep);
+  n.syncer->CheckInvariants();
+
+  // A restart starts above the raised lease.
+  c.StopNode(1);
+  n.floor_calls.clear();
+  c.StartNode(1);
+  EXPECT_EQ(n.floor_calls, std::vector<std::uint64_t>{ts + kWriteTsLeaseStep});
 }
 
 // A node that never voted promised nothing: it registers and votes without a floor.
