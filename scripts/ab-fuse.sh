@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
 done
 for d in "$dir_a" "$dir_b"; do
   for b in atomdiskd atomdisk atomdisk-fuse; do
-    [ -n "$d" ] && [ -x "$d/$b" ] || { echo "ab-fuse: need --a and --b, bin folders holding $b (missing in '$d')" >&2; exit 2; }
+    if [ -z "$d" ] || [ ! -x "$d/$b" ]; then echo "ab-fuse: need --a and --b, bin folders holding $b (missing in '$d')" >&2; exit 2; fi
   done
 done
 command -v fio >/dev/null || { echo "ab-fuse: fio is not installed (scripts/install-deps.sh)" >&2; exit 1; }
@@ -59,7 +59,8 @@ results="$dir/results.txt"
 for side in a b; do
   (
     d="dir_$side"
-    export ATOMDISK_BIN_DIR="$(readlink -f "${!d}")" CLUSTER_NO_TRAP=1
+    ATOMDISK_BIN_DIR="$(readlink -f "${!d}")"
+    export ATOMDISK_BIN_DIR CLUSTER_NO_TRAP=1
     # shellcheck source=scripts/lib/cluster.sh
     source "$root/scripts/lib/cluster.sh"
     cluster_create "$dir/cluster-$side" 3 $((size_mib * 256)) >/dev/null
@@ -71,7 +72,8 @@ run_side() {  # SIDE ROUND
   local side=$1 round=$2
   (
     d="dir_$side"
-    export ATOMDISK_BIN_DIR="$(readlink -f "${!d}")"
+    ATOMDISK_BIN_DIR="$(readlink -f "${!d}")"
+    export ATOMDISK_BIN_DIR
     # shellcheck source=scripts/lib/cluster.sh
     source "$root/scripts/lib/cluster.sh"
     # shellcheck disable=SC1090,SC2034
