@@ -428,11 +428,9 @@ void Node::SendSync(Rank to, const SyncMessage& msg) {
   SendToPeer(to, *it->second, std::make_shared<const Frame>(EncodeFrame(msg, system_mac_)));
 }
 
-// Resync sees durable values only. The store also reports values still on their way to
-// the disk; one of those may be a writer's own new value, which exists nowhere else yet:
-// handed to a peer, it could outlive this node's crash and meet a different value under the
-// same tag. A pending value lives in its sector's register until it is durable, so the
-// register's durable triple is the one to report.
+// The store also reports values still on their way to the disk. A pending value lives in its
+// sector's register until it is durable, so the register says what each view sees: its
+// durable triple (kDurable), or Register::Served (kServed; docs/RESYNC.md, "What resync sees").
 Status Node::ScanTags(SectorIdx first, std::uint64_t count, bool verify_all, TagView view,
                       const std::function<void(SectorIdx, Tag, bool ok)>& fn) {
   return store_->ScanRange(first, count, verify_all, [&](SectorIdx sector, Tag tag, bool ok) {

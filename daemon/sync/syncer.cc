@@ -617,32 +617,29 @@ struct Syncer::Impl {
   std::optional<std::uint64_t> OwnDigest(std::uint64_t b) {
     ATOMDISK_CHECK(b < buckets);
     if (digest_valid[b]) return digest[b];
+    std::optional<std::uint64_t> d = ScanDigest(b, TagView::kDurable);
+    if (!d) return std::nullopt;
+    digest[b] = *d;
+    digest_valid[b] = true;
+    return d;
+  }
+
+  // The digest of bucket b over the tags `view` gives, read from the store (uncached).
+  std::optional<std::uint64_t> ScanDigest(std::uint64_t b, TagView view) {
     std::uint64_t first = b * kBucketSectors;
     std::uint64_t count = std::min<std::uint64_t>(kBucketSectors, options.sectors - first);
     std::uint64_t d = 0;
-    Status s =
-        env->ScanTags(first, count, false, TagView::kDurable, [&](SectorIdx sec, Tag t, bool) {
-          if (t != Tag{} && sec >= first && sec - first < count) d ^= SectorTagDigest(sec, t);
-        });
+    Status s = env->ScanTags(first, count, false, view, [&](SectorIdx sec, Tag t, bool) {
+      if (t != Tag{} && sec >= first && sec - first < count) d ^= SectorTagDigest(sec, t);
+    });
     if (!s.ok()) return std::nullopt;
-    digest[b] = d;
-    digest_valid[b] = true;
     return d;
   }
 
   // The digest of bucket b that peers get: as OwnDigest, but over the kServed tags. Not
   // cached; only buckets with a value being persisted (`ahead`) differ from OwnDigest.
   std::optional<std::uint64_t> ServedDigest(std::uint64_t b, const std::set<std::uint64_t>& ahead) {
-    if (!ahead.count(b)) return OwnDigest(b);
-    std::uint64_t first = b * kBucketSectors;
-    std::uint64_t count = std::min<std::uint64_t>(kBucketSectors, options.sectors - first);
-    std::uint64_t d = 0;
-    Status s =
-        env->ScanTags(first, count, false, TagView::kServed, [&](SectorIdx sec, Tag t, bool) {
-          if (t != Tag{} && sec >= first && sec - first < count) d ^= SectorTagDigest(sec, t);
-        });
-    if (!s.ok()) return std::nullopt;
-    return d;
+    return ahead.count(b) ? ScanDigest(b, TagView::kServed) : OwnDigest(b);
   }
 
   void Invalidate(SectorIdx s) {
