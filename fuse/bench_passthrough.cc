@@ -28,6 +28,7 @@ namespace {
 struct Passthrough {
   int buffered_fd = -1;
   int direct_fd = -1;
+  int direct_dsync_fd = -1;  // for opens with O_DSYNC (or O_SYNC): durable on every write
   std::uint64_t size = 0;
   ParallelDirectWrites parallel_writes;
 };
@@ -101,8 +102,12 @@ fuse_lowlevel_ops MakeOps() {
       return;
     }
     fi->direct_io = 1;
-    fi->fh = static_cast<std::uint64_t>((fi->flags & O_DIRECT) ? P(req)->direct_fd
-                                                               : P(req)->buffered_fd);
+    // Honour O_DSYNC the way a local file would: fio --sync=dsync on this mount must pay for
+    // durability like it does on the bare file and on atomdisk.
+    Passthrough* p = P(req);
+    int fd = p->buffered_fd;
+    if (fi->flags & O_DIRECT) fd = (fi->flags & O_DSYNC) ? p->direct_dsync_fd : p->direct_fd;
+    fi->fh = static_cast<std::uint64_t>(fd);
     fuse_reply_open(req, fi);
   };
   ops.release = [](fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); };
@@ -191,8 +196,9 @@ int main(int argc, char** argv) {
   static Passthrough p;
   p.buffered_fd = open(file.c_str(), O_RDWR | O_CLOEXEC);
   p.direct_fd = open(file.c_str(), O_RDWR | O_DIRECT | O_CLOEXEC);
+  p.direct_dsync_fd = open(file.c_str(), O_RDWR | O_DIRECT | O_DSYNC | O_CLOEXEC);
   struct stat st;
-  if (p.buffered_fd < 0 || p.direct_fd < 0 || fstat(p.buffered_fd, &st) != 0) {
+  if (p.buffered_fd < 0 || p.direct_fd < 0 || p.direct_dsync_fd < 0 || fstat(p.buffered_fd, &st) != 0) {
     std::fprintf(stderr, "%s: %s\n", file.c_str(), std::strerror(errno));
     return 1;
   }
