@@ -198,7 +198,8 @@ int main(int argc, char** argv) {
   p.direct_fd = open(file.c_str(), O_RDWR | O_DIRECT | O_CLOEXEC);
   p.direct_dsync_fd = open(file.c_str(), O_RDWR | O_DIRECT | O_DSYNC | O_CLOEXEC);
   struct stat st;
-  if (p.buffered_fd < 0 || p.direct_fd < 0 || p.direct_dsync_fd < 0 || fstat(p.buffered_fd, &st) != 0) {
+  if (p.buffered_fd < 0 || p.direct_fd < 0 || p.direct_dsync_fd < 0 ||
+      fstat(p.buffered_fd, &st) != 0) {
     std::fprintf(stderr, "%s: %s\n", file.c_str(), std::strerror(errno));
     return 1;
   }

@@ -308,6 +308,14 @@ class SectorStoreImpl final : public SectorStore {
     return Triple{Tag{}, ZeroSector()};
   }
 
+  std::optional<Tag> CachedDurableTag(SectorIdx sector) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!failed_.ok() || pending_.count(sector)) return std::nullopt;
+    auto it = hints_.find(sector);
+    if (it == hints_.end()) return std::nullopt;
+    return it->second.has_newest ? it->second.newest_tag : Tag{};
+  }
+
   void Write(SectorIdx sector, const Triple& value, WriteCallback done) override {
     ATOMDISK_CHECK(value.data != nullptr);
     std::unique_lock<std::mutex> lock(mu_);

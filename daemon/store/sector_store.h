@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "common/status.h"
@@ -70,6 +71,13 @@ class SectorStore {
   // failed). Corruption when both slots are written and both fail their checks; IOError when
   // the file cannot be read, or after a failed sync (see Write).
   virtual Result<Triple> Read(SectorIdx sector) = 0;
+
+  // The newest durable tag of `sector` when the store knows it without reading the file:
+  // from the slot cache that the last Read() or completed sync of that sector filled ((0,0)
+  // for a sector known never to have been written). nullopt when the sector is not cached,
+  // while a write to it is pending (the durable tag is about to move), and once the store
+  // has failed. Never does I/O; for answering tag-only questions cheaply.
+  virtual std::optional<Tag> CachedDurableTag(SectorIdx sector) = 0;
 
   // Stores `value` durably; calls done(OK) once it is on stable storage, done(error) if the
   // write or the sync failed. Never calls `done` from inside Write().

@@ -549,6 +549,52 @@ TEST(SectorStoreTest, WriteEioGoesToTheCallbackAndTheOldValueStays) {
   EXPECT_TRUE(ReadsAs(*store, 3, Value(3)));
 }
 
+TEST(SectorStoreTest, CachedDurableTagIsKnownOnlyWhenNothingIsPending) {
+  auto disk = std::make_shared<FaultyBlockFile>();
+  auto store = SectorStore::OpenOnFile(ShareBlockFile(disk), Manual(8));
+  EXPECT_FALSE(store->CachedDurableTag(3).has_value());  // never looked at
+  EXPECT_TRUE(ReadsAs(*store, 3, Triple{Tag{}, ZeroSector()}));
+  EXPECT_EQ(store->CachedDurableTag(3), Tag{});  // known never written
+
+  Results results;
+  store->Write(3, Value(5), results.Add());
+  EXPECT_FALSE(store->CachedDurableTag(3).has_value());  // pending: not durable yet
+  store->SyncNow();
+  EXPECT_EQ(store->CachedDurableTag(3), (Tag{5, 1}));
+  EXPECT_FALSE(store->CachedDurableTag(4).has_value());
+
+  // A failed write forgets what it knew; a Read learns it again.
+  disk->FailNextWrites(1);
+  store->Write(3, Value(6), results.Add());
+  store->SyncNow();
+  ASSERT_EQ(results.got.size(), 2u);
+  EXPECT_FALSE(results.got[1].ok());
+  EXPECT_FALSE(store->CachedDurableTag(3).has_value());
+  EXPECT_TRUE(ReadsAs(*store, 3, Value(5)));
+  EXPECT_EQ(store->CachedDurableTag(3), (Tag{5, 1}));
+
+  // Reopened over the same file: nothing is cached, the tag is read again.
+  store->Close();
+  store = SectorStore::OpenOnFile(ShareBlockFile(disk), Manual(8));
+  EXPECT_FALSE(store->CachedDurableTag(3).has_value());
+  EXPECT_TRUE(ReadsAs(*store, 3, Value(5)));
+  EXPECT_EQ(store->CachedDurableTag(3), (Tag{5, 1}));
+}
+
+TEST(SectorStoreTest, AFailedStoreCachesNothing) {
+  auto disk = std::make_shared<FaultyBlockFile>();
+  auto store = SectorStore::OpenOnFile(ShareBlockFile(disk), Manual(8));
+  Results results;
+  store->Write(3, Value(1), results.Add());
+  store->SyncNow();
+  ASSERT_EQ(store->CachedDurableTag(3), (Tag{1, 1}));
+  disk->FailNextSyncs(1);
+  store->Write(4, Value(2), results.Add());
+  store->SyncNow();
+  ASSERT_TRUE(store->Failed());
+  EXPECT_FALSE(store->CachedDurableTag(3).has_value());
+}
+
 TEST(SectorStoreTest, EioOnAWaitingWriteIssuedByTheRound) {
   auto disk = std::make_shared<FaultyBlockFile>();
   auto store = SectorStore::OpenOnFile(ShareBlockFile(disk), Manual(8));
