@@ -415,7 +415,11 @@ struct Syncer::Impl {
     }
     bool lists_self = std::binary_search(msg.voters.begin(), msg.voters.end(), options.self);
     PeerHello& h = hellos[msg.sender];
-    if (round->second >= h.round_ms) h = PeerHello{round->second, msg.voting, lists_self};
+    if (round->second >= h.round_ms) {
+      h = PeerHello{round->second, msg.voting, lists_self};
+      // Only the newest round's reply speaks for the peer's current binary.
+      env->SetPeerFeatures(msg.sender, msg.features);
+    }
     if (mode == Mode::kVoting) {
       if (!lists_self) {
         // That peer forgot us (its disk was replaced): register again.
@@ -515,6 +519,7 @@ struct Syncer::Impl {
         r.cluster_id = options.cluster_id;
         r.voting = voting;
         r.voters = identity.voters;
+        r.features = kFeatureTagReads;
         env->SendSync(msg.sender, r);
         return;
       }

@@ -132,6 +132,13 @@ class SyncEnv {
   // (RegisterConfig::write_ts_lease; docs/REGISTER.md). Called only once the lease is saved in
   // IDENTITY, with a non-decreasing lease.
   virtual void SetWriteTsLease(std::uint64_t lease) = 0;
+  // `peer`'s latest HelloReply (of this cluster) advertised these kFeature* bits
+  // (common/sync_wire.h; 0 from an older node). Called at every such reply, so a feature a
+  // peer stops advertising (it was downgraded) is withdrawn at its next reply.
+  virtual void SetPeerFeatures(Rank peer, std::uint8_t features) {
+    (void)peer;
+    (void)features;
+  }
 };
 
 // How far above a write's ts a raised write ts lease lies: a restart moves this node's write
