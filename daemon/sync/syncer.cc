@@ -296,6 +296,11 @@ struct Syncer::Impl {
       return Status::Ok();
     }
     env->Note("joining: asking every peer whether it voted before");
+    // Until the peers answer, this node cannot tell a replaced disk (whose old incarnation
+    // may have minted tags that survive at a peer, in flight or waiting) from a new node, and
+    // it may coordinate writes meanwhile: they start above the wall clock, as during a join
+    // pass (docs/RESYNC.md). In memory only: a new node saves no floor.
+    ApplyWriteTsFloor(JoinFloor(0));
     StartHelloRound(now_ms);
     return Status::Ok();
   }

@@ -3,8 +3,8 @@
 // completions (OnAbsorbed) and ticks carrying the time; effects go through SyncEnv. It owns
 // no socket, file, clock or thread, so the simulator runs the real thing.
 //
-// Membership. A node votes (answers ReadProc with a Value, WriteProc with an Ack, counts
-// itself in its own quorums) only once it holds everything it may have promised:
+// Membership. A node votes (answers ReadProc/ReadTag with a Value/Tag, WriteProc with an Ack,
+// counts itself in its own quorums) only once it holds everything it may have promised:
 // - IDENTITY says voting: it votes at once (its disk kept every promise it made).
 // - No IDENTITY and an empty store (new node or replaced disk): it asks every peer (Hello).
 //   If any peer lists it among the voters, it has voted before and lost its disk: it must
@@ -32,8 +32,9 @@
 // whose tags (ts, self) survive where its join pass did not look; its new writes must not
 // reuse such a tag. When a join pass ends, the floor max(previous floor, WallClockMicros(),
 // max ts the pass saw + 1) is saved in IDENTITY with voting = true, and SetWriteTsFloor is
-// called before SetVoting(true); Start re-applies a saved floor. While the join pass runs
-// (the node coordinates writes with peer quorums) the floor is max(saved, WallClockMicros()).
+// called before SetVoting(true); Start re-applies a saved floor. While the node asks its peers
+// whether it voted before, and while the join pass runs (it coordinates writes with peer
+// quorums all along) the floor is max(saved, WallClockMicros()), in memory only.
 //
 // Scrub. Reads every stored sector with full checksum checks, scrub_buckets_per_tick
 // buckets per tick; a sector with a bad slot is fetched from RequiredSources() peers and the
