@@ -163,7 +163,7 @@ void Register::OnMessage(const SystemMessage& msg, std::int64_t now_ms) {
     }
     case SystemContent::kTag: {
       if (!current_ || current_->id != msg.op_id || current_->phase != Phase::kCollect) return;
-      if (current_->values_mode) return;  // we asked for values; only a stale Tag comes here
+      if (current_->values_mode) return;  // no ReadTag went out under this id: not our answer
       std::size_t i = RankIndex(msg.sender);
       if (i >= current_->answered.size() || current_->answered[i]) return;
       Current& c = *current_;
