@@ -296,11 +296,9 @@ struct Syncer::Impl {
       return Status::Ok();
     }
     env->Note("joining: asking every peer whether it voted before");
-    // Until the peers answer, this node cannot tell a replaced disk (whose old incarnation
-    // may have minted tags that survive at a peer, in flight or waiting) from a new node, and
-    // it may coordinate writes meanwhile: they start above the wall clock, as during a join
-    // pass (docs/RESYNC.md). In memory only: a new node saves no floor.
-    ApplyWriteTsFloor(JoinFloor(0));
+    // A replaced disk restarted in the middle of its join: writes it coordinates meanwhile
+    // start above the wall clock at once (see OnHelloReply).
+    if (identity.resync_join) ApplyWriteTsFloor(JoinFloor(0));
     StartHelloRound(now_ms);
     return Status::Ok();
   }
@@ -436,6 +434,11 @@ struct Syncer::Impl {
       listed_as_voter = true;
       env->Note("joining: peer " + std::to_string(msg.sender) +
                 " lists this node as a voter: its disk was replaced, a join pass is needed");
+      // Its old incarnation may have minted tags that survive at a peer (in flight, or waiting
+      // on a slow disk) below the durable tags a write's quorum reports. Writes this node
+      // coordinates from now on, before the join pass even starts (it waits for enough voting
+      // peers), take the wall-clock floor the pass would (docs/RESYNC.md).
+      ApplyWriteTsFloor(JoinFloor(0));
     }
     if (mode == Mode::kJoining) Decide(now_ms);
   }

@@ -32,8 +32,8 @@
 // whose tags (ts, self) survive where its join pass did not look; its new writes must not
 // reuse such a tag. When a join pass ends, the floor max(previous floor, WallClockMicros(),
 // max ts the pass saw + 1) is saved in IDENTITY with voting = true, and SetWriteTsFloor is
-// called before SetVoting(true); Start re-applies a saved floor. While the node asks its peers
-// whether it voted before, and while the join pass runs (it coordinates writes with peer
+// called before SetVoting(true); Start re-applies a saved floor. From the first HelloReply that
+// lists this node as a voter, and while the join pass runs (it coordinates writes with peer
 // quorums all along) the floor is max(saved, WallClockMicros()), in memory only.
 //
 // Scrub. Reads every stored sector with full checksum checks, scrub_buckets_per_tick
