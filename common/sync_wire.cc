@@ -104,6 +104,7 @@ void Append(const SyncMessage& m, Writer& w) {
       w.U8(m.voting ? 1 : 0);
       w.U8(static_cast<std::uint8_t>(m.voters.size()));
       for (Rank r : m.voters) w.U8(r);
+      w.U8(m.features);
       break;
     case SyncKind::kDigest:
     case SyncKind::kEntries:
@@ -152,7 +153,7 @@ std::size_t EncodedSize(const SyncMessage& m) {
     case SyncKind::kRegisterVoterAck:
       return kHeaderSize;
     case SyncKind::kHelloReply:
-      return kHeaderSize + 16 + 1 + 1 + m.voters.size();
+      return kHeaderSize + 16 + 1 + 1 + m.voters.size() + 1;
     case SyncKind::kDigest:
     case SyncKind::kEntries:
       return kHeaderSize + kRangeSize;
@@ -213,6 +214,9 @@ Status DecodeBody(Reader& r, SyncMessage& m) {
       m.voting = voting == 1;
       m.voters.assign(voters, voters + n);
       if (!VotersValid(m.voters)) return Malformed("voters not sorted, unique ranks");
+      // The features byte, if the sender has one (older atomdisk nodes end here: features 0).
+      // Anything after it is trailing bytes.
+      if (!r.AtEnd()) m.features = r.U8();
       return Status::Ok();
     }
     case SyncKind::kDigest:

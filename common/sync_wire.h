@@ -7,6 +7,7 @@
 // Payload (big-endian): u32 2 | u8 sender | u8 kind | u64 request_id | body by kind:
 //   kHello            (empty)
 //   kHelloReply       16 B cluster_id | u8 voting (0/1) | u8 n | n x u8 voter rank
+//                     [| u8 features]  (absent from older atomdisk nodes: features 0)
 //   kRegisterVoter    (empty)
 //   kRegisterVoterAck (empty)
 //   kDigest           u64 first_bucket | u32 count  (count <= kMaxDigestBuckets)
@@ -16,6 +17,9 @@
 //   kFetch            u32 n | n x u64 sector        (1 <= n <= kMaxFetchSectors)
 //   kFetchReply       u32 n | n x (u64 sector | u8 ok | [ok: u64 ts | u8 wr | 4096 B data])
 //                     (1 <= n <= kMaxFetchSectors)
+// A HelloReply's features byte says which atomdisk extensions of the node protocol its sender
+// understands (bit 0: kFeatureTagReads; the other bits are reserved, sent as 0 and ignored
+// when set). Our encoder always writes it.
 // A reply echoes its request's request_id. Entries are sorted by sector, inside
 // [first_sector, first_sector + count), unique; first + count must not pass 2^64 - 1. An entry
 // or digest for a sector never written (tag (0,0)) is never sent. Sender and voter ranks are
@@ -43,6 +47,10 @@ inline constexpr std::uint64_t kBucketSectors = 256;
 inline constexpr std::uint32_t kMaxDigestBuckets = 512;
 inline constexpr std::uint32_t kMaxEntrySectors = 4096;
 inline constexpr std::uint32_t kMaxFetchSectors = 16;
+
+// HelloReply feature bits. kFeatureTagReads: the sender answers a ReadTag with a Tag
+// (common/wire.h, docs/PROTOCOL.md), so a peer may send it ReadTag instead of ReadProc.
+inline constexpr std::uint8_t kFeatureTagReads = 1;
 
 enum class SyncKind : std::uint8_t {
   kHello = 0,
@@ -77,7 +85,8 @@ struct SyncMessage {
   // kHelloReply
   Uuid cluster_id;
   bool voting = false;
-  std::vector<Rank> voters;  // sorted, unique, at most 255
+  std::vector<Rank> voters;   // sorted, unique, at most 255
+  std::uint8_t features = 0;  // kFeature* bits; 0 when an older node sent none
   // kDigest / kDigestReply: buckets [first, first + count)
   std::uint64_t first = 0;  // first bucket (digest) or first sector (entries)
   std::uint32_t count = 0;

@@ -34,11 +34,11 @@ void Append(const SystemMessage& m, Writer& w) {
   w.Bytes(m.op_id.bytes.data(), 16);
   w.U64(m.sector);
   w.U32(static_cast<std::uint32_t>(m.content));
-  if (m.content == SystemContent::kValue || m.content == SystemContent::kWriteProc) {
+  if (HasTag(m.content)) {
     w.U64(m.tag.ts);
     w.U8(m.tag.wr);
-    w.Sector(m.data);
   }
+  if (HasData(m.content)) w.Sector(m.data);
 }
 
 void Append(const ClientResponse& r, Writer& w) {
@@ -91,6 +91,10 @@ const char* SystemContentName(SystemContent c) {
       return "WriteProc";
     case SystemContent::kAck:
       return "Ack";
+    case SystemContent::kReadTag:
+      return "ReadTag";
+    case SystemContent::kTag:
+      return "Tag";
   }
   return "?";
 }
@@ -184,12 +188,17 @@ Result<SystemMessage> DecodeSystemMessage(std::span<const std::uint8_t> payload)
   std::uint32_t content = r.U32();
   if (!r.ok()) return Malformed("system message", "truncated header");
   std::memcpy(m.op_id.bytes.data(), id, 16);
-  if (content > 3) return Malformed("system message", "unknown content " + std::to_string(content));
+  if (content > static_cast<std::uint32_t>(SystemContent::kTag)) {
+    return Malformed("system message", "unknown content " + std::to_string(content));
+  }
   if (m.sender == 0) return Malformed("system message", "sender rank 0");
   m.content = static_cast<SystemContent>(content);
-  if (m.content == SystemContent::kValue || m.content == SystemContent::kWriteProc) {
+  if (HasTag(m.content)) {
     m.tag.ts = r.U64();
     m.tag.wr = r.U8();
+    if (!r.ok()) return Malformed("system message", "truncated tag");
+  }
+  if (HasData(m.content)) {
     const std::uint8_t* data = r.Bytes(kSectorSize);
     if (!r.ok()) return Malformed("system message", "truncated value");
     m.data = MakeSector(data);

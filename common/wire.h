@@ -37,15 +37,35 @@ struct ClientCommand {
   SectorPtr data;  // kWrite only
 };
 
-enum class SystemContent : std::uint32_t { kReadProc = 0, kValue = 1, kWriteProc = 2, kAck = 3 };
+// kReadTag and kTag are atomdisk's extension (docs/PROTOCOL.md, "Tag-only first phase"): a
+// ReadTag asks, like a ReadProc, for the durable triple's tag only, and a Tag answers with it,
+// without the sector data. atdd nodes close a connection that sends either (unknown content),
+// so a node sends ReadTag only to peers whose sync HelloReply advertised kFeatureTagReads
+// (common/sync_wire.h).
+enum class SystemContent : std::uint32_t {
+  kReadProc = 0,
+  kValue = 1,
+  kWriteProc = 2,
+  kAck = 3,
+  kReadTag = 4,
+  kTag = 5,
+};
 const char* SystemContentName(SystemContent c);
+// Whether a message of this content carries a tag (kValue, kWriteProc, kTag) and sector data
+// (kValue, kWriteProc).
+inline bool HasTag(SystemContent c) {
+  return c == SystemContent::kValue || c == SystemContent::kWriteProc || c == SystemContent::kTag;
+}
+inline bool HasData(SystemContent c) {
+  return c == SystemContent::kValue || c == SystemContent::kWriteProc;
+}
 
 struct SystemMessage {
   Rank sender = 0;
   Uuid op_id;
   SectorIdx sector = 0;
   SystemContent content = SystemContent::kReadProc;
-  Tag tag;         // kValue and kWriteProc only
+  Tag tag;         // kValue, kWriteProc and kTag only
   SectorPtr data;  // kValue and kWriteProc only
 };
 

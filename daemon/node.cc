@@ -3,6 +3,7 @@
 #include <openssl/rand.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <nlohmann/json.hpp>
 
@@ -35,6 +36,8 @@ Node::Node(asio::io_context& io, ClusterConfig config, Rank self,
       started_(std::chrono::steady_clock::now()) {
   register_config_.self = self_;
   for (const auto& n : config_.nodes) register_config_.ranks.push_back(n.rank);
+  // ReadProc to everyone until a peer's HelloReply says it understands ReadTag.
+  register_config_.tag_peers.assign(register_config_.ranks.size(), false);
   ATOMDISK_CHECK(RAND_bytes(reinterpret_cast<unsigned char*>(&boot_nonce_), sizeof(boot_nonce_)) ==
                  1);
   for (const auto& n : config_.nodes) {
@@ -269,7 +272,8 @@ void Node::HandleSystem(Connection& conn, std::span<const std::uint8_t> body) {
   // any more (the last peer's answer to a quorum that was complete without it: one of the
   // two Values of every read and write here). The register would ignore them anyway, and
   // dropping a frame unchecked is no more than an attacker on the path could do: what it acts
-  // on is still verified first. That saves a 4 KiB HMAC, a fifth of a read's.
+  // on is still verified first. That saves a 4 KiB HMAC, a fifth of a read's. (ReadTag and
+  // Tag, docs/PROTOCOL.md, carry no data: they go through like ReadProc and Ack.)
   auto msg = DecodeSystemMessage(body.first(body.size() - kMacSize));
   if (msg.ok() && msg->content == SystemContent::kValue) {
     auto it = registers_.find(msg->sector);
@@ -519,6 +523,18 @@ void Node::SetWriteTsFloor(std::uint64_t floor) {
 
 void Node::SetWriteTsLease(std::uint64_t lease) { register_config_.write_ts_lease = lease; }
 
+void Node::SetPeerFeatures(Rank peer, std::uint8_t features) {
+  auto it = std::find(register_config_.ranks.begin(), register_config_.ranks.end(), peer);
+  if (it == register_config_.ranks.end() || peer == self_) return;
+  std::size_t i = static_cast<std::size_t>(it - register_config_.ranks.begin());
+  bool tag_reads = (features & kFeatureTagReads) != 0;
+  if (register_config_.tag_peers[i] != tag_reads) {
+    spdlog::info("peer {} {} tag-only reads (HelloReply features {:#04x})", peer,
+                 tag_reads ? "answers" : "no longer answers", features);
+  }
+  register_config_.tag_peers[i] = tag_reads;
+}
+
 void Node::WantWriteTsLease(std::uint64_t ts) {
   if (sync_started_) syncer_->RaiseWriteTsLease(ts);
 }
@@ -536,8 +552,12 @@ std::string Node::InfoJson() const {
   j["ops_in_flight"] = client_ops_.size();
   nlohmann::json peers = nlohmann::json::array();
   for (const auto& [rank, link] : peers_) {
-    peers.push_back(
-        {{"rank", rank}, {"connected", link->connected()}, {"dropped", link->dropped()}});
+    auto r = std::find(register_config_.ranks.begin(), register_config_.ranks.end(), rank);
+    std::size_t i = static_cast<std::size_t>(r - register_config_.ranks.begin());
+    peers.push_back({{"rank", rank},
+                     {"connected", link->connected()},
+                     {"dropped", link->dropped()},
+                     {"tag_reads", register_config_.IsTagPeer(i)}});
   }
   j["peers"] = peers;
   SyncStatus ss = syncer_->GetStatus(NowMs());

@@ -74,6 +74,7 @@ class Node : public FrameSink, public RegisterEnv, public SyncEnv {
   std::uint64_t WallClockMicros() override;
   void SetWriteTsFloor(std::uint64_t floor) override;
   void SetWriteTsLease(std::uint64_t lease) override;
+  void SetPeerFeatures(Rank peer, std::uint8_t features) override;
 
   std::uint16_t listen_port() const;
 

@@ -53,18 +53,24 @@ void Register::StartNext(std::int64_t now_ms) {
     c.token = op.token;
     c.is_write = op.is_write;
     c.write_data = std::move(op.data);
-    c.id = env_->NewOpId();
-    c.phase = Phase::kCollect;
-    ResetAnswers();
-    // Our own Value, without the network: what is durable here.
-    c.best = durable_;
-    c.all_same = true;
-    if (config_->votes) RecordAnswer(config_->self);
-    c.backoff_ms = config_->retransmit_initial_ms;
-    c.next_send_ms = now_ms + c.backoff_ms;
-    SendPhase(/*only_unanswered=*/true);
-    MaybeFinish(now_ms);  // a one-node cluster finishes at once
+    StartCollect(now_ms);
   }
+}
+
+void Register::StartCollect(std::int64_t now_ms) {
+  Current& c = *current_;
+  // A fresh id: answers to an earlier collect round of this operation are ignored.
+  c.id = env_->NewOpId();
+  c.phase = Phase::kCollect;
+  ResetAnswers();
+  // Our own Value, without the network: what is durable here.
+  c.best = durable_;
+  c.all_same = true;
+  if (config_->votes) RecordAnswer(config_->self);
+  c.backoff_ms = config_->retransmit_initial_ms;
+  c.next_send_ms = now_ms + c.backoff_ms;
+  SendPhase(/*only_unanswered=*/true);
+  MaybeFinish(now_ms);  // a one-node cluster finishes at once
 }
 
 void Register::RecordAnswer(Rank from) {
@@ -81,7 +87,7 @@ void Register::SendPhase(bool only_unanswered) {
   msg.op_id = c.id;
   msg.sector = sector_;
   if (c.phase == Phase::kCollect) {
-    msg.content = SystemContent::kReadProc;
+    msg.content = SystemContent::kReadProc;  // or kReadTag, per peer (below)
   } else if (c.phase == Phase::kImpose) {
     msg.content = SystemContent::kWriteProc;
     msg.tag = c.target.tag;
@@ -93,21 +99,31 @@ void Register::SendPhase(bool only_unanswered) {
     Rank r = config_->ranks[i];
     if (r == config_->self) continue;
     if (only_unanswered && c.answered[i]) continue;
+    if (c.phase == Phase::kCollect) {
+      msg.content = !c.values_mode && config_->IsTagPeer(i) ? SystemContent::kReadTag
+                                                            : SystemContent::kReadProc;
+    }
     env_->Send(r, msg);
   }
 }
 
 void Register::OnMessage(const SystemMessage& msg, std::int64_t now_ms) {
   switch (msg.content) {
-    case SystemContent::kReadProc: {
+    case SystemContent::kReadProc:
+    case SystemContent::kReadTag: {
       if (!config_->votes) return;  // joining: our copy may lack what we once promised
+      // Durable only, with or without its data: what a majority agreeing on it may rely on.
       SystemMessage reply;
       reply.sender = config_->self;
       reply.op_id = msg.op_id;
       reply.sector = sector_;
-      reply.content = SystemContent::kValue;
       reply.tag = durable_.tag;
-      reply.data = durable_.data;
+      if (msg.content == SystemContent::kReadTag) {
+        reply.content = SystemContent::kTag;
+      } else {
+        reply.content = SystemContent::kValue;
+        reply.data = durable_.data;
+      }
       env_->Send(msg.sender, reply);
       return;
     }
@@ -137,7 +153,23 @@ void Register::OnMessage(const SystemMessage& msg, std::int64_t now_ms) {
       if (i >= current_->answered.size() || current_->answered[i]) return;
       Current& c = *current_;
       if (msg.tag != c.best.tag) c.all_same = false;
-      if (msg.tag > c.best.tag) c.best = Triple{msg.tag, msg.data};
+      // A writer never reuses a tag, so a value with the best tag, from anyone, is its value.
+      if (msg.tag > c.best.tag || (msg.tag == c.best.tag && !c.best.data)) {
+        c.best = Triple{msg.tag, msg.data};
+      }
+      RecordAnswer(msg.sender);
+      MaybeFinish(now_ms);
+      return;
+    }
+    case SystemContent::kTag: {
+      if (!current_ || current_->id != msg.op_id || current_->phase != Phase::kCollect) return;
+      if (current_->values_mode) return;  // no ReadTag went out under this id: not our answer
+      std::size_t i = RankIndex(msg.sender);
+      if (i >= current_->answered.size() || current_->answered[i]) return;
+      Current& c = *current_;
+      if (msg.tag != c.best.tag) c.all_same = false;
+      // A newer tag whose value we do not hold: a read fetches it in values mode.
+      if (msg.tag > c.best.tag) c.best = Triple{msg.tag, nullptr};
       RecordAnswer(msg.sender);
       MaybeFinish(now_ms);
       return;
@@ -158,8 +190,15 @@ void Register::MaybeFinish(std::int64_t now_ms) {
   if (c.phase == Phase::kCollect) {
     if (c.answers < quorum) return;
     if (!c.is_write) {
-      // Every Value reports a durable triple, so when a majority agrees on the highest tag
-      // it is already stored on a majority: return without the impose round trip.
+      if (!c.best.data) {
+        // Some peer holds a newer tag than every value we hold (we are behind): ask everyone
+        // again, for values this time. One extra round trip, only on a node that is behind.
+        c.values_mode = true;
+        StartCollect(now_ms);
+        return;
+      }
+      // Every Value or Tag reports a durable triple, so when a majority agrees on the highest
+      // tag it is already stored on a majority: return without the impose round trip.
       if (c.all_same || BUG(skip_impose)) {
         Finish(c.best.data, now_ms);
         return;
@@ -335,6 +374,11 @@ void Register::CheckInvariants() const {
   if (current_) {
     ATOMDISK_CHECK(current_->answers <= config_->ranks.size());
     ATOMDISK_CHECK(current_->answered.size() == config_->ranks.size());
+    // Values mode is a read's, and there every answer carries a value.
+    ATOMDISK_CHECK(!current_->values_mode || !current_->is_write);
+    if (current_->phase == Phase::kCollect && current_->values_mode) {
+      ATOMDISK_CHECK(current_->best.data != nullptr);
+    }
     if (current_->phase != Phase::kCollect) {
       ATOMDISK_CHECK(current_->target.data != nullptr);
       if (!BUG(ack_before_persist)) {

@@ -10,9 +10,15 @@
 // What it guarantees (checked by CheckInvariants and by the simulator):
 // - the stored tag never decreases; a durable tag never decreases;
 // - an Ack for tag T is sent only once a triple >= T is durable on this node;
-// - a Value reports only the durable triple (so the one-round-trip read is safe);
+// - a Value or Tag reports only the durable triple (so the one-round-trip read is safe);
 // - a writer persists its own new triple before it sends WriteProc to anyone, unless its ts
 //   lies below the write ts lease (docs/REGISTER.md): then both happen at once.
+//
+// The first phase asks the peers that understand it for tags only (ReadTag, answered with a
+// Tag: docs/REGISTER.md, "The tag-only first phase"): a write needs only the highest tag, and
+// a read needs the highest value, which in the common case is our own durable one. A read that
+// learns of a newer tag than any value it holds asks everyone again with ReadProc ("values
+// mode", under a new op id).
 //
 // Owned by the node shell (or the simulator), one per busy sector. Not thread-safe: every
 // call for one node must come from one thread.
@@ -59,8 +65,16 @@ struct RegisterConfig {
   // min_write_ts to at least the saved lease: a write whose own copy a crash lost can then
   // never have its tag reused by the next incarnation (docs/REGISTER.md).
   std::uint64_t write_ts_lease = 0;
+  // Indexed like `ranks`: true for the peers that answer ReadTag with Tag (their HelloReply
+  // advertised kFeatureTagReads, common/sync_wire.h); a first phase sends them ReadTag and
+  // everyone else ReadProc. Empty or false: ReadProc (atdd nodes close a connection that
+  // sends them a ReadTag). The owner may change it at any time.
+  std::vector<bool> tag_peers;
 
-  std::size_t Quorum() const;  // answers that make a majority
+  std::size_t Quorum() const;
+  bool IsTagPeer(std::size_t rank_index) const {
+    return rank_index < tag_peers.size() && tag_peers[rank_index];
+  }  // answers that make a majority
 };
 
 // Effects of a register, carried out by its owner.
@@ -114,9 +128,10 @@ class Register {
   // may drop the register and rebuild it from the store later.
   bool Idle() const;
   // False when OnMessage would ignore this Value without looking at its data: no operation of
-  // ours with that id is collecting Values, or `sender` already answered it (typically the
+  // ours with that id is collecting answers, or `sender` already answered it (typically the
   // last node of a quorum that was complete without it). Reads nothing but the header fields,
   // so the owner may ask before it checks the frame's tag, and drop the frame unchecked.
+  // True for any other content (a Tag is small: nothing to save).
   bool WantsValue(const SystemMessage& msg) const;
   // True while this node coordinates or queues client operations (the owner ticks these).
   bool HasClientWork() const { return current_.has_value() || !queue_.empty(); }
@@ -148,9 +163,14 @@ class Register {
     Phase phase = Phase::kCollect;
     std::vector<bool> answered;  // by rank index, for the current phase
     std::size_t answers = 0;
-    Triple best;           // kCollect: highest Value so far
-    bool all_same = true;  // kCollect: every Value so far has best.tag
-    Triple target;         // kPersistOwn/kImpose: the triple being imposed
+    // kCollect: the highest tag reported so far, with its value when some answer carried it
+    // (our own durable triple or a Value); data is null when only a Tag reported best.tag.
+    Triple best;
+    bool all_same = true;  // kCollect: every answer so far has best.tag
+    // kCollect of a read: ReadProc to everyone, Tags ignored (a Tag reported a newer tag than
+    // any value we held, so the read asks again for values).
+    bool values_mode = false;
+    Triple target;  // kPersistOwn/kImpose: the triple being imposed
     bool self_acked = false;
     std::int64_t next_send_ms = 0;
     std::int64_t backoff_ms = 0;
@@ -162,6 +182,8 @@ class Register {
   };
 
   void StartNext(std::int64_t now_ms);
+  // Starts (or restarts) the kCollect phase of current_ under a fresh op id.
+  void StartCollect(std::int64_t now_ms);
   void SendPhase(bool only_unanswered);
   void RecordAnswer(Rank from);
   void EnterImpose(std::int64_t now_ms);

@@ -296,6 +296,9 @@ struct Syncer::Impl {
       return Status::Ok();
     }
     env->Note("joining: asking every peer whether it voted before");
+    // A replaced disk restarted in the middle of its join: writes it coordinates meanwhile
+    // start above the wall clock at once (see OnHelloReply).
+    if (identity.resync_join) ApplyWriteTsFloor(JoinFloor(0));
     StartHelloRound(now_ms);
     return Status::Ok();
   }
@@ -415,7 +418,11 @@ struct Syncer::Impl {
     }
     bool lists_self = std::binary_search(msg.voters.begin(), msg.voters.end(), options.self);
     PeerHello& h = hellos[msg.sender];
-    if (round->second >= h.round_ms) h = PeerHello{round->second, msg.voting, lists_self};
+    if (round->second >= h.round_ms) {
+      h = PeerHello{round->second, msg.voting, lists_self};
+      // Only the newest round's reply speaks for the peer's current binary.
+      env->SetPeerFeatures(msg.sender, msg.features);
+    }
     if (mode == Mode::kVoting) {
       if (!lists_self) {
         // That peer forgot us (its disk was replaced): register again.
@@ -427,6 +434,11 @@ struct Syncer::Impl {
       listed_as_voter = true;
       env->Note("joining: peer " + std::to_string(msg.sender) +
                 " lists this node as a voter: its disk was replaced, a join pass is needed");
+      // Its old incarnation may have minted tags that survive at a peer (in flight, or waiting
+      // on a slow disk) below the durable tags a write's quorum reports. Writes this node
+      // coordinates from now on, before the join pass even starts (it waits for enough voting
+      // peers), take the wall-clock floor the pass would (docs/RESYNC.md).
+      ApplyWriteTsFloor(JoinFloor(0));
     }
     if (mode == Mode::kJoining) Decide(now_ms);
   }
@@ -515,6 +527,7 @@ struct Syncer::Impl {
         r.cluster_id = options.cluster_id;
         r.voting = voting;
         r.voters = identity.voters;
+        r.features = kFeatureTagReads;
         env->SendSync(msg.sender, r);
         return;
       }

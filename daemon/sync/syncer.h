@@ -3,8 +3,8 @@
 // completions (OnAbsorbed) and ticks carrying the time; effects go through SyncEnv. It owns
 // no socket, file, clock or thread, so the simulator runs the real thing.
 //
-// Membership. A node votes (answers ReadProc with a Value, WriteProc with an Ack, counts
-// itself in its own quorums) only once it holds everything it may have promised:
+// Membership. A node votes (answers ReadProc/ReadTag with a Value/Tag, WriteProc with an Ack,
+// counts itself in its own quorums) only once it holds everything it may have promised:
 // - IDENTITY says voting: it votes at once (its disk kept every promise it made).
 // - No IDENTITY and an empty store (new node or replaced disk): it asks every peer (Hello).
 //   If any peer lists it among the voters, it has voted before and lost its disk: it must
@@ -32,8 +32,9 @@
 // whose tags (ts, self) survive where its join pass did not look; its new writes must not
 // reuse such a tag. When a join pass ends, the floor max(previous floor, WallClockMicros(),
 // max ts the pass saw + 1) is saved in IDENTITY with voting = true, and SetWriteTsFloor is
-// called before SetVoting(true); Start re-applies a saved floor. While the join pass runs
-// (the node coordinates writes with peer quorums) the floor is max(saved, WallClockMicros()).
+// called before SetVoting(true); Start re-applies a saved floor. From the first HelloReply that
+// lists this node as a voter, and while the join pass runs (it coordinates writes with peer
+// quorums all along) the floor is max(saved, WallClockMicros()), in memory only.
 //
 // Scrub. Reads every stored sector with full checksum checks, scrub_buckets_per_tick
 // buckets per tick; a sector with a bad slot is fetched from RequiredSources() peers and the
@@ -132,6 +133,13 @@ class SyncEnv {
   // (RegisterConfig::write_ts_lease; docs/REGISTER.md). Called only once the lease is saved in
   // IDENTITY, with a non-decreasing lease.
   virtual void SetWriteTsLease(std::uint64_t lease) = 0;
+  // `peer`'s latest HelloReply (of this cluster) advertised these kFeature* bits
+  // (common/sync_wire.h; 0 from an older node). Called at every such reply, so a feature a
+  // peer stops advertising (it was downgraded) is withdrawn at its next reply.
+  virtual void SetPeerFeatures(Rank peer, std::uint8_t features) {
+    (void)peer;
+    (void)features;
+  }
 };
 
 // How far above a write's ts a raised write ts lease lies: a restart moves this node's write

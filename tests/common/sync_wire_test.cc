@@ -75,12 +75,21 @@ SyncMessage Msg(SyncKind kind, Rank sender = 3, std::uint64_t request_id = 0x010
   return m;
 }
 
-SyncMessage HelloReply(bool voting, std::vector<Rank> voters) {
+SyncMessage HelloReply(bool voting, std::vector<Rank> voters,
+                       std::uint8_t features = kFeatureTagReads) {
   SyncMessage m = Msg(SyncKind::kHelloReply);
   for (std::size_t i = 0; i < 16; ++i) m.cluster_id.bytes[i] = static_cast<std::uint8_t>(0xA0 + i);
   m.voting = voting;
   m.voters = std::move(voters);
+  m.features = features;
   return m;
+}
+
+// A HelloReply as an atomdisk node from before the features byte sent it: without that byte.
+Bytes OldHelloReply(const SyncMessage& m) {
+  Bytes p = EncodePayload(m);
+  p.pop_back();
+  return p;
 }
 
 SyncMessage Ranged(SyncKind kind, std::uint64_t first, std::uint32_t count) {
@@ -149,6 +158,8 @@ std::vector<Sample> AllSamples() {
       {"HelloReplyVoting", HelloReply(true, {1, 2, 3})},
       {"HelloReplyNoVoters", HelloReply(false, {})},
       {"HelloReplyAllRanks", HelloReply(true, all_ranks)},
+      {"HelloReplyNoFeatures", HelloReply(true, {2}, 0)},
+      {"HelloReplyReservedBits", HelloReply(false, {1, 3}, 0xFF)},
       {"Digest", Ranged(SyncKind::kDigest, 64, 64)},
       {"DigestEmpty", Ranged(SyncKind::kDigest, 0, 0)},
       {"DigestMaxAtEnd", Ranged(SyncKind::kDigest, kU64Max - kMaxDigestBuckets, kMaxDigestBuckets)},
@@ -183,6 +194,7 @@ void ExpectSameMessage(const SyncMessage& want, const SyncMessage& got) {
       EXPECT_EQ(got.cluster_id, want.cluster_id);
       EXPECT_EQ(got.voting, want.voting);
       EXPECT_EQ(got.voters, want.voters);
+      EXPECT_EQ(got.features, want.features);
       break;
     case SyncKind::kDigest:
     case SyncKind::kEntries:
@@ -238,7 +250,7 @@ TEST(SyncWireLayout, Header) {
 TEST(SyncWireLayout, HelloReply) {
   SyncMessage m = HelloReply(true, {1, 4, 200});
   Bytes p = EncodePayload(m);
-  ASSERT_EQ(p.size(), 14u + 16 + 1 + 1 + 3);
+  ASSERT_EQ(p.size(), 14u + 16 + 1 + 1 + 3 + 1);
   EXPECT_EQ(p[kKindOff], 1u);
   EXPECT_TRUE(std::equal(m.cluster_id.bytes.begin(), m.cluster_id.bytes.end(), p.begin() + 14));
   EXPECT_EQ(p[30], 1u);
@@ -246,7 +258,49 @@ TEST(SyncWireLayout, HelloReply) {
   EXPECT_EQ(p[32], 1u);
   EXPECT_EQ(p[33], 4u);
   EXPECT_EQ(p[34], 200u);
-  EXPECT_EQ(EncodePayload(HelloReply(false, {}))[30], 0u);
+  EXPECT_EQ(p[35], 1u);  // features: kFeatureTagReads
+  EXPECT_EQ(kFeatureTagReads, 1u);
+  Bytes empty = EncodePayload(HelloReply(false, {}, 0));
+  ASSERT_EQ(empty.size(), 14u + 16 + 1 + 1 + 1);
+  EXPECT_EQ(empty[30], 0u);
+  EXPECT_EQ(empty[32], 0u);
+}
+
+// An older atomdisk node's HelloReply ends after the voters: features 0. Anything after the
+// features byte is still trailing bytes.
+TEST(SyncWireLayout, HelloReplyWithoutFeaturesByte) {
+  for (const SyncMessage& m :
+       {HelloReply(true, {1, 4, 200}), HelloReply(false, {}), HelloReply(true, {2}, 0xFF)}) {
+    SCOPED_TRACE(m.voters.size());
+    Bytes old = OldHelloReply(m);
+    ASSERT_EQ(old.size(), 14u + 16 + 1 + 1 + m.voters.size());
+    auto d = DecodeSyncMessage(old);
+    ASSERT_TRUE(d.ok()) << d.status().ToString();
+    SyncMessage want = m;
+    want.features = 0;
+    ExpectSameMessage(want, d.value());
+    // Our encoder always writes the byte.
+    Bytes again = EncodePayload(d.value());
+    ASSERT_EQ(again.size(), old.size() + 1);
+    EXPECT_TRUE(std::equal(old.begin(), old.end(), again.begin()));
+    EXPECT_EQ(again.back(), 0u);
+    // Every shorter prefix of the old layout is truncated.
+    for (std::size_t n = 0; n < old.size(); ++n) {
+      Bytes cut(old.begin(), old.begin() + static_cast<std::ptrdiff_t>(n));
+      ExpectCorrupt(cut, "a prefix of " + std::to_string(n) + " bytes of the old layout");
+    }
+    // With the byte, each feature value round-trips; a second byte after it is trailing.
+    for (int f : {0, 1, 2, 0x80, 0xFF}) {
+      Bytes p = old;
+      p.push_back(static_cast<std::uint8_t>(f));
+      auto df = DecodeSyncMessage(p);
+      ASSERT_TRUE(df.ok()) << f;
+      EXPECT_EQ(df->features, f);
+      EXPECT_EQ(EncodePayload(df.value()), p);
+      p.push_back(0);
+      ExpectCorrupt(p, "a byte after the features byte");
+    }
+  }
 }
 
 TEST(SyncWireLayout, DigestAndEntries) {
@@ -445,6 +499,8 @@ TEST(SyncWireMalformed, EveryTruncationIsRejected) {
       // Every prefix of small payloads; of the big ones, the start, the end, and a stride
       // through the middle (every cut position of a repeated element is covered).
       if (p.size() > 8192 && n > 1024 && n + 1024 < p.size() && n % 97 != 0) continue;
+      // A HelloReply without its last byte is an older node's (HelloReplyWithoutFeaturesByte).
+      if (s.msg.kind == SyncKind::kHelloReply && n + 1 == p.size()) continue;
       // A fresh copy of exactly n bytes, so ASan sees any read past the end.
       Bytes cut(p.begin(), p.begin() + static_cast<std::ptrdiff_t>(n));
       auto d = DecodeSyncMessage(cut);
@@ -664,10 +720,17 @@ TEST(SyncWireMalformed, FetchReply) {
 
 // Decoding any bytes must return Corruption or a message that re-encodes to the same bytes
 // (the encoding is canonical, and the encoder accepts anything the decoder does).
+// The one exception: a HelloReply without its features byte (an older node's) re-encodes with
+// a 0 byte appended.
 void CheckAnyBytes(const Bytes& in) {
   auto d = DecodeSyncMessage(in);
   if (d.ok()) {
-    ASSERT_EQ(EncodePayload(d.value()), in);
+    Bytes again = EncodePayload(d.value());
+    if (d->kind == SyncKind::kHelloReply && again.size() == in.size() + 1) {
+      ASSERT_EQ(again.back(), 0u);
+      again.pop_back();
+    }
+    ASSERT_EQ(again, in);
     ASSERT_EQ(PeekCommandKind(in).value(), CommandKind::kSync);
   } else {
     ASSERT_EQ(d.status().code(), StatusCode::kCorruption);

@@ -112,16 +112,15 @@ SystemMessage SystemMsg(SystemContent content) {
   m.op_id = MakeUuid(0xA0);
   m.sector = 0x0000123456789ABCULL;
   m.content = content;
-  if (content == SystemContent::kValue || content == SystemContent::kWriteProc) {
-    m.tag = {.ts = 0x8877665544332211ULL, .wr = 254};
-    m.data = PatternSector(static_cast<std::uint8_t>(content));
-  }
+  if (HasTag(content)) m.tag = {.ts = 0x8877665544332211ULL, .wr = 254};
+  if (HasData(content)) m.data = PatternSector(static_cast<std::uint8_t>(content));
   return m;
 }
 
 std::vector<SystemMessage> AllSystemMessages() {
-  return {SystemMsg(SystemContent::kReadProc), SystemMsg(SystemContent::kValue),
-          SystemMsg(SystemContent::kWriteProc), SystemMsg(SystemContent::kAck)};
+  return {SystemMsg(SystemContent::kReadProc),  SystemMsg(SystemContent::kValue),
+          SystemMsg(SystemContent::kWriteProc), SystemMsg(SystemContent::kAck),
+          SystemMsg(SystemContent::kReadTag),   SystemMsg(SystemContent::kTag)};
 }
 
 std::vector<ClientResponse> AllResponses() {
@@ -156,12 +155,11 @@ void ExpectSameSystem(const SystemMessage& a, const SystemMessage& b) {
   EXPECT_EQ(a.op_id, b.op_id);
   EXPECT_EQ(a.sector, b.sector);
   EXPECT_EQ(a.content, b.content);
-  if (a.content == SystemContent::kValue || a.content == SystemContent::kWriteProc) {
-    EXPECT_EQ(a.tag, b.tag);
+  EXPECT_EQ(b.tag, HasTag(a.content) ? a.tag : Tag{});
+  if (HasData(a.content)) {
     ASSERT_TRUE(a.data && b.data);
     EXPECT_EQ(*a.data, *b.data);
   } else {
-    EXPECT_EQ(b.tag, Tag{});
     EXPECT_EQ(b.data, nullptr);
   }
 }
@@ -334,8 +332,8 @@ TEST(WireLayout, ValueAndWriteProc) {
   EXPECT_EQ(BigEndian32(EncodePayload(SystemMsg(SystemContent::kWriteProc)), 37), 2u);
 }
 
-TEST(WireLayout, AckAndReadProcHaveNoValue) {
-  for (auto content : {SystemContent::kReadProc, SystemContent::kAck}) {
+TEST(WireLayout, AckReadProcAndReadTagHaveNoValue) {
+  for (auto content : {SystemContent::kReadProc, SystemContent::kAck, SystemContent::kReadTag}) {
     SCOPED_TRACE(SystemContentName(content));
     SystemMessage m = SystemMsg(content);
     // A stray tag or data pointer is not encoded for these.
@@ -351,6 +349,29 @@ TEST(WireLayout, AckAndReadProcHaveNoValue) {
     EXPECT_EQ(BigEndian32(p, 37), static_cast<std::uint32_t>(content));
   }
   EXPECT_EQ(BigEndian32(EncodePayload(SystemMsg(SystemContent::kAck)), 37), 3u);
+  EXPECT_EQ(BigEndian32(EncodePayload(SystemMsg(SystemContent::kReadTag)), 37), 4u);
+}
+
+// atomdisk's Tag: a Value's header and tag, without the sector data.
+TEST(WireLayout, TagHasATagButNoData) {
+  SystemMessage m = SystemMsg(SystemContent::kTag);
+  m.data = PatternSector(2);  // a stray data pointer is not encoded
+  Bytes p = EncodePayload(m);
+  ASSERT_EQ(p.size(), 50u);
+  EXPECT_EQ(BigEndian32(p, 0), 1u);
+  EXPECT_EQ(p[4], 5u);
+  EXPECT_EQ(BigEndian64(p, 5), 16u);
+  EXPECT_TRUE(std::equal(m.op_id.bytes.begin(), m.op_id.bytes.end(), p.begin() + 13));
+  EXPECT_EQ(BigEndian64(p, 29), 0x0000123456789ABCULL);
+  EXPECT_EQ(BigEndian32(p, 37), 5u);
+  EXPECT_EQ(BigEndian64(p, 41), 0x8877665544332211ULL);
+  EXPECT_EQ(p[49], 254u);
+  // The same bytes as a Value's first 50, but for the content.
+  Bytes value = EncodePayload(SystemMsg(SystemContent::kValue));
+  PutBigEndian32(value, 37, 5);
+  EXPECT_TRUE(std::equal(p.begin(), p.end(), value.begin()));
+  Hmac mac(SystemKey());
+  EXPECT_EQ(FrameLength(EncodeFrame(m, mac)), 50u + kMacSize);
 }
 
 TEST(WireLayout, Responses) {
@@ -444,6 +465,14 @@ TEST(WireRoundTrip, SystemMessages) {
   high.sender = 254;
   high.tag = {.ts = 0, .wr = 1};
   messages.push_back(high);
+  SystemMessage tag_edge = SystemMsg(SystemContent::kTag);
+  tag_edge.sender = 254;
+  tag_edge.sector = std::numeric_limits<std::uint64_t>::max();
+  tag_edge.tag = {.ts = std::numeric_limits<std::uint64_t>::max(), .wr = 255};
+  messages.push_back(tag_edge);
+  SystemMessage tag_zero = SystemMsg(SystemContent::kTag);
+  tag_zero.tag = {};  // a sector never written
+  messages.push_back(tag_zero);
   for (const auto& m : messages) {
     SCOPED_TRACE(SystemContentName(m.content));
     auto d = DecodeSystemMessage(EncodePayload(m));
@@ -485,6 +514,9 @@ TEST(WireRoundTrip, SystemContentNames) {
   EXPECT_STREQ(SystemContentName(SystemContent::kValue), "Value");
   EXPECT_STREQ(SystemContentName(SystemContent::kWriteProc), "WriteProc");
   EXPECT_STREQ(SystemContentName(SystemContent::kAck), "Ack");
+  EXPECT_STREQ(SystemContentName(SystemContent::kReadTag), "ReadTag");
+  EXPECT_STREQ(SystemContentName(SystemContent::kTag), "Tag");
+  EXPECT_STREQ(SystemContentName(static_cast<SystemContent>(6)), "?");
 }
 
 // --- Frame length ---------------------------------------------------------------------------
@@ -690,7 +722,8 @@ TEST(WireLayout, ScrubCommandAndResponse) {
 
 TEST(WireMalformed, UnknownSystemContent) {
   for (const auto& m : AllSystemMessages()) {
-    for (std::uint32_t content : {4u, 5u, 0x100u, 0xFFFFFFFFu}) {
+    // (4 and 5 are atomdisk's ReadTag and Tag, known contents.)
+    for (std::uint32_t content : {6u, 7u, 0x100u, 0x80000004u, 0xFFFFFFFFu}) {
       SCOPED_TRACE(content);
       Bytes p = EncodePayload(m);
       PutBigEndian32(p, 37, content);
@@ -710,6 +743,25 @@ TEST(WireMalformed, UnknownSystemContent) {
   EXPECT_FALSE(DecodeSystemMessage(p).ok());
   PutBigEndian32(p, 37, 2);
   EXPECT_FALSE(DecodeSystemMessage(p).ok());
+  // A Tag header without its tag; a Value or WriteProc with the data of a Tag only; a Tag
+  // with a Value's data after it; ReadProc/ReadTag/Ack headers with a tag after them.
+  PutBigEndian32(p, 37, 5);
+  EXPECT_FALSE(DecodeSystemMessage(p).ok());
+  p = EncodePayload(SystemMsg(SystemContent::kTag));
+  for (std::uint32_t content : {0u, 1u, 2u, 3u, 4u}) {
+    SCOPED_TRACE(content);
+    PutBigEndian32(p, 37, content);
+    auto d = DecodeSystemMessage(p);
+    ASSERT_FALSE(d.ok());
+    EXPECT_EQ(d.status().code(), StatusCode::kCorruption);
+  }
+  for (auto content : {SystemContent::kValue, SystemContent::kWriteProc}) {
+    p = EncodePayload(SystemMsg(content));
+    PutBigEndian32(p, 37, 5);
+    EXPECT_FALSE(DecodeSystemMessage(p).ok()) << SystemContentName(content);
+    PutBigEndian32(p, 37, 4);
+    EXPECT_FALSE(DecodeSystemMessage(p).ok()) << SystemContentName(content);
+  }
 }
 
 TEST(WireMalformed, SenderRankZero) {

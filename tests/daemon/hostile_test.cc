@@ -513,7 +513,7 @@ Bytes FuzzFrame(std::mt19937_64& rng, const LiveCluster& c, bool* complete) {
       m.sender = static_cast<Rank>(pick(5));
       for (auto& b : m.op_id.bytes) b = static_cast<std::uint8_t>(rng());
       m.sector = sector();
-      m.content = static_cast<SystemContent>(pick(4));
+      m.content = static_cast<SystemContent>(pick(6));  // ReadProc .. Tag
       m.tag = Tag{rng() % 1000, static_cast<Rank>(pick(5))};
       m.data = IdSector(rng() % 1000 + 1);
       Bytes payload = EncodePayload(m);

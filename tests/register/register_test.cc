@@ -634,6 +634,253 @@ TEST_F(RegisterTest, FailedPersistIsRetriedByTickSoTheRegisterCanGoIdle) {
   EXPECT_TRUE(reg_->Idle());
 }
 
+// ---- the tag-only first phase (docs/REGISTER.md) ----
+
+// The ranks each content went to, in send order; every message must carry `id`.
+std::vector<Rank> SentAs(const std::vector<Sent>& sent, SystemContent content, Uuid id) {
+  std::vector<Rank> to;
+  for (const auto& s : sent) {
+    EXPECT_EQ(s.msg.op_id, id);
+    if (s.msg.content == content) to.push_back(s.to);
+  }
+  return to;
+}
+
+TEST_F(RegisterTest, TagPeersGetReadTagAndTheOthersReadProc) {
+  MakeCluster(5);
+  config_.tag_peers = {true, true, false, true, false};  // self's entry is never used
+  reg_->StartRead(1, 0);
+  Uuid id = IdOf(1);
+  auto sent = env_.TakeSent();
+  ASSERT_EQ(sent.size(), 4u);
+  EXPECT_EQ(SentAs(sent, SystemContent::kReadTag, id), (std::vector<Rank>{2, 4}));
+  EXPECT_EQ(SentAs(sent, SystemContent::kReadProc, id), (std::vector<Rank>{3, 5}));
+  // Retransmissions follow the current list: a peer that stopped advertising gets ReadProc.
+  Deliver(Msg(4, id, SystemContent::kTag, Tag{}, nullptr), 10);
+  config_.tag_peers[1] = false;
+  Tick(100);
+  sent = env_.TakeSent();
+  EXPECT_TRUE(SentAs(sent, SystemContent::kReadTag, id).empty());
+  EXPECT_EQ(SentAs(sent, SystemContent::kReadProc, id), (std::vector<Rank>{2, 3, 5}));
+  // A list shorter than ranks (or empty) means ReadProc for the ranks it does not cover.
+  config_.tag_peers = {false, true};
+  Tick(300);
+  sent = env_.TakeSent();
+  EXPECT_EQ(SentAs(sent, SystemContent::kReadTag, id), (std::vector<Rank>{2}));
+  EXPECT_EQ(SentAs(sent, SystemContent::kReadProc, id), (std::vector<Rank>{3, 5}));
+  // Writes ask tag peers for tags too.
+  Deliver(Msg(2, id, SystemContent::kTag, Tag{}, nullptr), 301);
+  ASSERT_EQ(env_.completed.size(), 1u);
+  reg_->StartWrite(2, Fill(3), 302);
+  sent = env_.TakeSent();
+  EXPECT_EQ(SentAs(sent, SystemContent::kReadTag, IdOf(2)), (std::vector<Rank>{2}));
+  EXPECT_EQ(SentAs(sent, SystemContent::kReadProc, IdOf(2)), (std::vector<Rank>{3, 4, 5}));
+}
+
+TEST_F(RegisterTest, AnswersReadTagWithTheDurableTagOnly) {
+  MakeCluster(3, {Tag{3, 3}, Fill(3)});
+  Deliver(Msg(2, IdOf(100), SystemContent::kWriteProc, Tag{4, 2}, Fill(4)));
+  ASSERT_EQ(env_.TakePersisted().size(), 1u);
+  // Being persisted is not durable: the Tag, like a Value, reports (3,3).
+  Deliver(Msg(3, IdOf(101), SystemContent::kReadTag));
+  auto sent = env_.TakeSent();
+  ASSERT_EQ(sent.size(), 1u);
+  EXPECT_EQ(sent[0].to, 3);
+  EXPECT_EQ(sent[0].msg.content, SystemContent::kTag);
+  EXPECT_EQ(sent[0].msg.op_id, IdOf(101));
+  EXPECT_EQ(sent[0].msg.sector, FakeEnv::kSector);
+  EXPECT_EQ(sent[0].msg.tag, (Tag{3, 3}));
+  EXPECT_EQ(sent[0].msg.data, nullptr) << "a Tag carries no sector data";
+  Persisted(Tag{4, 2});
+  env_.TakeSent();  // the Ack
+  Deliver(Msg(3, IdOf(102), SystemContent::kReadTag));
+  sent = env_.TakeSent();
+  ASSERT_EQ(sent.size(), 1u);
+  EXPECT_EQ(sent[0].msg.content, SystemContent::kTag);
+  EXPECT_EQ(sent[0].msg.tag, (Tag{4, 2}));
+  // ReadProc still gets a Value.
+  Deliver(Msg(3, IdOf(103), SystemContent::kReadProc));
+  sent = env_.TakeSent();
+  ASSERT_EQ(sent.size(), 1u);
+  EXPECT_EQ(sent[0].msg.content, SystemContent::kValue);
+  ASSERT_NE(sent[0].msg.data, nullptr);
+  EXPECT_EQ((*sent[0].msg.data)[0], 4);
+}
+
+TEST_F(RegisterTest, NonVotingNodeAnswersNoReadTag) {
+  MakeCluster(3, {Tag{3, 3}, Fill(3)});
+  config_.votes = false;
+  Deliver(Msg(2, IdOf(100), SystemContent::kReadTag));
+  EXPECT_TRUE(env_.TakeSent().empty()) << "a joining node sent a Tag";
+  config_.votes = true;
+  Deliver(Msg(2, IdOf(101), SystemContent::kReadTag));
+  EXPECT_EQ(env_.TakeSent().size(), 1u);
+}
+
+TEST_F(RegisterTest, WriteCompletesFromTagAnswersAlone) {
+  MakeCluster(3, {Tag{2, 3}, Fill(2)});
+  config_.tag_peers = {false, true, true};
+  SectorPtr x = Fill(0x77);
+  reg_->StartWrite(42, x, 0);
+  Uuid id = IdOf(1);
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kReadTag, id), (std::vector<Rank>{2, 3}));
+  Deliver(Msg(3, id, SystemContent::kTag, Tag{5, 2}, nullptr));
+  auto persisted = env_.TakePersisted();
+  ASSERT_EQ(persisted.size(), 1u);
+  EXPECT_EQ(persisted[0].tag, (Tag{6, 1})) << "the new tag lies above the Tag's";
+  EXPECT_EQ(*persisted[0].data, *x);
+  Persisted(Tag{6, 1}, Status::Ok(), 1);
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kWriteProc, id), (std::vector<Rank>{2, 3}));
+  Deliver(Msg(2, id, SystemContent::kAck), 2);
+  ASSERT_EQ(env_.completed.size(), 1u);
+  EXPECT_EQ(env_.completed[0].token, 42u);
+  EXPECT_EQ(env_.last_id, 1u) << "a write never re-asks for values";
+  EXPECT_TRUE(reg_->Idle());
+}
+
+TEST_F(RegisterTest, ReadReturnsItsOwnValueWhenTheQuorumsTagsMatchIt) {
+  SectorPtr v = Fill(0xaa);
+  MakeCluster(3, {Tag{4, 2}, v});
+  config_.tag_peers = {false, true, true};
+  reg_->StartRead(11, 0);
+  Uuid id = IdOf(1);
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kReadTag, id), (std::vector<Rank>{2, 3}));
+  Deliver(Msg(2, id, SystemContent::kTag, Tag{4, 2}, nullptr));
+  ASSERT_EQ(env_.completed.size(), 1u);
+  EXPECT_EQ(env_.completed[0].token, 11u);
+  ASSERT_NE(env_.completed[0].data, nullptr);
+  EXPECT_EQ(*env_.completed[0].data, *v);
+  EXPECT_TRUE(env_.sent.empty()) << "no impose phase and no second round";
+  EXPECT_TRUE(env_.persisted.empty());
+  EXPECT_TRUE(reg_->Idle());
+}
+
+TEST_F(RegisterTest, ReadWithOwnNewestValueImposesItAfterTags) {
+  MakeCluster(3, {Tag{6, 1}, Fill(6)});
+  config_.tag_peers = {false, true, true};
+  reg_->StartRead(5, 0);
+  Uuid id = IdOf(1);
+  env_.TakeSent();
+  Deliver(Msg(3, id, SystemContent::kTag, Tag{2, 3}, nullptr));
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kWriteProc, id), (std::vector<Rank>{2, 3}));
+  Deliver(Msg(3, id, SystemContent::kAck));
+  ASSERT_EQ(env_.completed.size(), 1u);
+  EXPECT_EQ((*env_.completed[0].data)[0], 6);
+}
+
+TEST_F(RegisterTest, ReadBehindAQuorumsTagAsksEveryoneForValues) {
+  MakeCluster(3, {Tag{1, 1}, Fill(1)});
+  config_.tag_peers = {false, true, true};
+  reg_->StartRead(5, 0);
+  Uuid first = IdOf(1);
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kReadTag, first), (std::vector<Rank>{2, 3}));
+  // Node 2 holds (3,2), whose value we do not have: a quorum answered, but the read cannot
+  // return (1,1) nor impose (3,2). It asks everyone again with ReadProc, under a new id.
+  Deliver(Msg(2, first, SystemContent::kTag, Tag{3, 2}, nullptr), 10);
+  EXPECT_TRUE(env_.completed.empty());
+  EXPECT_TRUE(env_.persisted.empty());
+  Uuid second = IdOf(2);
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kReadProc, second), (std::vector<Rank>{2, 3}));
+  EXPECT_FALSE(reg_->WantsValue(Msg(3, first, SystemContent::kValue, Tag{3, 2}, Fill(3))))
+      << "a Value of the first round";
+  EXPECT_TRUE(reg_->WantsValue(Msg(3, second, SystemContent::kValue, Tag{3, 2}, Fill(3))));
+  // Late answers of the first round, and a Tag in values mode, are ignored: none of them
+  // may complete the quorum (self + one more would).
+  Deliver(Msg(3, first, SystemContent::kTag, Tag{3, 2}, nullptr), 11);
+  Deliver(Msg(3, first, SystemContent::kValue, Tag{1, 1}, Fill(1)), 11);
+  Deliver(Msg(3, second, SystemContent::kTag, Tag{1, 1}, nullptr), 11);
+  EXPECT_TRUE(env_.completed.empty());
+  EXPECT_TRUE(env_.sent.empty());
+  // Retransmissions in values mode are ReadProc, even to tag peers.
+  Tick(110);
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kReadProc, second), (std::vector<Rank>{2, 3}));
+  // Node 2's Value: (3,2) with its data, newer than ours, so the read imposes it.
+  SectorPtr newer = Fill(3);
+  Deliver(Msg(2, second, SystemContent::kValue, Tag{3, 2}, newer), 120);
+  auto sent = env_.TakeSent();
+  EXPECT_EQ(Targets(sent, SystemContent::kWriteProc, second), (std::vector<Rank>{2, 3}));
+  for (const auto& m : sent) EXPECT_EQ(*m.msg.data, *newer);
+  auto persisted = env_.TakePersisted();
+  ASSERT_EQ(persisted.size(), 1u);
+  EXPECT_EQ(persisted[0].tag, (Tag{3, 2}));
+  Persisted(Tag{3, 2}, Status::Ok(), 121);
+  Deliver(Msg(2, second, SystemContent::kAck), 122);
+  ASSERT_EQ(env_.completed.size(), 1u);
+  EXPECT_EQ(*env_.completed[0].data, *newer);
+  EXPECT_TRUE(reg_->Idle());
+  // The next operation starts in tag mode again.
+  reg_->StartRead(6, 200);
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kReadTag, IdOf(3)), (std::vector<Rank>{2, 3}));
+}
+
+// In values mode a majority that agrees returns at once, like a classic read; the new round
+// starts from what is durable here then.
+TEST_F(RegisterTest, ReadInValuesModeReturnsInOneRoundWhenTheValuesAgree) {
+  MakeCluster(3, {Tag{1, 1}, Fill(1)});
+  config_.tag_peers = {false, true, true};
+  reg_->StartRead(5, 0);
+  env_.TakeSent();
+  // Another node's WriteProc of (2,3) becomes durable here while our read collects.
+  SectorPtr v = Fill(2);
+  Deliver(Msg(3, IdOf(100), SystemContent::kWriteProc, Tag{2, 3}, v), 1);
+  ASSERT_EQ(env_.TakePersisted().size(), 1u);
+  Persisted(Tag{2, 3}, Status::Ok(), 2);
+  EXPECT_EQ(SentAs(env_.TakeSent(), SystemContent::kAck, IdOf(100)), (std::vector<Rank>{3}));
+  // The read began with (1,1) and now hears of (2,3) in a Tag: it re-asks for values...
+  Deliver(Msg(2, IdOf(1), SystemContent::kTag, Tag{2, 3}, nullptr), 3);
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kReadProc, IdOf(2)), (std::vector<Rank>{2, 3}));
+  EXPECT_TRUE(env_.completed.empty());
+  // ... and one Value agreeing with our durable (2,3) completes it, with no impose.
+  Deliver(Msg(2, IdOf(2), SystemContent::kValue, Tag{2, 3}, Fill(2)), 4);
+  ASSERT_EQ(env_.completed.size(), 1u);
+  EXPECT_EQ(*env_.completed[0].data, *v);
+  EXPECT_TRUE(env_.sent.empty());
+  EXPECT_TRUE(env_.persisted.empty());
+}
+
+TEST_F(RegisterTest, MixedTagAndValuePeers) {
+  // Node 2 and 3 answer Tags, 4 and 5 Values; a quorum is 3 (self and two more).
+  for (bool value_first : {false, true}) {
+    SCOPED_TRACE(value_first);
+    env_ = FakeEnv();
+    MakeCluster(5, {Tag{2, 1}, Fill(2)});
+    config_.tag_peers = {false, true, true, false, false};
+    reg_->StartRead(1, 0);
+    Uuid id = IdOf(1);
+    auto sent = env_.TakeSent();
+    EXPECT_EQ(SentAs(sent, SystemContent::kReadTag, id), (std::vector<Rank>{2, 3}));
+    EXPECT_EQ(SentAs(sent, SystemContent::kReadProc, id), (std::vector<Rank>{4, 5}));
+    // A Tag reports (5,3), a Value carries it: the read holds the value and imposes it at
+    // once, with no values-mode round, whichever answer comes first.
+    SectorPtr newest = Fill(5);
+    SystemMessage tag = Msg(2, id, SystemContent::kTag, Tag{5, 3}, nullptr);
+    SystemMessage value = Msg(4, id, SystemContent::kValue, Tag{5, 3}, newest);
+    Deliver(value_first ? value : tag);
+    Deliver(value_first ? tag : value);
+    EXPECT_EQ(env_.last_id, 1u) << "no second collect round";
+    sent = env_.TakeSent();
+    EXPECT_EQ(Targets(sent, SystemContent::kWriteProc, id), (std::vector<Rank>{2, 3, 4, 5}));
+    for (const auto& m : sent) EXPECT_EQ(*m.msg.data, *newest);
+    Persisted(Tag{5, 3});
+    Deliver(Msg(5, id, SystemContent::kAck));
+    Deliver(Msg(3, id, SystemContent::kAck));
+    ASSERT_EQ(env_.completed.size(), 1u);
+    EXPECT_EQ(*env_.completed[0].data, *newest);
+  }
+  // All agree with our own durable value: a Tag and a Value make the quorum, no impose.
+  env_ = FakeEnv();
+  SectorPtr own = Fill(2);
+  MakeCluster(5, {Tag{2, 1}, own});
+  config_.tag_peers = {false, true, true, false, false};
+  reg_->StartRead(1, 0);
+  env_.TakeSent();
+  Deliver(Msg(3, IdOf(1), SystemContent::kTag, Tag{2, 1}, nullptr));
+  Deliver(Msg(5, IdOf(1), SystemContent::kValue, Tag{2, 1}, Fill(2)));
+  ASSERT_EQ(env_.completed.size(), 1u);
+  EXPECT_EQ(*env_.completed[0].data, *own);
+  EXPECT_TRUE(env_.sent.empty());
+}
+
 // After a disk replacement the node's writes take ts from a floor above anything its old
 // incarnation may have used (docs/RESYNC.md); the floor only ever raises the ts.
 TEST_F(RegisterTest, WriteTsIsAtLeastTheConfiguredFloor) {

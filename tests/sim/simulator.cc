@@ -321,6 +321,21 @@ class Simulator {
       sim_->Trace("node " + std::to_string(node_ + 1) + " write ts lease " + std::to_string(lease));
       sim_->nodes_[node_]->config.write_ts_lease = lease;
     }
+    // As daemon/node.cc: the peer's kFeatureTagReads bit decides whether our registers send
+    // it ReadTag. A node that plays an older atomdisk (old_node_) has no such code.
+    void SetPeerFeatures(Rank peer, std::uint8_t features) override {
+      if (node_ == sim_->old_node_) return;
+      RegisterConfig& config = sim_->nodes_[node_]->config;
+      std::size_t i = static_cast<std::size_t>(peer) - 1;
+      if (peer == config.self || i >= config.tag_peers.size()) return;
+      bool tag_reads = (features & kFeatureTagReads) != 0;
+      if (config.tag_peers[i] != tag_reads) {
+        sim_->Trace("node " + std::to_string(node_ + 1) +
+                    (tag_reads ? " sends" : " stops sending") + " ReadTag to node " +
+                    std::to_string(peer));
+      }
+      config.tag_peers[i] = tag_reads;
+    }
 
    private:
     Simulator* sim_;
@@ -526,6 +541,9 @@ class Simulator {
   std::map<std::uint64_t, Tag> value_tags_;
   std::map<SectorIdx, Tag> completed_tags_;
   bool fresh_cluster_ = false;  // nodes start with no IDENTITY (else: voting, all voters)
+  // The node (index) that plays an atomdisk from before tag-only reads, or -1: its
+  // HelloReplies lack the features byte, and it never sends ReadTag.
+  int old_node_ = -1;
 };
 
 Simulator::Simulator(const SimOptions& options, std::ostream* trace)
@@ -695,6 +713,8 @@ void Simulator::StartSyncer(int n) {
   node.config.votes = false;       // until the Syncer decides
   node.config.min_write_ts = 0;    // a new process: the Syncer applies the saved floor
   node.config.write_ts_lease = 0;  // ... and lease
+  // A new process has heard no HelloReply yet: ReadProc to everyone.
+  node.config.tag_peers.assign(node.config.ranks.size(), false);
   Trace("syncer node " + std::to_string(node.rank) + " starts: " +
         (node.identity ? node.identity->voting ? "IDENTITY voting" : "IDENTITY joining"
                        : "no IDENTITY") +
@@ -1041,10 +1061,10 @@ void Simulator::OnSend(int from, Rank to, const SystemMessage& msg) {
     return;
   }
   const SystemMessage& d = *decoded;
-  bool has_value = msg.content == SystemContent::kValue || msg.content == SystemContent::kWriteProc;
+  const bool has_value = HasData(msg.content);
   if (d.sender != msg.sender || d.op_id != msg.op_id || d.sector != msg.sector ||
-      d.content != msg.content ||
-      (has_value && (d.tag != msg.tag || !msg.data || !d.data || *d.data != *msg.data))) {
+      d.content != msg.content || (HasTag(msg.content) && d.tag != msg.tag) ||
+      (has_value && (!msg.data || !d.data || *d.data != *msg.data))) {
     Fail("codec", std::string(SystemContentName(msg.content)) + " changed in a round trip");
     return;
   }
@@ -1064,6 +1084,26 @@ void Simulator::OnSend(int from, Rank to, const SystemMessage& msg) {
                      "->" + std::to_string(to) + " op " + ShortId(msg.op_id) + " sector " +
                      std::to_string(msg.sector);
   if (has_value) what += " tag " + TagStr(d.tag) + " v" + std::to_string(value_id);
+  if (msg.content == SystemContent::kTag) what += " tag " + TagStr(d.tag);
+
+  // ReadTag only between nodes that both have it (negotiated through HelloReply features).
+  if (msg.content == SystemContent::kReadTag && (from == old_node_ || to - 1 == old_node_)) {
+    Fail("feature-negotiation", "node " + std::to_string(src.rank) + " sends " + what + " but " +
+                                    (from == old_node_ ? "it" : "that node") +
+                                    " plays a node without tag-only reads");
+    return;
+  }
+  // A Value or a Tag reports only what is durable at its sender (the one-round-trip read and
+  // the tag-only first phase rely on it).
+  if (options_.state_checks &&
+      (msg.content == SystemContent::kValue || msg.content == SystemContent::kTag)) {
+    Tag durable = DurableTagAt(from, msg.sector);
+    if (durable < d.tag) {
+      Fail("reported-not-durable", "node " + std::to_string(src.rank) + " sends " + what +
+                                       " while only " + TagStr(durable) + " is durable there");
+      return;
+    }
+  }
 
   if (msg.content == SystemContent::kAck && options_.state_checks) {
     auto it = src.writeprocs.find({to, msg.op_id});
@@ -1091,7 +1131,8 @@ void Simulator::OnSend(int from, Rank to, const SystemMessage& msg) {
   }
 
   if (options_.state_checks && !src.voting &&
-      (msg.content == SystemContent::kValue || msg.content == SystemContent::kAck)) {
+      (msg.content == SystemContent::kValue || msg.content == SystemContent::kTag ||
+       msg.content == SystemContent::kAck)) {
     Fail("nonvoter-answered",
          "node " + std::to_string(src.rank) + " does not vote but sends " + what);
     return;
@@ -1130,6 +1171,7 @@ std::string Simulator::SyncWhat(const SyncMessage& msg, Rank from, Rank to) {
     case SyncKind::kHelloReply: {
       what += msg.voting ? " voting, voters" : " joining, voters";
       for (Rank r : msg.voters) what += " " + std::to_string(r);
+      what += ", features " + std::to_string(msg.features);
       break;
     }
     case SyncKind::kDigest:
@@ -1167,6 +1209,10 @@ void Simulator::OnSendSync(int from, Rank to, const SyncMessage& msg) {
   }
   // Every message goes through the wire codec; the decoded copy must encode to the same bytes.
   std::vector<std::uint8_t> payload = EncodePayload(msg);
+  // A node without tag-only reads sends its HelloReply in the older layout, without the
+  // features byte (decoded as features 0; our encoder would write that 0 back).
+  const bool old_layout = from == old_node_ && msg.kind == SyncKind::kHelloReply;
+  if (old_layout) payload.pop_back();
   Result<SyncMessage> decoded = DecodeSyncMessage(payload);
   if (!decoded.ok()) {
     Fail("codec", std::string("decoding an encoded sync ") + SyncKindName(msg.kind) + ": " +
@@ -1174,8 +1220,17 @@ void Simulator::OnSendSync(int from, Rank to, const SyncMessage& msg) {
     return;
   }
   const SyncMessage& d = *decoded;
+  std::vector<std::uint8_t> again = EncodePayload(d);
+  if (old_layout) {
+    if (d.features != 0 || again.back() != 0) {
+      Fail("codec", "a HelloReply without its features byte decodes with features " +
+                        std::to_string(d.features));
+      return;
+    }
+    again.pop_back();
+  }
   if (d.sender != msg.sender || d.kind != msg.kind || d.request_id != msg.request_id ||
-      EncodePayload(d) != payload) {
+      again != payload) {
     Fail("codec", std::string("sync ") + SyncKindName(msg.kind) + " changed in a round trip");
     return;
   }
@@ -1944,6 +1999,9 @@ SimResult Simulator::Run() {
   std::int64_t retransmit_initial_ms = Range(20, 100);
   std::int64_t retransmit_max_ms = retransmit_initial_ms * Range(4, 10);
   fresh_cluster_ = Chance(500);
+  // A quarter of the seeds mix versions: one node does not advertise tag-only reads, so the
+  // others ask it with ReadProc and everyone else with ReadTag.
+  old_node_ = Chance(250) ? static_cast<int>(Range(0, n_nodes - 1)) : -1;
 
   RegisterBugs bugs;
   bugs.skip_impose = options_.bug == SimBug::kSkipImpose;
@@ -1982,7 +2040,8 @@ SimResult Simulator::Run() {
         std::to_string(p_.writers) + " timeout " + std::to_string(p_.timeout_ms) +
         "ms retransmit " + std::to_string(retransmit_initial_ms) + ".." +
         std::to_string(retransmit_max_ms) + "ms" +
-        (fresh_cluster_ ? ", new cluster" : ", voting identities"));
+        (fresh_cluster_ ? ", new cluster" : ", voting identities") +
+        (old_node_ >= 0 ? ", node " + std::to_string(old_node_ + 1) + " without tag reads" : ""));
   for (int i = 0; i < n_nodes && !failed(); ++i) StartSyncer(i);
   for (int i = 0; i < n_nodes; ++i) ScheduleTick(i);
   for (int c = 0; c < p_.clients; ++c) {

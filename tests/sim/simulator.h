@@ -7,12 +7,14 @@
 //
 // After every event it checks the invariants (register CheckInvariants, a node's durable tag
 // never decreasing across restarts, no Ack before the durable store, no tag carrying two
-// values, every stored or read sector a complete value, a node that rejoins after a disk
-// replacement holding every write completed before it); at the end it heals every fault,
+// values, every stored or read sector a complete value, a Value or Tag reporting nothing
+// beyond its sender's durable state, a node that rejoins after a disk replacement holding
+// every write completed before it); at the end it heals every fault,
 // requires every pending operation to finish and every node to vote, runs a resync pass on
 // every node and requires the stores to converge, and checks the history for
 // linearizability. Each node also runs the real Syncer (daemon/sync), whose messages share
-// the simulated network with the registers'.
+// the simulated network with the registers', and tells the registers which peers take
+// ReadTag (in a quarter of the seeds one node plays an atomdisk without tag-only reads).
 //
 // Thread-compatible: a Simulator is used by one thread; separate Simulators share nothing.
 #pragma once
@@ -85,9 +87,9 @@ struct SimStats {
 struct SimResult {
   bool ok = true;
   // Which check failed: "ack-before-durable", "durable-decreased", "register-durable-behind",
-  // "tag-reuse", "torn-value", "store-error", "codec", "nonvoter-answered", "joiner-behind",
-  // "liveness", "convergence", "linearizability", "lincheck-gave-up", "sim-internal". Empty
-  // when ok.
+  // "tag-reuse", "torn-value", "store-error", "codec", "nonvoter-answered",
+  // "reported-not-durable", "feature-negotiation", "joiner-behind", "liveness", "convergence",
+  // "linearizability", "lincheck-gave-up", "sim-internal". Empty when ok.
   std::string check;
   std::string detail;                    // what was seen, several lines
   std::vector<std::string> last_events;  // the trace lines leading to the failure

@@ -114,6 +114,10 @@ class FakeNode : public SyncEnv {
   std::uint64_t WallClockMicros() override { return wall_clock_us; }
   void SetWriteTsFloor(std::uint64_t floor) override { floor_calls.push_back(floor); }
   void SetWriteTsLease(std::uint64_t lease) override { lease_calls.push_back(lease); }
+  void SetPeerFeatures(Rank peer, std::uint8_t features) override {
+    peer_features[peer] = features;
+    ++peer_feature_calls;
+  }
 
   Tag TagOf(SectorIdx s) const {
     auto it = data.find(s);
@@ -144,8 +148,10 @@ class FakeNode : public SyncEnv {
   int older_absorbs = 0;
   std::vector<bool> voting_calls;
   std::uint64_t wall_clock_us = 1'000'000;
-  std::vector<std::uint64_t> floor_calls;  // SetWriteTsFloor arguments
-  std::vector<std::uint64_t> lease_calls;  // SetWriteTsLease arguments
+  std::vector<std::uint64_t> floor_calls;      // SetWriteTsFloor arguments
+  std::vector<std::uint64_t> lease_calls;      // SetWriteTsLease arguments
+  std::map<Rank, std::uint8_t> peer_features;  // the last SetPeerFeatures of each peer
+  int peer_feature_calls = 0;
   std::vector<std::string> notes;
   std::vector<std::string> events;
   std::function<void()> on_vote;
@@ -203,8 +209,10 @@ class Cluster {
     std::erase_if(queue_, [&](const Envelope& e) { return e.from == r || e.to == r; });
   }
 
-  void Send(Rank from, Rank to, const SyncMessage& msg) {
+  void Send(Rank from, Rank to, const SyncMessage& sent) {
     EXPECT_NE(from, to);
+    SyncMessage msg = sent;
+    if (rewrite) rewrite(from, msg);
     log.push_back({from, to, msg.kind, msg.first, msg.count, msg.sectors.size()});
     if (node(from).syncer == nullptr || node(to).syncer == nullptr) return;  // down
     if (!chaos_) {
@@ -311,6 +319,8 @@ class Cluster {
 
   std::int64_t now = 0;
   std::vector<SentRecord> log;
+  // Changes a message on its way (e.g. a HelloReply as an older node would send it).
+  std::function<void(Rank from, SyncMessage&)> rewrite;
 
  private:
   bool Chance(double p) { return static_cast<double>(rng_() % 1000000) < p * 1e6; }
@@ -609,6 +619,26 @@ TEST(SyncerTest, NewNodeNeedsNoWriteTsFloor) {
   }
 }
 
+// A replaced disk takes the wall-clock floor as soon as a peer lists it as a voter, before
+// its join pass can start (here: it waits for a second voting peer), so that writes it
+// coordinates meanwhile cannot mint a tag of its old incarnation (simulator seed 20438, 3
+// nodes, 10000 steps: (t, 2) minted again while the old (t, 2) waited on a peer's slow disk).
+TEST(SyncerTest, ReplacedDiskTakesTheClockFloorAtTheFirstListing) {
+  Cluster c(3, 1000);
+  c.node(2).saved = VotingIdentity(2, {1, 2, 3});
+  c.node(2).data[5] = Value(3, 2);
+  FakeNode& n = c.node(1);
+  n.wall_clock_us = 1'000'000;
+  c.StartNode(2);
+  c.StartNode(1);  // node 3 stays down: no join pass (it needs 2 voting peers)
+  EXPECT_TRUE(n.floor_calls.empty()) << "nothing known before the first reply";
+  c.RunFor(1000);
+  EXPECT_FALSE(n.voting());
+  EXPECT_EQ(n.CountNotes("a join pass is needed"), 1);
+  EXPECT_EQ(n.floor_calls, std::vector<std::uint64_t>{n.wall_clock_us});
+  EXPECT_FALSE(n.saved.has_value() && n.saved->write_ts_floor != 0) << "nothing saved yet";
+}
+
 TEST(SyncerTest, JoinWaitsForEnoughVotingPeers) {
   Cluster c(3, 1000);
   c.node(2).data[5] = Value(3, 2);
@@ -701,8 +731,38 @@ TEST(SyncerTest, RepliesOfAnotherClusterAreIgnored) {
   EXPECT_EQ(c.node(1).syncer->GetStatus(c.now).state,
             "joining: waiting for every peer to answer (1 of 2)");
   EXPECT_EQ(c.node(1).CountNotes("belongs to cluster"), 1);
+  EXPECT_EQ(c.node(1).peer_features.count(2), 0u) << "another cluster's reply tells nothing";
+  EXPECT_EQ(c.node(1).peer_features.at(3), kFeatureTagReads);
   EXPECT_TRUE(c.SentBy(1, SyncKind::kRegisterVoter).empty());
   EXPECT_TRUE(c.SentBy(1, SyncKind::kDigest).empty());
+}
+
+// Hello replies advertise tag-only reads; each reply of this cluster's newest round tells the
+// env what its sender understands, so a peer that stops advertising (downgraded) is withdrawn.
+TEST(SyncerTest, HelloRepliesTellThePeersFeatures) {
+  Cluster c(3, 1000);
+  for (Rank r : {1, 2, 3}) c.node(r).saved = VotingIdentity(r, {1, 2, 3});
+  for (Rank r : {1, 2, 3}) c.StartNode(r);
+  c.RunFor(1000);
+  for (Rank r : {1, 2, 3}) {
+    std::map<Rank, std::uint8_t> want;
+    for (Rank p : {1, 2, 3}) {
+      if (p != r) want[p] = kFeatureTagReads;
+    }
+    EXPECT_EQ(c.node(r).peer_features, want) << "rank " << int(r);
+  }
+  // Node 2 now answers like an older node (no features byte decodes as 0).
+  c.rewrite = [](Rank from, SyncMessage& m) {
+    if (from == 2 && m.kind == SyncKind::kHelloReply) m.features = 0;
+  };
+  c.RunFor(1000);
+  EXPECT_EQ(c.node(1).peer_features.at(2), 0u);
+  EXPECT_EQ(c.node(3).peer_features.at(2), 0u);
+  EXPECT_EQ(c.node(1).peer_features.at(3), kFeatureTagReads);
+  // And back: the next reply with the bit turns tag reads on again.
+  c.rewrite = nullptr;
+  c.RunFor(1000);
+  EXPECT_EQ(c.node(1).peer_features.at(2), kFeatureTagReads);
 }
 
 TEST(SyncerTest, RegisterVoterIsDurableBeforeItsAck) {
