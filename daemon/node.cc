@@ -38,6 +38,7 @@ Node::Node(asio::io_context& io, ClusterConfig config, Rank self,
   for (const auto& n : config_.nodes) register_config_.ranks.push_back(n.rank);
   // ReadProc to everyone until a peer's HelloReply says it understands ReadTag.
   register_config_.tag_peers.assign(register_config_.ranks.size(), false);
+  register_config_.thrifty_collect = true;  // asks only a quorum's worth of responsive peers
   ATOMDISK_CHECK(RAND_bytes(reinterpret_cast<unsigned char*>(&boot_nonce_), sizeof(boot_nonce_)) ==
                  1);
   for (const auto& n : config_.nodes) {
@@ -304,9 +305,41 @@ void Node::HandleSystem(Connection& conn, std::span<const std::uint8_t> body) {
     return;
   }
   NoteInbound(msg->sender, conn);
+  if (msg->content == SystemContent::kReadTag && AnswerReadTagFromCache(*msg)) return;
   Register* reg = GetRegister(msg->sector);
   if (!reg) return;
   reg->OnMessage(*msg, NowMs());
+}
+
+bool Node::AnswerReadTagFromCache(const SystemMessage& msg) {
+  // What the register built from the store would answer (Register::OnMessage): its durable
+  // tag. With no register there is no pending value of ours, and while a resync absorb is
+  // pending the cache says nothing; not voting, the register stays silent.
+  if (!register_config_.votes || registers_.count(msg.sector) ||
+      direct_absorbs_.count(msg.sector)) {
+    return false;
+  }
+  std::optional<Tag> tag = store_->CachedDurableTag(msg.sector);
+  if (!tag) return false;
+  SystemMessage reply;
+  reply.sender = self_;
+  reply.op_id = msg.op_id;
+  reply.sector = msg.sector;
+  reply.content = SystemContent::kTag;
+  reply.tag = *tag;
+  Send(msg.sender, reply);
+  ++counters_.tags_from_cache;
+  return true;
+}
+
+bool Node::PeerResponsive(Rank peer) {
+  // Heard from within the last few ms: under load every peer answers many times a ms, so a
+  // quorum's worth of asks suffices; a peer gone quiet (dead, partitioned, or an idle
+  // cluster) is asked with everyone else until it is heard again.
+  constexpr std::int64_t kResponsiveWindowMs = 20;
+  auto it = peers_.find(peer);
+  if (it == peers_.end() || !it->second->connected()) return false;
+  return NowMs() - heard_ms_[peer] <= kResponsiveWindowMs;
 }
 
 void Node::HandleSync(Connection& conn, std::span<const std::uint8_t> body) {
@@ -381,6 +414,7 @@ void Node::SendToPeer(Rank to, PeerLink& link, SharedFrame frame) {
 }
 
 void Node::NoteInbound(Rank from, Connection& conn) {
+  heard_ms_[from] = NowMs();
   auto& slot = inbound_[from];
   if (slot.lock().get() != &conn) slot = conn.weak_from_this();
 }
@@ -588,7 +622,8 @@ std::string Node::InfoJson() const {
                    {"sync_msgs", counters_.sync_msgs},
                    {"persist_errors", counters_.persist_errors},
                    {"unreadable_sectors", counters_.unreadable_sectors},
-                   {"unwanted_values", counters_.unwanted_values}};
+                   {"unwanted_values", counters_.unwanted_values},
+                   {"tags_from_cache", counters_.tags_from_cache}};
   std::string s = j.dump();
   if (s.size() > kMaxInfoSize)
     s = nlohmann::json{{"rank", self_}, {"version", kAtomdiskVersion}}.dump();

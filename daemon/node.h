@@ -61,6 +61,7 @@ class Node : public FrameSink, public RegisterEnv, public SyncEnv {
   void Complete(std::uint64_t token, SectorPtr data) override;
   Uuid NewOpId() override;
   void WantWriteTsLease(std::uint64_t ts) override;
+  bool PeerResponsive(Rank peer) override;
   // SyncEnv
   void SendSync(Rank to, const SyncMessage& msg) override;
   Status ScanTags(SectorIdx first, std::uint64_t count, bool verify_all, TagView view,
@@ -101,6 +102,9 @@ class Node : public FrameSink, public RegisterEnv, public SyncEnv {
   // the peer itself opened to us (remembered by NoteInbound for authenticated senders).
   void SendToPeer(Rank to, PeerLink& link, SharedFrame frame);
   void NoteInbound(Rank from, Connection& conn);
+  // A ReadTag for a sector with no register, answered from the store's slot cache (no read,
+  // no register built); false when the cache does not know (the register answers then).
+  bool AnswerReadTagFromCache(const SystemMessage& msg);
   // Calls the SetOnFatal function once (later calls do nothing).
   void Fatal(const std::string& why);
   // After a failed fdatasync the store refuses everything: ends the node (true) instead of
@@ -142,6 +146,8 @@ class Node : public FrameSink, public RegisterEnv, public SyncEnv {
   // Sectors with resync values written straight to the store (their copy was unreadable, so
   // they have no register), by count, until durable.
   std::unordered_map<SectorIdx, int> direct_absorbs_;
+  // When each peer was last heard from (NowMs of its last authenticated message, by rank).
+  std::array<std::int64_t, 256> heard_ms_{};
   std::uint64_t next_token_ = 1;
   std::uint64_t op_counter_ = 0;
   std::uint64_t boot_nonce_ = 0;
@@ -156,7 +162,8 @@ class Node : public FrameSink, public RegisterEnv, public SyncEnv {
     std::uint64_t client_ops = 0, reads = 0, writes = 0, auth_failures = 0, invalid_sector = 0,
                   bad_frames = 0, system_msgs = 0, sync_msgs = 0, persist_errors = 0,
                   unreadable_sectors = 0,
-                  unwanted_values = 0;  // Values dropped unchecked: no operation waited for them
+                  unwanted_values = 0,  // Values dropped unchecked: no operation waited for them
+        tags_from_cache = 0;            // ReadTags answered from the store's slot cache
   } counters_;
   std::unordered_map<std::string, std::pair<std::chrono::steady_clock::time_point, std::uint64_t>>
       log_limits_;

@@ -69,7 +69,7 @@ void Register::StartCollect(std::int64_t now_ms) {
   if (config_->votes) RecordAnswer(config_->self);
   c.backoff_ms = config_->retransmit_initial_ms;
   c.next_send_ms = now_ms + c.backoff_ms;
-  SendPhase(/*only_unanswered=*/true);
+  SendPhase(/*only_unanswered=*/true, /*first_send=*/true);
   MaybeFinish(now_ms);  // a one-node cluster finishes at once
 }
 
@@ -80,7 +80,7 @@ void Register::RecordAnswer(Rank from) {
   ++current_->answers;
 }
 
-void Register::SendPhase(bool only_unanswered) {
+void Register::SendPhase(bool only_unanswered, bool first_send) {
   Current& c = *current_;
   SystemMessage msg;
   msg.sender = config_->self;
@@ -95,15 +95,38 @@ void Register::SendPhase(bool only_unanswered) {
   } else {
     return;  // kPersistOwn sends nothing until our own copy is durable
   }
-  for (std::size_t i = 0; i < config_->ranks.size(); ++i) {
-    Rank r = config_->ranks[i];
-    if (r == config_->self) continue;
-    if (only_unanswered && c.answered[i]) continue;
+  const std::size_t n = config_->ranks.size();
+  auto send_to = [&](std::size_t i) {
     if (c.phase == Phase::kCollect) {
       msg.content = !c.values_mode && config_->IsTagPeer(i) ? SystemContent::kReadTag
                                                             : SystemContent::kReadProc;
     }
-    env_->Send(r, msg);
+    env_->Send(config_->ranks[i], msg);
+  };
+  auto askable = [&](std::size_t i) {
+    return config_->ranks[i] != config_->self && !(only_unanswered && c.answered[i]);
+  };
+  if (first_send && c.phase == Phase::kCollect && config_->thrifty_collect && !c.values_mode) {
+    const std::size_t quorum = config_->Quorum();
+    const std::size_t need = quorum > c.answers ? quorum - c.answers : 0;
+    std::size_t responsive = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (askable(i) && env_->PeerResponsive(config_->ranks[i])) ++responsive;
+    }
+    if (responsive >= need) {
+      const std::size_t start = static_cast<std::size_t>((sector_ + rotation_++) % n);
+      std::size_t sent = 0;
+      for (std::size_t k = 0; k < n && sent < need; ++k) {
+        const std::size_t i = (start + k) % n;
+        if (!askable(i) || !env_->PeerResponsive(config_->ranks[i])) continue;
+        send_to(i);
+        ++sent;
+      }
+      return;
+    }
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    if (askable(i)) send_to(i);
   }
 }
 

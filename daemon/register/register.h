@@ -70,11 +70,18 @@ struct RegisterConfig {
   // everyone else ReadProc. Empty or false: ReadProc (atdd nodes close a connection that
   // sends them a ReadTag). The owner may change it at any time.
   std::vector<bool> tag_peers;
+  // The first send of a collect phase goes only to as many peers as the quorum still needs,
+  // chosen among those RegisterEnv::PeerResponsive reports, from a start that rotates with
+  // the sector and the operation (so the load spreads); a retransmission asks every peer
+  // still unanswered. Off, or too few responsive peers: every peer is asked at once. Saves
+  // the answers nobody waits for (one of the two peers' work on every read and write of a
+  // three-node cluster). Values mode (a read that is behind) always asks everyone.
+  bool thrifty_collect = false;
 
-  std::size_t Quorum() const;
+  std::size_t Quorum() const;  // answers that make a majority
   bool IsTagPeer(std::size_t rank_index) const {
     return rank_index < tag_peers.size() && tag_peers[rank_index];
-  }  // answers that make a majority
+  }
 };
 
 // Effects of a register, carried out by its owner.
@@ -94,6 +101,12 @@ class RegisterEnv {
   // before it sends WriteProc. The owner may raise the lease above `ts` (durably first) so
   // that later writes skip that wait.
   virtual void WantWriteTsLease(std::uint64_t ts) { (void)ts; }
+  // With config.thrifty_collect: whether `peer` is expected to answer soon (connected and
+  // heard from lately). A wrong guess costs one retransmission interval, never correctness.
+  virtual bool PeerResponsive(Rank peer) {
+    (void)peer;
+    return true;
+  }
 };
 
 class Register {
@@ -184,7 +197,9 @@ class Register {
   void StartNext(std::int64_t now_ms);
   // Starts (or restarts) the kCollect phase of current_ under a fresh op id.
   void StartCollect(std::int64_t now_ms);
-  void SendPhase(bool only_unanswered);
+  // Sends the current phase's message to the peers that have not answered; with
+  // `first_send` in a collect phase under config.thrifty_collect, only to a quorum's worth.
+  void SendPhase(bool only_unanswered, bool first_send = false);
   void RecordAnswer(Rank from);
   void EnterImpose(std::int64_t now_ms);
   void MaybeFinish(std::int64_t now_ms);
@@ -206,6 +221,7 @@ class Register {
   std::vector<PendingAck> pending_acks_;
   std::optional<Current> current_;
   std::deque<QueuedOp> queue_;
+  std::size_t rotation_ = 0;  // thrifty_collect: operations started here, to spread the asks
 };
 
 }  // namespace atomdisk

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <utility>
@@ -52,6 +53,9 @@ class FakeEnv : public RegisterEnv {
   }
   Uuid NewOpId() override { return IdOf(++last_id); }
   void WantWriteTsLease(std::uint64_t ts) override { lease_wanted.push_back(ts); }
+  bool PeerResponsive(Rank peer) override {
+    return std::find(unresponsive.begin(), unresponsive.end(), peer) == unresponsive.end();
+  }
 
   // The messages sent since the last call, and forgets them.
   std::vector<Sent> TakeSent() { return std::exchange(sent, {}); }
@@ -63,6 +67,7 @@ class FakeEnv : public RegisterEnv {
   std::vector<Completed> completed;
   std::uint64_t last_id = 0;
   std::vector<std::uint64_t> lease_wanted;
+  std::vector<Rank> unresponsive;  // PeerResponsive says false for these
 };
 
 class RegisterTest : public ::testing::Test {
@@ -905,6 +910,94 @@ TEST_F(RegisterTest, WriteTsIsAtLeastTheConfiguredFloor) {
     ASSERT_EQ(env_.completed.size(), 1u);
     EXPECT_TRUE(reg_->Idle());
   }
+}
+
+}  // namespace
+}  // namespace atomdisk
+
+namespace atomdisk {
+namespace {
+
+// Thrifty collect (RegisterConfig::thrifty_collect): the first ask goes to a quorum's worth of
+// responsive peers, rotating; a retransmission asks everyone still unanswered.
+TEST_F(RegisterTest, ThriftyCollectAsksOnlyWhatTheQuorumNeedsAndRotates) {
+  MakeCluster(3, {Tag{4, 2}, Fill(4)});
+  config_.tag_peers = {false, true, true};
+  config_.thrifty_collect = true;
+  std::vector<Rank> first_targets;
+  for (std::uint64_t op = 0; op < 4; ++op) {
+    reg_->StartRead(op, 0);
+    Uuid id = IdOf(op + 1);
+    auto to = Targets(env_.TakeSent(), SystemContent::kReadTag, id);
+    ASSERT_EQ(to.size(), 1u) << "self plus one peer make the quorum";
+    first_targets.push_back(to[0]);
+    Deliver(Msg(to[0], id, SystemContent::kTag, Tag{4, 2}, nullptr));
+    ASSERT_EQ(env_.completed.size(), op + 1);
+  }
+  EXPECT_NE(std::count(first_targets.begin(), first_targets.end(), 2), 0) << "spread over peers";
+  EXPECT_NE(std::count(first_targets.begin(), first_targets.end(), 3), 0) << "spread over peers";
+}
+
+TEST_F(RegisterTest, ThriftyCollectRetransmitsToEveryUnansweredPeer) {
+  MakeCluster(5, {Tag{1, 1}, Fill(1)});
+  config_.tag_peers = {false, true, true, true, true};
+  config_.thrifty_collect = true;
+  SectorPtr x = Fill(9);
+  reg_->StartWrite(3, x, 0);
+  Uuid id = IdOf(1);
+  auto to = Targets(env_.TakeSent(), SystemContent::kReadTag, id);
+  ASSERT_EQ(to.size(), 2u) << "self plus two peers make the quorum of five";
+  Deliver(Msg(to[0], id, SystemContent::kTag, Tag{1, 1}, nullptr), 5);
+  EXPECT_TRUE(env_.persisted.empty());
+  Tick(100);  // the other one never answered: ask all three still unanswered
+  auto again = Targets(env_.TakeSent(), SystemContent::kReadTag, id);
+  EXPECT_EQ(again.size(), 3u);
+  EXPECT_EQ(std::count(again.begin(), again.end(), to[0]), 0);
+  Deliver(Msg(again[0], id, SystemContent::kTag, Tag{7, 4}, nullptr), 101);
+  auto persisted = env_.TakePersisted();
+  ASSERT_EQ(persisted.size(), 1u);
+  EXPECT_EQ(persisted[0].tag, (Tag{8, 1}));
+}
+
+TEST_F(RegisterTest, ThriftyCollectSkipsUnresponsivePeersAndAsksAllWhenTooFewAre) {
+  MakeCluster(3, {Tag{4, 2}, Fill(4)});
+  config_.thrifty_collect = true;
+  env_.unresponsive = {2};
+  for (std::uint64_t op = 0; op < 3; ++op) {
+    reg_->StartRead(op, 0);
+    Uuid id = IdOf(op + 1);
+    EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kReadProc, id), (std::vector<Rank>{3}));
+    Deliver(Msg(3, id, SystemContent::kValue, Tag{4, 2}, Fill(4)));
+  }
+  env_.unresponsive = {2, 3};
+  reg_->StartRead(9, 0);
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kReadProc, IdOf(4)), (std::vector<Rank>{2, 3}))
+      << "nobody responsive: the classic ask of everyone";
+}
+
+TEST_F(RegisterTest, ThriftyReadBehindAsksEveryoneInValuesMode) {
+  MakeCluster(3, {Tag{1, 1}, Fill(1)});
+  config_.tag_peers = {false, true, true};
+  config_.thrifty_collect = true;
+  reg_->StartRead(5, 0);
+  auto to = Targets(env_.TakeSent(), SystemContent::kReadTag, IdOf(1));
+  ASSERT_EQ(to.size(), 1u);
+  Deliver(Msg(to[0], IdOf(1), SystemContent::kTag, Tag{3, 2}, nullptr), 1);
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kReadProc, IdOf(2)), (std::vector<Rank>{2, 3}))
+      << "the peer that holds the newer value must be asked";
+}
+
+TEST_F(RegisterTest, ImposeGoesToEveryPeerUnderThriftyCollect) {
+  MakeCluster(3, {Tag{1, 1}, Fill(1)});
+  config_.tag_peers = {false, true, true};
+  config_.thrifty_collect = true;
+  config_.write_ts_lease = 1000;
+  reg_->StartWrite(3, Fill(5), 0);
+  auto to = Targets(env_.TakeSent(), SystemContent::kReadTag, IdOf(1));
+  ASSERT_EQ(to.size(), 1u);
+  Deliver(Msg(to[0], IdOf(1), SystemContent::kTag, Tag{1, 1}, nullptr), 1);
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kWriteProc, IdOf(1)),
+            (std::vector<Rank>{2, 3}));
 }
 
 }  // namespace

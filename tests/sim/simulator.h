@@ -78,10 +78,11 @@ struct SimStats {
   std::uint64_t ops_ok = 0;
   std::uint64_t ops_unknown = 0;
   std::uint64_t history_ops = 0;
-  std::uint64_t sync_messages = 0;   // sync messages sent (also counted in messages_sent)
-  std::uint64_t replaced_disks = 0;  // "replace disk" faults: empty store and no IDENTITY
-  std::uint64_t absorbs = 0;         // SyncEnv::Absorb calls
-  std::uint64_t passes_done = 0;     // resync passes finished, summed over nodes and restarts
+  std::uint64_t sync_messages = 0;    // sync messages sent (also counted in messages_sent)
+  std::uint64_t replaced_disks = 0;   // "replace disk" faults: empty store and no IDENTITY
+  std::uint64_t absorbs = 0;          // SyncEnv::Absorb calls
+  std::uint64_t passes_done = 0;      // resync passes finished, summed over nodes and restarts
+  std::uint64_t tags_from_cache = 0;  // ReadTags answered from a store's slot cache
 };
 
 struct SimResult {
