@@ -123,7 +123,7 @@ fuse_lowlevel_ops MakeOps() {
   ops.write = [](fuse_req_t req, fuse_ino_t, const char* data, size_t size, off_t off,
                  fuse_file_info* fi) {
     const void* src = data;
-    if (FdOf(fi) == P(req)->direct_fd) {
+    if (FdOf(fi) != P(req)->buffered_fd) {  // O_DIRECT
       void* buf = t_buffer.Get((size + 4095) & ~std::size_t{4095});
       std::memcpy(buf, data, size);
       src = buf;
