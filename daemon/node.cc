@@ -305,6 +305,12 @@ void Node::HandleSystem(Connection& conn, std::span<const std::uint8_t> body) {
     return;
   }
   NoteInbound(msg->sender, conn);
+  if (msg->content == SystemContent::kValue || msg->content == SystemContent::kTag ||
+      msg->content == SystemContent::kAck) {
+    // Only answers count for PeerResponsive: a joining peer sends Hellos, ReadProcs and
+    // WriteProcs but answers no collect, and must not be picked as the one peer to ask.
+    heard_ms_[msg->sender] = NowMs();
+  }
   if (msg->content == SystemContent::kReadTag && AnswerReadTagFromCache(*msg)) return;
   Register* reg = GetRegister(msg->sector);
   if (!reg) return;
@@ -333,7 +339,7 @@ bool Node::AnswerReadTagFromCache(const SystemMessage& msg) {
 }
 
 bool Node::PeerResponsive(Rank peer) {
-  // Heard from within the last few ms: under load every peer answers many times a ms, so a
+  // Answered us within the last few ms: under load every peer answers many times a ms, so a
   // quorum's worth of asks suffices; a peer gone quiet (dead, partitioned, or an idle
   // cluster) is asked with everyone else until it is heard again.
   constexpr std::int64_t kResponsiveWindowMs = 20;
@@ -414,7 +420,6 @@ void Node::SendToPeer(Rank to, PeerLink& link, SharedFrame frame) {
 }
 
 void Node::NoteInbound(Rank from, Connection& conn) {
-  heard_ms_[from] = NowMs();
   auto& slot = inbound_[from];
   if (slot.lock().get() != &conn) slot = conn.weak_from_this();
 }

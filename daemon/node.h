@@ -146,7 +146,7 @@ class Node : public FrameSink, public RegisterEnv, public SyncEnv {
   // Sectors with resync values written straight to the store (their copy was unreadable, so
   // they have no register), by count, until durable.
   std::unordered_map<SectorIdx, int> direct_absorbs_;
-  // When each peer was last heard from (NowMs of its last authenticated message, by rank).
+  // When each peer last answered us (NowMs of its last authenticated Value, Tag or Ack).
   std::array<std::int64_t, 256> heard_ms_{};
   std::uint64_t next_token_ = 1;
   std::uint64_t op_counter_ = 0;

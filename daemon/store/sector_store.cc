@@ -291,9 +291,13 @@ class SectorStoreImpl final : public SectorStore {
     Status s = file_->ReadAt(SlotOffset(sector, 0), buf, kSectorStride);
     if (!s.ok()) return s;
     SlotPair p = Examine(sector, buf, /*verify_all=*/false);
-    if (p.newest >= 0 || !p.AnyWritten()) {
+    {
       std::lock_guard<std::mutex> lock(mu_);
-      RememberSlots(sector, p.Target(), p.newest >= 0, p.newest >= 0 ? p.tag[p.newest] : Tag{});
+      if (p.newest >= 0 || !p.AnyWritten()) {
+        RememberSlots(sector, p.Target(), p.newest >= 0, p.newest >= 0 ? p.tag[p.newest] : Tag{});
+      } else {
+        hints_.erase(sector);  // written slots, none valid: what was cached no longer holds
+      }
     }
     if (p.newest >= 0) {
       return Triple{p.tag[p.newest], MakeSector(buf + p.newest * kSlotSize + kHeaderSize)};

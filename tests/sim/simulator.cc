@@ -1486,6 +1486,22 @@ void Simulator::HandleRegisterMessage(int n, const SystemMessage& msg) {
     // Like the daemon (Node::AnswerReadTagFromCache): a sector without a register is answered
     // from the store's slot cache when it knows the durable tag.
     if (std::optional<Tag> tag = node.store->CachedDurableTag(msg.sector)) {
+      // The dangerous direction: a cached tag below what this node made durable (and may
+      // have acknowledged) would let a quorum miss a completed write.
+      Tag floor;
+      if (auto k = node.known_durable.find(msg.sector); k != node.known_durable.end()) {
+        floor = k->second;
+      }
+      if (auto m = node.max_durable.find(msg.sector); m != node.max_durable.end()) {
+        floor = std::max(floor, m->second);
+      }
+      if (options_.state_checks && *tag < floor) {
+        Fail("cache-behind", "node " + std::to_string(node.rank) +
+                                 " answers a ReadTag for sector " + std::to_string(msg.sector) +
+                                 " from its slot cache with " + TagStr(*tag) + " while " +
+                                 TagStr(floor) + " is durable there");
+        return;
+      }
       SystemMessage reply;
       reply.sender = node.rank;
       reply.op_id = msg.op_id;

@@ -89,8 +89,8 @@ struct SimResult {
   bool ok = true;
   // Which check failed: "ack-before-durable", "durable-decreased", "register-durable-behind",
   // "tag-reuse", "torn-value", "store-error", "codec", "nonvoter-answered",
-  // "reported-not-durable", "feature-negotiation", "joiner-behind", "liveness", "convergence",
-  // "linearizability", "lincheck-gave-up", "sim-internal". Empty when ok.
+  // "reported-not-durable", "cache-behind", "feature-negotiation", "joiner-behind", "liveness",
+  // "convergence", "linearizability", "lincheck-gave-up", "sim-internal". Empty when ok.
   std::string check;
   std::string detail;                    // what was seen, several lines
   std::vector<std::string> last_events;  // the trace lines leading to the failure

@@ -1039,6 +1039,26 @@ TEST_P(ScanRangeTest, PendingWritesAreReportedWithTheirTag) {
   EXPECT_EQ(Scan(20, 1, true), (std::vector<Scanned>{{20, Value(5).tag, true}}));
 }
 
+TEST_P(ScanRangeTest, ARotReadForgetsTheCachedTag) {
+  Write(6, Value(1));
+  Sync();
+  Write(6, Value(2));  // both slots written
+  Write(8, Value(3));  // one slot only
+  Sync();
+  ASSERT_EQ(store_->CachedDurableTag(6), (Tag{2, 1}));
+  ASSERT_EQ(store_->CachedDurableTag(8), (Tag{3, 1}));
+  Flip(SlotOffset(6, 0) + 64);
+  Flip(SlotOffset(6, 1) + 4000);
+  Flip(SlotOffset(8, 0) + 2000);
+  // The cache still believes the old tags until the file is read...
+  EXPECT_EQ(store_->Read(6).status().code(), StatusCode::kCorruption);
+  EXPECT_FALSE(store_->CachedDurableTag(6).has_value()) << "both slots bad: nothing to report";
+  auto r8 = store_->Read(8);
+  ASSERT_TRUE(r8.ok());
+  EXPECT_EQ(r8->tag, Tag{});  // its only slot is bad: reads as never written
+  EXPECT_FALSE(store_->CachedDurableTag(8).has_value());
+}
+
 TEST_P(ScanRangeTest, CorruptSlotsAreReported) {
   for (SectorIdx s : {3ull, 4ull, 5ull, 6ull, 7ull}) {
     Write(s, Value(1, 1, s));  // slot 0
