@@ -300,10 +300,11 @@ std::uint64_t OrderedWindow::Run(std::uint64_t count, const IssueFn& issue,
 }
 
 void OrderedWindow::Complete(std::uint64_t index, OpResult result) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    done_.emplace(index, std::move(result));
-  }
+  // Notify under the lock: once the entry is visible, Run may return and the window be
+  // destroyed at any moment, so nothing may touch cv_ after mu_ is released (ThreadSanitizer
+  // caught a notify on a destroyed condition variable).
+  std::lock_guard<std::mutex> lock(mu_);
+  done_.emplace(index, std::move(result));
   cv_.notify_one();
 }
 
