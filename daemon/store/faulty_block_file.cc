@@ -20,6 +20,7 @@ void Apply(MemBlockFile& file, std::uint64_t offset, const std::uint8_t* bytes, 
 
 Status FaultyBlockFile::ReadAt(std::uint64_t offset, void* buf, std::size_t n) {
   std::lock_guard<std::mutex> lock(mu_);
+  read_bytes_ += n;
   return cache_.ReadAt(offset, buf, n);
 }
 
@@ -120,6 +121,11 @@ std::uint64_t FaultyBlockFile::SyncCount() const {
 std::uint64_t FaultyBlockFile::WriteCount() const {
   std::lock_guard<std::mutex> lock(mu_);
   return write_count_;
+}
+
+std::uint64_t FaultyBlockFile::ReadBytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return read_bytes_;
 }
 
 std::size_t FaultyBlockFile::PendingWriteCount() const {

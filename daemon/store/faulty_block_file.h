@@ -61,6 +61,7 @@ class FaultyBlockFile final : public BlockFile {
 
   std::uint64_t SyncCount() const;        // Sync calls, failed ones included
   std::uint64_t WriteCount() const;       // WriteAt calls, failed ones included
+  std::uint64_t ReadBytes() const;        // bytes asked for by ReadAt calls
   std::size_t PendingWriteCount() const;  // writes not yet durable
 
  private:
@@ -77,6 +78,7 @@ class FaultyBlockFile final : public BlockFile {
   int fail_syncs_ = 0;
   std::uint64_t sync_count_ = 0;
   std::uint64_t write_count_ = 0;
+  std::uint64_t read_bytes_ = 0;
 };
 
 }  // namespace atomdisk

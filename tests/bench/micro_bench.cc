@@ -1,11 +1,18 @@
 // Micro-benchmarks (Google Benchmark) of the per-message CPU costs on the data path:
 // HMAC-SHA256 of a frame, encoding and decoding the biggest messages, and the register's
-// work for one write as a coordinator. Run: build/bin/atomdisk-microbench.
+// work for one write as a coordinator, and a store read of a sector from the OS cache. Run:
+// build/bin/atomdisk-microbench.
 #include <benchmark/benchmark.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
 
 #include "common/hmac.h"
 #include "common/wire.h"
 #include "daemon/register/register.h"
+#include "daemon/store/sector_store.h"
 
 namespace atomdisk {
 namespace {
@@ -100,6 +107,53 @@ void BM_RegisterWriteRoundTrips(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_RegisterWriteRoundTrips);
+
+// SectorStore::Read of written sectors whose file pages are in the OS cache: the first read
+// of a sector after opening (/0: both slots read and examined), and a later one (/1: the
+// store knows which slot holds the newest value and reads only that one). In a directory
+// under $TMPDIR (default /var/tmp: a disk, not tmpfs).
+void BM_StoreRead(benchmark::State& state) {
+  const bool known = state.range(0) != 0;
+  constexpr SectorIdx kSectors = 4096;
+  const char* tmp = std::getenv("TMPDIR");
+  const std::string dir =
+      std::string(tmp ? tmp : "/var/tmp") + "/atomdisk-microbench." + std::to_string(::getpid());
+  SectorStore::Options options;
+  options.sectors = kSectors;
+  options.background_sync = false;
+  {
+    auto store = SectorStore::Open(dir, options);
+    if (!store.ok()) {
+      state.SkipWithError(store.status().ToString().c_str());
+      return;
+    }
+    auto data = ZeroSector();
+    for (std::uint64_t ts = 1; ts <= 2; ++ts) {  // both slots of every sector
+      for (SectorIdx s = 0; s < kSectors; ++s) (*store)->Write(s, Triple{{ts, 1}, data}, {});
+      (*store)->SyncNow();
+    }
+  }
+  std::unique_ptr<SectorStore> store;
+  SectorIdx next = kSectors;
+  for (auto _ : state) {
+    if (next == kSectors) {  // a pass over every sector; /0 starts each from a fresh store
+      next = 0;
+      if (!known || !store) {
+        state.PauseTiming();
+        store.reset();
+        store = std::move(SectorStore::Open(dir, options)).value();
+        if (known) {
+          for (SectorIdx s = 0; s < kSectors; ++s) benchmark::DoNotOptimize(store->Read(s));
+        }
+        state.ResumeTiming();
+      }
+    }
+    benchmark::DoNotOptimize(store->Read(next++));
+  }
+  store.reset();
+  std::filesystem::remove_all(dir);
+}
+BENCHMARK(BM_StoreRead)->Arg(0)->Arg(1);
 
 }  // namespace
 }  // namespace atomdisk
