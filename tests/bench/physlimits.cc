@@ -2,24 +2,35 @@
 // in the same run as the cluster benchmark (scripts/bench-cluster.sh):
 //   - loopback TCP round trip carrying a 4 KiB message (one ping-pong at a time);
 //   - 4 KiB pwrite + fdatasync on a file in --dir (the disk the nodes' data_dirs are on),
-//     with 1 and with 3 streams at once (three nodes on one disk).
-// Prints one line per measurement: name, count, p50 and p99 in microseconds (--json for a
-// machine-readable object).
+//     with 1 and with 3 streams at once (three nodes on one disk);
+//   - HMAC-SHA256 over 4 KiB with the project's Hmac (what every frame carrying a sector
+//     costs to sign, and again to verify), on one core;
+//   - the CPU one stored write costs a node (a pwrite of a 4160-byte slot at a random place
+//     in a 545 MB file, and its share of an fdatasync) when one fdatasync covers 1, 4 or 16
+//     writes: group commit's batch sizes.
+// Prints one line per measurement: name, count, p50 and p99 in microseconds, and the CPU
+// time per operation where measured (--json for a machine-readable object). The CPU figures
+// bound what two cores can do (docs/BENCHMARKS.md, "What two cores allow").
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "common/hmac.h"
 
 namespace {
 
@@ -29,7 +40,15 @@ struct Stats {
   std::string name;
   std::size_t count = 0;
   double p50_us = 0, p99_us = 0;
+  double cpu_us = -1;  // CPU time (user + system, this thread) per operation; < 0: not measured
 };
+
+double ThreadCpuSeconds() {
+  rusage r{};
+  ::getrusage(RUSAGE_THREAD, &r);
+  return static_cast<double>(r.ru_utime.tv_sec + r.ru_stime.tv_sec) +
+         static_cast<double>(r.ru_utime.tv_usec + r.ru_stime.tv_usec) / 1e6;
+}
 
 Stats Summarize(const std::string& name, std::vector<double> us) {
   std::sort(us.begin(), us.end());
@@ -127,10 +146,81 @@ Stats WriteSync(const std::string& dir, int streams, int iterations) {
   return Summarize("write_fdatasync_4k_x" + std::to_string(streams), std::move(all));
 }
 
+Stats Hmac4k(int iterations) {
+  std::vector<std::uint8_t> key(64, 0x5a), data(4096, 0xa5);
+  atomdisk::Hmac mac(key);
+  std::vector<double> us;
+  us.reserve(static_cast<std::size_t>(iterations));
+  std::uint8_t sink = 0;
+  const double cpu0 = ThreadCpuSeconds();
+  for (int i = 0; i < iterations; ++i) {
+    auto t0 = Clock::now();
+    sink ^= mac.Compute(data)[0];
+    us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    data[static_cast<std::size_t>(i) % data.size()] = sink;
+  }
+  Stats s = Summarize("hmac_sha256_4k", std::move(us));
+  s.cpu_us = (ThreadCpuSeconds() - cpu0) * 1e6 / iterations;
+  return s;
+}
+
+// The store's write pattern (docs/STORAGE.md): a 4160-byte slot (64-byte header + 4 KiB) at
+// a random one of 2 x 65,536 slots, in a file written whole first (so nothing allocates),
+// then one fdatasync per `batch` writes. Latency is per batch; CPU is per write.
+Stats SlotWriteCpu(const std::string& dir, int batch, int writes) {
+  constexpr std::size_t kSlot = 4160;
+  constexpr std::uint64_t kSlots = 2 * 65536;
+  std::string path = dir + "/physlimits." + std::to_string(::getpid()) + ".slots";
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    std::perror(("physlimits: " + path).c_str());
+    std::exit(1);
+  }
+  {
+    std::vector<char> chunk(kSlot * 256, 1);
+    for (std::uint64_t slot = 0; slot < kSlots; slot += 256) {
+      if (::pwrite(fd, chunk.data(), chunk.size(), static_cast<off_t>(slot * kSlot)) !=
+          static_cast<ssize_t>(chunk.size())) {
+        std::perror("physlimits: fill");
+        std::exit(1);
+      }
+    }
+    if (::fdatasync(fd) != 0) std::perror("physlimits: fdatasync");
+  }
+  std::vector<char> buf(kSlot, 7);
+  std::mt19937_64 rng(1);
+  std::vector<double> us;
+  const double cpu0 = ThreadCpuSeconds();
+  int done = 0;
+  while (done < writes) {
+    auto t0 = Clock::now();
+    for (int j = 0; j < batch; ++j, ++done) {
+      off_t off = static_cast<off_t>((rng() % kSlots) * kSlot);
+      if (::pwrite(fd, buf.data(), kSlot, off) != static_cast<ssize_t>(kSlot)) {
+        std::perror("physlimits: pwrite");
+        std::exit(1);
+      }
+    }
+    if (::fdatasync(fd) != 0) {
+      std::perror("physlimits: fdatasync");
+      std::exit(1);
+    }
+    us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+  }
+  const double cpu = ThreadCpuSeconds() - cpu0;
+  ::close(fd);
+  ::unlink(path.c_str());
+  Stats s = Summarize("slot_write_sync_batch" + std::to_string(batch), std::move(us));
+  s.cpu_us = cpu * 1e6 / done;
+  return s;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"atomdisk-physlimits: loopback round trip and 4 KiB write+fdatasync latency"};
+  CLI::App app{
+      "atomdisk-physlimits: loopback round trip, 4 KiB write+fdatasync latency, HMAC and "
+      "stored-write CPU cost"};
   std::string dir = ".";
   int iterations = 5000;
   bool json = false;
@@ -141,18 +231,27 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   std::vector<Stats> results = {LoopbackRoundTrip(iterations), WriteSync(dir, 1, iterations / 2),
-                                WriteSync(dir, 3, iterations / 2)};
+                                WriteSync(dir, 3, iterations / 2), Hmac4k(iterations * 4)};
+  for (int batch : {1, 4, 16}) results.push_back(SlotWriteCpu(dir, batch, iterations));
   if (json) {
     std::printf("{");
     for (std::size_t i = 0; i < results.size(); ++i) {
-      std::printf("%s\"%s\":{\"count\":%zu,\"p50_us\":%.1f,\"p99_us\":%.1f}", i ? "," : "",
+      std::printf("%s\"%s\":{\"count\":%zu,\"p50_us\":%.1f,\"p99_us\":%.1f", i ? "," : "",
                   results[i].name.c_str(), results[i].count, results[i].p50_us, results[i].p99_us);
+      if (results[i].cpu_us >= 0) std::printf(",\"cpu_us_per_op\":%.2f", results[i].cpu_us);
+      std::printf("}");
     }
     std::printf("}\n");
   } else {
-    std::printf("%-24s %8s %10s %10s\n", "measurement", "samples", "p50 us", "p99 us");
+    std::printf("%-26s %8s %10s %10s %12s\n", "measurement", "samples", "p50 us", "p99 us",
+                "cpu us/op");
     for (const auto& r : results) {
-      std::printf("%-24s %8zu %10.1f %10.1f\n", r.name.c_str(), r.count, r.p50_us, r.p99_us);
+      std::printf("%-26s %8zu %10.1f %10.1f", r.name.c_str(), r.count, r.p50_us, r.p99_us);
+      if (r.cpu_us >= 0) {
+        std::printf(" %12.2f\n", r.cpu_us);
+      } else {
+        std::printf(" %12s\n", "-");
+      }
     }
   }
   return 0;
