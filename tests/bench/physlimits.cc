@@ -7,7 +7,8 @@
 //     costs to sign, and again to verify), on one core;
 //   - the CPU one stored write costs a node (a pwrite of a 4160-byte slot at a random place
 //     in a 545 MB file, and its share of an fdatasync) when one fdatasync covers 1, 4 or 16
-//     writes: group commit's batch sizes.
+//     writes (group commit's batch sizes), and when 256 consecutive sectors share one (a
+//     1 MiB sequential write).
 // Prints one line per measurement: name, count, p50 and p99 in microseconds, and the CPU
 // time per operation where measured (--json for a machine-readable object). The CPU figures
 // bound what two cores can do (docs/BENCHMARKS.md, "What two cores allow").
@@ -164,12 +165,14 @@ Stats Hmac4k(int iterations) {
   return s;
 }
 
-// The store's write pattern (docs/STORAGE.md): a 4160-byte slot (64-byte header + 4 KiB) at
-// a random one of 2 x 65,536 slots, in a file written whole first (so nothing allocates),
-// then one fdatasync per `batch` writes. Latency is per batch; CPU is per write.
-Stats SlotWriteCpu(const std::string& dir, int batch, int writes) {
+// The store's write pattern (docs/STORAGE.md): a 4160-byte slot (64-byte header + 4 KiB) of
+// a random sector of 65,536 (or, `sequential`, of the next sector, alternating slots per pass
+// as the store does), in a file written whole first (so nothing allocates), then one
+// fdatasync per `batch` writes. Latency is per batch; CPU is per write.
+Stats SlotWriteCpu(const std::string& dir, int batch, int writes, bool sequential) {
   constexpr std::size_t kSlot = 4160;
-  constexpr std::uint64_t kSlots = 2 * 65536;
+  constexpr std::uint64_t kSectors = 65536;
+  constexpr std::uint64_t kSlots = 2 * kSectors;
   std::string path = dir + "/physlimits." + std::to_string(::getpid()) + ".slots";
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) {
@@ -195,7 +198,10 @@ Stats SlotWriteCpu(const std::string& dir, int batch, int writes) {
   while (done < writes) {
     auto t0 = Clock::now();
     for (int j = 0; j < batch; ++j, ++done) {
-      off_t off = static_cast<off_t>((rng() % kSlots) * kSlot);
+      const auto n = static_cast<std::uint64_t>(done);
+      const std::uint64_t slot =
+          sequential ? 2 * (n % kSectors) + (n / kSectors) % 2 : rng() % kSlots;
+      off_t off = static_cast<off_t>(slot * kSlot);
       if (::pwrite(fd, buf.data(), kSlot, off) != static_cast<ssize_t>(kSlot)) {
         std::perror("physlimits: pwrite");
         std::exit(1);
@@ -210,7 +216,9 @@ Stats SlotWriteCpu(const std::string& dir, int batch, int writes) {
   const double cpu = ThreadCpuSeconds() - cpu0;
   ::close(fd);
   ::unlink(path.c_str());
-  Stats s = Summarize("slot_write_sync_batch" + std::to_string(batch), std::move(us));
+  Stats s = Summarize(std::string(sequential ? "slot_write_seq_batch" : "slot_write_sync_batch") +
+                          std::to_string(batch),
+                      std::move(us));
   s.cpu_us = cpu * 1e6 / done;
   return s;
 }
@@ -232,7 +240,8 @@ int main(int argc, char** argv) {
 
   std::vector<Stats> results = {LoopbackRoundTrip(iterations), WriteSync(dir, 1, iterations / 2),
                                 WriteSync(dir, 3, iterations / 2), Hmac4k(iterations * 4)};
-  for (int batch : {1, 4, 16}) results.push_back(SlotWriteCpu(dir, batch, iterations));
+  for (int batch : {1, 4, 16}) results.push_back(SlotWriteCpu(dir, batch, iterations, false));
+  results.push_back(SlotWriteCpu(dir, 256, iterations * 16, true));
   if (json) {
     std::printf("{");
     for (std::size_t i = 0; i < results.size(); ++i) {
