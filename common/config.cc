@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <filesystem>
 #include <set>
 
@@ -93,6 +94,42 @@ std::string Resolve(const fs::path& base, const std::string& p) {
   fs::path path(p);
   if (path.is_relative()) path = base / path;
   return path.lexically_normal().string();
+}
+
+enum class KeyKind { kClient, kSystem };
+
+std::string OctalMode(mode_t mode) {
+  char buf[8];
+  std::snprintf(buf, sizeof(buf), "%04o", static_cast<unsigned>(mode & 07777));
+  return buf;
+}
+
+// Who else may read or replace a key file. Anyone who can write either key can swap in their
+// own and then pose as a node or a client: refused. Anyone who can read the system key can
+// pose as a node (forge WriteProcs, Acks, resync replies): refused. A client key readable by
+// every local user lets each of them read and write the disk: allowed (one-user hosts, key
+// mounts that cannot be narrowed), with a warning. Group bits are the admin's choice.
+Status CheckKeyFileMode(const std::string& key_path, KeyKind kind,
+                        std::vector<std::string>* warnings) {
+  struct stat st;
+  if (::stat(key_path.c_str(), &st) != 0) return Status::FromErrno("stat " + key_path, errno);
+  const std::string what =
+      std::string(kind == KeyKind::kSystem ? "system" : "client") + " key file " + key_path;
+  const std::string fix = "; chmod 600 " + key_path + " (or 640 for a group)";
+  if (st.st_mode & S_IWOTH) {
+    return Status::InvalidArgument(what + " is writable by every user (mode " +
+                                   OctalMode(st.st_mode) + "): anyone could replace the key" + fix);
+  }
+  if (st.st_mode & S_IROTH) {
+    if (kind == KeyKind::kSystem) {
+      return Status::InvalidArgument(what + " is readable by every user (mode " +
+                                     OctalMode(st.st_mode) + "): anyone could pose as a node" +
+                                     fix);
+    }
+    warnings->push_back(what + " is readable by every user (mode " + OctalMode(st.st_mode) +
+                        "): any local user can read and write the disk" + fix);
+  }
+  return Status::Ok();
 }
 
 Status Err(const std::string& file, const std::string& what) {
@@ -208,12 +245,20 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) 
   std::sort(cfg.nodes.begin(), cfg.nodes.end(),
             [](const NodeConfig& a, const NodeConfig& b) { return a.rank < b.rank; });
 
-  auto client_key = ReadKeyFile(Resolve(base, *ck), kClientKeySize);
+  const std::string client_key_path = Resolve(base, *ck);
+  auto client_key = ReadKeyFile(client_key_path, kClientKeySize);
   if (!client_key.ok()) return Err(path, client_key.status().message());
+  if (Status s = CheckKeyFileMode(client_key_path, KeyKind::kClient, &cfg.warnings); !s.ok()) {
+    return Err(path, s.message());
+  }
   cfg.client_key = std::move(client_key).value();
   if (use == ConfigUse::kNode) {
-    auto system_key = ReadKeyFile(Resolve(base, *sk), kSystemKeySize);
+    const std::string system_key_path = Resolve(base, *sk);
+    auto system_key = ReadKeyFile(system_key_path, kSystemKeySize);
     if (!system_key.ok()) return Err(path, system_key.status().message());
+    if (Status s = CheckKeyFileMode(system_key_path, KeyKind::kSystem, &cfg.warnings); !s.ok()) {
+      return Err(path, s.message());
+    }
     cfg.system_key = std::move(system_key).value();
   }
   return cfg;

@@ -44,6 +44,9 @@ struct ClusterConfig {
   double resync_rate_mb = 200;           // resync pull limit, MB/s of sector data; 0 = none
   std::int64_t resync_interval_s = 600;  // periodic anti-entropy pass; 0 = only at start
   std::int64_t scrub_interval_s = 0;     // periodic scrub; 0 = only `atomdisk scrub`
+  // What the loader let pass but the user should fix (a client key file every user can
+  // read); each program prints them at start-up.
+  std::vector<std::string> warnings;
 
   // The cluster's identity: cluster_id if set, else the first 16 bytes of
   // SHA-256("atomdisk cluster id" | system key) (so nodes loaded with kNode agree on it).
@@ -65,7 +68,9 @@ enum class ConfigUse { kNode, kClient };
 
 // Loads and validates the file, and reads the key files `use` needs (for kClient,
 // system_key stays empty and system_key_file is not opened). Every error is one line that
-// names the file and the problem ("cluster.toml: nodes[2]: rank 3 used twice").
+// names the file and the problem ("cluster.toml: nodes[2]: rank 3 used twice"). Key files
+// every user may write, or a system key file every user may read, are refused; a client key
+// file every user may read loads with an entry in `warnings`.
 Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use = ConfigUse::kNode);
 
 // Parses "host:port" or "[v6]:port". InvalidArgument explains what is wrong.

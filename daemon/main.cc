@@ -56,6 +56,7 @@ int main(int argc, char** argv) {
   if (Status s = SetupLogging(log_level, "atomdiskd"); !s.ok()) return Fail(2, s.message());
   auto config = LoadClusterConfig(config_path);
   if (!config.ok()) return Fail(2, config.status().message());
+  for (const std::string& w : config->warnings) spdlog::warn("{}", w);
   if (rank < 1 || rank > kMaxRank || !config->FindNode(static_cast<Rank>(rank))) {
     return Fail(2, config_path + ": no node with rank " + std::to_string(rank));
   }

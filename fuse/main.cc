@@ -63,6 +63,9 @@ int Main(int argc, char** argv) {
   if (!mountpoint.ok()) return Fail(mountpoint.status().message());
   Result<ClusterConfig> config = LoadClusterConfig(config_path, ConfigUse::kClient);
   if (!config.ok()) return Fail(config.status().message());
+  for (const std::string& w : config->warnings) {
+    std::fprintf(stderr, "atomdisk-fuse: warning: %s\n", w.c_str());
+  }
   Result<client::ClientOptions> client_options = client::OptionsFromConfig(*config, nodes);
   if (!client_options.ok()) return Fail(client_options.status().message());
   client_options->op_timeout = tuning.op_timeout;

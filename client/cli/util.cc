@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -37,6 +38,8 @@ Result<ClusterConfig> LoadConfig(const GlobalOptions& g) {
     return Status(config.status().code(),
                   "cannot load the cluster config: " + config.status().message() + hint);
   }
+  for (const std::string& w : config->warnings)
+    std::fprintf(stderr, "atomdisk: warning: %s\n", w.c_str());
   return config;
 }
 

@@ -43,10 +43,14 @@ class ConfigTest : public ::testing::Test {
     fs::remove_all(dir_, ec);
   }
 
+  // Key files (*.key) get mode 0600, as `atomdisk init` makes them; others keep the umask's.
   std::string WriteFile(const std::string& name, const std::string& contents) {
     fs::path p = dir_ / name;
     fs::create_directories(p.parent_path());
     std::ofstream(p, std::ios::binary) << contents;
+    if (p.extension() == ".key") {
+      fs::permissions(p, fs::perms::owner_read | fs::perms::owner_write);
+    }
     return p.string();
   }
 
@@ -376,6 +380,50 @@ TEST_F(ConfigTest, KeyFiles) {
                    "system_key_file = \"nothex.key\"\n" +
                        nodes);
   ExpectError(path, "nothex.key");
+}
+
+TEST_F(ConfigTest, KeyFileModes) {
+  const std::string path = WriteConfig("sectors = 8\n" + Node(1, "h:7001"));
+  const fs::path ck = dir_ / "client.key", sk = dir_ / "system.key";
+  auto chmod = [](const fs::path& p, unsigned mode) {
+    ASSERT_EQ(::chmod(p.c_str(), static_cast<mode_t>(mode)), 0) << p;
+  };
+  // Owner only, or a group: no complaint.
+  chmod(ck, 0640);
+  chmod(sk, 0640);
+  auto ok = LoadClusterConfig(path);
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_TRUE(ok->warnings.empty());
+
+  // A client key every user may read: loaded, with a warning that says how to fix it.
+  chmod(ck, 0644);
+  for (ConfigUse use : {ConfigUse::kNode, ConfigUse::kClient}) {
+    auto warned = LoadClusterConfig(path, use);
+    ASSERT_TRUE(warned.ok()) << warned.status().ToString();
+    ASSERT_EQ(warned->warnings.size(), 1u);
+    EXPECT_NE(warned->warnings[0].find(ck.string()), std::string::npos) << warned->warnings[0];
+    EXPECT_NE(warned->warnings[0].find("0644"), std::string::npos) << warned->warnings[0];
+    EXPECT_NE(warned->warnings[0].find("chmod 600"), std::string::npos) << warned->warnings[0];
+  }
+
+  // A system key every user may read: refused where it is read (nodes), ignored by clients.
+  chmod(ck, 0600);
+  chmod(sk, 0604);
+  ExpectError(path, sk.string());
+  ExpectError(path, "pose as a node");
+  auto client = LoadClusterConfig(path, ConfigUse::kClient);
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  EXPECT_TRUE(client->warnings.empty());
+
+  // Either key writable by every user: refused.
+  chmod(sk, 0602);
+  ExpectError(path, "writable by every user");
+  chmod(sk, 0600);
+  chmod(ck, 0622);
+  ExpectError(path, ck.string());
+  ExpectError(path, "writable by every user");
+  auto client_writable = LoadClusterConfig(path, ConfigUse::kClient);
+  EXPECT_FALSE(client_writable.ok());
 }
 
 // --- WriteNewCluster ------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 // naming the file and the problem), runtime errors (exit 1), a data_dir in use, SIGTERM.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include <filesystem>
@@ -91,6 +92,14 @@ TEST_F(DaemonStartupTest, WrongKeyLengthExits2) {
   ASSERT_TRUE(WriteFile(Path("nothex.key"), std::string(64, 'z') + "\n"));
   config = WriteConfig("nothex.toml", "nothex.key", "system.key");
   ExpectFailure(RunDaemon({"--config", config, "--rank", "1"}), 2, {"nothex.key"});
+}
+
+TEST_F(DaemonStartupTest, ASystemKeyEveryUserCanReadExits2) {
+  const std::string key = Path("system.key");
+  ASSERT_EQ(::chmod(key.c_str(), 0644), 0);
+  ExpectFailure(RunDaemon({"--config", harness_->config_path(), "--rank", "1"}), 2,
+                {key, "0644", "pose as a node", "chmod 600"});
+  ASSERT_EQ(::chmod(key.c_str(), 0600), 0);
 }
 
 TEST_F(DaemonStartupTest, UnknownRankExits2) {
