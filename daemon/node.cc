@@ -319,19 +319,15 @@ void Node::HandleSystem(Connection& conn, std::span<const std::uint8_t> body) {
 
 bool Node::AnswerReadTagFromCache(const SystemMessage& msg) {
   // What the register built from the store would answer (Register::OnMessage): its durable
-  // tag. With no register there is no pending value of ours, and while a resync absorb is
-  // pending the cache says nothing; not voting, the register stays silent.
+  // tag, in the same AnswerTo message. With no register there is no pending value of ours, and
+  // while a resync absorb is pending the cache says nothing; not voting, the register stays silent.
   if (!register_config_.votes || registers_.count(msg.sector) ||
       direct_absorbs_.count(msg.sector)) {
     return false;
   }
   std::optional<Tag> tag = store_->CachedDurableTag(msg.sector);
   if (!tag) return false;
-  SystemMessage reply;
-  reply.sender = self_;
-  reply.op_id = msg.op_id;
-  reply.sector = msg.sector;
-  reply.content = SystemContent::kTag;
+  SystemMessage reply = AnswerTo(self_, msg.op_id, msg.sector, SystemContent::kTag);
   reply.tag = *tag;
   Send(msg.sender, reply);
   ++counters_.tags_from_cache;

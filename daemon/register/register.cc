@@ -1,6 +1,7 @@
 #include "daemon/register/register.h"
 
 #include <algorithm>
+#include <array>
 
 namespace atomdisk {
 
@@ -9,6 +10,15 @@ namespace atomdisk {
 #else
 #define BUG(name) false
 #endif
+
+SystemMessage AnswerTo(Rank self, const Uuid& op_id, SectorIdx sector, SystemContent content) {
+  SystemMessage m;
+  m.sender = self;
+  m.op_id = op_id;
+  m.sector = sector;
+  m.content = content;
+  return m;
+}
 
 std::size_t RegisterConfig::Quorum() const {
 #ifdef ATOMDISK_SIM_BUGS
@@ -107,21 +117,22 @@ void Register::SendPhase(bool only_unanswered, bool first_send) {
     return config_->ranks[i] != config_->self && !(only_unanswered && c.answered[i]);
   };
   if (first_send && c.phase == Phase::kCollect && config_->thrifty_collect && !c.values_mode) {
+    // The first `need` responsive peers from a start that rotates; everyone if there are
+    // fewer. One PeerResponsive call per peer looked at.
     const std::size_t quorum = config_->Quorum();
     const std::size_t need = quorum > c.answers ? quorum - c.answers : 0;
-    std::size_t responsive = 0;
-    for (std::size_t i = 0; i < n; ++i) {
-      if (askable(i) && env_->PeerResponsive(config_->ranks[i])) ++responsive;
-    }
-    if (responsive >= need) {
-      const std::size_t start = static_cast<std::size_t>((sector_ + rotation_++) % n);
-      std::size_t sent = 0;
-      for (std::size_t k = 0; k < n && sent < need; ++k) {
-        const std::size_t i = (start + k) % n;
-        if (!askable(i) || !env_->PeerResponsive(config_->ranks[i])) continue;
-        send_to(i);
-        ++sent;
+    const std::size_t start = static_cast<std::size_t>((sector_ + rotation_) % n);
+    std::array<std::uint8_t, kMaxRank> picked;  // rank indexes (n <= kMaxRank)
+    std::size_t found = 0;
+    for (std::size_t k = 0; k < n && found < need; ++k) {
+      const std::size_t i = (start + k) % n;
+      if (askable(i) && env_->PeerResponsive(config_->ranks[i])) {
+        picked[found++] = static_cast<std::uint8_t>(i);
       }
+    }
+    if (found == need) {
+      ++rotation_;
+      for (std::size_t j = 0; j < found; ++j) send_to(picked[j]);
       return;
     }
   }
@@ -136,17 +147,11 @@ void Register::OnMessage(const SystemMessage& msg, std::int64_t now_ms) {
     case SystemContent::kReadTag: {
       if (!config_->votes) return;  // joining: our copy may lack what we once promised
       // Durable only, with or without its data: what a majority agreeing on it may rely on.
-      SystemMessage reply;
-      reply.sender = config_->self;
-      reply.op_id = msg.op_id;
-      reply.sector = sector_;
+      const bool tag_only = msg.content == SystemContent::kReadTag;
+      SystemMessage reply = AnswerTo(config_->self, msg.op_id, sector_,
+                                     tag_only ? SystemContent::kTag : SystemContent::kValue);
       reply.tag = durable_.tag;
-      if (msg.content == SystemContent::kReadTag) {
-        reply.content = SystemContent::kTag;
-      } else {
-        reply.content = SystemContent::kValue;
-        reply.data = durable_.data;
-      }
+      if (!tag_only) reply.data = durable_.data;
       env_->Send(msg.sender, reply);
       return;
     }
@@ -155,12 +160,7 @@ void Register::OnMessage(const SystemMessage& msg, std::int64_t now_ms) {
       AcceptAndPersist(Triple{msg.tag, msg.data});
       if (!config_->votes) return;  // stored, but a joining node acknowledges nothing
       if (DurableCovers(msg.tag) || BUG(ack_before_persist)) {
-        SystemMessage ack;
-        ack.sender = config_->self;
-        ack.op_id = msg.op_id;
-        ack.sector = sector_;
-        ack.content = SystemContent::kAck;
-        env_->Send(msg.sender, ack);
+        env_->Send(msg.sender, AnswerTo(config_->self, msg.op_id, sector_, SystemContent::kAck));
       } else {
         for (const auto& p : pending_acks_) {
           if (p.to == msg.sender && p.id == msg.op_id) return;  // a retransmission
@@ -323,12 +323,7 @@ void Register::FlushAcks() {
   auto keep = pending_acks_.begin();
   for (auto& p : pending_acks_) {
     if (DurableCovers(p.tag)) {
-      SystemMessage ack;
-      ack.sender = config_->self;
-      ack.op_id = p.id;
-      ack.sector = sector_;
-      ack.content = SystemContent::kAck;
-      env_->Send(p.to, ack);
+      env_->Send(p.to, AnswerTo(config_->self, p.id, sector_, SystemContent::kAck));
     } else {
       *keep++ = p;
     }

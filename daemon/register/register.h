@@ -109,6 +109,11 @@ class RegisterEnv {
   }
 };
 
+// The message `self` sends back about `sector` to an ask under `op_id`: sender, op id,
+// sector and content set, tag and data left empty. Every answer a node gives (Value, Tag,
+// Ack) starts here, from a register or from the node's cache shortcut.
+SystemMessage AnswerTo(Rank self, const Uuid& op_id, SectorIdx sector, SystemContent content);
+
 class Register {
  public:
   // `durable` is what the store holds for the sector now (nothing in flight).

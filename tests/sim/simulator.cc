@@ -1502,11 +1502,7 @@ void Simulator::HandleRegisterMessage(int n, const SystemMessage& msg) {
                                  TagStr(floor) + " is durable there");
         return;
       }
-      SystemMessage reply;
-      reply.sender = node.rank;
-      reply.op_id = msg.op_id;
-      reply.sector = msg.sector;
-      reply.content = SystemContent::kTag;
+      SystemMessage reply = AnswerTo(node.rank, msg.op_id, msg.sector, SystemContent::kTag);
       reply.tag = *tag;
       ++result_.stats.tags_from_cache;
       OnSend(n, msg.sender, reply);
