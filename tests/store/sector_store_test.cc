@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -66,6 +67,16 @@ struct Results {
     return true;
   }
 };
+
+// Writes each of `values` to `sector` in turn, each synced before the next (the first of two
+// lands in slot 0, the second in slot 1). Manual-sync stores only.
+void WriteEachSynced(SectorStore& store, Results& results, SectorIdx sector,
+                     std::initializer_list<Triple> values) {
+  for (const Triple& v : values) {
+    store.Write(sector, v, results.Add());
+    store.SyncNow();
+  }
+}
 
 SectorStore::Options Manual(std::uint64_t sectors) {
   SectorStore::Options o;
@@ -431,10 +442,7 @@ TEST(SectorStoreTest, ChecksumCatchesAFlippedBit) {
   auto disk = std::make_shared<FaultyBlockFile>();
   auto store = SectorStore::OpenOnFile(ShareBlockFile(disk), Manual(8));
   Results results;
-  store->Write(5, Value(1), results.Add());  // slot 0
-  store->SyncNow();
-  store->Write(5, Value(2), results.Add());  // slot 1
-  store->SyncNow();
+  WriteEachSynced(*store, results, 5, {Value(1), Value(2)});  // slot 0, then slot 1
   ASSERT_TRUE(results.AllOk());
 
   // Bit rot in the newest slot: the older value is returned (scrub is what notices).
@@ -467,10 +475,7 @@ TEST(SectorStoreTest, AKnownNewestSlotIsReadAloneAndRotFallsBackToBoth) {
   auto disk = std::make_shared<FaultyBlockFile>();
   auto store = SectorStore::OpenOnFile(ShareBlockFile(disk), Manual(8));
   Results results;
-  store->Write(5, Value(1), results.Add());  // slot 0
-  store->SyncNow();
-  store->Write(5, Value(2), results.Add());  // slot 1
-  store->SyncNow();
+  WriteEachSynced(*store, results, 5, {Value(1), Value(2)});  // slot 0, then slot 1
   ASSERT_TRUE(results.AllOk());
 
   // The sync left the slots known: one slot read, the newest.
@@ -498,10 +503,7 @@ TEST(SectorStoreTest, AKnownNewestSlotIsReadAloneAndRotFallsBackToBoth) {
   EXPECT_EQ(disk->ReadBytes() - before, kSlotSize);
 
   // Rot in the known newest slot's tag: the same.
-  store->Write(6, Value(11), results.Add());
-  store->SyncNow();
-  store->Write(6, Value(12), results.Add());
-  store->SyncNow();
+  WriteEachSynced(*store, results, 6, {Value(11), Value(12)});
   ASSERT_TRUE(results.AllOk());
   disk->CorruptByte(SlotOffset(6, 1) + 16);  // the ts
   before = disk->ReadBytes();
