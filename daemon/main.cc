@@ -17,7 +17,7 @@
 
 #include "common/config.h"
 #include "common/logging.h"
-#include "daemon/node.h"
+#include "daemon/net/node_server.h"
 #include "daemon/store/identity.h"
 #include "daemon/store/sector_store.h"
 #include "daemon/version.h"
@@ -100,8 +100,8 @@ int main(int argc, char** argv) {
   }
 
   boost::asio::io_context io(1);
-  Node node(io, std::move(config).value(), static_cast<Rank>(rank), std::move(store).value(),
-            std::move(membership));
+  NodeServer node(io, std::move(config).value(), static_cast<Rank>(rank), std::move(store).value(),
+                  std::move(membership));
   if (Status s = node.Listen(); !s.ok()) return Fail(1, s.message());
   if (Status s = node.Start(); !s.ok()) return Fail(1, s.message());
   spdlog::info("atomdiskd {} rank {} serving on {} (data_dir {})", kAtomdiskVersion, rank,

@@ -19,6 +19,7 @@
 #include <string>
 
 #include "common/wire.h"
+#include "daemon/core/client_channel.h"
 
 namespace atomdisk {
 
@@ -32,9 +33,7 @@ class FrameSink {
   virtual void OnFrame(Connection& conn, std::span<const std::uint8_t> body) = 0;
 };
 
-using SharedFrame = std::shared_ptr<const Frame>;
-
-class Connection : public std::enable_shared_from_this<Connection> {
+class Connection final : public ClientChannel, public std::enable_shared_from_this<Connection> {
  public:
   struct Options {
     std::size_t max_queued_frames = 8192;  // Send() drops beyond this
@@ -56,8 +55,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   // Operations this connection's frames started that have not been answered yet: reading
   // pauses while there are max_inflight of them (backpressure on a greedy client).
-  void OpStarted() { ++inflight_; }
-  void OpFinished();
+  void OpStarted() override { ++inflight_; }
+  void OpFinished() override;
   // Reading pauses while open operations plus queued frames reach max_inflight, so that a
   // client that does not read its responses stalls itself instead of growing the queue.
   bool Saturated() const { return inflight_ + queue_.size() >= options_.max_inflight; }
@@ -66,6 +65,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void SetOnClose(std::function<void()> fn) { on_close_ = std::move(fn); }
 
   std::uint64_t frames_dropped() const { return frames_dropped_; }
+
+  // ClientChannel
+  bool SendFrame(SharedFrame frame) override { return Send(std::move(frame)); }
+  void CloseChannel(const std::string& reason) override { Close(reason); }
+  bool channel_closed() const override { return closed_; }
+  const std::string& channel_name() const override { return name_; }
+  std::weak_ptr<ClientChannel> WeakChannel() override { return weak_from_this(); }
 
  private:
   boost::asio::awaitable<void> Reader();

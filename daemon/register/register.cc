@@ -305,6 +305,14 @@ void Register::OnPersisted(Tag tag, const Status& status, std::int64_t now_ms) {
   }
 }
 
+void Register::OnDurableElsewhere(const Triple& value, std::int64_t now_ms) {
+  // Above stored_ it cannot be (an absorb stores what it writes); below durable_ it says
+  // nothing new.
+  if (value.tag <= durable_.tag || value.tag > stored_.tag || !value.data) return;
+  durable_ = value;
+  OnDurableAdvanced(now_ms);
+}
+
 void Register::OnDurableAdvanced(std::int64_t now_ms) {
   FlushAcks();
   if (!current_) return;

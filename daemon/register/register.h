@@ -133,6 +133,11 @@ class Register {
 
   // The store finished the Persist of `tag`.
   void OnPersisted(Tag tag, const Status& status, std::int64_t now_ms);
+  // The store reports `value`, or a newer value, durable for this sector through a write
+  // other than this register's own Persists (the resync absorb's own store write,
+  // daemon/core/node_core.cc): durable() advances to it if it is newer, as OnPersisted would,
+  // so that a failed Persist of the same value does not leave durable() behind the disk.
+  void OnDurableElsewhere(const Triple& value, std::int64_t now_ms);
 
   // The owner flipped config.votes to true: an operation this node coordinates counts our
   // own answer now (in a one-node cluster nothing else would ever finish it).

@@ -100,12 +100,10 @@ int main(int argc, char** argv) {
   app.add_option("--nodes", options.nodes, "cluster size")->check(CLI::IsMember({3, 5}));
   app.add_option("--steps", options.steps, "events in the faulty phase of each run")
       ->check(CLI::PositiveNumber);
-  app.add_option(
-      "--bug", bug_name,
-      "turn on a catalogued mistake: skip-impose, ack-before-persist, "
-      "minority-quorum, forget-on-restart (a restart wipes the store but keeps the "
-      "IDENTITY), joiner-votes (a node whose disk was replaced votes at once), lease-forgotten "
-      "(a restarted node writes below its earlier write ts lease)");
+  app.add_option("--bug", bug_name, "turn on a catalogued mistake (--list-bugs names them)");
+  bool list_bugs = false;
+  app.add_flag("--list-bugs", list_bugs,
+               "print every catalogued mistake with the layer of the code it lives in");
   app.add_flag("--expect-failure", expect_failure,
                "pass iff some seed fails (the bug is caught); stops at the first such seed");
   app.add_option("--expect-check", expect_check,
@@ -131,6 +129,13 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;  // --help is not an error
   }
 
+  if (list_bugs) {
+    for (atomdisk::SimBug b : atomdisk::AllSimBugs()) {
+      std::printf("%-22s %-9s %s\n", atomdisk::SimBugName(b), atomdisk::SimBugLayer(b),
+                  atomdisk::SimBugWhat(b));
+    }
+    return 0;
+  }
   std::optional<atomdisk::SimBug> bug = atomdisk::ParseSimBug(bug_name);
   if (!bug) {
     std::cerr << "atomdisk-sim: unknown --bug " << bug_name << "\n";

@@ -12,9 +12,11 @@
 #include <set>
 #include <utility>
 
+#include "common/hmac.h"
 #include "common/sync_wire.h"
 #include "common/types.h"
 #include "common/wire.h"
+#include "daemon/core/node_core.h"
 #include "daemon/register/register.h"
 #include "daemon/store/faulty_block_file.h"
 #include "daemon/store/identity.h"
@@ -40,13 +42,57 @@ const char* SimBugName(SimBug bug) {
       return "joiner-votes";
     case SimBug::kLeaseForgotten:
       return "lease-forgotten";
+    case SimBug::kServeBeforeIdentity:
+      return "serve-before-identity";
   }
   return "?";
 }
 
+const char* SimBugLayer(SimBug bug) {
+  switch (bug) {
+    case SimBug::kSkipImpose:
+    case SimBug::kAckBeforePersist:
+    case SimBug::kMinorityQuorum:
+      return "register";
+    case SimBug::kServeBeforeIdentity:
+      return "node";
+    case SimBug::kJoinerVotes:
+    case SimBug::kLeaseForgotten:
+      return "sync";
+    case SimBug::kForgetOnRestart:
+      return "world";
+    case SimBug::kNone:
+      break;
+  }
+  return "-";
+}
+
+const char* SimBugWhat(SimBug bug) {
+  switch (bug) {
+    case SimBug::kSkipImpose:
+      return "reads return after the first phase, without writing back";
+    case SimBug::kAckBeforePersist:
+      return "Ack (and the writer's own answer) before the triple is durable";
+    case SimBug::kMinorityQuorum:
+      return "N/2 answers taken for a majority";
+    case SimBug::kForgetOnRestart:
+      return "a restart wipes the store but keeps the IDENTITY (voting)";
+    case SimBug::kJoinerVotes:
+      return "a node whose disk was replaced votes at once, without a join pass";
+    case SimBug::kLeaseForgotten:
+      return "a restarted node writes below its earlier write ts lease";
+    case SimBug::kServeBeforeIdentity:
+      return "a node without IDENTITY persists WriteProcs before its Syncer saved one";
+    case SimBug::kNone:
+      break;
+  }
+  return "no bug";
+}
+
 std::vector<SimBug> AllSimBugs() {
-  return {SimBug::kSkipImpose,      SimBug::kAckBeforePersist, SimBug::kMinorityQuorum,
-          SimBug::kForgetOnRestart, SimBug::kJoinerVotes,      SimBug::kLeaseForgotten};
+  return {SimBug::kSkipImpose,         SimBug::kAckBeforePersist, SimBug::kMinorityQuorum,
+          SimBug::kForgetOnRestart,    SimBug::kJoinerVotes,      SimBug::kLeaseForgotten,
+          SimBug::kServeBeforeIdentity};
 }
 
 std::optional<SimBug> ParseSimBug(std::string_view name) {
@@ -91,6 +137,26 @@ Uuid SimClusterId() {
   Uuid u;
   for (std::size_t i = 0; i < u.bytes.size(); ++i) u.bytes[i] = static_cast<std::uint8_t>(0xA0 + i);
   return u;
+}
+
+// The cluster.toml every simulated node and client is configured with: n nodes, the device,
+// fixed keys and SimClusterId().
+ClusterConfig SimClusterConfig(int n) {
+  ClusterConfig c;
+  c.path = "sim";
+  c.sectors = kDeviceSectors;
+  c.client_key.assign(kClientKeySize, 0x5A);
+  c.system_key.assign(kSystemKeySize, 0xA5);
+  Uuid id = SimClusterId();
+  c.cluster_id_hex = ToHex(id.bytes);
+  for (int i = 1; i <= n; ++i) {
+    NodeConfig node;
+    node.rank = static_cast<Rank>(i);
+    node.host = "sim" + std::to_string(i);
+    node.port = static_cast<std::uint16_t>(7000 + i);
+    c.nodes.push_back(node);
+  }
+  return c;
 }
 
 std::uint64_t Mix64(std::uint64_t x) {
@@ -228,140 +294,114 @@ class Simulator {
     }
   };
 
-  struct Completion {
-    SectorIdx sector;
-    Tag tag;
-    std::uint64_t value_id;
-    Status status;
-    bool absorb = false;             // a SyncEnv::Absorb, not a register's Persist
-    std::uint64_t absorb_token = 0;  // absorb: the Syncer's token
-  };
-  struct DeferredAbsorb {
-    SectorIdx sector;
-    Triple value;
-    std::uint64_t token;
-  };
-  // Work for a sector that waits until the absorbs in flight for it are durable: a register
-  // message delivered, or a client operation (its token) to start.
-  struct Held {
-    std::shared_ptr<const SystemMessage> msg;
-    int from = 0;
-    std::uint64_t token = 0;
-  };
-
-  class NodeEnv final : public RegisterEnv {
+  // The world one node's core (daemon/core/node_core.h) lives in: this simulator's network,
+  // disk and clock, and its checkers watching the core (NodeCoreObserver).
+  class SimNodeEnv final : public NodeCoreEnv, public NodeCoreObserver {
    public:
-    NodeEnv(Simulator* sim, int node) : sim_(sim), node_(node) {}
-    void Send(Rank to, const SystemMessage& msg) override { sim_->OnSend(node_, to, msg); }
-    void Persist(SectorIdx sector, const Triple& value) override {
-      sim_->OnPersist(node_, sector, value);
-    }
-    void Complete(std::uint64_t token, SectorPtr data) override {
-      sim_->OnComplete(node_, token, std::move(data));
-    }
-    Uuid NewOpId() override { return sim_->NewOpId(); }
-    void WantWriteTsLease(std::uint64_t ts) override {
-      if (auto& syncer = sim_->nodes_[node_]->syncer) syncer->RaiseWriteTsLease(ts);
-    }
-    // The daemon guesses from its connection and recent traffic (daemon/node.cc); here a
-    // peer that is up counts, even behind a partition: a wrong guess costs a retransmission.
-    bool PeerResponsive(Rank peer) override {
+    SimNodeEnv(Simulator* sim, int node) : sim_(sim), node_(node) {}
+    // NodeCoreEnv
+    void SendSystem(Rank to, const SystemMessage& msg) override { sim_->OnSend(node_, to, msg); }
+    void SendSync(Rank to, const SyncMessage& msg) override { sim_->OnSendSync(node_, to, msg); }
+    // A TCP link breaks when its peer's process dies; a partition (packets dropped) leaves it
+    // up, as on a real network.
+    bool PeerConnected(Rank peer) override {
       return peer >= 1 && peer <= sim_->nodes_.size() && sim_->nodes_[peer - 1]->up;
     }
-
-   private:
-    Simulator* sim_;
-    int node_;
-  };
-
-  class NodeSyncEnv final : public SyncEnv {
-   public:
-    NodeSyncEnv(Simulator* sim, int node) : sim_(sim), node_(node) {}
-    void SendSync(Rank to, const SyncMessage& msg) override { sim_->OnSendSync(node_, to, msg); }
-    // Durable values only, like the daemon (daemon/node.cc): a value still on its way to
-    // the disk lives in its sector's register, whose durable triple is what resync sees.
-    Status ScanTags(SectorIdx first, std::uint64_t count, bool verify_all, TagView view,
-                    const std::function<void(SectorIdx, Tag, bool ok)>& fn) override {
-      auto& regs = sim_->nodes_[node_]->regs;
-      return sim_->nodes_[node_]->store->ScanRange(
-          first, count, verify_all, [&](SectorIdx sector, Tag tag, bool ok) {
-            auto it = regs.find(sector);
-            if (it == regs.end()) return fn(sector, tag, ok);
-            fn(sector,
-               view == TagView::kServed ? it->second->Served().tag : it->second->durable().tag, ok);
-          });
-    }
-    Result<Triple> ReadSector(SectorIdx sector) override {
-      auto& regs = sim_->nodes_[node_]->regs;
-      auto it = regs.find(sector);
-      if (it != regs.end()) return it->second->Served();
-      return sim_->nodes_[node_]->store->Read(sector);
-    }
-    void ForEachServedAhead(const std::function<void(SectorIdx)>& fn) override {
-      for (const auto& [sector, reg] : sim_->nodes_[node_]->regs) {
-        if (reg->Served().tag > reg->durable().tag) fn(sector);
-      }
-    }
-    void Absorb(SectorIdx sector, const Triple& value, std::uint64_t token) override {
-      sim_->OnAbsorb(node_, sector, value, token);
-    }
-    Status SaveIdentity(const Identity& identity) override {
-      sim_->nodes_[node_]->identity = identity;
-      return Status::Ok();
-    }
-    void SetVoting(bool voting) override { sim_->OnSetVoting(node_, voting); }
-    void Note(const std::string& line) override {
-      sim_->Trace("node " + std::to_string(node_ + 1) + " sync: " + line);
-    }
+    std::uint64_t PeerFramesDropped(Rank) override { return 0; }
+    std::int64_t NowMs() override { return sim_->NowMs(); }
     // Virtual and deterministic: far above the ts values a run reaches, and growing with
     // virtual time like a real clock (docs/RESYNC.md, "Tags after a disk replacement").
     std::uint64_t WallClockMicros() override {
       return kSimWallClockEpochUs + static_cast<std::uint64_t>(sim_->now_us_);
     }
-    void SetWriteTsFloor(std::uint64_t floor) override {
-      sim_->Trace("node " + std::to_string(node_ + 1) + " write ts floor " + std::to_string(floor));
-      sim_->nodes_[node_]->config.min_write_ts = floor;
+    // Store completions, run by RunSync once the sync's callbacks are all in.
+    void Post(std::function<void()> fn) override {
+      sim_->nodes_[node_]->posted.push_back(std::move(fn));
     }
-    void SetWriteTsLease(std::uint64_t lease) override {
-      sim_->Trace("node " + std::to_string(node_ + 1) + " write ts lease " + std::to_string(lease));
-      sim_->nodes_[node_]->config.write_ts_lease = lease;
+    Status SaveIdentity(const Identity& identity) override {
+      sim_->nodes_[node_]->identity = identity;
+      return Status::Ok();
     }
-    // As daemon/node.cc: the peer's kFeatureTagReads bit decides whether our registers send
-    // it ReadTag. A node that plays an older atomdisk (old_node_) has no such code.
-    void SetPeerFeatures(Rank peer, std::uint8_t features) override {
-      if (node_ == sim_->old_node_) return;
-      RegisterConfig& config = sim_->nodes_[node_]->config;
-      std::size_t i = static_cast<std::size_t>(peer) - 1;
-      if (peer == config.self || i >= config.tag_peers.size()) return;
-      bool tag_reads = (features & kFeatureTagReads) != 0;
-      if (config.tag_peers[i] != tag_reads) {
-        sim_->Trace("node " + std::to_string(node_ + 1) +
-                    (tag_reads ? " sends" : " stops sending") + " ReadTag to node " +
-                    std::to_string(peer));
-      }
-      config.tag_peers[i] = tag_reads;
+    void Log(Level level, const std::string& line) override {
+      sim_->Trace("node " + std::to_string(node_ + 1) +
+                  (level == Level::kWarn ? " warns: " : ": ") + line);
     }
+    // Like a daemon that exits (and restarts under systemd), once the core's current work is
+    // done: RunSync crashes and restarts the node.
+    void Fatal(const std::string& why) override {
+      auto& node = *sim_->nodes_[node_];
+      if (!node.fatal) node.fatal = why;
+    }
+    // NodeCoreObserver
+    void OnRegisterLoaded(SectorIdx sector, const Triple& stored) override {
+      sim_->OnRegisterLoaded(node_, sector, stored);
+    }
+    void OnRegisterDropped(SectorIdx sector, Tag durable) override {
+      Tag& m = sim_->nodes_[node_]->max_durable[sector];
+      m = std::max(m, durable);
+    }
+    void OnStoreWrite(SectorIdx sector, const Triple& value, bool absorb) override {
+      sim_->OnStoreWrite(node_, sector, value, absorb);
+    }
+    void OnStoreWriteDone(SectorIdx sector, Tag tag, const Status& status, bool absorb) override {
+      sim_->OnStoreWriteDone(node_, sector, tag, status, absorb);
+    }
+    void OnTagFromCache(SectorIdx sector, Tag tag) override {
+      sim_->OnTagFromCache(node_, sector, tag);
+    }
+    void OnVotingChanged(bool voting) override { sim_->OnSetVoting(node_, voting); }
 
    private:
     Simulator* sim_;
     int node_;
+  };
+
+  // The client connection of one node incarnation: the core's responses come back here.
+  class SimChannel final : public ClientChannel, public std::enable_shared_from_this<SimChannel> {
+   public:
+    SimChannel(Simulator* sim, int node, std::uint64_t epoch)
+        : sim_(sim), node_(node), epoch_(epoch) {}
+    bool SendFrame(SharedFrame frame) override {
+      sim_->OnResponseFrame(node_, epoch_, *frame);
+      return true;
+    }
+    void CloseChannel(const std::string& reason) override {
+      sim_->Fail("sim-internal",
+                 "node " + std::to_string(node_ + 1) + " closes the client connection: " + reason);
+    }
+    bool channel_closed() const override { return false; }
+    const std::string& channel_name() const override { return name_; }
+    void OpStarted() override {}
+    void OpFinished() override {}
+    std::weak_ptr<ClientChannel> WeakChannel() override { return weak_from_this(); }
+
+   private:
+    Simulator* sim_;
+    int node_;
+    std::uint64_t epoch_;
+    std::string name_ = "sim-client";
   };
 
   struct Node {
     Rank rank = 0;
     bool up = true;
     std::uint64_t epoch = 0;  // bumped at each crash: stale events and callbacks are ignored
-    RegisterConfig config;
-    std::unique_ptr<NodeEnv> env;
+    std::unique_ptr<SimNodeEnv> env;
     std::shared_ptr<FaultyBlockFile> disk;
     std::shared_ptr<CrashGate> gate;
-    std::unique_ptr<SectorStore> store;
-    std::map<SectorIdx, std::unique_ptr<Register>> regs;
+    std::unique_ptr<SectorStore> opened;        // the store, until the core takes it
+    SectorStore* store = nullptr;               // the store (opened's, then the core's)
+    std::unique_ptr<NodeCore> core;             // the production node core; null while down
+    std::shared_ptr<SimChannel> channel;        // this incarnation's client connection
+    std::vector<std::function<void()>> posted;  // NodeCoreEnv::Post, run by RunSync
+    std::optional<std::string> fatal;           // NodeCoreEnv::Fatal: crash after this event
     std::uint64_t persists_in_flight = 0;
+    std::uint64_t absorbs_in_flight = 0;
     bool sync_scheduled = false;
     bool disk_slow = false;
     std::uint64_t disk_slow_gen = 0;
-    std::vector<Completion> completions;  // filled by store callbacks inside SyncNow
+    // Value id of each (sector, tag) handed to the store, for the durable notes.
+    std::map<std::pair<SectorIdx, Tag>, std::uint64_t> write_ids;
     // What the simulator knows is durable here, independently of the register: OK store
     // completions, and what the disk held when the store was opened after a crash.
     std::map<SectorIdx, Tag> known_durable;
@@ -374,20 +414,15 @@ class Simulator {
     std::set<std::uint64_t> tokens;  // client operations this node coordinates
 
     // Membership and resync.
-    std::unique_ptr<NodeSyncEnv> sync_env;
-    std::unique_ptr<Syncer> syncer;  // null while down
     // data_dir/IDENTITY: survives crashes, erased by a disk replacement.
     std::optional<Identity> identity;
-    bool voting = false;              // the Syncer's last SetVoting (config.votes)
+    bool voting = false;              // the core's last SetVoting
     bool replace_on_restart = false;  // crashed by "replace disk": restarts blank
     // The disk was replaced and the node has not voted since. `must_hold` is, per sector, the
     // highest tag of an operation that completed before the replacement: every one of them
     // must be durable here once the node votes again (check joiner-behind).
     bool replaced = false;
     std::map<SectorIdx, Tag> must_hold;
-    std::map<SectorIdx, int> absorbing;           // absorbs handed to the store, not yet durable
-    std::deque<DeferredAbsorb> deferred_absorbs;  // their sector's register was busy
-    std::map<SectorIdx, std::vector<Held>> held;  // waits for the sector's absorbs
   };
 
   struct Op {
@@ -448,8 +483,9 @@ class Simulator {
   void OpenStore(int n);
   void Crash(int n);
   void Restart(int n);
-  Register* GetRegister(int n, SectorIdx sector);
-  void MaybeDrop(int n, SectorIdx sector);
+  // Builds the node's core over its opened store and starts it (its Syncer starts at a tick).
+  void StartNode(int n);
+  void OnRegisterLoaded(int n, SectorIdx sector, const Triple& stored);
   void ScheduleSync(int n);
   void RunSync(int n);
   void ScheduleTick(int n);
@@ -459,35 +495,25 @@ class Simulator {
   void NoteTagValue(SectorIdx sector, Tag tag, std::uint64_t value_id, const char* where);
   // Whether some disk, register, waiting absorb or message in flight still holds this value.
   bool ValueExists(SectorIdx sector, Tag tag, std::uint64_t value_id);
-  void StartSyncer(int n);
-  void StopSyncer(int n);
+  // Ends the node's core (a crash, or the end of the run); what it still had to do is lost.
+  void StopNode(int n);
   Tag DurableTagAt(int n, SectorIdx sector);
   bool WillVote(int n) const;
-  void HandleRegisterMessage(int n, const SystemMessage& msg);
-  void ReleaseHeld(int n, SectorIdx sector);
-  void RetryDeferredAbsorbs(int n);
-  void StoreAbsorb(int n, SectorIdx sector, const Triple& value, std::uint64_t token,
-                   std::uint64_t value_id);
   void ReplaceDisk(int n);
   void CheckConvergence();
 
-  // --- syncer effects ---
+  // --- the core's effects, and what the checkers see of it ---
   void OnSendSync(int from, Rank to, const SyncMessage& msg);
-  void OnAbsorb(int n, SectorIdx sector, const Triple& value, std::uint64_t token);
   void OnSetVoting(int n, bool voting);
-
-  // --- register effects ---
   void OnSend(int from, Rank to, const SystemMessage& msg);
   void Transmit(int from, int to, Event e, const std::string& what);
   static std::string SyncWhat(const SyncMessage& msg, Rank from, Rank to);
-  void StartOnRegister(int n, std::uint64_t token);
-  void OnPersist(int n, SectorIdx sector, const Triple& value);
+  void OnStoreWrite(int n, SectorIdx sector, const Triple& value, bool absorb);
+  void OnStoreWriteDone(int n, SectorIdx sector, Tag tag, const Status& status, bool absorb);
+  void OnTagFromCache(int n, SectorIdx sector, Tag tag);
+  // A response frame from node n's core (incarnation `epoch`) to the simulated clients.
+  void OnResponseFrame(int n, std::uint64_t epoch, const Frame& frame);
   void OnComplete(int n, std::uint64_t token, SectorPtr data);
-  Uuid NewOpId();
-  void OnStoreDone(int n, std::uint64_t epoch, Completion c) {
-    if (nodes_[n]->epoch != epoch) return;  // the node crashed since: the callback is lost
-    nodes_[n]->completions.push_back(std::move(c));
-  }
 
   // --- network ---
   void Deliver(const Event& e);
@@ -495,6 +521,8 @@ class Simulator {
   void DrawLinkLatencies();
 
   // --- clients ---
+  // Sends op `token`'s command, HMAC-signed, to node n's core.
+  void SendClientCommand(int n, std::uint64_t token);
   void ClientIssue(int client);
   std::uint64_t StartOp(int client, int node, bool is_write, SectorIdx sector, bool final_read);
   void ClientDone(int client);
@@ -529,6 +557,10 @@ class Simulator {
   std::int64_t hist_ns_ = 0;
   bool healing_ = false;  // faults healed, no new client operations, no timeouts
 
+  // The cluster every core is configured with, and how the cores are tuned for this run.
+  ClusterConfig cluster_;
+  NodeCoreOptions core_options_;
+  std::unique_ptr<Hmac> client_mac_;  // the simulated clients' key
   std::vector<std::unique_ptr<Node>> nodes_;
   std::vector<std::vector<bool>> blocked_;                  // blocked_[from][to]: partitioned link
   std::vector<std::vector<std::int64_t>> link_latency_us_;  // typical delay of each link
@@ -583,7 +615,8 @@ void Simulator::OpenStore(int n) {
   SectorStore::Options o;
   o.sectors = kDeviceSectors;
   o.background_sync = false;
-  node.store = SectorStore::OpenOnFile(ShareBlockFile(node.gate), o);
+  node.opened = SectorStore::OpenOnFile(ShareBlockFile(node.gate), o);
+  node.store = node.opened.get();
   node.written_since_open.clear();
 }
 
@@ -616,22 +649,13 @@ void Simulator::CheckDiskHolds(int n, const char* when) {
 void Simulator::Crash(int n) {
   Node& node = *nodes_[n];
   ++result_.stats.crashes;
-  Trace("crash node " + std::to_string(node.rank) + " (" + std::to_string(node.regs.size()) +
-        " registers, " + std::to_string(node.persists_in_flight) + " persists in flight)");
+  Trace("crash node " + std::to_string(node.rank) + " (" +
+        std::to_string(node.core ? node.core->active_registers() : 0) + " registers, " +
+        std::to_string(node.persists_in_flight) + " persists in flight)");
   node.up = false;
-  ++node.epoch;
-  StopSyncer(n);
   node.gate->Cut();
   node.disk->SimulateCrash(rng_);
-  node.store.reset();
-  node.regs.clear();
-  node.absorbing.clear();
-  node.deferred_absorbs.clear();
-  node.held.clear();
-  node.completions.clear();
-  node.persists_in_flight = 0;
-  node.sync_scheduled = false;
-  node.disk_slow = false;
+  StopNode(n);
   node.writeprocs.clear();
   // Operations this node coordinated are lost: their clients stop waiting (outcome unknown).
   for (std::uint64_t token : node.tokens) {
@@ -671,7 +695,8 @@ void Simulator::Restart(int n) {
     Trace("restart node " + std::to_string(node.rank) + " failed (" + probe.status().ToString() +
           "): retrying");
     node.gate->Cut();
-    node.store.reset();
+    node.opened.reset();
+    node.store = nullptr;
     Event e;
     e.type = EventType::kRestart;
     e.node = n;
@@ -685,60 +710,69 @@ void Simulator::Restart(int n) {
   CheckDiskHolds(n, "after restart");
   node.known_durable.clear();  // rebuilt lazily from the disk, which is all durable now
   if (failed()) return;
-  StartSyncer(n);
+  StartNode(n);
   ScheduleTick(n);
 }
 
-void Simulator::StartSyncer(int n) {
+void Simulator::StartNode(int n) {
   Node& node = *nodes_[n];
-  // A sector counts as written when it has a valid slot (a torn first write reads as
-  // unwritten, tag (0,0)).
-  bool store_empty = true;
-  Status scan =
-      node.store->ScanRange(0, kDeviceSectors, /*verify_all=*/false, [&](SectorIdx, Tag tag, bool) {
-        if (tag != Tag{}) store_empty = false;
-      });
-  if (!scan.ok()) {
-    Fail("store-error", "node " + std::to_string(node.rank) + " scan at start: " + scan.ToString());
-    return;
+  // As atomdiskd's start-up (daemon/main.cc): a sector counts as written when it has a valid
+  // slot (a torn first write reads as unwritten, tag (0,0)).
+  NodeMembership membership;
+  membership.identity = node.identity;
+  if (!node.identity) {
+    Status scan = node.store->ScanRange(0, kDeviceSectors, /*verify_all=*/false,
+                                        [&](SectorIdx, Tag tag, bool) {
+                                          if (tag != Tag{}) membership.store_empty = false;
+                                        });
+    if (!scan.ok()) {
+      Fail("store-error",
+           "node " + std::to_string(node.rank) + " scan at start: " + scan.ToString());
+      return;
+    }
+  } else {
+    membership.store_empty = false;
   }
-  SyncerOptions o;
-  o.self = node.rank;
-  o.ranks = node.config.ranks;
-  o.sectors = kDeviceSectors;
-  o.cluster_id = SimClusterId();
-  o.rate_bytes_per_s = 0;
-  o.hello_interval_ms = kHelloIntervalMs;
-  o.joining_hello_interval_ms = kJoiningHelloIntervalMs;
-  o.request_timeout_ms = kSyncRequestTimeoutMs;
-  o.checkpoint_interval_ms = kCheckpointIntervalMs;
-  o.resync_interval_ms = kResyncIntervalMs;
-  o.bug_joiner_votes = options_.bug == SimBug::kJoinerVotes;
-  node.voting = false;
-  node.config.votes = false;       // until the Syncer decides
-  node.config.min_write_ts = 0;    // a new process: the Syncer applies the saved floor
-  node.config.write_ts_lease = 0;  // ... and lease
-  // A new process has heard no HelloReply yet: ReadProc to everyone.
-  node.config.tag_peers.assign(node.config.ranks.size(), false);
-  Trace("syncer node " + std::to_string(node.rank) + " starts: " +
+  NodeCoreOptions o = core_options_;
+  o.tag_reads = n != old_node_;
+  o.boot_nonce = rng_();
+  o.version = "sim";
+  Trace("node " + std::to_string(node.rank) + " starts: " +
         (node.identity ? node.identity->voting ? "IDENTITY voting" : "IDENTITY joining"
                        : "no IDENTITY") +
-        (store_empty ? ", empty store" : ", data in store"));
-  node.syncer = std::make_unique<Syncer>(o, node.identity, store_empty, node.sync_env.get());
-  Status s = node.syncer->Start(NowMs());
-  if (!s.ok()) {
-    Fail("sim-internal", "node " + std::to_string(node.rank) + " Syncer::Start: " + s.ToString());
-  }
+        (membership.store_empty ? ", empty store" : ", data in store"));
+  node.voting = false;
+  node.fatal.reset();
+  node.posted.clear();
+  node.core = std::make_unique<NodeCore>(cluster_, node.rank, std::move(node.opened),
+                                         std::move(membership), node.env.get(), std::move(o));
+  node.core->SetObserver(node.env.get());
+  node.channel = std::make_shared<SimChannel>(this, n, node.epoch);
+  node.core->Start();
 }
 
-void Simulator::StopSyncer(int n) {
+void Simulator::StopNode(int n) {
   Node& node = *nodes_[n];
-  if (node.syncer) {
-    result_.stats.passes_done += node.syncer->GetStatus(NowMs()).resync.passes_done;
+  ++node.epoch;
+  if (node.core) {
+    if (Syncer* syncer = node.core->syncer_if_started()) {
+      result_.stats.passes_done += syncer->GetStatus(NowMs()).resync.passes_done;
+    }
+    // Nothing the dying core does from here on reaches the checkers or the world.
+    node.core->SetObserver(nullptr);
+    node.core.reset();
   }
-  node.syncer.reset();
+  node.opened.reset();
+  node.store = nullptr;
+  node.channel.reset();
+  node.posted.clear();
+  node.fatal.reset();
+  node.write_ids.clear();
+  node.persists_in_flight = 0;
+  node.absorbs_in_flight = 0;
+  node.sync_scheduled = false;
+  node.disk_slow = false;
   node.voting = false;
-  node.config.votes = false;
 }
 
 Tag Simulator::DurableTagAt(int n, SectorIdx sector) {
@@ -787,10 +821,6 @@ void Simulator::OnSetVoting(int n, bool voting) {
   Node& node = *nodes_[n];
   Trace("node " + std::to_string(node.rank) + (voting ? " votes" : " does not vote"));
   node.voting = voting;
-  node.config.votes = voting;
-  if (voting) {
-    for (auto& [sector, reg] : node.regs) reg->OnVotesChanged(NowMs());
-  }
   if (!voting || !node.replaced) return;
   node.replaced = false;
   std::map<SectorIdx, Tag> must_hold = std::move(node.must_hold);
@@ -809,50 +839,29 @@ void Simulator::OnSetVoting(int n, bool voting) {
   }
 }
 
-Register* Simulator::GetRegister(int n, SectorIdx sector) {
+void Simulator::OnRegisterLoaded(int n, SectorIdx sector, const Triple& stored) {
   Node& node = *nodes_[n];
-  auto it = node.regs.find(sector);
-  if (it != node.regs.end()) return it->second.get();
-  Result<Triple> r = node.store->Read(sector);
-  if (!r.ok()) {
-    Fail("store-error", "node " + std::to_string(node.rank) + " read of sector " +
-                            std::to_string(sector) + ": " + r.status().ToString());
-    return nullptr;
-  }
-  std::optional<std::uint64_t> id = ValueIdOf(*r->data);
+  std::optional<std::uint64_t> id = ValueIdOf(*stored.data);
   if (!id) {
     Fail("torn-value", "node " + std::to_string(node.rank) + " sector " + std::to_string(sector) +
-                           " reads tag " + TagStr(r->tag) + " with data that no client wrote");
-    return nullptr;
+                           " reads tag " + TagStr(stored.tag) + " with data that no client wrote");
+    return;
   }
   if (!node.written_since_open.contains(sector)) {
     // Nothing was written to this sector since the store was opened over the disk left by
     // the last crash: what it reads is durable.
     Tag& k = node.known_durable[sector];
-    k = std::max(k, r->tag);
+    k = std::max(k, stored.tag);
   }
   Tag& m = node.max_durable[sector];
-  if (r->tag < m && !options_.state_checks) m = r->tag;  // --history-only
-  if (r->tag < m) {
+  if (stored.tag < m && !options_.state_checks) m = stored.tag;  // --history-only
+  if (stored.tag < m) {
     Fail("durable-decreased", "node " + std::to_string(node.rank) + " sector " +
-                                  std::to_string(sector) + ": store reads " + TagStr(r->tag) +
+                                  std::to_string(sector) + ": store reads " + TagStr(stored.tag) +
                                   " but " + TagStr(m) + " was durable there before");
-    return nullptr;
+    return;
   }
   ++result_.stats.registers_created;
-  auto reg = std::make_unique<Register>(sector, *r, &node.config, node.env.get());
-  Register* raw = reg.get();
-  node.regs.emplace(sector, std::move(reg));
-  return raw;
-}
-
-void Simulator::MaybeDrop(int n, SectorIdx sector) {
-  Node& node = *nodes_[n];
-  auto it = node.regs.find(sector);
-  if (it == node.regs.end() || !it->second->Idle()) return;
-  Tag& m = node.max_durable[sector];
-  m = std::max(m, it->second->durable().tag);
-  node.regs.erase(it);
 }
 
 void Simulator::ScheduleSync(int n) {
@@ -873,10 +882,12 @@ void Simulator::RunSync(int n) {
   Node& node = *nodes_[n];
   node.sync_scheduled = false;
   ++result_.stats.syncs;
+  // The store's callbacks note what became durable (OnStoreWriteDone) and post the core's
+  // work (NodeCoreEnv::Post), which runs below, after the whole sync, as on a daemon's io
+  // thread.
   std::size_t ran = node.store->SyncNow();
-  std::vector<Completion> done = std::move(node.completions);
-  node.completions.clear();
   Trace("sync node " + std::to_string(node.rank) + ": " + std::to_string(ran) + " callbacks");
+  if (failed()) return;
   if (!healing_ && ran > 0 && Chance(10) && NodesDown() < p_.max_down) {
     // The node dies after the sync, before anyone hears of it: durable, never acked.
     Trace("node " + std::to_string(node.rank) + " dies right after its sync");
@@ -887,64 +898,24 @@ void Simulator::RunSync(int n) {
     At(Range(1, 800) * kUsPerMs, std::move(e));
     return;
   }
-  if (ran != done.size()) {
-    Fail("sim-internal", "SyncNow reported " + std::to_string(ran) + " callbacks, saw " +
-                             std::to_string(done.size()));
+  std::vector<std::function<void()>> posted = std::move(node.posted);
+  node.posted.clear();
+  const std::uint64_t epoch = node.epoch;
+  for (auto& fn : posted) {
+    if (failed() || node.epoch != epoch) return;
+    fn();
+  }
+  if (failed()) return;
+  if (node.fatal) {
+    // The core gave up (its store failed a sync): the daemon exits and systemd restarts it,
+    // losing what was not synced.
+    Trace("node " + std::to_string(node.rank) + " exits: " + *node.fatal + "; it restarts");
+    Crash(n);
+    Event e;
+    e.type = EventType::kRestart;
+    e.node = n;
+    At(Range(1, 50) * kUsPerMs, std::move(e));
     return;
-  }
-  // Everything this sync made durable is noted before anyone hears of it, so that checks
-  // made from inside the callbacks (joiner-behind) see the whole batch.
-  for (const Completion& c : done) {
-    if (c.status.ok()) NoteDurable(n, c.sector, c.tag, c.value_id);
-  }
-  for (Completion& c : done) {
-    --node.persists_in_flight;
-    Trace("  persisted node " + std::to_string(node.rank) + " sector " + std::to_string(c.sector) +
-          " tag " + TagStr(c.tag) + " v" + std::to_string(c.value_id) +
-          (c.absorb ? " (absorb)" : "") + ": " + c.status.ToString());
-    if (failed()) return;
-    if (c.absorb) {
-      auto a = node.absorbing.find(c.sector);
-      if (a == node.absorbing.end() || node.regs.contains(c.sector)) {
-        Fail("sim-internal", "absorb completion for sector " + std::to_string(c.sector) +
-                                 " that has no absorb in flight, or has a register");
-        return;
-      }
-      if (--a->second == 0) node.absorbing.erase(a);
-      node.syncer->OnAbsorbed(c.absorb_token, c.status, NowMs());
-      if (failed()) return;
-      if (!node.absorbing.contains(c.sector)) ReleaseHeld(n, c.sector);
-      if (failed()) return;
-      continue;
-    }
-    auto it = node.regs.find(c.sector);
-    if (it == node.regs.end()) {
-      Fail("sim-internal", "store completion for sector " + std::to_string(c.sector) +
-                               " whose register was dropped");
-      return;
-    }
-    // The register's durable tag (what resync reports) may have moved: its bucket digest
-    // is stale, as in daemon/node.cc.
-    node.syncer->OnLocalWrite(c.sector);
-    it->second->OnPersisted(c.tag, c.status, NowMs());
-    if (failed()) return;
-    MaybeDrop(n, c.sector);
-  }
-  if (!failed() &&
-      std::any_of(done.begin(), done.end(), [](const Completion& c) { return !c.status.ok(); })) {
-    // After a failed sync the store refuses everything until it is reopened: the node
-    // restarts (as a daemon would, under systemd), losing what was not synced.
-    Result<Triple> probe = node.store->Read(0);
-    if (!probe.ok() && probe.status().code() == StatusCode::kIOError) {
-      Trace("node " + std::to_string(node.rank) + " store stopped (" + probe.status().ToString() +
-            "): the node restarts");
-      Crash(n);
-      Event e;
-      e.type = EventType::kRestart;
-      e.node = n;
-      At(Range(1, 50) * kUsPerMs, std::move(e));
-      return;
-    }
   }
   if (node.persists_in_flight > 0) ScheduleSync(n);
 }
@@ -998,21 +969,11 @@ bool Simulator::ValueExists(SectorIdx sector, Tag tag, std::uint64_t value_id) {
     auto view = SectorStore::OpenOnFile(std::make_unique<ReadOnlyView>(node->disk), o);
     Result<Triple> r = view->Read(sector);
     if (!r.ok() || same(r->tag, r->data)) return true;  // unreadable: assume it is there
-    if (!node->up) continue;
-    auto reg = node->regs.find(sector);
-    if (reg != node->regs.end() &&
-        (same(reg->second->stored().tag, reg->second->stored().data) ||
-         same(reg->second->durable().tag, reg->second->durable().data))) {
+    if (!node->up || !node->core) continue;
+    const Register* reg = node->core->FindRegisterForChecks(sector);
+    if (reg && (same(reg->stored().tag, reg->stored().data) ||
+                same(reg->durable().tag, reg->durable().data))) {
       return true;
-    }
-    for (const DeferredAbsorb& d : node->deferred_absorbs) {
-      if (d.sector == sector && same(d.value.tag, d.value.data)) return true;
-    }
-    auto h = node->held.find(sector);
-    if (h != node->held.end()) {
-      for (const Held& held : h->second) {
-        if (held.msg && same(held.msg->tag, held.msg->data)) return true;
-      }
     }
   }
   for (const Event& e : queue_.items()) {
@@ -1040,14 +1001,6 @@ void Simulator::ScheduleTick(int n) {
 
 // ---------------------------------------------------------------------------------------
 // Register effects.
-
-Uuid Simulator::NewOpId() {
-  Uuid u;
-  std::uint64_t a = rng_(), b = rng_();
-  PutLe64(u.bytes.data(), a);
-  PutLe64(u.bytes.data() + 8, b);
-  return u;
-}
 
 void Simulator::OnSend(int from, Rank to, const SystemMessage& msg) {
   Node& src = *nodes_[from];
@@ -1276,118 +1229,103 @@ void Simulator::DrawLinkLatencies() {
   }
 }
 
-void Simulator::OnPersist(int n, SectorIdx sector, const Triple& value) {
+void Simulator::OnStoreWrite(int n, SectorIdx sector, const Triple& value, bool absorb) {
   Node& node = *nodes_[n];
-  ++result_.stats.persists;
-  std::optional<std::uint64_t> id = ValueIdOf(*value.data);
-  if (!id) {
-    Fail("torn-value", "node " + std::to_string(node.rank) + " persists data no client wrote");
-    return;
-  }
-  Trace("persist node " + std::to_string(node.rank) + " sector " + std::to_string(sector) +
-        " tag " + TagStr(value.tag) + " v" + std::to_string(*id));
-  node.written_since_open.insert(sector);
-  ++node.persists_in_flight;
-  std::uint64_t epoch = node.epoch;
-  Tag tag = value.tag;
-  std::uint64_t value_id = *id;
-  node.store->Write(sector, value, [this, n, epoch, sector, tag, value_id](Status s) {
-    OnStoreDone(n, epoch, Completion{sector, tag, value_id, std::move(s)});
-  });
-  if (node.syncer) node.syncer->OnLocalWrite(sector);
-  ScheduleSync(n);
-}
-
-// The daemon's rule (docs/RESYNC.md): an absorb goes through the sector's register if it has
-// one. A register has no way to take a value other than through the protocol, so: a busy
-// register makes the absorb wait (retried at each tick); an idle one is dropped; then the
-// value goes straight to the store, which never lowers a tag. While it is in flight, no
-// register is built for the sector (its Read would report the pending value as durable):
-// messages and client operations for it are held until the absorb is durable.
-void Simulator::OnAbsorb(int n, SectorIdx sector, const Triple& value, std::uint64_t token) {
-  Node& node = *nodes_[n];
-  ++result_.stats.absorbs;
   std::optional<std::uint64_t> id = value.data ? ValueIdOf(*value.data) : std::nullopt;
   if (!id) {
-    Fail("torn-value", "node " + std::to_string(node.rank) + " absorbs sector " +
-                           std::to_string(sector) + " with data no client wrote");
+    Fail("torn-value", "node " + std::to_string(node.rank) + (absorb ? " absorbs" : " persists") +
+                           " sector " + std::to_string(sector) + " with data no client wrote");
     return;
   }
-  NoteTagValue(sector, value.tag, *id, "absorbed");
-  auto it = node.regs.find(sector);
-  if (it != node.regs.end()) {
-    if (!it->second->Idle()) {
-      Trace("absorb node " + std::to_string(node.rank) + " sector " + std::to_string(sector) +
-            " tag " + TagStr(value.tag) + " v" + std::to_string(*id) + ": register busy, later");
-      node.deferred_absorbs.push_back(DeferredAbsorb{sector, value, token});
-      return;
+  if (absorb) {
+    ++result_.stats.absorbs;
+    ++node.absorbs_in_flight;
+    NoteTagValue(sector, value.tag, *id, "absorbed");
+    if (!node.written_since_open.contains(sector)) {
+      // What the disk held when the store was opened is durable.
+      Result<Triple> r = node.store->Read(sector);
+      if (r.ok()) {
+        Tag& k = node.known_durable[sector];
+        k = std::max(k, r->tag);
+      }
     }
-    MaybeDrop(n, sector);
+  } else {
+    ++result_.stats.persists;
   }
-  StoreAbsorb(n, sector, value, token, *id);
-}
-
-void Simulator::StoreAbsorb(int n, SectorIdx sector, const Triple& value, std::uint64_t token,
-                            std::uint64_t value_id) {
-  Node& node = *nodes_[n];
-  Trace("absorb node " + std::to_string(node.rank) + " sector " + std::to_string(sector) + " tag " +
-        TagStr(value.tag) + " v" + std::to_string(value_id));
-  if (!node.written_since_open.contains(sector)) {
-    // What the disk held when the store was opened is durable.
-    Result<Triple> r = node.store->Read(sector);
-    if (r.ok()) {
-      Tag& k = node.known_durable[sector];
-      k = std::max(k, r->tag);
-    }
-  }
+  Trace(std::string(absorb ? "absorb" : "persist") + " node " + std::to_string(node.rank) +
+        " sector " + std::to_string(sector) + " tag " + TagStr(value.tag) + " v" +
+        std::to_string(*id));
   node.written_since_open.insert(sector);
+  node.write_ids[{sector, value.tag}] = *id;
   ++node.persists_in_flight;
-  ++node.absorbing[sector];
-  std::uint64_t epoch = node.epoch;
-  Tag tag = value.tag;
-  node.store->Write(sector, value, [this, n, epoch, sector, tag, value_id, token](Status s) {
-    OnStoreDone(n, epoch, Completion{sector, tag, value_id, std::move(s), true, token});
-  });
-  node.syncer->OnLocalWrite(sector);
   ScheduleSync(n);
 }
 
-void Simulator::RetryDeferredAbsorbs(int n) {
+void Simulator::OnStoreWriteDone(int n, SectorIdx sector, Tag tag, const Status& status,
+                                 bool absorb) {
   Node& node = *nodes_[n];
-  if (node.deferred_absorbs.empty()) return;
-  std::deque<DeferredAbsorb> todo = std::move(node.deferred_absorbs);
-  node.deferred_absorbs.clear();
-  for (DeferredAbsorb& d : todo) {
-    if (failed()) return;
-    auto it = node.regs.find(d.sector);
-    if (it != node.regs.end() && !it->second->Idle()) {
-      node.deferred_absorbs.push_back(std::move(d));
-      continue;
-    }
-    if (it != node.regs.end()) MaybeDrop(n, d.sector);
-    StoreAbsorb(n, d.sector, d.value, d.token, ValueIdOf(*d.value.data).value_or(0));
+  auto id = node.write_ids.find({sector, tag});
+  std::uint64_t value_id = id == node.write_ids.end() ? 0 : id->second;
+  Trace("  persisted node " + std::to_string(node.rank) + " sector " + std::to_string(sector) +
+        " tag " + TagStr(tag) + " v" + std::to_string(value_id) + (absorb ? " (absorb)" : "") +
+        ": " + status.ToString());
+  if (node.persists_in_flight == 0 || (absorb && node.absorbs_in_flight == 0)) {
+    Fail("sim-internal", "node " + std::to_string(node.rank) +
+                             " reports a store write done that was never started");
+    return;
+  }
+  --node.persists_in_flight;
+  if (absorb) --node.absorbs_in_flight;
+  // Everything a sync made durable is noted before the core hears of any of it, so that
+  // checks made while it reacts (joiner-behind) see the whole batch.
+  if (status.ok()) NoteDurable(n, sector, tag, value_id);
+}
+
+void Simulator::OnTagFromCache(int n, SectorIdx sector, Tag tag) {
+  Node& node = *nodes_[n];
+  ++result_.stats.tags_from_cache;
+  if (!options_.state_checks) return;
+  // The dangerous direction: a cached tag below what this node made durable (and may have
+  // acknowledged) would let a quorum miss a completed write.
+  Tag floor;
+  if (auto k = node.known_durable.find(sector); k != node.known_durable.end()) floor = k->second;
+  if (auto m = node.max_durable.find(sector); m != node.max_durable.end()) {
+    floor = std::max(floor, m->second);
+  }
+  if (tag < floor) {
+    Fail("cache-behind", "node " + std::to_string(node.rank) + " answers a ReadTag for sector " +
+                             std::to_string(sector) + " from its slot cache with " + TagStr(tag) +
+                             " while " + TagStr(floor) + " is durable there");
   }
 }
 
-void Simulator::ReleaseHeld(int n, SectorIdx sector) {
-  Node& node = *nodes_[n];
-  // A store stopped by a failed sync serves nothing: the node restarts at the end of this
-  // sync (RunSync), which drops what it holds.
-  if (node.store->Failed()) return;
-  auto it = node.held.find(sector);
-  if (it == node.held.end()) return;
-  std::vector<Held> held = std::move(it->second);
-  node.held.erase(it);
-  Trace("node " + std::to_string(node.rank) + " sector " + std::to_string(sector) +
-        ": absorbs durable, " + std::to_string(held.size()) + " held events go on");
-  for (const Held& h : held) {
-    if (failed() || !node.up) return;
-    if (h.msg) {
-      HandleRegisterMessage(n, *h.msg);
-    } else {
-      StartOnRegister(n, h.token);
-    }
+void Simulator::OnResponseFrame(int n, std::uint64_t epoch, const Frame& frame) {
+  if (nodes_[n]->epoch != epoch) return;  // from an incarnation since crashed
+  if (frame.size() < kFrameLengthSize) {
+    Fail("codec", "node " + std::to_string(n + 1) + " sends a client frame without a length");
+    return;
   }
+  auto body = std::span<const std::uint8_t>(frame).subspan(kFrameLengthSize);
+  auto payload = VerifyFrameBody(body, *client_mac_);
+  if (!payload.ok()) {
+    Fail("codec",
+         "node " + std::to_string(n + 1) +
+             " sends a response that fails its HMAC check: " + payload.status().ToString());
+    return;
+  }
+  auto resp = DecodeClientResponse(*payload);
+  if (!resp.ok()) {
+    Fail("codec", "node " + std::to_string(n + 1) +
+                      " sends a response that does not decode: " + resp.status().ToString());
+    return;
+  }
+  if (resp->status != ResponseStatus::kOk) {
+    Fail("sim-internal", "node " + std::to_string(n + 1) + " answers request " +
+                             std::to_string(resp->request_id) + " with status " +
+                             std::to_string(static_cast<int>(resp->status)));
+    return;
+  }
+  OnComplete(n, resp->request_id, std::move(resp->data));
 }
 
 void Simulator::OnComplete(int n, std::uint64_t token, SectorPtr data) {
@@ -1463,57 +1401,20 @@ void Simulator::Deliver(const Event& e) {
   ++result_.stats.messages_delivered;
   Trace("deliver " + what);
   if (e.sync_msg) {
-    dst.syncer->OnMessage(*e.sync_msg, NowMs());
+    dst.core->OnSyncMessage(*e.sync_msg);
     return;
   }
   const SystemMessage& msg = *e.msg;
-  if (dst.absorbing.contains(msg.sector)) {
-    Trace("  held: sector " + std::to_string(msg.sector) + " has an absorb in flight");
-    dst.held[msg.sector].push_back(Held{e.msg, e.from, 0});
+  // What atomdiskd's adapter does before checking a frame's tag (daemon/net/node_server.cc).
+  if (msg.content == SystemContent::kValue && !dst.core->WantsValue(msg)) {
+    Trace("  unwanted Value dropped");
     return;
   }
-  HandleRegisterMessage(e.node, msg);
-}
-
-void Simulator::HandleRegisterMessage(int n, const SystemMessage& msg) {
   if (msg.content == SystemContent::kWriteProc) {
-    // Recorded when the register gets it (a held duplicate is recorded again when it goes on).
-    nodes_[n]->writeprocs[{msg.sender, msg.op_id}] = {msg.sector, msg.tag};
+    // Recorded when the core gets it, for the ack-before-durable check.
+    dst.writeprocs[{msg.sender, msg.op_id}] = {msg.sector, msg.tag};
   }
-  Node& node = *nodes_[n];
-  if (msg.content == SystemContent::kReadTag && node.config.votes &&
-      !node.regs.contains(msg.sector)) {
-    // Like the daemon (Node::AnswerReadTagFromCache): a sector without a register is answered
-    // from the store's slot cache when it knows the durable tag.
-    if (std::optional<Tag> tag = node.store->CachedDurableTag(msg.sector)) {
-      // The dangerous direction: a cached tag below what this node made durable (and may
-      // have acknowledged) would let a quorum miss a completed write.
-      Tag floor;
-      if (auto k = node.known_durable.find(msg.sector); k != node.known_durable.end()) {
-        floor = k->second;
-      }
-      if (auto m = node.max_durable.find(msg.sector); m != node.max_durable.end()) {
-        floor = std::max(floor, m->second);
-      }
-      if (options_.state_checks && *tag < floor) {
-        Fail("cache-behind", "node " + std::to_string(node.rank) +
-                                 " answers a ReadTag for sector " + std::to_string(msg.sector) +
-                                 " from its slot cache with " + TagStr(*tag) + " while " +
-                                 TagStr(floor) + " is durable there");
-        return;
-      }
-      SystemMessage reply = AnswerTo(node.rank, msg.op_id, msg.sector, SystemContent::kTag);
-      reply.tag = *tag;
-      ++result_.stats.tags_from_cache;
-      OnSend(n, msg.sender, reply);
-      return;
-    }
-  }
-  Register* reg = GetRegister(n, msg.sector);
-  if (!reg) return;
-  reg->OnMessage(msg, NowMs());
-  if (failed()) return;
-  MaybeDrop(n, msg.sector);
+  dst.core->OnSystemMessage(msg);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1540,28 +1441,25 @@ std::uint64_t Simulator::StartOp(int client, int n, bool is_write, SectorIdx sec
   Trace(std::string("call ") + (is_write ? "write" : "read") + " #" + std::to_string(token) +
         " client " + std::to_string(client) + " sector " + std::to_string(sector) + " at node " +
         std::to_string(node.rank) + (is_write ? " v" + ops_.back().h.value : ""));
-  if (node.absorbing.contains(sector)) {
-    Trace("  held: sector " + std::to_string(sector) + " has an absorb in flight");
-    node.held[sector].push_back(Held{nullptr, 0, token});
-    return token;
-  }
-  StartOnRegister(n, token);
+  SendClientCommand(n, token);
   return token;
 }
 
-void Simulator::StartOnRegister(int n, std::uint64_t token) {
+void Simulator::SendClientCommand(int n, std::uint64_t token) {
   Op& op = ops_[token - 1];
-  if (!op.in_register || op.node != n || op.epoch != nodes_[n]->epoch) return;
-  SectorIdx sector = op.h.key;
-  Register* reg = GetRegister(n, sector);
-  if (!reg) return;
+  ClientCommand cmd;
+  cmd.request_id = token;
+  cmd.sector = op.h.key;
   if (op.h.kind == HistoryOp::Kind::kWrite) {
-    reg->StartWrite(token, ValueSector(std::stoull(op.h.value)), NowMs());
+    cmd.op = ClientOp::kWrite;
+    cmd.data = ValueSector(std::stoull(op.h.value));
   } else {
-    reg->StartRead(token, NowMs());
+    cmd.op = ClientOp::kRead;
   }
-  if (failed()) return;
-  MaybeDrop(n, sector);
+  Frame frame = EncodeFrame(cmd, *client_mac_);
+  Node& node = *nodes_[n];
+  node.core->OnClientFrame(*node.channel,
+                           std::span<const std::uint8_t>(frame).subspan(kFrameLengthSize));
 }
 
 void Simulator::ClientIssue(int client) {
@@ -1783,10 +1681,7 @@ bool Simulator::Quiescent() const {
     if (op.waiting || op.in_register) return false;
   }
   for (const auto& node : nodes_) {
-    if (!node->up || !node->voting || !node->deferred_absorbs.empty() || !node->absorbing.empty() ||
-        !node->held.empty()) {
-      return false;
-    }
+    if (!node->up || !node->voting || node->absorbs_in_flight > 0) return false;
   }
   return true;
 }
@@ -1809,26 +1704,13 @@ std::string Simulator::StuckOps() const {
       continue;
     }
     if (!node->voting) {
-      out += "  node " + std::to_string(node->rank) +
-             " does not vote: " + node->syncer->GetStatus(now_us_ / kUsPerMs).state + "\n";
+      Syncer* syncer = node->core->syncer_if_started();
+      out += "  node " + std::to_string(node->rank) + " does not vote: " +
+             (syncer ? syncer->GetStatus(now_us_ / kUsPerMs).state : "syncer not started") + "\n";
     }
-    for (const DeferredAbsorb& d : node->deferred_absorbs) {
-      auto it = node->regs.find(d.sector);
-      out += "  node " + std::to_string(node->rank) + ": absorb of sector " +
-             std::to_string(d.sector) + " tag " + TagStr(d.value.tag) + " waits for its register";
-      if (it != node->regs.end()) {
-        const Register& r = *it->second;
-        out += " (not idle: stored " + TagStr(r.stored().tag) + " durable " +
-               TagStr(r.durable().tag) +
-               (r.HasClientWork() ? ", client work" : ", no client work") + ")";
-      }
-      out += "\n";
-    }
-    if (!node->deferred_absorbs.empty() || !node->absorbing.empty() || !node->held.empty()) {
+    if (node->absorbs_in_flight > 0) {
       out += "  node " + std::to_string(node->rank) + ": " +
-             std::to_string(node->deferred_absorbs.size()) + " absorbs waiting for a register, " +
-             std::to_string(node->absorbing.size()) + " sectors absorbing, " +
-             std::to_string(node->held.size()) + " sectors holding events\n";
+             std::to_string(node->absorbs_in_flight) + " absorbs not yet durable\n";
     }
   }
   return out;
@@ -1847,11 +1729,15 @@ void Simulator::CheckConvergence() {
   while (!failed()) {
     bool done = true;
     for (std::size_t i = 0; i < n_nodes; ++i) {
-      Syncer& syncer = *nodes_[i]->syncer;
-      std::uint64_t passes = syncer.GetStatus(NowMs()).resync.passes_done;
+      Syncer* syncer = nodes_[i]->core->syncer_if_started();
+      if (!syncer) {
+        done = false;
+        continue;
+      }
+      std::uint64_t passes = syncer->GetStatus(NowMs()).resync.passes_done;
       if (!started[i]) {
         done = false;
-        if (syncer.StartResync(NowMs()).ok()) {
+        if (syncer->StartResync(NowMs()).ok()) {
           started[i] = true;
           target[i] = passes + 1;
           Trace("node " + std::to_string(i + 1) + ": final pass started");
@@ -1866,7 +1752,7 @@ void Simulator::CheckConvergence() {
       for (std::size_t i = 0; i < n_nodes; ++i) {
         stuck += "\n  node " + std::to_string(i + 1) + ": " +
                  (started[i] ? "pass started" : "pass not started") + ", " +
-                 nodes_[i]->syncer->GetStatus(NowMs()).state;
+                 nodes_[i]->core->syncer().GetStatus(NowMs()).state;
       }
       Fail("liveness", "the final resync passes did not finish within " +
                            std::to_string(kLimitUs / kUsPerMs / 1000) + " s:" + stuck + "\n" +
@@ -1935,16 +1821,20 @@ void Simulator::CheckAfterEvent() {
   for (std::size_t i = 0; i < nodes_.size() && !failed(); ++i) {
     Node& node = *nodes_[i];
     if (!node.up) continue;
-    node.syncer->CheckInvariants();
-    if (node.syncer->voting() != node.voting) {
-      Fail("sim-internal", "node " + std::to_string(node.rank) + " Syncer says voting " +
-                               std::to_string(node.syncer->voting()) + " but SetVoting said " +
-                               std::to_string(node.voting));
-      return;
+    Syncer* syncer = node.core->syncer_if_started();
+    if (syncer) {
+      syncer->CheckInvariants();
+      if (syncer->voting() != node.voting) {
+        Fail("sim-internal", "node " + std::to_string(node.rank) + " Syncer says voting " +
+                                 std::to_string(syncer->voting()) + " but SetVoting said " +
+                                 std::to_string(node.voting));
+        return;
+      }
     }
-    for (const auto& [sector, reg] : node.regs) {
-      reg->CheckInvariants();
-      Tag d = reg->durable().tag;
+    node.core->ForEachRegisterForChecks([&](SectorIdx sector, const Register& reg) {
+      if (failed()) return;
+      reg.CheckInvariants();
+      Tag d = reg.durable().tag;
       auto k = node.known_durable.find(sector);
       if (options_.state_checks && k != node.known_durable.end() && d < k->second) {
         Fail("register-durable-behind", "node " + std::to_string(node.rank) + " sector " +
@@ -1960,7 +1850,7 @@ void Simulator::CheckAfterEvent() {
         return;
       }
       m = d;
-    }
+    });
   }
 }
 
@@ -1978,18 +1868,9 @@ void Simulator::Dispatch(const Event& e) {
     case EventType::kTick: {
       Node& node = *nodes_[e.node];
       if (!node.up || node.epoch != e.epoch) return;
-      // Every register is ticked, as the daemon does (node.cc); idle ones are already dropped.
-      std::vector<SectorIdx> busy;
-      for (const auto& [sector, reg] : node.regs) busy.push_back(sector);
-      for (SectorIdx s : busy) {
-        auto it = node.regs.find(s);
-        if (it != node.regs.end()) it->second->Tick(NowMs());
-        if (failed()) return;
-      }
-      RetryDeferredAbsorbs(e.node);
-      if (failed()) return;
-      node.syncer->Tick(NowMs());
-      if (failed()) return;
+      // The core's 10 ms tick: retransmissions, idle registers dropped, the Syncer.
+      node.core->Tick();
+      if (failed() || node.epoch != e.epoch) return;
       ScheduleTick(e.node);
       return;
     }
@@ -2045,25 +1926,38 @@ SimResult Simulator::Run() {
   bugs.ack_before_persist = options_.bug == SimBug::kAckBeforePersist;
   bugs.minority_quorum = options_.bug == SimBug::kMinorityQuorum;
 
+  // Every core runs the production code, tuned as a daemon is (NodeCoreOptions::FromConfig)
+  // but with timings scaled to virtual runs of a few seconds, and the bug under test.
+  cluster_ = SimClusterConfig(n_nodes);
+  client_mac_ = std::make_unique<Hmac>(cluster_.client_key);
+  core_options_ = NodeCoreOptions::FromConfig(cluster_);
+  core_options_.registers.retransmit_initial_ms = retransmit_initial_ms;
+  core_options_.registers.retransmit_max_ms = retransmit_max_ms;
+  core_options_.registers.bugs = bugs;
+  core_options_.registers.thrifty_collect = thrifty;
+  SyncerOptions& so = core_options_.syncer;
+  so.rate_bytes_per_s = 0;
+  so.hello_interval_ms = kHelloIntervalMs;
+  so.joining_hello_interval_ms = kJoiningHelloIntervalMs;
+  so.request_timeout_ms = kSyncRequestTimeoutMs;
+  so.checkpoint_interval_ms = kCheckpointIntervalMs;
+  so.resync_interval_ms = kResyncIntervalMs;
+  so.scrub_interval_ms = 0;
+  so.bug_joiner_votes = options_.bug == SimBug::kJoinerVotes;
+  core_options_.bugs.serve_before_identity = options_.bug == SimBug::kServeBeforeIdentity;
+
   blocked_.assign(n_nodes, std::vector<bool>(n_nodes, false));
   for (int i = 0; i < n_nodes; ++i) {
     auto node = std::make_unique<Node>();
     node->rank = static_cast<Rank>(i + 1);
-    node->config.self = node->rank;
-    for (int j = 1; j <= n_nodes; ++j) node->config.ranks.push_back(static_cast<Rank>(j));
-    node->config.retransmit_initial_ms = retransmit_initial_ms;
-    node->config.retransmit_max_ms = retransmit_max_ms;
-    node->config.bugs = bugs;
-    node->config.thrifty_collect = thrifty;
-    node->env = std::make_unique<NodeEnv>(this, i);
-    node->sync_env = std::make_unique<NodeSyncEnv>(this, i);
+    node->env = std::make_unique<SimNodeEnv>(this, i);
     if (!fresh_cluster_) {
       // A cluster that has run before: every node votes and knows every other one voted.
       Identity id;
       id.cluster_id = SimClusterId();
       id.rank = node->rank;
       id.voting = true;
-      id.voters = node->config.ranks;
+      for (int j = 1; j <= n_nodes; ++j) id.voters.push_back(static_cast<Rank>(j));
       node->identity = id;
     }
     node->disk = std::make_shared<FaultyBlockFile>();
@@ -2081,7 +1975,7 @@ SimResult Simulator::Run() {
         (fresh_cluster_ ? ", new cluster" : ", voting identities") +
         (old_node_ >= 0 ? ", node " + std::to_string(old_node_ + 1) + " without tag reads" : "") +
         (thrifty ? ", thrifty collect" : ""));
-  for (int i = 0; i < n_nodes && !failed(); ++i) StartSyncer(i);
+  for (int i = 0; i < n_nodes && !failed(); ++i) StartNode(i);
   for (int i = 0; i < n_nodes; ++i) ScheduleTick(i);
   for (int c = 0; c < p_.clients; ++c) {
     Event e;
@@ -2157,14 +2051,11 @@ SimResult Simulator::Run() {
   result_.stats.virtual_ms = NowMs();
   result_.trace_hash = hash_;
   result_.last_events.assign(last_events_.begin(), last_events_.end());
-  // Tear down the stores while the registers and callbacks they may still call are alive.
+  // Tear down the cores (and their stores); nothing they still do reaches the disks.
   for (int n = 0; n < n_nodes; ++n) {
     Node& node = *nodes_[n];
-    StopSyncer(n);
     if (node.gate) node.gate->Cut();
-    ++node.epoch;
-    node.store.reset();
-    node.regs.clear();
+    StopNode(n);
   }
   return std::move(result_);
 }

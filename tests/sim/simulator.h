@@ -39,6 +39,7 @@ enum class SimBug {
   kForgetOnRestart,   // a restarted node's store is wiped but its IDENTITY (voting) is kept
   kJoinerVotes,       // a node with a replaced disk votes at once (SyncerOptions::bug_joiner_votes)
   kLeaseForgotten,    // a restarted node's writes do not start above its earlier write ts lease
+  kServeBeforeIdentity,  // a node without IDENTITY persists before its Syncer saved one
 };
 
 // "skip-impose", ... ; "none" for kNone.
@@ -47,6 +48,11 @@ const char* SimBugName(SimBug bug);
 std::optional<SimBug> ParseSimBug(std::string_view name);
 // Every catalogued bug (not kNone), in catalogue order.
 std::vector<SimBug> AllSimBugs();
+// The layer of the production code the bug lives in: "register" (daemon/register), "node"
+// (the node core, daemon/core), "sync" (daemon/sync) or "world" (what the simulated disk or
+// restart does); and one line saying what the mistake is.
+const char* SimBugLayer(SimBug bug);
+const char* SimBugWhat(SimBug bug);
 
 struct SimOptions {
   std::uint64_t seed = 1;

@@ -1,0 +1,521 @@
+#include "daemon/core/node_core.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+namespace atomdisk {
+
+#ifdef ATOMDISK_SIM_BUGS
+#define CORE_BUG(name) (options_.bugs.name)
+#else
+#define CORE_BUG(name) false
+#endif
+
+NodeCoreOptions NodeCoreOptions::FromConfig(const ClusterConfig& config) {
+  NodeCoreOptions o;
+  o.registers.thrifty_collect = true;  // asks only a quorum's worth of responsive peers
+  o.syncer.rate_bytes_per_s = config.resync_rate_mb * 1e6;
+  o.syncer.resync_interval_ms = config.resync_interval_s * 1000;
+  o.syncer.scrub_interval_ms = config.scrub_interval_s * 1000;
+  return o;
+}
+
+NodeCore::NodeCore(ClusterConfig config, Rank self, std::unique_ptr<SectorStore> store,
+                   NodeMembership membership, NodeCoreEnv* env, NodeCoreOptions options)
+    : config_(std::move(config)),
+      self_(self),
+      store_(std::move(store)),
+      membership_(std::move(membership)),
+      env_(env),
+      options_(std::move(options)),
+      register_config_(options_.registers),
+      client_mac_(config_.client_key) {
+  register_config_.self = self_;
+  register_config_.ranks.clear();
+  for (const auto& n : config_.nodes) register_config_.ranks.push_back(n.rank);
+  std::sort(register_config_.ranks.begin(), register_config_.ranks.end());
+  // ReadProc to everyone until a peer's HelloReply says it understands ReadTag.
+  register_config_.tag_peers.assign(register_config_.ranks.size(), false);
+  SyncerOptions so = options_.syncer;
+  so.self = self_;
+  so.ranks = register_config_.ranks;
+  so.sectors = config_.sectors;
+  so.cluster_id = config_.ClusterId();
+  // Until the Syncer decides, this node answers nothing: it may have lost its disk.
+  register_config_.votes = false;
+  // Writes this node coordinates before the Syncer starts already stay above the ts its
+  // earlier runs may have used (docs/REGISTER.md); the Syncer raises the floor no lower.
+  if (membership_.identity) {
+    register_config_.min_write_ts =
+        std::max(membership_.identity->write_ts_floor, membership_.identity->write_ts_lease);
+  }
+  syncer_ =
+      std::make_unique<Syncer>(std::move(so), membership_.identity, membership_.store_empty, this);
+}
+
+NodeCore::~NodeCore() {
+  if (store_) store_->Close();
+}
+
+void NodeCore::Start() {
+  started_ms_ = env_->NowMs();
+  sync_start_deadline_ms_ = started_ms_ + 500;
+  // Without IDENTITY the Syncer starts now, before this node stores anything: it saves the
+  // IDENTITY that says what this data_dir is (joining, or a store from before identities).
+  // Were a WriteProc persisted first and the node to crash, the next start would find data
+  // and no IDENTITY and take the store for one from before identities, which votes at once:
+  // a replaced disk would then vote without its join pass (docs/RESYNC.md). With IDENTITY,
+  // it waits for the links (MaybeStartSyncer), so that its first Hellos reach the peers.
+  if (!membership_.identity && !CORE_BUG(serve_before_identity)) {
+    sync_start_deadline_ms_ = started_ms_;
+    MaybeStartSyncer(started_ms_);
+  }
+}
+
+void NodeCore::MaybeStartSyncer(std::int64_t now) {
+  if (sync_started_) return;
+  bool all_up = true;
+  for (Rank r : register_config_.ranks) {
+    if (r != self_) all_up = all_up && env_->PeerConnected(r);
+  }
+  if (!all_up && now < sync_start_deadline_ms_) return;
+  sync_started_ = true;
+  Status s = syncer_->Start(now);
+  if (!s.ok()) {
+    fatal_ = true;
+    env_->Fatal("cannot start: " + s.ToString());
+  }
+}
+
+bool NodeCore::StopIfStoreFailed(const Status& status) {
+  if (status.ok() || !store_->Failed()) return false;
+  if (!fatal_) {
+    fatal_ = true;
+    env_->Fatal("the data file failed an fdatasync: " + status.message());
+  }
+  return true;
+}
+
+void NodeCore::Tick() {
+  std::int64_t now = env_->NowMs();
+  idle_scratch_.clear();
+  for (auto& [sector, slot] : registers_) {
+    slot.reg->Tick(now);
+    bool idle_now = slot.reg->Idle();
+    if (idle_now && slot.idle_at_last_tick) idle_scratch_.push_back(sector);
+    slot.idle_at_last_tick = idle_now;
+  }
+  for (SectorIdx s : idle_scratch_) {
+    auto it = registers_.find(s);
+    observer_->OnRegisterDropped(s, it->second.reg->durable().tag);
+    registers_.erase(it);
+  }
+  MaybeStartSyncer(now);
+  if (sync_started_) syncer_->Tick(now);
+}
+
+void NodeCore::Respond(ClientChannel& channel, const ClientResponse& resp) {
+  channel.SendFrame(std::make_shared<const Frame>(EncodeFrame(resp, client_mac_)));
+}
+
+void NodeCore::OnClientFrame(ClientChannel& channel, std::span<const std::uint8_t> body) {
+  auto payload = VerifyFrameBody(body, client_mac_);
+  if (!payload.ok()) {
+    ++counters_.auth_failures;
+    auto header = DecodeClientCommandHeader(body.first(body.size() - kMacSize));
+    if (!header.ok()) {
+      ++counters_.bad_frames;
+      channel.CloseChannel("unauthenticated and malformed client frame");
+      return;
+    }
+    LogRateLimited("auth", "client " + channel.channel_name() + ": command with a bad HMAC tag");
+    Respond(channel,
+            ClientResponse{ResponseStatus::kAuthFailure, header->request_id, header->op, {}, {}});
+    return;
+  }
+  auto cmd = DecodeClientCommand(*payload);
+  if (!cmd.ok()) {
+    ++counters_.bad_frames;
+    channel.CloseChannel(cmd.status().message());
+    return;
+  }
+  ++counters_.client_ops;
+  if (cmd->op == ClientOp::kInfo) {
+    Respond(channel,
+            ClientResponse{ResponseStatus::kOk, cmd->request_id, ClientOp::kInfo, {}, InfoJson()});
+    return;
+  }
+  if (cmd->op == ClientOp::kScrub) {
+    Status started = sync_started_ ? syncer_->StartScrub(env_->NowMs())
+                                   : Status::Unavailable("the node is starting; try again");
+    nlohmann::json j = {{"started", started.ok()}};
+    if (!started.ok()) j["error"] = started.message();
+    env_->Log(NodeCoreEnv::Level::kInfo, "scrub requested by " + channel.channel_name() + ": " +
+                                             (started.ok() ? "started" : started.message()));
+    Respond(channel,
+            ClientResponse{ResponseStatus::kOk, cmd->request_id, ClientOp::kScrub, {}, j.dump()});
+    return;
+  }
+  if (cmd->sector >= config_.sectors) {
+    ++counters_.invalid_sector;
+    Respond(channel,
+            ClientResponse{ResponseStatus::kInvalidSectorIndex, cmd->request_id, cmd->op, {}, {}});
+    return;
+  }
+  Register* reg = GetRegister(cmd->sector);
+  if (!reg) return;  // unreadable here: stay silent, the client fails over to another node
+  std::uint64_t token = next_token_++;
+  client_ops_.emplace(token, ClientOpRef{channel.WeakChannel(), cmd->request_id, cmd->op});
+  channel.OpStarted();
+  if (cmd->op == ClientOp::kWrite) {
+    ++counters_.writes;
+    reg->StartWrite(token, std::move(cmd->data), env_->NowMs());
+  } else {
+    ++counters_.reads;
+    reg->StartRead(token, env_->NowMs());
+  }
+}
+
+bool NodeCore::WantsValue(const SystemMessage& msg) {
+  auto it = registers_.find(msg.sector);
+  if (it != registers_.end() && it->second.reg->WantsValue(msg)) return true;
+  ++counters_.unwanted_values;
+  return false;
+}
+
+bool NodeCore::KnownSender(Rank sender, const char* what) {
+  if (sender != self_ && config_.FindNode(sender)) return true;
+  LogRateLimited("sender", std::string(what) + " message from unknown rank " +
+                               std::to_string(static_cast<int>(sender)) + " dropped");
+  return false;
+}
+
+bool NodeCore::OnSystemMessage(const SystemMessage& msg) {
+  ++counters_.system_msgs;
+  if (!KnownSender(msg.sender, "system")) return false;
+  if (msg.sector >= config_.sectors) {
+    LogRateLimited("syssector", "system message for sector " + std::to_string(msg.sector) +
+                                    " beyond the device dropped");
+    return true;
+  }
+  if (msg.content == SystemContent::kValue || msg.content == SystemContent::kTag ||
+      msg.content == SystemContent::kAck) {
+    // Only answers count for PeerResponsive: a joining peer sends Hellos, ReadProcs and
+    // WriteProcs but answers no collect, and must not be picked as the one peer to ask.
+    heard_ms_[msg.sender] = env_->NowMs();
+  }
+  if (msg.content == SystemContent::kReadTag && AnswerReadTagFromCache(msg)) return true;
+  Register* reg = GetRegister(msg.sector);
+  if (!reg) return true;
+  reg->OnMessage(msg, env_->NowMs());
+  return true;
+}
+
+bool NodeCore::OnSyncMessage(const SyncMessage& msg) {
+  ++counters_.sync_msgs;
+  if (!KnownSender(msg.sender, "sync")) return false;
+  if (!sync_started_) return true;  // a few ms after start-up: the peer asks again
+  syncer_->OnMessage(msg, env_->NowMs());
+  return true;
+}
+
+bool NodeCore::AnswerReadTagFromCache(const SystemMessage& msg) {
+  // What the register built from the store would answer (Register::OnMessage): its durable
+  // tag, in the same AnswerTo message. With no register there is no pending value of ours, and
+  // while a resync absorb is pending the cache says nothing; not voting, the register stays silent.
+  if (!register_config_.votes || registers_.count(msg.sector) ||
+      direct_absorbs_.count(msg.sector)) {
+    return false;
+  }
+  std::optional<Tag> tag = store_->CachedDurableTag(msg.sector);
+  if (!tag) return false;
+  SystemMessage reply = AnswerTo(self_, msg.op_id, msg.sector, SystemContent::kTag);
+  reply.tag = *tag;
+  observer_->OnTagFromCache(msg.sector, *tag);
+  Send(msg.sender, reply);
+  ++counters_.tags_from_cache;
+  return true;
+}
+
+bool NodeCore::PeerResponsive(Rank peer) {
+  // Answered us within the last few ms: under load every peer answers many times a ms, so a
+  // quorum's worth of asks suffices; a peer gone quiet (dead, partitioned, or an idle
+  // cluster) is asked with everyone else until it is heard again.
+  constexpr std::int64_t kResponsiveWindowMs = 20;
+  if (peer == self_ || !config_.FindNode(peer) || !env_->PeerConnected(peer)) return false;
+  return env_->NowMs() - heard_ms_[peer] <= kResponsiveWindowMs;
+}
+
+Register* NodeCore::GetRegister(SectorIdx sector) {
+  auto it = registers_.find(sector);
+  if (it != registers_.end()) {
+    it->second.idle_at_last_tick = false;
+    return it->second.reg.get();
+  }
+  if (direct_absorbs_.count(sector)) return nullptr;  // being repaired: not durable yet
+  auto stored = store_->Read(sector);
+  if (!stored.ok()) {
+    ++counters_.unreadable_sectors;
+    LogRateLimited("read", "sector " + std::to_string(sector) +
+                               " unreadable, not answering for it: " + stored.status().ToString());
+    return nullptr;
+  }
+  observer_->OnRegisterLoaded(sector, *stored);
+  auto reg = std::make_unique<Register>(sector, std::move(stored).value(), &register_config_, this);
+  Register* raw = reg.get();
+  registers_.emplace(sector, RegisterSlot{std::move(reg), false});
+  return raw;
+}
+
+void NodeCore::Send(Rank to, const SystemMessage& msg) {
+  if (to == self_ || !config_.FindNode(to)) return;
+  env_->SendSystem(to, msg);
+}
+
+void NodeCore::Persist(SectorIdx sector, const Triple& value) {
+  syncer_->OnLocalWrite(sector);
+  Tag tag = value.tag;
+  observer_->OnStoreWrite(sector, value, false);
+  store_->Write(sector, value, [this, sector, tag](Status status) {
+    observer_->OnStoreWriteDone(sector, tag, status, false);
+    // On the store's sync thread: hand the completion back to the core's thread.
+    env_->Post([this, sector, tag, status = std::move(status)]() {
+      if (!status.ok()) {
+        ++counters_.persist_errors;
+        LogRateLimited("persist", "persisting sector " + std::to_string(sector) +
+                                      " failed: " + status.ToString());
+        if (StopIfStoreFailed(status)) return;
+      }
+      // The register's durable tag (what resync reports) may have moved.
+      syncer_->OnLocalWrite(sector);
+      auto it = registers_.find(sector);
+      if (it == registers_.end()) return;
+      it->second.reg->OnPersisted(tag, status, env_->NowMs());
+    });
+  });
+}
+
+void NodeCore::Complete(std::uint64_t token, SectorPtr data) {
+  auto it = client_ops_.find(token);
+  if (it == client_ops_.end()) return;
+  ClientOpRef ref = std::move(it->second);
+  client_ops_.erase(it);
+  auto channel = ref.channel.lock();
+  if (!channel) return;  // the client went away; the operation still completed
+  channel->OpFinished();
+  if (channel->channel_closed()) return;
+  Respond(*channel,
+          ClientResponse{ResponseStatus::kOk, ref.request_id, ref.op, std::move(data), {}});
+}
+
+Uuid NodeCore::NewOpId() {
+  Uuid id;
+  std::uint64_t counter = ++op_counter_;
+  std::memcpy(id.bytes.data(), &options_.boot_nonce, 8);
+  std::memcpy(id.bytes.data() + 8, &counter, 8);
+  return id;
+}
+
+void NodeCore::SendSync(Rank to, const SyncMessage& msg) {
+  if (to == self_ || !config_.FindNode(to)) return;
+  env_->SendSync(to, msg);
+}
+
+// The store also reports values still on their way to the disk. A pending value lives in its
+// sector's register until it is durable, so the register says what each view sees: its
+// durable triple (kDurable), or Register::Served (kServed; docs/RESYNC.md, "What resync sees").
+Status NodeCore::ScanTags(SectorIdx first, std::uint64_t count, bool verify_all, TagView view,
+                          const std::function<void(SectorIdx, Tag, bool ok)>& fn) {
+  return store_->ScanRange(first, count, verify_all, [&](SectorIdx sector, Tag tag, bool ok) {
+    auto it = registers_.find(sector);
+    if (it == registers_.end()) return fn(sector, tag, ok);
+    const Register& reg = *it->second.reg;
+    fn(sector, view == TagView::kServed ? reg.Served().tag : reg.durable().tag, ok);
+  });
+}
+
+void NodeCore::ForEachServedAhead(const std::function<void(SectorIdx)>& fn) {
+  for (const auto& [sector, slot] : registers_) {
+    if (slot.reg->Served().tag > slot.reg->durable().tag) fn(sector);
+  }
+}
+
+Result<Triple> NodeCore::ReadSector(SectorIdx sector) {
+  auto it = registers_.find(sector);
+  if (it != registers_.end()) return it->second.reg->Served();
+  if (direct_absorbs_.count(sector)) {
+    return Status::Unavailable("sector " + std::to_string(sector) + " is being repaired");
+  }
+  return store_->Read(sector);
+}
+
+void NodeCore::Absorb(SectorIdx sector, const Triple& value, std::uint64_t token) {
+  // Through the sector's register, built if needed, which then holds the value as stored but
+  // not durable until the store says so (a register built from the store meanwhile would take
+  // the pending value for a durable one and could report it in a Value). The store write
+  // below writes nothing more; it reports when this value, or a newer one, is durable.
+  // A sector whose copy is unreadable (scrub repairs it) has no register: the store takes
+  // the value directly, and no register is built for the sector until it is durable.
+  syncer_->OnLocalWrite(sector);
+  Register* reg = direct_absorbs_.count(sector) ? nullptr : GetRegister(sector);
+  bool direct = reg == nullptr;
+  if (reg) {
+    reg->Absorb(value);
+  } else {
+    ++direct_absorbs_[sector];
+  }
+  observer_->OnStoreWrite(sector, value, true);
+  store_->Write(sector, value, [this, token, sector, direct, value](Status status) {
+    observer_->OnStoreWriteDone(sector, value.tag, status, true);
+    env_->Post([this, token, sector, direct, value, status = std::move(status)]() {
+      if (direct) {
+        auto d = direct_absorbs_.find(sector);
+        if (d != direct_absorbs_.end() && --d->second == 0) direct_absorbs_.erase(d);
+      }
+      if (StopIfStoreFailed(status)) return;
+      if (status.ok()) {
+        // The register's own Persist of this value may have failed where this write did not.
+        auto it = registers_.find(sector);
+        if (it != registers_.end()) it->second.reg->OnDurableElsewhere(value, env_->NowMs());
+      }
+      syncer_->OnAbsorbed(token, status, env_->NowMs());
+    });
+  });
+}
+
+Status NodeCore::SaveIdentity(const Identity& identity) { return env_->SaveIdentity(identity); }
+
+void NodeCore::SetVoting(bool voting) {
+  if (voting != register_config_.votes) {
+    env_->Log(NodeCoreEnv::Level::kInfo, voting ? "voting: answering as a quorum member"
+                                                : "not voting until caught up (docs/RESYNC.md)");
+  }
+  register_config_.votes = voting;
+  observer_->OnVotingChanged(voting);
+  if (voting) {
+    for (auto& [sector, slot] : registers_) slot.reg->OnVotesChanged(env_->NowMs());
+  }
+}
+
+void NodeCore::Note(const std::string& line) { env_->Log(NodeCoreEnv::Level::kInfo, line); }
+
+std::uint64_t NodeCore::WallClockMicros() { return env_->WallClockMicros(); }
+
+void NodeCore::SetWriteTsFloor(std::uint64_t floor) {
+  if (floor != register_config_.min_write_ts) {
+    env_->Log(NodeCoreEnv::Level::kInfo,
+              "own writes use ts >= " + std::to_string(floor) +
+                  " (write ts floor after a disk replacement, docs/RESYNC.md)");
+  }
+  register_config_.min_write_ts = floor;
+}
+
+void NodeCore::SetWriteTsLease(std::uint64_t lease) { register_config_.write_ts_lease = lease; }
+
+void NodeCore::SetPeerFeatures(Rank peer, std::uint8_t features) {
+  if (!options_.tag_reads) return;
+  auto it = std::find(register_config_.ranks.begin(), register_config_.ranks.end(), peer);
+  if (it == register_config_.ranks.end() || peer == self_) return;
+  std::size_t i = static_cast<std::size_t>(it - register_config_.ranks.begin());
+  bool tag_reads = (features & kFeatureTagReads) != 0;
+  if (register_config_.tag_peers[i] != tag_reads) {
+    char hex[8];
+    std::snprintf(hex, sizeof(hex), "0x%02x", static_cast<unsigned>(features));
+    env_->Log(NodeCoreEnv::Level::kInfo, "peer " + std::to_string(peer) +
+                                             (tag_reads ? " answers" : " no longer answers") +
+                                             " tag-only reads (HelloReply features " + hex + ")");
+  }
+  register_config_.tag_peers[i] = tag_reads;
+}
+
+void NodeCore::WantWriteTsLease(std::uint64_t ts) {
+  if (sync_started_) syncer_->RaiseWriteTsLease(ts);
+}
+
+std::string NodeCore::InfoJson() {
+  std::int64_t now = env_->NowMs();
+  nlohmann::json j;
+  j["rank"] = self_;
+  j["version"] = options_.version;
+  j["sectors"] = config_.sectors;
+  j["nodes"] = config_.nodes.size();
+  j["uptime_s"] = (now - started_ms_) / 1000;
+  j["active_registers"] = registers_.size();
+  j["ops_in_flight"] = client_ops_.size();
+  nlohmann::json peers = nlohmann::json::array();
+  for (std::size_t i = 0; i < register_config_.ranks.size(); ++i) {
+    Rank rank = register_config_.ranks[i];
+    if (rank == self_) continue;
+    peers.push_back({{"rank", rank},
+                     {"connected", env_->PeerConnected(rank)},
+                     {"dropped", env_->PeerFramesDropped(rank)},
+                     {"tag_reads", register_config_.IsTagPeer(i)}});
+  }
+  j["peers"] = peers;
+  SyncStatus ss = syncer_->GetStatus(now);
+  j["voting"] = ss.voting;
+  j["state"] = ss.state;
+  j["resync"] = {{"active", ss.resync.active},
+                 {"join", ss.resync.join},
+                 {"window", ss.resync.window},
+                 {"windows", ss.resync.windows},
+                 {"sectors_pulled", ss.resync.sectors_pulled},
+                 {"bytes_pulled", ss.resync.bytes_pulled},
+                 {"sectors_to_go", ss.resync.sectors_to_go},
+                 {"bytes_per_s", ss.resync.bytes_per_s},
+                 {"eta_s", ss.resync.eta_s},
+                 {"passes_done", ss.resync.passes_done}};
+  j["scrub"] = {{"active", ss.scrub.active},         {"bucket", ss.scrub.bucket},
+                {"buckets", ss.scrub.buckets},       {"sectors_checked", ss.scrub.sectors_checked},
+                {"corrupt", ss.scrub.corrupt},       {"repaired", ss.scrub.repaired},
+                {"unrepaired", ss.scrub.unrepaired}, {"stale", ss.scrub.stale},
+                {"runs_done", ss.scrub.runs_done}};
+  j["counters"] = {{"client_ops", counters_.client_ops},
+                   {"reads", counters_.reads},
+                   {"writes", counters_.writes},
+                   {"auth_failures", counters_.auth_failures},
+                   {"invalid_sector", counters_.invalid_sector},
+                   {"bad_frames", counters_.bad_frames},
+                   {"system_msgs", counters_.system_msgs},
+                   {"sync_msgs", counters_.sync_msgs},
+                   {"persist_errors", counters_.persist_errors},
+                   {"unreadable_sectors", counters_.unreadable_sectors},
+                   {"unwanted_values", counters_.unwanted_values},
+                   {"tags_from_cache", counters_.tags_from_cache}};
+  std::string s = j.dump();
+  if (s.size() > kMaxInfoSize)
+    s = nlohmann::json{{"rank", self_}, {"version", options_.version}}.dump();
+  return s;
+}
+
+const Register* NodeCore::FindRegisterForChecks(SectorIdx sector) const {
+  auto it = registers_.find(sector);
+  return it == registers_.end() ? nullptr : it->second.reg.get();
+}
+
+void NodeCore::ForEachRegisterForChecks(
+    const std::function<void(SectorIdx, const Register&)>& fn) const {
+  for (const auto& [sector, slot] : registers_) fn(sector, *slot.reg);
+}
+
+void NodeCore::LogRateLimited(const std::string& kind, const std::string& message) {
+  std::int64_t now = env_->NowMs();
+  auto [it, fresh] = log_limits_.try_emplace(kind, 0, 0);
+  auto& [last, suppressed] = it->second;
+  if (!fresh && now - last < 1000) {
+    ++suppressed;
+    return;
+  }
+  if (suppressed > 0) {
+    env_->Log(NodeCoreEnv::Level::kWarn,
+              message + " (" + std::to_string(suppressed) + " similar messages suppressed)");
+  } else {
+    env_->Log(NodeCoreEnv::Level::kWarn, message);
+  }
+  last = now;
+  suppressed = 0;
+}
+
+}  // namespace atomdisk

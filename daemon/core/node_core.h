@@ -1,0 +1,256 @@
+// NodeCore: everything one atomdiskd decides, with no socket, timer, thread or clock of its
+// own. It routes client commands and system messages to per-sector Registers (built from the
+// store on first touch, dropped once idle), carries out their effects (messages to peers
+// through NodeCoreEnv, persists to the SectorStore, responses on the client's channel),
+// answers ReadTags from the store's slot cache, absorbs resync values, keeps the voting
+// state, and hosts the Syncer (membership, resync, scrub) as its SyncEnv.
+//
+// Who drives it: the daemon's Asio adapter (daemon/net/node_server.h), which owns the
+// sockets, the peer links, the 10 ms tick and the signals, verifies frames and feeds decoded
+// messages in; and the same calls can be made by a simulated world (tests/sim/), which is
+// the point of the split (docs/SIMULATION.md). Client frames come in whole (the core checks
+// their HMAC and answers AuthFailure itself), system and sync messages decoded and verified.
+//
+// Threading: one thread makes every call (the daemon's io thread). Store completions, which
+// arrive on the store's sync thread, are handed back through NodeCoreEnv::Post.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <unordered_map>
+
+#include "common/config.h"
+#include "common/hmac.h"
+#include "common/status.h"
+#include "common/sync_wire.h"
+#include "common/types.h"
+#include "common/wire.h"
+#include "daemon/core/client_channel.h"
+#include "daemon/register/register.h"
+#include "daemon/store/identity.h"
+#include "daemon/store/sector_store.h"
+#include "daemon/sync/syncer.h"
+
+namespace atomdisk {
+
+// What the core needs from its world. Every call is made on the core's thread.
+class NodeCoreEnv {
+ public:
+  virtual ~NodeCoreEnv() = default;
+  // Sends to a peer; silently dropped when it cannot go (registers and the Syncer retransmit).
+  virtual void SendSystem(Rank to, const SystemMessage& msg) = 0;
+  virtual void SendSync(Rank to, const SyncMessage& msg) = 0;
+  // Whether our link to `peer` is up now.
+  virtual bool PeerConnected(Rank peer) = 0;
+  // What `atomdisk status` shows of our link to `peer`: frames dropped on it so far.
+  virtual std::uint64_t PeerFramesDropped(Rank peer) = 0;
+  // Monotonic milliseconds, and the wall clock in microseconds since the epoch.
+  virtual std::int64_t NowMs() = 0;
+  virtual std::uint64_t WallClockMicros() = 0;
+  // Runs `fn` later on the core's thread (called from the store's sync thread).
+  virtual void Post(std::function<void()> fn) = 0;
+  // Saves data_dir/IDENTITY durably (daemon/store/identity.h).
+  virtual Status SaveIdentity(const Identity& identity) = 0;
+  // An event worth one log line.
+  enum class Level { kInfo, kWarn };
+  virtual void Log(Level level, const std::string& line) = 0;
+  // The node cannot go on (its store failed a sync): its owner ends it.
+  virtual void Fatal(const std::string& why) = 0;
+};
+
+// Watches what a core does, for the simulator's checkers and for nothing else: no decision
+// depends on it, and a daemon has none. Each hook is called on the core's thread, except
+// OnStoreWriteDone (see there); every hook has an empty default.
+class NodeCoreObserver {
+ public:
+  virtual ~NodeCoreObserver() = default;
+  // A register was built from `stored`, the value the store read for its sector.
+  virtual void OnRegisterLoaded(SectorIdx /*sector*/, const Triple& /*stored*/) {}
+  // An idle register is dropped; `durable` is its durable tag.
+  virtual void OnRegisterDropped(SectorIdx /*sector*/, Tag /*durable*/) {}
+  // A value goes to the store: a register's persist, or a resync absorb.
+  virtual void OnStoreWrite(SectorIdx /*sector*/, const Triple& /*value*/, bool /*absorb*/) {}
+  // The store reports a write done, from inside the store's callback: on the store's sync
+  // thread in a daemon, inside SectorStore::SyncNow in a simulation, so before the core hears
+  // of it and before the other completions of the same sync are handed on.
+  virtual void OnStoreWriteDone(SectorIdx /*sector*/, Tag /*tag*/, const Status& /*status*/,
+                                bool /*absorb*/) {}
+  // A ReadTag answered from the store's slot cache with `tag`.
+  virtual void OnTagFromCache(SectorIdx /*sector*/, Tag /*tag*/) {}
+  // The node starts or stops voting.
+  virtual void OnVotingChanged(bool /*voting*/) {}
+};
+
+// What the node's data_dir says about its membership (docs/RESYNC.md).
+struct NodeMembership {
+  std::string data_dir;              // where IDENTITY is saved
+  std::optional<Identity> identity;  // as loaded; nullopt if there is no IDENTITY file
+  bool store_empty = true;           // the store holds no written sector
+};
+
+// How a core is tuned. FromConfig gives the daemon's settings; the simulator scales the
+// timings down and may switch on a catalogue bug (tests/sim/). The cluster's ranks, this
+// node's rank, the device size and the cluster id always come from the ClusterConfig.
+// Deliberate mistakes in the core for the simulator's catalogue (tests/sim/, docs/SIMULATION.md);
+// ignored unless the core is built with ATOMDISK_SIM_BUGS (atomdisk_core_sim, never the daemon).
+struct NodeCoreBugs {
+  // A node without IDENTITY serves (and persists WriteProcs) before its Syncer has saved one.
+  bool serve_before_identity = false;
+};
+
+struct NodeCoreOptions {
+  RegisterConfig registers;  // retransmission timing, thrifty collect, bugs
+  NodeCoreBugs bugs;
+  SyncerOptions syncer;  // Hello intervals, timeouts, rate limit, resync and scrub periods
+  // False plays an atomdisk from before tag-only reads: HelloReply features are ignored, so
+  // this node never sends ReadTag (the simulator's mixed-version runs).
+  bool tag_reads = true;
+  // `boot_nonce` makes this process's operation ids unique (the daemon draws it with
+  // RAND_bytes); `version` is what Info reports.
+  std::uint64_t boot_nonce = 0;
+  std::string version;
+
+  static NodeCoreOptions FromConfig(const ClusterConfig& config);
+};
+
+class NodeCore final : public RegisterEnv, public SyncEnv {
+ public:
+  NodeCore(ClusterConfig config, Rank self, std::unique_ptr<SectorStore> store,
+           NodeMembership membership, NodeCoreEnv* env, NodeCoreOptions options);
+  ~NodeCore() override;
+
+  // Watches the core from now on (the simulator); null for none. Not owned.
+  void SetObserver(NodeCoreObserver* observer) { observer_ = observer ? observer : &no_observer_; }
+
+  // Arms the Syncer start: it starts at the first Tick at which every peer link is up, or
+  // 500 ms from now, so that its first Hellos reach the peers.
+  void Start();
+  // Every 10 ms: ticks the registers (retransmissions), drops the idle ones, ticks the Syncer.
+  void Tick();
+
+  // A complete client frame body (payload and tag): verified, decoded and routed; the answer
+  // goes out on `channel` (AuthFailure for a bad tag; the channel is closed on a malformed
+  // frame).
+  void OnClientFrame(ClientChannel& channel, std::span<const std::uint8_t> body);
+  // Whether an unverified Value may matter: false when no operation waits for it, so the
+  // caller may drop it before checking its tag (a saved 4 KiB HMAC).
+  bool WantsValue(const SystemMessage& msg);
+  // A verified and decoded system or sync message. False when dropped because of its sender
+  // (unknown rank, or ourselves): the caller then must not treat the connection as that
+  // peer's.
+  bool OnSystemMessage(const SystemMessage& msg);
+  bool OnSyncMessage(const SyncMessage& msg);
+  // Counts a frame that failed its HMAC check or did not decode (for Info).
+  void CountAuthFailure() { ++counters_.auth_failures; }
+  void CountBadFrame() { ++counters_.bad_frames; }
+  // Logs at most once per second per kind of problem, counting the rest.
+  void LogRateLimited(const std::string& kind, const std::string& message);
+
+  // RegisterEnv
+  void Send(Rank to, const SystemMessage& msg) override;
+  void Persist(SectorIdx sector, const Triple& value) override;
+  void Complete(std::uint64_t token, SectorPtr data) override;
+  Uuid NewOpId() override;
+  void WantWriteTsLease(std::uint64_t ts) override;
+  bool PeerResponsive(Rank peer) override;
+  // SyncEnv
+  void SendSync(Rank to, const SyncMessage& msg) override;
+  Status ScanTags(SectorIdx first, std::uint64_t count, bool verify_all, TagView view,
+                  const std::function<void(SectorIdx, Tag, bool ok)>& fn) override;
+  Result<Triple> ReadSector(SectorIdx sector) override;
+  void ForEachServedAhead(const std::function<void(SectorIdx)>& fn) override;
+  void Absorb(SectorIdx sector, const Triple& value, std::uint64_t token) override;
+  Status SaveIdentity(const Identity& identity) override;
+  void SetVoting(bool voting) override;
+  void Note(const std::string& line) override;
+  std::uint64_t WallClockMicros() override;
+  void SetWriteTsFloor(std::uint64_t floor) override;
+  void SetWriteTsLease(std::uint64_t lease) override;
+  void SetPeerFeatures(Rank peer, std::uint8_t features) override;
+
+  const ClusterConfig& config() const { return config_; }
+  Rank self() const { return self_; }
+  bool voting() const { return register_config_.votes; }
+  const RegisterConfig& register_config() const { return register_config_; }
+  std::size_t active_registers() const { return registers_.size(); }
+  std::size_t ops_in_flight() const { return client_ops_.size(); }
+  // Null before Start's first tick; for status and for the simulator's checks.
+  Syncer* syncer_if_started() { return sync_started_ ? syncer_.get() : nullptr; }
+  Syncer& syncer() { return *syncer_; }
+  SectorStore& store() { return *store_; }
+  // The register of `sector` if one exists (for the simulator's checks; no effects).
+  const Register* FindRegisterForChecks(SectorIdx sector) const;
+  // Calls fn for every register (for the simulator's invariant checks).
+  void ForEachRegisterForChecks(const std::function<void(SectorIdx, const Register&)>& fn) const;
+  // The Info answer (`atomdisk status`), as JSON of at most kMaxInfoSize bytes.
+  std::string InfoJson();
+
+ private:
+  struct ClientOpRef {
+    std::weak_ptr<ClientChannel> channel;
+    std::uint64_t request_id;
+    ClientOp op;
+  };
+  struct RegisterSlot {
+    std::unique_ptr<Register> reg;
+    bool idle_at_last_tick = false;
+  };
+
+  void Respond(ClientChannel& channel, const ClientResponse& resp);
+  // The register of `sector`, built from the store if needed; null if the stored sector is
+  // unreadable (corrupt or I/O error: this node then stays silent for that sector).
+  Register* GetRegister(SectorIdx sector);
+  // A ReadTag for a sector with no register, answered from the store's slot cache (no read,
+  // no register built); false when the cache does not know (the register answers then).
+  bool AnswerReadTagFromCache(const SystemMessage& msg);
+  // After a failed fdatasync the store refuses everything: ends the node (true) instead of
+  // going on with `status`. False for any other outcome.
+  bool StopIfStoreFailed(const Status& status);
+  void MaybeStartSyncer(std::int64_t now);
+  bool KnownSender(Rank sender, const char* what);
+
+  ClusterConfig config_;
+  Rank self_;
+  std::unique_ptr<SectorStore> store_;
+  NodeMembership membership_;
+  NodeCoreEnv* env_;
+  NodeCoreOptions options_;
+  NodeCoreObserver no_observer_;
+  NodeCoreObserver* observer_ = &no_observer_;
+  RegisterConfig register_config_;
+  std::unique_ptr<Syncer> syncer_;
+  bool sync_started_ = false;
+  bool fatal_ = false;
+  std::int64_t sync_start_deadline_ms_ = 0;
+  Hmac client_mac_;
+  // Registers of recently touched sectors. An idle one stays until it has been idle at two
+  // consecutive ticks (10-20 ms), so the ReadProc and the WriteProc of one operation, or
+  // back-to-back operations on a sector, find it without reading the store again; memory
+  // stays bounded by the operation rate times 20 ms.
+  std::unordered_map<SectorIdx, RegisterSlot> registers_;
+  std::vector<SectorIdx> idle_scratch_;
+  std::unordered_map<std::uint64_t, ClientOpRef> client_ops_;
+  // Sectors with resync values written straight to the store (their copy was unreadable, so
+  // they have no register), by count, until durable.
+  std::unordered_map<SectorIdx, int> direct_absorbs_;
+  // When each peer last answered us (NowMs of its last authenticated Value, Tag or Ack).
+  std::array<std::int64_t, 256> heard_ms_{};
+  std::uint64_t next_token_ = 1;
+  std::uint64_t op_counter_ = 0;
+  std::int64_t started_ms_ = 0;
+  struct Counters {
+    std::uint64_t client_ops = 0, reads = 0, writes = 0, auth_failures = 0, invalid_sector = 0,
+                  bad_frames = 0, system_msgs = 0, sync_msgs = 0, persist_errors = 0,
+                  unreadable_sectors = 0,
+                  unwanted_values = 0,  // Values dropped unchecked: no operation waited for them
+        tags_from_cache = 0;            // ReadTags answered from the store's slot cache
+  } counters_;
+  std::unordered_map<std::string, std::pair<std::int64_t, std::uint64_t>> log_limits_;
+};
+
+}  // namespace atomdisk

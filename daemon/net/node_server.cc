@@ -1,0 +1,264 @@
+#include "daemon/net/node_server.h"
+
+#include <openssl/rand.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+
+#include "common/sync_wire.h"
+#include "daemon/version.h"
+
+namespace atomdisk {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+
+namespace {
+bool SameMessage(const SystemMessage& a, const SystemMessage& b) {
+  return a.sender == b.sender && a.op_id == b.op_id && a.sector == b.sector &&
+         a.content == b.content && a.tag == b.tag && a.data == b.data;
+}
+
+std::uint64_t DrawBootNonce() {
+  std::uint64_t nonce = 0;
+  ATOMDISK_CHECK(RAND_bytes(reinterpret_cast<unsigned char*>(&nonce), sizeof(nonce)) == 1);
+  return nonce;
+}
+}  // namespace
+
+NodeServer::NodeServer(asio::io_context& io, ClusterConfig config, Rank self,
+                       std::unique_ptr<SectorStore> store, NodeMembership membership)
+    : io_(io),
+      self_(self),
+      data_dir_(membership.data_dir),
+      system_mac_(config.system_key),
+      acceptor_(io),
+      tick_timer_(io) {
+  for (const auto& n : config.nodes) {
+    if (n.rank == self_) continue;
+    peers_.emplace(n.rank, std::make_unique<PeerLink>(io_, n.rank, n.host, n.port, this));
+  }
+  NodeCoreOptions options = NodeCoreOptions::FromConfig(config);
+  options.boot_nonce = DrawBootNonce();
+  options.version = kAtomdiskVersion;
+  core_ = std::make_unique<NodeCore>(std::move(config), self, std::move(store),
+                                     std::move(membership), this, std::move(options));
+}
+
+NodeServer::~NodeServer() = default;
+
+Status NodeServer::Listen() {
+  const NodeConfig* me = core_->config().FindNode(self_);
+  ATOMDISK_CHECK(me != nullptr);
+  boost::system::error_code ec;
+  tcp::resolver resolver(io_);
+  auto results = resolver.resolve(me->host, std::to_string(me->port), ec);
+  if (ec || results.empty()) {
+    return Status::IOError("cannot resolve listen address " + me->Address() + ": " + ec.message());
+  }
+  tcp::endpoint ep = results.begin()->endpoint();
+  acceptor_.open(ep.protocol(), ec);
+  if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) acceptor_.bind(ep, ec);
+  if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) return Status::IOError("cannot listen on " + me->Address() + ": " + ec.message());
+  return Status::Ok();
+}
+
+std::uint16_t NodeServer::listen_port() const {
+  boost::system::error_code ec;
+  return acceptor_.local_endpoint(ec).port();
+}
+
+Status NodeServer::Start() {
+  asio::co_spawn(io_, AcceptLoop(), asio::detached);
+  asio::co_spawn(io_, TickLoop(), asio::detached);
+  for (auto& [rank, link] : peers_) link->Start();
+  core_->Start();
+  return Status::Ok();
+}
+
+void NodeServer::Fatal(const std::string& why) {
+  if (!on_fatal_) return;  // already on its way out
+  auto fatal = std::move(on_fatal_);
+  on_fatal_ = nullptr;
+  fatal(why);
+}
+
+void NodeServer::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  boost::system::error_code ec;
+  acceptor_.close(ec);
+  tick_timer_.cancel();
+  for (auto& [rank, link] : peers_) link->Stop();
+  for (auto& weak : accepted_) {
+    if (auto conn = weak.lock()) conn->Close("");
+  }
+  accepted_.clear();
+}
+
+asio::awaitable<void> NodeServer::AcceptLoop() {
+  while (!stopped_) {
+    boost::system::error_code ec;
+    tcp::socket socket =
+        co_await acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+    if (stopped_) co_return;
+    if (ec) {
+      core_->LogRateLimited("accept", "accept failed: " + ec.message());
+      // Out of file descriptors and similar: back off instead of spinning.
+      asio::steady_timer pause(io_, std::chrono::milliseconds(50));
+      co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      continue;
+    }
+    std::string name;
+    auto remote = socket.remote_endpoint(ec);
+    name = ec ? "?" : remote.address().to_string() + ":" + std::to_string(remote.port());
+    auto conn = std::make_shared<Connection>(std::move(socket), this, name, Connection::Options{});
+    conn->Start();
+    std::erase_if(accepted_, [](const std::weak_ptr<Connection>& w) { return w.expired(); });
+    accepted_.push_back(conn);
+  }
+}
+
+asio::awaitable<void> NodeServer::TickLoop() {
+  while (!stopped_) {
+    boost::system::error_code ec;
+    tick_timer_.expires_after(std::chrono::milliseconds(10));
+    co_await tick_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    if (stopped_) co_return;
+    core_->Tick();
+  }
+}
+
+std::int64_t NodeServer::NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+std::uint64_t NodeServer::WallClockMicros() {
+  auto us = std::chrono::duration_cast<std::chrono::microseconds>(
+                std::chrono::system_clock::now().time_since_epoch())
+                .count();
+  return us > 0 ? static_cast<std::uint64_t>(us) : 0;
+}
+
+void NodeServer::Post(std::function<void()> fn) { asio::post(io_, std::move(fn)); }
+
+Status NodeServer::SaveIdentity(const Identity& identity) {
+  return ::atomdisk::SaveIdentity(data_dir_, identity);
+}
+
+void NodeServer::Log(Level level, const std::string& line) {
+  if (level == Level::kWarn) {
+    spdlog::warn("{}", line);
+  } else {
+    spdlog::info("{}", line);
+  }
+}
+
+bool NodeServer::PeerConnected(Rank peer) {
+  auto it = peers_.find(peer);
+  return it != peers_.end() && it->second->connected();
+}
+
+std::uint64_t NodeServer::PeerFramesDropped(Rank peer) {
+  auto it = peers_.find(peer);
+  return it == peers_.end() ? 0 : it->second->dropped();
+}
+
+void NodeServer::OnFrame(Connection& conn, std::span<const std::uint8_t> body) {
+  auto payload = body.first(body.size() - kMacSize);
+  auto kind = PeekCommandKind(payload);
+  if (!kind.ok()) {
+    core_->CountBadFrame();
+    conn.Close(kind.status().message());
+    return;
+  }
+  if (*kind == CommandKind::kClient) {
+    core_->OnClientFrame(conn, body);
+  } else if (*kind == CommandKind::kSync) {
+    HandleSync(conn, body);
+  } else {
+    HandleSystem(conn, body);
+  }
+}
+
+void NodeServer::HandleSystem(Connection& conn, std::span<const std::uint8_t> body) {
+  // Decoded before its tag is checked, only to drop early the Values no operation waits for
+  // any more (the last peer's answer to a quorum that was complete without it: one of the
+  // two Values of every read and write here). The register would ignore them anyway, and
+  // dropping a frame unchecked is no more than an attacker on the path could do: what it acts
+  // on is still verified first. That saves a 4 KiB HMAC, a fifth of a read's. (ReadTag and
+  // Tag, docs/PROTOCOL.md, carry no data: they go through like ReadProc and Ack.)
+  auto msg = DecodeSystemMessage(body.first(body.size() - kMacSize));
+  if (msg.ok() && msg->content == SystemContent::kValue && !core_->WantsValue(*msg)) return;
+  if (!VerifyFrameBody(body, system_mac_).ok()) {
+    core_->CountAuthFailure();
+    core_->LogRateLimited("sysauth",
+                          "system frame with a bad HMAC tag from " + conn.name() + " dropped");
+    return;
+  }
+  if (!msg.ok()) {
+    core_->CountBadFrame();
+    conn.Close(msg.status().message());
+    return;
+  }
+  if (core_->OnSystemMessage(*msg)) NoteInbound(msg->sender, conn);
+}
+
+void NodeServer::HandleSync(Connection& conn, std::span<const std::uint8_t> body) {
+  auto payload = VerifyFrameBody(body, system_mac_);
+  if (!payload.ok()) {
+    core_->CountAuthFailure();
+    core_->LogRateLimited("sysauth",
+                          "system frame with a bad HMAC tag from " + conn.name() + " dropped");
+    return;
+  }
+  auto msg = DecodeSyncMessage(*payload);
+  if (!msg.ok()) {
+    core_->CountBadFrame();
+    conn.Close(msg.status().message());
+    return;
+  }
+  if (core_->OnSyncMessage(*msg)) NoteInbound(msg->sender, conn);
+}
+
+void NodeServer::SendSystem(Rank to, const SystemMessage& msg) {
+  if (!last_frame_ || !SameMessage(msg, last_msg_)) {
+    last_msg_ = msg;
+    last_frame_ = std::make_shared<const Frame>(EncodeFrame(msg, system_mac_));
+  }
+  SendToPeer(to, last_frame_);
+}
+
+void NodeServer::SendSync(Rank to, const SyncMessage& msg) {
+  SendToPeer(to, std::make_shared<const Frame>(EncodeFrame(msg, system_mac_)));
+}
+
+void NodeServer::SendToPeer(Rank to, SharedFrame frame) {
+  auto it = peers_.find(to);
+  if (it == peers_.end()) return;
+  if (it->second->connected()) {
+    it->second->Send(std::move(frame));
+    return;
+  }
+  // Our link to a peer that just restarted may sit in its reconnect back-off for up to a
+  // second, while the peer's own link to us is up: answer on that one meanwhile.
+  auto in = inbound_.find(to);
+  if (in == inbound_.end()) return;
+  auto conn = in->second.lock();
+  if (!conn || conn->closed()) {
+    inbound_.erase(in);
+    return;
+  }
+  conn->Send(std::move(frame));
+}
+
+void NodeServer::NoteInbound(Rank from, Connection& conn) {
+  auto& slot = inbound_[from];
+  if (slot.lock().get() != &conn) slot = conn.weak_from_this();
+}
+
+}  // namespace atomdisk

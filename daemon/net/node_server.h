@@ -1,0 +1,92 @@
+// NodeServer: the Asio adapter around one node's NodeCore (daemon/core/node_core.h). It owns
+// what the core must not: the listening socket and the accepted connections, the outgoing
+// peer links, the 10 ms tick timer and the clocks. It checks frames before the core sees
+// them (system and sync frames are verified with the system key and decoded here; client
+// frames go to the core whole) and encodes what the core sends to peers.
+//
+// Threading: everything runs on the io_context's single thread, except the store's sync
+// thread, whose completions the core posts back to it (Post).
+#pragma once
+
+#include <boost/asio.hpp>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "common/config.h"
+#include "common/hmac.h"
+#include "daemon/core/node_core.h"
+#include "daemon/net/connection.h"
+#include "daemon/net/peer_link.h"
+
+namespace atomdisk {
+
+class NodeServer final : public FrameSink, public NodeCoreEnv {
+ public:
+  NodeServer(boost::asio::io_context& io, ClusterConfig config, Rank self,
+             std::unique_ptr<SectorStore> store, NodeMembership membership);
+  ~NodeServer() override;
+
+  // Binds the listening socket (the node's configured address). IOError if it cannot.
+  Status Listen();
+  // Starts accepting, the peer links and the tick timer; the core starts its Syncer (which
+  // decides whether this node votes) at a tick once the links are up.
+  Status Start();
+  // Stops accepting, closes every connection and link, cancels timers. The io_context's
+  // run() then returns once pending handlers finish.
+  void Stop();
+
+  std::uint16_t listen_port() const;
+
+  // Called (once, on the io thread) when the node cannot go on: its store failed a sync, or
+  // its Syncer could not start. The owner stops the loop and exits non-zero so that the
+  // service manager restarts it.
+  void SetOnFatal(std::function<void(const std::string&)> fn) { on_fatal_ = std::move(fn); }
+
+  // FrameSink
+  void OnFrame(Connection& conn, std::span<const std::uint8_t> body) override;
+
+  // NodeCoreEnv
+  void SendSystem(Rank to, const SystemMessage& msg) override;
+  void SendSync(Rank to, const SyncMessage& msg) override;
+  bool PeerConnected(Rank peer) override;
+  std::uint64_t PeerFramesDropped(Rank peer) override;
+  std::int64_t NowMs() override;
+  std::uint64_t WallClockMicros() override;
+  void Post(std::function<void()> fn) override;
+  Status SaveIdentity(const Identity& identity) override;
+  void Log(Level level, const std::string& line) override;
+  void Fatal(const std::string& why) override;
+
+ private:
+  boost::asio::awaitable<void> AcceptLoop();
+  boost::asio::awaitable<void> TickLoop();
+  void HandleSystem(Connection& conn, std::span<const std::uint8_t> body);
+  void HandleSync(Connection& conn, std::span<const std::uint8_t> body);
+  // Sends to a peer on our link to it, or, while that link is down, on the last connection
+  // the peer itself opened to us (remembered by NoteInbound for authenticated senders).
+  void SendToPeer(Rank to, SharedFrame frame);
+  void NoteInbound(Rank from, Connection& conn);
+
+  boost::asio::io_context& io_;
+  Rank self_;
+  std::string data_dir_;
+  Hmac system_mac_;
+  boost::asio::ip::tcp::acceptor acceptor_;
+  boost::asio::steady_timer tick_timer_;
+  std::unordered_map<Rank, std::unique_ptr<PeerLink>> peers_;
+  std::vector<std::weak_ptr<Connection>> accepted_;
+  std::unordered_map<Rank, std::weak_ptr<Connection>> inbound_;
+  bool stopped_ = false;
+  std::function<void(const std::string&)> on_fatal_;
+  // The last system frame encoded, reused when a register sends the same message to several
+  // peers (a WriteProc is signed once, not once per peer).
+  SystemMessage last_msg_;
+  SharedFrame last_frame_;
+  // Last: built from the other members, destroyed first (its store completions post here).
+  std::unique_ptr<NodeCore> core_;
+};
+
+}  // namespace atomdisk
