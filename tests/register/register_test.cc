@@ -639,6 +639,32 @@ TEST_F(RegisterTest, FailedPersistIsRetriedByTickSoTheRegisterCanGoIdle) {
   EXPECT_TRUE(reg_->Idle());
 }
 
+// A resync absorb whose own Persist failed while the absorb's separate store write succeeded
+// (daemon/core/node_core.cc): the store says the value is durable, so durable() follows at
+// once instead of waiting for the next tick's re-persist. Older or unknown values change
+// nothing.
+TEST_F(RegisterTest, DurableElsewhereAdvancesDurableOnlyToWhatItStored) {
+  MakeCluster(3);
+  reg_->Absorb(Triple{Tag{5, 2}, Fill(5)});
+  ASSERT_EQ(env_.TakePersisted().size(), 1u);
+  Persisted(Tag{5, 2}, Status::IOError("injected"));
+  EXPECT_EQ(reg_->durable().tag, Tag{});
+  EXPECT_FALSE(reg_->Idle());
+  // Above what the register stored: not something it holds, ignored.
+  reg_->OnDurableElsewhere(Triple{Tag{6, 2}, Fill(6)}, 1);
+  EXPECT_EQ(reg_->durable().tag, Tag{});
+  reg_->OnDurableElsewhere(Triple{Tag{5, 2}, Fill(5)}, 1);
+  reg_->CheckInvariants();
+  EXPECT_EQ(reg_->durable().tag, (Tag{5, 2}));
+  EXPECT_EQ(reg_->durable().data->at(0), 5);
+  EXPECT_TRUE(reg_->Idle());
+  // Below durable(): nothing moves back.
+  reg_->OnDurableElsewhere(Triple{Tag{1, 1}, Fill(1)}, 2);
+  EXPECT_EQ(reg_->durable().tag, (Tag{5, 2}));
+  Tick(10);
+  EXPECT_TRUE(env_.TakePersisted().empty()) << "nothing is left to re-persist";
+}
+
 // ---- the tag-only first phase (docs/REGISTER.md) ----
 
 // The ranks each content went to, in send order; every message must carry `id`.

@@ -1,0 +1,285 @@
+// Unit tests of the node core (daemon/core/node_core.cc) through a fake world: a NodeCoreEnv
+// that records what the core sends, logs and saves, a ClientChannel that records responses,
+// and a real SectorStore over an in-memory disk synced by hand. The simulator runs the same
+// core under faults (docs/SIMULATION.md); these pin down its start-up and client rules.
+#include "daemon/core/node_core.h"
+
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "daemon/store/mem_block_file.h"
+
+namespace atomdisk {
+namespace {
+
+ClusterConfig ThreeNodes() {
+  ClusterConfig c;
+  c.path = "test";
+  c.sectors = 1024;
+  c.client_key.assign(kClientKeySize, 0x11);
+  c.system_key.assign(kSystemKeySize, 0x22);
+  for (int i = 1; i <= 3; ++i) {
+    NodeConfig n;
+    n.rank = static_cast<Rank>(i);
+    n.host = "127.0.0.1";
+    n.port = static_cast<std::uint16_t>(7000 + i);
+    c.nodes.push_back(n);
+  }
+  return c;
+}
+
+class FakeWorld : public NodeCoreEnv, public NodeCoreObserver {
+ public:
+  void SendSystem(Rank to, const SystemMessage& msg) override { sent.push_back({to, msg}); }
+  void SendSync(Rank to, const SyncMessage& msg) override { sync_sent.push_back({to, msg}); }
+  bool PeerConnected(Rank) override { return links_up; }
+  std::uint64_t PeerFramesDropped(Rank) override { return 0; }
+  std::int64_t NowMs() override { return now_ms; }
+  std::uint64_t WallClockMicros() override { return 1'000'000'000; }
+  void Post(std::function<void()> fn) override { posted.push_back(std::move(fn)); }
+  Status SaveIdentity(const Identity& identity) override {
+    saved.push_back(identity);
+    return Status::Ok();
+  }
+  void Log(Level, const std::string& line) override { logs.push_back(line); }
+  void Fatal(const std::string& why) override { fatal.push_back(why); }
+  void OnStoreWrite(SectorIdx, const Triple&, bool) override {
+    identities_saved_at_first_write.push_back(saved.size());
+  }
+
+  void RunPosted() {
+    auto fns = std::move(posted);
+    posted.clear();
+    for (auto& fn : fns) fn();
+  }
+
+  struct Sent {
+    Rank to;
+    SystemMessage msg;
+  };
+  std::vector<Sent> sent;
+  std::vector<std::pair<Rank, SyncMessage>> sync_sent;
+  std::vector<std::function<void()>> posted;
+  std::vector<Identity> saved;
+  std::vector<std::string> logs, fatal;
+  std::vector<std::size_t> identities_saved_at_first_write;
+  bool links_up = false;
+  std::int64_t now_ms = 1000;
+};
+
+class RecordingChannel final : public ClientChannel,
+                               public std::enable_shared_from_this<RecordingChannel> {
+ public:
+  bool SendFrame(SharedFrame frame) override {
+    frames.push_back(*frame);
+    return true;
+  }
+  void CloseChannel(const std::string& reason) override { closed_because = reason; }
+  bool channel_closed() const override { return !closed_because.empty(); }
+  const std::string& channel_name() const override { return name; }
+  void OpStarted() override { ++open_ops; }
+  void OpFinished() override { --open_ops; }
+  std::weak_ptr<ClientChannel> WeakChannel() override { return weak_from_this(); }
+
+  std::vector<Frame> frames;
+  std::string closed_because;
+  std::string name = "test-client";
+  int open_ops = 0;
+};
+
+class NodeCoreTest : public ::testing::Test {
+ protected:
+  void MakeCore(std::optional<Identity> identity) {
+    SectorStore::Options o;
+    o.sectors = config_.sectors;
+    o.background_sync = false;
+    auto store = SectorStore::OpenOnFile(ShareBlockFile(disk_), o);
+    store_ = store.get();
+    NodeMembership m;
+    m.identity = std::move(identity);
+    m.store_empty = true;
+    NodeCoreOptions options = NodeCoreOptions::FromConfig(config_);
+    options.version = "test";
+    core_ = std::make_unique<NodeCore>(config_, 1, std::move(store), std::move(m), &world_,
+                                       std::move(options));
+    core_->SetObserver(&world_);
+  }
+  Identity VotingIdentity() {
+    Identity id;
+    id.cluster_id = config_.ClusterId();
+    id.rank = 1;
+    id.voting = true;
+    id.voters = {1, 2, 3};
+    return id;
+  }
+  // A client command signed with `key`, as the frame body the core takes (no length).
+  std::vector<std::uint8_t> CommandBody(const ClientCommand& cmd,
+                                        const std::vector<std::uint8_t>& key) {
+    Hmac mac(key);
+    Frame f = EncodeFrame(cmd, mac);
+    return std::vector<std::uint8_t>(f.begin() + kFrameLengthSize, f.end());
+  }
+  ClientResponse LastResponse() {
+    EXPECT_FALSE(channel_->frames.empty());
+    Hmac mac(config_.client_key);
+    auto body = std::span<const std::uint8_t>(channel_->frames.back()).subspan(kFrameLengthSize);
+    auto payload = VerifyFrameBody(body, mac);
+    EXPECT_TRUE(payload.ok());
+    auto resp = DecodeClientResponse(*payload);
+    EXPECT_TRUE(resp.ok());
+    return *resp;
+  }
+
+  ClusterConfig config_ = ThreeNodes();
+  std::shared_ptr<MemBlockFile> disk_ = std::make_shared<MemBlockFile>();
+  SectorStore* store_ = nullptr;
+  FakeWorld world_;
+  std::unique_ptr<NodeCore> core_;
+  std::shared_ptr<RecordingChannel> channel_ = std::make_shared<RecordingChannel>();
+};
+
+// A data_dir without IDENTITY: the Syncer (which saves one) starts inside Start, before the
+// core can store anything; otherwise a crash could leave data without IDENTITY, which the next
+// start would take for a store from before identities and let vote (docs/RESYNC.md).
+TEST_F(NodeCoreTest, WithoutIdentityTheSyncerSavesOneBeforeAnythingIsStored) {
+  MakeCore(std::nullopt);
+  core_->Start();
+  ASSERT_NE(core_->syncer_if_started(), nullptr) << "the Syncer waited for the links";
+  ASSERT_FALSE(world_.saved.empty());
+  EXPECT_FALSE(world_.saved.back().voting);
+  EXPECT_FALSE(core_->voting());
+  // A WriteProc from a peer is stored (a joining node stores WriteProcs) only after that.
+  SystemMessage wp;
+  wp.sender = 2;
+  wp.op_id.bytes[0] = 7;
+  wp.sector = 5;
+  wp.content = SystemContent::kWriteProc;
+  wp.tag = Tag{3, 2};
+  SectorData d;
+  d.fill(0xAB);
+  wp.data = MakeSector(d.data());
+  EXPECT_TRUE(core_->OnSystemMessage(wp));
+  ASSERT_EQ(world_.identities_saved_at_first_write.size(), 1u);
+  EXPECT_GE(world_.identities_saved_at_first_write[0], 1u);
+}
+
+// With IDENTITY the Syncer waits for the peer links (or 500 ms), so that its first Hellos
+// and Digests are not dropped by links still connecting.
+TEST_F(NodeCoreTest, WithIdentityTheSyncerWaitsForTheLinksOrHalfASecond) {
+  MakeCore(VotingIdentity());
+  core_->Start();
+  EXPECT_EQ(core_->syncer_if_started(), nullptr);
+  world_.now_ms += 100;
+  core_->Tick();
+  EXPECT_EQ(core_->syncer_if_started(), nullptr);
+  world_.links_up = true;
+  core_->Tick();
+  ASSERT_NE(core_->syncer_if_started(), nullptr);
+  EXPECT_TRUE(core_->voting());
+
+  // And with the links down it starts regardless after 500 ms.
+  core_.reset();
+  disk_ = std::make_shared<MemBlockFile>();
+  world_.links_up = false;
+  MakeCore(VotingIdentity());
+  core_->Start();
+  world_.now_ms += 499;
+  core_->Tick();
+  EXPECT_EQ(core_->syncer_if_started(), nullptr);
+  world_.now_ms += 1;
+  core_->Tick();
+  EXPECT_NE(core_->syncer_if_started(), nullptr);
+}
+
+TEST_F(NodeCoreTest, ClientFramesAreCheckedAndAnswered) {
+  MakeCore(VotingIdentity());
+  core_->Start();
+  // A wrong key: AuthFailure, echoing the request id; nothing started.
+  ClientCommand read;
+  read.request_id = 41;
+  read.sector = 3;
+  read.op = ClientOp::kRead;
+  auto bad = CommandBody(read, std::vector<std::uint8_t>(kClientKeySize, 0x99));
+  core_->OnClientFrame(*channel_, bad);
+  ClientResponse r = LastResponse();
+  EXPECT_EQ(r.status, ResponseStatus::kAuthFailure);
+  EXPECT_EQ(r.request_id, 41u);
+  EXPECT_EQ(channel_->open_ops, 0);
+  // A sector past the device: InvalidSectorIndex.
+  read.sector = config_.sectors;
+  auto beyond = CommandBody(read, config_.client_key);
+  core_->OnClientFrame(*channel_, beyond);
+  EXPECT_EQ(LastResponse().status, ResponseStatus::kInvalidSectorIndex);
+  // Info: JSON with the node's rank and version.
+  ClientCommand info;
+  info.request_id = 43;
+  info.op = ClientOp::kInfo;
+  auto body = CommandBody(info, config_.client_key);
+  core_->OnClientFrame(*channel_, body);
+  r = LastResponse();
+  ASSERT_EQ(r.status, ResponseStatus::kOk);
+  auto j = nlohmann::json::parse(r.info);
+  EXPECT_EQ(j["rank"], 1);
+  EXPECT_EQ(j["version"], "test");
+  EXPECT_EQ(j["peers"].size(), 2u);
+  // A frame that does not decode closes the connection.
+  std::vector<std::uint8_t> garbage(kMacSize + 3, 0);
+  core_->OnClientFrame(*channel_, garbage);
+  EXPECT_FALSE(channel_->closed_because.empty());
+}
+
+// A read this node coordinates goes to the peers; once a majority answers, the client gets
+// the value, and the channel's open operation is closed.
+TEST_F(NodeCoreTest, AReadIsAnsweredOnceAMajorityAnswers) {
+  MakeCore(VotingIdentity());
+  world_.links_up = true;
+  core_->Start();
+  core_->Tick();
+  ASSERT_TRUE(core_->voting());
+  world_.sent.clear();
+  ClientCommand read;
+  read.request_id = 9;
+  read.sector = 12;
+  read.op = ClientOp::kRead;
+  auto body = CommandBody(read, config_.client_key);
+  core_->OnClientFrame(*channel_, body);
+  EXPECT_EQ(channel_->open_ops, 1);
+  ASSERT_FALSE(world_.sent.empty());
+  const SystemMessage ask = world_.sent.front().msg;
+  SystemMessage answer = AnswerTo(
+      world_.sent.front().to, ask.op_id, ask.sector,
+      ask.content == SystemContent::kReadTag ? SystemContent::kTag : SystemContent::kValue);
+  answer.tag = Tag{};
+  if (answer.content == SystemContent::kValue) answer.data = ZeroSector();
+  EXPECT_TRUE(core_->OnSystemMessage(answer));
+  ClientResponse r = LastResponse();
+  EXPECT_EQ(r.status, ResponseStatus::kOk);
+  EXPECT_EQ(r.request_id, 9u);
+  ASSERT_NE(r.data, nullptr);
+  EXPECT_EQ(r.data->at(0), 0);
+  EXPECT_EQ(channel_->open_ops, 0);
+}
+
+TEST_F(NodeCoreTest, MessagesFromUnknownRanksOrOurselvesAreDropped) {
+  MakeCore(VotingIdentity());
+  core_->Start();
+  SystemMessage m;
+  m.content = SystemContent::kReadProc;
+  m.sector = 1;
+  m.sender = 1;  // ourselves
+  EXPECT_FALSE(core_->OnSystemMessage(m));
+  m.sender = 9;  // not in the cluster
+  EXPECT_FALSE(core_->OnSystemMessage(m));
+  SyncMessage s;
+  s.sender = 9;
+  EXPECT_FALSE(core_->OnSyncMessage(s));
+  EXPECT_TRUE(world_.sent.empty());
+}
+
+}  // namespace
+}  // namespace atomdisk
