@@ -103,11 +103,7 @@ int main(int argc, char** argv) {
   NodeServer node(io, std::move(config).value(), static_cast<Rank>(rank), std::move(store).value(),
                   std::move(membership));
   if (Status s = node.Listen(); !s.ok()) return Fail(1, s.message());
-  if (Status s = node.Start(); !s.ok()) return Fail(1, s.message());
-  spdlog::info("atomdiskd {} rank {} serving on {} (data_dir {})", kAtomdiskVersion, rank,
-               me.Address(), data_dir);
-  sd_notify(0, "READY=1");
-
+  // Before Start: a node that cannot save its IDENTITY fails inside it.
   int exit_code = 0;
   node.SetOnFatal([&](const std::string& why) {
     // Like PostgreSQL after a failed fsync: do not guess what reached the disk; restart
@@ -117,6 +113,12 @@ int main(int argc, char** argv) {
     node.Stop();
     io.stop();
   });
+  if (Status s = node.Start(); !s.ok()) return Fail(1, s.message());
+  if (exit_code != 0) return exit_code;  // failed inside Start (logged by the handler)
+  spdlog::info("atomdiskd {} rank {} serving on {} (data_dir {})", kAtomdiskVersion, rank,
+               me.Address(), data_dir);
+  sd_notify(0, "READY=1");
+
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
   std::mutex stop_mu;
   std::condition_variable stop_cv;

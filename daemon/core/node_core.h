@@ -101,6 +101,9 @@ struct NodeMembership {
 struct NodeCoreBugs {
   // A node without IDENTITY serves (and persists WriteProcs) before its Syncer has saved one.
   bool serve_before_identity = false;
+  // A resync absorb of a sector without a register goes straight to the store without
+  // keeping registers away until it is durable.
+  bool absorb_unguarded = false;
 };
 
 struct NodeCoreOptions {
@@ -128,7 +131,8 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   void SetObserver(NodeCoreObserver* observer) { observer_ = observer ? observer : &no_observer_; }
 
   // Arms the Syncer start: it starts at the first Tick at which every peer link is up, or
-  // 500 ms from now, so that its first Hellos reach the peers.
+  // 500 ms from now, so that its first Hellos reach the peers; without IDENTITY, at once.
+  // Once NodeCoreEnv::Fatal was called (here or later) the core handles nothing more.
   void Start();
   // Every 10 ms: ticks the registers (retransmissions), drops the idle ones, ticks the Syncer.
   void Tick();

@@ -43,6 +43,7 @@ class FakeWorld : public NodeCoreEnv, public NodeCoreObserver {
   std::uint64_t WallClockMicros() override { return 1'000'000'000; }
   void Post(std::function<void()> fn) override { posted.push_back(std::move(fn)); }
   Status SaveIdentity(const Identity& identity) override {
+    if (fail_saves) return Status::IOError("injected");
     saved.push_back(identity);
     return Status::Ok();
   }
@@ -69,6 +70,7 @@ class FakeWorld : public NodeCoreEnv, public NodeCoreObserver {
   std::vector<std::string> logs, fatal;
   std::vector<std::size_t> identities_saved_at_first_write;
   bool links_up = false;
+  bool fail_saves = false;
   std::int64_t now_ms = 1000;
 };
 
@@ -166,6 +168,32 @@ TEST_F(NodeCoreTest, WithoutIdentityTheSyncerSavesOneBeforeAnythingIsStored) {
   EXPECT_TRUE(core_->OnSystemMessage(wp));
   ASSERT_EQ(world_.identities_saved_at_first_write.size(), 1u);
   EXPECT_GE(world_.identities_saved_at_first_write[0], 1u);
+}
+
+// An IDENTITY that cannot be saved at start is fatal, and from then on the core stores and
+// answers nothing (the daemon exits; it must not store data without IDENTITY meanwhile).
+TEST_F(NodeCoreTest, AfterFatalNothingIsStoredOrAnswered) {
+  world_.fail_saves = true;
+  MakeCore(std::nullopt);
+  core_->Start();
+  ASSERT_EQ(world_.fatal.size(), 1u);
+  SystemMessage wp;
+  wp.sender = 2;
+  wp.sector = 5;
+  wp.content = SystemContent::kWriteProc;
+  wp.tag = Tag{3, 2};
+  wp.data = ZeroSector();
+  core_->OnSystemMessage(wp);
+  core_->Tick();
+  ClientCommand info;
+  info.request_id = 1;
+  info.op = ClientOp::kInfo;
+  auto body = CommandBody(info, config_.client_key);
+  core_->OnClientFrame(*channel_, body);
+  EXPECT_TRUE(world_.identities_saved_at_first_write.empty()) << "stored after Fatal";
+  EXPECT_TRUE(channel_->frames.empty());
+  EXPECT_TRUE(world_.sent.empty());
+  EXPECT_EQ(world_.fatal.size(), 1u);
 }
 
 // With IDENTITY the Syncer waits for the peer links (or 500 ms), so that its first Hellos

@@ -44,6 +44,8 @@ const char* SimBugName(SimBug bug) {
       return "lease-forgotten";
     case SimBug::kServeBeforeIdentity:
       return "serve-before-identity";
+    case SimBug::kAbsorbUnguarded:
+      return "absorb-unguarded";
   }
   return "?";
 }
@@ -55,6 +57,7 @@ const char* SimBugLayer(SimBug bug) {
     case SimBug::kMinorityQuorum:
       return "register";
     case SimBug::kServeBeforeIdentity:
+    case SimBug::kAbsorbUnguarded:
       return "node";
     case SimBug::kJoinerVotes:
     case SimBug::kLeaseForgotten:
@@ -83,6 +86,9 @@ const char* SimBugWhat(SimBug bug) {
       return "a restarted node writes below its earlier write ts lease";
     case SimBug::kServeBeforeIdentity:
       return "a node without IDENTITY persists WriteProcs before its Syncer saved one";
+    case SimBug::kAbsorbUnguarded:
+      return "a resync absorb goes to the store with nothing keeping a register from "
+             "taking its pending value for durable";
     case SimBug::kNone:
       break;
   }
@@ -90,9 +96,9 @@ const char* SimBugWhat(SimBug bug) {
 }
 
 std::vector<SimBug> AllSimBugs() {
-  return {SimBug::kSkipImpose,         SimBug::kAckBeforePersist, SimBug::kMinorityQuorum,
-          SimBug::kForgetOnRestart,    SimBug::kJoinerVotes,      SimBug::kLeaseForgotten,
-          SimBug::kServeBeforeIdentity};
+  return {SimBug::kSkipImpose,          SimBug::kAckBeforePersist, SimBug::kMinorityQuorum,
+          SimBug::kForgetOnRestart,     SimBug::kJoinerVotes,      SimBug::kLeaseForgotten,
+          SimBug::kServeBeforeIdentity, SimBug::kAbsorbUnguarded};
 }
 
 std::optional<SimBug> ParseSimBug(std::string_view name) {
@@ -318,8 +324,16 @@ class Simulator {
     void Post(std::function<void()> fn) override {
       sim_->nodes_[node_]->posted.push_back(std::move(fn));
     }
+    // An injected failure leaves the previous IDENTITY, as a failed write of the temporary
+    // file before its rename does (daemon/store/identity.cc).
     Status SaveIdentity(const Identity& identity) override {
-      sim_->nodes_[node_]->identity = identity;
+      auto& node = *sim_->nodes_[node_];
+      if (node.fail_identity_writes > 0) {
+        --node.fail_identity_writes;
+        sim_->Trace("node " + std::to_string(node_ + 1) + ": IDENTITY write fails (injected)");
+        return Status::IOError("IDENTITY write failed (injected)");
+      }
+      node.identity = identity;
       return Status::Ok();
     }
     void Log(Level level, const std::string& line) override {
@@ -400,6 +414,7 @@ class Simulator {
     bool sync_scheduled = false;
     bool disk_slow = false;
     std::uint64_t disk_slow_gen = 0;
+    int fail_identity_writes = 0;  // injected: the next IDENTITY saves fail
     // Value id of each (sector, tag) handed to the store, for the durable notes.
     std::map<std::pair<SectorIdx, Tag>, std::uint64_t> write_ids;
     // What the simulator knows is durable here, independently of the register: OK store
@@ -491,6 +506,9 @@ class Simulator {
   void ScheduleTick(int n);
   void CheckDiskHolds(int n, const char* when);
   void CheckAfterEvent();
+  // Crashes and restarts every node whose core called Fatal during the last event, as
+  // atomdiskd exits and systemd restarts it.
+  void ReapFatal();
   void NoteDurable(int n, SectorIdx sector, Tag tag, std::uint64_t value_id);
   void NoteTagValue(SectorIdx sector, Tag tag, std::uint64_t value_id, const char* where);
   // Whether some disk, register, waiting absorb or message in flight still holds this value.
@@ -906,17 +924,6 @@ void Simulator::RunSync(int n) {
     fn();
   }
   if (failed()) return;
-  if (node.fatal) {
-    // The core gave up (its store failed a sync): the daemon exits and systemd restarts it,
-    // losing what was not synced.
-    Trace("node " + std::to_string(node.rank) + " exits: " + *node.fatal + "; it restarts");
-    Crash(n);
-    Event e;
-    e.type = EventType::kRestart;
-    e.node = n;
-    At(Range(1, 50) * kUsPerMs, std::move(e));
-    return;
-  }
   if (node.persists_in_flight > 0) ScheduleSync(n);
 }
 
@@ -1592,12 +1599,21 @@ void Simulator::Nemesis() {
       int n = static_cast<int>(Below(n_nodes));
       if (!nodes_[n]->up) return;
       ++result_.stats.disk_faults;
-      if (Chance(500)) {
-        nodes_[n]->disk->FailNextWrites(1);
-        Trace("disk node " + std::to_string(n + 1) + ": next write fails");
-      } else {
-        nodes_[n]->disk->FailNextSyncs(1);
-        Trace("disk node " + std::to_string(n + 1) + ": next sync fails");
+      switch (Below(5)) {
+        case 0:
+        case 1:
+          nodes_[n]->disk->FailNextWrites(1);
+          Trace("disk node " + std::to_string(n + 1) + ": next write fails");
+          break;
+        case 2:
+        case 3:
+          nodes_[n]->disk->FailNextSyncs(1);
+          Trace("disk node " + std::to_string(n + 1) + ": next sync fails");
+          break;
+        default:
+          nodes_[n]->fail_identity_writes = 1;
+          Trace("disk node " + std::to_string(n + 1) + ": next IDENTITY write fails");
+          break;
       }
       return;
     }
@@ -1671,6 +1687,7 @@ void Simulator::HealAll() {
     Node& node = *nodes_[i];
     node.disk->FailNextWrites(0);
     node.disk->FailNextSyncs(0);
+    node.fail_identity_writes = 0;
     node.disk_slow = false;
     if (!node.up) Restart(static_cast<int>(i));
   }
@@ -1764,6 +1781,7 @@ void Simulator::CheckConvergence() {
     now_us_ = e.time_us;
     ++result_.stats.events;
     Dispatch(e);
+    if (!failed()) ReapFatal();
     if (!failed()) CheckAfterEvent();
   }
   if (failed()) return;
@@ -1816,6 +1834,19 @@ void Simulator::CheckConvergence() {
 
 // ---------------------------------------------------------------------------------------
 // The run.
+
+void Simulator::ReapFatal() {
+  for (std::size_t i = 0; i < nodes_.size(); ++i) {
+    Node& node = *nodes_[i];
+    if (!node.up || !node.fatal) continue;
+    Trace("node " + std::to_string(node.rank) + " exits: " + *node.fatal + "; it restarts");
+    Crash(static_cast<int>(i));
+    Event e;
+    e.type = EventType::kRestart;
+    e.node = static_cast<int>(i);
+    At(Range(1, 50) * kUsPerMs, std::move(e));
+  }
+}
 
 void Simulator::CheckAfterEvent() {
   for (std::size_t i = 0; i < nodes_.size() && !failed(); ++i) {
@@ -1936,7 +1967,9 @@ SimResult Simulator::Run() {
   core_options_.registers.bugs = bugs;
   core_options_.registers.thrifty_collect = thrifty;
   SyncerOptions& so = core_options_.syncer;
-  so.rate_bytes_per_s = 0;
+  // A quarter of the seeds pull under the resync rate limit, 0.4-4 MB/s of virtual time
+  // (100-1000 sectors a second), so that passes and joins last through faults.
+  so.rate_bytes_per_s = Chance(250) ? static_cast<double>(Range(1, 10)) * 100 * 4096 : 0;
   so.hello_interval_ms = kHelloIntervalMs;
   so.joining_hello_interval_ms = kJoiningHelloIntervalMs;
   so.request_timeout_ms = kSyncRequestTimeoutMs;
@@ -1945,6 +1978,7 @@ SimResult Simulator::Run() {
   so.scrub_interval_ms = 0;
   so.bug_joiner_votes = options_.bug == SimBug::kJoinerVotes;
   core_options_.bugs.serve_before_identity = options_.bug == SimBug::kServeBeforeIdentity;
+  core_options_.bugs.absorb_unguarded = options_.bug == SimBug::kAbsorbUnguarded;
 
   blocked_.assign(n_nodes, std::vector<bool>(n_nodes, false));
   for (int i = 0; i < n_nodes; ++i) {
@@ -1974,7 +2008,11 @@ SimResult Simulator::Run() {
         std::to_string(retransmit_max_ms) + "ms" +
         (fresh_cluster_ ? ", new cluster" : ", voting identities") +
         (old_node_ >= 0 ? ", node " + std::to_string(old_node_ + 1) + " without tag reads" : "") +
-        (thrifty ? ", thrifty collect" : ""));
+        (thrifty ? ", thrifty collect" : "") +
+        (so.rate_bytes_per_s > 0
+             ? ", resync limit " + std::to_string(static_cast<std::uint64_t>(so.rate_bytes_per_s)) +
+                   " B/s"
+             : ""));
   for (int i = 0; i < n_nodes && !failed(); ++i) StartNode(i);
   for (int i = 0; i < n_nodes; ++i) ScheduleTick(i);
   for (int c = 0; c < p_.clients; ++c) {
@@ -1993,6 +2031,7 @@ SimResult Simulator::Run() {
     now_us_ = e.time_us;
     ++result_.stats.events;
     Dispatch(e);
+    if (!failed()) ReapFatal();
     if (!failed()) CheckAfterEvent();
   };
 

@@ -40,6 +40,7 @@ enum class SimBug {
   kJoinerVotes,       // a node with a replaced disk votes at once (SyncerOptions::bug_joiner_votes)
   kLeaseForgotten,    // a restarted node's writes do not start above its earlier write ts lease
   kServeBeforeIdentity,  // a node without IDENTITY persists before its Syncer saved one
+  kAbsorbUnguarded,      // a resync absorb lets a register be built from its pending value
 };
 
 // "skip-impose", ... ; "none" for kNone.
