@@ -178,15 +178,11 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   void SetPeerFeatures(Rank peer, std::uint8_t features) override;
 
   const ClusterConfig& config() const { return config_; }
-  Rank self() const { return self_; }
   bool voting() const { return register_config_.votes; }
-  const RegisterConfig& register_config() const { return register_config_; }
   std::size_t active_registers() const { return registers_.size(); }
-  std::size_t ops_in_flight() const { return client_ops_.size(); }
   // Null before Start's first tick; for status and for the simulator's checks.
   Syncer* syncer_if_started() { return sync_started_ ? syncer_.get() : nullptr; }
   Syncer& syncer() { return *syncer_; }
-  SectorStore& store() { return *store_; }
   // The register of `sector` if one exists (for the simulator's checks; no effects).
   const Register* FindRegisterForChecks(SectorIdx sector) const;
   // Calls fn for every register (for the simulator's invariant checks).
