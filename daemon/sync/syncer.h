@@ -54,7 +54,7 @@
 #include "common/status.h"
 #include "common/sync_wire.h"
 #include "common/types.h"
-#include "daemon/store/identity.h"
+#include "daemon/sync/identity.h"
 
 namespace atomdisk {
 

@@ -23,7 +23,7 @@
 #include "common/status.h"
 #include "common/sync_wire.h"
 #include "common/types.h"
-#include "daemon/store/identity.h"
+#include "daemon/sync/identity.h"
 
 namespace atomdisk {
 namespace {
