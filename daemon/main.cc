@@ -18,8 +18,8 @@
 #include "common/config.h"
 #include "common/logging.h"
 #include "daemon/net/node_server.h"
-#include "daemon/store/identity.h"
 #include "daemon/store/sector_store.h"
+#include "daemon/sync/identity.h"
 #include "daemon/version.h"
 
 namespace {

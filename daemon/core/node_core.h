@@ -32,7 +32,7 @@
 #include "common/wire.h"
 #include "daemon/core/client_channel.h"
 #include "daemon/register/register.h"
-#include "daemon/store/identity.h"
+#include "daemon/sync/identity.h"
 #include "daemon/store/sector_store.h"
 #include "daemon/sync/syncer.h"
 
@@ -54,7 +54,7 @@ class NodeCoreEnv {
   virtual std::uint64_t WallClockMicros() = 0;
   // Runs `fn` later on the core's thread (called from the store's sync thread).
   virtual void Post(std::function<void()> fn) = 0;
-  // Saves data_dir/IDENTITY durably (daemon/store/identity.h).
+  // Saves data_dir/IDENTITY durably (daemon/sync/identity.h).
   virtual Status SaveIdentity(const Identity& identity) = 0;
   // An event worth one log line.
   enum class Level { kInfo, kWarn };

@@ -41,6 +41,10 @@
 // newest value found is absorbed if it is newer than ours (the store writes it over the
 // corrupt slot). Counts what it found, repaired, and could not repair.
 //
+// Code: syncer.cc routes events to the parts, each in its own file of this folder and
+// internal to it: membership.h, resync_pass.h (with rate_limiter.h), sync_server.h,
+// scrub.h, bucket_digests.h, over the shared sync_context.h; identity.h is the IDENTITY file.
+//
 // Thread-compatible: one thread (the node's loop) makes every call.
 #pragma once
 
@@ -54,7 +58,7 @@
 #include "common/status.h"
 #include "common/sync_wire.h"
 #include "common/types.h"
-#include "daemon/store/identity.h"
+#include "daemon/sync/identity.h"
 
 namespace atomdisk {
 

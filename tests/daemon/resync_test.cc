@@ -28,8 +28,8 @@
 #include <vector>
 
 #include "client/client.h"
-#include "daemon/store/identity.h"
 #include "daemon/store/sector_store.h"
+#include "daemon/sync/identity.h"
 #include "daemon/sync/syncer.h"
 #include "tests/daemon/daemon_test_util.h"
 #include "tests/daemon/raw_client.h"

@@ -19,7 +19,7 @@
 #include "daemon/core/node_core.h"
 #include "daemon/register/register.h"
 #include "daemon/store/faulty_block_file.h"
-#include "daemon/store/identity.h"
+#include "daemon/sync/identity.h"
 #include "daemon/store/mem_block_file.h"
 #include "daemon/store/sector_store.h"
 #include "daemon/sync/syncer.h"
@@ -325,7 +325,7 @@ class Simulator {
       sim_->nodes_[node_]->posted.push_back(std::move(fn));
     }
     // An injected failure leaves the previous IDENTITY, as a failed write of the temporary
-    // file before its rename does (daemon/store/identity.cc).
+    // file before its rename does (daemon/sync/identity.cc).
     Status SaveIdentity(const Identity& identity) override {
       auto& node = *sim_->nodes_[node_];
       if (node.fail_identity_writes > 0) {

@@ -1,4 +1,4 @@
-#include "daemon/store/identity.h"
+#include "daemon/sync/identity.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>

@@ -1,6 +1,6 @@
 // The IDENTITY file: TOML parsed with toml++, written atomically (docs/RESYNC.md).
 
-#include "daemon/store/identity.h"
+#include "daemon/sync/identity.h"
 
 #include <errno.h>
 #include <fcntl.h>

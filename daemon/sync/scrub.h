@@ -1,0 +1,87 @@
+// Scrub: reads every stored sector with full checksum checks and repairs bad ones from peers
+// (docs/RESYNC.md, "Scrub"). Internal to daemon/sync/ (see sync_context.h).
+//
+// A run checks scrub_buckets_per_tick buckets per Tick. A sector with a bad slot is fetched
+// from every peer (its own Fetch requests, apart from the resync pass's); once
+// RequiredSources() peers answered, the newest value any of them holds is absorbed if it is
+// newer than ours (the store writes it over the corrupt slot), else the bad slot is counted
+// stale (older than the valid one: the next write overwrites it). A repair whose peers do not
+// answer within kScrubRepairTimeouts request timeouts counts as unrepaired. At most
+// kMaxScrubRepairs repairs are pending at once; the run waits for them before it scans on.
+// Periodic runs every scrub_interval_ms after the previous one ended. Thread-compatible.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <vector>
+
+#include "common/status.h"
+#include "common/sync_wire.h"
+#include "common/types.h"
+#include "daemon/sync/bucket_digests.h"
+#include "daemon/sync/sync_context.h"
+#include "daemon/sync/syncer.h"
+
+namespace atomdisk {
+
+class Scrub {
+ public:
+  Scrub(SyncContext& ctx, BucketDigests& digests) : ctx_(ctx), digests_(digests) {}
+
+  // At Syncer start: schedules the first periodic run (if any).
+  void Schedule(std::int64_t now_ms);
+  // Starts a run; Busy if one is running.
+  Status Start(std::int64_t now_ms);
+  // Starts a periodic run when due, then scans a chunk, times out repairs and re-sends
+  // unanswered fetches.
+  void Tick(std::int64_t now_ms);
+  // A reply from a peer: true if it answers a request of the scrub (handled), false if the
+  // request id is not the scrub's.
+  bool OnReply(const SyncMessage& msg, std::int64_t now_ms);
+  // An Absorb finished: true if `token` was the scrub's (handled), false otherwise.
+  bool OnAbsorbed(std::uint64_t token, const Status& status, std::int64_t now_ms);
+
+  void FillStatus(SyncStatus::Scrub& out) const;
+  void CheckInvariants() const;
+
+ private:
+  struct Repair {
+    Tag own;
+    std::map<Rank, std::optional<Triple>> answers;
+    std::int64_t start_ms = 0;
+    bool absorbing = false;
+  };
+  // A Fetch request to one peer, by request id.
+  struct Request {
+    Rank to = 0;
+    std::vector<SectorIdx> sectors;
+    std::int64_t sent_ms = 0;
+    int sends = 1;
+  };
+  struct AbsorbToken {
+    SectorIdx sector = 0;
+    Tag tag;
+  };
+  struct Run {
+    bool active = false;
+    std::uint64_t bucket = 0;
+    std::map<SectorIdx, Repair> repairs;
+    std::uint64_t checked = 0, corrupt = 0, repaired = 0, unrepaired = 0, stale = 0;
+    std::uint64_t runs_done = 0;
+    std::int64_t start_ms = 0;
+  };
+
+  void ScanChunk(std::int64_t now_ms);
+  void OnFetchReply(const SyncMessage& msg, const Request& req, std::int64_t now_ms);
+  void MaybeFinish(std::int64_t now_ms);
+
+  SyncContext& ctx_;
+  BucketDigests& digests_;
+  Run run_;
+  std::map<std::uint64_t, Request> requests_;
+  std::map<std::uint64_t, AbsorbToken> absorb_tokens_;
+  std::int64_t next_run_ms_ = -1;
+};
+
+}  // namespace atomdisk
