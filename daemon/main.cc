@@ -7,7 +7,7 @@
 // (cannot listen, data_dir in use by another process, I/O errors, permissions); 2 bad command
 // line or configuration, which no restart cures (bad flags or config, a data_dir whose parent
 // is missing or that is not a folder, a device shrunk below the data stored, a data_dir
-// whose IDENTITY names another cluster or rank or is unreadable as one). atomdiskd@.service
+// whose IDENTITY names another cluster or rank or does not parse). atomdiskd@.service
 // restarts on 1, not on 2 (RestartPreventExitStatus=2).
 //
 // Every line on stderr, start-up errors included, has the form of common/logging.h.
