@@ -338,7 +338,11 @@ Status WriteNewCluster(const std::string& dir, const std::vector<std::string>& a
                            0600);
   }
   if (s.ok()) s = WriteFileExclusive((d / "cluster.toml").string(), toml, 0644);
-  return s;
+  if (!s.ok()) return s;
+  // The parent of every data_dir above: atomdiskd creates a missing data_dir, never its parent.
+  fs::create_directory(d / "data", ec);
+  if (ec) return Status::IOError("cannot create " + (d / "data").string() + ": " + ec.message());
+  return Status::Ok();
 }
 
 }  // namespace atomdisk

@@ -77,8 +77,9 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use =
 Status ParseHostPort(const std::string& text, std::string* host, std::uint16_t* port);
 
 // Writes a new cluster: cluster.toml plus fresh random client.key and system.key (mode 0600)
-// in `dir`, nodes ranked 1.. in the order given, data_dir "data/RANK". Refuses to overwrite
-// an existing cluster.toml or key file.
+// in `dir`, nodes ranked 1.. in the order given, data_dir "data/RANK", and the folder
+// `dir`/data for them (atomdiskd creates a data_dir but never its parent). Refuses to
+// overwrite an existing cluster.toml or key file.
 Status WriteNewCluster(const std::string& dir, const std::vector<std::string>& addresses,
                        std::uint64_t sectors);
 

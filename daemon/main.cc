@@ -3,15 +3,20 @@
 //   atomdiskd --config cluster.toml --rank 1 [--data-dir DIR] [--log-level LEVEL]
 //             [--preallocate]
 //
-// Exit codes: 0 clean stop (SIGTERM/SIGINT), 1 runtime failure (cannot listen, data_dir in
-// use or unusable), 2 bad command line or configuration.
+// Exit codes: 0 clean stop (SIGTERM/SIGINT); 1 runtime failure, which a restart may cure
+// (cannot listen, data_dir in use by another process, I/O errors, permissions); 2 bad command
+// line or configuration, which no restart cures (bad flags or config, a data_dir whose parent
+// is missing or that is not a folder, a device shrunk below the data stored, a data_dir
+// whose IDENTITY names another cluster or rank or does not parse). atomdiskd@.service
+// restarts on 1, not on 2 (RestartPreventExitStatus=2).
+//
+// Every line on stderr, start-up errors included, has the form of common/logging.h.
 #include <spdlog/spdlog.h>
 #include <systemd/sd-daemon.h>
 
 #include <CLI/CLI.hpp>
 #include <boost/asio.hpp>
 #include <condition_variable>
-#include <cstdio>
 #include <mutex>
 #include <thread>
 
@@ -24,8 +29,12 @@
 
 namespace {
 
+constexpr int kExitRuntime = 1;
+constexpr int kExitConfig = 2;
+
+// Logs why the daemon does not start (one error line) and returns `code`.
 int Fail(int code, const std::string& message) {
-  std::fprintf(stderr, "atomdiskd: %s\n", message.c_str());
+  spdlog::error("{}", message);
   return code;
 }
 
@@ -50,76 +59,98 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    // A bad command line is logged like any other start-up error.
+    (void)SetupLogging("info", "atomdiskd");
+    return Fail(kExitConfig, std::string(e.what()) + " (atomdiskd --help lists the flags)");
   }
 
-  if (Status s = SetupLogging(log_level, "atomdiskd"); !s.ok()) return Fail(2, s.message());
+  // Sets up logging at info even when the level is bad, so that this too is logged.
+  if (Status s = SetupLogging(log_level, "atomdiskd"); !s.ok()) {
+    return Fail(kExitConfig, "--log-level: " + s.message());
+  }
   auto config = LoadClusterConfig(config_path);
-  if (!config.ok()) return Fail(2, config.status().message());
+  if (!config.ok()) return Fail(kExitConfig, config.status().message());
   for (const std::string& w : config->warnings) spdlog::warn("{}", w);
   if (rank < 1 || rank > kMaxRank || !config->FindNode(static_cast<Rank>(rank))) {
-    return Fail(2, config_path + ": no node with rank " + std::to_string(rank));
+    return Fail(kExitConfig, config_path + ": no node with rank " + std::to_string(rank));
   }
   const NodeConfig& me = *config->FindNode(static_cast<Rank>(rank));
   if (data_dir.empty()) data_dir = me.data_dir;
   if (data_dir.empty()) {
-    return Fail(2, config_path + ": node " + std::to_string(rank) +
-                       " has no data_dir; give one there or with --data-dir");
+    return Fail(kExitConfig, config_path + ": node " + std::to_string(rank) +
+                                 " has no data_dir; give one there or with --data-dir");
   }
 
   SectorStore::Options store_options;
   store_options.sectors = config->sectors;
   store_options.preallocate = preallocate;
   auto store = SectorStore::Open(data_dir, store_options);
-  if (!store.ok()) return Fail(1, store.status().message());
+  if (!store.ok()) {
+    // InvalidArgument: the data_dir or the device size as configured cannot work (a missing
+    // parent, not a folder, data past the configured end); anything else may pass.
+    const bool config_error = store.status().code() == StatusCode::kInvalidArgument;
+    return Fail(config_error ? kExitConfig : kExitRuntime, store.status().message());
+  }
 
   // Which cluster and rank this data_dir belongs to, and whether it may vote
   // (docs/RESYNC.md).
   NodeMembership membership;
   membership.data_dir = data_dir;
   auto identity = LoadIdentity(data_dir);
-  if (!identity.ok()) return Fail(1, identity.status().message());
+  if (!identity.ok()) {
+    if (identity.status().code() == StatusCode::kCorruption) {
+      // No restart makes it readable. Without it the node rejoins like an empty disk.
+      return Fail(kExitConfig, identity.status().message() +
+                                   "; move it away to let the node rejoin (docs/OPERATIONS.md)");
+    }
+    return Fail(kExitRuntime, identity.status().message());
+  }
   membership.identity = *identity;
   if (membership.identity) {
     const Identity& id = *membership.identity;
     if (id.cluster_id != config->ClusterId()) {
-      return Fail(2, IdentityPath(data_dir) + " belongs to cluster " + id.cluster_id.ToString() +
-                         ", but " + config_path + " is cluster " + config->ClusterId().ToString() +
-                         "; refusing to mix them (wrong data_dir or wrong config?)");
+      return Fail(kExitConfig, IdentityPath(data_dir) + " belongs to cluster " +
+                                   id.cluster_id.ToString() + ", but " + config_path +
+                                   " is cluster " + config->ClusterId().ToString() +
+                                   "; refusing to mix them (wrong data_dir or wrong config?)");
     }
     if (id.rank != rank) {
-      return Fail(2, IdentityPath(data_dir) + " belongs to rank " + std::to_string(id.rank) +
-                         ", not " + std::to_string(rank) + "; refusing to start");
+      return Fail(kExitConfig, IdentityPath(data_dir) + " belongs to rank " +
+                                   std::to_string(id.rank) + ", not " + std::to_string(rank) +
+                                   "; refusing to start");
     }
   } else {
     bool any = false;
     Status s = (*store)->ScanRange(0, config->sectors, /*verify_all=*/false,
                                    [&](SectorIdx, Tag, bool) { any = true; });
-    if (!s.ok()) return Fail(1, "cannot scan " + data_dir + ": " + s.message());
+    if (!s.ok()) return Fail(kExitRuntime, "cannot scan " + data_dir + ": " + s.message());
     membership.store_empty = !any;
   }
 
   boost::asio::io_context io(1);
   NodeServer node(io, std::move(config).value(), static_cast<Rank>(rank), std::move(store).value(),
                   std::move(membership));
-  if (Status s = node.Listen(); !s.ok()) return Fail(1, s.message());
+  // Before Listen: once a client can connect, SIGTERM must already mean a clean stop (until
+  // the wait below, signals are queued).
+  boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+  if (Status s = node.Listen(); !s.ok()) return Fail(kExitRuntime, s.message());
   // Before Start: a node that cannot save its IDENTITY fails inside it.
   int exit_code = 0;
   node.SetOnFatal([&](const std::string& why) {
     // Like PostgreSQL after a failed fsync: do not guess what reached the disk; restart
     // (systemd's Restart=on-failure) and read it back.
     spdlog::critical("{}; exiting so that the node restarts and rereads its disk", why);
-    exit_code = 1;
+    exit_code = kExitRuntime;
     node.Stop();
     io.stop();
   });
-  if (Status s = node.Start(); !s.ok()) return Fail(1, s.message());
+  if (Status s = node.Start(); !s.ok()) return Fail(kExitRuntime, s.message());
   if (exit_code != 0) return exit_code;  // failed inside Start (logged by the handler)
   spdlog::info("atomdiskd {} rank {} serving on {} (data_dir {})", kAtomdiskVersion, rank,
                me.Address(), data_dir);
   sd_notify(0, "READY=1");
 
-  boost::asio::signal_set signals(io, SIGINT, SIGTERM);
   std::mutex stop_mu;
   std::condition_variable stop_cv;
   bool loop_done = false;

@@ -185,23 +185,41 @@ std::string Parent(const std::string& path) {
   return path.substr(0, slash);
 }
 
-// mkdir -p: the last component gets `mode`, missing parents 0755. Syncs the parent of every
-// directory it creates.
-Status MakeDirs(const std::string& path, mode_t mode) {
+// Creates data_dir if missing, mode 0700, and syncs its parent; only that last component,
+// never a missing parent: a typo or a disk that is not mounted must not put a node's data on
+// the wrong file system. InvalidArgument when the parent is missing or not a folder, or when
+// data_dir is something other than a folder (what the configuration names cannot work);
+// IOError for the rest (permissions, I/O).
+Status CreateDataDir(const std::string& path) {
   std::string p = path;
   while (p.size() > 1 && p.back() == '/') p.pop_back();
   struct stat st;
   if (::stat(p.c_str(), &st) == 0) {
-    if (!S_ISDIR(st.st_mode)) return Status::IOError("data_dir " + p + " is not a directory");
+    if (!S_ISDIR(st.st_mode)) {
+      return Status::InvalidArgument("data_dir " + p + " is not a directory");
+    }
     return Status::Ok();
+  }
+  if (errno == ENOTDIR) {
+    return Status::InvalidArgument("data_dir " + p +
+                                   ": a component of its path is not a directory");
   }
   if (errno != ENOENT) return Status::FromErrno("stat " + p, errno);
   const std::string parent = Parent(p);
-  if (parent != p) {
-    Status s = MakeDirs(parent, 0755);
-    if (!s.ok()) return s;
+  if (::stat(parent.c_str(), &st) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) {
+      return Status::InvalidArgument(
+          "data_dir " + p + ": its parent " + parent +
+          " does not exist (a typo, or a disk not mounted?); create the parent first: atomdiskd "
+          "creates only the data_dir itself");
+    }
+    return Status::FromErrno("stat " + parent, errno);
   }
-  if (::mkdir(p.c_str(), mode) != 0 && errno != EEXIST) {
+  if (!S_ISDIR(st.st_mode)) {
+    return Status::InvalidArgument("data_dir " + p + ": its parent " + parent +
+                                   " is not a directory");
+  }
+  if (::mkdir(p.c_str(), 0700) != 0 && errno != EEXIST) {
     return Status::FromErrno("mkdir " + p, errno);
   }
   return FsyncPath(parent);
@@ -771,7 +789,7 @@ Result<std::unique_ptr<SectorStore>> SectorStore::Open(const std::string& data_d
   Status s = CheckOptions(options);
   if (!s.ok()) return s;
   if (data_dir.empty()) return Status::InvalidArgument("empty data_dir");
-  s = MakeDirs(data_dir, 0700);
+  s = CreateDataDir(data_dir);
   if (!s.ok()) return s;
   Result<int> lock_fd = LockDataDir(data_dir);
   if (!lock_fd.ok()) return lock_fd.status();

@@ -52,14 +52,14 @@ class SectorStore {
   };
   using WriteCallback = std::function<void(Status)>;
 
-  // Opens the store in data_dir (created if missing, mode 0700): takes an exclusive lock on
-  // data_dir/LOCK (Busy if another process holds it: "data_dir X is in use by pid N"),
-  // opens or creates data_dir/sectors.dat (preallocating it if asked, see Options). InvalidArgument
-  // if the file holds data past the device's end (was it shrunk?). Both Open and OpenOnFile
-  // fdatasync the file once
-  // before anything is read, so that writes a dead process left unsynced in the OS cache are
-  // durable before this store can read them (IOError from Open if that fails; OpenOnFile
-  // then returns a store that refuses everything with IOError).
+  // Opens the store in data_dir (created if missing, mode 0700, but never its parent:
+  // InvalidArgument if the parent is missing or data_dir is not a folder): takes an exclusive lock
+  // on data_dir/LOCK (Busy if another process holds it: "data_dir X is in use by pid N"), opens or
+  // creates data_dir/sectors.dat (preallocating it if asked, see Options). InvalidArgument if the
+  // file holds data past the device's end (was it shrunk?). Both Open and OpenOnFile fdatasync the
+  // file once before anything is read, so that writes a dead process left unsynced in the OS cache
+  // are durable before this store can read them (IOError from Open if that fails; OpenOnFile then
+  // returns a store that refuses everything with IOError).
   static Result<std::unique_ptr<SectorStore>> Open(const std::string& data_dir, Options options);
   // Over an already-open file, without a lock (tests and the simulator).
   static std::unique_ptr<SectorStore> OpenOnFile(std::unique_ptr<BlockFile> file, Options options);

@@ -458,6 +458,10 @@ TEST_F(ConfigTest, WriteNewClusterRoundTrip) {
     EXPECT_EQ(c.nodes[i].Address(), addresses[i]);
     EXPECT_EQ(c.nodes[i].data_dir, (out / "data" / std::to_string(i + 1)).string());
   }
+  // The data_dirs' parent exists (atomdiskd creates a data_dir, never its parent); the
+  // data_dirs themselves do not yet.
+  EXPECT_TRUE(fs::is_directory(out / "data"));
+  EXPECT_FALSE(fs::exists(out / "data" / "1"));
 
   // A second cluster elsewhere gets different keys.
   ASSERT_TRUE(WriteNewCluster((dir_ / "other").string(), {"h:1"}, 8).ok());

@@ -1,12 +1,18 @@
-// Start-up and shut-down of atomdiskd: configuration errors (exit 2, one line on stderr
-// naming the file and the problem), runtime errors (exit 1), a data_dir in use, SIGTERM.
+// Start-up and shut-down of atomdiskd: configuration errors (exit 2, one log line on stderr
+// naming the file and the problem), runtime errors (exit 1), a data_dir in use, SIGTERM, and
+// the form of the log lines (with the journal's priority prefixes when stderr is the journal).
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <future>
+#include <map>
+#include <regex>
 #include <thread>
 
 #include "common/hmac.h"
@@ -21,6 +27,62 @@ using atomdisk::testing::RunOptions;
 using atomdisk::testing::RunProcess;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
+namespace fs = std::filesystem;
+
+// A log line as common/logging.h writes it to a file or a pipe: TIME LEVEL PROGRAM: MESSAGE,
+// optionally (group 1) after the journal's priority prefix.
+const std::regex kLogLine(R"(^(?:<([0-7])>)?\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} )"
+                          R"((trace|debug|info|warning|error|critical) atomdiskd: .+$)");
+
+// "DEV:INODE" of `path`, as systemd sets JOURNAL_STREAM for a stderr it connected.
+std::string DevIno(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return "";
+  return std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
+}
+
+// atomdiskd run in the background through RunProcess (so that its exact exit status and
+// stderr are seen); its pid comes from `data_dir`/LOCK, which must not exist before. Killed
+// with SIGKILL if still running when destroyed.
+class BackgroundDaemon {
+ public:
+  BackgroundDaemon(std::vector<std::string> argv, RunOptions options, std::string data_dir)
+      : lock_path_(data_dir + "/LOCK") {
+    options.timeout = milliseconds(60000);
+    run_ = std::async(std::launch::async, [argv, options] { return RunProcess(argv, options); });
+  }
+  ~BackgroundDaemon() {
+    if (!run_.valid()) return;
+    if (pid_ > 0) ::kill(pid_, SIGKILL);
+    run_.wait();
+  }
+
+  // Until its pid is in LOCK and `port` answers a client with `key`.
+  bool WaitServing(std::uint16_t port, std::span<const std::uint8_t> key) {
+    return PollUntil(
+        [&] {
+          if (pid_ <= 0) {
+            std::string lock = ReadFile(lock_path_);
+            if (!lock.empty()) pid_ = static_cast<pid_t>(std::atoi(lock.c_str()));
+          }
+          return pid_ > 0 && RawClient::Connect(port, key).ok();
+        },
+        seconds(20));
+  }
+
+  // SIGTERM, then its result.
+  ProcessResult Stop() {
+    if (pid_ > 0) ::kill(pid_, SIGTERM);
+    ProcessResult r = run_.get();
+    pid_ = -1;
+    return r;
+  }
+
+ private:
+  std::string lock_path_;
+  pid_t pid_ = -1;
+  std::future<ProcessResult> run_;
+};
 
 class DaemonStartupTest : public ::testing::Test {
  protected:
@@ -39,12 +101,21 @@ class DaemonStartupTest : public ::testing::Test {
     return RunProcess(argv, options);
   }
 
-  // Exit `code` with exactly one line on stderr that contains every one of `needles`.
+  // Exit `code` with exactly one line on stderr, a log line of level error (no priority
+  // prefix: stderr is a pipe), that contains every one of `needles`.
   void ExpectFailure(const ProcessResult& r, int code, const std::vector<std::string>& needles) {
     EXPECT_FALSE(r.timed_out) << "atomdiskd did not exit";
     EXPECT_EQ(r.exit_code, code) << r.Describe();
     auto lines = Lines(r.err);
     EXPECT_EQ(lines.size(), 1u) << "stderr:\n" << r.err;
+    for (const std::string& line : lines) {
+      std::smatch m;
+      EXPECT_TRUE(std::regex_match(line, m, kLogLine)) << "not a log line: " << line;
+      if (m.size() == 3) {
+        EXPECT_FALSE(m[1].matched) << "a journal prefix on a pipe: " << line;
+        EXPECT_EQ(m[2].str(), "error") << line;
+      }
+    }
     for (const auto& n : needles) {
       EXPECT_NE(r.err.find(n), std::string::npos) << "stderr lacks \"" << n << "\": " << r.err;
     }
@@ -108,19 +179,167 @@ TEST_F(DaemonStartupTest, UnknownRankExits2) {
     ExpectFailure(RunDaemon({"--config", harness_->config_path(), "--rank", rank}), 2,
                   {harness_->config_path()});
   }
-  // Not a number at all: a command-line error, also exit 2 (CLI11 words that message).
-  ProcessResult r = RunDaemon({"--config", harness_->config_path(), "--rank", "one"});
-  EXPECT_EQ(r.exit_code, 2) << r.Describe();
+  // Not a number at all: a command-line error, also exit 2 (CLI11 words that message), and
+  // logged like every other start-up error.
+  ExpectFailure(RunDaemon({"--config", harness_->config_path(), "--rank", "one"}), 2,
+                {"--rank", "--help"});
+  ExpectFailure(RunDaemon({"--config", harness_->config_path()}), 2, {"--rank"});
 }
 
-TEST_F(DaemonStartupTest, UnusableDataDirExits1) {
+TEST_F(DaemonStartupTest, BadLogLevelExits2) {
+  ExpectFailure(
+      RunDaemon({"--config", harness_->config_path(), "--rank", "1", "--log-level", "loud"}), 2,
+      {"--log-level", "loud"});
+}
+
+// A data_dir that is not a folder, or whose parent is not one: no restart can cure it.
+TEST_F(DaemonStartupTest, DataDirThatIsNotAFolderExits2) {
   ASSERT_TRUE(WriteFile(Path("plain_file"), "not a directory\n"));
   for (const std::string& dir : {Path("plain_file"), Path("plain_file/sub")}) {
     SCOPED_TRACE(dir);
     ExpectFailure(
-        RunDaemon({"--config", harness_->config_path(), "--rank", "1", "--data-dir", dir}), 1,
-        {dir});
+        RunDaemon({"--config", harness_->config_path(), "--rank", "1", "--data-dir", dir}), 2,
+        {dir, "not a directory"});
   }
+}
+
+// A typo or a disk that is not mounted must not put a node's data on another file system:
+// atomdiskd creates the data_dir (mode 0700) but never its parent.
+TEST_F(DaemonStartupTest, DataDirWithAMissingParentExits2AndCreatesNothing) {
+  const std::string dir = Path("no/such/d1");
+  ExpectFailure(RunDaemon({"--config", harness_->config_path(), "--rank", "1", "--data-dir", dir}),
+                2, {dir, Path("no/such") + " does not exist"});
+  EXPECT_FALSE(fs::exists(Path("no")));
+  // The same from the config file's data_dir.
+  std::string config = ReadFile(harness_->config_path());
+  const std::string from = "data_dir = \"data/1\"";
+  ASSERT_NE(config.find(from), std::string::npos) << config;
+  config.replace(config.find(from), from.size(), "data_dir = \"nodata/1\"");
+  ASSERT_TRUE(WriteFile(Path("nodata.toml"), config));
+  ExpectFailure(RunDaemon({"--config", Path("nodata.toml"), "--rank", "1"}), 2,
+                {Path("nodata") + " does not exist"});
+  EXPECT_FALSE(fs::exists(Path("nodata")));
+}
+
+TEST_F(DaemonStartupTest, MissingDataDirIsCreatedPrivateAndServed) {
+  const std::string dir = Path("fresh");
+  const ClusterConfig& config = harness_->config();
+  BackgroundDaemon daemon({Harness::DaemonPath(), "--config", harness_->config_path(), "--rank",
+                           "1", "--data-dir", dir},
+                          {}, dir);
+  ASSERT_TRUE(daemon.WaitServing(config.nodes[0].port, config.client_key));
+  struct stat st;
+  ASSERT_EQ(::stat(dir.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  EXPECT_TRUE(fs::exists(dir + "/sectors.dat"));
+  ProcessResult r = daemon.Stop();
+  EXPECT_EQ(r.exit_code, 0) << r.Describe();
+}
+
+// The device shrunk in the config below what a node stores: a configuration error (exit 2,
+// which atomdiskd@.service does not restart), not a runtime one.
+TEST_F(DaemonStartupTest, DeviceShrunkBelowStoredDataExits2) {
+  ASSERT_TRUE(harness_->StartNode(1).ok()) << harness_->LogTail(1);
+  {
+    auto client =
+        RawClient::Connect(harness_->config().nodes[0].port, harness_->config().client_key);
+    ASSERT_TRUE(client.ok()) << client.status().ToString();
+    ASSERT_TRUE((*client)->Write(60, IdSector(60)).ok());
+  }
+  ASSERT_TRUE(harness_->Stop(1).ok()) << harness_->LogTail(1);
+  std::string config = ReadFile(harness_->config_path());
+  const std::string from = "sectors = 64";
+  ASSERT_NE(config.find(from), std::string::npos) << config;
+  config.replace(config.find(from), from.size(), "sectors = 32");
+  ASSERT_TRUE(WriteFile(Path("shrunk.toml"), config));
+  ExpectFailure(RunDaemon({"--config", Path("shrunk.toml"), "--rank", "1"}), 2,
+                {"holds data past sector 31", "shrunk"});
+}
+
+TEST_F(DaemonStartupTest, UnreadableIdentityExits2) {
+  const std::string dir = Path("garbled");
+  ASSERT_EQ(::mkdir(dir.c_str(), 0700), 0);
+  ASSERT_TRUE(WriteFile(dir + "/IDENTITY", "this is = = not toml\n"));
+  ExpectFailure(RunDaemon({"--config", harness_->config_path(), "--rank", "1", "--data-dir", dir}),
+                2, {dir + "/IDENTITY", "move it away"});
+}
+
+// Runtime failures that a restart may cure: exit 1 (atomdiskd@.service restarts it).
+TEST_F(DaemonStartupTest, AddressInUseExits1) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(harness_->config().nodes[0].port);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || ::listen(fd, 1) != 0) {
+    ::close(fd);
+    GTEST_SKIP() << "port " << harness_->config().nodes[0].port << " taken meanwhile";
+  }
+  ExpectFailure(RunDaemon({"--config", harness_->config_path(), "--rank", "1"}), 1,
+                {"cannot listen on", harness_->Address(1)});
+  ::close(fd);
+}
+
+// Under systemd, stderr is a stream to the journal and JOURNAL_STREAM names it: every line
+// then carries its level's sd-daemon priority, so that `journalctl -p warning` filters.
+// Here stderr is a file and JOURNAL_STREAM names that file, as systemd would name its socket.
+TEST_F(DaemonStartupTest, LogLinesCarryJournalPrioritiesWhenStderrIsTheJournal) {
+  const std::string log = Path("journal.log");
+  ASSERT_TRUE(WriteFile(log, ""));
+  const std::string stream = DevIno(log);
+  ASSERT_FALSE(stream.empty());
+  // A client.key every user can read draws a warning at start-up.
+  ASSERT_EQ(::chmod(Path("client.key").c_str(), 0644), 0);
+  const std::string dir = Path("journal_d1");
+  const ClusterConfig& config = harness_->config();
+  RunOptions options;
+  options.env = {"JOURNAL_STREAM=" + stream};
+  {
+    BackgroundDaemon daemon(
+        {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>>'" + log + "'", Harness::DaemonPath(), "--config",
+         harness_->config_path(), "--rank", "1", "--data-dir", dir, "--log-level", "debug"},
+        options, dir);
+    ASSERT_TRUE(daemon.WaitServing(config.nodes[0].port, config.client_key)) << ReadFile(log);
+    ProcessResult r = daemon.Stop();
+    EXPECT_EQ(r.exit_code, 0) << r.Describe() << ReadFile(log);
+  }
+  // A start-up error through the same stream.
+  ProcessResult r =
+      RunProcess({"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>>'" + log + "'", Harness::DaemonPath(),
+                  "--config", harness_->config_path(), "--rank", "7"},
+                 options);
+  EXPECT_EQ(r.exit_code, 2) << r.Describe();
+
+  const std::map<std::string, std::string> priority = {{"trace", "7"}, {"debug", "7"},
+                                                       {"info", "6"},  {"warning", "4"},
+                                                       {"error", "3"}, {"critical", "2"}};
+  std::map<std::string, int> seen;
+  for (const std::string& line : Lines(ReadFile(log))) {
+    std::smatch m;
+    ASSERT_TRUE(std::regex_match(line, m, kLogLine)) << "not a log line: " << line;
+    ASSERT_TRUE(m[1].matched) << "no priority prefix: " << line;
+    EXPECT_EQ(m[1].str(), priority.at(m[2].str())) << line;
+    ++seen[m[2].str()];
+    if (m[2].str() == "warning") {
+      EXPECT_NE(line.find("client.key"), std::string::npos) << line;
+    }
+    if (m[2].str() == "error") {
+      EXPECT_NE(line.find("no node with rank 7"), std::string::npos) << line;
+    }
+  }
+  EXPECT_GE(seen["warning"], 1) << ReadFile(log);
+  EXPECT_GE(seen["info"], 2) << ReadFile(log);  // serving on ..., stopped
+  EXPECT_EQ(seen["error"], 1) << ReadFile(log);
+
+  // JOURNAL_STREAM inherited by a process whose stderr goes elsewhere (here a pipe): no
+  // prefixes. (Without JOURNAL_STREAM at all, ExpectFailure checks the same in every test.)
+  ASSERT_EQ(::chmod(Path("client.key").c_str(), 0600), 0);
+  ExpectFailure(
+      RunProcess({Harness::DaemonPath(), "--config", harness_->config_path(), "--rank", "7"},
+                 options),
+      2, {"no node with rank 7"});
 }
 
 TEST(DaemonStartupInUseTest, SecondDaemonOnSameDataDirRefusesToStart) {

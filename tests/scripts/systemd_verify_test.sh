@@ -126,6 +126,68 @@ check_sysusers() {
   fi
 }
 
+# unit_words UNIT KEY: every word of every KEY= line of the unit (all sections), one per
+# line. A line `KEY=` (empty) resets the list, as systemd does.
+unit_words() {
+  awk -v key="$2" '
+    /^[ \t]*[#;]/ { next }
+    index($0, key "=") == 1 {
+      v = substr($0, length(key) + 2)
+      if (v == "") { n = 0; next }
+      c = split(v, w, /[ \t]+/)
+      for (i = 1; i <= c; i++) if (w[i] != "") list[n++] = w[i]
+    }
+    END { for (i = 0; i < n; i++) print list[i] }' "$1"
+}
+
+# has_word UNIT KEY WORD
+has_word() { unit_words "$1" "$2" | grep -qxF -- "$3"; }
+
+# What systemd-analyze verify cannot see (it judges each unit alone, and this host's systemd
+# is not PID 1): how the units depend on each other and how the node restarts.
+# - atomdisk.target groups the nodes and the mounts: both PartOf= it, so stopping or
+#   restarting it reaches every one of them;
+# - on that stop the mounts go first, then the nodes (a mount whose local nodes are gone
+#   would return EIO): the mount is ordered After= the target, the node Before= it, and
+#   systemd stops in the reverse order of start-up;
+# - the node restarts after a runtime failure (exit 1) but not after a configuration error
+#   (exit 2), which no restart cures.
+check_dependencies() {
+  local node="$UNITDIR/atomdiskd@.service" mount="$UNITDIR/atomdisk-fuse@.service"
+  local target="$UNITDIR/atomdisk.target" u
+  for u in "$node" "$mount"; do
+    has_word "$u" PartOf atomdisk.target ||
+      fail "$(basename "$u") is not PartOf=atomdisk.target: stopping the target leaves it running"
+  done
+  has_word "$node" Before atomdisk.target ||
+    fail "atomdiskd@.service is not ordered Before=atomdisk.target (nodes must stop after the mounts)"
+  has_word "$node" WantedBy atomdisk.target ||
+    fail "atomdiskd@.service is not WantedBy=atomdisk.target (starting the target would not start it)"
+  has_word "$mount" After atomdisk.target ||
+    fail "atomdisk-fuse@.service is not ordered After=atomdisk.target (mounts must stop before the nodes)"
+  # Nothing may invert that order.
+  has_word "$node" After atomdisk.target && fail "atomdiskd@.service is ordered After=atomdisk.target"
+  has_word "$mount" Before atomdisk.target && fail "atomdisk-fuse@.service is ordered Before=atomdisk.target"
+  for u in atomdiskd@.service atomdisk-fuse@.service; do
+    has_word "$target" Before "$u" && fail "atomdisk.target is ordered Before=$u"
+    has_word "$target" After "$u" && fail "atomdisk.target is ordered After=$u"
+  done
+  [ "$(unit_words "$node" Restart)" = on-failure ] || fail "atomdiskd@.service: Restart= is not on-failure"
+  has_word "$node" RestartPreventExitStatus 2 ||
+    fail "atomdiskd@.service restarts after exit 2 (a configuration error): add RestartPreventExitStatus=2"
+  # And the checks above must catch a unit that lacks what they demand.
+  local broken="$TMP/deps"
+  mkdir -p "$broken"
+  grep -v '^PartOf=' "$mount" >"$broken/mount"
+  has_word "$broken/mount" PartOf atomdisk.target && fail "self-check: PartOf= found in a unit without it"
+  printf 'RestartPreventExitStatus=2\nRestartPreventExitStatus=\n' >"$broken/reset"
+  has_word "$broken/reset" RestartPreventExitStatus 2 && fail "self-check: an emptied RestartPreventExitStatus= still counts"
+  printf 'RestartPreventExitStatus=1 2 SIGABRT\n# PartOf=atomdisk.target\n' >"$broken/list"
+  has_word "$broken/list" RestartPreventExitStatus 2 || fail "self-check: a list with 2 in it is missed"
+  has_word "$broken/list" PartOf atomdisk.target && fail "self-check: a comment counts"
+  echo "dependencies: atomdisk.target groups the nodes and the mounts"
+}
+
 # The checker must catch what verify only warns about, and what it rejects.
 check_the_checker() {
   local dir="$TMP/broken" good="$UNITDIR/atomdiskd@.service"
@@ -153,6 +215,7 @@ main() {
   trap cleanup EXIT
   if install_prefix; then
     check_installed_units
+    check_dependencies
     check_sysusers
     check_the_checker
   fi

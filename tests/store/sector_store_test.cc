@@ -1,5 +1,6 @@
 #include "daemon/store/sector_store.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -728,7 +729,7 @@ TEST(SectorStorePosixTest, OpenRejectsZeroSectors) {
 
 TEST(SectorStorePosixTest, SecondOpenOfTheSameDataDirIsBusy) {
   TempDir dir;
-  const std::string data_dir = dir.path() + "/a/b/data";
+  const std::string data_dir = dir.path() + "/data";
   SectorStore::Options options;
   options.sectors = 8;
   auto first = SectorStore::Open(data_dir, options);
@@ -747,6 +748,38 @@ TEST(SectorStorePosixTest, SecondOpenOfTheSameDataDirIsBusy) {
   first->reset();
   auto third = SectorStore::Open(data_dir, options);
   EXPECT_TRUE(third.ok()) << third.status().ToString();
+}
+
+// Only the data_dir itself is created, never a missing parent (a typo or an unmounted disk
+// would otherwise put the data on the wrong file system); a data_dir that is not a folder is
+// refused the same way: InvalidArgument, what the caller asked for cannot work.
+TEST(SectorStorePosixTest, OpenCreatesTheDataDirButNoParent) {
+  TempDir dir;
+  SectorStore::Options options;
+  options.sectors = 8;
+  auto store = SectorStore::Open(dir.path() + "/a/b/data", options);
+  ASSERT_FALSE(store.ok());
+  EXPECT_EQ(store.status().code(), StatusCode::kInvalidArgument) << store.status().ToString();
+  EXPECT_NE(store.status().message().find(dir.path() + "/a/b does not exist"), std::string::npos)
+      << store.status().ToString();
+  struct stat st;
+  EXPECT_NE(::stat((dir.path() + "/a").c_str(), &st), 0);
+
+  const std::string file = dir.path() + "/file";
+  int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
+  ASSERT_GE(fd, 0);
+  ::close(fd);
+  for (const std::string& bad : {file, file + "/data", file + "/x/data"}) {
+    SCOPED_TRACE(bad);
+    store = SectorStore::Open(bad, options);
+    ASSERT_FALSE(store.ok());
+    EXPECT_EQ(store.status().code(), StatusCode::kInvalidArgument) << store.status().ToString();
+  }
+
+  store = SectorStore::Open(dir.path() + "/data/", options);  // a trailing slash is fine
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  ASSERT_EQ(::stat((dir.path() + "/data").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
 }
 
 TEST(SectorStorePosixTest, ThousandWritesInFlightWithBackgroundSync) {
