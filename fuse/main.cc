@@ -134,6 +134,9 @@ int Main(int argc, char** argv) {
     ReportDaemonReady(0);
     sd_notify(0, "READY=1");  // for Type=notify units; a no-op elsewhere
   };
+  hooks.stopping = [](const std::string& status) {
+    sd_notify(0, ("STOPPING=1\nSTATUS=" + status).c_str());
+  };
   hooks.before_unmount = [&] {
     sd_notify(0, "STOPPING=1");
     // Let writes in flight finish (each is bounded by the operation timeout), then fail
