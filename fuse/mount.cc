@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -236,15 +237,42 @@ void BlockTerminationSignals() {
 }
 
 Result<std::string> ResolveMountpoint(const std::string& path) {
+  const auto dead_mount = [&] {
+    return Status::InvalidArgument("mountpoint " + path +
+                                   ": a dead FUSE mount is there (transport endpoint is not "
+                                   "connected); clear it with fusermount3 -u -z " +
+                                   path);
+  };
   char buf[PATH_MAX];
   if (realpath(path.c_str(), buf) == nullptr) {
+    if (errno == ENOTCONN) return dead_mount();
     return Status::InvalidArgument("mountpoint " + path + ": " + std::strerror(errno));
   }
   struct stat st;
-  if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode)) {
+  struct statvfs vfs;  // never answered from a cache, unlike stat
+  if (stat(buf, &st) != 0 || statvfs(buf, &vfs) != 0) {
+    if (errno == ENOTCONN) return dead_mount();
+    return Status::InvalidArgument("mountpoint " + path + ": " + std::strerror(errno));
+  }
+  if (!S_ISDIR(st.st_mode)) {
     return Status::InvalidArgument("mountpoint " + path + ": not a directory");
   }
-  return std::string(buf);
+  const std::string resolved(buf);
+  if (!TopMountDevice(resolved).empty()) {
+    return Status::InvalidArgument("mountpoint " + path +
+                                   " is already a mount point; unmount it first (or choose "
+                                   "another directory)");
+  }
+  // libfuse 3 mounts over a non-empty directory without a word, hiding what it holds.
+  std::error_code ec;
+  std::filesystem::directory_iterator it(resolved, ec);
+  if (ec) return Status::InvalidArgument("mountpoint " + path + ": " + ec.message());
+  if (it != std::filesystem::directory_iterator()) {
+    return Status::InvalidArgument("mountpoint " + path + " is not empty (it holds " +
+                                   it->path().filename().string() +
+                                   "); mount on an empty directory");
+  }
+  return resolved;
 }
 
 void DaemonizeWaitingForChild() {

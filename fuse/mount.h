@@ -74,7 +74,8 @@ struct SessionHooks {
 int RunSession(const SessionOptions& options, const fuse_lowlevel_ops& ops, void* userdata,
                const SessionHooks& hooks);
 
-// Resolves `path` to an absolute directory path. InvalidArgument if it is not a directory.
+// Resolves `path` to an absolute directory path. InvalidArgument if it is not a directory,
+// is not empty, or is a mount point already (a live mount, or a dead FUSE one).
 Result<std::string> ResolveMountpoint(const std::string& path);
 
 // Forks; the parent waits until the child reports (ReportDaemonReady) and exits with the
