@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Stopping the mount the way atomdisk-fuse@.service does (ExecStop=fusermount3 -u, then
+# Stopping the mount the way systemd does (fusermount3 -u, as an ExecStop would, then
 # SIGTERM) while ext4 on a loop device uses the disk file: the mount keeps serving and says
 # why, ext4 keeps working, and once ext4 is unmounted and the loop device detached the
-# process unmounts and exits 0 by itself; e2fsck -fn then finds the filesystem clean.
+# process unmounts and exits 0 by itself; e2fsck -fn then finds the filesystem clean. In
+# the shutdown order (filesystem, loop device, then SIGTERM) it exits 0 at once.
 # Then: SIGTERMs racing the end of a clean unmount never kill the process (exit 0 always),
 # and a second signal detaches a busy mount anyway.
 source "$(dirname "$0")/test_lib.sh"
@@ -17,7 +18,7 @@ cluster_mount_fs "$dev" "$fs"
 head -c 4M /dev/urandom >"$fs/before"
 sync
 
-step "stop as the unit does: fusermount3 -u (refused: busy), then SIGTERM"
+step "stop: fusermount3 -u (refused: busy, as an ExecStop would be), then SIGTERM (systemd's stop)"
 if fusermount3 -u "$MNT" 2>"$TEST_DIR/fusermount.err"; then fail "fusermount3 -u unmounted a busy mount"; fi
 grep -qi "busy" "$TEST_DIR/fusermount.err" || fail "fusermount3: $(cat "$TEST_DIR/fusermount.err")"
 kill -TERM "$pid"
@@ -64,8 +65,20 @@ e2fsck -fn "$DISK" || fail "e2fsck found problems"
 dev=$(cluster_losetup "$DISK" --direct-io=on --sector-size 4096)
 cluster_mount_fs "$dev" "$fs" -o ro
 (cd "$fs" && md5sum --quiet -c "$TEST_DIR/sums") || fail "files differ"
+
+step "shutdown order (filesystem, loop device, then SIGTERM): exit 0 at once, nothing waits"
 umount "$fs"
 losetup -d "$dev"
+pid=${CLUSTER_MOUNT_PID[$MNT]}
+kill -TERM "$pid"
+set +e
+timeout 5 tail --pid="$pid" -f /dev/null
+wait "$pid"
+code=$?
+set -e
+[ "$code" = 0 ] || fail "SIGTERM of an unused mount: exit $code"
+! grep -q "mount busy" "$MNT.log" || fail "an unused mount was reported busy"
+cluster_mount "$MNT"
 
 # systemd's SIGTERM comes when ExecStop has returned, while the process is on its way out;
 # a stream of them until it is gone hits every moment of that way (old code: killed by

@@ -65,7 +65,25 @@ cluster_mount "$MNT"
 kill -9 "${CLUSTER_MOUNT_PID[$MNT]}"
 cluster_wait_pid_gone "${CLUSTER_MOUNT_PID[$MNT]}" 10
 expect_usage_error "dead FUSE mount .*fusermount3 -u -z" --config "$CLUSTER_CONFIG" "$MNT" -f
-fusermount3 -u -z "$MNT"
+
+step "the unit's ExecStartPre clears exactly that, and is silent and content otherwise"
+# The command as systemd runs it: $$ is a literal $, %f the mount point.
+pre=$(sed -n 's/^ExecStartPre=\(\/bin\/sh .*\)$/\1/p' "$FUSE_TEST_REPO/scripts/systemd/atomdisk-fuse@.service")
+[ -n "$pre" ] || fail "no ExecStartPre=/bin/sh ... in atomdisk-fuse@.service"
+pre=${pre//\$\$/\$}
+run_pre() {  # DIR: runs the unit's ExecStartPre for DIR, fails on any output or error
+  local out
+  out=$(eval "${pre//%f/$1}" 2>&1) || fail "ExecStartPre for $1 failed: $out"
+  [ -z "$out" ] || fail "ExecStartPre for $1 said: $out"
+}
+run_pre "$MNT"
+! cluster_is_mounted "$MNT" || fail "ExecStartPre left the dead mount"
+run_pre "$MNT"                  # a plain empty directory: nothing to do
+run_pre "$TEST_DIR/not-yet"     # not there yet (the unit's mkdir comes next)
+cluster_mount "$MNT"            # a live mount is left alone
+run_pre "$MNT"
+[ -e "$MNT/disk" ] || fail "ExecStartPre unmounted a live mount"
+cluster_unmount "$MNT"
 
 step "background mode: after detaching, log lines go to syslog"
 if [ -e /dev/log ]; then
