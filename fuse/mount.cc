@@ -278,12 +278,12 @@ Result<std::string> ResolveMountpoint(const std::string& path) {
 void DaemonizeWaitingForChild() {
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) {
-    std::perror("atomdisk-fuse: pipe");
+    spdlog::error("cannot create a pipe: {}", std::strerror(errno));
     std::exit(1);
   }
   pid_t pid = fork();
   if (pid < 0) {
-    std::perror("atomdisk-fuse: fork");
+    spdlog::error("cannot fork: {}", std::strerror(errno));
     std::exit(1);
   }
   if (pid > 0) {
