@@ -384,12 +384,15 @@ class StopWatcher {
   }
 
   void Force(int sig) {
-    spdlog::warn("{} again: detaching {} while in use; whatever uses it now gets errors",
-                 strsignal(sig), mountpoint_);
     if (TopMountDevice(mountpoint_) == device_) {
+      spdlog::warn("{} again: detaching {} while in use; whatever uses it now gets errors",
+                   strsignal(sig), mountpoint_);
       if (int err = DetachLazily(mountpoint_); err != 0) {
         spdlog::error("cannot detach {}: {}", mountpoint_, std::strerror(err));
       }
+    } else {
+      // Unmounted already (the loop is ending) or detached by someone else.
+      spdlog::info("{} again: exiting now", strsignal(sig));
     }
     // Closing /dev/fuse, at exit, aborts the connection: requests in flight fail.
     std::fflush(nullptr);
