@@ -190,6 +190,9 @@ void DiskFs::OnInit(void* userdata, fuse_conn_info* conn) {
   // in parallel instead of one after another.
   if (conn->capable & FUSE_CAP_ASYNC_DIO) conn->want |= FUSE_CAP_ASYNC_DIO;
   if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+  // O_TRUNC must come with open (where it is ignored), not as a truncation to 0 before it,
+  // which the size check of setattr would refuse.
+  if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
   // Writes must reach us when the caller writes (no write-back caching in any mode).
   conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
   // Splicing would hand us pipe buffers we copy anyway.
@@ -272,11 +275,9 @@ void DiskFs::OnOpen(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     fuse_reply_err(req, ino == kRootIno ? EISDIR : ENOENT);
     return;
   }
-  // O_TRUNC arrives here (atomic_o_trunc); truncating a fixed device is refused.
-  if (fi->flags & O_TRUNC) {
-    fuse_reply_err(req, EPERM);
-    return;
-  }
+  // O_TRUNC arrives here (atomic_o_trunc, which libfuse asks for) and is ignored, as a block
+  // device ignores it: `dd of=disk`, `cp img disk` and `cat img > disk` overwrite in place.
+  // The kernel then drops its cached size, and the next stat asks us again.
   fi->direct_io = self->options_.cached ? 0 : 1;
   fi->keep_cache = 0;  // cached mode: each open starts with a clean page cache
   auto* fh = new FileHandle();

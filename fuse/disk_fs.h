@@ -13,8 +13,10 @@
 // - fsync and flush answer once every write that started before them is acknowledged (an
 //   acknowledged write is durable on a majority) and report EIO once if a write through the
 //   same open file failed since the last fsync/flush.
-// - The size never changes: truncate to another size, create, mkdir, rename, unlink... fail
-//   with EPERM; fallocate PUNCH_HOLE / ZERO_RANGE write zeros.
+// - The size never changes, as a block device's: O_TRUNC is ignored and truncation to the
+//   device's own size succeeds (so plain dd, cp and `>` work); truncate to another size,
+//   create, mkdir, rename, unlink... fail with EPERM; fallocate PUNCH_HOLE / ZERO_RANGE
+//   write zeros.
 //
 // Ownership: the caller owns the DiskFs, the client and the session; the DiskFs must outlive
 // the session loop and every client callback (Drain, then Client::Close, before destroying).

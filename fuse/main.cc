@@ -2,13 +2,18 @@
 //
 //   atomdisk-fuse --config FILE [--node RANK|HOST:PORT]... MOUNTPOINT [-f] [-d] [-o OPTIONS]
 //
-// See docs/FUSE.md for the options and what they trade.
+// Exit codes: 0 mounted (without -f) or a clean stop, 1 runtime failure (the mount failed),
+// 2 bad command line or configuration (also a MOUNTPOINT that is not an empty directory,
+// or no node answering at start-up). See docs/FUSE.md for the options and what they trade.
+#include <spdlog/sinks/syslog_sink.h>
 #include <spdlog/spdlog.h>
+#include <syslog.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -18,13 +23,30 @@
 #include "fuse/disk_fs.h"
 #include "fuse/mount.h"
 
+#ifndef ATOMDISK_VERSION
+#define ATOMDISK_VERSION "unknown"
+#endif
+
 namespace atomdisk::fuse {
 namespace {
 
-int Fail(const std::string& message, int code = 1) {
-  std::fprintf(stderr, "atomdisk-fuse: %s\n", message.c_str());
+constexpr int kExitRuntime = 1;
+constexpr int kExitUsage = 2;
+
+// Logs a start-up error (after SetupLogging) and tells a waiting parent.
+int Fail(const std::string& message, int code = kExitRuntime) {
+  spdlog::error("{}", message);
   ReportDaemonReady(code);
   return code;
+}
+
+// Without -f the process detaches once mounted and its standard error goes to /dev/null:
+// from the fork on, every log line also goes to syslog (ident atomdisk-fuse, facility
+// daemon; under systemd, syslog(3) lands in the journal). Call before any thread starts.
+void AlsoLogToSyslog() {
+  auto sink =
+      std::make_shared<spdlog::sinks::syslog_sink_mt>("atomdisk-fuse", LOG_PID, LOG_DAEMON, false);
+  spdlog::default_logger()->sinks().push_back(std::move(sink));
 }
 
 int Main(int argc, char** argv) {
@@ -36,11 +58,15 @@ int Main(int argc, char** argv) {
   bool debug = false;
   std::vector<std::string> o_args;
   std::string log_level = "info";
-  app.add_option("--config", config_path, "cluster.toml")->required();
+  app.add_option("--config", config_path, "cluster.toml")->required()->type_name("FILE");
+  // One value per --node: a flag-less word after it is the mount point.
   app.add_option("--node", nodes,
                  "node to use, RANK or HOST:PORT; repeat; the first is preferred "
-                 "(default: every node of the config in rank order)");
-  app.add_option("mountpoint", mountpoint_arg, "an existing empty directory")->required();
+                 "(default: every node of the config in rank order)")
+      ->type_name("RANK|HOST:PORT")
+      ->allow_extra_args(false);
+  app.add_option("mountpoint", mountpoint_arg, "an existing empty directory, not a mount point")
+      ->required();
   app.add_flag("-f,--foreground", foreground, "stay in the foreground");
   app.add_flag("-d,--debug", debug, "log every FUSE request (implies -f)");
   app.add_option("-o", o_args,
@@ -48,32 +74,54 @@ int Main(int argc, char** argv) {
                  "no_parallel_writes, threads=N, inflight=N, clone_fd, max_background=N, and "
                  "libfuse mount options (allow_other, ...)")
       ->allow_extra_args(false);
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical, off");
+  app.set_version_flag("--version", std::string("atomdisk-fuse ") + ATOMDISK_VERSION);
+  app.footer(
+      "Logs: one line per event on standard error, `TIME LEVEL atomdisk-fuse: MESSAGE` (under\n"
+      "systemd, the journal). Without -f they also go to syslog (ident atomdisk-fuse, facility\n"
+      "daemon), since standard error is closed once the mount is up.\n"
+      "Stop: fusermount3 -u MOUNTPOINT, or SIGTERM/SIGINT, which wait while the mount is in\n"
+      "use (a loop device, an open file); a second signal forces.\n"
+      "Exit codes: 0 mounted (without -f) or a clean stop, 1 runtime failure, 2 usage or\n"
+      "configuration error. See docs/FUSE.md.\n");
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    if (SetupLogging("info", "atomdisk-fuse").ok()) {
+      spdlog::error("{} (atomdisk-fuse --help shows the usage)", e.what());
+    }
+    return kExitUsage;
   }
   if (debug) foreground = true;
 
-  if (Status s = SetupLogging(log_level, "atomdisk-fuse"); !s.ok()) return Fail(s.ToString());
-  MountTuning tuning;
-  if (Status s = ParseMountOptions(o_args, &tuning); !s.ok()) return Fail(s.message());
-  Result<std::string> mountpoint = ResolveMountpoint(mountpoint_arg);
-  if (!mountpoint.ok()) return Fail(mountpoint.status().message());
-  Result<ClusterConfig> config = LoadClusterConfig(config_path, ConfigUse::kClient);
-  if (!config.ok()) return Fail(config.status().message());
-  for (const std::string& w : config->warnings) {
-    std::fprintf(stderr, "atomdisk-fuse: warning: %s\n", w.c_str());
+  if (Status s = SetupLogging(log_level, "atomdisk-fuse"); !s.ok()) {
+    if (SetupLogging("info", "atomdisk-fuse").ok()) spdlog::error("--log-level: {}", s.message());
+    return kExitUsage;
   }
+  MountTuning tuning;
+  if (Status s = ParseMountOptions(o_args, &tuning); !s.ok()) return Fail(s.message(), kExitUsage);
+  Result<std::string> mountpoint = ResolveMountpoint(mountpoint_arg);
+  if (!mountpoint.ok()) return Fail(mountpoint.status().message(), kExitUsage);
+  Result<ClusterConfig> config = LoadClusterConfig(config_path, ConfigUse::kClient);
+  if (!config.ok()) return Fail(config.status().message(), kExitUsage);
+  for (const std::string& w : config->warnings) spdlog::warn("{}", w);
   Result<client::ClientOptions> client_options = client::OptionsFromConfig(*config, nodes);
-  if (!client_options.ok()) return Fail(client_options.status().message());
+  if (!client_options.ok()) return Fail(client_options.status().message(), kExitUsage);
   client_options->op_timeout = tuning.op_timeout;
   client_options->attempt_timeout = std::min(tuning.attempt_timeout, tuning.op_timeout);
   client_options->max_inflight = tuning.max_inflight;
 
   // Fork before any thread exists; the parent exits with the child's mount status.
-  if (!foreground) DaemonizeWaitingForChild();
+  if (!foreground) {
+    DaemonizeWaitingForChild();
+    AlsoLogToSyslog();
+  }
   BlockTerminationSignals();
 
   std::unique_ptr<client::Client> client = client::Client::Create(*client_options);
@@ -97,10 +145,8 @@ int Main(int argc, char** argv) {
                 2);
   }
   if (reachable < config->Majority()) {
-    std::fprintf(stderr,
-                 "atomdisk-fuse: warning: %zu of %zu nodes answered, fewer than a majority; "
-                 "I/O waits for a quorum (%s)\n",
-                 reachable, probe.size(), why.c_str());
+    spdlog::warn("{} of {} nodes answered, fewer than a majority; I/O waits for a quorum ({})",
+                 reachable, probe.size(), why);
   }
 
   DiskFsOptions fs_options;
@@ -121,18 +167,18 @@ int Main(int argc, char** argv) {
   hooks.parallel_writes = &DiskFs::ParallelWritesOf;
   hooks.on_mounted = [&](bool ok, const std::string& error) {
     if (!ok) {
-      std::fprintf(stderr, "atomdisk-fuse: %s\n", error.c_str());
-      ReportDaemonReady(1);
+      spdlog::error("{}", error);
+      ReportDaemonReady(kExitRuntime);
       return;
     }
-    std::fprintf(stderr,
-                 "atomdisk-fuse: mounted %s/disk (%llu sectors, %zu of %zu nodes reachable, %s "
-                 "I/O, timeout %lld ms)\n",
-                 session.mountpoint.c_str(), static_cast<unsigned long long>(config->sectors),
-                 reachable, probe.size(), tuning.cached ? "cached" : "direct",
-                 static_cast<long long>(tuning.op_timeout.count()));
+    spdlog::info("mounted {}/disk ({} sectors, {} of {} nodes reachable, {} I/O, timeout {} ms)",
+                 session.mountpoint, config->sectors, reachable, probe.size(),
+                 tuning.cached ? "cached" : "direct", tuning.op_timeout.count());
     ReportDaemonReady(0);
     sd_notify(0, "READY=1");  // for Type=notify units; a no-op elsewhere
+  };
+  hooks.stopping = [](const std::string& status) {
+    sd_notify(0, ("STOPPING=1\nSTATUS=" + status).c_str());
   };
   hooks.before_unmount = [&] {
     sd_notify(0, "STOPPING=1");

@@ -7,8 +7,8 @@ start_cluster_and_mount 16384  # 64 MiB
 step "mkfs.ext4 on $DISK"
 mkfs.ext4 -q -F -b 4096 "$DISK"
 fs=$TEST_DIR/fs
-step "loop mount (losetup --direct-io=on), writing files"
-dev=$(cluster_losetup "$DISK" --direct-io=on)
+step "loop mount (losetup --direct-io=on --sector-size 4096), writing files"
+dev=$(cluster_losetup "$DISK" --direct-io=on --sector-size 4096)
 cluster_mount_fs "$dev" "$fs"
 mkdir -p "$fs/dir"
 for i in $(seq 1 16); do head -c $((i * 97 * 1024)) /dev/urandom >"$fs/dir/file$i"; done

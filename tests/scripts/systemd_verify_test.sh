@@ -207,6 +207,58 @@ check_the_checker() {
   done
 }
 
+# The FUSE unit: Type=notify (atomdisk-fuse sends READY=1) with no polling ExecStartPost,
+# stop by SIGTERM alone (atomdisk-fuse waits while the mount is busy), and no ExecStartPre
+# that fails, and logs the failure, on every normal start.
+check_fuse_unit() {
+  local unit="$UNITDIR/atomdisk-fuse@.service"
+  grep -qx 'Type=notify' "$unit" || fail "atomdisk-fuse@.service is not Type=notify"
+  ! grep -q '^ExecStartPost=' "$unit" || fail "atomdisk-fuse@.service still polls in ExecStartPost"
+  ! grep -q '^ExecStop=' "$unit" || fail "atomdisk-fuse@.service has an ExecStop (SIGTERM does the stop)"
+  ! grep -q '^ExecStartPre=-' "$unit" || fail "atomdisk-fuse@.service has an ExecStartPre whose failure is ignored"
+}
+
+# docs/FUSE.md's loop-device unit and fstab line for a filesystem on top, run through
+# systemd-fstab-generator and systemd-analyze verify beside the installed units: the
+# filesystem requires and follows the loop unit, which requires and follows the FUSE mount,
+# so shutdown takes them down in the other order.
+check_filesystem_on_top_example() {
+  local doc repo etc="$TMP/etc" gen="$TMP/gen" generator=/lib/systemd/system-generators/systemd-fstab-generator
+  repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+  doc="$repo/docs/FUSE.md"
+  mkdir -p "$etc" "$gen"
+  # The fenced block after an "<!-- example: NAME -->" line of the doc.
+  extract() { awk -v m="<!-- example: $1 -->" '$0 == m { on = 1; next } on && /^```/ { if (in_block) exit; in_block = 1; next } in_block { print }' "$doc"; }
+  extract atomdisk-loop.service >"$etc/atomdisk-loop.service"
+  extract fstab >"$TMP/fstab"
+  if [ ! -s "$etc/atomdisk-loop.service" ] || [ ! -s "$TMP/fstab" ]; then
+    fail "docs/FUSE.md: the atomdisk-loop.service or fstab example is missing"
+    return 0
+  fi
+  [ -x "$generator" ] || { fail "$generator is missing"; return 0; }
+  if ! SYSTEMD_FSTAB="$TMP/fstab" "$generator" "$gen" "$gen" "$gen" >"$TMP/gen.log" 2>&1; then
+    cat "$TMP/gen.log" >&2
+    fail "systemd-fstab-generator rejects docs/FUSE.md's fstab line"
+    return 0
+  fi
+  local mount="$gen/srv-data.mount" out rc=0
+  [ -f "$mount" ] || { fail "the fstab example generated no srv-data.mount"; return 0; }
+  grep -qx 'Requires=atomdisk-loop.service' "$mount" && grep -qx 'After=atomdisk-loop.service' "$mount" ||
+    fail "srv-data.mount does not require and follow atomdisk-loop.service: $(cat "$mount")"
+  [ -e "$gen/remote-fs.target.requires/srv-data.mount" ] || fail "srv-data.mount is not under remote-fs.target (_netdev)"
+  grep -qx 'Requires=atomdisk-fuse@mnt-atomdisk.service' "$etc/atomdisk-loop.service" &&
+    grep -qx 'After=atomdisk-fuse@mnt-atomdisk.service' "$etc/atomdisk-loop.service" ||
+    fail "atomdisk-loop.service does not require and follow atomdisk-fuse@mnt-atomdisk.service"
+  grep -q -- '--direct-io=on --sector-size 4096' "$etc/atomdisk-loop.service" ||
+    fail "atomdisk-loop.service does not set up the loop device with --direct-io=on --sector-size 4096"
+  out=$(SYSTEMD_UNIT_PATH="$gen:$etc:$UNITDIR:" systemd-analyze verify --man=no "$mount" \
+    "$etc/atomdisk-loop.service" 2>&1) || rc=$?
+  if [ "$rc" != 0 ] || grep -q -e atomdisk -e "$TMP" -e srv-data <<<"$out"; then
+    printf '%s\n' "systemd-analyze verify of the filesystem-on-top example (exit $rc):" "$out" >&2
+    fail "docs/FUSE.md's filesystem-on-top example"
+  fi
+}
+
 main() {
   [ $# -eq 1 ] || { echo "usage: $0 BUILD_DIR" >&2; exit 2; }
   BUILD_DIR=$1
@@ -216,6 +268,8 @@ main() {
   if install_prefix; then
     check_installed_units
     check_dependencies
+    check_fuse_unit
+    check_filesystem_on_top_example
     check_sysusers
     check_the_checker
   fi
