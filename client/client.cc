@@ -59,7 +59,7 @@ std::string ExplainBadTag(std::span<const std::uint8_t> body) {
       msg += ", and it says our tag does not verify either";
     }
   }
-  return msg + ": the client key differs from the cluster's";
+  return msg + ": the client key does not match the cluster's";
 }
 
 struct Op {
@@ -543,7 +543,7 @@ class ClientImpl final : public Client {
         op.maybe_applied = false;  // refused: not executed
         return Finish(op, Status::AuthFailure(n.endpoint.ToString() +
                                               " rejected our request's HMAC tag: the "
-                                              "client key differs from the cluster's"));
+                                              "client key does not match the cluster's"));
     }
   }
 
@@ -790,9 +790,9 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, ClientOp op, Clock::tim
     double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
     Result<std::span<const std::uint8_t>> payload = VerifyFrameBody(body, mac_);
     if (!payload.ok()) {
-      error = payload.status().code() == StatusCode::kAuthFailure
-                  ? ExplainBadTag(body)
-                  : "malformed answer: " + payload.status().message();
+      const bool auth = payload.status().code() == StatusCode::kAuthFailure;
+      out->key_rejected = auth;
+      error = auth ? ExplainBadTag(body) : "malformed answer: " + payload.status().message();
       break;
     }
     Result<ClientResponse> resp = DecodeClientResponse(*payload);
@@ -801,7 +801,8 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, ClientOp op, Clock::tim
     } else if (resp->request_id != cmd.request_id || resp->op != op) {
       error = "the node answered the info request with something else";
     } else if (resp->status == ResponseStatus::kAuthFailure) {
-      error = "the node rejected our HMAC tag: the client key differs from the cluster's";
+      out->key_rejected = true;
+      error = "the node rejected our HMAC tag: the client key does not match the cluster's";
     } else if (resp->status != ResponseStatus::kOk) {
       error = "the node refused the info request";
     } else {

@@ -88,6 +88,9 @@ struct NodeInfo {
   double rtt_ms = 0;      // the fastest of a few kInfo round trips
   std::string info_json;  // the node's kInfo answer (version, rank, counters)
   std::string error;      // why it is unreachable
+  // The node answered, but with AuthFailure or with a tag that does not verify with our
+  // client key: the key does not match the cluster's (a configuration error, not an outage).
+  bool key_rejected = false;
 };
 
 // Per-operation settings for ReadWith / WriteWith.

@@ -1,6 +1,6 @@
 # Install rules: `cmake --install BUILD [--prefix P]` (scripts/install.sh wraps it) puts
 #
-#   P/bin/atomdiskd, P/bin/atomdisk, P/bin/atomdisk-fuse
+#   P/bin/atomdiskd, P/bin/atomdisk, P/bin/atomdisk-fuse, P/bin/atomdisk-lincheck
 #   P/lib/systemd/system/atomdiskd@.service, atomdisk-fuse@.service, atomdisk.target
 #   P/lib/sysusers.d/atomdisk.conf                   the `atomdisk` system user
 #   P/share/doc/atomdisk/README.md, *.md, cluster.toml.example
@@ -20,7 +20,7 @@ set(ATOMDISK_SYSUSERSDIR "lib/sysusers.d" CACHE STRING
     "Where the sysusers.d snippet goes, relative to the install prefix (or absolute)")
 
 # Binaries. daemon/ and fuse/ may install theirs too; installing a file twice is harmless.
-foreach(_atomdisk_target IN ITEMS atomdiskd atomdisk atomdisk-fuse)
+foreach(_atomdisk_target IN ITEMS atomdiskd atomdisk atomdisk-fuse atomdisk-lincheck)
   if(TARGET ${_atomdisk_target})
     install(TARGETS ${_atomdisk_target} RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
   else()

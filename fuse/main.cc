@@ -129,14 +129,22 @@ int Main(int argc, char** argv) {
   const auto probe_timeout =
       std::min<std::chrono::milliseconds>(tuning.op_timeout, std::chrono::seconds(3));
   std::vector<client::NodeInfo> probe = client->Probe(probe_timeout);
-  std::size_t reachable = 0;
+  std::size_t reachable = 0, key_rejected = 0;
   std::string why;
   for (const client::NodeInfo& n : probe) {
     if (n.reachable) {
       ++reachable;
     } else {
+      key_rejected += n.key_rejected ? 1 : 0;
       why += (why.empty() ? "" : "; ") + n.endpoint.ToString() + ": " + n.error;
     }
+  }
+  if (reachable == 0 && key_rejected > 0) {
+    client->Close();
+    return Fail("the client key does not match the cluster's: " + std::to_string(key_rejected) +
+                    " of " + std::to_string(probe.size()) +
+                    " nodes answered and rejected it, not mounting (" + why + ")",
+                2);
   }
   if (reachable == 0) {
     client->Close();

@@ -19,7 +19,7 @@ PREFIX=/usr/local
 DEPS=1
 BUILD=1
 BUILD_DIR="${BUILD_DIR:-build}"
-TARGETS=(atomdiskd atomdisk atomdisk-fuse)
+TARGETS=(atomdiskd atomdisk atomdisk-fuse atomdisk-lincheck)
 
 usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 

@@ -12,6 +12,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+usage() {
+  cat <<'EOF'
+Usage: scripts/test.sh [OPTIONS]
+
+Installs what is missing (scripts/install-deps.sh), configures and builds with warnings as
+errors, and runs the ctest suite.
+
+Options:
+  --sanitize LIST        build with sanitizers: address,undefined or thread (a Debug build in
+                         build-LIST)
+  --label LABEL          run only the tests with this ctest label
+  --exclude-label REGEX  skip the tests whose label matches REGEX (e.g. 'fuse|demo')
+  --soak                 also run the long simulator sweep and the soak tests
+  --format-check         first fail if clang-format would change a tracked .cc or .h file
+  -h, --help             print this text
+
+Environment: BUILD_DIR (default build, or build-<sanitizers>), JOBS (default nproc).
+EOF
+}
+
 sanitize="" label="" exclude="" soak=0 format_check=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -20,7 +40,7 @@ while [ $# -gt 0 ]; do
     --exclude-label) exclude="$2"; shift 2 ;;
     --soak) soak=1; shift ;;
     --format-check) format_check=1; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
     *) echo "test.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done

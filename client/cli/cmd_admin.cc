@@ -14,6 +14,7 @@
 
 #include "client/cli/commands.h"
 #include "common/types.h"
+#include "daemon/sync/syncer.h"  // kWindowBuckets: the resync window, for progress figures
 
 #ifdef ATOMDISK_HAVE_STORE
 #include "daemon/store/sector_store.h"
@@ -44,7 +45,8 @@ CommandFn AddInitCommand(CLI::App& app, GlobalOptions& /*g*/) {
       ->delimiter(',')
       ->required();
   cmd->add_option("--sectors", a->sectors, "device size in 4096-byte sectors")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(WholeNumber(1, kMaxSectors));
   cmd->add_option("--dir", a->dir, "folder to write the files in (created if missing)")
       ->capture_default_str();
   cmd->add_flag("--json", a->json, "print what was created as JSON");
@@ -56,6 +58,13 @@ CommandFn AddInitCommand(CLI::App& app, GlobalOptions& /*g*/) {
     }
     fs::path dir = fs::absolute(a->dir).lexically_normal();
     std::string config = (dir / "cluster.toml").string();
+    if (a->nodes.size() == 2) {
+      // Legal, and useful for trying things out, but rarely what an operator wants.
+      std::fprintf(stderr,
+                   "atomdisk: warning: init: a 2-node cluster cannot survive the failure of any "
+                   "node: a majority of 2 is 2, so reads and writes stop while either node is "
+                   "down; use 3 nodes to survive one failure\n");
+    }
     if (a->json) {
       json j = {{"config", config},
                 {"client_key", (dir / "client.key").string()},
@@ -90,22 +99,30 @@ CommandFn AddInitCommand(CLI::App& app, GlobalOptions& /*g*/) {
 
 namespace {
 
+// Sectors per resync window (docs/RESYNC.md: a pass walks the device in windows of 64 buckets).
+constexpr std::uint64_t kResyncWindowSectors = kWindowBuckets * kBucketSectors;
+
 // Human lines for a node's membership, resync and scrub state (its kInfo "state", "resync"
-// and "scrub" objects); none when it votes and nothing runs.
-std::vector<std::string> SyncLines(const json& info) {
+// and "scrub" objects); none when it votes and nothing runs. `device_sectors` is the
+// config's device size.
+std::vector<std::string> SyncLines(const json& info, std::uint64_t device_sectors) {
   std::vector<std::string> lines;
   if (!info.is_object()) return lines;
   if (!info.value("voting", true)) lines.push_back("NOT VOTING: " + info.value("state", "?"));
   const json& r = info.contains("resync") ? info["resync"] : json();
   if (r.is_object() && r.value("active", false)) {
     char buf[256];
-    const double windows = std::max(1.0, r.value("windows", 1.0));
     const double eta = r.value("eta_s", -1.0);
+    // Windows before the current one are done; the percentage counts their sectors (the
+    // last window of a device that is not a multiple of a window's size is shorter).
+    const std::uint64_t covered =
+        std::min<std::uint64_t>(r.value("window", 0ULL) * kResyncWindowSectors, device_sectors);
     std::snprintf(buf, sizeof buf,
                   "%s %.0f%% (window %llu of %llu): pulled %s sectors (%s), "
                   "%s to go, %s/s, ETA %s",
                   r.value("join", false) ? "join resync" : "resync",
-                  100.0 * r.value("window", 0.0) / windows,
+                  100.0 * static_cast<double>(covered) /
+                      static_cast<double>(std::max<std::uint64_t>(device_sectors, 1)),
                   static_cast<unsigned long long>(r.value("window", 0ULL)),
                   static_cast<unsigned long long>(r.value("windows", 0ULL)),
                   HumanCount(r.value("sectors_pulled", 0ULL)).c_str(),
@@ -141,10 +158,13 @@ CommandFn AddStatusCommand(CLI::App& app, GlobalOptions& g) {
   cmd->footer(
       "Probes every selected node on a fresh connection: reachable or not (and why), round-trip\n"
       "time, version, uptime, peer links; then one line with the quorum state. Exit code 0 when\n"
-      "a majority is up, 1 when it is not.");
-  cmd->add_option("--wait", a->wait_ms, "how long to wait for each node's answer, in ms")
+      "a majority is up, 1 when it is not, 2 when it is not because nodes rejected the client\n"
+      "key (a configuration error).");
+  cmd->add_option("--wait", a->wait_ms,
+                  "how long to wait for each node's answer: milliseconds, or with a unit (2s)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->type_name("MS")
+      ->transform(DurationMs(1, 1, 3'600'000));
   cmd->add_flag("--json", a->json, "print the result as JSON");
   return [a, &g] {
     ClusterConfig config;
@@ -240,14 +260,25 @@ CommandFn AddStatusCommand(CLI::App& app, GlobalOptions& g) {
         }
         std::printf("  %-8s %-21s up    rtt %.2f ms%s\n", who.c_str(), n.endpoint.Address().c_str(),
                     n.rtt_ms, extra.c_str());
-        for (const std::string& line : SyncLines(info)) {
+        for (const std::string& line : SyncLines(info, config.sectors)) {
           std::printf("  %-8s %s\n", "", line.c_str());
         }
       }
       std::printf("%s\n", quorum_line.c_str());
     }
-    if (!all_probed) return up == nodes.size() ? kExitOk : kExitFailed;
-    return quorum ? kExitOk : kExitFailed;
+    const bool ok = all_probed ? quorum : up == nodes.size();
+    if (ok) return kExitOk;
+    // Nodes that answered but refused our key: a configuration error, not an outage.
+    std::size_t key_rejected = 0;
+    for (const auto& n : nodes) key_rejected += n.key_rejected ? 1 : 0;
+    if (key_rejected > 0) {
+      std::fprintf(stderr,
+                   "atomdisk: status: the client key does not match the cluster's: %zu of %zu "
+                   "nodes rejected it (use the cluster's client.key; %s names it)\n",
+                   key_rejected, nodes.size(), config.path.c_str());
+      return kExitUsage;
+    }
+    return kExitFailed;
   };
 }
 
@@ -257,7 +288,7 @@ CommandFn AddScrubCommand(CLI::App& app, GlobalOptions& g) {
   struct Args {
     bool no_wait = false;
     bool json = false;
-    std::int64_t timeout_s = 0;
+    std::int64_t timeout_ms = 0;
   };
   auto a = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("scrub", "Check every stored sector and repair bad ones");
@@ -268,9 +299,12 @@ CommandFn AddScrubCommand(CLI::App& app, GlobalOptions& g) {
       "finished, then what each found. Exit code 0 when nothing is left unrepaired, 3 when a\n"
       "sector could not be repaired, 1 when a node could not be asked or did not finish.");
   cmd->add_flag("--no-wait", a->no_wait, "start the scrubs and return at once");
-  cmd->add_option("--timeout", a->timeout_s, "give up waiting after this many seconds (0: never)")
+  cmd->add_option("--timeout", a->timeout_ms,
+                  "give up waiting after this long: milliseconds like the global --timeout, or "
+                  "with a unit (90s, 10m, 2h); 0 = never")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->type_name("MS")
+      ->transform(DurationMs(1, 0, 7 * 24 * 3'600'000.0));
   cmd->add_flag("--json", a->json, "print the result as JSON");
   return [a, &g] {
     ClusterConfig config;
@@ -290,13 +324,13 @@ CommandFn AddScrubCommand(CLI::App& app, GlobalOptions& g) {
       }
       const std::string who = started[i].endpoint.ToString();
       if (!started[i].reachable) {
-        std::fprintf(stderr, "scrub: %s: %s\n", who.c_str(), started[i].error.c_str());
+        std::fprintf(stderr, "atomdisk: scrub: %s: %s\n", who.c_str(), started[i].error.c_str());
         exit_code = kExitFailed;
         continue;
       }
       json r = json::parse(started[i].info_json, nullptr, false);
       if (!r.is_object()) {
-        std::fprintf(stderr, "scrub: %s: unexpected answer\n", who.c_str());
+        std::fprintf(stderr, "atomdisk: scrub: %s: unexpected answer\n", who.c_str());
         exit_code = kExitFailed;
         continue;
       }
@@ -315,11 +349,12 @@ CommandFn AddScrubCommand(CLI::App& app, GlobalOptions& g) {
     std::vector<json> result(started.size());
     auto last_print = t0;
     while (std::any_of(waiting.begin(), waiting.end(), [](bool w) { return w; })) {
-      if (a->timeout_s > 0 &&
-          std::chrono::steady_clock::now() - t0 > std::chrono::seconds(a->timeout_s)) {
-        std::fprintf(stderr, "scrub: gave up waiting after %lld s\n",
-                     static_cast<long long>(a->timeout_s));
-        return kExitFailed;
+      if (a->timeout_ms > 0 &&
+          std::chrono::steady_clock::now() - t0 > std::chrono::milliseconds(a->timeout_ms)) {
+        return Fail(kExitFailed,
+                    "scrub: gave up waiting after " +
+                        FormatDuration(std::chrono::milliseconds(a->timeout_ms)) +
+                        " (--timeout); the scrubs go on, follow them with `atomdisk status`");
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(500));
       std::vector<NodeInfo> now = client->Probe(wait);
@@ -333,7 +368,7 @@ CommandFn AddScrubCommand(CLI::App& app, GlobalOptions& g) {
           waiting[i] = false;
           result[i] = sc;
         } else if (print) {
-          for (const std::string& line : SyncLines(info)) {
+          for (const std::string& line : SyncLines(info, config.sectors)) {
             if (line.rfind("scrub", 0) == 0) {
               std::fprintf(stderr, "%s: %s\n", now[i].endpoint.ToString().c_str(), line.c_str());
             }
@@ -351,12 +386,15 @@ CommandFn AddScrubCommand(CLI::App& app, GlobalOptions& g) {
       if (a->json) {
         out.push_back({{"rank", started[i].endpoint.rank}, {"scrub", sc}});
       } else {
-        std::printf("%s: checked %s sectors, %llu corrupt, %llu repaired, %llu unrepaired\n",
-                    started[i].endpoint.ToString().c_str(),
-                    HumanCount(sc.value("sectors_checked", 0ULL)).c_str(),
-                    static_cast<unsigned long long>(sc.value("corrupt", 0ULL)),
-                    static_cast<unsigned long long>(sc.value("repaired", 0ULL)),
-                    static_cast<unsigned long long>(unrepaired));
+        std::printf(
+            "%s: checked %s sectors, %llu corrupt, %llu repaired, %llu stale (left for the next "
+            "write), %llu unrepaired\n",
+            started[i].endpoint.ToString().c_str(),
+            HumanCount(sc.value("sectors_checked", 0ULL)).c_str(),
+            static_cast<unsigned long long>(sc.value("corrupt", 0ULL)),
+            static_cast<unsigned long long>(sc.value("repaired", 0ULL)),
+            static_cast<unsigned long long>(sc.value("stale", 0ULL)),
+            static_cast<unsigned long long>(unrepaired));
       }
     }
     if (a->json) std::printf("%s\n", out.dump(2).c_str());
@@ -384,7 +422,8 @@ CommandFn AddInspectCommand(CLI::App& app, GlobalOptions& /*g*/) {
       ->required()
       ->type_name("DATA_DIR");
   cmd->add_option("--sector", a->sector, "show this sector: tag, checksum state, data")
-      ->type_name("N");
+      ->type_name("N")
+      ->check(WholeNumber(0, kMaxSectors - 1));
   cmd->add_flag("--digest", a->digest,
                 "print only a summary and a SHA-256 digest over (sector, ts, wr, data) of every "
                 "stored sector in order (equal digests: equal stores)");

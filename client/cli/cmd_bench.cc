@@ -98,13 +98,14 @@ Decoded DecodeValue(const SectorData& d) {
 struct Config {
   double write_ratio = 0.5;
   std::size_t inflight = 16;
-  double duration_s = 10;
+  double duration_ms = 10'000;
   std::uint64_t sectors = 1024;
   std::uint64_t first = 0;
   std::string history;
   bool check = false;
   bool json = false;
   std::uint64_t seed = 0;
+  bool destroy_data = false;  // consent to overwrite the default range
 };
 
 // The run's state. Operations complete on the client's thread; the main thread only reads
@@ -153,7 +154,7 @@ class Bench {
 
   void Run() {
     start_ns_ = MonotonicNs();
-    deadline_ns_ = start_ns_ + static_cast<std::int64_t>(c_.duration_s * 1e9);
+    deadline_ns_ = start_ns_ + static_cast<std::int64_t>(c_.duration_ms * 1e6);
     running_ = c_.inflight;
     client_id_.resize(c_.inflight);
     for (std::size_t slot = 0; slot < c_.inflight; ++slot) client_id_[slot] = slot + 1;
@@ -427,29 +428,57 @@ CommandFn AddBenchCommand(CLI::App& app, GlobalOptions& g) {
       "Runs random 4 KiB reads and writes from --inflight logical clients for --duration\n"
       "seconds and reports ops/s, MiB/s and p50/p99/p99.9 latency. With --history, records\n"
       "every operation for atomdisk-lincheck (see docs/CLI.md). Exit code 3 if a read returned\n"
-      "data no write produced, or --check finds the history not linearizable.");
+      "data no write produced, or --check finds the history not linearizable.\n"
+      "\n"
+      "WRITES DESTROY DATA: a bench with writes (--write-ratio above 0, or --history) fills\n"
+      "its sectors with random data. It runs only when you name the range (--first and/or\n"
+      "--sectors) or give --destroy-data to accept the default, sectors 0..1023 (the start of\n"
+      "the device, where partition tables and superblocks live). --write-ratio 0 only reads\n"
+      "and runs anywhere.\n"
+      "Example: atomdisk bench --first 100000 --sectors 1024 --duration 10");
   cmd->add_option("--write-ratio", c->write_ratio, "fraction of operations that are writes")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0));
+      ->check(DecimalNumber(0, 1));
   cmd->add_option("--inflight", c->inflight, "operations in flight (logical clients)")
       ->capture_default_str()
-      ->check(CLI::Range(1, 4096));
-  cmd->add_option("--duration", c->duration_s, "seconds to run")
-      ->capture_default_str()
-      ->check(CLI::Range(0.1, 86400.0));
-  cmd->add_option("--sectors", c->sectors, "number of sectors the operations spread over")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--first", c->first, "first sector of the range")->capture_default_str();
+      ->check(WholeNumber(1, 4096));
+  cmd->add_option("--duration", c->duration_ms,
+                  "how long to run: seconds, or with a unit (500ms, 30s, 2m); default 10 s")
+      ->type_name("S")
+      ->transform(DurationMs(1000, 100, 86'400'000));
+  auto* sectors =
+      cmd->add_option("--sectors", c->sectors, "number of sectors the operations spread over")
+          ->capture_default_str()
+          ->check(WholeNumber(1, kMaxSectors));
+  auto* first = cmd->add_option("--first", c->first, "first sector of the range")
+                    ->capture_default_str()
+                    ->check(WholeNumber(0, kMaxSectors - 1));
+  cmd->add_flag("--destroy-data", c->destroy_data,
+                "let a bench with writes overwrite the default range, sectors 0..1023, without "
+                "naming it");
   cmd->add_option("--history", c->history,
                   "record every operation as JSON lines in FILE for atomdisk-lincheck (first "
                   "writes every sector of the range once; writes are not retried)")
       ->type_name("FILE");
   cmd->add_flag("--check", c->check, "with --history: check the history before exiting");
-  cmd->add_option("--seed", c->seed, "random seed (0 = random)");
+  cmd->add_option("--seed", c->seed, "random seed (0 = random)")
+      ->check(WholeNumber(0, ~std::uint64_t{0}));
   cmd->add_flag("--json", c->json, "print the result as JSON");
-  return [c, &g] {
+  return [c, &g, sectors, first] {
     if (c->check && c->history.empty()) return Fail(kExitUsage, "bench: --check needs --history");
+    const bool writes = c->write_ratio > 0 || !c->history.empty();
+    const bool range_named = sectors->count() > 0 || first->count() > 0;
+    if (writes && !range_named && !c->destroy_data) {
+      return Fail(
+          kExitUsage,
+          "bench: refusing to overwrite sectors " + std::to_string(c->first) + ".." +
+              std::to_string(c->first + c->sectors - 1) +
+              " (the start of the device) with random data: " +
+              (c->history.empty() ? "a bench with --write-ratio above 0" : "a --history bench") +
+              " writes; name the range it may destroy with --first SECTOR --sectors K, "
+              "give --destroy-data to accept these sectors, or use --write-ratio 0 (without "
+              "--history) to only read");
+    }
     ClusterConfig config;
     std::unique_ptr<Client> client;
     if (auto err = MakeClient(g, &config, &client, c->inflight)) {

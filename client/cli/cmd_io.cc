@@ -10,10 +10,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -100,40 +103,66 @@ TransferResult ReadRange(Client& client, SectorIdx first, std::uint64_t length, 
 
 // How the last, partial sector of a write is completed.
 enum class Tail { kReadModifyWrite, kZeroPad };
-// Fills `buf` with the `n` bytes of sector index i of the source (called in order).
-using SourceFn = std::function<Status(std::uint64_t i, std::uint8_t* buf, std::size_t n)>;
+// Fills `buf` with up to 4096 bytes of sector index i of the source (called in order) and
+// returns how many; fewer than 4096 only for the last sector, 0 at the end of the input.
+using SourceFn = std::function<Result<std::size_t>(std::uint64_t i, std::uint8_t* buf)>;
 
-TransferResult WriteRange(Client& client, SectorIdx first, std::uint64_t length,
-                          const SourceFn& source, Tail tail, Progress* progress) {
-  TransferResult out;
+// Writes the source's bytes to sectors first.. (at most `max_sectors` of them: a source with
+// more is an InvalidArgument error at sector first + max_sectors, and the sectors before it
+// are written). `writes_ok` counts the sector writes the cluster acknowledged, in any order:
+// 0 after a failure means nothing was written.
+struct WriteResult : TransferResult {
+  std::uint64_t writes_ok = 0;
+};
+WriteResult WriteRange(Client& client, SectorIdx first, std::uint64_t max_sectors,
+                       const SourceFn& source, Tail tail, Progress* progress) {
+  WriteResult out;
   auto t0 = std::chrono::steady_clock::now();
-  const std::uint64_t count = (length + kSectorSize - 1) / kSectorSize;
   OrderedWindow window(kWindow);
   Sha256 sha;
+  std::atomic<std::uint64_t> writes_ok{0};
+  // Issue and handle both run on this thread (OrderedWindow::Run).
+  std::map<std::uint64_t, std::size_t> sizes;
+  std::uint64_t end = ~std::uint64_t{0};  // the index at which the source ended
   window.Run(
-      count,
+      max_sectors + 1,
       [&](std::uint64_t i) {
-        auto fail = [&](Status s) {
+        auto complete = [&](Status s) {
           OpResult r;
           r.status = std::move(s);
           window.Complete(i, std::move(r));
         };
-        std::size_t n = static_cast<std::size_t>(
-            std::min<std::uint64_t>(kSectorSize, length - i * kSectorSize));
+        if (i > end) return complete(Status::Ok());
         auto buf = std::make_shared<SectorData>();
         buf->fill(0);
-        if (Status s = source(i, buf->data(), n); !s.ok()) return fail(std::move(s));
-        sha.Update(buf->data(), n);
-        if (n < kSectorSize && tail == Tail::kReadModifyWrite) {
+        Result<std::size_t> n = source(i, buf->data());
+        if (!n.ok()) return complete(n.status());
+        if (*n == 0) {
+          end = i;
+          return complete(Status::Ok());
+        }
+        if (i == max_sectors) {
+          return complete(Status::InvalidArgument(
+              "the input is longer than the " + HumanCount(max_sectors * kSectorSize) +
+              " bytes from the offset to the end of the device"));
+        }
+        sizes[i] = *n;
+        sha.Update(buf->data(), *n);
+        if (*n < kSectorSize && tail == Tail::kReadModifyWrite) {
           Result<SectorPtr> old = client.ReadSync(first + i);
           if (!old.ok()) {
-            return fail(Status(old.status().code(), "reading the last sector to keep its tail: " +
-                                                        old.status().message()));
+            return complete(
+                Status(old.status().code(),
+                       "reading the last sector to keep its tail: " + old.status().message()));
           }
-          std::memcpy(buf->data() + n, (*old)->data() + n, kSectorSize - n);
+          std::memcpy(buf->data() + *n, (*old)->data() + *n, kSectorSize - *n);
         }
+        if (*n < kSectorSize) end = i + 1;  // a short sector is the last one
         client.WriteWith(first + i, std::move(buf), OpOptions{},
-                         [&window, i](OpResult r) { window.Complete(i, std::move(r)); });
+                         [&window, &writes_ok, i](OpResult r) {
+                           if (r.status.ok()) ++writes_ok;
+                           window.Complete(i, std::move(r));
+                         });
       },
       [&](std::uint64_t i, OpResult& r) {
         if (!r.status.ok()) {
@@ -141,12 +170,15 @@ TransferResult WriteRange(Client& client, SectorIdx first, std::uint64_t length,
           out.failed_sector = first + i;
           return false;
         }
-        out.bytes += std::min<std::uint64_t>(kSectorSize, length - i * kSectorSize);
+        if (i >= end) return false;  // the end of the input
+        out.bytes += sizes[i];
+        sizes.erase(i);
         if (progress) progress->Update(out.bytes);
         return true;
       });
   out.sha256 = sha.HexDigest();
   out.seconds = SecondsSince(t0);
+  out.writes_ok = writes_ok.load();
   return out;
 }
 
@@ -171,13 +203,23 @@ struct InputFile {
     f->size = static_cast<std::uint64_t>(st.st_size);
     return std::nullopt;
   }
-  // A SourceFn reading the file in order; a file that shrank meanwhile is an error.
+  // A SourceFn reading the file's `size` bytes in order; a file that shrank meanwhile is an
+  // error, bytes added after its end are not read.
   SourceFn Source() {
-    return [this](std::uint64_t, std::uint8_t* buf, std::size_t n) -> Status {
+    return [this](std::uint64_t i, std::uint8_t* buf) -> Result<std::size_t> {
+      if (i * kSectorSize >= size) return std::size_t{0};
+      auto n =
+          static_cast<std::size_t>(std::min<std::uint64_t>(kSectorSize, size - i * kSectorSize));
       Result<std::size_t> got = ReadFull(fd, buf, n, path);
       if (!got.ok()) return got.status();
       if (*got != n) return Status::IOError(path + " became shorter while being read");
-      return Status::Ok();
+      return n;
+    };
+  }
+  // A SourceFn reading a stream (standard input) to its end.
+  static SourceFn Stream(int fd, const std::string& what) {
+    return [fd, what](std::uint64_t, std::uint8_t* buf) -> Result<std::size_t> {
+      return ReadFull(fd, buf, kSectorSize, what);
     };
   }
 };
@@ -230,6 +272,14 @@ struct OutputFile {
   }
 };
 
+// What a failed download leaves behind: a regular FILE is removed (its .partial is never
+// renamed), standard output or a device has had the bytes already.
+std::string NotWritten(const std::string& file, const OutputFile& out) {
+  if (file == "-") return "; the bytes went to standard output already";
+  if (out.tmp_path.empty()) return "; " + file + " (not a regular file) was written to directly";
+  return "; " + file + " was not written";
+}
+
 std::string Rate(std::uint64_t bytes, double seconds) {
   return seconds > 0 ? HumanBytes(static_cast<double>(bytes) / seconds) + "/s" : "-";
 }
@@ -237,6 +287,20 @@ std::string Rate(std::uint64_t bytes, double seconds) {
 int TransferFailed(const std::string& what, const TransferResult& r, const std::string& tail) {
   return Fail(ExitCodeFor(r.status), what + " failed at sector " + std::to_string(r.failed_sector) +
                                          ": " + r.status.message() + tail);
+}
+
+// A failed write or upload: a rejected client key, when no sector write was acknowledged,
+// changed nothing (the nodes refuse a request whose tag does not verify before executing it);
+// anything else may have left `range` partly written.
+int WriteFailed(const std::string& what, const WriteResult& r, const std::string& range,
+                const GlobalOptions& g) {
+  if (r.status.code() == StatusCode::kAuthFailure && r.writes_ok == 0) {
+    return Fail(kExitUsage, what + ": the client key does not match the cluster's (" +
+                                r.status.message() + "); nothing was written. Use the cluster's " +
+                                "client.key (the config " + ConfigPath(g) + " names it)");
+  }
+  return TransferFailed(
+      what, r, " (" + range + " may now be partly written; the " + what + " did not complete)");
 }
 
 }  // namespace
@@ -255,10 +319,13 @@ CommandFn AddReadCommand(CLI::App& app, GlobalOptions& g) {
   cmd->footer(
       "To a terminal: a hexdump; to a pipe or --out FILE: the raw bytes.\n"
       "Example: atomdisk read 0 --count 8 --out first-32k.bin");
-  cmd->add_option("sector", a->sector, "first sector to read")->required()->type_name("SECTOR");
+  cmd->add_option("sector", a->sector, "first sector to read")
+      ->required()
+      ->type_name("SECTOR")
+      ->check(WholeNumber(0, kMaxSectors - 1));
   cmd->add_option("--count", a->count, "number of consecutive sectors")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(WholeNumber(1, kMaxSectors));
   cmd->add_option("--out", a->out, "write the raw bytes to FILE (replaced when complete)")
       ->type_name("FILE");
   cmd->add_flag("--hex", a->hex, "hexdump even when standard output is not a terminal");
@@ -286,7 +353,13 @@ CommandFn AddReadCommand(CLI::App& app, GlobalOptions& g) {
     }
     TransferResult r = ReadRange(*client, a->sector, a->count * kSectorSize, emit, nullptr);
     client->Close();
-    if (!r.status.ok()) return TransferFailed("read", r, "");
+    if (!r.status.ok()) {
+      if (r.status.code() == StatusCode::kAuthFailure) {
+        return Fail(kExitUsage, "read: the client key does not match the cluster's (" +
+                                    r.status.message() + ")");
+      }
+      return TransferFailed("read", r, "");
+    }
     if (!hex) {
       if (Status s = out.Commit(); !s.ok()) return Fail(kExitFailed, "read: " + s.message());
     }
@@ -311,14 +384,17 @@ CommandFn AddWriteCommand(CLI::App& app, GlobalOptions& g) {
       "--in FILE writes consecutive sectors; its size must be a multiple of 4096 (or give\n"
       "--pad). Nothing is written if the range does not fit the device.\n"
       "Example: atomdisk write 100 --fill 0xab --count 4");
-  cmd->add_option("sector", a->sector, "first sector to write")->required()->type_name("SECTOR");
+  cmd->add_option("sector", a->sector, "first sector to write")
+      ->required()
+      ->type_name("SECTOR")
+      ->check(WholeNumber(0, kMaxSectors - 1));
   auto* in = cmd->add_option("--in", a->in, "take the data from FILE")->type_name("FILE");
   auto* fill = cmd->add_option("--fill", a->fill, "fill the sectors with this byte (0xNN or 0-255)")
                    ->type_name("BYTE");
   in->excludes(fill);
   cmd->add_option("--count", a->count, "with --fill: number of consecutive sectors")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber)
+      ->check(WholeNumber(1, kMaxSectors))
       ->excludes(in);
   cmd->add_flag("--pad", a->pad,
                 "with --in: zero-pad a short last block instead of refusing the file");
@@ -351,19 +427,15 @@ CommandFn AddWriteCommand(CLI::App& app, GlobalOptions& g) {
     std::unique_ptr<Client> client;
     if (auto err = MakeClient(g, &config, &client, 512)) return Fail(err->exit_code, err->message);
     if (auto err = CheckRange(config, a->sector, count)) return Fail(err->exit_code, err->message);
-    SourceFn source = a->in.empty()
-                          ? SourceFn([byte](std::uint64_t, std::uint8_t* buf, std::size_t n) {
-                              std::memset(buf, byte, n);
-                              return Status::Ok();
-                            })
-                          : file.Source();
-    TransferResult r = WriteRange(*client, a->sector, length, source, Tail::kZeroPad, nullptr);
+    SourceFn source = a->in.empty() ? SourceFn([byte, count](std::uint64_t i, std::uint8_t* buf) {
+      if (i >= count) return Result<std::size_t>(std::size_t{0});
+      std::memset(buf, byte, kSectorSize);
+      return Result<std::size_t>(kSectorSize);
+    })
+                                    : file.Source();
+    WriteResult r = WriteRange(*client, a->sector, count, source, Tail::kZeroPad, nullptr);
     client->Close();
-    if (!r.status.ok()) {
-      return TransferFailed("write", r,
-                            " (" + SectorRange(a->sector, count) +
-                                " may now be partly written; the write did not complete)");
-    }
+    if (!r.status.ok()) return WriteFailed("write", r, SectorRange(a->sector, count), g);
     if (a->json) {
       json j = {{"first_sector", a->sector},
                 {"sectors", count},
@@ -391,11 +463,14 @@ CommandFn AddUploadCommand(CLI::App& app, GlobalOptions& g) {
   auto a = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("upload", "Write a file of any size to the device");
   cmd->footer(
-      "Writes FILE at a 4096-aligned byte offset with 256 sectors in flight and prints its\n"
-      "SHA-256. A partial last sector is read-modify-written (device bytes after the file's\n"
-      "end are kept). A file that does not fit is refused before anything is written.\n"
+      "Writes FILE (- = standard input) at a 4096-aligned byte offset with 256 sectors in\n"
+      "flight and prints its SHA-256. A partial last sector is read-modify-written (device\n"
+      "bytes after the file's end are kept). A file that does not fit is refused before\n"
+      "anything is written; standard input that does not fit fails once it passes the end.\n"
       "Example: atomdisk upload disk.img --offset 1M --verify");
-  cmd->add_option("file", a->file, "the file to upload")->required()->type_name("FILE");
+  cmd->add_option("file", a->file, "the file to upload (- = standard input)")
+      ->required()
+      ->type_name("FILE");
   cmd->add_option("--offset", a->offset,
                   "byte offset on the device, a multiple of 4096 (suffixes K, M, G allowed)")
       ->capture_default_str()
@@ -409,13 +484,23 @@ CommandFn AddUploadCommand(CLI::App& app, GlobalOptions& g) {
     if (*offset % kSectorSize != 0) {
       return Fail(kExitUsage, "upload: --offset " + a->offset + " is not a multiple of 4096");
     }
+    const bool from_stdin = a->file == "-";
+    const std::string name = from_stdin ? "standard input" : a->file;
     InputFile file;
-    if (auto err = InputFile::Open(a->file, &file)) return Fail(err->exit_code, err->message);
+    if (!from_stdin) {
+      if (auto err = InputFile::Open(a->file, &file)) return Fail(err->exit_code, err->message);
+    }
     ClusterConfig config;
     std::unique_ptr<Client> client;
     if (auto err = MakeClient(g, &config, &client, 512)) return Fail(err->exit_code, err->message);
     const std::uint64_t device = config.sectors * kSectorSize;
-    if (*offset > device || file.size > device - *offset) {
+    if (from_stdin && *offset >= device) {
+      return Fail(kExitUsage, "upload: standard input does not fit: --offset " + a->offset +
+                                  " is at or past the end of the device (" +
+                                  HumanBytes(static_cast<double>(device)) +
+                                  "); nothing was written");
+    }
+    if (!from_stdin && (*offset > device || file.size > device - *offset)) {
       return Fail(kExitUsage,
                   "upload: " + a->file + " (" + HumanBytes(static_cast<double>(file.size)) + ", " +
                       HumanCount(file.size) + " bytes) does not fit: the device holds " +
@@ -425,25 +510,36 @@ CommandFn AddUploadCommand(CLI::App& app, GlobalOptions& g) {
                       "; nothing was written");
     }
     const SectorIdx first = *offset / kSectorSize;
-    const std::uint64_t count = (file.size + kSectorSize - 1) / kSectorSize;
-    TransferResult r;
+    const std::uint64_t room = config.sectors - first;
+    const std::uint64_t max_sectors =
+        from_stdin ? room : (file.size + kSectorSize - 1) / kSectorSize;
+    WriteResult r;
     {
-      Progress progress("upload", file.size);
-      r = WriteRange(*client, first, file.size, file.Source(), Tail::kReadModifyWrite, &progress);
+      Progress progress("upload", from_stdin ? Progress::kUnknownTotal : file.size);
+      r = WriteRange(*client, first, max_sectors,
+                     from_stdin ? InputFile::Stream(STDIN_FILENO, name) : file.Source(),
+                     Tail::kReadModifyWrite, &progress);
     }
+    const std::uint64_t size = r.bytes;
+    const std::uint64_t count = (size + kSectorSize - 1) / kSectorSize;
     if (!r.status.ok()) {
       client->Close();
-      return TransferFailed("upload", r,
-                            ". The device holds a partial upload: " + SectorRange(first, count) +
-                                " may be partly written");
+      if (r.status.code() == StatusCode::kAuthFailure && r.writes_ok == 0) {
+        return WriteFailed("upload", r, "", g);
+      }
+      const std::string range = from_stdin
+                                    ? "the sectors from " + std::to_string(first) + " on"
+                                    : SectorRange(first, std::max<std::uint64_t>(max_sectors, 1));
+      return TransferFailed(
+          "upload", r, ". The device holds a partial upload: " + range + " may be partly written");
     }
     std::string verified;
-    if (a->verify && file.size > 0) {
+    if (a->verify && size > 0) {
       TransferResult v;
       {
-        Progress progress("verify", file.size);
+        Progress progress("verify", size);
         v = ReadRange(
-            *client, first, file.size,
+            *client, first, size,
             [](SectorIdx, const std::uint8_t*, std::size_t) { return Status::Ok(); }, &progress);
       }
       if (!v.status.ok()) {
@@ -459,15 +555,15 @@ CommandFn AddUploadCommand(CLI::App& app, GlobalOptions& g) {
     }
     client->Close();
     if (a->json) {
-      json j = {{"file", a->file},       {"bytes", file.size},   {"offset", *offset},
+      json j = {{"file", a->file},       {"bytes", size},        {"offset", *offset},
                 {"first_sector", first}, {"sectors", count},     {"sha256", r.sha256},
                 {"seconds", r.seconds},  {"verified", a->verify}};
       std::printf("%s\n", j.dump(2).c_str());
     } else {
       std::printf("uploaded %s (%s bytes) to %s in %.2f s (%s)\nsha256 %s  %s\n",
-                  HumanBytes(static_cast<double>(file.size)).c_str(), HumanCount(file.size).c_str(),
+                  HumanBytes(static_cast<double>(size)).c_str(), HumanCount(size).c_str(),
                   SectorRange(first, std::max<std::uint64_t>(count, 1)).c_str(), r.seconds,
-                  Rate(file.size, r.seconds).c_str(), r.sha256.c_str(), a->file.c_str());
+                  Rate(size, r.seconds).c_str(), r.sha256.c_str(), a->file.c_str());
       if (a->verify) std::printf("verified: the device holds the same sha256\n");
     }
     return kExitOk;
@@ -510,6 +606,18 @@ CommandFn AddDownloadCommand(CLI::App& app, GlobalOptions& g) {
     if (!offset.ok()) return Fail(kExitUsage, "download: --offset: " + offset.status().message());
     Result<std::uint64_t> length = ParseSize(a->length);
     if (!length.ok()) return Fail(kExitUsage, "download: --length: " + length.status().message());
+    std::string expect = a->expect;
+    std::transform(expect.begin(), expect.end(), expect.begin(), [](char c) {
+      return static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    });
+    if (!a->expect.empty() &&
+        (expect.size() != 64 || !std::all_of(expect.begin(), expect.end(), [](char c) {
+           return std::isxdigit(static_cast<unsigned char>(c)) != 0;
+         }))) {
+      return Fail(kExitUsage,
+                  "download: --sha256 \"" + a->expect +
+                      "\" is not a SHA-256 digest (64 hex characters); nothing was read");
+    }
     if (*offset % kSectorSize != 0) {
       return Fail(kExitUsage, "download: --offset " + a->offset + " is not a multiple of 4096");
     }
@@ -534,9 +642,12 @@ CommandFn AddDownloadCommand(CLI::App& app, GlobalOptions& g) {
     }
     client->Close();
     if (!r.status.ok()) {
-      return TransferFailed(
-          "download", r,
-          a->file == "-" ? "; the output is incomplete" : "; " + a->file + " was not written");
+      return TransferFailed("download", r, NotWritten(a->file, out));
+    }
+    if (!expect.empty() && expect != r.sha256) {
+      // Not committed: a regular FILE's .partial is removed with `out`.
+      return Fail(kExitMismatch, "download: MISMATCH: read sha256 " + r.sha256 + ", expected " +
+                                     expect + NotWritten(a->file, out));
     }
     if (Status s = out.Commit(); !s.ok()) return Fail(kExitFailed, "download: " + s.message());
     std::FILE* report = a->file == "-" ? stderr : stdout;
@@ -551,10 +662,6 @@ CommandFn AddDownloadCommand(CLI::App& app, GlobalOptions& g) {
       std::fprintf(report, "downloaded %s (%s bytes) in %.2f s (%s)\nsha256 %s  %s\n",
                    HumanBytes(static_cast<double>(*length)).c_str(), HumanCount(*length).c_str(),
                    r.seconds, Rate(*length, r.seconds).c_str(), r.sha256.c_str(), a->file.c_str());
-    }
-    if (!a->expect.empty() && a->expect != r.sha256) {
-      return Fail(kExitMismatch,
-                  "download: MISMATCH: read sha256 " + r.sha256 + ", expected " + a->expect);
     }
     return kExitOk;
   };

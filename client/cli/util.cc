@@ -1,9 +1,11 @@
 #include "client/cli/util.h"
 
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -158,6 +160,117 @@ Result<std::uint8_t> ParseByte(const std::string& text) {
   return static_cast<std::uint8_t>(v);
 }
 
+Result<double> ParseDurationMs(const std::string& text, double bare_unit_ms) {
+  std::size_t i = 0, dots = 0;
+  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.')) {
+    dots += text[i] == '.' ? 1 : 0;
+    ++i;
+  }
+  const std::string number = text.substr(0, i), suffix = text.substr(i);
+  if (number.empty() || number == "." || dots > 1 || number.size() > 20) {
+    return Status::InvalidArgument("\"" + text + "\" is not a duration");
+  }
+  double unit_ms = 0;
+  if (suffix.empty()) {
+    unit_ms = bare_unit_ms;
+  } else if (suffix == "ms") {
+    unit_ms = 1;
+  } else if (suffix == "s") {
+    unit_ms = 1000;
+  } else if (suffix == "m" || suffix == "min") {
+    unit_ms = 60'000;
+  } else if (suffix == "h") {
+    unit_ms = 3'600'000;
+  } else {
+    return Status::InvalidArgument("\"" + text + "\": unknown time unit \"" + suffix +
+                                   "\" (use ms, s, m or h)");
+  }
+  return std::strtod(number.c_str(), nullptr) * unit_ms;
+}
+
+namespace {
+
+std::string FormatNumber(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.15g", v);
+  return buf;
+}
+
+std::string Quoted(const std::string& text) { return "\"" + text + "\""; }
+
+}  // namespace
+
+CLI::Validator WholeNumber(std::uint64_t min, std::uint64_t max) {
+  std::string range;
+  if (max == ~std::uint64_t{0}) {
+    range = "a whole number of at least " + std::to_string(min);
+  } else {
+    range = "a whole number from " + std::to_string(min) + " to " + std::to_string(max);
+  }
+  return CLI::Validator(
+      [min, max, range](std::string& text) -> std::string {
+        std::uint64_t v = 0;
+        const char* end = text.data() + text.size();
+        auto [ptr, ec] = std::from_chars(text.data(), end, v);
+        // from_chars takes no sign and no spaces; check that it used every character.
+        if (text.empty() || ec != std::errc() || ptr != end || v < min || v > max) {
+          return "must be " + range + ", not " + Quoted(text);
+        }
+        return std::string();
+      },
+      "", "");
+}
+
+CLI::Validator DecimalNumber(double min, double max) {
+  const std::string range = "a number from " + FormatNumber(min) + " to " + FormatNumber(max);
+  return CLI::Validator(
+      [min, max, range](std::string& text) -> std::string {
+        std::size_t dots = static_cast<std::size_t>(std::count(text.begin(), text.end(), '.'));
+        bool ok = !text.empty() && text != "." && dots <= 1 && text.size() <= 20 &&
+                  std::all_of(text.begin(), text.end(), [](char c) {
+                    return std::isdigit(static_cast<unsigned char>(c)) || c == '.';
+                  });
+        double v = ok ? std::strtod(text.c_str(), nullptr) : 0;
+        if (!ok || v < min || v > max) return "must be " + range + ", not " + Quoted(text);
+        return std::string();
+      },
+      "", "");
+}
+
+CLI::Validator DurationMs(double bare_unit_ms, double min_ms, double max_ms) {
+  auto span = [](double ms) {
+    if (ms >= 1000 && std::fmod(ms, 1000) == 0) return FormatNumber(ms / 1000) + " s";
+    return FormatNumber(ms) + " ms";
+  };
+  const std::string range = "a duration from " + span(min_ms) + " to " + span(max_ms) +
+                            (bare_unit_ms == 1 ? " (a bare number counts milliseconds"
+                                               : " (a bare number counts seconds") +
+                            "; or give a unit: 500ms, 30s, 2m, 1h)";
+  return CLI::Validator(
+      [=](std::string& text) -> std::string {
+        Result<double> ms = ParseDurationMs(text, bare_unit_ms);
+        const double whole_ms = ms.ok() ? std::round(*ms) : 0;
+        if (!ms.ok() || whole_ms < min_ms || whole_ms > max_ms) {
+          return "must be " + range + ", not " + Quoted(text);
+        }
+        text = FormatNumber(whole_ms);
+        return std::string();
+      },
+      "", "");
+}
+
+int TerminalColumns() {
+  if (const char* env = std::getenv("COLUMNS"); env != nullptr && *env != '\0') {
+    int v = 0;
+    const char* end = env + std::strlen(env);
+    auto [ptr, ec] = std::from_chars(env, end, v);
+    if (ec == std::errc() && ptr == end && v > 0) return v;
+  }
+  winsize ws{};
+  if (::ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0) return ws.ws_col;
+  return 80;
+}
+
 void HexDump(std::FILE* out, const std::uint8_t* data, std::size_t len, std::uint64_t base) {
   bool folding = false;
   for (std::size_t off = 0; off < len; off += 16) {
@@ -243,6 +356,7 @@ std::string Sha256::HexDigest() {
 Progress::Progress(std::string label, std::uint64_t total_bytes)
     : label_(std::move(label)),
       total_(total_bytes),
+      columns_(TerminalColumns()),
       enabled_(IsTerminal(stderr)),
       start_(std::chrono::steady_clock::now()) {}
 
@@ -262,20 +376,51 @@ void Progress::Finish() {
   enabled_ = false;
 }
 
+std::string Progress::Line(const std::string& label, std::uint64_t done, std::uint64_t total,
+                           double rate, double eta_s, int columns) {
+  // One column stays free: a line that fills the last column makes some terminals wrap.
+  const std::size_t width = static_cast<std::size_t>(std::max(columns - 1, 1));
+  const std::string rate_text = "  " + HumanBytes(rate) + "/s";
+  if (total == kUnknownTotal) {
+    std::string line = label + "  " + HumanBytes(static_cast<double>(done));
+    if (line.size() + rate_text.size() <= width) line += rate_text;
+    return line.substr(0, width);
+  }
+  const double frac =
+      total == 0 ? 1.0 : std::min(1.0, static_cast<double>(done) / static_cast<double>(total));
+  char pct[8];
+  std::snprintf(pct, sizeof pct, " %3d%%", static_cast<int>(frac * 100));
+  // The figures, most important first; each is dropped when it does not fit.
+  std::string line = label;
+  std::string right = pct;
+  for (const std::string& extra : {"  " + HumanBytes(static_cast<double>(done)) + " / " +
+                                       HumanBytes(static_cast<double>(total)),
+                                   rate_text, "  ETA " + HumanClock(eta_s)}) {
+    if (line.size() + 3 + 10 + right.size() + extra.size() <= width) right += extra;
+  }
+  // The bar takes what is left, 10 to 30 columns; none when even 10 do not fit.
+  std::size_t room =
+      width > line.size() + right.size() + 3 ? width - line.size() - right.size() - 3 : 0;
+  std::size_t bar_width = std::min<std::size_t>(room, 30);
+  if (bar_width >= 10) {
+    std::string bar(bar_width, ' ');
+    auto filled = static_cast<std::size_t>(frac * static_cast<double>(bar_width));
+    for (std::size_t i = 0; i < filled && i < bar_width; ++i) bar[i] = '=';
+    if (filled < bar_width) bar[filled] = '>';
+    line += " [" + bar + "]";
+  }
+  line += right;
+  return line.substr(0, width);
+}
+
 void Progress::Draw(std::uint64_t done_bytes) {
   double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  double frac = total_ == 0 ? 1.0 : static_cast<double>(done_bytes) / static_cast<double>(total_);
   double rate = elapsed > 0 ? static_cast<double>(done_bytes) / elapsed : 0;
-  double eta = rate > 0 ? static_cast<double>(total_ - done_bytes) / rate : -1;
-  constexpr int kWidth = 24;
-  int filled = static_cast<int>(frac * kWidth);
-  std::string bar(static_cast<std::size_t>(kWidth), ' ');
-  for (int i = 0; i < filled && i < kWidth; ++i) bar[static_cast<std::size_t>(i)] = '=';
-  if (filled < kWidth) bar[static_cast<std::size_t>(filled)] = '>';
-  std::fprintf(stderr, "\r\033[K%s [%s] %3d%%  %s / %s  %s/s  ETA %s", label_.c_str(), bar.c_str(),
-               static_cast<int>(frac * 100), HumanBytes(done_bytes).c_str(),
-               HumanBytes(static_cast<double>(total_)).c_str(), HumanBytes(rate).c_str(),
-               HumanClock(eta).c_str());
+  double eta = rate > 0 && total_ != kUnknownTotal && total_ >= done_bytes
+                   ? static_cast<double>(total_ - done_bytes) / rate
+                   : -1;
+  std::string line = Line(label_, done_bytes, total_, rate, eta, columns_);
+  std::fprintf(stderr, "\r\033[K%s", line.c_str());
   std::fflush(stderr);
   drawn_ = true;
 }

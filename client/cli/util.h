@@ -6,6 +6,7 @@
 
 #include <openssl/evp.h>
 
+#include <CLI/CLI.hpp>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -69,6 +70,24 @@ std::string HumanClock(double seconds);
 Result<std::uint64_t> ParseSize(const std::string& text);
 // Parses a byte value: "0", "255", "0xff", "0x5A". InvalidArgument otherwise.
 Result<std::uint8_t> ParseByte(const std::string& text);
+// Parses a duration: a decimal number with an optional unit suffix "ms", "s", "m" or "h";
+// a bare number counts `bare_unit_ms` milliseconds each ("30s", "500ms", "1.5m", "250").
+// Returns milliseconds; InvalidArgument for anything else (a sign, an unknown suffix).
+Result<double> ParseDurationMs(const std::string& text, double bare_unit_ms);
+
+// CLI11 checks that speak our language. They see the argument's text before CLI11 converts
+// it, so "-1" is refused instead of wrapping to 2^64-1. On failure CLI11 reports
+// "NAME: must be ..." (main.cc turns that into one line "atomdisk: COMMAND: NAME must be ...").
+// A whole decimal number from `min` to `max`.
+CLI::Validator WholeNumber(std::uint64_t min, std::uint64_t max);
+// A decimal number (digits, an optional fraction) from `min` to `max`.
+CLI::Validator DecimalNumber(double min, double max);
+// A duration (ParseDurationMs) from `min_ms` to `max_ms`, for ->transform(): the text is replaced
+// by its whole count of milliseconds, so the option's variable holds milliseconds.
+CLI::Validator DurationMs(double bare_unit_ms, double min_ms, double max_ms);
+// The terminal width for one-line displays: $COLUMNS if it is a number, else the width of
+// the terminal on stderr (TIOCGWINSZ), else 80.
+int TerminalColumns();
 
 // `hexdump -C` style lines for `len` bytes whose first byte is at `base`; runs of identical
 // 16-byte lines are folded into one "*" line.
@@ -96,10 +115,17 @@ class Sha256 {
 };
 
 // A one-line progress bar on stderr, drawn only when stderr is a terminal and at most ten
-// times a second: "[=====>     ]  45%  9.0 MiB / 20.0 MiB  35.2 MiB/s  ETA 0:03".
+// times a second: "upload [=====>     ]  45%  9.0 MiB / 20.0 MiB  35.2 MiB/s  ETA 0:03".
+// It fits TerminalColumns() (the bar shrinks, then the figures on the right are left out)
+// so it never wraps. A total of kUnknownTotal (standard input) shows no bar, percentage
+// or ETA: "upload  9.0 MiB  35.2 MiB/s".
 class Progress {
  public:
+  static constexpr std::uint64_t kUnknownTotal = ~std::uint64_t{0};
   Progress(std::string label, std::uint64_t total_bytes);
+  // The line Draw prints for these figures, at most `columns - 1` characters wide.
+  static std::string Line(const std::string& label, std::uint64_t done, std::uint64_t total,
+                          double rate, double eta_s, int columns);
   ~Progress();  // clears the line
   void Update(std::uint64_t done_bytes);
   void Finish();
@@ -108,6 +134,7 @@ class Progress {
   void Draw(std::uint64_t done_bytes);
   std::string label_;
   std::uint64_t total_;
+  int columns_;
   bool enabled_;
   bool drawn_ = false;
   std::chrono::steady_clock::time_point start_, last_draw_;

@@ -7,6 +7,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -103,6 +105,74 @@ TEST(CliTest, UsageErrorsExitWith2) {
   EXPECT_EQ(Cli({"read", "banana"}).exit_code, 2);  // not a number
   EXPECT_EQ(Cli({"write", "0", "--fill", "300"}).exit_code, 2);
   EXPECT_EQ(Cli({"bench", "--write-ratio", "2"}).exit_code, 2);
+}
+
+// Every usage error is one line of ours, "atomdisk: ..." with exit code 2: never CLI11's
+// own text ("A subcommand is required", a range with a 300-digit float).
+void ExpectUsageError(const std::vector<std::string>& args, const std::string& needle) {
+  std::string cmd;
+  for (const auto& a : args) cmd += " " + a;
+  ProcessResult r = Cli(args);
+  EXPECT_EQ(r.exit_code, 2) << cmd << ": " << r.Describe();
+  EXPECT_TRUE(r.err.rfind("atomdisk: ", 0) == 0) << cmd << ": " << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << cmd << ": " << r.err;
+  EXPECT_LT(r.err.size(), 260u) << cmd << ": " << r.err;
+  EXPECT_TRUE(Contains(r.err, needle)) << cmd << ": " << r.err;
+  EXPECT_FALSE(Contains(r.err, "Run with --help")) << cmd << ": " << r.err;
+}
+
+TEST(CliTest, UsageErrorsAreOneClearLineOfOurs) {
+  ExpectUsageError({"read", "0", "--count", "0"}, "--count must be a whole number from 1 to");
+  ExpectUsageError({"read", "0", "--count", "-1"}, "--count must be a whole number");
+  // Negative numbers are refused, not wrapped to 2^64-1.
+  ExpectUsageError({"read", "-1"}, "sector must be a whole number from 0 to");
+  ExpectUsageError({"write", "-1", "--fill", "1"}, "sector must be a whole number");
+  ExpectUsageError({"read", "banana"}, "not \"banana\"");
+  ExpectUsageError({"bogus"}, "unknown command \"bogus\"");
+  ExpectUsageError({"bogus"}, "init, status, read, write, upload, download, bench, scrub, inspect");
+  ExpectUsageError({}, "no command given");
+  ExpectUsageError({"--frob"}, "unknown option --frob");
+  ExpectUsageError({"read"}, "read: sector is required");
+  ExpectUsageError({"read", "0", "1"}, "unexpected argument 1");
+  ExpectUsageError({"read", "0", "--count"}, "--count needs a value");
+  ExpectUsageError({"write", "0", "--in", "f", "--fill", "1"}, "cannot be given together");
+  ExpectUsageError({"--timeout", "-5", "read", "0"}, "--timeout must be a duration");
+  ExpectUsageError({"status", "--wait", "0"}, "--wait must be a duration");
+  ExpectUsageError({"bench", "--inflight", "0"},
+                   "--inflight must be a whole number from 1 to 4096");
+  ExpectUsageError({"bench", "--write-ratio", "2"}, "--write-ratio must be a number from 0 to 1");
+  ExpectUsageError({"bench", "--duration", "0"}, "--duration must be a duration");
+  ExpectUsageError({"scrub", "--timeout", "5x"}, "--timeout must be a duration");
+  ExpectUsageError({"init", "--nodes", "127.0.0.1:1", "--sectors", "-3"}, "--sectors must be");
+  // A digest that cannot be one is refused before any config or I/O.
+  ExpectUsageError({"download", "f", "--length", "1", "--sha256", "abc"},
+                   "is not a SHA-256 digest (64 hex characters)");
+}
+
+TEST(CliTest, TestScriptHelpIsAUsageText) {
+  ProcessResult r = testing::RunProcess(
+      {"/bin/bash", std::string(ATOMDISK_SOURCE_DIR) + "/scripts/test.sh", "--help"});
+  EXPECT_EQ(r.exit_code, 0) << r.Describe();
+  EXPECT_TRUE(r.out.rfind("Usage: scripts/test.sh", 0) == 0) << r.out;
+  EXPECT_TRUE(Contains(r.out, "--sanitize")) << r.out;
+  // No lines of the script itself.
+  for (const char* code : {"set -euo", "cd \"$(dirname", "#!/", "sanitize=\"\""}) {
+    EXPECT_FALSE(Contains(r.out, code)) << code << " in:\n" << r.out;
+  }
+}
+
+TEST(CliTest, InitWarnsThatTwoNodesSurviveNoFailure) {
+  TempDir dir;
+  ProcessResult two =
+      Cli({"init", "--nodes", "127.0.0.1:7001,127.0.0.1:7002", "--dir", dir / "two"});
+  EXPECT_EQ(two.exit_code, 0) << two.Describe();
+  EXPECT_TRUE(Contains(two.err, "atomdisk: warning: ")) << two.err;
+  EXPECT_TRUE(Contains(two.err, "cannot survive the failure of any node")) << two.err;
+  EXPECT_TRUE(fs::exists(dir / "two/cluster.toml"));
+  ProcessResult three = Cli(
+      {"init", "--nodes", "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003", "--dir", dir / "three"});
+  EXPECT_EQ(three.exit_code, 0) << three.Describe();
+  EXPECT_EQ(three.err, "");
 }
 
 TEST(CliTest, MissingConfigIsAClearError) {
@@ -264,12 +334,34 @@ TEST_F(CliClusterTest, WrongKeyIsAClearConfigError) {
   auto t0 = std::chrono::steady_clock::now();
   ProcessResult r = Cli({"--config", dir + "/cluster.toml", "write", "0", "--fill", "7"});
   EXPECT_EQ(r.exit_code, 2) << r.Describe();
-  EXPECT_TRUE(Contains(r.err, "client key")) << r.err;
+  EXPECT_TRUE(Contains(r.err, "the client key does not match the cluster's")) << r.err;
+  // The nodes refused every request: nothing may be partly written.
+  EXPECT_FALSE(Contains(r.err, "partly written")) << r.err;
+  EXPECT_TRUE(Contains(r.err, "nothing was written")) << r.err;
   EXPECT_FALSE(Contains(r.out, "wrote")) << r.out;
   EXPECT_LT(std::chrono::steady_clock::now() - t0, milliseconds(4500));
+  WriteFile(tmp_ / "up", RandomBytes(3 * 4096, 9));
+  ProcessResult up = Cli({"--config", dir + "/cluster.toml", "upload", tmp_ / "up"});
+  EXPECT_EQ(up.exit_code, 2) << up.Describe();
+  EXPECT_TRUE(Contains(up.err, "the client key does not match the cluster's")) << up.err;
+  EXPECT_FALSE(Contains(up.err, "partly written")) << up.err;
+  // A configuration error: exit code 2, as docs/CLI.md says.
   ProcessResult status = Cli({"--config", dir + "/cluster.toml", "status"});
-  EXPECT_EQ(status.exit_code, 1) << status.Describe();
-  EXPECT_TRUE(Contains(status.out, "client key")) << status.out;
+  EXPECT_EQ(status.exit_code, 2) << status.Describe();
+  EXPECT_TRUE(Contains(status.out, "client key does not match")) << status.out;
+  EXPECT_TRUE(Contains(status.err, "atomdisk: status: the client key does not match"))
+      << status.err;
+  // The FUSE mount says the same at start-up, within the probe, and mounts nothing (the
+  // probe runs before the mount, so this needs no /dev/fuse).
+  fs::create_directories(tmp_ / "mnt");
+  auto f0 = std::chrono::steady_clock::now();
+  ProcessResult fuse = testing::RunProcess(
+      {ATOMDISK_FUSE_BIN, "--config", dir + "/cluster.toml", tmp_ / "mnt", "-f"},
+      RunOptions{.timeout = milliseconds(30000)});
+  EXPECT_EQ(fuse.exit_code, 2) << fuse.Describe();
+  EXPECT_TRUE(Contains(fuse.err, "the client key does not match the cluster's")) << fuse.err;
+  EXPECT_FALSE(Contains(fuse.err, "no node answered")) << fuse.err;
+  EXPECT_LT(std::chrono::steady_clock::now() - f0, milliseconds(2500));
   // And the cluster did not take the write.
   EXPECT_EQ(Run({"read", "0"}).out, std::string(4096, '\0'));
 }
@@ -389,6 +481,129 @@ TEST_F(CliClusterTest, BenchReportsThroughputAndLatency) {
   ASSERT_EQ(text.exit_code, 0) << text.Describe();
   EXPECT_TRUE(Contains(text.out, "ops/s")) << text.out;
   EXPECT_TRUE(Contains(text.out, "p99.9")) << text.out;
+}
+
+TEST_F(CliClusterTest, BenchWritesOnlyANamedRangeOrWithConsent) {
+  // What a user keeps at the start of the device (a partition table, a superblock).
+  ASSERT_EQ(Run({"write", "0", "--fill", "0x77", "--count", "8"}).exit_code, 0);
+  const std::string kept = std::string(8 * 4096, '\x77');
+  for (std::vector<std::string> args :
+       {std::vector<std::string>{"bench", "--duration", "0.5"},
+        {"bench", "--duration", "0.5", "--inflight", "4", "--write-ratio", "1"},
+        {"bench", "--duration", "0.5", "--write-ratio", "0", "--history", tmp_ / "h.jsonl"}}) {
+    ProcessResult r = Run(args);
+    EXPECT_EQ(r.exit_code, 2) << r.Describe();
+    EXPECT_TRUE(Contains(r.err, "atomdisk: bench: refusing to overwrite sectors 0..1023")) << r.err;
+    EXPECT_TRUE(Contains(r.err, "--destroy-data")) << r.err;
+    EXPECT_FALSE(Contains(r.out, "ops/s")) << r.out;
+  }
+  EXPECT_TRUE(Run({"read", "0", "--count", "8"}).out == kept);
+  // A bench that only reads runs anywhere and changes nothing.
+  ProcessResult reads = Run({"bench", "--duration", "0.5", "--write-ratio", "0", "--json"});
+  ASSERT_EQ(reads.exit_code, 0) << reads.Describe();
+  EXPECT_GT(json::parse(reads.out)["ops"].get<double>(), 0);
+  // A named range: only those sectors change.
+  ProcessResult named = Run({"bench", "--duration", "0.5", "--first", "100", "--sectors", "16"});
+  ASSERT_EQ(named.exit_code, 0) << named.Describe();
+  EXPECT_TRUE(Run({"read", "0", "--count", "8"}).out == kept);
+  // Consent: the default range, sectors 0..1023, is overwritten.
+  ProcessResult consent =
+      Run({"bench", "--duration", "1", "--write-ratio", "1", "--sectors", "8", "--destroy-data"});
+  ASSERT_EQ(consent.exit_code, 0) << consent.Describe();
+  EXPECT_FALSE(Run({"read", "0", "--count", "8"}).out == kept);
+  ProcessResult help = Run({"bench", "--help"});
+  EXPECT_TRUE(Contains(help.out, "--destroy-data")) << help.out;
+  EXPECT_TRUE(Contains(help.out, "WRITES DESTROY DATA")) << help.out;
+}
+
+TEST_F(CliClusterTest, DownloadChecksTheDigestBeforeAndAfter) {
+  std::string data = RandomBytes(2 * 4096, 11);
+  WriteFile(tmp_ / "f", data);
+  ASSERT_EQ(Run({"upload", tmp_ / "f", "--offset", "64K"}).exit_code, 0);
+  // Not a digest at all: refused before anything is read or created.
+  ProcessResult bad =
+      Run({"download", tmp_ / "out", "--offset", "64K", "--length", "8K", "--sha256", "abc"});
+  EXPECT_EQ(bad.exit_code, 2) << bad.Describe();
+  EXPECT_TRUE(Contains(bad.err, "not a SHA-256 digest")) << bad.err;
+  EXPECT_FALSE(fs::exists(tmp_ / "out.partial"));
+  EXPECT_FALSE(fs::exists(tmp_ / "out"));
+  // A well-formed digest that does not match: exit 3, no success summary, no file.
+  ProcessResult mismatch = Run({"download", tmp_ / "out", "--offset", "64K", "--length", "8K",
+                                "--sha256", std::string(64, 'a')});
+  EXPECT_EQ(mismatch.exit_code, 3) << mismatch.Describe();
+  EXPECT_TRUE(Contains(mismatch.err, "atomdisk: download: MISMATCH")) << mismatch.err;
+  EXPECT_FALSE(Contains(mismatch.out, "downloaded")) << mismatch.out;
+  EXPECT_FALSE(fs::exists(tmp_ / "out"));
+  EXPECT_FALSE(fs::exists(tmp_ / "out.partial"));
+  // The right digest, in capitals: accepted.
+  ProcessResult first = Run({"download", "-", "--offset", "64K", "--length", "8K"});
+  ASSERT_EQ(first.exit_code, 0) << first.Describe();
+  std::string sha = first.err.substr(first.err.find("sha256 ") + 7, 64);
+  std::string upper = sha;
+  for (auto& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  ProcessResult good =
+      Run({"download", tmp_ / "out", "--offset", "64K", "--length", "8K", "--sha256", upper});
+  ASSERT_EQ(good.exit_code, 0) << good.Describe();
+  EXPECT_TRUE(Contains(good.out, "downloaded")) << good.out;
+  EXPECT_TRUE(ReadFile(tmp_ / "out") == data);
+}
+
+TEST_F(CliClusterTest, UploadReadsStandardInput) {
+  std::string data = RandomBytes(5 * 4096 + 100, 12);
+  ProcessResult up =
+      Run({"upload", "-", "--offset", "1M", "--verify", "--json"}, RunOptions{.stdin_data = data});
+  ASSERT_EQ(up.exit_code, 0) << up.Describe();
+  json j = json::parse(up.out);
+  EXPECT_EQ(j["bytes"], data.size());
+  EXPECT_EQ(j["sectors"], 6);
+  ProcessResult down =
+      Run({"download", "-", "--offset", "1M", "--length", std::to_string(data.size())});
+  ASSERT_EQ(down.exit_code, 0) << down.Describe();
+  EXPECT_TRUE(down.out == data);
+  EXPECT_EQ(j["sha256"], down.err.substr(down.err.find("sha256 ") + 7, 64));
+  // More than fits between the offset and the end of the device (32 MiB): an error that
+  // says so, after writing what fits.
+  ProcessResult too_long = Run({"upload", "-", "--offset", "32700K"},
+                               RunOptions{.stdin_data = RandomBytes(200 * 1024, 13)});
+  EXPECT_EQ(too_long.exit_code, 2) << too_long.Describe();
+  EXPECT_TRUE(Contains(too_long.err, "longer than")) << too_long.err;
+  EXPECT_FALSE(Contains(too_long.out, "uploaded")) << too_long.out;
+}
+
+// A progress bar drawn on a terminal of `columns` columns never fills a line: every redraw
+// (after "\r\033[K") is shorter than the terminal is wide, so nothing wraps.
+TEST_F(CliClusterTest, ProgressBarFitsTheTerminal) {
+  if (::access("/usr/bin/script", X_OK) != 0) GTEST_SKIP() << "needs script(1) for a terminal";
+  WriteFile(tmp_ / "big", RandomBytes(16 * 1024 * 1024, 14));
+  for (int columns : {80, 40}) {
+    // script(1) runs the upload on a pseudo-terminal and copies what it prints to stdout.
+    std::string cmd = std::string("COLUMNS=") + std::to_string(columns) + " " + ATOMDISK_CLI_BIN +
+                      " --config " + cluster_->config_path() + " upload " + (tmp_ / "big") +
+                      " >/dev/null";
+    ProcessResult r = testing::RunProcess({"/usr/bin/script", "-qfec", cmd, "/dev/null"},
+                                          RunOptions{.timeout = milliseconds(120000)});
+    ASSERT_EQ(r.exit_code, 0) << r.Describe();
+    std::size_t drawn = 0;
+    for (std::size_t pos = 0; (pos = r.out.find("\r\033[K", pos)) != std::string::npos;) {
+      pos += 4;
+      std::size_t end = r.out.find_first_of("\r\n", pos);
+      std::string line =
+          r.out.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+      if (line.empty()) continue;
+      ++drawn;
+      EXPECT_LT(line.size(), static_cast<std::size_t>(columns)) << columns << ": " << line;
+      EXPECT_TRUE(Contains(line, "upload")) << line;
+    }
+    EXPECT_GT(drawn, 0u) << "no progress drawn: " << r.out;
+  }
+}
+
+TEST_F(CliClusterTest, ScrubSummaryCountsStaleSlotsAndTakesUnits) {
+  ASSERT_EQ(Run({"write", "3", "--fill", "1", "--count", "4"}).exit_code, 0);
+  ProcessResult r = Run({"scrub", "--timeout", "60s"}, RunOptions{.timeout = milliseconds(90000)});
+  ASSERT_EQ(r.exit_code, 0) << r.Describe();
+  EXPECT_TRUE(Contains(r.out, "0 stale")) << r.out;
+  EXPECT_TRUE(Contains(r.out, "0 unrepaired")) << r.out;
 }
 
 // The client ops node `rank` has served, from its kInfo counters (0 if unknown).

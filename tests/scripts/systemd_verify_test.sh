@@ -57,7 +57,7 @@ install_prefix() {
       return 1
     fi
   done
-  for f in bin/atomdiskd bin/atomdisk bin/atomdisk-fuse; do
+  for f in bin/atomdiskd bin/atomdisk bin/atomdisk-fuse bin/atomdisk-lincheck; do
     [ -x "$TMP/prefix/$f" ] || fail "cmake --install did not install $f"
   done
   for f in lib/sysusers.d/atomdisk.conf share/doc/atomdisk/cluster.toml.example \
