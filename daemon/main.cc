@@ -17,7 +17,9 @@
 
 #include "common/config.h"
 #include "common/logging.h"
+#include "common/metrics_server.h"
 #include "daemon/node.h"
+#include "daemon/node_metrics.h"
 #include "daemon/store/identity.h"
 #include "daemon/store/sector_store.h"
 #include "daemon/version.h"
@@ -67,9 +69,18 @@ int main(int argc, char** argv) {
                        " has no data_dir; give one there or with --data-dir");
   }
 
+  // Fed by the store's sync thread and the node's io thread; served (if metrics_address is
+  // set) from a thread of its own (docs/OPERATIONS.md, "Metrics").
+  NodeMetrics node_metrics(*config, static_cast<Rank>(rank));
+  const std::string metrics_host = me.metrics_host;
+  const std::uint16_t metrics_port = me.metrics_port;
+
   SectorStore::Options store_options;
   store_options.sectors = config->sectors;
   store_options.preallocate = preallocate;
+  store_options.on_sync = [&node_metrics](std::size_t sectors, double seconds) {
+    node_metrics.StoreSync(sectors, seconds);
+  };
   auto store = SectorStore::Open(data_dir, store_options);
   if (!store.ok()) return Fail(1, store.status().message());
 
@@ -102,7 +113,16 @@ int main(int argc, char** argv) {
   boost::asio::io_context io(1);
   Node node(io, std::move(config).value(), static_cast<Rank>(rank), std::move(store).value(),
             std::move(membership));
+  node.SetMetrics(&node_metrics);
   if (Status s = node.Listen(); !s.ok()) return Fail(1, s.message());
+  std::unique_ptr<metrics::MetricsServer> metrics_server;
+  if (metrics_port != 0) {
+    auto server =
+        metrics::MetricsServer::Start(metrics_host, metrics_port, &node_metrics.registry());
+    if (!server.ok()) return Fail(1, server.status().message());
+    metrics_server = std::move(server).value();
+    spdlog::info("metrics at http://{}:{}/metrics", metrics_host, metrics_port);
+  }
   if (Status s = node.Start(); !s.ok()) return Fail(1, s.message());
   spdlog::info("atomdiskd {} rank {} serving on {} (data_dir {})", kAtomdiskVersion, rank,
                me.Address(), data_dir);

@@ -180,6 +180,7 @@ asio::awaitable<void> Node::TickLoop() {
     for (SectorIdx s : idle) registers_.erase(s);
     MaybeStartSyncer(now);
     if (sync_started_) syncer_->Tick(now);
+    PublishMetrics(now);
   }
 }
 
@@ -232,6 +233,8 @@ void Node::HandleClient(Connection& conn, std::span<const std::uint8_t> body) {
     return;
   }
   ++counters_.client_ops;
+  const auto arrived = std::chrono::steady_clock::now();
+  if (metrics_ && HasJsonResponse(cmd->op)) metrics_->AdminRequest(cmd->op);
   if (cmd->op == ClientOp::kInfo) {
     Respond(conn,
             ClientResponse{ResponseStatus::kOk, cmd->request_id, ClientOp::kInfo, {}, InfoJson()});
@@ -250,14 +253,19 @@ void Node::HandleClient(Connection& conn, std::span<const std::uint8_t> body) {
   }
   if (cmd->sector >= config_.sectors) {
     ++counters_.invalid_sector;
+    if (metrics_) metrics_->ClientRequest(cmd->op, NodeMetrics::Outcome::kInvalidSector, arrived);
     Respond(conn,
             ClientResponse{ResponseStatus::kInvalidSectorIndex, cmd->request_id, cmd->op, {}, {}});
     return;
   }
   Register* reg = GetRegister(cmd->sector);
-  if (!reg) return;  // unreadable here: stay silent, the client fails over to another node
+  if (!reg) {  // unreadable here: stay silent, the client fails over to another node
+    if (metrics_) metrics_->ClientRequest(cmd->op, NodeMetrics::Outcome::kUnreadable, arrived);
+    return;
+  }
   std::uint64_t token = next_token_++;
-  client_ops_.emplace(token, ClientOpRef{conn.shared_from_this(), cmd->request_id, cmd->op});
+  client_ops_.emplace(token,
+                      ClientOpRef{conn.shared_from_this(), cmd->request_id, cmd->op, arrived});
   conn.OpStarted();
   if (cmd->op == ClientOp::kWrite) {
     ++counters_.writes;
@@ -423,7 +431,9 @@ void Node::NoteInbound(Rank from, Connection& conn) {
 void Node::Persist(SectorIdx sector, const Triple& value) {
   syncer_->OnLocalWrite(sector);
   Tag tag = value.tag;
-  store_->Write(sector, value, [this, sector, tag](Status status) {
+  const auto persist_start = std::chrono::steady_clock::now();
+  store_->Write(sector, value, [this, sector, tag, persist_start](Status status) {
+    if (metrics_) metrics_->StoreWrite(persist_start);
     // On the store's sync thread: hand the completion back to the io thread.
     asio::post(io_, [this, sector, tag, status = std::move(status)]() {
       if (!status.ok()) {
@@ -447,6 +457,11 @@ void Node::Complete(std::uint64_t token, SectorPtr data) {
   ClientOpRef ref = std::move(it->second);
   client_ops_.erase(it);
   auto conn = ref.conn.lock();
+  const bool gone = !conn || conn->closed();
+  if (metrics_) {
+    metrics_->ClientRequest(
+        ref.op, gone ? NodeMetrics::Outcome::kClientGone : NodeMetrics::Outcome::kOk, ref.started);
+  }
   if (!conn) return;  // the client went away; the operation still completed
   conn->OpFinished();
   if (conn->closed()) return;

@@ -23,6 +23,7 @@
 #include "common/hmac.h"
 #include "daemon/net/connection.h"
 #include "daemon/net/peer_link.h"
+#include "daemon/node_metrics.h"
 #include "daemon/register/register.h"
 #include "daemon/store/identity.h"
 #include "daemon/store/sector_store.h"
@@ -83,11 +84,15 @@ class Node : public FrameSink, public RegisterEnv, public SyncEnv {
   // The owner stops the loop and exits non-zero so that the service manager restarts it.
   void SetOnFatal(std::function<void(const std::string&)> fn) { on_fatal_ = std::move(fn); }
 
+  // Feeds `metrics` (owned by the caller, outliving the node) from now on; none by default.
+  void SetMetrics(NodeMetrics* metrics) { metrics_ = metrics; }
+
  private:
   struct ClientOpRef {
     std::weak_ptr<Connection> conn;
     std::uint64_t request_id;
     ClientOp op;
+    std::chrono::steady_clock::time_point started;  // for the latency metric
   };
   boost::asio::awaitable<void> AcceptLoop();
   boost::asio::awaitable<void> TickLoop();
@@ -114,6 +119,8 @@ class Node : public FrameSink, public RegisterEnv, public SyncEnv {
   void MaybeStartSyncer(std::int64_t now);
   std::int64_t NowMs() const;
   std::string InfoJson() const;
+  // Copies the io thread's state into metrics_ (at most every 100 ms; daemon/node_metrics.cc).
+  void PublishMetrics(std::int64_t now);
   // Logs at most once per second per kind of problem, counting the rest.
   void LogRateLimited(const std::string& kind, const std::string& message);
 
@@ -167,6 +174,8 @@ class Node : public FrameSink, public RegisterEnv, public SyncEnv {
   } counters_;
   std::unordered_map<std::string, std::pair<std::chrono::steady_clock::time_point, std::uint64_t>>
       log_limits_;
+  NodeMetrics* metrics_ = nullptr;
+  std::int64_t metrics_published_ms_ = 0;
 };
 
 }  // namespace atomdisk
