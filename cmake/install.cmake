@@ -32,7 +32,7 @@ endforeach()
 install(FILES ${CMAKE_SOURCE_DIR}/README.md ${CMAKE_SOURCE_DIR}/scripts/systemd/cluster.toml.example
         DESTINATION ${CMAKE_INSTALL_DOCDIR})
 install(DIRECTORY ${CMAKE_SOURCE_DIR}/docs/ DESTINATION ${CMAKE_INSTALL_DOCDIR}
-        FILES_MATCHING PATTERN "*.md")
+        FILES_MATCHING PATTERN "*.md" PATTERN "*.json" PATTERN "*.yml")  # monitoring/ too
 install(FILES ${CMAKE_SOURCE_DIR}/scripts/systemd/atomdisk.sysusers
         DESTINATION ${ATOMDISK_SYSUSERSDIR} RENAME atomdisk.conf)
 

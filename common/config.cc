@@ -213,7 +213,7 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) 
     if (!n) return Err(path, where + " is not a table");
     for (const auto& [k, v] : *n) {
       std::string key(k.str());
-      if (key != "rank" && key != "address" && key != "data_dir") {
+      if (key != "rank" && key != "address" && key != "data_dir" && key != "metrics_address") {
         return Err(path, where + ": unknown key \"" + key + "\"");
       }
     }
@@ -234,6 +234,12 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) 
     if (!addresses.insert(node.Address()).second) {
       return Err(path, where + ": address " + *address + " used twice");
     }
+    if (auto ma = (*n)["metrics_address"].value<std::string>()) {
+      Status ms = ParseHostPort(*ma, &node.metrics_host, &node.metrics_port);
+      if (!ms.ok()) return Err(path, where + ": metrics_address: " + ms.message());
+    } else if ((*n)["metrics_address"]) {
+      return Err(path, where + ": \"metrics_address\" is not a string");
+    }
     if (auto dd = (*n)["data_dir"].value<std::string>()) {
       if (dd->empty()) return Err(path, where + ": \"data_dir\" is empty");
       node.data_dir = Resolve(base, *dd);
@@ -241,6 +247,17 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) 
       return Err(path, where + ": \"data_dir\" is not a string");
     }
     cfg.nodes.push_back(std::move(node));
+  }
+  // Nodes on different hosts may share a metrics_address ("127.0.0.1:9101" on each), but none
+  // may be a node's address.
+  for (const NodeConfig& node : cfg.nodes) {
+    if (node.metrics_port == 0) continue;
+    const std::string m =
+        NodeConfig{.host = node.metrics_host, .port = node.metrics_port}.Address();
+    if (addresses.count(m)) {
+      return Err(path, "node " + std::to_string(node.rank) + ": metrics_address " + m +
+                           " is also a node address");
+    }
   }
   std::sort(cfg.nodes.begin(), cfg.nodes.end(),
             [](const NodeConfig& a, const NodeConfig& b) { return a.rank < b.rank; });

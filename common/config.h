@@ -11,6 +11,7 @@
 //   rank = 1                          # 1-based, unique, below 255
 //   address = "127.0.0.1:7001"        # clients and peers both connect here
 //   data_dir = "data/1"
+//   metrics_address = "127.0.0.1:9101"  # optional: serve GET /metrics here (off if absent)
 //
 // Relative paths resolve against the config file's folder. Plain value; thread-compatible.
 #pragma once
@@ -28,7 +29,10 @@ struct NodeConfig {
   Rank rank = 0;
   std::string host;  // as written ("127.0.0.1", "::1", "node1.example")
   std::uint16_t port = 0;
-  std::string data_dir;         // absolute after loading (empty if the file names none)
+  std::string data_dir;  // absolute after loading (empty if the file names none)
+  // Where atomdiskd serves Prometheus metrics (docs/OPERATIONS.md, "Metrics"); port 0: off.
+  std::string metrics_host;
+  std::uint16_t metrics_port = 0;
   std::string Address() const;  // "host:port" ("[::1]:port" for IPv6)
 };
 

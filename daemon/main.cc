@@ -22,6 +22,8 @@
 
 #include "common/config.h"
 #include "common/logging.h"
+#include "common/metrics_server.h"
+#include "daemon/core/node_metrics.h"
 #include "daemon/net/node_server.h"
 #include "daemon/store/sector_store.h"
 #include "daemon/sync/identity.h"
@@ -82,9 +84,18 @@ int main(int argc, char** argv) {
                                  " has no data_dir; give one there or with --data-dir");
   }
 
+  // Fed by the store's sync thread and the node's io thread; served (if metrics_address is
+  // set) from a thread of its own (docs/OPERATIONS.md, "Metrics").
+  NodeMetrics node_metrics(*config, static_cast<Rank>(rank));
+  const std::string metrics_host = me.metrics_host;
+  const std::uint16_t metrics_port = me.metrics_port;
+
   SectorStore::Options store_options;
   store_options.sectors = config->sectors;
   store_options.preallocate = preallocate;
+  store_options.on_sync = [&node_metrics](std::size_t sectors, double seconds) {
+    node_metrics.StoreSync(sectors, seconds);
+  };
   auto store = SectorStore::Open(data_dir, store_options);
   if (!store.ok()) {
     // InvalidArgument: the data_dir or the device size as configured cannot work (a missing
@@ -134,7 +145,16 @@ int main(int argc, char** argv) {
   // Before Listen: once a client can connect, SIGTERM must already mean a clean stop (until
   // the wait below, signals are queued).
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+  node.SetMetrics(&node_metrics);
   if (Status s = node.Listen(); !s.ok()) return Fail(kExitRuntime, s.message());
+  std::unique_ptr<metrics::MetricsServer> metrics_server;
+  if (metrics_port != 0) {
+    auto server =
+        metrics::MetricsServer::Start(metrics_host, metrics_port, &node_metrics.registry());
+    if (!server.ok()) return Fail(kExitRuntime, server.status().message());
+    metrics_server = std::move(server).value();
+    spdlog::info("metrics at http://{}:{}/metrics", metrics_host, metrics_port);
+  }
   // Before Start: a node that cannot save its IDENTITY fails inside it.
   int exit_code = 0;
   node.SetOnFatal([&](const std::string& why) {

@@ -48,6 +48,7 @@ struct ReadOp {
   std::vector<SectorPtr> sectors;
   std::atomic<std::size_t> remaining;
   std::atomic<int> error{0};
+  FuseMetrics::Clock::time_point started{};  // for the latency metric
 };
 
 }  // namespace
@@ -82,6 +83,7 @@ struct DiskFs::ZeroOp {
   std::uint64_t end;
   std::uint64_t seq;
   int error = 0;
+  FuseMetrics::Clock::time_point started{};  // for the latency metric
 };
 
 DiskFs::DiskFs(DiskFsOptions options, client::Client* client)
@@ -363,6 +365,7 @@ void DiskFs::OnRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse
                         {}};
   op->remaining.store(count, std::memory_order_relaxed);
   self->sector_reads_.fetch_add(count, std::memory_order_relaxed);
+  if (self->options_.metrics) op->started = self->options_.metrics->Start(FuseOp::kRead);
 
   // After the last Read call below, `op` may already be gone: use only locals.
   for (std::size_t i = 0; i < count; ++i) {
@@ -376,6 +379,8 @@ void DiskFs::OnRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse
       }
       if (op->remaining.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
       int err = op->error.load(std::memory_order_relaxed);
+      if (self->options_.metrics)
+        self->options_.metrics->Done(FuseOp::kRead, op->started, err, op->size);
       if (err != 0) {
         fuse_reply_err(op->req, err);
       } else {
@@ -423,8 +428,12 @@ void DiskFs::OnWrite(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t siz
   const std::uint64_t len = std::min<std::uint64_t>(size, dev - start);  // short write at end
   auto* fh = reinterpret_cast<FileHandle*>(fi->fh);
   const std::uint64_t seq = self->BeginWrite();
+  const auto started = self->options_.metrics ? self->options_.metrics->Start(FuseOp::kWrite)
+                                              : FuseMetrics::Clock::time_point{};
   self->WriteRange(start, len, reinterpret_cast<const std::uint8_t*>(buf),
-                   [self, req, len, seq, fh](int err) {
+                   [self, req, len, seq, fh, started](int err) {
+                     if (self->options_.metrics)
+                       self->options_.metrics->Done(FuseOp::kWrite, started, err, len);
                      if (err != 0 && fh != nullptr) fh->write_failed.store(true);
                      if (err == 0) self->TouchMtime();
                      self->EndWrite(seq);
@@ -584,6 +593,7 @@ void DiskFs::OnFallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
   }
   auto* op = new ZeroOp{req, reinterpret_cast<FileHandle*>(fi->fh), start,
                         std::min(dev, start + len), self->BeginWrite()};
+  if (self->options_.metrics) op->started = self->options_.metrics->Start(FuseOp::kFallocate);
   self->ZeroNextWindow(op);
 }
 
@@ -593,6 +603,7 @@ void DiskFs::ZeroNextWindow(ZeroOp* op) {
     if (err != 0 && op->fh != nullptr) op->fh->write_failed.store(true);
     if (err == 0) TouchMtime();
     EndWrite(op->seq);
+    if (options_.metrics) options_.metrics->Done(FuseOp::kFallocate, op->started, err);
     fuse_req_t req = op->req;
     delete op;
     fuse_reply_err(req, err);
@@ -648,16 +659,19 @@ void DiskFs::WaitForWrites(fuse_req_t req, FileHandle* fh) {
 
 void DiskFs::ReplyFlushed(fuse_req_t req, FileHandle* fh) {
   const bool failed = fh != nullptr && fh->write_failed.exchange(false);
+  if (failed && options_.metrics) options_.metrics->SyncFailed();
   fuse_reply_err(req, failed ? EIO : 0);
 }
 
 void DiskFs::OnFlush(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
+  if (Self(req)->options_.metrics) Self(req)->options_.metrics->Count(FuseOp::kFlush);
   Self(req)->WaitForWrites(req, reinterpret_cast<FileHandle*>(fi->fh));
 }
 
 void DiskFs::OnFsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info* fi) {
   // Every acknowledged write is already on stable storage on a majority: waiting for the
   // writes in flight is all a sync has to do.
+  if (Self(req)->options_.metrics) Self(req)->options_.metrics->Count(FuseOp::kFsync);
   Self(req)->WaitForWrites(req, reinterpret_cast<FileHandle*>(fi->fh));
 }
 

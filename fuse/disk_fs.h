@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "client/client.h"
+#include "fuse/fuse_metrics.h"
 #include "fuse/parallel_dio.h"
 
 namespace atomdisk::fuse {
@@ -62,6 +63,8 @@ struct DiskFsOptions {
   std::size_t zero_window_sectors = 256;
   uid_t uid = 0;
   gid_t gid = 0;
+  // Fed with every read, write, flush, fsync and discard if set (owned by the caller).
+  FuseMetrics* metrics = nullptr;
 };
 
 class DiskFs {

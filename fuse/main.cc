@@ -20,7 +20,9 @@
 #include "client/client.h"
 #include "common/config.h"
 #include "common/logging.h"
+#include "common/metrics_server.h"
 #include "fuse/disk_fs.h"
+#include "fuse/fuse_metrics.h"
 #include "fuse/mount.h"
 
 #ifndef ATOMDISK_VERSION
@@ -71,7 +73,8 @@ int Main(int argc, char** argv) {
   app.add_flag("-d,--debug", debug, "log every FUSE request (implies -f)");
   app.add_option("-o", o_args,
                  "comma-separated options: timeout=SECONDS, attempt_timeout=SECONDS, cached, "
-                 "no_parallel_writes, threads=N, inflight=N, clone_fd, max_background=N, and "
+                 "no_parallel_writes, threads=N, inflight=N, clone_fd, max_background=N, "
+                 "metrics=HOST:PORT, and "
                  "libfuse mount options (allow_other, ...)")
       ->allow_extra_args(false);
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical, off");
@@ -125,6 +128,18 @@ int Main(int argc, char** argv) {
   BlockTerminationSignals();
 
   std::unique_ptr<client::Client> client = client::Client::Create(*client_options);
+  // GET /metrics on a thread of its own (after the fork: threads do not survive it).
+  FuseMetrics fuse_metrics(client.get());
+  std::unique_ptr<metrics::MetricsServer> metrics_server;
+  if (tuning.metrics_port != 0) {
+    auto server = metrics::MetricsServer::Start(tuning.metrics_host, tuning.metrics_port,
+                                                &fuse_metrics.registry());
+    if (!server.ok()) {
+      client->Close();
+      return Fail(server.status().message());
+    }
+    metrics_server = std::move(server).value();
+  }
   // Refuse to mount a dead file: at least one node must answer now.
   const auto probe_timeout =
       std::min<std::chrono::milliseconds>(tuning.op_timeout, std::chrono::seconds(3));
@@ -164,6 +179,7 @@ int Main(int argc, char** argv) {
   fs_options.max_background = tuning.max_background;
   fs_options.uid = getuid();
   fs_options.gid = getgid();
+  fs_options.metrics = &fuse_metrics;
   DiskFs fs(fs_options, client.get());
 
   SessionOptions session;

@@ -23,6 +23,8 @@
 #include <thread>
 #include <utility>
 
+#include "common/config.h"
+
 namespace atomdisk::fuse {
 namespace {
 
@@ -218,6 +220,9 @@ Status ParseMountOptions(const std::vector<std::string>& o_args, MountTuning* tu
         Status s = ParseCount(key, value, 1, 256, &n);
         if (!s.ok()) return s;
         tuning->threads = static_cast<unsigned>(n);
+      } else if (key == "metrics" && eq != std::string::npos) {
+        Status s = ParseHostPort(value, &tuning->metrics_host, &tuning->metrics_port);
+        if (!s.ok()) return Status::InvalidArgument("-o metrics=" + value + ": " + s.message());
       } else if (key == "max_background" && eq != std::string::npos) {
         Status s = ParseCount(key, value, 1, 65535, &n);
         if (!s.ok()) return s;

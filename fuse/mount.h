@@ -29,6 +29,8 @@ struct MountTuning {
   unsigned threads = 4;                             // -o threads=N (libfuse workers)
   bool clone_fd = false;                            // -o clone_fd
   std::uint16_t max_background = 256;               // -o max_background=N
+  std::string metrics_host;                         // -o metrics=HOST:PORT (GET /metrics)
+  std::uint16_t metrics_port = 0;                   // 0: no metrics endpoint
   std::vector<std::string> fuse_options;            // everything else, for libfuse
 };
 

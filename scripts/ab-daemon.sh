@@ -8,7 +8,11 @@
 #
 #   scripts/ab-daemon.sh --a PATH/atomdiskd --b PATH/atomdiskd [--rounds N] [--duration S]
 #       [--cells "write:1 write:64 read:64"] [--sectors K] [--dir DIR] [--cli PATH/atomdisk]
+#       [--scrape-b]
 #
+# --scrape-b gives side B's nodes a metrics_address and scrapes GET /metrics of all three
+# once a second while B's cells run (the cost of a Prometheus scraper; with --a and --b the
+# same binary, docs/BENCHMARKS.md "Metrics endpoint").
 # Defaults: 3 rounds of 3 s per cell over 65,536 sectors. Every round uses its own 65,536
 # sectors of a device of rounds x 65,536 (fresh, so writes go to never-written sectors, as
 # in scripts/bench-cluster.sh), and reads go to what that round's write cells wrote. The
@@ -17,7 +21,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin_a="" bin_b="" rounds=3 duration=3 cells="write:1 write:64 read:64" sectors=65536 dir=""
-cli=""
+cli="" scrape_b=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --a) bin_a="$2"; shift 2 ;;
@@ -28,7 +32,8 @@ while [ $# -gt 0 ]; do
     --sectors) sectors="$2"; shift 2 ;;
     --dir) dir="$2"; shift 2 ;;
     --cli) cli="$2"; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --scrape-b) scrape_b=1; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "ab-daemon: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -56,6 +61,17 @@ for side in a b; do
     # shellcheck source=scripts/lib/cluster.sh
     source "$root/scripts/lib/cluster.sh"
     cluster_create "$dir/cluster-$side" 3 $((rounds * sectors)) >/dev/null
+    if [ "$side" = b ] && [ "$scrape_b" = 1 ]; then
+      : >"$dir/cluster-b/metrics-ports"
+      for r in 1 2 3; do
+        p=$(cluster_free_port)
+        sed -i "s|^address = \"127.0.0.1:${CLUSTER_PORT[$r]}\"\$|&\nmetrics_address = \"127.0.0.1:$p\"|" \
+          "$dir/cluster-b/cluster.toml"
+        echo "$p" >>"$dir/cluster-b/metrics-ports"
+      done
+      [ "$(grep -c '^metrics_address' "$dir/cluster-b/cluster.toml")" = 3 ] ||
+        { echo "ab-daemon: could not add metrics_address lines" >&2; exit 1; }
+    fi
     declare -p CLUSTER_PORT | sed "s/^declare -A/declare -gA/" >"$dir/cluster-$side/ports"
   )
 done
@@ -67,6 +83,21 @@ daemon_cpu_ticks() {
   local t=0 pid
   for pid in "${CLUSTER_PID[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
   echo "$t"
+}
+
+# Scrapes GET /metrics of every port in FILE once a second (bash /dev/tcp, like a Prometheus
+# at a 1 s interval) until killed; fails loudly if a scrape does not answer 200.
+scrape_loop() {  # FILE
+  local p
+  while :; do
+    while read -r p; do
+      exec 8<>"/dev/tcp/127.0.0.1/$p"
+      printf 'GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&8
+      case "$(cat <&8)" in "HTTP/1.1 200"*) ;; *) echo "ab-daemon: scrape of port $p failed" >&2 ;; esac
+      exec 8<&-
+    done <"$1"
+    sleep 1
+  done
 }
 
 run_side() {  # SIDE ROUND: start that side's cluster, run every cell once, stop it
@@ -82,13 +113,18 @@ run_side() {  # SIDE ROUND: start that side's cluster, run every cell once, stop
     cluster_register_cleanup "cluster_stop_all"
     cluster_start_all
     for cell in $cells; do
-      local kind=${cell%%:*} inflight=${cell##*:} ratio=1 out cpu0 cpu1
+      local kind=${cell%%:*} inflight=${cell##*:} ratio=1 out cpu0 cpu1 scraper=""
       [ "$kind" = read ] && ratio=0
+      if [ -f "$dir/cluster-$side/metrics-ports" ]; then
+        scrape_loop "$dir/cluster-$side/metrics-ports" &
+        scraper=$!
+      fi
       cpu0=$(daemon_cpu_ticks)
       out="$("$cli" --config "$CLUSTER_CONFIG" --node 1 bench --write-ratio "$ratio" \
         --inflight "$inflight" --duration "$duration" --sectors "$sectors" \
         --first $(((round - 1) * sectors)) --seed "$round" --json)"
       cpu1=$(daemon_cpu_ticks)
+      [ -z "$scraper" ] || { kill "$scraper"; wait "$scraper" 2>/dev/null || true; }
       echo "{\"side\":\"$side\",\"round\":$round,\"cell\":\"$cell\",\"cpu_s\":$(((cpu1 - cpu0) * 1000 / clk_tck))e-3,\"r\":$(echo "$out" | tr -d '\n')}" >>"$results"
       echo "ab-daemon: $(date +%T) round $round, $side, $cell: $(echo "$out" | grep -m1 '"ops_per_s"' | tr -d ' ,')" >&2
     done

@@ -20,6 +20,7 @@ PACKAGES=(
   fio e2fsprogs util-linux   # FUSE tests and benchmarks: fio, mkfs.ext4/e2fsck, losetup
   systemd                 # systemd-analyze verify for the unit files
   iproute2 procps psmisc  # ip netns, pgrep/pkill, fuser in tests
+  prometheus              # promtool: checks a live /metrics scrape and the alert rules (tests)
 )
 
 missing=()
@@ -36,3 +37,8 @@ echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The prometheus package is here only for promtool: if this run installed it, do not leave
+# its server (port 9090) running and enabled on a host booted with systemd.
+if printf '%s\n' "${missing[@]}" | grep -qx prometheus && [ -d /run/systemd/system ]; then
+  $SUDO systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+fi

@@ -115,6 +115,33 @@ void NodeCore::Tick() {
   }
   MaybeStartSyncer(now);
   if (sync_started_) syncer_->Tick(now);
+  PublishMetrics(now);
+}
+
+void NodeCore::PublishMetrics(std::int64_t now) {
+  constexpr std::int64_t kPublishIntervalMs = 100;
+  if (!metrics_ || now - metrics_published_ms_ < kPublishIntervalMs) return;
+  metrics_published_ms_ = now;
+  NodeMetricsSnapshot s;
+  s.ops_in_flight = client_ops_.size();
+  s.registers_active = registers_.size();
+  s.auth_failures = counters_.auth_failures;
+  s.bad_frames = counters_.bad_frames;
+  s.system_msgs = counters_.system_msgs;
+  s.sync_msgs = counters_.sync_msgs;
+  s.persist_errors = counters_.persist_errors;
+  s.unreadable_sectors = counters_.unreadable_sectors;
+  s.unwanted_values = counters_.unwanted_values;
+  s.tags_from_cache = counters_.tags_from_cache;
+  for (Rank rank : register_config_.ranks) {
+    if (rank == self_) continue;
+    const NodeCoreEnv::PeerLinkStats link = env_->PeerStats(rank);
+    const std::int64_t heard = std::max(heard_ms_[rank], started_ms_);
+    s.peers.push_back({rank, link.connected, static_cast<double>(now - heard) / 1000.0,
+                       link.connects, link.dropped, link.dropped_bytes});
+  }
+  if (sync_started_) s.sync = syncer_->GetStatus(now);
+  metrics_->Publish(s);
 }
 
 void NodeCore::Respond(ClientChannel& channel, const ClientResponse& resp) {
@@ -144,6 +171,11 @@ void NodeCore::OnClientFrame(ClientChannel& channel, std::span<const std::uint8_
     return;
   }
   ++counters_.client_ops;
+  NodeMetrics::Clock::time_point arrived{};
+  if (metrics_) {
+    arrived = NodeMetrics::Clock::now();
+    if (HasJsonResponse(cmd->op)) metrics_->AdminRequest(cmd->op);
+  }
   if (cmd->op == ClientOp::kInfo) {
     Respond(channel,
             ClientResponse{ResponseStatus::kOk, cmd->request_id, ClientOp::kInfo, {}, InfoJson()});
@@ -162,14 +194,18 @@ void NodeCore::OnClientFrame(ClientChannel& channel, std::span<const std::uint8_
   }
   if (cmd->sector >= config_.sectors) {
     ++counters_.invalid_sector;
+    if (metrics_) metrics_->ClientRequest(cmd->op, NodeMetrics::Outcome::kInvalidSector, arrived);
     Respond(channel,
             ClientResponse{ResponseStatus::kInvalidSectorIndex, cmd->request_id, cmd->op, {}, {}});
     return;
   }
   Register* reg = GetRegister(cmd->sector);
-  if (!reg) return;  // unreadable here: stay silent, the client fails over to another node
+  if (!reg) {  // unreadable here: stay silent, the client fails over to another node
+    if (metrics_) metrics_->ClientRequest(cmd->op, NodeMetrics::Outcome::kUnreadable, arrived);
+    return;
+  }
   std::uint64_t token = next_token_++;
-  client_ops_.emplace(token, ClientOpRef{channel.WeakChannel(), cmd->request_id, cmd->op});
+  client_ops_.emplace(token, ClientOpRef{channel.WeakChannel(), cmd->request_id, cmd->op, arrived});
   channel.OpStarted();
   if (cmd->op == ClientOp::kWrite) {
     ++counters_.writes;
@@ -282,8 +318,11 @@ void NodeCore::Persist(SectorIdx sector, const Triple& value) {
   syncer_->OnLocalWrite(sector);
   Tag tag = value.tag;
   observer_->OnStoreWrite(sector, value, false);
-  store_->Write(sector, value, [this, sector, tag](Status status) {
+  NodeMetrics::Clock::time_point persist_start{};
+  if (metrics_) persist_start = NodeMetrics::Clock::now();
+  store_->Write(sector, value, [this, sector, tag, persist_start](Status status) {
     observer_->OnStoreWriteDone(sector, tag, status, false);
+    if (metrics_) metrics_->StoreWrite(persist_start);
     // On the store's sync thread: hand the completion back to the core's thread.
     env_->Post([this, sector, tag, status = std::move(status)]() {
       if (!status.ok()) {
@@ -307,6 +346,11 @@ void NodeCore::Complete(std::uint64_t token, SectorPtr data) {
   ClientOpRef ref = std::move(it->second);
   client_ops_.erase(it);
   auto channel = ref.channel.lock();
+  if (metrics_) {
+    const bool gone = !channel || channel->channel_closed();
+    metrics_->ClientRequest(
+        ref.op, gone ? NodeMetrics::Outcome::kClientGone : NodeMetrics::Outcome::kOk, ref.started);
+  }
   if (!channel) return;  // the client went away; the operation still completed
   channel->OpFinished();
   if (channel->channel_closed()) return;
@@ -458,7 +502,7 @@ std::string NodeCore::InfoJson() {
     if (rank == self_) continue;
     peers.push_back({{"rank", rank},
                      {"connected", env_->PeerConnected(rank)},
-                     {"dropped", env_->PeerFramesDropped(rank)},
+                     {"dropped", env_->PeerStats(rank).dropped},
                      {"tag_reads", register_config_.IsTagPeer(i)}});
   }
   j["peers"] = peers;

@@ -31,9 +31,10 @@
 #include "common/types.h"
 #include "common/wire.h"
 #include "daemon/core/client_channel.h"
+#include "daemon/core/node_metrics.h"
 #include "daemon/register/register.h"
-#include "daemon/sync/identity.h"
 #include "daemon/store/sector_store.h"
+#include "daemon/sync/identity.h"
 #include "daemon/sync/syncer.h"
 
 namespace atomdisk {
@@ -47,8 +48,12 @@ class NodeCoreEnv {
   virtual void SendSync(Rank to, const SyncMessage& msg) = 0;
   // Whether our link to `peer` is up now.
   virtual bool PeerConnected(Rank peer) = 0;
-  // What `atomdisk status` shows of our link to `peer`: frames dropped on it so far.
-  virtual std::uint64_t PeerFramesDropped(Rank peer) = 0;
+  // What status and metrics show of our link to `peer`.
+  struct PeerLinkStats {
+    bool connected = false;
+    std::uint64_t connects = 0, dropped = 0, dropped_bytes = 0;
+  };
+  virtual PeerLinkStats PeerStats(Rank peer) = 0;
   // Monotonic milliseconds, and the wall clock in microseconds since the epoch.
   virtual std::int64_t NowMs() = 0;
   virtual std::uint64_t WallClockMicros() = 0;
@@ -127,6 +132,10 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
            NodeMembership membership, NodeCoreEnv* env, NodeCoreOptions options);
   ~NodeCore() override;
 
+  // Feeds `metrics` (owned by the caller, outliving the core) from now on; none by default.
+  // Only then does the core read a clock of its own (std::chrono::steady_clock, for latency
+  // histograms); no decision ever depends on it.
+  void SetMetrics(NodeMetrics* metrics) { metrics_ = metrics; }
   // Watches the core from now on (the simulator); null for none. Not owned.
   void SetObserver(NodeCoreObserver* observer) { observer_ = observer ? observer : &no_observer_; }
 
@@ -195,6 +204,7 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
     std::weak_ptr<ClientChannel> channel;
     std::uint64_t request_id;
     ClientOp op;
+    NodeMetrics::Clock::time_point started;  // for the latency metric (with metrics only)
   };
   struct RegisterSlot {
     std::unique_ptr<Register> reg;
@@ -213,6 +223,8 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   bool StopIfStoreFailed(const Status& status);
   void MaybeStartSyncer(std::int64_t now);
   bool KnownSender(Rank sender, const char* what);
+  // Copies the core's state into metrics_, at most every 100 ms; called from Tick.
+  void PublishMetrics(std::int64_t now);
 
   ClusterConfig config_;
   Rank self_;
@@ -222,6 +234,8 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   NodeCoreOptions options_;
   NodeCoreObserver no_observer_;
   NodeCoreObserver* observer_ = &no_observer_;
+  NodeMetrics* metrics_ = nullptr;
+  std::int64_t metrics_published_ms_ = 0;
   RegisterConfig register_config_;
   std::unique_ptr<Syncer> syncer_;
   bool sync_started_ = false;

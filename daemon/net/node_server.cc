@@ -163,9 +163,11 @@ bool NodeServer::PeerConnected(Rank peer) {
   return it != peers_.end() && it->second->connected();
 }
 
-std::uint64_t NodeServer::PeerFramesDropped(Rank peer) {
+NodeCoreEnv::PeerLinkStats NodeServer::PeerStats(Rank peer) {
   auto it = peers_.find(peer);
-  return it == peers_.end() ? 0 : it->second->dropped();
+  if (it == peers_.end()) return {};
+  const PeerLink& link = *it->second;
+  return {link.connected(), link.connects(), link.dropped(), link.dropped_bytes()};
 }
 
 void NodeServer::OnFrame(Connection& conn, std::span<const std::uint8_t> body) {

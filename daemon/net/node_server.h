@@ -44,6 +44,8 @@ class NodeServer final : public FrameSink, public NodeCoreEnv {
   // its Syncer could not start. The owner stops the loop and exits non-zero so that the
   // service manager restarts it.
   void SetOnFatal(std::function<void(const std::string&)> fn) { on_fatal_ = std::move(fn); }
+  // Feeds `metrics` (owned by the caller, outliving the node); none by default.
+  void SetMetrics(NodeMetrics* metrics) { core_->SetMetrics(metrics); }
 
   // FrameSink
   void OnFrame(Connection& conn, std::span<const std::uint8_t> body) override;
@@ -52,7 +54,7 @@ class NodeServer final : public FrameSink, public NodeCoreEnv {
   void SendSystem(Rank to, const SystemMessage& msg) override;
   void SendSync(Rank to, const SyncMessage& msg) override;
   bool PeerConnected(Rank peer) override;
-  std::uint64_t PeerFramesDropped(Rank peer) override;
+  PeerLinkStats PeerStats(Rank peer) override;
   std::int64_t NowMs() override;
   std::uint64_t WallClockMicros() override;
   void Post(std::function<void()> fn) override;

@@ -20,8 +20,10 @@ void PeerLink::Stop() {
 }
 
 bool PeerLink::Send(SharedFrame frame) {
+  const std::size_t bytes = frame ? frame->size() : 0;
   if (!conn_ || conn_->closed() || !conn_->Send(std::move(frame))) {
     ++dropped_;
+    dropped_bytes_ += bytes;
     return false;
   }
   return true;
@@ -54,6 +56,7 @@ asio::awaitable<void> PeerLink::Run() {
     if (!ec && socket.is_open()) {
       spdlog::info("peer {} ({}:{}) connected", rank_, host_, port_);
       logged_down = false;
+      ++connects_;
       backoff = std::chrono::milliseconds(50);
       Connection::Options options;
       options.max_queued_frames = 4096;

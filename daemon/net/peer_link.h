@@ -28,6 +28,8 @@ class PeerLink {
   bool connected() const { return conn_ && !conn_->closed(); }
   Rank rank() const { return rank_; }
   std::uint64_t dropped() const { return dropped_; }
+  std::uint64_t dropped_bytes() const { return dropped_bytes_; }
+  std::uint64_t connects() const { return connects_; }  // connections made (for metrics)
 
  private:
   boost::asio::awaitable<void> Run();
@@ -41,6 +43,8 @@ class PeerLink {
   boost::asio::steady_timer wake_;
   bool stopped_ = false;
   std::uint64_t dropped_ = 0;
+  std::uint64_t dropped_bytes_ = 0;
+  std::uint64_t connects_ = 0;
 };
 
 }  // namespace atomdisk

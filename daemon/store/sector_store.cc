@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <limits>
@@ -635,7 +636,13 @@ class SectorStoreImpl final : public SectorStore {
     Status status = failed_;
     if (status.ok() && !batch_.empty()) {
       lock.unlock();
+      const auto sync_start = std::chrono::steady_clock::now();
       status = file_->Sync();  // covers every write in batch_: each returned before this
+      if (options_.on_sync) {
+        options_.on_sync(
+            batch_.size(),
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - sync_start).count());
+      }
       lock.lock();
       if (!status.ok()) {
         // After a failed fdatasync the kernel may have dropped the dirty pages: what the file

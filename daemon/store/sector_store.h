@@ -49,6 +49,9 @@ class SectorStore {
     // the free space. The reserved blocks stay holes to SEEK_DATA. Off by default: it gains
     // little on ext4 (docs/STORAGE.md) and freeing a reservation is slow on some disks.
     bool preallocate = false;
+    // Called after each group commit's fdatasync with the number of sector writes it covered
+    // and how long it took (for metrics); on the sync thread, so it must be quick.
+    std::function<void(std::size_t sectors, double seconds)> on_sync;
   };
   using WriteCallback = std::function<void(Status)>;
 

@@ -226,6 +226,29 @@ TEST_F(ConfigTest, UnknownKeys) {
   ExpectBadConfig("sectors = 8\n[extra]\na = 1\n" + Node(1, "h:7001"), "unknown key \"extra\"");
 }
 
+TEST_F(ConfigTest, MetricsAddress) {
+  auto c =
+      LoadClusterConfig(WriteConfig("sectors = 8\n" + Node(1, "h:7001") +
+                                    "metrics_address = \"127.0.0.1:9101\"\n" + Node(2, "h:7002")));
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->nodes[0].metrics_host, "127.0.0.1");
+  EXPECT_EQ(c->nodes[0].metrics_port, 9101);
+  EXPECT_EQ(c->nodes[1].metrics_port, 0);  // absent: off
+  ExpectBadConfig("sectors = 8\n" + Node(1, "h:1") + "metrics_address = 9101\n",
+                  "\"metrics_address\" is not a string");
+  ExpectBadConfig("sectors = 8\n" + Node(1, "h:1") + "metrics_address = \"h\"\n",
+                  "nodes[1]: metrics_address: address \"h\" is not host:port");
+  ExpectBadConfig("sectors = 8\n" + Node(1, "h:1") + "metrics_address = \"h:0\"\n",
+                  "metrics_address");
+  ExpectBadConfig("sectors = 8\n" + Node(1, "h:1") + Node(2, "h:2") + "metrics_address = \"h:1\"\n",
+                  "node 2: metrics_address h:1 is also a node address");
+  // The same local address on every host is fine.
+  auto same = LoadClusterConfig(
+      WriteConfig("sectors = 8\n" + Node(1, "a:1") + "metrics_address = \"127.0.0.1:9101\"\n" +
+                  Node(2, "b:1") + "metrics_address = \"127.0.0.1:9101\"\n"));
+  EXPECT_TRUE(same.ok()) << same.status().ToString();
+}
+
 TEST_F(ConfigTest, Nodes) {
   ExpectBadConfig("sectors = 8\n", "nodes");
   ExpectBadConfig("sectors = 8\nnodes = []\n", "nodes");

@@ -38,7 +38,7 @@ class FakeWorld : public NodeCoreEnv, public NodeCoreObserver {
   void SendSystem(Rank to, const SystemMessage& msg) override { sent.push_back({to, msg}); }
   void SendSync(Rank to, const SyncMessage& msg) override { sync_sent.push_back({to, msg}); }
   bool PeerConnected(Rank) override { return links_up; }
-  std::uint64_t PeerFramesDropped(Rank) override { return 0; }
+  PeerLinkStats PeerStats(Rank) override { return {links_up, 0, 0, 0}; }
   std::int64_t NowMs() override { return now_ms; }
   std::uint64_t WallClockMicros() override { return 1'000'000'000; }
   void Post(std::function<void()> fn) override { posted.push_back(std::move(fn)); }

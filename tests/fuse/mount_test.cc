@@ -50,6 +50,20 @@ TEST(ParseMountOptionsTest, RejectsBadValuesWithTheirName) {
   }
 }
 
+TEST(ParseMountOptionsTest, MetricsAddress) {
+  MountTuning t;
+  EXPECT_EQ(t.metrics_port, 0);  // off by default
+  ASSERT_TRUE(ParseMountOptions({"cached,metrics=127.0.0.1:9102"}, &t).ok());
+  EXPECT_EQ(t.metrics_host, "127.0.0.1");
+  EXPECT_EQ(t.metrics_port, 9102);
+  for (const char* bad : {"metrics=", "metrics=9102", "metrics=h:0", "metrics=h:99999"}) {
+    MountTuning u;
+    Status s = ParseMountOptions({bad}, &u);
+    ASSERT_FALSE(s.ok()) << bad;
+    EXPECT_NE(s.message().find(bad), std::string::npos) << s.message();
+  }
+}
+
 TEST(ParseMountOptionsTest, KeyWithoutValueGoesToLibfuse) {
   MountTuning t;
   ASSERT_TRUE(ParseMountOptions({"timeout"}, &t).ok());  // libfuse will reject it by name

@@ -293,13 +293,31 @@ Status TestCluster::Init() {
   buf.push_back('\0');
   if (::mkdtemp(buf.data()) == nullptr) return Status::FromErrno("mkdtemp " + pattern, errno);
   dir_ = buf.data();
-  Result<std::vector<std::uint16_t>> ports = FreePorts(options_.nodes);
+  Result<std::vector<std::uint16_t>> ports = FreePorts(options_.nodes * (options_.metrics ? 2 : 1));
   if (!ports.ok()) return ports.status();
   std::vector<std::string> addresses;
-  for (std::uint16_t p : *ports) addresses.push_back("127.0.0.1:" + std::to_string(p));
+  for (int i = 0; i < options_.nodes; ++i)
+    addresses.push_back("127.0.0.1:" + std::to_string((*ports)[i]));
   Status s = WriteNewCluster(dir_, addresses, options_.sectors);
   if (!s.ok()) return s;
   config_path_ = dir_ + "/cluster.toml";
+  if (options_.metrics) {
+    // A metrics_address line after each node's address line.
+    std::ifstream in(config_path_);
+    std::stringstream text;
+    text << in.rdbuf();
+    std::string toml = text.str();
+    for (int i = 0; i < options_.nodes; ++i) {
+      const std::string line = "address = \"" + addresses[i] + "\"\n";
+      const std::size_t at = toml.find(line);
+      if (at == std::string::npos) return Status::IOError("no " + line + " in " + config_path_);
+      toml.insert(at + line.size(), "metrics_address = \"127.0.0.1:" +
+                                        std::to_string((*ports)[options_.nodes + i]) + "\"\n");
+    }
+    std::ofstream out(config_path_, std::ios::trunc);
+    out << toml;
+    if (!out.flush()) return Status::IOError("cannot rewrite " + config_path_);
+  }
   Result<ClusterConfig> config = LoadClusterConfig(config_path_);
   if (!config.ok()) return config.status();
   config_ = std::move(config).value();

@@ -58,6 +58,8 @@ struct TestClusterOptions {
   std::chrono::milliseconds stop_timeout{10000};
   // The daemon binary; empty means DaemonPath().
   std::string daemon;
+  // Give every node a metrics_address on a free 127.0.0.1 port (config().nodes[i].metrics_port).
+  bool metrics = false;
 };
 
 class TestCluster {

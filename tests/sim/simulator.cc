@@ -19,9 +19,9 @@
 #include "daemon/core/node_core.h"
 #include "daemon/register/register.h"
 #include "daemon/store/faulty_block_file.h"
-#include "daemon/sync/identity.h"
 #include "daemon/store/mem_block_file.h"
 #include "daemon/store/sector_store.h"
+#include "daemon/sync/identity.h"
 #include "daemon/sync/syncer.h"
 
 namespace atomdisk {
@@ -313,7 +313,7 @@ class Simulator {
     bool PeerConnected(Rank peer) override {
       return peer >= 1 && peer <= sim_->nodes_.size() && sim_->nodes_[peer - 1]->up;
     }
-    std::uint64_t PeerFramesDropped(Rank) override { return 0; }
+    PeerLinkStats PeerStats(Rank peer) override { return {PeerConnected(peer), 0, 0, 0}; }
     std::int64_t NowMs() override { return sim_->NowMs(); }
     // Virtual and deterministic: far above the ts values a run reaches, and growing with
     // virtual time like a real clock (docs/RESYNC.md, "Tags after a disk replacement").

@@ -188,6 +188,24 @@ TEST(SectorStoreTest, OnePwritePerWrite) {
   EXPECT_EQ(disk->WriteCount() - before, 64u);
 }
 
+// The metrics hook sees each group commit: how many writes one fdatasync covered.
+TEST(SectorStoreTest, OnSyncReportsEachGroupCommit) {
+  SectorStore::Options options = Manual(16);
+  std::vector<std::size_t> batches;
+  options.on_sync = [&](std::size_t sectors, double seconds) {
+    EXPECT_GE(seconds, 0);
+    batches.push_back(sectors);
+  };
+  auto store = SectorStore::OpenOnFile(std::make_unique<MemBlockFile>(), options);
+  Results results;
+  for (SectorIdx s = 0; s < 3; ++s) store->Write(s, Value(1), results.Add());
+  EXPECT_EQ(store->SyncNow(), 3u);
+  store->Write(5, Value(2), results.Add());
+  EXPECT_EQ(store->SyncNow(), 1u);
+  EXPECT_EQ(store->SyncNow(), 0u);  // nothing queued: no fdatasync, no report
+  EXPECT_EQ(batches, (std::vector<std::size_t>{3, 1}));
+}
+
 TEST(SectorStoreTest, OutOfRangeSectorIsInvalidArgument) {
   auto store = SectorStore::OpenOnFile(std::make_unique<MemBlockFile>(), Manual(8));
   EXPECT_EQ(store->Read(8).status().code(), StatusCode::kInvalidArgument);

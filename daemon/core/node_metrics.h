@@ -1,0 +1,119 @@
+// NodeMetrics: what atomdiskd exports at `GET /metrics` (docs/OPERATIONS.md, "Metrics"), and
+// the few calls through which the node, its store and its peer links feed it.
+//
+// Two ways in: events counted where they happen (client operations by kind and outcome and
+// their latency, store write and fdatasync latency, group commit sizes), and a snapshot of
+// the node's own state and counters (Node::Counters, the peer links, the Syncer's status)
+// that the io thread publishes about every 100 ms (Publish). The HTTP endpoint only reads the
+// registry's atomics on its own thread, so a scrape never waits for the io thread nor holds
+// anything the io thread needs.
+//
+// Ownership: atomdiskd's main() owns it (it exists before the store opens, whose sync hook
+// feeds it), and it outlives the Node and the MetricsServer. Threading: the event calls and
+// Publish are relaxed atomic updates, safe from any thread (the store's sync thread calls
+// StoreSync); Publish itself is io-thread only (it keeps the last pass's values).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <vector>
+
+#include "common/config.h"
+#include "common/metrics.h"
+#include "common/wire.h"
+#include "daemon/sync/syncer.h"
+
+namespace atomdisk {
+
+// The io thread's state, as Node::PublishMetrics copies it out.
+struct NodeMetricsSnapshot {
+  std::uint64_t ops_in_flight = 0;
+  std::uint64_t registers_active = 0;
+  std::uint64_t auth_failures = 0, bad_frames = 0, system_msgs = 0, sync_msgs = 0,
+                persist_errors = 0, unreadable_sectors = 0, unwanted_values = 0,
+                tags_from_cache = 0;
+  struct Peer {
+    Rank rank = 0;
+    bool up = false;
+    double last_heard_s = 0;  // since its last answer to us (or since start if none yet)
+    std::uint64_t connects = 0, dropped = 0, dropped_bytes = 0;
+  };
+  std::vector<Peer> peers;
+  SyncStatus sync;
+};
+
+class NodeMetrics {
+ public:
+  using Clock = std::chrono::steady_clock;
+  enum class Outcome {
+    kOk,             // answered
+    kInvalidSector,  // refused: the sector is beyond the device
+    kUnreadable,     // not answered: this node's copy is unreadable (the client fails over)
+    kClientGone,     // completed after the client's connection closed
+  };
+  static constexpr int kOutcomes = 4;
+
+  NodeMetrics(const ClusterConfig& config, Rank self);
+  NodeMetrics(const NodeMetrics&) = delete;
+  NodeMetrics& operator=(const NodeMetrics&) = delete;
+
+  metrics::Registry& registry() { return registry_; }
+
+  // A client read or write that arrived at `start` ended with `outcome` (latency observed for
+  // kOk and kClientGone: operations this node coordinated to the end).
+  void ClientRequest(ClientOp op, Outcome outcome, Clock::time_point start);
+  // An info or scrub request answered.
+  void AdminRequest(ClientOp op);
+  // One Persist from Write() to its completion callback.
+  void StoreWrite(Clock::time_point start);
+  // One group commit: `sectors` writes covered by one fdatasync of `seconds` (the store's
+  // sync thread calls it through SectorStore::Options::on_sync).
+  void StoreSync(std::size_t sectors, double seconds);
+  // The io thread's snapshot (see NodeMetricsSnapshot).
+  void Publish(const NodeMetricsSnapshot& s);
+
+ private:
+  struct Peer {
+    metrics::Gauge* up;
+    metrics::Gauge* last_heard;
+    metrics::Counter* connects;
+    metrics::Counter* dropped;
+    metrics::Counter* dropped_bytes;
+  };
+  // Per-pass values (the Syncer restarts them at each resync pass or scrub run) summed into
+  // a counter: what grew since the last Publish, or all of it once the pass restarted.
+  struct Accumulated {
+    metrics::Counter* counter;
+    std::uint64_t last = 0;
+    void Update(std::uint64_t now);
+  };
+
+  metrics::Registry registry_;
+  metrics::Counter* requests_[2][kOutcomes];  // [read, write][outcome]
+  metrics::Counter* bytes_[2];
+  metrics::Histogram* latency_[2];
+  metrics::Counter* admin_[2];  // info, scrub
+  metrics::Histogram* store_write_;
+  metrics::Histogram* fdatasync_;
+  metrics::Histogram* group_commit_;
+  metrics::Gauge* in_flight_;
+  metrics::Gauge* registers_;
+  metrics::Counter *auth_failures_, *bad_frames_, *system_msgs_, *sync_msgs_, *persist_errors_,
+      *unreadable_sectors_, *unwanted_values_, *tags_from_cache_;
+  std::map<Rank, Peer> peers_;
+  metrics::Gauge* voting_;
+  metrics::Gauge* resync_active_;
+  metrics::Gauge* resync_join_;
+  metrics::Gauge* resync_to_go_;
+  metrics::Gauge* resync_rate_;
+  metrics::Counter* resync_passes_;
+  Accumulated resync_sectors_, resync_bytes_;
+  metrics::Gauge* scrub_active_;
+  metrics::Gauge* scrub_unrepaired_now_;
+  metrics::Counter* scrub_runs_;
+  Accumulated scrub_checked_, scrub_corrupt_, scrub_repaired_, scrub_unrepaired_;
+};
+
+}  // namespace atomdisk
