@@ -71,6 +71,9 @@ Status SetupLogging(const std::string& level, const std::string& name) {
                                      "\" (trace, debug, info, warn, error, critical, off)");
     lvl = spdlog::level::info;
   }
+  // Called again (atomdisk-fuse retries with "info" after a bad --log-level): replace the
+  // logger of that name instead of throwing that it exists.
+  spdlog::drop(name);
   auto logger = spdlog::stderr_color_mt(name);
   if (StderrIsJournal()) {
     // journald adds its own timestamp; the line keeps ours so that it reads the same as in a
