@@ -352,7 +352,7 @@ class ResyncTest : public ::testing::Test {
 
   // Runs `atomdisk --node RANK scrub --json` and returns that node's scrub result.
   json Scrub(int rank, int* exit_code) {
-    ProcessResult r = Cli({"--node", std::to_string(rank), "scrub", "--json", "--timeout", "90"});
+    ProcessResult r = Cli({"--node", std::to_string(rank), "scrub", "--json", "--timeout", "90s"});
     *exit_code = r.exit_code;
     json out = json::parse(r.out, nullptr, false);
     if (!out.is_array() || out.size() != 1 || !out[0].contains("scrub")) {
