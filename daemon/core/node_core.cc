@@ -125,14 +125,7 @@ void NodeCore::PublishMetrics(std::int64_t now) {
   NodeMetricsSnapshot s;
   s.ops_in_flight = client_ops_.size();
   s.registers_active = registers_.size();
-  s.auth_failures = counters_.auth_failures;
-  s.bad_frames = counters_.bad_frames;
-  s.system_msgs = counters_.system_msgs;
-  s.sync_msgs = counters_.sync_msgs;
-  s.persist_errors = counters_.persist_errors;
-  s.unreadable_sectors = counters_.unreadable_sectors;
-  s.unwanted_values = counters_.unwanted_values;
-  s.tags_from_cache = counters_.tags_from_cache;
+  s.counters = counters_;
   for (Rank rank : register_config_.ranks) {
     if (rank == self_) continue;
     const NodeCoreEnv::PeerLinkStats link = env_->PeerStats(rank);

@@ -257,13 +257,7 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   std::uint64_t next_token_ = 1;
   std::uint64_t op_counter_ = 0;
   std::int64_t started_ms_ = 0;
-  struct Counters {
-    std::uint64_t client_ops = 0, reads = 0, writes = 0, auth_failures = 0, invalid_sector = 0,
-                  bad_frames = 0, system_msgs = 0, sync_msgs = 0, persist_errors = 0,
-                  unreadable_sectors = 0,
-                  unwanted_values = 0,  // Values dropped unchecked: no operation waited for them
-        tags_from_cache = 0;            // ReadTags answered from the store's slot cache
-  } counters_;
+  NodeCounters counters_;
   std::unordered_map<std::string, std::pair<std::int64_t, std::uint64_t>> log_limits_;
 };
 

@@ -165,14 +165,14 @@ void NodeMetrics::StoreSync(std::size_t sectors, double seconds) {
 void NodeMetrics::Publish(const NodeMetricsSnapshot& s) {
   in_flight_->Set(static_cast<double>(s.ops_in_flight));
   registers_->Set(static_cast<double>(s.registers_active));
-  auth_failures_->Set(s.auth_failures);
-  bad_frames_->Set(s.bad_frames);
-  system_msgs_->Set(s.system_msgs);
-  sync_msgs_->Set(s.sync_msgs);
-  persist_errors_->Set(s.persist_errors);
-  unreadable_sectors_->Set(s.unreadable_sectors);
-  unwanted_values_->Set(s.unwanted_values);
-  tags_from_cache_->Set(s.tags_from_cache);
+  auth_failures_->Set(s.counters.auth_failures);
+  bad_frames_->Set(s.counters.bad_frames);
+  system_msgs_->Set(s.counters.system_msgs);
+  sync_msgs_->Set(s.counters.sync_msgs);
+  persist_errors_->Set(s.counters.persist_errors);
+  unreadable_sectors_->Set(s.counters.unreadable_sectors);
+  unwanted_values_->Set(s.counters.unwanted_values);
+  tags_from_cache_->Set(s.counters.tags_from_cache);
   for (const NodeMetricsSnapshot::Peer& p : s.peers) {
     auto it = peers_.find(p.rank);
     if (it == peers_.end()) continue;

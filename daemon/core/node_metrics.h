@@ -27,13 +27,20 @@
 
 namespace atomdisk {
 
-// The io thread's state, as Node::PublishMetrics copies it out.
+// What the node core counts (NodeCore's Info answer and the metrics both show it).
+struct NodeCounters {
+  std::uint64_t client_ops = 0, reads = 0, writes = 0, auth_failures = 0, invalid_sector = 0,
+                bad_frames = 0, system_msgs = 0, sync_msgs = 0, persist_errors = 0,
+                unreadable_sectors = 0,
+                unwanted_values = 0,  // Values dropped unchecked: no operation waited for them
+      tags_from_cache = 0;            // ReadTags answered from the store's slot cache
+};
+
+// The core's state, as NodeCore::PublishMetrics copies it out.
 struct NodeMetricsSnapshot {
   std::uint64_t ops_in_flight = 0;
   std::uint64_t registers_active = 0;
-  std::uint64_t auth_failures = 0, bad_frames = 0, system_msgs = 0, sync_msgs = 0,
-                persist_errors = 0, unreadable_sectors = 0, unwanted_values = 0,
-                tags_from_cache = 0;
+  NodeCounters counters;
   struct Peer {
     Rank rank = 0;
     bool up = false;
