@@ -8,6 +8,14 @@
 
 namespace atomdisk {
 
+namespace {
+// [first, first + count) is a non-empty range of at most `max` inside [0, end), with no
+// overflow on the way.
+bool RangeOk(std::uint64_t first, std::uint64_t count, std::uint64_t max, std::uint64_t end) {
+  return count != 0 && count <= max && first < end && count <= end - first;
+}
+}  // namespace
+
 void SyncServer::Reject(const SyncMessage& msg) {
   ++rejected_requests_;
   if (rejected_noted_.insert(msg.sender).second) {
@@ -35,8 +43,7 @@ void SyncServer::Serve(const SyncMessage& msg) {
 
 void SyncServer::ServeDigest(const SyncMessage& msg) {
   const std::uint64_t buckets = ctx_.buckets;
-  if (msg.count == 0 || msg.count > kMaxDigestBuckets || msg.first >= buckets ||
-      msg.count > buckets - msg.first) {
+  if (!RangeOk(msg.first, msg.count, kMaxDigestBuckets, buckets)) {
     Reject(msg);
     return;
   }
@@ -56,8 +63,7 @@ void SyncServer::ServeDigest(const SyncMessage& msg) {
 
 void SyncServer::ServeEntries(const SyncMessage& msg) {
   const std::uint64_t sectors = ctx_.options.sectors;
-  if (msg.count == 0 || msg.count > kMaxEntrySectors || msg.first >= sectors ||
-      msg.count > sectors - msg.first) {
+  if (!RangeOk(msg.first, msg.count, kMaxEntrySectors, sectors)) {
     Reject(msg);
     return;
   }
