@@ -114,14 +114,19 @@ TEST_F(MetricsTest, CountersMoveByTheLoad) {
   EXPECT_EQ(Value(after1, "atomdisk_node_rank"), 1);
   EXPECT_EQ(Value(after1, "atomdisk_bad_frames_total"), 0);
 
-  // The peers stored the writes too and heard node 1's messages.
-  const Samples after2 = Scrape(2);
-  EXPECT_GE(Value(after2, "atomdisk_store_group_commit_sectors_sum") -
-                Value(before2, "atomdisk_store_group_commit_sectors_sum"),
+  // The peers stored the writes too and heard node 1's messages. The message counters come
+  // from node 2's 100 ms snapshot as well, so wait for it.
+  Samples after2;
+  auto delta2 = [&](const std::string& key) { return Value(after2, key) - Value(before2, key); };
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        after2 = Scrape(2);
+        return delta2("atomdisk_system_messages_total") > kWrites;
+      },
+      std::chrono::seconds(5)))
+      << "node 2 heard " << delta2("atomdisk_system_messages_total") << " system messages";
+  EXPECT_GE(delta2("atomdisk_store_group_commit_sectors_sum"),
             kWrites / 2);  // node 2 or 3 may miss some (a majority suffices), not most
-  EXPECT_GT(Value(after2, "atomdisk_system_messages_total") -
-                Value(before2, "atomdisk_system_messages_total"),
-            kWrites);
   // It coordinated nothing.
   EXPECT_EQ(Value(after2, "atomdisk_client_requests_total{op=\"write\",outcome=\"ok\"}"),
             Value(before2, "atomdisk_client_requests_total{op=\"write\",outcome=\"ok\"}"));
