@@ -420,7 +420,7 @@ void NodeCore::Absorb(SectorIdx sector, const Triple& value, std::uint64_t token
         if (d != direct_absorbs_.end() && --d->second == 0) direct_absorbs_.erase(d);
       }
       if (StopIfStoreFailed(status)) return;
-      if (status.ok()) {
+      if (status.ok() && !CORE_BUG(absorb_durable_unreported)) {
         // The register's own Persist of this value may have failed where this write did not.
         auto it = registers_.find(sector);
         if (it != registers_.end()) it->second.reg->OnDurableElsewhere(value, env_->NowMs());

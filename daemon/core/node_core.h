@@ -109,6 +109,8 @@ struct NodeCoreBugs {
   // A resync absorb of a sector without a register goes straight to the store without
   // keeping registers away until it is durable.
   bool absorb_unguarded = false;
+  // An absorb's own successful store write is not reported to the sector's register.
+  bool absorb_durable_unreported = false;
 };
 
 struct NodeCoreOptions {

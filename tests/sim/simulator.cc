@@ -46,6 +46,8 @@ const char* SimBugName(SimBug bug) {
       return "serve-before-identity";
     case SimBug::kAbsorbUnguarded:
       return "absorb-unguarded";
+    case SimBug::kAbsorbDurableUnreported:
+      return "absorb-durable-unreported";
   }
   return "?";
 }
@@ -58,6 +60,7 @@ const char* SimBugLayer(SimBug bug) {
       return "register";
     case SimBug::kServeBeforeIdentity:
     case SimBug::kAbsorbUnguarded:
+    case SimBug::kAbsorbDurableUnreported:
       return "node";
     case SimBug::kJoinerVotes:
     case SimBug::kLeaseForgotten:
@@ -89,6 +92,8 @@ const char* SimBugWhat(SimBug bug) {
     case SimBug::kAbsorbUnguarded:
       return "a resync absorb goes to the store with nothing keeping a register from "
              "taking its pending value for durable";
+    case SimBug::kAbsorbDurableUnreported:
+      return "an absorb's durable store write is not reported to the sector's register";
     case SimBug::kNone:
       break;
   }
@@ -96,9 +101,10 @@ const char* SimBugWhat(SimBug bug) {
 }
 
 std::vector<SimBug> AllSimBugs() {
-  return {SimBug::kSkipImpose,          SimBug::kAckBeforePersist, SimBug::kMinorityQuorum,
-          SimBug::kForgetOnRestart,     SimBug::kJoinerVotes,      SimBug::kLeaseForgotten,
-          SimBug::kServeBeforeIdentity, SimBug::kAbsorbUnguarded};
+  return {
+      SimBug::kSkipImpose,          SimBug::kAckBeforePersist, SimBug::kMinorityQuorum,
+      SimBug::kForgetOnRestart,     SimBug::kJoinerVotes,      SimBug::kLeaseForgotten,
+      SimBug::kServeBeforeIdentity, SimBug::kAbsorbUnguarded,  SimBug::kAbsorbDurableUnreported};
 }
 
 std::optional<SimBug> ParseSimBug(std::string_view name) {
@@ -1979,6 +1985,7 @@ SimResult Simulator::Run() {
   so.bug_joiner_votes = options_.bug == SimBug::kJoinerVotes;
   core_options_.bugs.serve_before_identity = options_.bug == SimBug::kServeBeforeIdentity;
   core_options_.bugs.absorb_unguarded = options_.bug == SimBug::kAbsorbUnguarded;
+  core_options_.bugs.absorb_durable_unreported = options_.bug == SimBug::kAbsorbDurableUnreported;
 
   blocked_.assign(n_nodes, std::vector<bool>(n_nodes, false));
   for (int i = 0; i < n_nodes; ++i) {

@@ -39,8 +39,9 @@ enum class SimBug {
   kForgetOnRestart,   // a restarted node's store is wiped but its IDENTITY (voting) is kept
   kJoinerVotes,       // a node with a replaced disk votes at once (SyncerOptions::bug_joiner_votes)
   kLeaseForgotten,    // a restarted node's writes do not start above its earlier write ts lease
-  kServeBeforeIdentity,  // a node without IDENTITY persists before its Syncer saved one
-  kAbsorbUnguarded,      // a resync absorb lets a register be built from its pending value
+  kServeBeforeIdentity,      // a node without IDENTITY persists before its Syncer saved one
+  kAbsorbUnguarded,          // a resync absorb lets a register be built from its pending value
+  kAbsorbDurableUnreported,  // an absorb's durable write is not reported to its register
 };
 
 // "skip-impose", ... ; "none" for kNone.
