@@ -1,4 +1,4 @@
-// The atdd wire protocol (shared/reference/wire-protocol.md): frames, payloads, HMAC tags.
+// The atdd wire protocol (docs/PROTOCOL.md gives the layout): frames, payloads, HMAC tags.
 //
 // This is the only place that knows byte layouts and endianness. Decoders check every
 // length before they touch or allocate anything and return Corruption for anything malformed

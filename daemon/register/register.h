@@ -1,5 +1,5 @@
 // Register: one sector's multi-writer atomic register (read-impose write-majority,
-// crash-recovery variant; shared/reference/register-algorithm.md), as a pure state machine.
+// crash-recovery variant; docs/REGISTER.md states it), as a pure state machine.
 //
 // Inputs: a client read or write, a system message from a peer, a store completion
 // (OnPersisted) and a tick carrying the current time. Outputs go through RegisterEnv: system

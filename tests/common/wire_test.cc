@@ -1,4 +1,4 @@
-// Tests for the atdd wire codec (common/wire.h) against shared/reference/wire-protocol.md:
+// Tests for the atdd wire codec (common/wire.h) against the layout in docs/PROTOCOL.md:
 // byte-exact layouts, round trips, and decoders that reject (never crash on) hostile bytes.
 #include "common/wire.h"
 
