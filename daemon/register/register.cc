@@ -343,8 +343,17 @@ void Register::OnVotesChanged(std::int64_t now_ms) {
   if (!config_->votes || !current_) return;
   Current& c = *current_;
   if (c.phase == Phase::kCollect) {
-    // c.best already includes our durable value from when the operation started (it is a
-    // real value, so taking it into the maximum was always safe); it now counts as an answer.
+    // Our answer is what is durable here now. The value durable when the operation started
+    // (already in c.best: any real value is safe in the maximum) predates the join pass that
+    // just ended and may lack what this node once promised; the pass brought those values
+    // since. Counting only the old one as our answer was a real bug (the simulator, seed 1710
+    // with 3 nodes: a read returned a value overwritten long before).
+    if (!BUG(stale_self_at_vote)) {
+      if (durable_.tag != c.best.tag) c.all_same = false;
+      if (durable_.tag > c.best.tag || (durable_.tag == c.best.tag && !c.best.data)) {
+        c.best = durable_;
+      }
+    }
     RecordAnswer(config_->self);
     MaybeFinish(now_ms);
   } else if (c.phase == Phase::kImpose && !c.self_acked && DurableCovers(c.target.tag)) {

@@ -42,6 +42,9 @@ struct RegisterBugs {
   bool skip_impose = false;         // reads return after the first phase, always
   bool ack_before_persist = false;  // Ack (and own write ack) before the triple is durable
   bool minority_quorum = false;     // N/2 answers taken as a majority
+  // When a joining node starts voting mid-operation, its own answer is the value that was
+  // durable when the operation started (before the join pass), not the one durable now.
+  bool stale_self_at_vote = false;
 };
 
 struct RegisterConfig {
