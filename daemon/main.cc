@@ -1,7 +1,11 @@
 // atomdiskd: one node of an atomdisk cluster.
 //
 //   atomdiskd --config cluster.toml --rank 1 [--data-dir DIR] [--log-level LEVEL]
-//             [--preallocate]
+//             [--preallocate] [--bootstrap]
+//
+// --bootstrap prepares an empty data_dir as a founding member of a new cluster (an IDENTITY
+// with genesis = true, docs/RESYNC.md "Bootstrapping a new cluster") and exits: run it once
+// per node when the cluster is created, never in a unit and never for a replaced disk.
 //
 // Exit codes: 0 clean stop (SIGTERM/SIGINT); 1 runtime failure, which a restart may cure
 // (cannot listen, data_dir in use by another process, I/O errors, permissions); 2 bad command
@@ -40,6 +44,41 @@ int Fail(int code, const std::string& message) {
   return code;
 }
 
+// --bootstrap: writes the genesis IDENTITY into an empty data_dir (the store is open, so no
+// running node uses it) and returns the exit code.
+int Bootstrap(const atomdisk::ClusterConfig& config, atomdisk::Rank rank,
+              const std::string& data_dir, const atomdisk::NodeMembership& membership) {
+  using namespace atomdisk;
+  if (membership.identity) {
+    if (membership.identity->genesis) {
+      spdlog::info(
+          "{} is already a founding member of cluster {} (rank {}); start atomdiskd "
+          "without --bootstrap",
+          data_dir, config.ClusterId().ToString(), rank);
+      return 0;
+    }
+    return Fail(kExitConfig,
+                "--bootstrap: " + IdentityPath(data_dir) +
+                    " exists: this data_dir is already a member of the cluster; --bootstrap is "
+                    "only for the empty data_dirs of a new cluster");
+  }
+  if (!membership.store_empty) {
+    return Fail(kExitConfig, "--bootstrap: " + data_dir +
+                                 " holds data; --bootstrap is only for the empty data_dirs of a "
+                                 "new cluster");
+  }
+  Identity genesis;
+  genesis.cluster_id = config.ClusterId();
+  genesis.rank = rank;
+  genesis.genesis = true;
+  if (Status s = SaveIdentity(data_dir, genesis); !s.ok()) return Fail(kExitRuntime, s.message());
+  spdlog::info(
+      "{} is now a founding member of cluster {} (rank {}): the cluster serves once a majority "
+      "of its nodes runs; start atomdiskd without --bootstrap",
+      data_dir, config.ClusterId().ToString(), rank);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -57,6 +96,11 @@ int main(int argc, char** argv) {
   app.add_flag("--preallocate", preallocate,
                "reserve the blocks of sectors.dat for the whole device at start-up (fallocate) "
                "instead of leaving it sparse");
+  bool bootstrap = false;
+  app.add_flag("--bootstrap", bootstrap,
+               "prepare this node's empty data_dir as a founding member of a NEW cluster, so "
+               "the cluster serves once a majority of its nodes is up, then exit; never for a "
+               "replaced disk of an existing cluster (docs/RESYNC.md)");
   app.set_version_flag("--version", std::string("atomdiskd ") + kAtomdiskVersion);
   try {
     app.parse(argc, argv);
@@ -138,6 +182,7 @@ int main(int argc, char** argv) {
     if (!s.ok()) return Fail(kExitRuntime, "cannot scan " + data_dir + ": " + s.message());
     membership.store_empty = !any;
   }
+  if (bootstrap) return Bootstrap(*config, static_cast<Rank>(rank), data_dir, membership);
 
   boost::asio::io_context io(1);
   NodeServer node(io, std::move(config).value(), static_cast<Rank>(rank), std::move(store).value(),

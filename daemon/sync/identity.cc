@@ -95,7 +95,9 @@ std::string Serialize(const Identity& id) {
          voters + "]\nwrite_ts_floor = " + std::to_string(id.write_ts_floor) +
          "\nwrite_ts_lease = " + std::to_string(id.write_ts_lease) +
          "\nresync_active = " + b(id.resync_active) + "\nresync_join = " + b(id.resync_join) +
-         "\nresync_next_window = " + std::to_string(id.resync_next_window) + "\n";
+         "\nresync_next_window = " + std::to_string(id.resync_next_window) + "\n" +
+         // Only while true, so an older binary reads every other IDENTITY.
+         (id.genesis ? "genesis = true\n" : "") + (id.registering ? "registering = true\n" : "");
 }
 
 Result<Identity> Parse(const std::string& path, const std::string& contents) {
@@ -109,9 +111,9 @@ Result<Identity> Parse(const std::string& path, const std::string& contents) {
   // Unknown keys are refused rather than dropped: a newer version's field may matter, and a
   // rewrite by this version would lose it.
   static const std::set<std::string> kKeys = {
-      "format",         "cluster_id",    "rank",        "voting",
-      "voters",         "resync_active", "resync_join", "resync_next_window",
-      "write_ts_floor", "write_ts_lease"};
+      "format",         "cluster_id",     "rank",        "voting",
+      "voters",         "resync_active",  "resync_join", "resync_next_window",
+      "write_ts_floor", "write_ts_lease", "genesis",     "registering"};
   for (const auto& [k, v] : table) {
     if (!kKeys.count(std::string(k.str()))) {
       return Bad(path, "unknown key \"" + std::string(k.str()) + "\"");
@@ -171,6 +173,15 @@ Result<Identity> Parse(const std::string& path, const std::string& contents) {
     if (!v) return Bad(path, "\"" + std::string(key) + "\" is not an integer");
     if (*v < 0) return Bad(path, std::string(key) + " " + std::to_string(*v) + " is negative");
     *field = static_cast<std::uint64_t>(*v);
+  }
+  // Optional, written only while true.
+  for (auto [key, field] :
+       {std::pair{"genesis", &id.genesis}, std::pair{"registering", &id.registering}}) {
+    if (!table.contains(key)) continue;
+    auto v = table[key].value_exact<bool>();
+    if (!v) return Bad(path, "\"" + std::string(key) + "\" is not a boolean");
+    *field = *v;
+    if (*v && id.voting) return Bad(path, std::string(key) + " is set on a voting identity");
   }
   return id;
 }

@@ -21,6 +21,10 @@
 //   resync_active = true        # a pass was running
 //   resync_join = false         # ... and it is the catch-up a joining node needs to vote
 //   resync_next_window = 17     # first window not yet fully pulled
+//   genesis = true              # optional, only while true: made by `atomdiskd --bootstrap`
+//                               # for a founding member of a new cluster that has not voted
+//   registering = true          # optional, only while true: this copy found that it never
+//                               # voted and is registering as a voter
 // Written atomically: IDENTITY.tmp is written and fdatasync'ed, renamed over IDENTITY, and the
 // directory fsync'ed, so a crash leaves the old or the new file, never a torn one.
 #pragma once
@@ -51,6 +55,16 @@ struct Identity {
   // (RegisterConfig::write_ts_lease). Saved before it is used, so a restart's write ts floor
   // (max of write_ts_floor and this) lies above every ts such a write can have used. 0: none.
   std::uint64_t write_ts_lease = 0;
+  // A founding member of a new cluster, made by `atomdiskd --bootstrap` on an empty data_dir:
+  // the operator says this copy never voted, so it may register as a voter once a majority
+  // (Quorum() - 1 peers) answered without listing it, instead of waiting for every peer
+  // (docs/RESYNC.md, "Bootstrapping a new cluster"). Cleared when it starts voting.
+  bool genesis = false;
+  // This copy found that it never voted (every peer answered without listing it, or it is a
+  // founding member and a majority did) and registers as a voter. Saved before its first
+  // RegisterVoter, so that after a restart the peers that list it (because of that
+  // registration) are not taken for proof of a replaced disk. Cleared when it votes.
+  bool registering = false;
 
   friend bool operator==(const Identity&, const Identity&) = default;
   // Adds `r` to voters (kept sorted, unique). Returns true if it was not there.

@@ -76,6 +76,12 @@ void Membership::Start(std::int64_t now_ms) {
     StartRegistering(now_ms);
     return;
   }
+  if (ctx_.identity.registering) {
+    // It found before the restart that it never voted; peers list it because it registered.
+    ctx_.env->Note("joining: registering again (this copy never voted)");
+    StartRegistering(now_ms);
+    return;
+  }
   ctx_.env->Note("joining: asking every peer whether it voted before");
   // A replaced disk restarted in the middle of its join: writes it coordinates meanwhile
   // start above the wall clock at once (see OnHelloReply).
@@ -205,6 +211,7 @@ void Membership::OnHelloReply(const SyncMessage& msg, std::int64_t now_ms) {
     // Only the newest round's reply speaks for the peer's current binary.
     ctx_.env->SetPeerFeatures(msg.sender, msg.features);
   }
+  LearnVoters(msg);
   if (mode_ == Mode::kVoting) {
     if (!lists_self) {
       // That peer forgot us (its disk was replaced): register again.
@@ -212,10 +219,26 @@ void Membership::OnHelloReply(const SyncMessage& msg, std::int64_t now_ms) {
     }
     return;
   }
-  if (mode_ == Mode::kJoining && lists_self && !listed_as_voter_) {
+  const bool bug_ignore = ctx_.identity.genesis && ctx_.options.bug_genesis_trusted;
+  if (mode_ == Mode::kJoining && lists_self && !listed_as_voter_ && !bug_ignore) {
     listed_as_voter_ = true;
-    ctx_.env->Note("joining: peer " + std::to_string(msg.sender) +
-                   " lists this node as a voter: its disk was replaced, a join pass is needed");
+    if (ctx_.identity.genesis) {
+      // The operator's word is overruled by a peer's memory: safety first.
+      ctx_.env->Note("joining: peer " + std::to_string(msg.sender) +
+                     " lists this node as a voter although its IDENTITY says it is a founding "
+                     "member of a new cluster (atomdiskd --bootstrap): it voted before and its "
+                     "disk was replaced, a join pass is needed");
+      // Remembered across a restart, when the peers that answer first may be ones that do
+      // not list it (their own disks replaced since).
+      Identity next = ctx_.identity;
+      next.genesis = false;
+      if (Status s = ctx_.SaveIdentity(next); !s.ok()) {
+        ctx_.env->Note("cannot save IDENTITY without its genesis mark: " + s.ToString());
+      }
+    } else {
+      ctx_.env->Note("joining: peer " + std::to_string(msg.sender) +
+                     " lists this node as a voter: its disk was replaced, a join pass is needed");
+    }
     // Its old incarnation may have minted tags that survive at a peer (in flight, or waiting
     // on a slow disk) below the durable tags a write's quorum reports. Writes this node
     // coordinates from now on, before the join pass even starts (it waits for enough voting
@@ -239,10 +262,29 @@ void Membership::Decide(std::int64_t now_ms) {
     resync_.Start(/*join=*/true, voters, from, now_ms);
     return;
   }
-  if (FreshAnswers(now_ms) == ctx_.peers.size()) StartRegistering(now_ms);
+  const std::size_t answers = FreshAnswers(now_ms);
+  if (answers == ctx_.peers.size()) {
+    StartRegistering(now_ms);
+  } else if (ctx_.identity.genesis && answers + 1 >= ctx_.options.Quorum()) {
+    // A founding member (atomdiskd --bootstrap): never voted, by the operator's word, so the
+    // peers that are down cannot know otherwise; a majority is enough to start.
+    ctx_.env->Note("joining: founding member of a new cluster; " + std::to_string(answers) +
+                   " of " + std::to_string(ctx_.peers.size()) +
+                   " peers answered and none lists this node: registering as a voter");
+    StartRegistering(now_ms);
+  }
 }
 
 void Membership::StartRegistering(std::int64_t now_ms) {
+  if (!ctx_.identity.registering && !ctx_.peers.empty()) {
+    Identity next = ctx_.identity;
+    next.registering = true;
+    if (Status s = ctx_.SaveIdentity(next); !s.ok()) {
+      // Registering without the mark is safe; a restart before voting then asks the peers
+      // again and takes their listing for a replaced disk (a join pass it did not need).
+      ctx_.env->Note("cannot save IDENTITY before registering: " + s.ToString());
+    }
+  }
   mode_ = Mode::kRegistering;
   register_id_ = ctx_.NewId();
   register_acks_.clear();
@@ -271,6 +313,8 @@ void Membership::BecomeVoter(std::int64_t now_ms, bool background_pass) {
   next.resync_active = false;
   next.resync_join = false;
   next.resync_next_window = 0;
+  next.genesis = false;  // it has voted now
+  next.registering = false;
   next.write_ts_floor = std::max(next.write_ts_floor, join_floor_);
   Status s = ctx_.env->SaveIdentity(next);
   if (!s.ok()) {
@@ -314,6 +358,28 @@ void Membership::ServeHello(const SyncMessage& msg) {
   r.voters = ctx_.identity.voters;
   r.features = kFeatureTagReads;
   ctx_.env->SendSync(msg.sender, r);
+}
+
+// Voters a peer knows of are voters: this node remembers them too (durably), so that the
+// memory of a registration outlives the disks of the peers that stored it, and any one peer
+// that answers a replaced disk's Hello is likely to recognise it (docs/RESYNC.md). Only ranks
+// of the cluster, never this node itself (OnHelloReply decides about that).
+void Membership::LearnVoters(const SyncMessage& msg) {
+  if (mode_ == Mode::kNew) return;
+  Identity next = ctx_.identity;
+  bool grew = false;
+  for (Rank r : msg.voters) {
+    if (std::find(ctx_.peers.begin(), ctx_.peers.end(), r) != ctx_.peers.end()) {
+      grew |= next.AddVoter(r);
+    }
+  }
+  if (!grew) return;
+  // On failure the next reply tries again; nothing counted on it.
+  if (Status s = ctx_.SaveIdentity(next); !s.ok() && !learn_save_failed_noted_) {
+    learn_save_failed_noted_ = true;
+    ctx_.env->Note("cannot save IDENTITY to remember the voters peer " +
+                   std::to_string(msg.sender) + " knows: " + s.ToString());
+  }
 }
 
 void Membership::ServeRegisterVoter(const SyncMessage& msg) {
@@ -371,8 +437,14 @@ std::string Membership::ModeString(std::int64_t now_ms) const {
         return "joining: waiting for " + std::to_string(ctx_.options.RequiredSources()) +
                " voting peers (have " + std::to_string(FreshVotingPeers(now_ms).size()) + ")";
       }
+      if (ctx_.identity.genesis) {
+        return "joining (founding member): waiting for a majority to answer (" +
+               std::to_string(FreshAnswers(now_ms)) + " of " + std::to_string(ctx_.peers.size()) +
+               " peers, " + std::to_string(ctx_.options.Quorum() - 1) + " needed)";
+      }
       return "joining: waiting for every peer to answer (" + std::to_string(FreshAnswers(now_ms)) +
-             " of " + std::to_string(ctx_.peers.size()) + ")";
+             " of " + std::to_string(ctx_.peers.size()) +
+             "; a new cluster can start with a majority: atomdiskd --bootstrap)";
     case Mode::kJoinPass:
       if (!resync_.active()) return "joining: saving IDENTITY before voting";
       return resync_.JoinStateLine();

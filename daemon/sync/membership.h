@@ -88,6 +88,7 @@ class Membership : public JoinHooks {
   void StartHelloRound(std::int64_t now_ms);
   bool Fresh(const PeerHello& h, std::int64_t now_ms) const;
   std::size_t FreshAnswers(std::int64_t now_ms) const;
+  void LearnVoters(const SyncMessage& msg);
   void Decide(std::int64_t now_ms);
   void StartRegistering(std::int64_t now_ms);
   void MaybeRegistered(std::int64_t now_ms);
@@ -108,6 +109,7 @@ class Membership : public JoinHooks {
   std::uint64_t applied_floor_ = 0;  // last SetWriteTsFloor
   std::uint64_t applied_lease_ = 0;  // last SetWriteTsLease (saved in identity first)
   bool lease_save_failed_noted_ = false;
+  bool learn_save_failed_noted_ = false;
 
   // Hello rounds.
   std::uint64_t hello_round_id_ = 0;

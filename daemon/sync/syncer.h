@@ -81,6 +81,8 @@ struct SyncerOptions {
   std::int64_t scrub_interval_ms = 0;   // periodic scrub; 0 = only on request
   std::uint32_t scrub_buckets_per_tick = 4;
   bool bug_joiner_votes = false;  // simulator only: a joining node votes at once
+  // Simulator only: a founding member (IDENTITY genesis) ignores peers that list it as a voter.
+  bool bug_genesis_trusted = false;
 
   std::size_t Quorum() const { return ranks.size() / 2 + 1; }
   // Voting peers a join pass must pull from: N - Quorum + 1 (every acknowledged write is on

@@ -588,6 +588,85 @@ TEST_F(ResyncTest, CorruptionFoundAfterARestartIsRepaired) {
   ExpectStoreHoldsNewest(2, /*reference=*/1);
 }
 
+// A new cluster whose data_dirs were made by `atomdiskd --bootstrap` serves with one node
+// down (without it, it waits for every node: "a new cluster needs every node once"); the node
+// that was down joins later; --bootstrap refuses a data_dir that is in use or has data.
+TEST_F(ResyncTest, BootstrappedClusterServesWithOneNodeDown) {
+  auto created = CreateHarness({.nodes = 3, .sectors = kDeviceSectors});
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  h_ = std::move(created).value();
+  written_.assign(kDeviceSectors, 0);
+  RunOptions options;
+  options.timeout = seconds(15);
+  auto bootstrap = [&](int rank) {
+    return RunProcess({Harness::DaemonPath(), "--config", h_->config_path(), "--rank",
+                       std::to_string(rank), "--bootstrap"},
+                      options);
+  };
+  for (int r = 1; r <= 3; ++r) {
+    ProcessResult b = bootstrap(r);
+    ASSERT_EQ(b.exit_code, 0) << b.Describe();
+    EXPECT_NE(b.err.find("founding member"), std::string::npos) << b.err;
+    EXPECT_NE(ReadFile(IdentityPath(h_->DataDir(r))).find("genesis = true"), std::string::npos);
+  }
+  ProcessResult again = bootstrap(1);  // idempotent before the first start
+  EXPECT_EQ(again.exit_code, 0) << again.Describe();
+
+  ASSERT_TRUE(h_->StartNode(1).ok()) << h_->LogTail(1);
+  ASSERT_TRUE(h_->StartNode(2).ok()) << h_->LogTail(2);
+  for (int r : {1, 2}) {
+    ASSERT_TRUE(WaitInfo(r, seconds(30), [](const json& j) { return j.value("voting", false); }))
+        << "node " << r << " of a bootstrapped cluster does not vote with node 3 down\n"
+        << h_->LogTail(r);
+  }
+  ASSERT_TRUE(WriteAll(Range(0, 64), 1, {"1", "2"}));
+
+  // In use, or voting already: refused, IDENTITY untouched.
+  const std::string before = ReadFile(IdentityPath(h_->DataDir(1)));
+  ProcessResult busy = bootstrap(1);
+  EXPECT_EQ(busy.exit_code, 1) << busy.Describe();  // the LOCK: a running node uses it
+  ASSERT_TRUE(h_->Stop(1).ok());
+  ProcessResult member = bootstrap(1);
+  EXPECT_EQ(member.exit_code, 2) << member.Describe();
+  EXPECT_NE(member.err.find("already a member"), std::string::npos) << member.err;
+  EXPECT_EQ(ReadFile(IdentityPath(h_->DataDir(1))).find("genesis"), std::string::npos);
+  ASSERT_TRUE(h_->StartNode(1).ok()) << h_->LogTail(1);
+
+  // The founding member that was down starts now: it registers and votes, with no join pass.
+  ASSERT_TRUE(h_->StartNode(3).ok()) << h_->LogTail(3);
+  ASSERT_TRUE(WaitInfo(3, seconds(30), [](const json& j) { return j.value("voting", false); }))
+      << h_->LogTail(3);
+  EXPECT_EQ(h_->LogTail(3, 200).find("join pass"), std::string::npos) << h_->LogTail(3, 200);
+  auto c = MakeClient({"3"});
+  ASSERT_NE(c, nullptr);
+  for (SectorIdx sector : Range(0, 64)) {
+    Result<SectorPtr> rd = c->ReadSync(sector);
+    ASSERT_TRUE(rd.ok()) << rd.status().ToString();
+    EXPECT_EQ(**rd, *Pattern(sector, 1)) << "sector " << sector;
+  }
+}
+
+// --bootstrap on a data_dir that holds data (an old store without IDENTITY) is refused.
+TEST_F(ResyncTest, BootstrapRefusesADataDirWithData) {
+  auto created = CreateHarness({.nodes = 1, .sectors = 64});
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  h_ = std::move(created).value();
+  written_.assign(64, 0);
+  ASSERT_TRUE(h_->StartNode(1).ok()) << h_->LogTail(1);
+  ASSERT_TRUE(WriteAll(Range(0, 4), 1, {"1"}));
+  ASSERT_TRUE(h_->Stop(1).ok());
+  std::error_code ec;
+  fs::remove(IdentityPath(h_->DataDir(1)), ec);
+  RunOptions options;
+  options.timeout = seconds(15);
+  ProcessResult r = RunProcess(
+      {Harness::DaemonPath(), "--config", h_->config_path(), "--rank", "1", "--bootstrap"},
+      options);
+  EXPECT_EQ(r.exit_code, 2) << r.Describe();
+  EXPECT_NE(r.err.find("holds data"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(IdentityPath(h_->DataDir(1))));
+}
+
 // (e) A data_dir whose IDENTITY names another cluster, or another rank, is refused (exit 2)
 // and left as it was.
 TEST_F(ResyncTest, RefusesADataDirOfAnotherClusterOrRank) {

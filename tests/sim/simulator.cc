@@ -48,6 +48,10 @@ const char* SimBugName(SimBug bug) {
       return "absorb-unguarded";
     case SimBug::kAbsorbDurableUnreported:
       return "absorb-durable-unreported";
+    case SimBug::kGenesisTrusted:
+      return "genesis-trusted";
+    case SimBug::kStaleSelfAtVote:
+      return "stale-self-at-vote";
   }
   return "?";
 }
@@ -57,6 +61,7 @@ const char* SimBugLayer(SimBug bug) {
     case SimBug::kSkipImpose:
     case SimBug::kAckBeforePersist:
     case SimBug::kMinorityQuorum:
+    case SimBug::kStaleSelfAtVote:
       return "register";
     case SimBug::kServeBeforeIdentity:
     case SimBug::kAbsorbUnguarded:
@@ -64,6 +69,7 @@ const char* SimBugLayer(SimBug bug) {
       return "node";
     case SimBug::kJoinerVotes:
     case SimBug::kLeaseForgotten:
+    case SimBug::kGenesisTrusted:
       return "sync";
     case SimBug::kForgetOnRestart:
       return "world";
@@ -94,6 +100,12 @@ const char* SimBugWhat(SimBug bug) {
              "taking its pending value for durable";
     case SimBug::kAbsorbDurableUnreported:
       return "an absorb's durable store write is not reported to the sector's register";
+    case SimBug::kStaleSelfAtVote:
+      return "a node that starts voting during a read's first phase answers with the value "
+             "durable when the read began, from before its join pass";
+    case SimBug::kGenesisTrusted:
+      return "a replaced disk is bootstrapped as a founding member (an operator's mistake) and "
+             "that claim is trusted over the peers that list it as a voter";
     case SimBug::kNone:
       break;
   }
@@ -101,10 +113,10 @@ const char* SimBugWhat(SimBug bug) {
 }
 
 std::vector<SimBug> AllSimBugs() {
-  return {
-      SimBug::kSkipImpose,          SimBug::kAckBeforePersist, SimBug::kMinorityQuorum,
-      SimBug::kForgetOnRestart,     SimBug::kJoinerVotes,      SimBug::kLeaseForgotten,
-      SimBug::kServeBeforeIdentity, SimBug::kAbsorbUnguarded,  SimBug::kAbsorbDurableUnreported};
+  return {SimBug::kSkipImpose,          SimBug::kAckBeforePersist, SimBug::kMinorityQuorum,
+          SimBug::kForgetOnRestart,     SimBug::kJoinerVotes,      SimBug::kLeaseForgotten,
+          SimBug::kServeBeforeIdentity, SimBug::kAbsorbUnguarded,  SimBug::kAbsorbDurableUnreported,
+          SimBug::kStaleSelfAtVote,     SimBug::kGenesisTrusted};
 }
 
 std::optional<SimBug> ParseSimBug(std::string_view name) {
@@ -149,6 +161,15 @@ Uuid SimClusterId() {
   Uuid u;
   for (std::size_t i = 0; i < u.bytes.size(); ++i) u.bytes[i] = static_cast<std::uint8_t>(0xA0 + i);
   return u;
+}
+
+// What atomdiskd --bootstrap writes into an empty data_dir (daemon/main.cc).
+Identity GenesisIdentity(Rank rank) {
+  Identity id;
+  id.cluster_id = SimClusterId();
+  id.rank = rank;
+  id.genesis = true;
+  return id;
 }
 
 // The cluster.toml every simulated node and client is configured with: n nodes, the device,
@@ -602,6 +623,11 @@ class Simulator {
   std::map<std::uint64_t, Tag> value_tags_;
   std::map<SectorIdx, Tag> completed_tags_;
   bool fresh_cluster_ = false;  // nodes start with no IDENTITY (else: voting, all voters)
+  // A fresh cluster bootstrapped (atomdiskd --bootstrap): nodes start with a genesis
+  // IDENTITY, and `late_node_` (an index) starts only some seconds later, as a node that was
+  // down when the cluster was created; the others must serve meanwhile.
+  bool bootstrapped_ = false;
+  int late_node_ = -1;
   // The node (index) that plays an atomdisk from before tag-only reads, or -1: its
   // HelloReplies lack the features byte, and it never sends ReadTag.
   int old_node_ = -1;
@@ -703,6 +729,10 @@ void Simulator::Restart(int n) {
     node.replace_on_restart = false;
     node.disk = std::make_shared<FaultyBlockFile>();
     node.identity.reset();
+    if (options_.bug == SimBug::kGenesisTrusted) {
+      // The operator's mistake: atomdiskd --bootstrap on the replacement disk.
+      node.identity = GenesisIdentity(node.rank);
+    }
     node.max_durable.clear();
     node.known_durable.clear();
   } else if (options_.bug == SimBug::kForgetOnRestart) {
@@ -729,8 +759,10 @@ void Simulator::Restart(int n) {
   }
   node.up = true;
   Trace("restart node " + std::to_string(node.rank) +
-        (node.identity ? node.identity->voting ? " (IDENTITY: voting)" : " (IDENTITY: joining)"
-                       : " (no IDENTITY)"));
+        (!node.identity           ? " (no IDENTITY)"
+         : node.identity->voting  ? " (IDENTITY: voting)"
+         : node.identity->genesis ? " (IDENTITY: genesis)"
+                                  : " (IDENTITY: joining)"));
   CheckDiskHolds(n, "after restart");
   node.known_durable.clear();  // rebuilt lazily from the disk, which is all durable now
   if (failed()) return;
@@ -762,8 +794,10 @@ void Simulator::StartNode(int n) {
   o.boot_nonce = rng_();
   o.version = "sim";
   Trace("node " + std::to_string(node.rank) + " starts: " +
-        (node.identity ? node.identity->voting ? "IDENTITY voting" : "IDENTITY joining"
-                       : "no IDENTITY") +
+        (!node.identity           ? "no IDENTITY"
+         : node.identity->voting  ? "IDENTITY voting"
+         : node.identity->genesis ? "IDENTITY genesis"
+                                  : "IDENTITY joining") +
         (membership.store_empty ? ", empty store" : ", data in store"));
   node.voting = false;
   node.fatal.reset();
@@ -1951,6 +1985,9 @@ SimResult Simulator::Run() {
   std::int64_t retransmit_initial_ms = Range(20, 100);
   std::int64_t retransmit_max_ms = retransmit_initial_ms * Range(4, 10);
   fresh_cluster_ = Chance(500);
+  // Half the new clusters are bootstrapped, from the seed (not the RNG, so that no other
+  // seed's run is redrawn); their last node starts late.
+  bootstrapped_ = fresh_cluster_ && (options_.seed / 2) % 2 == 1;
   // A quarter of the seeds mix versions: one node does not advertise tag-only reads, so the
   // others ask it with ReadProc and everyone else with ReadTag.
   old_node_ = Chance(250) ? static_cast<int>(Range(0, n_nodes - 1)) : -1;
@@ -1962,6 +1999,7 @@ SimResult Simulator::Run() {
   bugs.skip_impose = options_.bug == SimBug::kSkipImpose;
   bugs.ack_before_persist = options_.bug == SimBug::kAckBeforePersist;
   bugs.minority_quorum = options_.bug == SimBug::kMinorityQuorum;
+  bugs.stale_self_at_vote = options_.bug == SimBug::kStaleSelfAtVote;
 
   // Every core runs the production code, tuned as a daemon is (NodeCoreOptions::FromConfig)
   // but with timings scaled to virtual runs of a few seconds, and the bug under test.
@@ -1983,6 +2021,7 @@ SimResult Simulator::Run() {
   so.resync_interval_ms = kResyncIntervalMs;
   so.scrub_interval_ms = 0;
   so.bug_joiner_votes = options_.bug == SimBug::kJoinerVotes;
+  so.bug_genesis_trusted = options_.bug == SimBug::kGenesisTrusted;
   core_options_.bugs.serve_before_identity = options_.bug == SimBug::kServeBeforeIdentity;
   core_options_.bugs.absorb_unguarded = options_.bug == SimBug::kAbsorbUnguarded;
   core_options_.bugs.absorb_durable_unreported = options_.bug == SimBug::kAbsorbDurableUnreported;
@@ -1992,7 +2031,10 @@ SimResult Simulator::Run() {
     auto node = std::make_unique<Node>();
     node->rank = static_cast<Rank>(i + 1);
     node->env = std::make_unique<SimNodeEnv>(this, i);
-    if (!fresh_cluster_) {
+    if (bootstrapped_) {
+      // A new cluster whose data_dirs were made by atomdiskd --bootstrap.
+      node->identity = GenesisIdentity(node->rank);
+    } else if (!fresh_cluster_) {
       // A cluster that has run before: every node votes and knows every other one voted.
       Identity id;
       id.cluster_id = SimClusterId();
@@ -2013,15 +2055,35 @@ SimResult Simulator::Run() {
         std::to_string(p_.writers) + " timeout " + std::to_string(p_.timeout_ms) +
         "ms retransmit " + std::to_string(retransmit_initial_ms) + ".." +
         std::to_string(retransmit_max_ms) + "ms" +
-        (fresh_cluster_ ? ", new cluster" : ", voting identities") +
+        (bootstrapped_    ? ", new cluster, bootstrapped"
+         : fresh_cluster_ ? ", new cluster"
+                          : ", voting identities") +
         (old_node_ >= 0 ? ", node " + std::to_string(old_node_ + 1) + " without tag reads" : "") +
         (thrifty ? ", thrifty collect" : "") +
         (so.rate_bytes_per_s > 0
              ? ", resync limit " + std::to_string(static_cast<std::uint64_t>(so.rate_bytes_per_s)) +
                    " B/s"
              : ""));
-  for (int i = 0; i < n_nodes && !failed(); ++i) StartNode(i);
-  for (int i = 0; i < n_nodes; ++i) ScheduleTick(i);
+  if (bootstrapped_) {
+    // Down at the start: its store closed, started by an ordinary restart event.
+    late_node_ = n_nodes - 1;
+    Node& late = *nodes_[late_node_];
+    late.up = false;
+    late.gate->Cut();
+    late.opened.reset();
+    late.store = nullptr;
+    Event e;
+    e.type = EventType::kRestart;
+    e.node = late_node_;
+    At(Range(500, 6000) * kUsPerMs, std::move(e));
+    Trace("node " + std::to_string(late.rank) + " starts late (bootstrapped cluster)");
+  }
+  for (int i = 0; i < n_nodes && !failed(); ++i) {
+    if (i != late_node_) StartNode(i);
+  }
+  for (int i = 0; i < n_nodes; ++i) {
+    if (i != late_node_) ScheduleTick(i);
+  }
   for (int c = 0; c < p_.clients; ++c) {
     Event e;
     e.type = EventType::kClientIssue;

@@ -42,6 +42,8 @@ enum class SimBug {
   kServeBeforeIdentity,      // a node without IDENTITY persists before its Syncer saved one
   kAbsorbUnguarded,          // a resync absorb lets a register be built from its pending value
   kAbsorbDurableUnreported,  // an absorb's durable write is not reported to its register
+  kStaleSelfAtVote,          // a node that starts voting mid-read answers with its pre-join value
+  kGenesisTrusted,  // a replaced disk bootstrapped as founding member, trusted over the voters
 };
 
 // "skip-impose", ... ; "none" for kNone.

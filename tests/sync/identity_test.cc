@@ -457,5 +457,33 @@ TEST(IdentityTest, ParseUuid) {
   }
 }
 
+// genesis and registering are written only while true (an older binary reads every other
+// IDENTITY), load back, and are refused on a voting identity.
+TEST(IdentityTest, GenesisAndRegisteringAreWrittenOnlyWhileTrue) {
+  TempDir dir;
+  const std::string path = IdentityPath(dir.path());
+  Identity id = Sample();
+  id.voting = false;
+  id.genesis = false;
+  id.registering = false;
+  ASSERT_TRUE(SaveIdentity(dir.path(), id).ok());
+  EXPECT_EQ(ReadFile(path).find("genesis"), std::string::npos);
+  EXPECT_EQ(ReadFile(path).find("registering"), std::string::npos);
+  for (auto [genesis, registering] : {std::pair{true, false}, std::pair{false, true}}) {
+    id.genesis = genesis;
+    id.registering = registering;
+    ASSERT_TRUE(SaveIdentity(dir.path(), id).ok());
+    auto loaded = LoadIdentity(dir.path());
+    ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+    EXPECT_EQ(**loaded, id);
+  }
+  WriteFile(path, ValidFileWith("voting", "voting = true") + "genesis = true\n");
+  EXPECT_TRUE(IsCorruptionNaming(LoadIdentity(dir.path()), path, "genesis is set on a voting"));
+  WriteFile(path, ValidFileWith("voting", "voting = true") + "registering = true\n");
+  EXPECT_TRUE(IsCorruptionNaming(LoadIdentity(dir.path()), path, "registering is set on a"));
+  WriteFile(path, ValidFileWith("voting", "voting = false") + "genesis = 1\n");
+  EXPECT_TRUE(IsCorruptionNaming(LoadIdentity(dir.path()), path, "\"genesis\" is not a boolean"));
+}
+
 }  // namespace
 }  // namespace atomdisk

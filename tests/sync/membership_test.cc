@@ -28,7 +28,8 @@ TEST(MembershipTest, FreshClusterVotesOnlyOnceEveryNodeAnswered) {
   EXPECT_FALSE(c.node(1).voting());
   EXPECT_FALSE(c.node(2).voting());
   EXPECT_EQ(c.node(1).syncer->GetStatus(c.now).state,
-            "joining: waiting for every peer to answer (1 of 2)");
+            "joining: waiting for every peer to answer (1 of 2; a new cluster can start with a "
+            "majority: atomdiskd --bootstrap)");
   EXPECT_EQ(c.node(1).voting_calls, std::vector<bool>{false});
 
   c.StartNode(3);
@@ -377,7 +378,8 @@ TEST(MembershipTest, RepliesOfAnotherClusterAreIgnored) {
   // Node 2 lists node 1, but in another cluster: neither a join nor a registration.
   EXPECT_FALSE(c.node(1).voting());
   EXPECT_EQ(c.node(1).syncer->GetStatus(c.now).state,
-            "joining: waiting for every peer to answer (1 of 2)");
+            "joining: waiting for every peer to answer (1 of 2; a new cluster can start with a "
+            "majority: atomdiskd --bootstrap)");
   EXPECT_EQ(c.node(1).CountNotes("belongs to cluster"), 1);
   EXPECT_EQ(c.node(1).peer_features.count(2), 0u) << "another cluster's reply tells nothing";
   EXPECT_EQ(c.node(1).peer_features.at(3), kFeatureTagReads);
@@ -462,6 +464,114 @@ TEST(MembershipTest, RegistrationWaitsForQuorumAcks) {
   ASSERT_TRUE(c.RunUntil([&] { return c.node(1).voting(); }));
   EXPECT_TRUE(c.node(2).saved->HasVoter(1));
   EXPECT_TRUE(c.node(4).saved->HasVoter(1));
+}
+
+Identity GenesisIdentity(Rank self) {
+  Identity id;
+  id.cluster_id = ClusterId(0xab);
+  id.rank = self;
+  id.genesis = true;
+  return id;
+}
+
+TEST(MembershipTest, BootstrappedClusterVotesWithAMajority) {
+  Cluster c(3, 1000);
+  for (Rank r : {1, 2, 3}) c.node(r).saved = GenesisIdentity(r);
+  c.StartNode(1);
+  EXPECT_EQ(c.node(1).syncer->GetStatus(c.now).state,
+            "joining (founding member): waiting for a majority to answer (0 of 2 peers, 1 "
+            "needed)");
+  c.StartNode(2);
+  ASSERT_TRUE(c.RunUntil([&] { return c.node(1).voting() && c.node(2).voting(); }));
+  for (Rank r : {1, 2}) {
+    EXPECT_TRUE(c.node(r).saved->voting);
+    EXPECT_FALSE(c.node(r).saved->genesis);      // cleared once it voted
+    EXPECT_FALSE(c.node(r).saved->registering);  // likewise
+    EXPECT_EQ(c.node(r).CountNotes("join pass"), 0);
+  }
+  // The founding member that was down starts later: nobody lists it, it registers and votes.
+  c.StartNode(3);
+  ASSERT_TRUE(c.RunUntil([&] { return c.node(3).voting(); }));
+  EXPECT_EQ(c.node(3).CountNotes("join pass"), 0);
+}
+
+TEST(MembershipTest, GenesisClaimOfAReplacedDiskIsRefusedAndRemembered) {
+  const std::uint64_t sectors = 1000;
+  Cluster c(3, sectors);
+  c.node(2).saved = VotingIdentity(2, {1, 2, 3});
+  c.node(3).saved = VotingIdentity(3, {1, 2, 3});
+  c.node(2).data[7] = Value(4, 1);       // a write node 1's old disk acknowledged
+  c.node(1).saved = GenesisIdentity(1);  // the operator bootstrapped the new disk by mistake
+  c.StartNode(2);
+  c.StartNode(3);
+  c.StartNode(1);
+  ASSERT_TRUE(c.RunUntil([&] { return c.node(1).CountNotes("although its IDENTITY says") > 0; }));
+  ASSERT_TRUE(c.node(1).saved.has_value());
+  EXPECT_FALSE(c.node(1).saved->genesis);  // a restart does not try the shortcut again
+  ASSERT_TRUE(c.RunUntil([&] { return c.node(1).voting(); }));
+  EXPECT_GE(c.node(1).CountNotes("join pass done"), 1);
+  EXPECT_EQ(c.node(1).TagOf(7), (Tag{4, 1}));
+}
+
+TEST(MembershipTest, BugGenesisTrustedVotesWithoutAJoinPass) {
+  Cluster c(3, 1000);
+  c.node(2).saved = VotingIdentity(2, {1, 2, 3});
+  c.node(3).saved = VotingIdentity(3, {1, 2, 3});
+  c.node(1).saved = GenesisIdentity(1);
+  SyncerOptions o = c.Options(1);
+  o.bug_genesis_trusted = true;
+  c.StartNode(2);
+  c.StartNode(3);
+  c.StartNode(1, o);
+  ASSERT_TRUE(c.RunUntil([&] { return c.node(1).voting(); }));
+  EXPECT_EQ(c.node(1).CountNotes("join pass"), 0);
+}
+
+// A node that found it never voted and crashed while registering: the peers list it because
+// of that registration, which is no sign of a replaced disk.
+TEST(MembershipTest, RegisteringNodeRestartedRegistersAgainWithoutAJoinPass) {
+  Cluster c(3, 1000);
+  Identity registering;
+  registering.cluster_id = ClusterId(0xab);
+  registering.rank = 1;
+  registering.registering = true;
+  c.node(1).saved = registering;
+  c.node(2).saved = VotingIdentity(2, {1, 2, 3});
+  c.node(3).saved = VotingIdentity(3, {1, 2, 3});
+  c.StartNode(2);
+  c.StartNode(3);
+  c.StartNode(1);
+  ASSERT_TRUE(c.RunUntil([&] { return c.node(1).voting(); }));
+  EXPECT_EQ(c.node(1).CountNotes("registering again"), 1);
+  EXPECT_EQ(c.node(1).CountNotes("join pass"), 0);
+  EXPECT_FALSE(c.node(1).saved->registering);
+}
+
+TEST(MembershipTest, FreshNodeMarksItselfRegisteringBeforeItsFirstRegisterVoter) {
+  Cluster c(3, 1000);
+  for (Rank r : {1, 2, 3}) c.StartNode(r);
+  bool marked_before_send = true;
+  c.rewrite = [&](Rank from, SyncMessage& msg) {
+    if (msg.kind == SyncKind::kRegisterVoter && c.node(from).saved && !c.node(from).saved->voting &&
+        !c.node(from).saved->registering) {
+      marked_before_send = false;
+    }
+  };
+  ASSERT_TRUE(c.RunUntil([&] { return c.node(1).voting() && c.node(2).voting(); }));
+  EXPECT_TRUE(marked_before_send);
+}
+
+// Voters a peer knows of are remembered: node 4 is down, only node 1 knows it voted, and
+// after one Hello round nodes 2 and 3 know it too (durably).
+TEST(MembershipTest, VotersKnownToAPeerAreLearned) {
+  Cluster c(5, 1000);
+  c.node(1).saved = VotingIdentity(1, {1, 2, 3, 4});
+  c.node(2).saved = VotingIdentity(2, {1, 2, 3});
+  c.node(3).saved = VotingIdentity(3, {1, 2, 3});
+  for (Rank r : {1, 2, 3}) c.StartNode(r);
+  ASSERT_TRUE(
+      c.RunUntil([&] { return c.node(2).saved->HasVoter(4) && c.node(3).saved->HasVoter(4); }));
+  EXPECT_FALSE(c.node(2).saved->HasVoter(5));  // nobody knows of 5
 }
 
 }  // namespace
