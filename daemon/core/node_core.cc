@@ -201,9 +201,8 @@ void NodeCore::OnClientFrame(ClientChannel& channel, std::span<const std::uint8_
   std::uint64_t token = next_token_++;
   client_ops_.emplace(token, ClientOpRef{channel.WeakChannel(), cmd->request_id, cmd->op, arrived});
   channel.OpStarted();
-  // It waits (the register queues it) behind an operation in progress on the same sector:
-  // a register coordinates one client operation at a time, so that each one's collect sees
-  // the value the one before it wrote.
+  // A register coordinates one client operation at a time: with one in progress or queued
+  // on this sector, this one waits in the register's queue (QueuedClientOps counts it).
   if (reg->HasClientWork()) ++counters_.queued_ops;
   if (cmd->op == ClientOp::kWrite) {
     ++counters_.writes;

@@ -31,10 +31,11 @@ namespace atomdisk {
 struct NodeCounters {
   std::uint64_t client_ops = 0, reads = 0, writes = 0, auth_failures = 0, invalid_sector = 0,
                 bad_frames = 0, system_msgs = 0, sync_msgs = 0, persist_errors = 0,
-                unreadable_sectors = 0,
-                queued_ops = 0,  // client operations that waited behind another on their sector
-      unwanted_values = 0,       // Values dropped unchecked: no operation waited for them
-      tags_from_cache = 0;       // ReadTags answered from the store's slot cache
+                unreadable_sectors = 0;
+  std::uint64_t queued_ops = 0;       // client operations that waited behind another on their
+                                      // sector's register
+  std::uint64_t unwanted_values = 0;  // Values dropped unchecked: no operation waited for them
+  std::uint64_t tags_from_cache = 0;  // ReadTags answered from the store's slot cache
 };
 
 // The core's state, as NodeCore::PublishMetrics copies it out.
