@@ -35,8 +35,9 @@ for prog in atomdiskd atomdisk-fuse atomdisk; do
     fail "$prog --version printed '$line', not '$prog $version (revision $head...)' (rebuilt since the last commit?)"
   revisions+=("${line##* }")
 done
-[ "${revisions[0]}" = "${revisions[1]}" ] && [ "${revisions[1]}" = "${revisions[2]}" ] ||
+if [ "${revisions[0]}" != "${revisions[1]}" ] || [ "${revisions[1]}" != "${revisions[2]}" ]; then
   fail "the programs name different revisions: ${revisions[*]}"
+fi
 
 echo "== cmake/build_revision.cmake"
 take() {  # DIR [REVISION] [GIT]: prints the revision the script writes for DIR
