@@ -24,6 +24,7 @@
 #include <mutex>
 #include <thread>
 
+#include "common/build_info.h"
 #include "common/config.h"
 #include "common/logging.h"
 #include "common/metrics_server.h"
@@ -31,7 +32,6 @@
 #include "daemon/net/node_server.h"
 #include "daemon/store/sector_store.h"
 #include "daemon/sync/identity.h"
-#include "daemon/version.h"
 
 namespace {
 
@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
                "prepare this node's empty data_dir as a founding member of a NEW cluster, so "
                "the cluster serves once a majority of its nodes is up, then exit; never for a "
                "replaced disk of an existing cluster (docs/RESYNC.md)");
-  app.set_version_flag("--version", std::string("atomdiskd ") + kAtomdiskVersion);
+  app.set_version_flag("--version", VersionLine("atomdiskd"));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -212,8 +212,8 @@ int main(int argc, char** argv) {
   });
   if (Status s = node.Start(); !s.ok()) return Fail(kExitRuntime, s.message());
   if (exit_code != 0) return exit_code;  // failed inside Start (logged by the handler)
-  spdlog::info("atomdiskd {} rank {} serving on {} (data_dir {})", kAtomdiskVersion, rank,
-               me.Address(), data_dir);
+  spdlog::info("atomdiskd {} (revision {}) rank {} serving on {} (data_dir {})", BuildVersion(),
+               BuildRevision(), rank, me.Address(), data_dir);
   sd_notify(0, "READY=1");
 
   std::mutex stop_mu;

@@ -642,37 +642,40 @@ void DiskFs::EndWrite(std::uint64_t seq) {
     }
     if (writes_inflight_.empty()) writes_cv_.notify_all();
   }
-  for (const FlushWaiter& w : ready) ReplyFlushed(w.req, w.fh);
+  for (const FlushWaiter& w : ready) ReplyFlushed(w.req, w.fh, w.op, w.started);
 }
 
-void DiskFs::WaitForWrites(fuse_req_t req, FileHandle* fh) {
+void DiskFs::WaitForWrites(fuse_req_t req, FileHandle* fh, FuseOp op) {
+  const FuseMetrics::Clock::time_point started =
+      options_.metrics ? options_.metrics->Start(op) : FuseMetrics::Clock::time_point{};
   {
     std::lock_guard<std::mutex> lock(writes_mu_);
     const std::uint64_t covered = next_write_seq_ - 1;
     if (!writes_inflight_.empty() && *writes_inflight_.begin() <= covered) {
-      flush_waiters_.emplace(covered, FlushWaiter{req, fh});
+      flush_waiters_.emplace(covered, FlushWaiter{req, fh, op, started});
       return;
     }
   }
-  ReplyFlushed(req, fh);
+  ReplyFlushed(req, fh, op, started);
 }
 
-void DiskFs::ReplyFlushed(fuse_req_t req, FileHandle* fh) {
-  const bool failed = fh != nullptr && fh->write_failed.exchange(false);
-  if (failed && options_.metrics) options_.metrics->SyncFailed();
-  fuse_reply_err(req, failed ? EIO : 0);
+void DiskFs::ReplyFlushed(fuse_req_t req, FileHandle* fh, FuseOp op,
+                          FuseMetrics::Clock::time_point started) {
+  const int err = fh != nullptr && fh->write_failed.exchange(false) ? EIO : 0;
+  // Counted before the reply, like every request: a scrape after the caller's close() or
+  // fsync() returned sees it.
+  if (options_.metrics) options_.metrics->Done(op, started, err);
+  fuse_reply_err(req, err);
 }
 
 void DiskFs::OnFlush(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
-  if (Self(req)->options_.metrics) Self(req)->options_.metrics->Count(FuseOp::kFlush);
-  Self(req)->WaitForWrites(req, reinterpret_cast<FileHandle*>(fi->fh));
+  Self(req)->WaitForWrites(req, reinterpret_cast<FileHandle*>(fi->fh), FuseOp::kFlush);
 }
 
 void DiskFs::OnFsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info* fi) {
   // Every acknowledged write is already on stable storage on a majority: waiting for the
   // writes in flight is all a sync has to do.
-  if (Self(req)->options_.metrics) Self(req)->options_.metrics->Count(FuseOp::kFsync);
-  Self(req)->WaitForWrites(req, reinterpret_cast<FileHandle*>(fi->fh));
+  Self(req)->WaitForWrites(req, reinterpret_cast<FileHandle*>(fi->fh), FuseOp::kFsync);
 }
 
 bool DiskFs::Drain(std::chrono::milliseconds timeout) {

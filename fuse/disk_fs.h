@@ -135,8 +135,10 @@ class DiskFs {
   std::uint64_t BeginWrite();
   void EndWrite(std::uint64_t seq);
   // Replies to `req` once every write begun before now has ended.
-  void WaitForWrites(fuse_req_t req, FileHandle* fh);
-  void ReplyFlushed(fuse_req_t req, FileHandle* fh);
+  // `op` is kFlush or kFsync, counted and timed (with metrics) from `started`.
+  void WaitForWrites(fuse_req_t req, FileHandle* fh, FuseOp op);
+  void ReplyFlushed(fuse_req_t req, FileHandle* fh, FuseOp op,
+                    FuseMetrics::Clock::time_point started);
 
   void TouchMtime();
   static int ErrnoOf(const Status& status);
@@ -167,6 +169,8 @@ class DiskFs {
   struct FlushWaiter {
     fuse_req_t req;
     FileHandle* fh;
+    FuseOp op;
+    FuseMetrics::Clock::time_point started;
   };
   // Keyed by the last write sequence number the waiter covers; guarded by writes_mu_.
   std::multimap<std::uint64_t, FlushWaiter> flush_waiters_;

@@ -2,7 +2,7 @@
 
 #include <cerrno>
 
-#include "daemon/version.h"
+#include "common/build_info.h"
 
 namespace atomdisk::fuse {
 
@@ -13,19 +13,19 @@ constexpr const char* kOpNames[kFuseOps] = {"read", "write", "flush", "fsync", "
 FuseMetrics::FuseMetrics(const client::Client* client) {
   metrics::Registry& r = registry_;
   r.AddGauge("atomdisk_fuse_build_info", "Version and git revision of this atomdisk-fuse.",
-             {{"version", kAtomdiskVersion}, {"revision", kAtomdiskGitRevision}})
+             {{"version", BuildVersion()}, {"revision", BuildRevision()}})
       .Set(1);
   for (int i = 0; i < kFuseOps; ++i) {
     requests_[i] = &r.AddCounter("atomdisk_fuse_requests_total", "FUSE requests, by kind.",
                                  {{"op", kOpNames[i]}});
   }
-  for (int i : {0, 1, 4}) {
-    errors_[i] =
-        &r.AddCounter("atomdisk_fuse_errors_total",
-                      "Reads, writes and discards answered with an error.", {{"op", kOpNames[i]}});
-    latency_[i] = &r.AddHistogram("atomdisk_fuse_request_duration_seconds",
-                                  "Reads, writes and discards from arrival to answer.",
-                                  metrics::LatencyBuckets(), {{"op", kOpNames[i]}});
+  for (int i = 0; i < kFuseOps; ++i) {
+    errors_[i] = &r.AddCounter("atomdisk_fuse_errors_total",
+                               "FUSE requests answered with an error.", {{"op", kOpNames[i]}});
+    latency_[i] = &r.AddHistogram(
+        "atomdisk_fuse_request_duration_seconds",
+        "FUSE requests from arrival to answer (a flush or fsync waits for the writes before it).",
+        metrics::LatencyBuckets(), {{"op", kOpNames[i]}});
   }
   for (int i = 0; i < 2; ++i) {
     bytes_[i] = &r.AddCounter("atomdisk_fuse_bytes_total", "Bytes read and written through FUSE.",
@@ -71,9 +71,5 @@ void FuseMetrics::Done(FuseOp op, Clock::time_point start, int err, std::uint64_
     bytes_[i]->Add(bytes);
   }
 }
-
-void FuseMetrics::Count(FuseOp op) { requests_[static_cast<int>(op)]->Add(); }
-
-void FuseMetrics::SyncFailed() { eio_->Add(); }
 
 }  // namespace atomdisk::fuse

@@ -16,7 +16,7 @@
 
 namespace atomdisk::fuse {
 
-// Start/Done take kRead, kWrite and kFallocate; Count takes kFlush and kFsync.
+// Every request kind is counted, timed from arrival to answer, and its errors counted.
 enum class FuseOp { kRead, kWrite, kFlush, kFsync, kFallocate };
 inline constexpr int kFuseOps = 5;
 
@@ -33,17 +33,15 @@ class FuseMetrics {
   // A request of kind `op` begins (counted, in flight); returns its start time for Done.
   Clock::time_point Start(FuseOp op);
   // It was answered with errno `err` (0: success) after moving `bytes` (reads and writes).
+  // A flush or fsync is answered once every write begun before it is; EIO when a write
+  // through the same open file had failed.
   void Done(FuseOp op, Clock::time_point start, int err, std::uint64_t bytes = 0);
-  // A request counted without its latency (flush, fsync: answered once the writes before
-  // them are), and a flush or fsync that reported EIO (a write through the file had failed).
-  void Count(FuseOp op);
-  void SyncFailed();
 
  private:
   metrics::Registry registry_;
   metrics::Counter* requests_[kFuseOps];
-  metrics::Counter* errors_[kFuseOps] = {};     // read, write, fallocate
-  metrics::Histogram* latency_[kFuseOps] = {};  // read, write, fallocate
+  metrics::Counter* errors_[kFuseOps];
+  metrics::Histogram* latency_[kFuseOps];
   metrics::Counter* bytes_[2];
   metrics::Counter* eio_;
   metrics::Gauge* in_flight_;

@@ -18,16 +18,13 @@
 #include <vector>
 
 #include "client/client.h"
+#include "common/build_info.h"
 #include "common/config.h"
 #include "common/logging.h"
 #include "common/metrics_server.h"
 #include "fuse/disk_fs.h"
 #include "fuse/fuse_metrics.h"
 #include "fuse/mount.h"
-
-#ifndef ATOMDISK_VERSION
-#define ATOMDISK_VERSION "unknown"
-#endif
 
 namespace atomdisk::fuse {
 namespace {
@@ -78,7 +75,7 @@ int Main(int argc, char** argv) {
                  "libfuse mount options (allow_other, ...)")
       ->allow_extra_args(false);
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical, off");
-  app.set_version_flag("--version", std::string("atomdisk-fuse ") + ATOMDISK_VERSION);
+  app.set_version_flag("--version", VersionLine("atomdisk-fuse"));
   app.footer(
       "Logs: one line per event on standard error, `TIME LEVEL atomdisk-fuse: MESSAGE` (under\n"
       "systemd, the journal). Without -f they also go to syslog (ident atomdisk-fuse, facility\n"

@@ -12,10 +12,7 @@
 
 #include "client/cli/commands.h"
 #include "client/cli/util.h"
-
-#ifndef ATOMDISK_VERSION
-#define ATOMDISK_VERSION "unknown"
-#endif
+#include "common/build_info.h"
 
 namespace {
 
@@ -94,7 +91,7 @@ std::string UsageError(const CLI::App& app, const CLI::ParseError& e,
 int main(int argc, char** argv) {
   using namespace atomdisk::client::cli;
   CLI::App app{"atomdisk: command-line client and admin tool for an atomdisk cluster."};
-  app.set_version_flag("--version", ATOMDISK_VERSION);
+  app.set_version_flag("--version", atomdisk::VersionLine("atomdisk"));
   app.require_subcommand(1);
   app.fallthrough();  // global flags work after the command name too
   app.footer(

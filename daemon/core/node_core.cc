@@ -124,6 +124,7 @@ void NodeCore::PublishMetrics(std::int64_t now) {
   metrics_published_ms_ = now;
   NodeMetricsSnapshot s;
   s.ops_in_flight = client_ops_.size();
+  s.ops_queued = QueuedClientOps();
   s.registers_active = registers_.size();
   s.counters = counters_;
   for (Rank rank : register_config_.ranks) {
@@ -200,6 +201,9 @@ void NodeCore::OnClientFrame(ClientChannel& channel, std::span<const std::uint8_
   std::uint64_t token = next_token_++;
   client_ops_.emplace(token, ClientOpRef{channel.WeakChannel(), cmd->request_id, cmd->op, arrived});
   channel.OpStarted();
+  // A register coordinates one client operation at a time: with one in progress or queued
+  // on this sector, this one waits in the register's queue (QueuedClientOps counts it).
+  if (reg->HasClientWork()) ++counters_.queued_ops;
   if (cmd->op == ClientOp::kWrite) {
     ++counters_.writes;
     reg->StartWrite(token, std::move(cmd->data), env_->NowMs());
@@ -484,11 +488,13 @@ std::string NodeCore::InfoJson() {
   nlohmann::json j;
   j["rank"] = self_;
   j["version"] = options_.version;
+  j["revision"] = options_.revision;
   j["sectors"] = config_.sectors;
   j["nodes"] = config_.nodes.size();
   j["uptime_s"] = (now - started_ms_) / 1000;
   j["active_registers"] = registers_.size();
   j["ops_in_flight"] = client_ops_.size();
+  j["ops_queued"] = QueuedClientOps();
   nlohmann::json peers = nlohmann::json::array();
   for (std::size_t i = 0; i < register_config_.ranks.size(); ++i) {
     Rank rank = register_config_.ranks[i];
@@ -527,12 +533,19 @@ std::string NodeCore::InfoJson() {
                    {"sync_msgs", counters_.sync_msgs},
                    {"persist_errors", counters_.persist_errors},
                    {"unreadable_sectors", counters_.unreadable_sectors},
+                   {"queued_ops", counters_.queued_ops},
                    {"unwanted_values", counters_.unwanted_values},
                    {"tags_from_cache", counters_.tags_from_cache}};
   std::string s = j.dump();
   if (s.size() > kMaxInfoSize)
     s = nlohmann::json{{"rank", self_}, {"version", options_.version}}.dump();
   return s;
+}
+
+std::size_t NodeCore::QueuedClientOps() const {
+  std::size_t n = 0;
+  for (const auto& [sector, slot] : registers_) n += slot.reg->QueuedClientOps();
+  return n;
 }
 
 const Register* NodeCore::FindRegisterForChecks(SectorIdx sector) const {

@@ -121,9 +121,10 @@ struct NodeCoreOptions {
   // this node never sends ReadTag (the simulator's mixed-version runs).
   bool tag_reads = true;
   // `boot_nonce` makes this process's operation ids unique (the daemon draws it with
-  // RAND_bytes); `version` is what Info reports.
+  // RAND_bytes); `version` and `revision` are what Info reports (common/build_info.h).
   std::uint64_t boot_nonce = 0;
   std::string version;
+  std::string revision;
 
   static NodeCoreOptions FromConfig(const ClusterConfig& config);
 };
@@ -191,6 +192,9 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   const ClusterConfig& config() const { return config_; }
   bool voting() const { return register_config_.votes; }
   std::size_t active_registers() const { return registers_.size(); }
+  // Client operations accepted and waiting behind an earlier one on their sector's register
+  // (part of client_ops_, the operations in flight). O(active registers).
+  std::size_t QueuedClientOps() const;
   // Null before Start's first tick; for status and for the simulator's checks.
   Syncer* syncer_if_started() { return sync_started_ ? syncer_.get() : nullptr; }
   Syncer& syncer() { return *syncer_; }

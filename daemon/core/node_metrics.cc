@@ -3,7 +3,7 @@
 #include <chrono>
 #include <string>
 
-#include "daemon/version.h"
+#include "common/build_info.h"
 
 namespace atomdisk {
 
@@ -25,7 +25,7 @@ void NodeMetrics::Accumulated::Update(std::uint64_t now) {
 NodeMetrics::NodeMetrics(const ClusterConfig& config, Rank self) {
   metrics::Registry& r = registry_;
   r.AddGauge("atomdisk_build_info", "Version and git revision of this atomdiskd (always 1).",
-             {{"version", kAtomdiskVersion}, {"revision", kAtomdiskGitRevision}})
+             {{"version", BuildVersion()}, {"revision", BuildRevision()}})
       .Set(1);
   r.AddGauge("atomdisk_node_rank", "This node's rank in cluster.toml.").Set(self);
   r.AddGauge("atomdisk_cluster_nodes", "Nodes in cluster.toml.")
@@ -62,8 +62,17 @@ NodeMetrics::NodeMetrics(const ClusterConfig& config, Rank self) {
                             {{"op", "info"}});
   admin_[1] = &r.AddCounter("atomdisk_admin_requests_total", "Info and scrub requests answered.",
                             {{"op", "scrub"}});
-  in_flight_ = &r.AddGauge("atomdisk_client_requests_in_flight",
-                           "Client reads and writes being coordinated by this node.");
+  in_flight_ =
+      &r.AddGauge("atomdisk_client_requests_in_flight",
+                  "Client reads and writes this node accepted and has not answered yet (the queued "
+                  "ones included).");
+  queued_ = &r.AddGauge(
+      "atomdisk_client_requests_queued",
+      "Of the client reads and writes in flight, those waiting behind an earlier one on the "
+      "same sector (its register coordinates one at a time).");
+  queued_total_ = &r.AddCounter(
+      "atomdisk_client_requests_queued_total",
+      "Client reads and writes that had to wait behind an earlier one on the same sector.");
   registers_ = &r.AddGauge("atomdisk_registers_active",
                            "Per-sector registers in memory (sectors with recent work).");
 
@@ -164,6 +173,8 @@ void NodeMetrics::StoreSync(std::size_t sectors, double seconds) {
 
 void NodeMetrics::Publish(const NodeMetricsSnapshot& s) {
   in_flight_->Set(static_cast<double>(s.ops_in_flight));
+  queued_->Set(static_cast<double>(s.ops_queued));
+  queued_total_->Set(s.counters.queued_ops);
   registers_->Set(static_cast<double>(s.registers_active));
   auth_failures_->Set(s.counters.auth_failures);
   bad_frames_->Set(s.counters.bad_frames);

@@ -31,14 +31,17 @@ namespace atomdisk {
 struct NodeCounters {
   std::uint64_t client_ops = 0, reads = 0, writes = 0, auth_failures = 0, invalid_sector = 0,
                 bad_frames = 0, system_msgs = 0, sync_msgs = 0, persist_errors = 0,
-                unreadable_sectors = 0,
-                unwanted_values = 0,  // Values dropped unchecked: no operation waited for them
-      tags_from_cache = 0;            // ReadTags answered from the store's slot cache
+                unreadable_sectors = 0;
+  std::uint64_t queued_ops = 0;       // client operations that waited behind another on their
+                                      // sector's register
+  std::uint64_t unwanted_values = 0;  // Values dropped unchecked: no operation waited for them
+  std::uint64_t tags_from_cache = 0;  // ReadTags answered from the store's slot cache
 };
 
 // The core's state, as NodeCore::PublishMetrics copies it out.
 struct NodeMetricsSnapshot {
-  std::uint64_t ops_in_flight = 0;
+  std::uint64_t ops_in_flight = 0;  // accepted and not answered, queued ones included
+  std::uint64_t ops_queued = 0;     // of those, waiting behind another on their sector
   std::uint64_t registers_active = 0;
   NodeCounters counters;
   struct Peer {
@@ -106,6 +109,8 @@ class NodeMetrics {
   metrics::Histogram* fdatasync_;
   metrics::Histogram* group_commit_;
   metrics::Gauge* in_flight_;
+  metrics::Gauge* queued_;
+  metrics::Counter* queued_total_;
   metrics::Gauge* registers_;
   metrics::Counter *auth_failures_, *bad_frames_, *system_msgs_, *sync_msgs_, *persist_errors_,
       *unreadable_sectors_, *unwanted_values_, *tags_from_cache_;

@@ -5,8 +5,8 @@
 
 #include <chrono>
 
+#include "common/build_info.h"
 #include "common/sync_wire.h"
-#include "daemon/version.h"
 
 namespace atomdisk {
 
@@ -40,7 +40,8 @@ NodeServer::NodeServer(asio::io_context& io, ClusterConfig config, Rank self,
   }
   NodeCoreOptions options = NodeCoreOptions::FromConfig(config);
   options.boot_nonce = DrawBootNonce();
-  options.version = kAtomdiskVersion;
+  options.version = BuildVersion();
+  options.revision = BuildRevision();
   core_ = std::make_unique<NodeCore>(std::move(config), self, std::move(store),
                                      std::move(membership), this, std::move(options));
 }

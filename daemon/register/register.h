@@ -161,6 +161,8 @@ class Register {
   bool WantsValue(const SystemMessage& msg) const;
   // True while this node coordinates or queues client operations (the owner ticks these).
   bool HasClientWork() const { return current_.has_value() || !queue_.empty(); }
+  // Client operations queued behind the one in progress (not started yet).
+  std::size_t QueuedClientOps() const { return queue_.size(); }
 
   const Triple& durable() const { return durable_; }
   // What resync serves to peers (TagView::kServed): stored_, unless it is our own write above

@@ -6,11 +6,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <string>
 #include <vector>
 
+#include "common/build_info.h"
 #include "tests/daemon/daemon_test_util.h"
 #include "tests/harness/http.h"
 
@@ -106,6 +109,9 @@ TEST_F(MetricsTest, CountersMoveByTheLoad) {
       std::chrono::seconds(5)))
       << "auth failures moved by " << delta("atomdisk_auth_failures_total");
   EXPECT_EQ(Value(after1, "atomdisk_client_requests_in_flight"), 0);
+  // One operation at a time, each on a sector of its own: none ever waited for another.
+  EXPECT_EQ(Value(after1, "atomdisk_client_requests_queued"), 0);
+  EXPECT_EQ(delta("atomdisk_client_requests_queued_total"), 0);
   EXPECT_EQ(Value(after1, "atomdisk_voting"), 1);
   EXPECT_EQ(Value(after1, "atomdisk_peer_up{peer=\"2\"}"), 1);
   EXPECT_EQ(Value(after1, "atomdisk_peer_up{peer=\"3\"}"), 1);
@@ -132,6 +138,81 @@ TEST_F(MetricsTest, CountersMoveByTheLoad) {
             Value(before2, "atomdisk_client_requests_total{op=\"write\",outcome=\"ok\"}"));
 }
 
+// Many writes at once to one sector: its register coordinates one at a time, so the rest
+// wait, and the queued gauge shows them (at most the batch less the one in progress) while
+// the in-flight gauge counts them too; once the load stops both are 0 again.
+TEST_F(MetricsTest, WritesToOneSectorQueue) {
+  constexpr int kBatch = 32;
+  constexpr SectorIdx kSector = 4242;
+  const Samples before = Scrape(1);
+  std::atomic<int> batches{0};
+  std::atomic<bool> load_failed{false};
+  StoppableThreads load;
+  load.Spawn([&] {
+    auto c = cluster_->Connect(1);
+    if (!c) {
+      load_failed = true;
+      return;
+    }
+    while (!load.stopping()) {
+      // The whole batch pipelined on one connection, then every answer.
+      for (int i = 0; i < kBatch; ++i) {
+        ClientCommand cmd{.request_id = c->NextRequestId(),
+                          .sector = kSector,
+                          .op = ClientOp::kWrite,
+                          .data = Filled(static_cast<std::uint8_t>(i))};
+        if (!c->Send(cmd).ok()) {
+          load_failed = true;
+          return;
+        }
+      }
+      for (int i = 0; i < kBatch; ++i) {
+        auto r = c->ReadResponse();
+        if (!r.ok() || r->status != ResponseStatus::kOk) {
+          load_failed = true;
+          return;
+        }
+      }
+      ++batches;
+    }
+  });
+  double max_queued = 0;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        const Samples s = Scrape(1);
+        const double queued = Value(s, "atomdisk_client_requests_queued");
+        const double in_flight = Value(s, "atomdisk_client_requests_in_flight");
+        // Both from one 100 ms snapshot: the queued ones are in flight too.
+        EXPECT_LE(queued, in_flight);
+        EXPECT_LE(queued, kBatch - 1);
+        EXPECT_LE(in_flight, kBatch);
+        max_queued = std::max(max_queued, queued);
+        return max_queued > 0 || load_failed;
+      },
+      std::chrono::seconds(20)))
+      << "no queue seen in 20 s";
+  load.StopAndJoin();
+  ASSERT_FALSE(load_failed);
+  EXPECT_GT(max_queued, 0);
+  Samples after;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        after = Scrape(1);
+        return Value(after, "atomdisk_client_requests_in_flight") == 0;
+      },
+      std::chrono::seconds(5)));
+  EXPECT_EQ(Value(after, "atomdisk_client_requests_queued"), 0);
+  // Every write but the first of each batch may have waited; at least the ones seen waiting.
+  const double waited = Value(after, "atomdisk_client_requests_queued_total") -
+                        Value(before, "atomdisk_client_requests_queued_total");
+  const double writes =
+      Value(after, "atomdisk_client_requests_total{op=\"write\",outcome=\"ok\"}") -
+      Value(before, "atomdisk_client_requests_total{op=\"write\",outcome=\"ok\"}");
+  EXPECT_EQ(writes, batches * kBatch);
+  EXPECT_GE(waited, max_queued);
+  EXPECT_LE(waited, batches * (kBatch - 1));
+}
+
 TEST_F(MetricsTest, PeerDownShowsAndReconnectCounts) {
   ASSERT_TRUE(WaitFor([&] { return Value(Scrape(1), "atomdisk_peer_up{peer=\"3\"}") == 1; },
                       std::chrono::seconds(5)));
@@ -153,7 +234,11 @@ TEST_F(MetricsTest, BuildInfoNamesTheVersion) {
   auto text = ScrapeMetrics(MetricsPort(2));
   ASSERT_TRUE(text.ok()) << text.status().ToString();
   EXPECT_NE(text->find("atomdisk_build_info{version=\"0."), std::string::npos) << *text;
-  EXPECT_NE(text->find(",revision=\""), std::string::npos);
+  // The revision --version prints, taken at build time (tests/scripts/build_info_test.sh
+  // checks it against git).
+  EXPECT_NE(BuildRevision(), std::string());
+  EXPECT_NE(text->find(",revision=\"" + std::string(BuildRevision()) + "\""), std::string::npos)
+      << *text;
   EXPECT_NE(text->find("# TYPE atomdisk_client_request_duration_seconds histogram"),
             std::string::npos);
 }

@@ -23,6 +23,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -173,8 +174,10 @@ class ResyncTest : public ::testing::Test {
 
   // Creates a 3-node cluster; `extra_toml` lines go into cluster.toml's top-level table
   // (before the first [[nodes]]). Starts every node and waits until all of them vote.
-  void StartCluster(const std::string& extra_toml = "", const std::string& log_level = "info") {
-    auto created = CreateHarness({.nodes = 3, .sectors = kDeviceSectors, .log_level = log_level});
+  // `sectors` other than kDeviceSectors is for tests that never open a store offline.
+  void StartCluster(const std::string& extra_toml = "", const std::string& log_level = "info",
+                    std::uint64_t sectors = kDeviceSectors) {
+    auto created = CreateHarness({.nodes = 3, .sectors = sectors, .log_level = log_level});
     ASSERT_TRUE(created.ok()) << created.status().ToString();
     h_ = std::move(created).value();
     if (!extra_toml.empty()) {
@@ -190,7 +193,7 @@ class ResyncTest : public ::testing::Test {
       ASSERT_TRUE(WaitInfo(r, seconds(30), [](const json& j) { return j.value("voting", false); }))
           << "node " << r << " does not vote 30 s after the cluster started";
     }
-    written_.assign(kDeviceSectors, 0);
+    written_.assign(sectors, 0);
   }
 
   // Node `rank`'s kInfo JSON on a fresh connection; nullopt if it does not answer.
@@ -814,6 +817,50 @@ TEST_F(ResyncSlowTest, KilledJoinPassResumesWhereItWas) {
   ASSERT_TRUE(h_->Stop(3).ok());
   ASSERT_TRUE(h_->Stop(1).ok());
   ExpectStoreHoldsNewest(3, /*reference=*/1);
+}
+
+// `atomdisk status` during a join shows "join resync P% (window W of N)": P is the share of
+// the device's sectors in the windows done, not of the windows. On a device of 2.25 windows
+// (36,864 sectors: 16,384 + 16,384 + 4,096) that is 0%, 44% and 89% in windows 0, 1 and 2,
+// where counting windows would say 0%, 33% and 67%.
+TEST_F(ResyncSlowTest, JoinPercentCountsSectors) {
+  constexpr std::uint64_t kSectors = 2 * kWindowSectors + kWindowSectors / 4;
+  const std::map<std::uint64_t, int> expected = {{0, 0}, {1, 44}, {2, 89}};
+  // 4 MB/s: the 2,048 sectors (8 MiB) written in each full window take about 2 s to pull.
+  ASSERT_NO_FATAL_FAILURE(StartCluster("resync_rate_mb = 4", "info", kSectors));
+  ASSERT_TRUE(WriteAll(Range(0, kSectors, 8), 1, {"1", "2", "3"}));
+  ASSERT_TRUE(h_->Stop(3).ok());
+  std::error_code ec;
+  fs::remove_all(h_->DataDir(3), ec);
+  ASSERT_FALSE(ec) << ec.message();
+  ASSERT_TRUE(h_->StartNode(3).ok()) << h_->LogTail(3);
+
+  const std::regex line_re(R"(join resync (\d+)% \(window (\d+) of (\d+)\))");
+  std::map<std::uint64_t, int> seen;  // window -> percentage printed
+  const auto deadline = Clock::now() + seconds(90);
+  bool voting = false;
+  while (!voting && Clock::now() < deadline) {
+    ProcessResult r = Cli({"status"}, seconds(20));
+    std::smatch m;
+    if (std::regex_search(r.out, m, line_re)) {
+      const std::uint64_t window = std::stoull(m[2]);
+      const int percent = std::stoi(m[1]);
+      EXPECT_EQ(std::stoull(m[3]), 3u) << r.out;
+      ASSERT_TRUE(expected.count(window)) << r.out;
+      EXPECT_EQ(percent, expected.at(window)) << "window " << window << ": " << r.out;
+      seen[window] = percent;
+    }
+    auto info = Info(3);
+    voting = info && info->value("voting", false);
+    std::this_thread::sleep_for(milliseconds(100));
+  }
+  ASSERT_TRUE(voting) << "node 3 does not vote 90 s after it started";
+  std::string windows;
+  for (const auto& [w, p] : seen)
+    windows += " " + std::to_string(w) + ":" + std::to_string(p) + "%";
+  std::printf("[ percent  ] windows seen:%s\n", windows.c_str());
+  // Windows 1 or 2 tell sectors from windows; at 2 s a window, status sees them.
+  EXPECT_TRUE(seen.count(1) || seen.count(2)) << "status never showed window 1 or 2:" << windows;
 }
 
 }  // namespace

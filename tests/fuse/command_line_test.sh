@@ -21,7 +21,7 @@ expect_usage_error() {
 
 step "--version prints the version as atomdiskd does"
 version=$("$FUSE" --version) || fail "--version failed"
-[ "$version" = "atomdisk-fuse $("$ATOMDISK_BIN_DIR/atomdiskd" --version | awk '{print $NF}')" ] ||
+[ "$version" = "atomdisk-fuse $("$ATOMDISK_BIN_DIR/atomdiskd" --version | cut -d' ' -f2-)" ] ||
   fail "--version printed '$version'"
 "$FUSE" --help | grep -q "syslog" || fail "--help does not say where logs go"
 

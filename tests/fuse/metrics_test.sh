@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # atomdisk-fuse -o metrics=ADDR: scraped during a small dd, the request counters, bytes and
-# latency histograms move by what the dd did; a second scrape after it sees nothing in flight.
+# latency histograms move by what the dd did; a second scrape after it sees nothing in flight;
+# each fsync and each close (a flush) is counted and timed.
 source "$(dirname "$0")/test_lib.sh"
 
 # GET /metrics over bash's /dev/tcp (no curl in the dependencies); prints the body.
@@ -51,6 +52,30 @@ echo "writes $w ($wb bytes), reads $r ($rb bytes), write latencies $wc"
 [ "$wc" = "$w" ] && [ "$inf" = "$w" ] || fail "write histogram count $wc / +Inf $inf != $w"
 [ "$(value "$after" 'atomdisk_fuse_requests_in_flight')" = 0 ] || fail "requests left in flight"
 [ "$(value "$after" 'atomdisk_fuse_eio_total')" = 0 ] || fail "EIO counted"
+step "3 times open, write 4 KiB, fsync, close: 3 fsyncs, 3 flushes (one per close), timed"
+# Not dd: it closes a dup of its output too, so each run flushes twice.
+python3 - "$DISK" <<'PY' || fail "open/write/fsync/close failed"
+import os, sys
+for i in range(3):
+    fd = os.open(sys.argv[1], os.O_WRONLY)
+    os.pwrite(fd, bytes([i]) * 4096, (100 + i) * 4096)
+    os.fsync(fd)
+    os.close(fd)
+PY
+synced=$(scrape "$port") || fail "scrape after the fsyncs failed"
+for op in fsync flush; do
+  n0=$(value "$after" "atomdisk_fuse_requests_total{op=\"$op\"}")
+  n1=$(value "$synced" "atomdisk_fuse_requests_total{op=\"$op\"}")
+  c0=$(value "$after" "atomdisk_fuse_request_duration_seconds_count{op=\"$op\"}")
+  c1=$(value "$synced" "atomdisk_fuse_request_duration_seconds_count{op=\"$op\"}")
+  s1=$(value "$synced" "atomdisk_fuse_request_duration_seconds_sum{op=\"$op\"}")
+  echo "$op: requests $n0 -> $n1, timed $c0 -> $c1 (sum $s1 s)"
+  [ $((n1 - n0)) = 3 ] || fail "$op requests moved by $((n1 - n0)), not 3"
+  [ "$c1" = "$n1" ] || fail "$op latency histogram count $c1 != its requests $n1"
+  awk -v s="$s1" 'BEGIN { exit !(s > 0) }' || fail "$op latency sum is $s1"
+  [ "$(value "$synced" "atomdisk_fuse_errors_total{op=\"$op\"}")" = 0 ] || fail "$op errors counted"
+done
+after=$synced
 if command -v promtool >/dev/null; then
   printf '%s\n' "$after" | promtool check metrics || fail "promtool check metrics failed"
 else
