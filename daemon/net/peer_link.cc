@@ -55,18 +55,29 @@ std::chrono::milliseconds PeerLink::SilenceTimeout() const {
 
 void PeerLink::SetPeerFeatures(std::uint8_t features) {
   liveness_.SetPeerAnswersPings((features & kFeatureLiveness) != 0);
-  if (connected()) conn_->SetSilenceTimeout(SilenceTimeout());
+  if (!conn_ || conn_->closed()) return;
+  conn_->SetSilenceTimeout(SilenceTimeout());
+  // An older peer never answers our Pings: its link is up as it is.
+  if (!confirmed_ && !liveness_.peer_answers_pings()) Confirm();
 }
 
 void PeerLink::MaybePing(std::int64_t now_us,
                          const std::function<SharedFrame(std::uint64_t)>& make_ping) {
-  if (!connected()) return;
+  if (!conn_ || conn_->closed()) return;
   auto id = liveness_.PingDue(now_us);
   if (id) conn_->Send(make_ping(*id));  // a full queue drops it: the link is busy anyway
 }
 
 std::optional<std::int64_t> PeerLink::OnPong(std::uint64_t id, std::int64_t now_us) {
-  return liveness_.OnPong(id, now_us);
+  auto rtt = liveness_.OnPong(id, now_us);
+  if (rtt && !confirmed_ && conn_ && !conn_->closed()) Confirm();
+  return rtt;
+}
+
+void PeerLink::Confirm() {
+  confirmed_ = true;
+  if (auto line = liveness_.OnConnected(SteadyMicros())) spdlog::info("{}", *line);
+  if (on_connected_) on_connected_();
 }
 
 asio::awaitable<void> PeerLink::Run() {
@@ -109,19 +120,27 @@ asio::awaitable<void> PeerLink::Run() {
                                            "peer " + std::to_string(rank_), options);
       conn_->SetPeerSocketOptions(std::chrono::milliseconds(timeout_ms_));
       conn_->SetOnClose([this] { wake_.cancel(); });
+      confirmed_ = false;
       conn_->Start();
-      if (auto line = liveness_.OnConnected(SteadyMicros())) {
-        spdlog::info("{}", *line);
-      }
-      if (on_connected_) on_connected_();
+      liveness_.OnOpened(SteadyMicros());
+      // A peer known to answer Pings is up once it answered one here (OnPong); the first
+      // goes at the next tick. Any other is up now.
+      if (!liveness_.peer_answers_pings()) Confirm();
       // Sleep until the connection closes.
       while (!stopped_ && conn_ && !conn_->closed()) {
         wake_.expires_at(asio::steady_timer::time_point::max());
         co_await wake_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       }
       if (stopped_) co_return;
-      if (auto line = liveness_.OnLost(SteadyMicros(), conn_->close_reason())) {
-        spdlog::warn("{}", *line);
+      const std::string reason = conn_->close_reason();
+      if (confirmed_) {
+        confirmed_ = false;
+        if (auto line = liveness_.OnLost(SteadyMicros(), reason)) spdlog::warn("{}", *line);
+      } else {
+        // Connected but never answered: a hung peer, or an older binary that closed the link
+        // on our Ping. Forget the feature until its next HelloReply says it again.
+        if (reason == "closed by peer") liveness_.SetPeerAnswersPings(false);
+        if (auto line = liveness_.OnDialFailed(reason)) spdlog::warn("{}", *line);
       }
       // Redial at once: the first back-off step is short, and a closed link is the common
       // case of a peer restart.

@@ -8,7 +8,8 @@
 //
 // Liveness (docs/PROTOCOL.md, "Peer liveness"): once the peer's HelloReply advertised
 // kFeatureLiveness, the owner's MaybePing sends a Ping every timeout / 4 and the link closes
-// when nothing arrived on it for `timeout_ms` (an older peer sends nothing on our link, so
+// when nothing arrived on it for `timeout_ms`; a new connection counts as up only once its
+// first Pong arrived (an older peer sends nothing on our link, so
 // there only TCP_USER_TIMEOUT and keepalive, set on every link, end a dead connection). A
 // closed or failed link is redialled with a dial deadline of timeout / 2 and a back-off from
 // 50 ms to min(250 ms, timeout / 4), so that a healed partition is noticed within about
@@ -38,13 +39,15 @@ class PeerLink {
   void Stop();
   // False if not connected or the queue is full (the frame is dropped).
   bool Send(SharedFrame frame);
-  bool connected() const { return conn_ && !conn_->closed(); }
+  // Up: connected, and for a peer that answers Pings, one answered on this connection (a
+  // hung peer process still completes TCP handshakes from its listen backlog).
+  bool connected() const { return conn_ && !conn_->closed() && confirmed_; }
   Rank rank() const { return rank_; }
   std::uint64_t dropped() const { return dropped_; }
   std::uint64_t dropped_bytes() const { return dropped_bytes_; }
   std::uint64_t connects() const { return connects_; }  // connections made (for metrics)
 
-  // Called each time the link connects (after the Connection started).
+  // Called each time the link comes up (see connected()).
   void SetOnConnected(std::function<void()> fn) { on_connected_ = std::move(fn); }
   // The peer's latest HelloReply features (kFeature* bits).
   void SetPeerFeatures(std::uint8_t features);
@@ -59,6 +62,8 @@ class PeerLink {
  private:
   boost::asio::awaitable<void> Run();
   std::chrono::milliseconds SilenceTimeout() const;
+  // The current connection is up: logs it and tells the owner.
+  void Confirm();
 
   boost::asio::io_context& io_;
   Rank rank_;
@@ -68,6 +73,7 @@ class PeerLink {
   std::int64_t timeout_ms_;
   PeerLiveness liveness_;
   std::shared_ptr<Connection> conn_;
+  bool confirmed_ = false;  // conn_ is up (see connected())
   boost::asio::steady_timer wake_;
   bool stopped_ = false;
   std::uint64_t dropped_ = 0;

@@ -17,11 +17,16 @@ bool PeerLiveness::MayLog(std::int64_t now_us) {
   return true;
 }
 
+void PeerLiveness::OnOpened(std::int64_t now_us) {
+  open_ = true;
+  next_ping_us_ = now_us;  // the first Ping at once: it proves the link and measures it
+  pending_ping_id_ = 0;
+}
+
 std::optional<std::string> PeerLiveness::OnConnected(std::int64_t now_us) {
   connected_ = true;
+  open_ = true;
   dial_failure_logged_ = false;
-  next_ping_us_ = now_us;  // the first Ping at once: it measures the round trip
-  pending_ping_id_ = 0;
   if (!ever_connected_) {
     ever_connected_ = true;
     return name_ + " connected";
@@ -36,10 +41,7 @@ std::optional<std::string> PeerLiveness::OnConnected(std::int64_t now_us) {
 
 std::optional<std::string> PeerLiveness::OnLost(std::int64_t now_us, const std::string& reason) {
   connected_ = false;
-  // The peer may come back as another binary (a rolling upgrade or downgrade): no Ping until
-  // its next HelloReply says again that it answers them (an older node closes a connection
-  // on a sync kind it does not know).
-  answers_pings_ = false;
+  open_ = false;
   ++losses_;
   last_loss_ = reason.empty() ? "closed" : reason;
   lost_at_us_ = now_us;
@@ -56,6 +58,8 @@ std::optional<std::string> PeerLiveness::OnLost(std::int64_t now_us, const std::
 }
 
 std::optional<std::string> PeerLiveness::OnDialFailed(const std::string& reason) {
+  open_ = false;
+  pending_ping_id_ = 0;
   if (ever_connected_) {
     // A lost link already logged its outage; remember the latest cause for status.
     if (!connected_ && !reason.empty()) last_loss_ = reason;
@@ -68,7 +72,7 @@ std::optional<std::string> PeerLiveness::OnDialFailed(const std::string& reason)
 }
 
 std::optional<std::uint64_t> PeerLiveness::PingDue(std::int64_t now_us) {
-  if (!connected_ || !answers_pings_ || now_us < next_ping_us_) return std::nullopt;
+  if (!open_ || !answers_pings_ || now_us < next_ping_us_) return std::nullopt;
   next_ping_us_ = now_us + ping_interval_us();
   pending_ping_id_ = next_ping_id_++;
   pending_ping_sent_us_ = now_us;

@@ -26,25 +26,29 @@ class PeerLiveness {
   PeerLiveness(std::string name, std::int64_t timeout_ms);
 
   std::int64_t timeout_ms() const { return timeout_ms_; }
-  // Heartbeats go this often on a connected link to a peer with the feature.
+  // Heartbeats go this often on an open link to a peer with the feature.
   std::int64_t ping_interval_us() const { return timeout_ms_ * 1000 / 4; }
 
-  // The peer's HelloReply features said it answers Pings (or stopped saying so). A lost
-  // link forgets it until the next HelloReply.
+  // The peer's HelloReply features said it answers Pings (or stopped saying so; PeerLink
+  // also forgets it when a link closes before its first Pong: an older binary closes a
+  // connection on a sync kind it does not know).
   void SetPeerAnswersPings(bool yes) { answers_pings_ = yes; }
   bool peer_answers_pings() const { return answers_pings_; }
 
-  // The link connected; returns the line to log, if any.
+  // A connection is open (its handshake done), not yet known to be up: Pings may go.
+  void OnOpened(std::int64_t now_us);
+  // The link is up (for a peer that answers Pings: its first Pong came); returns the line
+  // to log, if any.
   std::optional<std::string> OnConnected(std::int64_t now_us);
-  // The link (connected before) closed for `reason`; returns the line to log, if any.
+  // The link (up before) closed for `reason`; returns the line to log, if any.
   std::optional<std::string> OnLost(std::int64_t now_us, const std::string& reason);
-  // A dial failed (refused, timed out); logged once per outage, and only if the link was
-  // never up (a lost link already said so).
+  // A dial failed (refused, timed out, or connected but never answered a Ping); logged once
+  // per outage, and only if the link was never up (a lost link already said so).
   std::optional<std::string> OnDialFailed(const std::string& reason);
 
   // Something authenticated arrived from the peer (on any connection).
   void OnHeard(std::int64_t now_us) { heard_us_ = now_us; }
-  // The id of a Ping to send now, if one is due on a connected link.
+  // The id of a Ping to send now, if one is due on an open link.
   std::optional<std::uint64_t> PingDue(std::int64_t now_us);
   // A Pong for `id`; the round trip in microseconds if it answers the latest Ping.
   std::optional<std::int64_t> OnPong(std::uint64_t id, std::int64_t now_us);
@@ -68,6 +72,7 @@ class PeerLiveness {
   std::int64_t timeout_ms_;
   bool answers_pings_ = false;
   bool connected_ = false;
+  bool open_ = false;  // a connection is open (up or not yet)
   bool ever_connected_ = false;
   bool dial_failure_logged_ = false;
   bool loss_logged_ = false;  // the current outage's "lost" line went out

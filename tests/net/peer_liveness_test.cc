@@ -13,11 +13,12 @@ TEST(PeerLiveness, PingsOnlyAPeerThatAnswersThemAndOnlyWhileConnected) {
   PeerLiveness l("peer 2", 1000);
   EXPECT_EQ(l.ping_interval_us(), 250 * kMs);
   EXPECT_FALSE(l.PingDue(0)) << "not connected";
-  ASSERT_TRUE(l.OnConnected(0));
+  l.OnOpened(0);
   EXPECT_FALSE(l.PingDue(0)) << "an older peer closes the link on an unknown kind";
   l.SetPeerAnswersPings(true);
   auto first = l.PingDue(1 * kMs);
-  ASSERT_TRUE(first) << "the first Ping goes at once after connecting";
+  ASSERT_TRUE(first) << "the first Ping goes at once after connecting, before it is up";
+  ASSERT_TRUE(l.OnConnected(1 * kMs));
   EXPECT_FALSE(l.PingDue(200 * kMs));
   auto second = l.PingDue(251 * kMs);
   ASSERT_TRUE(second);
@@ -26,15 +27,15 @@ TEST(PeerLiveness, PingsOnlyAPeerThatAnswersThemAndOnlyWhileConnected) {
   EXPECT_TRUE(l.PingDue(501 * kMs));
   l.OnLost(600 * kMs, "closed by peer");
   EXPECT_FALSE(l.PingDue(900 * kMs));
-  l.OnConnected(1000 * kMs);
-  EXPECT_FALSE(l.PingDue(1000 * kMs)) << "a lost link waits for the peer's next HelloReply";
-  l.SetPeerAnswersPings(true);
-  EXPECT_TRUE(l.PingDue(1001 * kMs));
+  l.OnOpened(1000 * kMs);
+  EXPECT_TRUE(l.PingDue(1000 * kMs)) << "at once on the new link";
+  l.SetPeerAnswersPings(false);
+  EXPECT_FALSE(l.PingDue(2000 * kMs)) << "the peer's HelloReply no longer advertises it";
 }
 
 TEST(PeerLiveness, RoundTripFromTheLatestPingOnly) {
   PeerLiveness l("peer 3", 1000);
-  l.OnConnected(0);
+  l.OnOpened(0);
   l.SetPeerAnswersPings(true);
   EXPECT_FALSE(l.rtt_us());
   auto a = l.PingDue(10 * kMs);
@@ -97,6 +98,16 @@ TEST(PeerLiveness, AFlappingLinkIsLoggedOncePerQuietPeriod) {
   ASSERT_TRUE(line);
   EXPECT_NE(line->find("(50 losses in the last 10 s not logged)"), std::string::npos) << *line;
   EXPECT_TRUE(l.OnConnected(t + 1 * kMs)) << "its back line goes with it";
+}
+
+TEST(PeerLiveness, ADialThatNeverAnswersStopsPinging) {
+  PeerLiveness l("peer 2", 1000);
+  l.SetPeerAnswersPings(true);
+  l.OnOpened(0);
+  EXPECT_TRUE(l.PingDue(0));
+  EXPECT_TRUE(l.OnDialFailed("silent for 1000 ms"));
+  EXPECT_FALSE(l.PingDue(5000 * kMs));
+  EXPECT_FALSE(l.connected());
 }
 
 TEST(PeerLiveness, ANeverReachedPeerIsLoggedOnce) {
