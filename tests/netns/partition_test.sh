@@ -12,7 +12,8 @@
 #   3. the history is linearizable (atomdisk bench --check, common/lincheck.h).
 #
 # Prints "heal-to-serving" figures. NETNS_MEASURE_ONLY=1 only measures (for binaries from
-# before peer liveness: ATOMDISK_BIN_DIR=/other/build/bin). Needs root, network namespaces
+# before peer liveness: ATOMDISK_BIN_DIR=/other/build/bin; with NETNS_AFTER_S=30 so that a
+# slow recovery still falls inside the run). Needs root, network namespaces
 # and nft; exits 77 (ctest: skipped) only when those are really unavailable. Everything it
 # creates (namespaces, so their veths and rules, daemons, the temp dir) goes on any exit.
 set -euo pipefail
@@ -23,6 +24,7 @@ MAX_HEAL_MS=${NETNS_MAX_HEAL_MS:-1000}
 MEASURE_ONLY=${NETNS_MEASURE_ONLY:-0}
 CUT_S=${NETNS_CUT_S:-20}
 ONEWAY_S=${NETNS_ONEWAY_S:-8}
+AFTER_S=${NETNS_AFTER_S:-4} # the client runs on this long after each heal
 
 skip() {
   echo "SKIP: $*"
@@ -149,7 +151,7 @@ checks_during_cut() {
   echo "   during the cut: peers show node 1 DOWN, node 1's status exits 1"
 }
 
-DURATION_S=$((3 + CUT_S + 4 + ONEWAY_S + 4))
+DURATION_S=$((3 + CUT_S + AFTER_S + ONEWAY_S + AFTER_S))
 step "client in node 1's namespace, node 1 only, ${DURATION_S} s, history recorded"
 in_ns 1 "$BIN/atomdisk" --config "$CONF" --node 1 bench --history "$T/history.jsonl" --check \
   --duration "${DURATION_S}s" --inflight 4 --first 0 --sectors 64 >"$T/bench.out" 2>&1 &
@@ -165,7 +167,7 @@ checks_during_cut "full cut"
 sleep $((CUT_S - 3))
 heal 1
 HEAL1=$(mono_ns)
-sleep 4
+sleep "$AFTER_S"
 
 step "one-way loss: node 1's packets to its peers dropped for $ONEWAY_S s"
 CUT2=$(mono_ns)
@@ -185,23 +187,24 @@ PIDS=("${PIDS[@]:0:3}")
 grep -qi "linearizable" "$T/bench.out" || fail "bench did not report a linearizability check"
 grep -i "linearizab" "$T/bench.out" | sed 's/^/   /'
 
-# served_after CUT HEAL: milliseconds from HEAL to the first operation answered ok after it,
+# served_after CUT HEAL: milliseconds from HEAL to the first operation answered ok after it
+# (-1: none before the next cut or the end),
 # and how many operations were answered ok while the cut held (from 1.6 s after it began:
 # the client's attempt timeout of 1.5 s bounds what started before).
 served_after() {
-  awk -v cut="$1" -v heal="$2" '
+  awk -v cut="$1" -v heal="$2" -v stop="${3:-0}" '
     /"ok":true/ {
       if (!match($0, /"call":[0-9]+/)) next
       call = substr($0, RSTART + 7, RLENGTH - 7) + 0
       if (!match($0, /"return":[0-9]+/)) next
       ret = substr($0, RSTART + 9, RLENGTH - 9) + 0
-      if (ret > heal && (best == 0 || ret < best)) best = ret
+      if (ret > heal && (stop == 0 || ret < stop) && (best == 0 || ret < best)) best = ret
       if (call > cut + 1.6e9 && ret < heal) during++
     }
     END { printf "%d %d\n", best ? (best - heal) / 1e6 : -1, during }' "$T/history.jsonl"
 }
 
-read -r heal1_ms during1 < <(served_after "$CUT1" "$HEAL1")
+read -r heal1_ms during1 < <(served_after "$CUT1" "$HEAL1" "$CUT2")
 read -r heal2_ms during2 < <(served_after "$CUT2" "$HEAL2")
 echo "heal-to-serving after a ${CUT_S} s full cut: ${heal1_ms} ms"
 echo "heal-to-serving after ${ONEWAY_S} s of one-way loss: ${heal2_ms} ms"
