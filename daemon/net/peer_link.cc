@@ -82,8 +82,8 @@ void PeerLink::Confirm() {
 
 asio::awaitable<void> PeerLink::Run() {
   const std::chrono::milliseconds kInitialBackoff(50);
-  const std::chrono::milliseconds max_backoff(std::clamp<std::int64_t>(timeout_ms_ / 4, 50, 250));
-  const std::chrono::milliseconds dial_deadline(std::max<std::int64_t>(timeout_ms_ / 2, 100));
+  const std::chrono::milliseconds max_backoff(std::clamp<std::int64_t>(timeout_ms_ / 10, 50, 250));
+  const std::chrono::milliseconds dial_deadline(std::max<std::int64_t>(timeout_ms_ / 4, 50));
   std::chrono::milliseconds backoff = kInitialBackoff;
   tcp::resolver resolver(io_);
   while (!stopped_) {

@@ -11,9 +11,9 @@
 // when nothing arrived on it for `timeout_ms`; a new connection counts as up only once its
 // first Pong arrived (an older peer sends nothing on our link, so
 // there only TCP_USER_TIMEOUT and keepalive, set on every link, end a dead connection). A
-// closed or failed link is redialled with a dial deadline of timeout / 2 and a back-off from
-// 50 ms to min(250 ms, timeout / 4), so that a healed partition is noticed within about
-// three quarters of the timeout. PeerLiveness words the lost/back log lines and keeps what
+// closed or failed link is redialled with a dial deadline of timeout / 4 and a back-off from
+// 50 ms to min(250 ms, timeout / 10), so that a healed partition is noticed within about a
+// third of the timeout. PeerLiveness words the lost/back log lines and keeps what
 // status shows.
 //
 // Threading: io thread only.

@@ -13,7 +13,7 @@
 #
 # Prints "heal-to-serving" figures. NETNS_MEASURE_ONLY=1 only measures (for binaries from
 # before peer liveness: ATOMDISK_BIN_DIR=/other/build/bin; with NETNS_AFTER_S=30 so that a
-# slow recovery still falls inside the run). Needs root, network namespaces
+# slow recovery still falls inside the run). NETNS_LOG_DIR=DIR keeps the logs and history. Needs root, network namespaces
 # and nft; exits 77 (ctest: skipped) only when those are really unavailable. Everything it
 # creates (namespaces, so their veths and rules, daemons, the temp dir) goes on any exit.
 set -euo pipefail
@@ -61,6 +61,9 @@ cleanup() {
       echo "----- $f (last 25 lines)" >&2
       tail -25 "$f" >&2
     done
+  fi
+  if [ -n "${NETNS_LOG_DIR:-}" ]; then
+    mkdir -p "$NETNS_LOG_DIR" && cp "$T"/*.log "$T"/history.jsonl "$NETNS_LOG_DIR"/ 2>/dev/null
   fi
   rm -rf "$T"
   exit "$rc"
@@ -167,6 +170,7 @@ checks_during_cut "full cut"
 sleep $((CUT_S - 3))
 heal 1
 HEAL1=$(mono_ns)
+echo "   healed at $(date +%T.%N)"
 sleep "$AFTER_S"
 
 step "one-way loss: node 1's packets to its peers dropped for $ONEWAY_S s"
@@ -177,6 +181,7 @@ checks_during_cut "one-way loss"
 sleep $((ONEWAY_S - 3))
 heal 1
 HEAL2=$(mono_ns)
+echo "   healed at $(date +%T.%N)"
 
 step "waiting for the client (it checks the history)"
 brc=0
