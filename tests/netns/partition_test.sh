@@ -82,6 +82,8 @@ fi
 ip netns del "$ID-probe"
 
 mono_ns() { awk '/^now at/ { print $3; exit }' /proc/timer_list; }  # CLOCK_MONOTONIC, as histories
+[[ "$(mono_ns 2>/dev/null)" =~ ^[0-9]+$ ]] ||
+  fail "cannot read CLOCK_MONOTONIC (the histories' clock) from /proc/timer_list"
 in_ns() {
   local r=$1
   shift
