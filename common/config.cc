@@ -155,8 +155,8 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) 
   fs::path base = fs::absolute(fs::path(path)).parent_path();
 
   static const std::set<std::string> kTopKeys = {
-      "sectors",    "client_key_file", "system_key_file",   "nodes",
-      "cluster_id", "resync_rate_mb",  "resync_interval_s", "scrub_interval_s"};
+      "sectors",        "client_key_file",   "system_key_file",  "nodes",          "cluster_id",
+      "resync_rate_mb", "resync_interval_s", "scrub_interval_s", "peer_timeout_ms"};
   for (const auto& [k, v] : table) {
     if (!kTopKeys.count(std::string(k.str()))) {
       return Err(path, "unknown key \"" + std::string(k.str()) + "\"");
@@ -195,6 +195,16 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) 
                            "\" must be an integer number of seconds in 0..31536000 (0 = off)");
     }
     *field = *v;
+  }
+
+  if (table["peer_timeout_ms"]) {
+    auto v = table["peer_timeout_ms"].value_exact<std::int64_t>();
+    if (!v || *v < kMinPeerTimeoutMs || *v > kMaxPeerTimeoutMs) {
+      return Err(path, "\"peer_timeout_ms\" must be an integer number of milliseconds in " +
+                           std::to_string(kMinPeerTimeoutMs) + ".." +
+                           std::to_string(kMaxPeerTimeoutMs));
+    }
+    cfg.peer_timeout_ms = *v;
   }
 
   auto ck = table["client_key_file"].value<std::string>();

@@ -5,6 +5,7 @@
 //   resync_rate_mb = 200              # optional: resync pull limit (MB/s), 0 = unlimited
 //   resync_interval_s = 600           # optional: anti-entropy pass period, 0 = at start only
 //   scrub_interval_s = 0              # optional: scrub period, 0 = on request only
+//   peer_timeout_ms = 1000            # optional: a peer link silent this long is redialled
 //   client_key_file = "client.key"    # 32-byte key as 64 hex characters
 //   system_key_file = "system.key"    # 64-byte key as 128 hex characters
 //   [[nodes]]
@@ -24,6 +25,9 @@
 #include "common/types.h"
 
 namespace atomdisk {
+
+inline constexpr std::int64_t kMinPeerTimeoutMs = 200;
+inline constexpr std::int64_t kMaxPeerTimeoutMs = 60000;
 
 struct NodeConfig {
   Rank rank = 0;
@@ -48,6 +52,9 @@ struct ClusterConfig {
   double resync_rate_mb = 200;           // resync pull limit, MB/s of sector data; 0 = none
   std::int64_t resync_interval_s = 600;  // periodic anti-entropy pass; 0 = only at start
   std::int64_t scrub_interval_s = 0;     // periodic scrub; 0 = only `atomdisk scrub`
+  // A peer link (either direction) on which nothing arrived for this long is closed and
+  // redialled; heartbeats go every quarter of it (docs/PROTOCOL.md, "Peer liveness").
+  std::int64_t peer_timeout_ms = 1000;
   // What the loader let pass but the user should fix (a client key file every user can
   // read); each program prints them at start-up.
   std::vector<std::string> warnings;

@@ -19,7 +19,7 @@ constexpr std::size_t kRangeSize = 8 + 4;
 constexpr std::size_t kEntrySize = 8 + 8 + 1;
 constexpr std::size_t kFetchedHeaderSize = 8 + 1;
 constexpr std::size_t kFetchedValueSize = 8 + 1 + kSectorSize;
-constexpr SyncKind kLastKind = SyncKind::kFetchReply;
+constexpr SyncKind kLastKind = SyncKind::kPong;
 
 Status Malformed(const std::string& detail) {
   return Status::Corruption("malformed sync message: " + detail);
@@ -85,6 +85,8 @@ void CheckEncodable(const SyncMessage& m) {
     case SyncKind::kHello:
     case SyncKind::kRegisterVoter:
     case SyncKind::kRegisterVoterAck:
+    case SyncKind::kPing:
+    case SyncKind::kPong:
       break;
   }
 }
@@ -98,6 +100,8 @@ void Append(const SyncMessage& m, Writer& w) {
     case SyncKind::kHello:
     case SyncKind::kRegisterVoter:
     case SyncKind::kRegisterVoterAck:
+    case SyncKind::kPing:
+    case SyncKind::kPong:
       break;
     case SyncKind::kHelloReply:
       w.Bytes(m.cluster_id.bytes.data(), m.cluster_id.bytes.size());
@@ -151,6 +155,8 @@ std::size_t EncodedSize(const SyncMessage& m) {
     case SyncKind::kHello:
     case SyncKind::kRegisterVoter:
     case SyncKind::kRegisterVoterAck:
+    case SyncKind::kPing:
+    case SyncKind::kPong:
       return kHeaderSize;
     case SyncKind::kHelloReply:
       return kHeaderSize + 16 + 1 + 1 + m.voters.size() + 1;
@@ -202,6 +208,8 @@ Status DecodeBody(Reader& r, SyncMessage& m) {
     case SyncKind::kHello:
     case SyncKind::kRegisterVoter:
     case SyncKind::kRegisterVoterAck:
+    case SyncKind::kPing:
+    case SyncKind::kPong:
       return Status::Ok();
     case SyncKind::kHelloReply: {
       const std::uint8_t* id = r.Bytes(m.cluster_id.bytes.size());
@@ -305,6 +313,10 @@ const char* SyncKindName(SyncKind k) {
       return "RegisterVoter";
     case SyncKind::kRegisterVoterAck:
       return "RegisterVoterAck";
+    case SyncKind::kPing:
+      return "Ping";
+    case SyncKind::kPong:
+      return "Pong";
     case SyncKind::kDigest:
       return "Digest";
     case SyncKind::kDigestReply:

@@ -17,16 +17,18 @@
 //   kFetch            u32 n | n x u64 sector        (1 <= n <= kMaxFetchSectors)
 //   kFetchReply       u32 n | n x (u64 sector | u8 ok | [ok: u64 ts | u8 wr | 4096 B data])
 //                     (1 <= n <= kMaxFetchSectors)
+//   kPing             (empty)   peer-link heartbeat; sent only to a peer advertising
+//   kPong             (empty)   kFeatureLiveness, answered on the same connection with a
+//                               Pong echoing its request_id
 // A HelloReply's features byte says which atomdisk extensions of the node protocol its sender
-// understands (bit 0: kFeatureTagReads; the other bits are reserved, sent as 0 and ignored
-// when set). Our encoder always writes it.
-// A reply echoes its request's request_id. Entries are sorted by sector, inside
-// [first_sector, first_sector + count), unique; first + count must not pass 2^64 - 1. An entry
-// or digest for a sector never written (tag (0,0)) is never sent. Sender and voter ranks are
-// in [1, kMaxRank]; voters are sorted and unique. Decoders check every length and range
-// before use and return Corruption for anything malformed, including trailing bytes and
-// unknown kinds. Encoders abort (ATOMDISK_CHECK) on a message the decoder would refuse: that
-// is a bug of the sender, not something the network did.
+// understands (bit 0: kFeatureTagReads, bit 1: kFeatureLiveness; the other bits are reserved, sent
+// as 0 and ignored when set). Our encoder always writes it. A reply echoes its request's
+// request_id. Entries are sorted by sector, inside [first_sector, first_sector + count), unique;
+// first + count must not pass 2^64 - 1. An entry or digest for a sector never written (tag (0,0))
+// is never sent. Sender and voter ranks are in [1, kMaxRank]; voters are sorted and unique.
+// Decoders check every length and range before use and return Corruption for anything malformed,
+// including trailing bytes and unknown kinds. Encoders abort (ATOMDISK_CHECK) on a message the
+// decoder would refuse: that is a bug of the sender, not something the network did.
 #pragma once
 
 #include <cstdint>
@@ -51,6 +53,9 @@ inline constexpr std::uint32_t kMaxFetchSectors = 16;
 // HelloReply feature bits. kFeatureTagReads: the sender answers a ReadTag with a Tag
 // (common/wire.h, docs/PROTOCOL.md), so a peer may send it ReadTag instead of ReadProc.
 inline constexpr std::uint8_t kFeatureTagReads = 1;
+// kFeatureLiveness: the sender answers a Ping with a Pong on the connection the Ping came on,
+// so a peer may ping it (an older node closes a connection on a sync kind it does not know).
+inline constexpr std::uint8_t kFeatureLiveness = 2;
 
 enum class SyncKind : std::uint8_t {
   kHello = 0,
@@ -63,6 +68,8 @@ enum class SyncKind : std::uint8_t {
   kEntriesReply = 7,
   kFetch = 8,
   kFetchReply = 9,
+  kPing = 10,
+  kPong = 11,
 };
 const char* SyncKindName(SyncKind k);
 

@@ -20,6 +20,7 @@ PACKAGES=(
   fio e2fsprogs util-linux   # FUSE tests and benchmarks: fio, mkfs.ext4/e2fsck, losetup
   systemd                 # systemd-analyze verify for the unit files
   iproute2 procps psmisc  # ip netns, pgrep/pkill, fuser in tests
+  nftables                # DROP rules that partition nodes in the network-namespace tests
   prometheus              # promtool: checks a live /metrics scrape and the alert rules (tests)
 )
 

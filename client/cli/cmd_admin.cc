@@ -146,6 +146,39 @@ std::vector<std::string> SyncLines(const json& info, std::uint64_t device_sector
   return lines;
 }
 
+// One line per peer link of a node's Info: "peer 2  connected  heard 12 ms ago  rtt 0.210 ms
+// reconnects 0", or "peer 3  DOWN (silent for 1003 ms) ...". Nothing for a node from before
+// these fields (it reports no last_heard_ms).
+std::vector<std::string> PeerLines(const json& info) {
+  std::vector<std::string> lines;
+  if (!info.is_object() || !info.contains("peers") || !info["peers"].is_array()) return lines;
+  for (const auto& p : info["peers"]) {
+    if (!p.is_object() || !p.contains("last_heard_ms") || !p.contains("rank")) continue;
+    std::string line = "peer " + std::to_string(p.value("rank", 0));
+    if (p.value("connected", false)) {
+      line += "  connected";
+    } else {
+      line += "  DOWN";
+      if (p.contains("down_reason") && p["down_reason"].is_string()) {
+        line += " (" + p["down_reason"].get<std::string>() + ")";
+      }
+    }
+    if (p["last_heard_ms"].is_number()) {
+      line += "  heard " + std::to_string(p["last_heard_ms"].get<std::int64_t>()) + " ms ago";
+    } else {
+      line += "  never heard";
+    }
+    if (p.contains("rtt_ms") && p["rtt_ms"].is_number()) {
+      char rtt[32];
+      std::snprintf(rtt, sizeof(rtt), "  rtt %.3f ms", p["rtt_ms"].get<double>());
+      line += rtt;
+    }
+    line += "  reconnects " + std::to_string(p.value("reconnects", std::uint64_t{0}));
+    lines.push_back(std::move(line));
+  }
+  return lines;
+}
+
 }  // namespace
 
 CommandFn AddStatusCommand(CLI::App& app, GlobalOptions& g) {
@@ -157,9 +190,10 @@ CommandFn AddStatusCommand(CLI::App& app, GlobalOptions& g) {
   CLI::App* cmd = app.add_subcommand("status", "Show node health and the quorum state");
   cmd->footer(
       "Probes every selected node on a fresh connection: reachable or not (and why), round-trip\n"
-      "time, version, uptime, peer links; then one line with the quorum state. Exit code 0 when\n"
-      "a majority is up, 1 when it is not, 2 when it is not because nodes rejected the client\n"
-      "key (a configuration error).");
+      "time, version, uptime, each peer link (connected or why not, last heard, heartbeat round\n"
+      "trip, reconnects); then one line with the quorum state. Exit code 0 when a majority is up\n"
+      "and every node that answered reaches a majority over its peer links, 1 when not, 2 when\n"
+      "not because nodes rejected the client key (a configuration error).");
   cmd->add_option("--wait", a->wait_ms,
                   "how long to wait for each node's answer: milliseconds, or with a unit (2s)")
       ->capture_default_str()
@@ -179,6 +213,17 @@ CommandFn AddStatusCommand(CLI::App& app, GlobalOptions& g) {
       json info = n.reachable ? json::parse(n.info_json, nullptr, false) : json();
       // Nodes from before membership existed say nothing and always vote.
       if (n.reachable && (!info.is_object() || info.value("voting", true))) ++voting;
+    }
+    // Nodes that answer us but whose own peer links reach no majority (cut off by a
+    // partition the client is not part of): they can coordinate nothing.
+    std::vector<int> cut_off;
+    for (const auto& n : nodes) {
+      if (!n.reachable) continue;
+      json info = json::parse(n.info_json, nullptr, false);
+      if (info.is_object() && info.contains("quorum_reachable") &&
+          info["quorum_reachable"].is_boolean() && !info["quorum_reachable"].get<bool>()) {
+        cut_off.push_back(n.endpoint.rank);
+      }
     }
     const std::size_t total = config.nodes.size();
     const bool all_probed = nodes.size() == total && g.nodes.empty();
@@ -220,6 +265,7 @@ CommandFn AddStatusCommand(CLI::App& app, GlobalOptions& g) {
         j["nodes"].push_back(e);
       }
       j["quorum"] = {{"ok", all_probed ? json(quorum) : json(nullptr)},
+                     {"cut_off", cut_off},
                      {"up", up},
                      {"voting", voting},
                      {"total", total},
@@ -260,13 +306,19 @@ CommandFn AddStatusCommand(CLI::App& app, GlobalOptions& g) {
         }
         std::printf("  %-8s %-21s up    rtt %.2f ms%s\n", who.c_str(), n.endpoint.Address().c_str(),
                     n.rtt_ms, extra.c_str());
+        for (const std::string& line : PeerLines(info)) {
+          std::printf("  %-8s %s\n", "", line.c_str());
+        }
         for (const std::string& line : SyncLines(info, config.sectors)) {
           std::printf("  %-8s %s\n", "", line.c_str());
         }
       }
       std::printf("%s\n", quorum_line.c_str());
+      for (int rank : cut_off) {
+        std::printf("node %d cannot reach a quorum over its peer links: it serves nothing\n", rank);
+      }
     }
-    const bool ok = all_probed ? quorum : up == nodes.size();
+    const bool ok = (all_probed ? quorum : up == nodes.size()) && cut_off.empty();
     if (ok) return kExitOk;
     // Nodes that answered but refused our key: a configuration error, not an outage.
     std::size_t key_rejected = 0;

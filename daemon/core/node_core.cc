@@ -1,6 +1,7 @@
 #include "daemon/core/node_core.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -276,6 +277,12 @@ bool NodeCore::AnswerReadTagFromCache(const SystemMessage& msg) {
   return true;
 }
 
+void NodeCore::OnPeerLinkUp(Rank peer) {
+  if (fatal_ || peer == self_ || !config_.FindNode(peer)) return;
+  const std::int64_t now = env_->NowMs();
+  for (auto& [sector, slot] : registers_) slot.reg->RetransmitSoon(now);
+}
+
 bool NodeCore::PeerResponsive(Rank peer) {
   // Answered us within the last few ms: under load every peer answers many times a ms, so a
   // quorum's worth of asks suffices; a peer gone quiet (dead, partitioned, or an idle
@@ -464,6 +471,7 @@ void NodeCore::SetWriteTsFloor(std::uint64_t floor) {
 void NodeCore::SetWriteTsLease(std::uint64_t lease) { register_config_.write_ts_lease = lease; }
 
 void NodeCore::SetPeerFeatures(Rank peer, std::uint8_t features) {
+  if (peer != self_ && config_.FindNode(peer)) env_->OnPeerFeatures(peer, features);
   if (!options_.tag_reads) return;
   auto it = std::find(register_config_.ranks.begin(), register_config_.ranks.end(), peer);
   if (it == register_config_.ranks.end() || peer == self_) return;
@@ -496,15 +504,30 @@ std::string NodeCore::InfoJson() {
   j["ops_in_flight"] = client_ops_.size();
   j["ops_queued"] = QueuedClientOps();
   nlohmann::json peers = nlohmann::json::array();
+  std::size_t reachable = 1;  // ourselves
   for (std::size_t i = 0; i < register_config_.ranks.size(); ++i) {
     Rank rank = register_config_.ranks[i];
     if (rank == self_) continue;
-    peers.push_back({{"rank", rank},
-                     {"connected", env_->PeerConnected(rank)},
-                     {"dropped", env_->PeerStats(rank).dropped},
-                     {"tag_reads", register_config_.IsTagPeer(i)}});
+    const NodeCoreEnv::PeerLinkStats link = env_->PeerStats(rank);
+    if (link.connected) ++reachable;
+    nlohmann::json p = {{"rank", rank},
+                        {"connected", link.connected},
+                        {"dropped", link.dropped},
+                        {"tag_reads", register_config_.IsTagPeer(i)},
+                        {"reconnects", link.losses}};
+    // null when unknown: never heard, no round trip measured, never down.
+    p["last_heard_ms"] = link.heard_ago_ms >= 0 ? nlohmann::json(link.heard_ago_ms) : nullptr;
+    p["rtt_ms"] =
+        link.rtt_ms >= 0 ? nlohmann::json(std::round(link.rtt_ms * 1000) / 1000) : nullptr;
+    p["down_reason"] =
+        link.down_reason.empty() ? nlohmann::json(nullptr) : nlohmann::json(link.down_reason);
+    peers.push_back(std::move(p));
   }
   j["peers"] = peers;
+  // Whether this node's links reach a majority (itself counted): without, it can coordinate
+  // nothing (the CLI's status exits 1).
+  j["reachable_nodes"] = reachable;
+  j["quorum_reachable"] = reachable >= config_.Majority();
   SyncStatus ss = syncer_->GetStatus(now);
   j["voting"] = ss.voting;
   j["state"] = ss.state;

@@ -52,8 +52,18 @@ class NodeCoreEnv {
   struct PeerLinkStats {
     bool connected = false;
     std::uint64_t connects = 0, dropped = 0, dropped_bytes = 0;
+    // Liveness (docs/PROTOCOL.md, "Peer liveness"): milliseconds since anything was heard
+    // from the peer (-1: never), the last heartbeat round trip (-1: none measured), links
+    // lost since start, and why the link went down last (empty: never down).
+    std::int64_t heard_ago_ms = -1;
+    double rtt_ms = -1;
+    std::uint64_t losses = 0;
+    std::string down_reason;
   };
   virtual PeerLinkStats PeerStats(Rank peer) = 0;
+  // `peer`'s latest HelloReply advertised these kFeature* bits (the transport may turn on
+  // heartbeats for it); nothing to do by default.
+  virtual void OnPeerFeatures(Rank /*peer*/, std::uint8_t /*features*/) {}
   // Monotonic milliseconds, and the wall clock in microseconds since the epoch.
   virtual std::int64_t NowMs() = 0;
   virtual std::uint64_t WallClockMicros() = 0;
@@ -164,6 +174,10 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   // Counts a frame that failed its HMAC check or did not decode (for Info).
   void CountAuthFailure() { ++counters_.auth_failures; }
   void CountBadFrame() { ++counters_.bad_frames; }
+  // Our link to `peer` (re)connected: operations waiting for its answers retransmit at the
+  // next Tick instead of at the end of their back-off, so a healed partition costs one round
+  // trip, not up to RegisterConfig::retransmit_max_ms.
+  void OnPeerLinkUp(Rank peer);
   // Logs at most once per second per kind of problem, counting the rest.
   void LogRateLimited(const std::string& kind, const std::string& message);
 

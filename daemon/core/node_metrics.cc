@@ -120,7 +120,11 @@ NodeMetrics::NodeMetrics(const ClusterConfig& config, Rank self) {
         &r.AddCounter("atomdisk_peer_dropped_messages_total",
                       "Messages to the peer dropped: link down or its queue full.", peer),
         &r.AddCounter("atomdisk_peer_dropped_bytes_total", "Bytes of those dropped messages.",
-                      peer)};
+                      peer),
+        &r.AddHistogram("atomdisk_peer_round_trip_seconds",
+                        "Heartbeat round trips on the link to the peer (Ping to Pong; peers "
+                        "that advertise the liveness feature only).",
+                        metrics::ExponentialBuckets(0.00005, 2, 16), peer)};
   }
 
   voting_ = &r.AddGauge("atomdisk_voting",
@@ -169,6 +173,11 @@ void NodeMetrics::StoreWrite(Clock::time_point start) {
 void NodeMetrics::StoreSync(std::size_t sectors, double seconds) {
   fdatasync_->Observe(seconds);
   group_commit_->Observe(static_cast<double>(sectors));
+}
+
+void NodeMetrics::PeerRoundTrip(Rank peer, double seconds) {
+  auto it = peers_.find(peer);
+  if (it != peers_.end()) it->second.round_trip->Observe(seconds);
 }
 
 void NodeMetrics::Publish(const NodeMetricsSnapshot& s) {

@@ -83,6 +83,8 @@ class NodeMetrics {
   void StoreSync(std::size_t sectors, double seconds);
   // The io thread's snapshot (see NodeMetricsSnapshot).
   void Publish(const NodeMetricsSnapshot& s);
+  // A heartbeat round trip to `peer` (a Ping answered by its Pong), in seconds.
+  void PeerRoundTrip(Rank peer, double seconds);
 
  private:
   struct Peer {
@@ -91,6 +93,7 @@ class NodeMetrics {
     metrics::Counter* connects;
     metrics::Counter* dropped;
     metrics::Counter* dropped_bytes;
+    metrics::Histogram* round_trip;
   };
   // Per-pass values (the Syncer restarts them at each resync pass or scrub run) summed into
   // a counter: what grew since the last Publish, or all of it once the pass restarted.

@@ -1,7 +1,11 @@
 #include "daemon/net/connection.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace atomdisk {
@@ -23,6 +27,37 @@ Connection::Connection(asio::ip::tcp::socket socket, FrameSink* sink, std::strin
   read_signal_.expires_at(asio::steady_timer::time_point::max());
   boost::system::error_code ec;
   socket_.set_option(asio::ip::tcp::no_delay(true), ec);
+  last_read_ = std::chrono::steady_clock::now();
+}
+
+void Connection::SetSilenceTimeout(std::chrono::milliseconds timeout) {
+  if (options_.silence_timeout == timeout) return;
+  options_.silence_timeout = timeout;
+  last_read_ = std::chrono::steady_clock::now();  // the new rule counts from now
+  watchdog_.cancel();                             // re-arms at the new period
+}
+
+void Connection::SetPeerSocketOptions(std::chrono::milliseconds timeout) {
+  if (closed_ || peer_options_set_) return;
+  peer_options_set_ = true;
+  const int fd = socket_.native_handle();
+  const int user_timeout_ms = static_cast<int>(timeout.count());
+  const int idle_s = std::max(1, static_cast<int>(timeout.count() / 1000));
+  const int interval_s = idle_s;
+  const int probes = 3;
+  const int on = 1;
+  // Best effort: a kernel without one of these still has the heartbeat.
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof(user_timeout_ms));
+  (void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof(idle_s));
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval_s, sizeof(interval_s));
+  (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof(probes));
+}
+
+std::int64_t Connection::ms_since_read() const {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                               last_read_)
+      .count();
 }
 
 void Connection::Start() {
@@ -57,7 +92,10 @@ void Connection::OpFinished() {
 void Connection::Close(const std::string& reason) {
   if (closed_) return;
   closed_ = true;
-  if (!reason.empty()) spdlog::info("connection {} closed: {}", name_, reason);
+  close_reason_ = reason;
+  if (!reason.empty() && options_.log_close) {
+    spdlog::info("connection {} closed: {}", name_, reason);
+  }
   boost::system::error_code ec;
   socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ec);
   socket_.close(ec);
@@ -126,6 +164,7 @@ awaitable<void> Connection::Reader() {
       Close(ec == asio::error::eof ? "closed by peer" : ec.message());
       co_return;
     }
+    last_read_ = std::chrono::steady_clock::now();
     end += n;
   }
 }
@@ -160,12 +199,25 @@ awaitable<void> Connection::Watchdog() {
   auto self = shared_from_this();
   // A peer that starts a frame and never finishes it (or stops reading our replies while
   // its queue is full) must not hold the connection forever.
+  // A peer link with a silence timeout is checked at a tenth of it, so that a silent link
+  // closes at most 10% late.
   while (!closed_) {
     boost::system::error_code ec;
-    watchdog_.expires_after(options_.frame_deadline / 3);
+    std::chrono::milliseconds period = options_.frame_deadline / 3;
+    if (options_.silence_timeout.count() > 0) {
+      period =
+          std::min(period, std::max(options_.silence_timeout / 10, std::chrono::milliseconds(10)));
+    }
+    watchdog_.expires_after(period);
     co_await watchdog_.async_wait(asio::redirect_error(use_awaitable, ec));
     if (closed_) co_return;
     auto now = std::chrono::steady_clock::now();
+    if (options_.silence_timeout.count() > 0 && now - last_read_ > options_.silence_timeout) {
+      const auto silent_ms =
+          std::chrono::duration_cast<std::chrono::milliseconds>(now - last_read_).count();
+      Close("silent for " + std::to_string(silent_ms) + " ms");
+      co_return;
+    }
     if (in_frame_ && now - frame_started_ > options_.frame_deadline) {
       Close("incomplete frame for " + std::to_string(options_.frame_deadline.count()) + " s");
       co_return;

@@ -39,6 +39,11 @@ class Connection final : public ClientChannel, public std::enable_shared_from_th
     std::size_t max_queued_frames = 8192;  // Send() drops beyond this
     std::size_t max_inflight = 1024;       // reading pauses at this many open ops + queued frames
     std::chrono::seconds frame_deadline{30};  // a started frame must complete within this
+    // Closed when nothing arrives for this long (peer links; zero: never). See
+    // SetSilenceTimeout.
+    std::chrono::milliseconds silence_timeout{0};
+    // Whether Close logs its reason (peer links log their own "lost" line instead).
+    bool log_close = true;
   };
 
   Connection(boost::asio::ip::tcp::socket socket, FrameSink* sink, std::string name,
@@ -48,9 +53,25 @@ class Connection final : public ClientChannel, public std::enable_shared_from_th
   void Start();
   // Queues a frame; false (and nothing queued) if closed or the queue is full.
   bool Send(SharedFrame frame);
-  // Closes the socket; logs `reason` at info level when not empty. Idempotent.
+  // Closes the socket; logs `reason` at info level when not empty (and Options::log_close).
+  // Idempotent.
   void Close(const std::string& reason);
   bool closed() const { return closed_; }
+  // Why the connection closed ("closed by peer", "silent for 1003 ms", a socket error), as
+  // given to the first Close; empty while open or when closed without a reason.
+  const std::string& close_reason() const { return close_reason_; }
+  // From now on, closes the connection when no byte arrived for `timeout` (zero: never),
+  // with the reason "silent for N ms". For a peer link once the peer is known to send
+  // heartbeats (docs/PROTOCOL.md, "Peer liveness").
+  void SetSilenceTimeout(std::chrono::milliseconds timeout);
+  void set_log_close(bool log) { options_.log_close = log; }
+  // Sets the kernel's own give-up rules on the socket: TCP_USER_TIMEOUT (unacknowledged
+  // data older than `timeout` resets the connection) and keepalive probes after `timeout`
+  // idle. Failures are ignored (the heartbeat still notices a dead peer). Once per
+  // connection: later calls do nothing.
+  void SetPeerSocketOptions(std::chrono::milliseconds timeout);
+  // Milliseconds since the last byte arrived (or since the connection was made).
+  std::int64_t ms_since_read() const;
   const std::string& name() const { return name_; }
 
   // Operations this connection's frames started that have not been answered yet: reading
@@ -91,6 +112,9 @@ class Connection final : public ClientChannel, public std::enable_shared_from_th
   bool in_frame_ = false;  // a frame's first bytes arrived, the rest not yet
   std::chrono::steady_clock::time_point frame_started_;
   std::chrono::steady_clock::time_point write_progress_;  // last completed write (or idle)
+  std::chrono::steady_clock::time_point last_read_;       // last bytes read (or the start)
+  std::string close_reason_;
+  bool peer_options_set_ = false;
   std::uint64_t frames_dropped_ = 0;
   std::function<void()> on_close_;
 };

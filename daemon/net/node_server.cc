@@ -33,10 +33,15 @@ NodeServer::NodeServer(asio::io_context& io, ClusterConfig config, Rank self,
       data_dir_(membership.data_dir),
       system_mac_(config.system_key),
       acceptor_(io),
-      tick_timer_(io) {
+      tick_timer_(io),
+      peer_timeout_ms_(config.peer_timeout_ms) {
   for (const auto& n : config.nodes) {
     if (n.rank == self_) continue;
-    peers_.emplace(n.rank, std::make_unique<PeerLink>(io_, n.rank, n.host, n.port, this));
+    auto link = std::make_unique<PeerLink>(io_, n.rank, n.host, n.port, this, peer_timeout_ms_);
+    link->SetOnConnected([this, rank = n.rank] {
+      if (core_) core_->OnPeerLinkUp(rank);
+    });
+    peers_.emplace(n.rank, std::move(link));
   }
   NodeCoreOptions options = NodeCoreOptions::FromConfig(config);
   options.boot_nonce = DrawBootNonce();
@@ -129,6 +134,10 @@ asio::awaitable<void> NodeServer::TickLoop() {
     co_await tick_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     if (stopped_) co_return;
     core_->Tick();
+    const std::int64_t now_us = SteadyMicros();
+    for (auto& [rank, link] : peers_) {
+      link->MaybePing(now_us, [this](std::uint64_t id) { return PingFrame(id); });
+    }
   }
 }
 
@@ -168,7 +177,53 @@ NodeCoreEnv::PeerLinkStats NodeServer::PeerStats(Rank peer) {
   auto it = peers_.find(peer);
   if (it == peers_.end()) return {};
   const PeerLink& link = *it->second;
-  return {link.connected(), link.connects(), link.dropped(), link.dropped_bytes()};
+  PeerLinkStats s;
+  s.connected = link.connected();
+  s.connects = link.connects();
+  s.dropped = link.dropped();
+  s.dropped_bytes = link.dropped_bytes();
+  const PeerLiveness& live = link.liveness();
+  const std::int64_t now_us = SteadyMicros();
+  if (auto ago = live.heard_ago_us(now_us)) s.heard_ago_ms = *ago / 1000;
+  if (auto rtt = live.rtt_us()) s.rtt_ms = static_cast<double>(*rtt) / 1000.0;
+  s.losses = live.losses();
+  if (!s.connected) s.down_reason = live.last_loss();
+  return s;
+}
+
+void NodeServer::OnPeerFeatures(Rank peer, std::uint8_t features) {
+  auto it = peers_.find(peer);
+  if (it != peers_.end()) it->second->SetPeerFeatures(features);
+}
+
+SharedFrame NodeServer::PingFrame(std::uint64_t id) {
+  SyncMessage ping;
+  ping.sender = self_;
+  ping.kind = SyncKind::kPing;
+  ping.request_id = id;
+  return std::make_shared<const Frame>(EncodeFrame(ping, system_mac_));
+}
+
+void NodeServer::HandlePing(Connection& conn, const SyncMessage& msg) {
+  // The peer pings: it will keep this connection busy, so silence here means it is gone.
+  // Set once per connection (SetSilenceTimeout ignores the same value again).
+  conn.SetSilenceTimeout(std::chrono::milliseconds(peer_timeout_ms_));
+  conn.set_log_close(false);  // our own link to the peer logs the loss
+  conn.SetPeerSocketOptions(std::chrono::milliseconds(peer_timeout_ms_));
+  SyncMessage pong;
+  pong.sender = self_;
+  pong.kind = SyncKind::kPong;
+  pong.request_id = msg.request_id;
+  conn.Send(std::make_shared<const Frame>(EncodeFrame(pong, system_mac_)));
+}
+
+void NodeServer::HandlePong(const SyncMessage& msg) {
+  auto it = peers_.find(msg.sender);
+  if (it == peers_.end()) return;
+  auto rtt_us = it->second->OnPong(msg.request_id, SteadyMicros());
+  if (rtt_us && metrics_) {
+    metrics_->PeerRoundTrip(msg.sender, static_cast<double>(*rtt_us) / 1e6);
+  }
 }
 
 void NodeServer::OnFrame(Connection& conn, std::span<const std::uint8_t> body) {
@@ -208,7 +263,10 @@ void NodeServer::HandleSystem(Connection& conn, std::span<const std::uint8_t> bo
     conn.Close(msg.status().message());
     return;
   }
-  if (core_->OnSystemMessage(*msg)) NoteInbound(msg->sender, conn);
+  if (core_->OnSystemMessage(*msg)) {
+    NoteInbound(msg->sender, conn);
+    NoteHeard(msg->sender);
+  }
 }
 
 void NodeServer::HandleSync(Connection& conn, std::span<const std::uint8_t> body) {
@@ -225,7 +283,27 @@ void NodeServer::HandleSync(Connection& conn, std::span<const std::uint8_t> body
     conn.Close(msg.status().message());
     return;
   }
-  if (core_->OnSyncMessage(*msg)) NoteInbound(msg->sender, conn);
+  if (msg->kind == SyncKind::kPing || msg->kind == SyncKind::kPong) {
+    // Transport traffic: the core never sees it. Only a cluster member's counts.
+    auto peer = peers_.find(msg->sender);
+    if (peer == peers_.end()) {
+      core_->LogRateLimited("pingsender", "heartbeat from unknown rank " +
+                                              std::to_string(msg->sender) + " on " + conn.name() +
+                                              " dropped");
+      return;
+    }
+    peer->second->NoteHeard(SteadyMicros());
+    if (msg->kind == SyncKind::kPing) {
+      HandlePing(conn, *msg);
+    } else {
+      HandlePong(*msg);
+    }
+    return;
+  }
+  if (core_->OnSyncMessage(*msg)) {
+    NoteInbound(msg->sender, conn);
+    NoteHeard(msg->sender);
+  }
 }
 
 void NodeServer::SendSystem(Rank to, const SystemMessage& msg) {
@@ -257,6 +335,11 @@ void NodeServer::SendToPeer(Rank to, SharedFrame frame) {
     return;
   }
   conn->Send(std::move(frame));
+}
+
+void NodeServer::NoteHeard(Rank from) {
+  auto it = peers_.find(from);
+  if (it != peers_.end()) it->second->NoteHeard(SteadyMicros());
 }
 
 void NodeServer::NoteInbound(Rank from, Connection& conn) {

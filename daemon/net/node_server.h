@@ -45,7 +45,10 @@ class NodeServer final : public FrameSink, public NodeCoreEnv {
   // service manager restarts it.
   void SetOnFatal(std::function<void(const std::string&)> fn) { on_fatal_ = std::move(fn); }
   // Feeds `metrics` (owned by the caller, outliving the node); none by default.
-  void SetMetrics(NodeMetrics* metrics) { core_->SetMetrics(metrics); }
+  void SetMetrics(NodeMetrics* metrics) {
+    metrics_ = metrics;
+    core_->SetMetrics(metrics);
+  }
 
   // FrameSink
   void OnFrame(Connection& conn, std::span<const std::uint8_t> body) override;
@@ -55,6 +58,7 @@ class NodeServer final : public FrameSink, public NodeCoreEnv {
   void SendSync(Rank to, const SyncMessage& msg) override;
   bool PeerConnected(Rank peer) override;
   PeerLinkStats PeerStats(Rank peer) override;
+  void OnPeerFeatures(Rank peer, std::uint8_t features) override;
   std::int64_t NowMs() override;
   std::uint64_t WallClockMicros() override;
   void Post(std::function<void()> fn) override;
@@ -71,6 +75,12 @@ class NodeServer final : public FrameSink, public NodeCoreEnv {
   // the peer itself opened to us (remembered by NoteInbound for authenticated senders).
   void SendToPeer(Rank to, SharedFrame frame);
   void NoteInbound(Rank from, Connection& conn);
+  void NoteHeard(Rank from);
+  // Heartbeats: a Ping is answered at once on its own connection (which from then on is
+  // held to the peer timeout), a Pong gives the link its round trip.
+  void HandlePing(Connection& conn, const SyncMessage& msg);
+  void HandlePong(const SyncMessage& msg);
+  SharedFrame PingFrame(std::uint64_t id);
 
   boost::asio::io_context& io_;
   Rank self_;
@@ -83,6 +93,8 @@ class NodeServer final : public FrameSink, public NodeCoreEnv {
   std::unordered_map<Rank, std::weak_ptr<Connection>> inbound_;
   bool stopped_ = false;
   std::function<void(const std::string&)> on_fatal_;
+  std::int64_t peer_timeout_ms_;
+  NodeMetrics* metrics_ = nullptr;
   // The last system frame encoded, reused when a register sends the same message to several
   // peers (a WriteProc is signed once, not once per peer).
   SystemMessage last_msg_;

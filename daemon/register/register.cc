@@ -381,6 +381,12 @@ void Register::Tick(std::int64_t now_ms) {
   c.next_send_ms = now_ms + c.backoff_ms;
 }
 
+void Register::RetransmitSoon(std::int64_t now_ms) {
+  if (!current_) return;
+  current_->backoff_ms = config_->retransmit_initial_ms;
+  current_->next_send_ms = std::min(current_->next_send_ms, now_ms);
+}
+
 bool Register::WantsValue(const SystemMessage& msg) const {
   if (msg.content != SystemContent::kValue) return true;
   if (!current_ || current_->id != msg.op_id || current_->phase != Phase::kCollect) return false;

@@ -149,6 +149,9 @@ class Register {
   // Retransmits what is unanswered when its deadline has passed, and re-issues a persist
   // that failed.
   void Tick(std::int64_t now_ms);
+  // A peer link came back up: the current phase's messages go again at the next Tick to
+  // whoever has not answered, and the back-off starts over. No effect when idle.
+  void RetransmitSoon(std::int64_t now_ms);
 
   // True when nothing is queued, coordinated, persisting or waiting to be acked: the owner
   // may drop the register and rebuild it from the store later.

@@ -356,7 +356,9 @@ void Membership::ServeHello(const SyncMessage& msg) {
   r.cluster_id = ctx_.options.cluster_id;
   r.voting = voting_;
   r.voters = ctx_.identity.voters;
-  r.features = kFeatureTagReads;
+  // Liveness is the daemon's transport (daemon/net/node_server.cc answers Pings); a
+  // simulated peer is never pinged, so advertising it there costs nothing.
+  r.features = kFeatureTagReads | kFeatureLiveness;
   ctx_.env->SendSync(msg.sender, r);
 }
 

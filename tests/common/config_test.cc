@@ -533,6 +533,25 @@ TEST_F(ConfigTest, ResyncSettings) {
   ExpectBadConfig(base + "scrub_interval_s = -1\n" + nodes, "scrub_interval_s");
 }
 
+TEST_F(ConfigTest, PeerTimeout) {
+  std::string base = "sectors = 8\n";
+  std::string nodes = Node(1, "h:7001");
+  auto def = LoadClusterConfig(WriteConfig(base + nodes));
+  ASSERT_TRUE(def.ok()) << def.status().ToString();
+  EXPECT_EQ(def->peer_timeout_ms, 1000);
+  for (std::int64_t ms : {kMinPeerTimeoutMs, std::int64_t{2500}, kMaxPeerTimeoutMs}) {
+    auto set = LoadClusterConfig(
+        WriteConfig(base + "peer_timeout_ms = " + std::to_string(ms) + "\n" + nodes));
+    ASSERT_TRUE(set.ok()) << set.status().ToString();
+    EXPECT_EQ(set->peer_timeout_ms, ms);
+  }
+  for (const char* bad : {"peer_timeout_ms = 0", "peer_timeout_ms = 199", "peer_timeout_ms = -1",
+                          "peer_timeout_ms = 60001", "peer_timeout_ms = 1.5",
+                          "peer_timeout_ms = \"1s\"", "peer_timeout_ms = true"}) {
+    ExpectBadConfig(base + bad + "\n" + nodes, "peer_timeout_ms");
+  }
+}
+
 TEST_F(ConfigTest, ClusterIdWithoutTheKeyIsDerivedFromTheSystemKey) {
   auto a = LoadClusterConfig(WriteConfig("sectors = 8\n" + Node(1, "h:7001")));
   ASSERT_TRUE(a.ok()) << a.status().ToString();

@@ -155,6 +155,8 @@ std::vector<Sample> AllSamples() {
       {"HelloMaxIds", Msg(SyncKind::kHello, kMaxRank, kU64Max)},
       {"RegisterVoter", Msg(SyncKind::kRegisterVoter, 2, 77)},
       {"RegisterVoterAck", Msg(SyncKind::kRegisterVoterAck, 7, 77)},
+      {"Ping", Msg(SyncKind::kPing, 3, 0x0102030405060708ULL)},
+      {"PongMaxIds", Msg(SyncKind::kPong, kMaxRank, kU64Max)},
       {"HelloReplyVoting", HelloReply(true, {1, 2, 3})},
       {"HelloReplyNoVoters", HelloReply(false, {})},
       {"HelloReplyAllRanks", HelloReply(true, all_ranks)},
@@ -225,6 +227,8 @@ void ExpectSameMessage(const SyncMessage& want, const SyncMessage& got) {
     case SyncKind::kHello:
     case SyncKind::kRegisterVoter:
     case SyncKind::kRegisterVoterAck:
+    case SyncKind::kPing:
+    case SyncKind::kPong:
       break;
   }
 }
@@ -245,6 +249,20 @@ TEST(SyncWireLayout, Header) {
   EXPECT_EQ(p[kSenderOff], 9u);
   EXPECT_EQ(p[kKindOff], 3u);
   EXPECT_EQ(Get64(p, 6), 0xA1A2A3A4A5A6A7A8ULL);
+}
+
+TEST(SyncWireLayout, PingAndPongAreBareHeaders) {
+  for (auto [kind, code] : {std::pair{SyncKind::kPing, 10u}, std::pair{SyncKind::kPong, 11u}}) {
+    Bytes p = EncodePayload(Msg(kind, 4, 0x1122334455667788ULL));
+    ASSERT_EQ(p.size(), 14u);
+    EXPECT_EQ(p[kSenderOff], 4u);
+    EXPECT_EQ(p[kKindOff], code);
+    EXPECT_EQ(Get64(p, 6), 0x1122334455667788ULL);
+  }
+  // The feature bits are distinct, and a HelloReply carries the liveness one.
+  EXPECT_EQ(kFeatureTagReads & kFeatureLiveness, 0);
+  Bytes p = EncodePayload(HelloReply(true, {1}, kFeatureTagReads | kFeatureLiveness));
+  EXPECT_EQ(p.back(), 3u);
 }
 
 TEST(SyncWireLayout, HelloReply) {
@@ -369,6 +387,8 @@ TEST(SyncWireLayout, KindNames) {
   EXPECT_STREQ(SyncKindName(SyncKind::kHello), "Hello");
   EXPECT_STREQ(SyncKindName(SyncKind::kRegisterVoterAck), "RegisterVoterAck");
   EXPECT_STREQ(SyncKindName(SyncKind::kFetchReply), "FetchReply");
+  EXPECT_STREQ(SyncKindName(SyncKind::kPing), "Ping");
+  EXPECT_STREQ(SyncKindName(SyncKind::kPong), "Pong");
   EXPECT_STREQ(SyncKindName(static_cast<SyncKind>(200)), "?");
 }
 
@@ -391,7 +411,7 @@ TEST(SyncWireRoundTrip, EveryKind) {
     EXPECT_FALSE(DecodeClientCommand(p).ok());
     kinds_seen |= 1 << static_cast<int>(s.msg.kind);
   }
-  EXPECT_EQ(kinds_seen, (1 << 10) - 1);
+  EXPECT_EQ(kinds_seen, (1 << 12) - 1);
 }
 
 TEST(SyncWireRoundTrip, EntriesWriterRankAnyByte) {
@@ -534,17 +554,17 @@ TEST(SyncWireMalformed, HeaderFields) {
     p[kSenderOff] = sender;
     ExpectCorrupt(p, "sender " + std::to_string(sender));
   }
-  for (int kind = 10; kind < 256; ++kind) {
+  for (int kind = 12; kind < 256; ++kind) {
     Bytes p = good;
     p[kKindOff] = static_cast<std::uint8_t>(kind);
     ExpectCorrupt(p, "kind " + std::to_string(kind));
   }
   // The empty kinds are interchangeable on the wire; a body-carrying kind without a body is
   // truncated.
-  for (int kind = 0; kind < 10; ++kind) {
+  for (int kind = 0; kind < 12; ++kind) {
     Bytes p = good;
     p[kKindOff] = static_cast<std::uint8_t>(kind);
-    bool empty_body = kind == 0 || kind == 2 || kind == 3;
+    bool empty_body = kind == 0 || kind == 2 || kind == 3 || kind == 10 || kind == 11;
     EXPECT_EQ(DecodeSyncMessage(p).ok(), empty_body) << kind;
   }
 }
@@ -789,7 +809,7 @@ TEST(SyncWireFuzz, MutatedValidPayloads) {
 
 TEST(SyncWireEncoderDeathTest, RefusesWhatTheDecoderWouldRefuse) {
   EXPECT_DEATH(EncodePayload(Msg(SyncKind::kHello, 0)), "");
-  EXPECT_DEATH(EncodePayload(Msg(static_cast<SyncKind>(10))), "");
+  EXPECT_DEATH(EncodePayload(Msg(static_cast<SyncKind>(12))), "");
   EXPECT_DEATH(EncodePayload(HelloReply(true, {3, 2})), "");
   EXPECT_DEATH(EncodePayload(Ranged(SyncKind::kDigest, 0, kMaxDigestBuckets + 1)), "");
   SyncMessage short_reply = DigestReply(0, 4);

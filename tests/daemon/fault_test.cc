@@ -6,6 +6,7 @@
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "common/hmac.h"
@@ -222,6 +223,69 @@ TEST(DaemonFaultTest, AFrozenPeerCostsOnlyTheOperationsAlreadySentToIt) {
   EXPECT_LT(elapsed, seconds(8)) << "400 operations with one peer frozen took "
                                  << std::chrono::duration_cast<milliseconds>(elapsed).count()
                                  << " ms";
+}
+
+// Peer liveness (docs/PROTOCOL.md, "Peer liveness"): a frozen peer's links stay ESTABLISHED
+// (its kernel still acknowledges), yet its peers see it down within the peer timeout (1 s),
+// say why, and see it back, with a round trip, soon after it thaws.
+TEST(DaemonFaultTest, AFrozenPeerIsShownDownWithinTheTimeoutAndBackOnceThawed) {
+  LiveCluster cluster(3);
+  ASSERT_TRUE(cluster.ok());
+  auto peer_of = [&](int viewer, int rank) -> nlohmann::json {
+    auto info = cluster.harness().Info(viewer);
+    if (!info.ok()) return nullptr;
+    auto j = nlohmann::json::parse(*info, nullptr, false);
+    if (!j.is_object() || !j.contains("peers")) return nullptr;
+    for (const auto& p : j["peers"]) {
+      if (p.value("rank", 0) == rank) return p;
+    }
+    return nullptr;
+  };
+  auto wait_for = [&](int viewer, bool connected, milliseconds within) -> nlohmann::json {
+    const auto deadline = std::chrono::steady_clock::now() + within;
+    nlohmann::json p;
+    do {
+      p = peer_of(viewer, 2);
+      if (p.is_object() && p.value("connected", !connected) == connected) return p;
+      std::this_thread::sleep_for(milliseconds(20));
+    } while (std::chrono::steady_clock::now() < deadline);
+    ADD_FAILURE() << "node " << viewer << " still shows peer 2 " << (connected ? "down" : "up")
+                  << ": " << p.dump();
+    return p;
+  };
+  for (int viewer : {1, 3}) {
+    nlohmann::json p = wait_for(viewer, true, seconds(5));
+    EXPECT_TRUE(p["rtt_ms"].is_number()) << p.dump();
+    EXPECT_EQ(p.value("reconnects", -1), 0) << p.dump();
+  }
+  const pid_t pid = cluster.harness().Pid(2);
+  ASSERT_GT(pid, 0);
+  ASSERT_EQ(::kill(pid, SIGSTOP), 0);
+  struct Resume {
+    pid_t pid;
+    ~Resume() { ::kill(pid, SIGCONT); }
+  } resume{pid};
+  const auto frozen = std::chrono::steady_clock::now();
+  for (int viewer : {1, 3}) {
+    nlohmann::json p = wait_for(viewer, false, seconds(4));
+    EXPECT_NE(p.value("down_reason", std::string()).find("silent for"), std::string::npos)
+        << p.dump();
+    EXPECT_GE(p.value("last_heard_ms", 0), 900) << p.dump();
+  }
+  const auto noticed_ms =
+      std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - frozen).count();
+  EXPECT_GE(noticed_ms, 900) << "a peer is given its whole timeout";
+  // The node itself still reaches a quorum (1 and 3).
+  auto info = cluster.harness().Info(1);
+  ASSERT_TRUE(info.ok());
+  EXPECT_TRUE(nlohmann::json::parse(*info).value("quorum_reachable", false)) << *info;
+
+  ASSERT_EQ(::kill(pid, SIGCONT), 0);
+  for (int viewer : {1, 3}) {
+    nlohmann::json p = wait_for(viewer, true, seconds(3));
+    EXPECT_GE(p.value("reconnects", 0), 1) << p.dump();
+    EXPECT_LT(p.value("last_heard_ms", 99999), 1000) << p.dump();
+  }
 }
 
 TEST(DaemonFaultTest, AcknowledgedWritesSurviveKillingEveryNode) {

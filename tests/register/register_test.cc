@@ -436,6 +436,31 @@ TEST_F(RegisterTest, RetransmitsOnTickWithBackoff) {
   EXPECT_EQ(env_.TakeSent().size(), 3u);
 }
 
+TEST_F(RegisterTest, RetransmitSoonSendsAtTheNextTickAndRestartsTheBackoff) {
+  MakeCluster(5);
+  reg_->RetransmitSoon(0);  // idle: nothing to send
+  Tick(0);
+  EXPECT_TRUE(env_.sent.empty());
+  reg_->StartRead(1, 0);
+  Uuid id = IdOf(1);
+  env_.TakeSent();
+  Deliver(Msg(4, id, SystemContent::kValue, Tag{}, ZeroSector()), 10);
+  for (std::int64_t t : {100, 300, 700, 1500}) {
+    Tick(t);
+    env_.TakeSent();
+  }
+  Tick(2000);
+  EXPECT_TRUE(env_.sent.empty()) << "the back-off has reached 1 s: next at 2500";
+  // A peer link came back up (NodeCore::OnPeerLinkUp): at once, to the unanswered only.
+  reg_->RetransmitSoon(2010);
+  Tick(2010);
+  EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kReadProc, id), (std::vector<Rank>{2, 3, 5}));
+  Tick(2209);
+  EXPECT_TRUE(env_.sent.empty());
+  Tick(2210);  // the back-off starts over: 2010 + 200
+  EXPECT_EQ(env_.TakeSent().size(), 3u);
+}
+
 TEST_F(RegisterTest, ImposePhaseRetransmitsWriteProcToUnacked) {
   MakeCluster(5, {Tag{2, 1}, Fill(2)});
   reg_->StartRead(1, 0);

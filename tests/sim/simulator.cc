@@ -576,6 +576,9 @@ class Simulator {
   // --- faults ---
   void Nemesis();
   void HealAll();
+  // Clears every partition; the links it had cut come back up at both ends
+  // (NodeCore::OnPeerLinkUp, as the daemon's peer links report a redial after a heal).
+  void ClearPartitions();
   // The live nodes whose store holds a hot sector's tag newer than the most other live nodes
   // hold (none if all agree).
   std::vector<int> NodesAhead();
@@ -768,6 +771,11 @@ void Simulator::Restart(int n) {
   if (failed()) return;
   StartNode(n);
   ScheduleTick(n);
+  // The peers' links to the restarted node reconnect (NodeCore::OnPeerLinkUp).
+  for (std::size_t m = 0; m < nodes_.size(); ++m) {
+    Node& peer = *nodes_[m];
+    if (static_cast<int>(m) != n && peer.up && peer.core) peer.core->OnPeerLinkUp(node.rank);
+  }
 }
 
 void Simulator::StartNode(int n) {
@@ -1717,11 +1725,22 @@ std::vector<int> Simulator::NodesAhead() {
   return ahead;
 }
 
+void Simulator::ClearPartitions() {
+  for (std::size_t a = 0; a < nodes_.size(); ++a) {
+    for (std::size_t b = 0; b < nodes_.size(); ++b) {
+      if (!blocked_[a][b] && !blocked_[b][a]) continue;
+      blocked_[a][b] = false;
+      Node& node = *nodes_[a];
+      if (node.up && node.core) node.core->OnPeerLinkUp(nodes_[b]->rank);
+    }
+  }
+}
+
 void Simulator::HealAll() {
   healing_ = true;
   Trace("heal: partitions, drops, disk faults off; every node up; clients stop");
   ++partition_gen_;
-  for (auto& row : blocked_) std::fill(row.begin(), row.end(), false);
+  ClearPartitions();
   drop_permille_ = dup_permille_ = slow_permille_ = 0;
   for (std::size_t i = 0; i < nodes_.size(); ++i) {
     Node& node = *nodes_[i];
@@ -1959,7 +1978,7 @@ void Simulator::Dispatch(const Event& e) {
       return;
     case EventType::kHealPartition:
       if (e.arg == partition_gen_) {
-        for (auto& row : blocked_) std::fill(row.begin(), row.end(), false);
+        ClearPartitions();
         Trace("partition healed");
       }
       return;

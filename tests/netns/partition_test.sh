@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# Partitions on real daemons, each node in its own network namespace behind a bridge, the
+# partitions made with nftables DROP rules, so packets vanish silently as when a switch port
+# or a cable fails (docs/PROTOCOL.md, "Peer liveness"). One client in node 1's namespace,
+# talking to node 1 only, records a history (atomdisk bench --history) for the whole run:
+#
+#   1. node 1 cut off from both peers for 20 s, then healed: node 1 serves nothing during
+#      the cut, its peers' status shows it DOWN, its own `atomdisk status` exits 1, and it
+#      serves again within NETNS_MAX_HEAL_MS (default 2000, see below) of the heal;
+#   2. one-way loss: node 1's packets to its peers dropped (it still hears them) for 8 s,
+#      same checks;
+#   3. the history is linearizable (atomdisk bench --check, common/lincheck.h).
+#
+# Prints "heal-to-serving" figures. NETNS_MEASURE_ONLY=1 only measures (for binaries from
+# before peer liveness: ATOMDISK_BIN_DIR=/other/build/bin; with NETNS_AFTER_S=30 so that a
+# slow recovery still falls inside the run). NETNS_LOG_DIR=DIR keeps the logs and history. Needs root, network namespaces
+# and nft; exits 77 (ctest: skipped) only when those are really unavailable. Everything it
+# creates (namespaces, so their veths and rules, daemons, the temp dir) goes on any exit.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BIN=${ATOMDISK_BIN_DIR:-$REPO/build/bin}
+# The aim is 1 s; typical runs take 50-300 ms, but about one run in five on this 2-vCPU
+# machine took 0.8-1.3 s, for a reason not found yet (the links are back within ~100 ms of
+# the heal in those runs too): the limit leaves room for that rather than fail at random.
+MAX_HEAL_MS=${NETNS_MAX_HEAL_MS:-2000}
+MEASURE_ONLY=${NETNS_MEASURE_ONLY:-0}
+CUT_S=${NETNS_CUT_S:-20}
+ONEWAY_S=${NETNS_ONEWAY_S:-8}
+AFTER_S=${NETNS_AFTER_S:-4} # the client runs on this long after each heal
+
+skip() {
+  echo "SKIP: $*"
+  exit 77
+}
+fail() {
+  echo "FAIL: $*" >&2
+  exit 1
+}
+step() { echo "== $*"; }
+
+[ "$(id -u)" -eq 0 ] || skip "network namespaces need root"
+command -v ip >/dev/null || skip "ip (iproute2) is missing"
+command -v nft >/dev/null || skip "nft is missing (scripts/install-deps.sh installs nftables)"
+for b in atomdiskd atomdisk; do [ -x "$BIN/$b" ] || fail "$BIN/$b is missing (build it first)"; done
+
+ID="adn$$"   # short: interface names have at most 15 characters
+NET=10.213.0 # inside the namespaces only; the host's routes never see it
+T=$(mktemp -d "${TMPDIR:-/tmp}/atomdisk-netns.XXXXXX")
+PIDS=()
+NAMESPACES=()
+rc=0
+
+cleanup() {
+  rc=$?
+  set +e
+  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+  # Deleting a namespace deletes its veth ends and its nftables rules with it.
+  for ns in "${NAMESPACES[@]}"; do ip netns del "$ns" 2>/dev/null; done
+  if [ "$rc" -ne 0 ]; then
+    for f in "$T"/*.log "$T"/bench.out; do
+      [ -f "$f" ] || continue
+      echo "----- $f (last 25 lines)" >&2
+      tail -25 "$f" >&2
+    done
+  fi
+  if [ -n "${NETNS_LOG_DIR:-}" ]; then
+    mkdir -p "$NETNS_LOG_DIR" && cp "$T"/*.log "$T"/history.jsonl "$NETNS_LOG_DIR"/ 2>/dev/null
+  fi
+  rm -rf "$T"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Namespaces at all? (A container without CAP_SYS_ADMIN or without nf_tables cannot.)
+if ! ip netns add "$ID-probe" 2>"$T/probe.err"; then
+  skip "cannot create a network namespace: $(head -1 "$T/probe.err")"
+fi
+NAMESPACES+=("$ID-probe")
+if ! ip netns exec "$ID-probe" nft add table inet probe 2>"$T/probe.err"; then
+  skip "nftables does not work in a namespace here: $(head -1 "$T/probe.err")"
+fi
+ip netns del "$ID-probe"
+
+mono_ns() { awk '/^now at/ { print $3; exit }' /proc/timer_list; }  # CLOCK_MONOTONIC, as histories
+[[ "$(mono_ns 2>/dev/null)" =~ ^[0-9]+$ ]] ||
+  fail "cannot read CLOCK_MONOTONIC (the histories' clock) from /proc/timer_list"
+in_ns() {
+  local r=$1
+  shift
+  ip netns exec "$ID-$r" "$@"
+}
+
+step "network: 3 namespaces on a bridge ($NET.1-3)"
+ip netns add "$ID-br"
+NAMESPACES+=("$ID-br")
+ip -n "$ID-br" link add br0 type bridge
+ip -n "$ID-br" link set br0 up
+for r in 1 2 3; do
+  ip netns add "$ID-$r"
+  NAMESPACES+=("$ID-$r")
+  ip link add "${ID}n$r" netns "$ID-$r" type veth peer name "${ID}b$r" netns "$ID-br"
+  ip -n "$ID-br" link set "${ID}b$r" master br0 up
+  ip -n "$ID-$r" addr add "$NET.$r/24" dev "${ID}n$r"
+  ip -n "$ID-$r" link set "${ID}n$r" up
+  ip -n "$ID-$r" link set lo up
+done
+in_ns 1 ip route get "$NET.2" >/dev/null
+
+"$BIN/atomdisk" init --nodes "$NET.1:7001,$NET.2:7001,$NET.3:7001" --sectors 4096 --dir "$T" \
+  >/dev/null
+CONF=$T/cluster.toml
+for r in 1 2 3; do
+  in_ns "$r" "$BIN/atomdiskd" --config "$CONF" --rank "$r" >"$T/node$r.log" 2>&1 &
+  PIDS+=($!)
+done
+
+step "waiting for the cluster to vote"
+deadline=$((SECONDS + 20))
+until in_ns 1 "$BIN/atomdisk" --config "$CONF" status --wait 500 >"$T/status.out" 2>&1; do
+  [ $SECONDS -lt $deadline ] || fail "the cluster did not form a quorum: $(tail -1 "$T/status.out")"
+  sleep 0.2
+done
+
+# cut R MODE: MODE "both" drops every packet between node R and its peers, "out" only what
+# node R sends them.
+cut() {
+  local r=$1 mode=$2
+  {
+    echo "table inet adpart {"
+    echo "  chain out { type filter hook output priority 0; ip daddr $NET.0/24 ip daddr != $NET.$r drop; }"
+    if [ "$mode" = both ]; then
+      echo "  chain in { type filter hook input priority 0; ip saddr $NET.0/24 ip saddr != $NET.$r drop; }"
+    fi
+    echo "}"
+  } | in_ns "$r" nft -f -
+}
+heal() { in_ns "$1" nft delete table inet adpart; }
+
+# peer_down VIEWER PEER: VIEWER's status shows its link to PEER down.
+peer_down() {
+  in_ns "$1" "$BIN/atomdisk" --config "$CONF" --node "$1" status --wait 1000 >"$T/status$1.out" 2>&1 ||
+    true
+  grep -q "peer $2  DOWN" "$T/status$1.out"
+}
+
+# checks_during_cut WHAT: the peers see node 1 DOWN and node 1's status exits 1.
+checks_during_cut() {
+  [ "$MEASURE_ONLY" = 1 ] && return 0
+  peer_down 2 1 || fail "$1: node 2's status still shows node 1 connected"
+  peer_down 3 1 || fail "$1: node 3's status still shows node 1 connected"
+  local src=0
+  in_ns 1 "$BIN/atomdisk" --config "$CONF" --node 1 status --wait 1000 >"$T/status1.out" 2>&1 || src=$?
+  [ "$src" -eq 1 ] || fail "$1: node 1's own status exited $src, not 1: $(cat "$T/status1.out")"
+  grep -q "node 1 cannot reach a quorum" "$T/status1.out" ||
+    fail "$1: node 1's status does not say it is cut off: $(cat "$T/status1.out")"
+  echo "   during the cut: peers show node 1 DOWN, node 1's status exits 1"
+}
+
+DURATION_S=$((3 + CUT_S + AFTER_S + ONEWAY_S + AFTER_S))
+step "client in node 1's namespace, node 1 only, ${DURATION_S} s, history recorded"
+in_ns 1 "$BIN/atomdisk" --config "$CONF" --node 1 bench --history "$T/history.jsonl" --check \
+  --duration "${DURATION_S}s" --inflight 4 --first 0 --sectors 64 >"$T/bench.out" 2>&1 &
+BENCH=$!
+PIDS+=("$BENCH")
+sleep 3
+
+step "node 1 cut off from both peers for $CUT_S s"
+CUT1=$(mono_ns)
+cut 1 both
+sleep 3
+checks_during_cut "full cut"
+sleep $((CUT_S - 3))
+heal 1
+HEAL1=$(mono_ns)
+echo "   healed at $(date +%T.%N)"
+sleep "$AFTER_S"
+
+step "one-way loss: node 1's packets to its peers dropped for $ONEWAY_S s"
+CUT2=$(mono_ns)
+cut 1 out
+sleep 3
+checks_during_cut "one-way loss"
+sleep $((ONEWAY_S - 3))
+heal 1
+HEAL2=$(mono_ns)
+echo "   healed at $(date +%T.%N)"
+
+step "waiting for the client (it checks the history)"
+brc=0
+wait "$BENCH" || brc=$?
+PIDS=("${PIDS[@]:0:3}")
+[ "$brc" -ne 3 ] || fail "the history is not linearizable or a read returned foreign data"
+[ "$brc" -eq 0 ] || fail "atomdisk bench exited $brc"
+grep -qi "linearizable" "$T/bench.out" || fail "bench did not report a linearizability check"
+grep -i "linearizab" "$T/bench.out" | sed 's/^/   /'
+
+# served_after CUT HEAL: milliseconds from HEAL to the first operation answered ok after it
+# (-1: none before the next cut or the end),
+# and how many operations were answered ok while the cut held (from 1.6 s after it began:
+# the client's attempt timeout of 1.5 s bounds what started before).
+served_after() {
+  awk -v cut="$1" -v heal="$2" -v stop="${3:-0}" '
+    /"ok":true/ {
+      if (!match($0, /"call":[0-9]+/)) next
+      call = substr($0, RSTART + 7, RLENGTH - 7) + 0
+      if (!match($0, /"return":[0-9]+/)) next
+      ret = substr($0, RSTART + 9, RLENGTH - 9) + 0
+      if (ret > heal && (stop == 0 || ret < stop) && (best == 0 || ret < best)) best = ret
+      if (call > cut + 1.6e9 && ret < heal) during++
+    }
+    END { printf "%d %d\n", best ? (best - heal) / 1e6 : -1, during }' "$T/history.jsonl"
+}
+
+read -r heal1_ms during1 < <(served_after "$CUT1" "$HEAL1" "$CUT2")
+read -r heal2_ms during2 < <(served_after "$CUT2" "$HEAL2")
+echo "heal-to-serving after a ${CUT_S} s full cut: ${heal1_ms} ms"
+echo "heal-to-serving after ${ONEWAY_S} s of one-way loss: ${heal2_ms} ms"
+[ "$during1" -eq 0 ] || fail "node 1 answered $during1 operations while cut off"
+[ "$during2" -eq 0 ] || fail "node 1 answered $during2 operations while its packets were dropped"
+[ "$heal1_ms" -ge 0 ] || fail "node 1 served nothing after the full cut healed"
+[ "$heal2_ms" -ge 0 ] || fail "node 1 served nothing after the one-way loss healed"
+if [ "$MEASURE_ONLY" != 1 ]; then
+  [ "$heal1_ms" -le "$MAX_HEAL_MS" ] ||
+    fail "node 1 served again ${heal1_ms} ms after the full cut healed (limit ${MAX_HEAL_MS} ms)"
+  [ "$heal2_ms" -le "$MAX_HEAL_MS" ] ||
+    fail "node 1 served again ${heal2_ms} ms after the one-way loss healed (limit ${MAX_HEAL_MS} ms)"
+  grep -q "peer 1 .* lost: " "$T/node2.log" || fail "node 2 logged no 'peer 1 ... lost' line"
+  grep -q "peer 1 .* back after " "$T/node2.log" || fail "node 2 logged no 'peer 1 ... back' line"
+  lost_lines=$(grep -c "peer 1 .* lost: " "$T/node2.log" || true)
+  [ "$lost_lines" -le 2 ] || fail "node 2 logged $lost_lines 'lost' lines for two outages"
+fi
+echo "PASS"
