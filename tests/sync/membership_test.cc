@@ -382,13 +382,17 @@ TEST(MembershipTest, RepliesOfAnotherClusterAreIgnored) {
             "majority: atomdiskd --bootstrap)");
   EXPECT_EQ(c.node(1).CountNotes("belongs to cluster"), 1);
   EXPECT_EQ(c.node(1).peer_features.count(2), 0u) << "another cluster's reply tells nothing";
-  EXPECT_EQ(c.node(1).peer_features.at(3), kFeatureTagReads);
+  EXPECT_EQ(c.node(1).peer_features.at(3), kFeatureTagReads | kFeatureLiveness);
   EXPECT_TRUE(c.SentBy(1, SyncKind::kRegisterVoter).empty());
   EXPECT_TRUE(c.SentBy(1, SyncKind::kDigest).empty());
 }
 
-// Hello replies advertise tag-only reads; each reply of this cluster's newest round tells the
-// env what its sender understands, so a peer that stops advertising (downgraded) is withdrawn.
+// Every feature this build speaks (daemon/sync/membership.cc sends them in its HelloReply).
+constexpr std::uint8_t kOurFeatures = kFeatureTagReads | kFeatureLiveness;
+
+// Hello replies advertise tag-only reads and liveness; each reply of this cluster's newest round
+// tells the env what its sender understands, so a peer that stops advertising (downgraded) is
+// withdrawn.
 TEST(MembershipTest, HelloRepliesTellThePeersFeatures) {
   Cluster c(3, 1000);
   for (Rank r : {1, 2, 3}) c.node(r).saved = VotingIdentity(r, {1, 2, 3});
@@ -397,7 +401,7 @@ TEST(MembershipTest, HelloRepliesTellThePeersFeatures) {
   for (Rank r : {1, 2, 3}) {
     std::map<Rank, std::uint8_t> want;
     for (Rank p : {1, 2, 3}) {
-      if (p != r) want[p] = kFeatureTagReads;
+      if (p != r) want[p] = kOurFeatures;
     }
     EXPECT_EQ(c.node(r).peer_features, want) << "rank " << int(r);
   }
@@ -408,11 +412,11 @@ TEST(MembershipTest, HelloRepliesTellThePeersFeatures) {
   c.RunFor(1000);
   EXPECT_EQ(c.node(1).peer_features.at(2), 0u);
   EXPECT_EQ(c.node(3).peer_features.at(2), 0u);
-  EXPECT_EQ(c.node(1).peer_features.at(3), kFeatureTagReads);
+  EXPECT_EQ(c.node(1).peer_features.at(3), kOurFeatures);
   // And back: the next reply with the bit turns tag reads on again.
   c.rewrite = nullptr;
   c.RunFor(1000);
-  EXPECT_EQ(c.node(1).peer_features.at(2), kFeatureTagReads);
+  EXPECT_EQ(c.node(1).peer_features.at(2), kOurFeatures);
 }
 
 TEST(MembershipTest, RegisterVoterIsDurableBeforeItsAck) {
