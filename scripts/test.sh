@@ -8,7 +8,8 @@
 #   scripts/test.sh --exclude-label fuse  # skip tests with this label (a regex)
 #   scripts/test.sh --soak                # also the long simulator sweep and soak tests
 #   scripts/test.sh --format-check        # fail if clang-format would change a file
-# Environment: BUILD_DIR (default build, or build-<sanitizer>), JOBS (default nproc).
+# Environment: BUILD_DIR (default build, or build-<sanitizer>), JOBS (default nproc),
+# CTEST_JOBS (tests at once; default JOBS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +29,8 @@ Options:
   --format-check         first fail if clang-format would change a tracked .cc or .h file
   -h, --help             print this text
 
-Environment: BUILD_DIR (default build, or build-<sanitizers>), JOBS (default nproc).
+Environment: BUILD_DIR (default build, or build-<sanitizers>), JOBS (default nproc),
+CTEST_JOBS (tests run at once; default JOBS).
 EOF
 }
 
@@ -68,7 +70,7 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE="$build_type" -DATOMDISK_WERR
   -DATOMDISK_SANITIZE="$sanitize" >/dev/null
 ninja -C "$build" -j "$jobs"
 
-ctest_args=(--test-dir "$build" --output-on-failure --timeout 900 -j "$jobs")
+ctest_args=(--test-dir "$build" --output-on-failure --timeout 900 -j "${CTEST_JOBS:-$jobs}")
 [ -n "$label" ] && ctest_args+=(-L "$label")
 if [ "$soak" = 1 ]; then
   export ATOMDISK_SOAK=1
