@@ -229,6 +229,10 @@ TEST(DaemonFaultTest, AFrozenPeerCostsOnlyTheOperationsAlreadySentToIt) {
 // (its kernel still acknowledges), yet its peers see it down within the peer timeout (1 s),
 // say why, and see it back, with a round trip, soon after it thaws.
 TEST(DaemonFaultTest, AFrozenPeerIsShownDownWithinTheTimeoutAndBackOnceThawed) {
+#if defined(__SANITIZE_THREAD__)
+  GTEST_SKIP() << "TSan builds use a 10 s peer timeout (common/config.h); the default and ASan "
+                  "passes run this test";
+#endif
   LiveCluster cluster(3);
   ASSERT_TRUE(cluster.ok());
   auto peer_of = [&](int viewer, int rank) -> nlohmann::json {
@@ -246,7 +250,12 @@ TEST(DaemonFaultTest, AFrozenPeerIsShownDownWithinTheTimeoutAndBackOnceThawed) {
     nlohmann::json p;
     do {
       p = peer_of(viewer, 2);
-      if (p.is_object() && p.value("connected", !connected) == connected) return p;
+      // Up means its round trip is known too (the first Pong and the status may be a tick
+      // apart).
+      if (p.is_object() && p.value("connected", !connected) == connected &&
+          (!connected || p["rtt_ms"].is_number())) {
+        return p;
+      }
       std::this_thread::sleep_for(milliseconds(20));
     } while (std::chrono::steady_clock::now() < deadline);
     ADD_FAILURE() << "node " << viewer << " still shows peer 2 " << (connected ? "down" : "up")
