@@ -525,6 +525,7 @@ class Simulator {
   void OpenStore(int n);
   void Crash(int n);
   void Restart(int n);
+  void CloseStoreAndRestartIn(int n, std::int64_t delay_us);
   // Builds the node's core over its opened store and starts it (its Syncer starts at a tick).
   void StartNode(int n);
   void OnRegisterLoaded(int n, SectorIdx sector, const Triple& stored);
@@ -724,6 +725,19 @@ void Simulator::Crash(int n) {
   node.tokens.clear();
 }
 
+// A node that is down with its store open (it failed to start, or never started): the store
+// is closed and a restart is due in `delay_us`.
+void Simulator::CloseStoreAndRestartIn(int n, std::int64_t delay_us) {
+  Node& node = *nodes_[n];
+  node.gate->Cut();
+  node.opened.reset();
+  node.store = nullptr;
+  Event e;
+  e.type = EventType::kRestart;
+  e.node = n;
+  At(delay_us, std::move(e));
+}
+
 void Simulator::Restart(int n) {
   Node& node = *nodes_[n];
   if (node.up) return;
@@ -751,13 +765,7 @@ void Simulator::Restart(int n) {
     // The store failed to open (an injected EIO on its first sync): try again later.
     Trace("restart node " + std::to_string(node.rank) + " failed (" + probe.status().ToString() +
           "): retrying");
-    node.gate->Cut();
-    node.opened.reset();
-    node.store = nullptr;
-    Event e;
-    e.type = EventType::kRestart;
-    e.node = n;
-    At(Range(1, 50) * kUsPerMs, std::move(e));
+    CloseStoreAndRestartIn(n, Range(1, 50) * kUsPerMs);
     return;
   }
   node.up = true;
@@ -2086,16 +2094,10 @@ SimResult Simulator::Run() {
   if (bootstrapped_) {
     // Down at the start: its store closed, started by an ordinary restart event.
     late_node_ = n_nodes - 1;
-    Node& late = *nodes_[late_node_];
-    late.up = false;
-    late.gate->Cut();
-    late.opened.reset();
-    late.store = nullptr;
-    Event e;
-    e.type = EventType::kRestart;
-    e.node = late_node_;
-    At(Range(500, 6000) * kUsPerMs, std::move(e));
-    Trace("node " + std::to_string(late.rank) + " starts late (bootstrapped cluster)");
+    nodes_[late_node_]->up = false;
+    CloseStoreAndRestartIn(late_node_, Range(500, 6000) * kUsPerMs);
+    Trace("node " + std::to_string(nodes_[late_node_]->rank) +
+          " starts late (bootstrapped cluster)");
   }
   for (int i = 0; i < n_nodes && !failed(); ++i) {
     if (i != late_node_) StartNode(i);
