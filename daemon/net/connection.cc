@@ -149,11 +149,14 @@ awaitable<void> Connection::Reader() {
     }
     if (Saturated()) {
       in_frame_ = false;  // we are the ones not reading
+      reading_paused_ = true;
       while (Saturated() && !closed_) {
         boost::system::error_code ec;
         read_signal_.expires_at(asio::steady_timer::time_point::max());
         co_await read_signal_.async_wait(asio::redirect_error(use_awaitable, ec));
       }
+      reading_paused_ = false;
+      last_read_ = std::chrono::steady_clock::now();
       continue;  // frames already buffered are parsed before anything more is read
     }
     if (closed_) co_return;
@@ -212,7 +215,8 @@ awaitable<void> Connection::Watchdog() {
     co_await watchdog_.async_wait(asio::redirect_error(use_awaitable, ec));
     if (closed_) co_return;
     auto now = std::chrono::steady_clock::now();
-    if (options_.silence_timeout.count() > 0 && now - last_read_ > options_.silence_timeout) {
+    if (options_.silence_timeout.count() > 0 && !reading_paused_ &&
+        now - last_read_ > options_.silence_timeout) {
       const auto silent_ms =
           std::chrono::duration_cast<std::chrono::milliseconds>(now - last_read_).count();
       Close("silent for " + std::to_string(silent_ms) + " ms");

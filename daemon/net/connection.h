@@ -110,6 +110,9 @@ class Connection final : public ClientChannel, public std::enable_shared_from_th
   std::size_t inflight_ = 0;
   bool closed_ = false;
   bool in_frame_ = false;  // a frame's first bytes arrived, the rest not yet
+  // The reader waits for our own work (Saturated()): the peer's silence is then ours, and
+  // the silence timeout does not run (it restarts when reading resumes).
+  bool reading_paused_ = false;
   std::chrono::steady_clock::time_point frame_started_;
   std::chrono::steady_clock::time_point write_progress_;  // last completed write (or idle)
   std::chrono::steady_clock::time_point last_read_;       // last bytes read (or the start)

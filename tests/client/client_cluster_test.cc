@@ -10,6 +10,7 @@
 #include <mutex>
 #include <random>
 #include <thread>
+#include <vector>
 
 #include "client/client.h"
 #include "common/lincheck.h"
@@ -86,16 +87,26 @@ TEST(ClientClusterTest, KeepsWorkingWhileThePreferredNodeIsKilled) {
   REQUIRE_DAEMON();
   auto cluster = StartCluster();
   ASSERT_NE(cluster, nullptr);
-  auto client = Connect(*cluster);
-  constexpr int kOps = 3000;
+  // Sanitizer-built daemons run several times slower on two cores: a smaller load keeps the
+  // test about failover, not about how fast a TSan build drains 3000 writes.
+  const bool slow = testing::UnderSanitizer();
+  const int ops = slow ? 900 : 3000;
+  constexpr int kSectors = 512;
+  auto client = Connect(*cluster, {}, milliseconds(slow ? 30000 : 5000));
   std::mutex mu;
   std::condition_variable cv;
   int done = 0, failed = 0;
   std::string first_error;
+  // Invocation and response order of each write (one counter for both), to tell which
+  // writes of a sector the final read may return.
+  std::atomic<std::uint64_t> clock{0};
+  std::vector<std::uint64_t> invoked(ops), responded(ops);
   CloseOnExit closer{client.get()};
-  for (int i = 0; i < kOps; ++i) {
-    client->Write(static_cast<SectorIdx>(i % 512), Pattern(i), [&](Status s) {
+  for (int i = 0; i < ops; ++i) {
+    invoked[i] = clock.fetch_add(1);
+    client->Write(static_cast<SectorIdx>(i % kSectors), Pattern(i), [&, i](Status s) {
       std::lock_guard<std::mutex> lock(mu);
+      responded[i] = clock.fetch_add(1);
       ++done;
       if (!s.ok()) {
         ++failed;
@@ -103,24 +114,34 @@ TEST(ClientClusterTest, KeepsWorkingWhileThePreferredNodeIsKilled) {
       }
       cv.notify_all();
     });
-    if (i == kOps / 3) {
+    if (i == ops / 3) {
       // Kill once a good part of the load went through node 1.
       std::unique_lock<std::mutex> lock(mu);
-      ASSERT_TRUE(cv.wait_for(lock, milliseconds(30000), [&] { return done >= kOps / 6; }));
+      ASSERT_TRUE(cv.wait_for(lock, milliseconds(30000), [&] { return done >= ops / 6; }));
       lock.unlock();
       ASSERT_TRUE(cluster->Kill9(1).ok());
     }
   }
   std::unique_lock<std::mutex> lock(mu);
-  ASSERT_TRUE(cv.wait_for(lock, milliseconds(60000), [&] { return done == kOps; }));
-  EXPECT_EQ(failed, 0) << first_error;
+  ASSERT_TRUE(cv.wait_for(lock, milliseconds(90000), [&] { return done == ops; }));
+  ASSERT_EQ(failed, 0) << first_error;
   lock.unlock();
-  // Everything is readable through the survivors, and the last write of each sector won.
-  for (int s = 0; s < 512; s += 37) {
-    int last = s + ((kOps - 1 - s) / 512) * 512;
+  // Everything is readable through the survivors. Writes to one sector overlap (up to
+  // max_inflight are on the wire, and a write cut off by the kill is retried), so the read
+  // returns one the linearizable outcomes: a write of that sector that no other write of it
+  // began after (the last one issued is always among them).
+  for (int s = 0; s < kSectors; s += 37) {
+    std::vector<int> writes;
+    for (int i = s; i < ops; i += kSectors) writes.push_back(i);
     Result<SectorPtr> r = client->ReadSync(static_cast<SectorIdx>(s));
     ASSERT_TRUE(r.ok()) << r.status().ToString();
-    EXPECT_EQ(**r, *Pattern(last)) << "sector " << s;
+    bool allowed = false;
+    for (int j : writes) {
+      bool superseded = false;
+      for (int k : writes) superseded = superseded || invoked[k] > responded[j];
+      if (!superseded && **r == *Pattern(j)) allowed = true;
+    }
+    EXPECT_TRUE(allowed) << "sector " << s << " holds no write that could have been last";
   }
   EXPECT_GT(client->Stats().connection_drops, 0u);
 }

@@ -101,7 +101,6 @@ std::string ReadFile(const std::string& path);
 // Non-empty lines of `text`.
 std::vector<std::string> Lines(const std::string& text);
 
-// True when built with AddressSanitizer or ThreadSanitizer (timing bounds are looser).
-bool UnderSanitizer();
+using testing::UnderSanitizer;
 
 }  // namespace atomdisk::itest

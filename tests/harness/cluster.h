@@ -150,4 +150,8 @@ ProcessResult RunProcess(const std::vector<std::string>& argv, const RunOptions&
 // last value. The way to wait for something in these tests (never a bare sleep).
 bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds timeout);
 
+// True when built with AddressSanitizer or ThreadSanitizer: the daemons run several times
+// slower, so timing bounds are looser and load-driven tests are smaller.
+bool UnderSanitizer();
+
 }  // namespace atomdisk::testing
