@@ -37,6 +37,13 @@ struct Tag {
   std::string ToString() const;  // "(ts=5, wr=2)"
 };
 
+// The highest timestamp a tag may carry. A write takes the highest ts it collected plus one,
+// and the write-ts floor and lease sit above the writes, so a ts near 2^64 would wrap and be
+// lost behind the old value. Timestamps start from the wall clock in microseconds (about 2^51
+// today), so 2^62 leaves tens of thousands of years; a node refuses anything above it from
+// peers and refuses to write above it (docs/REGISTER.md, "Timestamp range").
+inline constexpr std::uint64_t kMaxTagTs = std::uint64_t{1} << 62;
+
 // A register value as stored: its tag and its 4096 bytes.
 struct Triple {
   Tag tag;

@@ -237,6 +237,16 @@ bool NodeCore::OnSystemMessage(const SystemMessage& msg) {
                                     " beyond the device dropped");
     return true;
   }
+  if (HasTag(msg.content) && msg.tag.ts > kMaxTagTs) {
+    // No node writes above kMaxTagTs (docs/REGISTER.md, "Timestamp range"): a forged or
+    // corrupt message. Taking it would leave the sector no tag to write above.
+    ++counters_.bad_frames;
+    LogRateLimited("tagrange", std::string(SystemContentName(msg.content)) + " from rank " +
+                                   std::to_string(static_cast<int>(msg.sender)) + " for sector " +
+                                   std::to_string(msg.sector) + " with tag " + msg.tag.ToString() +
+                                   " above the timestamp range dropped");
+    return true;
+  }
   if (msg.content == SystemContent::kValue || msg.content == SystemContent::kTag ||
       msg.content == SystemContent::kAck) {
     // Only answers count for PeerResponsive: a joining peer sends Hellos, ReadProcs and
@@ -362,6 +372,19 @@ void NodeCore::Complete(std::uint64_t token, SectorPtr data) {
           ClientResponse{ResponseStatus::kOk, ref.request_id, ref.op, std::move(data), {}});
 }
 
+void NodeCore::Refuse(std::uint64_t token, const std::string& why) {
+  auto it = client_ops_.find(token);
+  if (it == client_ops_.end()) return;
+  ClientOpRef ref = std::move(it->second);
+  client_ops_.erase(it);
+  LogRateLimited("refused", "write refused, not written: " + why);
+  if (metrics_) metrics_->ClientRequest(ref.op, NodeMetrics::Outcome::kRefused, ref.started);
+  // The atdd protocol has no error status for a write: no response, so the client times out
+  // with the outcome unknown, and every other node refuses it too. Never an Ack for a value
+  // that was not stored.
+  if (auto channel = ref.channel.lock()) channel->OpFinished();
+}
+
 Uuid NodeCore::NewOpId() {
   Uuid id;
   std::uint64_t counter = ++op_counter_;
@@ -410,6 +433,16 @@ void NodeCore::Absorb(SectorIdx sector, const Triple& value, std::uint64_t token
   // below writes nothing more; it reports when this value, or a newer one, is durable.
   // A sector whose copy is unreadable (scrub repairs it) has no register: the store takes
   // the value directly, and no register is built for the sector until it is durable.
+  if (value.tag.ts > kMaxTagTs) {
+    // The same rule as for system messages: nothing above the timestamp range is stored.
+    LogRateLimited("tagrange", "resync value for sector " + std::to_string(sector) + " with tag " +
+                                   value.tag.ToString() + " above the timestamp range refused");
+    env_->Post([this, token]() {
+      syncer_->OnAbsorbed(token, Status::Corruption("tag above the timestamp range"),
+                          env_->NowMs());
+    });
+    return;
+  }
   syncer_->OnLocalWrite(sector);
   // The catalogue's absorb-unguarded (simulator builds only): straight to the store, with
   // nothing to stop a register being built from the pending value meanwhile.

@@ -185,6 +185,7 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   void Send(Rank to, const SystemMessage& msg) override;
   void Persist(SectorIdx sector, const Triple& value) override;
   void Complete(std::uint64_t token, SectorPtr data) override;
+  void Refuse(std::uint64_t token, const std::string& why) override;
   Uuid NewOpId() override;
   void WantWriteTsLease(std::uint64_t ts) override;
   bool PeerResponsive(Rank peer) override;

@@ -36,14 +36,15 @@ NodeMetrics::NodeMetrics(const ClusterConfig& config, Rank self) {
 
   static constexpr const char* kOps[2] = {"read", "write"};
   static constexpr const char* kOutcomeNames[kOutcomes] = {"ok", "invalid_sector", "unreadable",
-                                                           "client_gone"};
+                                                           "client_gone", "refused"};
   for (int op = 0; op < 2; ++op) {
     for (int o = 0; o < kOutcomes; ++o) {
       requests_[op][o] = &r.AddCounter(
           "atomdisk_client_requests_total",
           "Client reads and writes that reached this node, by how they ended: ok (answered), "
           "invalid_sector (refused), unreadable (not answered: this copy is unreadable), "
-          "client_gone (completed after the client left).",
+          "client_gone (completed after the client left), refused (a write not done: the "
+          "sector's tag is at the top of the timestamp range).",
           {{"op", kOps[op]}, {"outcome", kOutcomeNames[o]}});
     }
   }

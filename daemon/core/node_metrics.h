@@ -62,8 +62,9 @@ class NodeMetrics {
     kInvalidSector,  // refused: the sector is beyond the device
     kUnreadable,     // not answered: this node's copy is unreadable (the client fails over)
     kClientGone,     // completed after the client's connection closed
+    kRefused,        // a write not done: the sector's tag is at the top of its range
   };
-  static constexpr int kOutcomes = 4;
+  static constexpr int kOutcomes = 5;
 
   NodeMetrics(const ClusterConfig& config, Rank self);
   NodeMetrics(const NodeMetrics&) = delete;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <string>
 
 namespace atomdisk {
 
@@ -228,6 +229,17 @@ void Register::MaybeFinish(std::int64_t now_ms) {
       }
       c.target = c.best;
       EnterImpose(now_ms);
+      return;
+    }
+    if (c.best.tag.ts >= kMaxTagTs || config_->min_write_ts > kMaxTagTs) {
+      // No tag above the highest collected one is allowed: refuse rather than wrap (a
+      // wrapped ts would be stored under the old value and acknowledged, a lost write).
+      const std::uint64_t token = c.token;
+      std::string why = "sector " + std::to_string(sector_) + ": its tag " + c.best.tag.ToString() +
+                        " is at the top of the timestamp range";
+      current_.reset();  // `c` is gone from here on
+      env_->Refuse(token, why);
+      StartNext(now_ms);
       return;
     }
     c.target = Triple{Tag{std::max(c.best.tag.ts + 1, config_->min_write_ts), config_->self},

@@ -98,6 +98,9 @@ class RegisterEnv {
   virtual void Persist(SectorIdx sector, const Triple& value) = 0;
   // A client operation finished. For reads `data` is the value read; for writes it is null.
   virtual void Complete(std::uint64_t token, SectorPtr data) = 0;
+  // A client write ended without being written: the sector's tag is at kMaxTagTs, so no
+  // higher tag exists. Nothing of it was stored or sent; `why` says so for the log.
+  virtual void Refuse(std::uint64_t token, const std::string& why) = 0;
   // A fresh, unique operation id.
   virtual Uuid NewOpId() = 0;
   // A write of ours chose ts `ts` >= config.write_ts_lease and so persists its own copy

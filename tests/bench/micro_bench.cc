@@ -65,6 +65,7 @@ class InstantEnv : public RegisterEnv {
   void Send(Rank, const SystemMessage& m) override { outbox.push_back(m); }
   void Persist(SectorIdx, const Triple& t) override { persists.push_back(t); }
   void Complete(std::uint64_t, SectorPtr) override {}
+  void Refuse(std::uint64_t, const std::string&) override {}
   Uuid NewOpId() override {
     Uuid u;
     ++ids;

@@ -309,5 +309,33 @@ TEST_F(NodeCoreTest, MessagesFromUnknownRanksOrOurselvesAreDropped) {
   EXPECT_TRUE(world_.sent.empty());
 }
 
+// A tag above the timestamp range (docs/REGISTER.md, "Timestamp range") comes only from a
+// forged or corrupt peer: the message is dropped, nothing is stored or answered, and a tag at
+// the top of the range itself still passes.
+TEST_F(NodeCoreTest, SystemMessagesAboveTheTimestampRangeAreDropped) {
+  MakeCore(VotingIdentity());
+  core_->Start();
+  world_.RunPosted();
+  SystemMessage wp;
+  wp.sender = 2;
+  wp.op_id.bytes[0] = 7;
+  wp.sector = 5;
+  wp.content = SystemContent::kWriteProc;
+  wp.tag = Tag{kMaxTagTs + 1, 2};
+  wp.data = ZeroSector();
+  EXPECT_TRUE(core_->OnSystemMessage(wp));
+  world_.RunPosted();
+  EXPECT_TRUE(world_.identities_saved_at_first_write.empty()) << "stored a tag above the range";
+  EXPECT_TRUE(world_.sent.empty()) << "answered a tag above the range";
+  bool logged = false;
+  for (const std::string& line : world_.logs) {
+    logged = logged || line.find("above the timestamp range") != std::string::npos;
+  }
+  EXPECT_TRUE(logged);
+  wp.tag = Tag{kMaxTagTs, 2};
+  EXPECT_TRUE(core_->OnSystemMessage(wp));
+  EXPECT_EQ(world_.identities_saved_at_first_write.size(), 1u) << "the top of the range itself";
+}
+
 }  // namespace
 }  // namespace atomdisk

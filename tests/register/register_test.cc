@@ -51,6 +51,9 @@ class FakeEnv : public RegisterEnv {
   void Complete(std::uint64_t token, SectorPtr data) override {
     completed.push_back({token, std::move(data)});
   }
+  void Refuse(std::uint64_t token, const std::string& why) override {
+    refused.push_back({token, why});
+  }
   Uuid NewOpId() override { return IdOf(++last_id); }
   void WantWriteTsLease(std::uint64_t ts) override { lease_wanted.push_back(ts); }
   bool PeerResponsive(Rank peer) override {
@@ -65,6 +68,7 @@ class FakeEnv : public RegisterEnv {
   std::vector<Sent> sent;
   std::vector<Triple> persisted;
   std::vector<Completed> completed;
+  std::vector<std::pair<std::uint64_t, std::string>> refused;
   std::uint64_t last_id = 0;
   std::vector<std::uint64_t> lease_wanted;
   std::vector<Rank> unresponsive;  // PeerResponsive says false for these
@@ -988,6 +992,38 @@ TEST_F(RegisterTest, WriteTsIsAtLeastTheConfiguredFloor) {
     Deliver(Msg(2, id, SystemContent::kAck), 2);
     ASSERT_EQ(env_.completed.size(), 1u);
     EXPECT_TRUE(reg_->Idle());
+  }
+}
+
+// A write whose collect finds the highest allowed ts has no tag to write with: it is refused
+// (nothing stored, nothing sent, no completion), never wrapped to a low ts and acknowledged,
+// and the next operation on the sector runs.
+TEST_F(RegisterTest, WriteAtTheTopOfTheTimestampRangeIsRefusedNotWrapped) {
+  for (std::uint64_t top : {kMaxTagTs, kMaxTagTs - 1}) {
+    SCOPED_TRACE(top);
+    env_ = FakeEnv();
+    MakeCluster(3);
+    reg_->StartWrite(42, Fill(0x77), 0);
+    reg_->StartRead(43, 0);
+    Uuid id = IdOf(1);
+    EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kReadProc, id), (std::vector<Rank>{2, 3}));
+    Deliver(Msg(3, id, SystemContent::kValue, Tag{top, 2}, Fill(5)));
+    if (top == kMaxTagTs) {
+      ASSERT_EQ(env_.refused.size(), 1u);
+      EXPECT_EQ(env_.refused[0].first, 42u);
+      EXPECT_NE(env_.refused[0].second.find("top of the timestamp range"), std::string::npos);
+      EXPECT_TRUE(env_.TakePersisted().empty());
+      EXPECT_TRUE(env_.completed.empty());
+      // The queued read runs next and asks again (op id 2).
+      EXPECT_EQ(Targets(env_.TakeSent(), SystemContent::kReadProc, IdOf(2)),
+                (std::vector<Rank>{2, 3}));
+    } else {
+      // One below the top still writes, at the top.
+      EXPECT_TRUE(env_.refused.empty());
+      auto persisted = env_.TakePersisted();
+      ASSERT_EQ(persisted.size(), 1u);
+      EXPECT_EQ(persisted[0].tag, (Tag{kMaxTagTs, 1}));
+    }
   }
 }
 
