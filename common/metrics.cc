@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <thread>
 
 #include "common/status.h"
 
@@ -160,9 +161,38 @@ void Registry::OnRender(std::function<void()> fn) {
   on_render_.push_back(std::move(fn));
 }
 
+void Registry::BeginPublish() {
+  const std::uint64_t seq = publish_seq_.load(std::memory_order_relaxed);
+  ATOMDISK_CHECK(seq % 2 == 0);  // not nested
+  publish_seq_.store(seq + 1, std::memory_order_relaxed);
+  // The odd count is visible before any of the publication's stores.
+  std::atomic_thread_fence(std::memory_order_release);
+}
+
+void Registry::EndPublish() {
+  const std::uint64_t seq = publish_seq_.load(std::memory_order_relaxed);
+  ATOMDISK_CHECK(seq % 2 == 1);
+  publish_seq_.store(seq + 1, std::memory_order_release);
+}
+
 std::string Registry::Render() const {
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& fn : on_render_) fn();
+  std::string out;
+  for (int attempt = 1;; ++attempt) {
+    const std::uint64_t before = publish_seq_.load(std::memory_order_acquire);
+    if (before % 2 == 0 || attempt >= kMaxRenderTries) {
+      out = RenderLocked();
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (publish_seq_.load(std::memory_order_relaxed) == before || attempt >= kMaxRenderTries) {
+        return out;
+      }
+    }
+    std::this_thread::yield();
+  }
+}
+
+std::string Registry::RenderLocked() const {
   std::string out;
   for (const Family& f : families_) {
     static constexpr const char* kTypeNames[] = {"counter", "gauge", "histogram"};

@@ -18,6 +18,13 @@
 // and gauges, and may run on any thread concurrently with Render. A histogram rendered while
 // it is observed may show an observation in its buckets but not yet in its sum; its _count
 // always equals its +Inf bucket.
+//
+// A snapshot published as many Sets (atomdiskd's NodeMetrics::Publish) goes between
+// BeginPublish and EndPublish, and a Render shows all of it or none of it: a sequence count
+// that is odd while a publication is under way, which Render reads before and after and
+// renders again if it moved (a seqlock; the publisher never waits for a scrape). Without it a
+// scrape could pair a new counter with an old gauge, such as auth failures from this
+// snapshot with the requests in flight from the one before.
 #pragma once
 
 #include <atomic>
@@ -98,8 +105,15 @@ class Registry {
   // sources at scrape time. Must not call back into this registry's Add*/Render.
   void OnRender(std::function<void()> fn);
 
-  // The text exposition of every family, in the order they were first added.
+  // Bracket one snapshot's updates (one publisher at a time; not nested). Never blocks.
+  void BeginPublish();
+  void EndPublish();
+
+  // The text exposition of every family, in the order they were first added. Consistent
+  // with the publications: it retries while one is under way or if one happened meanwhile,
+  // up to kMaxRenderTries times (then it renders what it read, rather than starve).
   std::string Render() const;
+  static constexpr int kMaxRenderTries = 1000;
 
  private:
   enum class Type { kCounter, kGauge, kHistogram };
@@ -116,8 +130,10 @@ class Registry {
     std::vector<Series> series;
   };
   Series& NewSeries(const std::string& name, const std::string& help, Type type, Labels labels);
+  std::string RenderLocked() const;  // mu_ held
 
   mutable std::mutex mu_;
+  std::atomic<std::uint64_t> publish_seq_{0};  // odd while a publication is under way
   std::vector<Family> families_;
   std::deque<Counter> counters_;
   std::deque<Gauge> gauges_;

@@ -6,7 +6,8 @@
 // the node's own state and counters (Node::Counters, the peer links, the Syncer's status)
 // that the io thread publishes about every 100 ms (Publish). The HTTP endpoint only reads the
 // registry's atomics on its own thread, so a scrape never waits for the io thread nor holds
-// anything the io thread needs.
+// anything the io thread needs; it shows a whole snapshot or none of it (the registry's
+// publication seqlock), never gauges of one with counters of the next.
 //
 // Ownership: atomdiskd's main() owns it (it exists before the store opens, whose sync hook
 // feeds it), and it outlives the Node and the MetricsServer. Threading: the event calls and

@@ -3,8 +3,11 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -133,6 +136,50 @@ TEST(MetricsTest, ConcurrentUpdatesAreAllCounted) {
   EXPECT_NE(text.find("x_seconds_count 80000\n"), std::string::npos);
   EXPECT_NE(text.find("x_g 80000\n"), std::string::npos);
   EXPECT_GT(renders, 0u);
+}
+
+// A publication between BeginPublish and EndPublish is seen whole: a gauge set first and a
+// counter set last, to the same value, always render equal (atomdiskd's in-flight gauge
+// against its auth-failure counter once rendered one snapshot apart).
+TEST(MetricsTest, ARenderShowsAPublicationWholeOrNotAtAll) {
+  Registry r;
+  Gauge& first = r.AddGauge("a_first", "Set first.");
+  std::vector<Gauge*> middle;
+  for (int i = 0; i < 50; ++i) {
+    middle.push_back(&r.AddGauge("b_middle", "Padding.", {{"i", std::to_string(i)}}));
+  }
+  Counter& last = r.AddCounter("c_last_total", "Set last.");
+  std::atomic<bool> stop{false};
+  std::thread publisher([&] {
+    for (std::uint64_t v = 1; !stop.load(); ++v) {
+      r.BeginPublish();
+      first.Set(static_cast<double>(v));
+      for (Gauge* g : middle) g->Set(static_cast<double>(v));
+      last.Set(v);
+      r.EndPublish();
+      // atomdiskd publishes every 100 ms; a render must find a quiet moment.
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  });
+  auto value = [](const std::string& text, const std::string& name) {
+    const std::size_t at = text.find("\n" + name + " ");
+    EXPECT_NE(at, std::string::npos) << name;
+    return at == std::string::npos ? -1.0 : std::stod(text.substr(at + name.size() + 2));
+  };
+  int renders = 0, moved = 0;
+  std::vector<int> torn;
+  double previous = 0;
+  for (; renders < 2000; ++renders) {
+    const std::string text = r.Render();
+    const double a = value(text, "a_first"), c = value(text, "c_last_total");
+    if (a != c) torn.push_back(renders);
+    moved += a != previous ? 1 : 0;
+    previous = a;
+  }
+  stop = true;
+  publisher.join();
+  EXPECT_TRUE(torn.empty()) << torn.size() << " of " << renders << " renders tore a publication";
+  EXPECT_GT(moved, 1) << "the publisher never ran during the renders";
 }
 
 }  // namespace
