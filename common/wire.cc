@@ -25,6 +25,14 @@ void Append(const ClientCommand& c, Writer& w) {
   w.U64(c.sector);
   w.U32(static_cast<std::uint32_t>(c.op));
   if (c.op == ClientOp::kWrite) w.Sector(c.data);
+  if (IsExtentOp(c.op)) {
+    w.U32(c.count);
+    if (c.op == ClientOp::kWriteExtent) {
+      for (std::uint32_t i = 0; i < c.count; ++i) {
+        w.Sector(i < c.sectors.size() ? c.sectors[i] : nullptr);
+      }
+    }
+  }
 }
 
 void Append(const SystemMessage& m, Writer& w) {
@@ -51,12 +59,40 @@ void Append(const ClientResponse& r, Writer& w) {
     w.U32(static_cast<std::uint32_t>(n));
     w.Bytes(reinterpret_cast<const std::uint8_t*>(r.info.data()), n);
   }
+  if (IsExtentOp(r.op)) {
+    const bool ok = r.status == ResponseStatus::kOk;
+    const std::size_t n = ok ? std::min<std::size_t>(r.outcomes.size(), kMaxExtentSectors) : 0;
+    w.U32(static_cast<std::uint32_t>(n));
+    for (std::size_t i = 0; i < n; ++i) w.U8(static_cast<std::uint8_t>(r.outcomes[i]));
+    if (r.op == ClientOp::kReadExtent) {
+      for (std::size_t i = 0; i < n; ++i) {
+        if (r.outcomes[i] == ExtentOutcome::kDone) {
+          w.Sector(i < r.sectors.size() ? r.sectors[i] : nullptr);
+        }
+      }
+    }
+  }
+}
+
+// The payload size of a message, to reserve its frame once.
+std::size_t PayloadSize(const ClientCommand& c) {
+  if (c.op == ClientOp::kWriteExtent) {
+    return kExtentCommandHeaderSize + std::size_t{c.count} * kSectorSize;
+  }
+  return kMaxPayloadSize;
+}
+std::size_t PayloadSize(const SystemMessage&) { return kMaxPayloadSize; }
+std::size_t PayloadSize(const ClientResponse& r) {
+  if (r.op == ClientOp::kReadExtent) {
+    return kExtentResponseHeaderSize + r.outcomes.size() * (1 + kSectorSize);
+  }
+  return kMaxPayloadSize;
 }
 
 template <typename M>
 std::vector<std::uint8_t> PayloadOf(const M& m, std::size_t reserve_prefix) {
   std::vector<std::uint8_t> out(reserve_prefix);
-  out.reserve(reserve_prefix + kMaxPayloadSize + kMacSize);
+  out.reserve(reserve_prefix + PayloadSize(m) + kMacSize);
   Writer w(out);
   Append(m, w);
   return out;
@@ -128,8 +164,9 @@ Result<std::uint64_t> DecodeLengthWithin(std::span<const std::uint8_t, kFrameLen
 
 }  // namespace
 
-Result<std::uint64_t> DecodeFrameLength(std::span<const std::uint8_t, kFrameLengthSize> prefix) {
-  return DecodeLengthWithin(prefix, kMinFrameBody, kMaxFrameBody);
+Result<std::uint64_t> DecodeFrameLength(std::span<const std::uint8_t, kFrameLengthSize> prefix,
+                                        std::uint64_t max_body) {
+  return DecodeLengthWithin(prefix, kMinFrameBody, max_body);
 }
 
 Result<std::uint64_t> DecodeResponseFrameLength(
@@ -155,8 +192,7 @@ Result<ClientCommand> DecodeClientCommandHeader(std::span<const std::uint8_t> pa
   c.sector = r.U64();
   std::uint32_t op = r.U32();
   if (!r.ok()) return Malformed("client command", "truncated header");
-  if (op > static_cast<std::uint32_t>(ClientOp::kScrub))
-    return Malformed("client command", "unknown op " + std::to_string(op));
+  if (op > kLastClientOp) return Malformed("client command", "unknown op " + std::to_string(op));
   c.op = static_cast<ClientOp>(op);
   return c;
 }
@@ -166,11 +202,29 @@ Result<ClientCommand> DecodeClientCommand(std::span<const std::uint8_t> payload)
   if (!header.ok()) return header;
   ClientCommand c = std::move(header).value();
   std::size_t expected = c.op == ClientOp::kWrite ? 24 + kSectorSize : 24;
+  if (IsExtentOp(c.op)) {
+    Reader r(payload.subspan(24));
+    c.count = r.U32();
+    if (!r.ok()) return Malformed("client command", "truncated extent count");
+    if (c.count == 0 || c.count > kMaxExtentSectors) {
+      return Malformed("client command", "extent of " + std::to_string(c.count) +
+                                             " sectors, not 1.." +
+                                             std::to_string(kMaxExtentSectors));
+    }
+    expected = kExtentCommandHeaderSize +
+               (c.op == ClientOp::kWriteExtent ? std::size_t{c.count} * kSectorSize : 0);
+  }
   if (payload.size() != expected) {
     return Malformed("client command", "size " + std::to_string(payload.size()) + ", expected " +
                                            std::to_string(expected));
   }
   if (c.op == ClientOp::kWrite) c.data = MakeSector(payload.data() + 24);
+  if (c.op == ClientOp::kWriteExtent) {
+    c.sectors.reserve(c.count);
+    for (std::uint32_t i = 0; i < c.count; ++i) {
+      c.sectors.push_back(MakeSector(payload.data() + kExtentCommandHeaderSize + i * kSectorSize));
+    }
+  }
   return c;
 }
 
@@ -217,8 +271,7 @@ Result<ClientResponse> DecodeClientResponse(std::span<const std::uint8_t> payloa
   std::uint32_t op = r.U32();
   if (!r.ok()) return Malformed("response", "truncated header");
   if (status > 2) return Malformed("response", "unknown status " + std::to_string(status));
-  if (op > static_cast<std::uint32_t>(ClientOp::kScrub))
-    return Malformed("response", "unknown op " + std::to_string(op));
+  if (op > kLastClientOp) return Malformed("response", "unknown op " + std::to_string(op));
   resp.status = static_cast<ResponseStatus>(status);
   resp.op = static_cast<ClientOp>(op);
   if (resp.op == ClientOp::kRead) {
@@ -232,6 +285,33 @@ Result<ClientResponse> DecodeClientResponse(std::span<const std::uint8_t> payloa
     const std::uint8_t* text = r.Bytes(n);
     if (!r.ok()) return Malformed("response", "truncated info");
     resp.info.assign(reinterpret_cast<const char*>(text), n);
+  }
+  if (IsExtentOp(resp.op)) {
+    std::uint32_t n = r.U32();
+    if (!r.ok()) return Malformed("response", "truncated extent count");
+    if (n > kMaxExtentSectors || (n == 0 && resp.status == ResponseStatus::kOk) ||
+        (n != 0 && resp.status != ResponseStatus::kOk)) {
+      return Malformed("response", "extent of " + std::to_string(n) + " outcomes with status " +
+                                       std::to_string(status));
+    }
+    const std::uint8_t* outcomes = r.Bytes(n);
+    if (!r.ok()) return Malformed("response", "truncated extent outcomes");
+    resp.outcomes.reserve(n);
+    for (std::uint32_t i = 0; i < n; ++i) {
+      if (outcomes[i] > static_cast<std::uint8_t>(ExtentOutcome::kNotDone)) {
+        return Malformed("response", "unknown extent outcome " + std::to_string(outcomes[i]));
+      }
+      resp.outcomes.push_back(static_cast<ExtentOutcome>(outcomes[i]));
+    }
+    if (resp.op == ClientOp::kReadExtent) {
+      resp.sectors.resize(n);
+      for (std::uint32_t i = 0; i < n; ++i) {
+        if (resp.outcomes[i] != ExtentOutcome::kDone) continue;
+        const std::uint8_t* data = r.Bytes(kSectorSize);
+        if (!r.ok()) return Malformed("response", "truncated extent data");
+        resp.sectors[i] = MakeSector(data);
+      }
+    }
   }
   if (!r.AtEnd()) return Malformed("response", std::to_string(r.remaining()) + " trailing bytes");
   return resp;

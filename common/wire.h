@@ -26,16 +26,48 @@ namespace atomdisk {
 // itself (rank, version, counters) as JSON without touching any register; kScrub asks it to
 // start a scrub (docs/RESYNC.md) and it answers with a JSON object too. Neither carries data
 // in the command; atdd nodes reject both as unknown ops.
-enum class ClientOp : std::uint32_t { kRead = 0, kWrite = 1, kInfo = 2, kScrub = 3 };
+//
+// kReadExtent, kWriteExtent and kWriteZeros are atomdisk's extent extension (docs/PROTOCOL.md,
+// "Extents"): one command for a run of 1..kMaxExtentSectors consecutive sectors, each still
+// its own register. A client sends them only to a node whose Info lists "extents" among its
+// features; atdd nodes and atomdisk nodes from before extents close a connection that sends
+// one (unknown op).
+enum class ClientOp : std::uint32_t {
+  kRead = 0,
+  kWrite = 1,
+  kInfo = 2,
+  kScrub = 3,
+  kReadExtent = 4,
+  kWriteExtent = 5,
+  kWriteZeros = 6,
+};
+inline constexpr std::uint32_t kLastClientOp = static_cast<std::uint32_t>(ClientOp::kWriteZeros);
 // Ops whose response carries JSON text (u32 n | n bytes) instead of sector data.
 inline bool HasJsonResponse(ClientOp op) { return op == ClientOp::kInfo || op == ClientOp::kScrub; }
+inline bool IsExtentOp(ClientOp op) {
+  return op == ClientOp::kReadExtent || op == ClientOp::kWriteExtent || op == ClientOp::kWriteZeros;
+}
+// The most sectors one extent command covers (1 MiB of data).
+inline constexpr std::uint32_t kMaxExtentSectors = 256;
+// The Info feature name a node lists when it accepts extent commands.
+inline constexpr const char* kExtentsFeature = "extents";
 
 struct ClientCommand {
   std::uint64_t request_id = 0;
-  SectorIdx sector = 0;
+  SectorIdx sector = 0;  // extents: the first sector
   ClientOp op = ClientOp::kRead;
   SectorPtr data;  // kWrite only
+  // Extent ops only: the number of sectors (1..kMaxExtentSectors), and for kWriteExtent their
+  // data in order (count entries; a null entry is sent as zeros).
+  std::uint32_t count = 0;
+  std::vector<SectorPtr> sectors;
 };
+
+// What became of one sector of an extent at the coordinator. kDone: read (its data is in
+// the response) or written (acknowledged by a majority). kNotDone: the coordinator did not
+// run it (its stored copy is unreadable there), so it is known not written by this command;
+// the client tries it on another node.
+enum class ExtentOutcome : std::uint8_t { kDone = 0, kNotDone = 1 };
 
 // kReadTag and kTag are atomdisk's extension (docs/PROTOCOL.md, "Tag-only first phase"): a
 // ReadTag asks, like a ReadProc, for the durable triple's tag only, and a Tag answers with it,
@@ -77,6 +109,11 @@ struct ClientResponse {
   ClientOp op = ClientOp::kRead;
   SectorPtr data;    // kRead only (zeros when status != kOk)
   std::string info;  // kInfo and kScrub only: a JSON object (at most kMaxInfoSize bytes)
+  // Extent ops only: one outcome per sector of the command (empty when status != kOk), and
+  // for kReadExtent the data of each kDone sector, in order (null for kNotDone ones; sent
+  // only for kDone sectors).
+  std::vector<ExtentOutcome> outcomes;
+  std::vector<SectorPtr> sectors;
 };
 inline constexpr std::size_t kMaxInfoSize = 4000;
 
@@ -88,18 +125,31 @@ inline constexpr std::size_t kMaxPayloadSize = 4 + 1 + 8 + 16 + 8 + 4 + 8 + 1 + 
 // The largest sync message payload (common/sync_wire.h: an EntriesReply of 4096 entries,
 // 69662 bytes; sync_wire.h checks that this covers every sync message).
 inline constexpr std::size_t kMaxSyncPayloadBound = 4 + 1 + 1 + 8 + 8 + 4 + 4 + 4096 * (8 + 8 + 1);
+// The largest extent command (a kWriteExtent of kMaxExtentSectors) and extent response (a
+// kReadExtent with every sector done).
+inline constexpr std::size_t kExtentCommandHeaderSize = 4 + 8 + 8 + 4 + 4;
+inline constexpr std::size_t kExtentResponseHeaderSize = 4 + 8 + 4 + 4;
+inline constexpr std::size_t kMaxExtentCommandPayload =
+    kExtentCommandHeaderSize + std::size_t{kMaxExtentSectors} * kSectorSize;
+inline constexpr std::size_t kMaxExtentResponsePayload =
+    kExtentResponseHeaderSize + kMaxExtentSectors + std::size_t{kMaxExtentSectors} * kSectorSize;
 // The smallest atdd payload (a read/write response header without data: 16 bytes).
 inline constexpr std::size_t kMinPayloadSize = 16;
 // The smallest sync payload (a Hello: the 14-byte header alone).
 inline constexpr std::size_t kMinSyncPayloadSize = 4 + 1 + 1 + 8;
-// Frames a node accepts: any atdd or sync message. A frame whose L exceeds this is refused
-// before anything is allocated.
-inline constexpr std::uint64_t kMaxFrameBody =
+// Frames a node accepts on a client connection: any atdd command or an extent command. A
+// frame whose L exceeds this is refused before anything is allocated.
+inline constexpr std::uint64_t kMaxFrameBody = kMaxExtentCommandPayload + kMacSize;
+static_assert(kMaxExtentCommandPayload > kMaxPayloadSize &&
+              kMaxExtentCommandPayload > kMaxSyncPayloadBound);
+// Frames a node accepts from a peer: atdd system messages and sync messages (peers never
+// send extents, so a peer link buffers less).
+inline constexpr std::uint64_t kMaxPeerFrameBody =
     (kMaxPayloadSize > kMaxSyncPayloadBound ? kMaxPayloadSize : kMaxSyncPayloadBound) + kMacSize;
 inline constexpr std::uint64_t kMinFrameBody =
     (kMinPayloadSize < kMinSyncPayloadSize ? kMinPayloadSize : kMinSyncPayloadSize) + kMacSize;
-// Frames a client accepts: responses only, which are never larger than an atdd message.
-inline constexpr std::uint64_t kMaxResponseFrameBody = kMaxPayloadSize + kMacSize;
+// Frames a client accepts: responses only, the largest an extent read's.
+inline constexpr std::uint64_t kMaxResponseFrameBody = kMaxExtentResponsePayload + kMacSize;
 inline constexpr std::uint64_t kMinResponseFrameBody = kMinPayloadSize + kMacSize;
 
 // A complete encoded frame (length, payload, tag), ready to write to a socket.
@@ -116,8 +166,10 @@ std::vector<std::uint8_t> EncodePayload(const SystemMessage& msg);
 std::vector<std::uint8_t> EncodePayload(const ClientResponse& resp);
 
 // Parses the 8-byte length prefix of a node-bound frame. Corruption if L is outside
-// [kMinFrameBody, kMaxFrameBody].
-Result<std::uint64_t> DecodeFrameLength(std::span<const std::uint8_t, kFrameLengthSize> prefix);
+// [kMinFrameBody, max_body] (kMaxFrameBody for a connection that may carry client commands,
+// kMaxPeerFrameBody for our own outgoing peer links).
+Result<std::uint64_t> DecodeFrameLength(std::span<const std::uint8_t, kFrameLengthSize> prefix,
+                                        std::uint64_t max_body = kMaxFrameBody);
 // The same for a response frame (client side): Corruption if L is outside
 // [kMinResponseFrameBody, kMaxResponseFrameBody], so a client never buffers more than a
 // response.
