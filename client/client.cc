@@ -13,6 +13,7 @@
 #include <deque>
 #include <future>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
 #include <unordered_map>
@@ -33,7 +34,8 @@ using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 constexpr milliseconds kTickPeriod{10};
-constexpr std::size_t kReadBufferSize = 256 * 1024;
+// Room for the largest response (an extent read of 1 MiB) and more behind it.
+constexpr std::size_t kReadBufferSize = kFrameLengthSize + kMaxResponseFrameBody + 256 * 1024;
 constexpr int kProbePings = 3;
 
 std::string Plural(std::size_t n, const char* word) {
@@ -79,6 +81,19 @@ struct Op {
   bool maybe_applied = false;          // a write that reached some node without an answer
   std::vector<int> auth_failed_nodes;  // nodes whose answers failed tag verification
   std::string last_error;
+  // Extent ops (kReadExtent, kWriteExtent, kWriteZeros): the run's length and, for writes,
+  // its data; the sectors read so far. An extent that runs as single-sector children (an
+  // older node, or sectors a node reported not done) counts those still out.
+  std::uint32_t count = 0;
+  std::vector<SectorPtr> sectors;
+  std::vector<SectorPtr> read;
+  std::uint32_t children_left = 0;
+  Status child_error;
+  // Internal ops: an extent's single-sector children (parent != 0) and feature probes (not
+  // retried, not counted in the stats).
+  std::uint64_t parent = 0;
+  bool internal = false;
+  int probe_node = -1;  // a feature probe pinned to this node
 };
 
 // One TCP connection to a node. Owned (shared) by its node and its two coroutines.
@@ -105,6 +120,10 @@ struct Node {
   std::unique_ptr<asio::steady_timer> backoff;
   Clock::time_point connect_deadline;
   Clock::time_point demoted_until;
+  // Whether the node takes extent commands (its Info lists "extents"): asked once, with an
+  // Info on the pipelined connection, when an extent first needs this node. kNo also for a
+  // node that closed the connection instead of answering (an atdd node: unknown op).
+  enum class Extents { kUnknown, kProbing, kYes, kNo } extents = Extents::kUnknown;
   int failures = 0;         // consecutive connection failures without a good response
   int timeouts_in_row = 0;  // consecutive attempt timeouts
   std::string last_error;
@@ -160,6 +179,24 @@ class ClientImpl final : public Client {
     Submit(ClientOp::kWrite, sector, std::move(data), options, std::move(done));
   }
 
+  void ReadExtentWith(SectorIdx first, std::uint32_t count, const OpOptions& options,
+                      OpCallback done) override {
+    SubmitExtent(ClientOp::kReadExtent, first, count, {}, options, std::move(done));
+  }
+
+  void WriteExtentWith(SectorIdx first, std::vector<SectorPtr> data, const OpOptions& options,
+                       OpCallback done) override {
+    for (const SectorPtr& d : data) ATOMDISK_CHECK(d != nullptr);
+    const auto count = static_cast<std::uint32_t>(
+        std::min<std::size_t>(data.size(), std::size_t{kMaxExtentSectors} + 1));
+    SubmitExtent(ClientOp::kWriteExtent, first, count, std::move(data), options, std::move(done));
+  }
+
+  void WriteZerosWith(SectorIdx first, std::uint32_t count, const OpOptions& options,
+                      OpCallback done) override {
+    SubmitExtent(ClientOp::kWriteZeros, first, count, {}, options, std::move(done));
+  }
+
   std::vector<NodeInfo> Probe(milliseconds timeout) override {
     return Admin(timeout, ClientOp::kInfo);
   }
@@ -183,12 +220,27 @@ class ClientImpl final : public Client {
 
  private:
   // ---- Submission (any thread) ----
+  void SubmitExtent(ClientOp kind, SectorIdx first, std::uint32_t count,
+                    std::vector<SectorPtr> data, const OpOptions& options, OpCallback done) {
+    if (count == 0 || count > kMaxExtentSectors) {
+      OpResult r;
+      r.status = Status::InvalidArgument(
+          "an extent covers 1.." + std::to_string(kMaxExtentSectors) + " sectors, not " +
+          (count > kMaxExtentSectors ? "more" : std::to_string(count)));
+      done(std::move(r));
+      return;
+    }
+    Submit(kind, first, nullptr, options, std::move(done), count, std::move(data));
+  }
+
   void Submit(ClientOp kind, SectorIdx sector, SectorPtr data, const OpOptions& options,
-              OpCallback done) {
+              OpCallback done, std::uint32_t count = 0, std::vector<SectorPtr> sectors = {}) {
     auto op = std::make_unique<Op>();
     op->kind = kind;
     op->sector = sector;
     op->data = std::move(data);
+    op->count = count;
+    op->sectors = std::move(sectors);
     op->retry_unknown_write = options.retry_unknown_write;
     op->timeout = options.timeout.count() > 0 ? options.timeout : options_.op_timeout;
     op->deadline = Clock::now() + op->timeout;
@@ -213,6 +265,12 @@ class ClientImpl final : public Client {
                                                    " is outside the device (sectors 0.." +
                                                    std::to_string(options_.sectors - 1) + ")"));
     }
+    if (IsExtentOp(op->kind) && options_.sectors - op->sector < op->count) {
+      return Complete(*op, Status::InvalidArgument("sectors " + std::to_string(op->sector) + ".." +
+                                                   std::to_string(op->sector + op->count - 1) +
+                                                   " are not all inside the device (sectors 0.." +
+                                                   std::to_string(options_.sectors - 1) + ")"));
+    }
     StartLoops();
     pending_.push_back(std::move(op));
     StartPending();
@@ -233,14 +291,139 @@ class ClientImpl final : public Client {
     }
   }
 
-  // Sends the op to the best node, or parks it until a connection comes up.
+  // Sends the op to the best node, or parks it until a connection comes up. An extent goes
+  // as one command to a node that takes them, waits for the answer to the node's feature
+  // probe, or runs as single-sector operations on a node that does not.
   void Dispatch(Op& op) {
+    if (op.probe_node >= 0) {
+      Node& n = *nodes_[op.probe_node];
+      if (!n.conn || !n.conn->open) return AttemptFailed(op, "connection lost");
+      return Send(op, n);
+    }
     int best = PickNode(op);
     if (best < 0) {
       parked_.push_back(op.id);
       return;
     }
-    Send(op, *nodes_[best]);
+    Node& n = *nodes_[best];
+    if (IsExtentOp(op.kind)) {
+      switch (n.extents) {
+        case Node::Extents::kYes:
+          break;
+        case Node::Extents::kUnknown:
+          StartFeatureProbe(n);
+          [[fallthrough]];
+        case Node::Extents::kProbing:
+          parked_.push_back(op.id);
+          return;
+        case Node::Extents::kNo: {
+          std::vector<std::uint32_t> all(op.count);
+          for (std::uint32_t i = 0; i < op.count; ++i) all[i] = i;
+          return RunAsSingles(op, all, -1);
+        }
+      }
+    }
+    Send(op, n);
+  }
+
+  // Asks `n` for its Info on its pipelined connection, to learn whether it takes extents.
+  void StartFeatureProbe(Node& n) {
+    n.extents = Node::Extents::kProbing;
+    auto op = std::make_unique<Op>();
+    op->kind = ClientOp::kInfo;
+    op->internal = true;
+    op->probe_node = n.index;
+    op->timeout = options_.attempt_timeout;
+    op->deadline = Clock::now() + op->timeout;
+    const int index = n.index;
+    op->done = [this, index](OpResult r) {
+      Node& node = *nodes_[index];
+      if (node.extents != Node::Extents::kProbing) return;
+      bool yes = false;
+      if (r.status.ok()) {
+        auto j = nlohmann::json::parse(r.info, nullptr, /*allow_exceptions=*/false);
+        if (j.is_object() && j.contains("features") && j["features"].is_array()) {
+          for (const auto& f : j["features"]) yes = yes || (f.is_string() && f == kExtentsFeature);
+        }
+      }
+      // No answer (an atdd node closes the connection on an unknown op; a silent node):
+      // single-sector commands for this node from now on.
+      node.extents = yes ? Node::Extents::kYes : Node::Extents::kNo;
+      DispatchParked();
+    };
+    op->id = next_request_id_++;
+    Op* raw = op.get();
+    active_.emplace(raw->id, std::move(op));
+    Send(*raw, n);
+  }
+
+  // Runs the sectors `which` of extent `op` as single-sector operations (children), each
+  // with the extent's deadline; `op` completes when the last of them has. `avoid`: the node
+  // that reported them not done (-1: none).
+  void RunAsSingles(Op& op, const std::vector<std::uint32_t>& which, int avoid) {
+    ATOMDISK_CHECK(!which.empty());
+    op.node = -1;
+    op.attempt_deadline = Clock::time_point::max();
+    for (auto& n : nodes_) {
+      if (n->conn) n->conn->inflight.erase(op.id);
+    }
+    if (op.kind == ClientOp::kReadExtent) op.read.resize(op.count);
+    op.children_left = static_cast<std::uint32_t>(which.size());
+    const std::uint64_t parent = op.id;
+    for (std::uint32_t i : which) {
+      auto child = std::make_unique<Op>();
+      child->kind = op.kind == ClientOp::kReadExtent ? ClientOp::kRead : ClientOp::kWrite;
+      child->sector = op.sector + i;
+      if (op.kind == ClientOp::kWriteExtent) child->data = op.sectors[i];
+      if (op.kind == ClientOp::kWriteZeros) child->data = ZeroSector();
+      child->retry_unknown_write = op.retry_unknown_write;
+      child->timeout = op.timeout;
+      child->deadline = op.deadline;
+      child->avoid_node = avoid;
+      child->parent = parent;
+      child->internal = true;
+      child->done = [this, parent, i](OpResult r) { ChildDone(parent, i, std::move(r)); };
+      child->id = next_request_id_++;
+      Op* raw = child.get();
+      active_.emplace(raw->id, std::move(child));
+      Dispatch(*raw);
+    }
+  }
+
+  void ChildDone(std::uint64_t parent, std::uint32_t index, OpResult r) {
+    auto it = active_.find(parent);
+    if (it == active_.end()) return;  // the extent already ended (its deadline, Close)
+    Op& op = *it->second;
+    op.attempts = std::max(op.attempts, r.attempts);
+    if (r.status.ok()) {
+      if (op.kind == ClientOp::kReadExtent) op.read[index] = std::move(r.data);
+    } else {
+      if (op.child_error.ok()) op.child_error = r.status;
+      if (r.maybe_applied) op.maybe_applied = true;
+    }
+    if (--op.children_left > 0) return;
+    Status status = op.child_error;
+    Finish(op, std::move(status), nullptr, r.answered_by);
+  }
+
+  // An extent's answer: done when every sector is; the sectors the node did not run go on
+  // as single-sector operations elsewhere.
+  void ExtentAnswered(Op& op, Node& n, ClientResponse& resp) {
+    if (resp.outcomes.size() != op.count ||
+        (op.kind == ClientOp::kReadExtent && resp.sectors.size() != op.count)) {
+      ++bad_frames_;
+      return CloseConn(n, n.conn,
+                       "protocol error: an extent of " + std::to_string(op.count) +
+                           " sectors answered with " + std::to_string(resp.outcomes.size()) +
+                           " outcomes");
+    }
+    std::vector<std::uint32_t> not_done;
+    if (op.kind == ClientOp::kReadExtent) op.read = std::move(resp.sectors);
+    for (std::uint32_t i = 0; i < op.count; ++i) {
+      if (resp.outcomes[i] != ExtentOutcome::kDone) not_done.push_back(i);
+    }
+    if (not_done.empty()) return Finish(op, Status::Ok(), nullptr, n.endpoint.rank);
+    RunAsSingles(op, not_done, n.index);
   }
 
   // The connected node to use: not demoted before demoted, not the one that just failed
@@ -268,13 +451,15 @@ class ClientImpl final : public Client {
       cmd.sector = op.sector;
       cmd.op = op.kind;
       cmd.data = op.data;
+      cmd.count = op.count;
+      cmd.sectors = op.sectors;
       op.frame = std::make_shared<const Frame>(EncodeFrame(cmd, mac_));
     }
-    if (op.attempts > 0) ++retries_;
+    if (op.attempts > 0 && !op.internal) ++retries_;
     op.attempts++;
     op.node = n.index;
     op.attempt_deadline = Clock::now() + options_.attempt_timeout;
-    if (op.kind == ClientOp::kWrite) op.maybe_applied = true;
+    if (IsWriteOp(op.kind)) op.maybe_applied = true;
     if (c.inflight.empty()) c.busy_since = Clock::now();
     c.inflight.insert(op.id);
     c.queue.push_back(op.frame);
@@ -289,7 +474,8 @@ class ClientImpl final : public Client {
     op.node = -1;
     op.attempt_deadline = Clock::time_point::max();
     if (closing_) return Finish(op, Status::Unavailable("client closed"));
-    if (op.kind == ClientOp::kWrite && !op.retry_unknown_write) {
+    if (op.probe_node >= 0) return Finish(op, Status::Unavailable(why));
+    if (IsWriteOp(op.kind) && !op.retry_unknown_write) {
       return Finish(op, Status::Unavailable("the write's outcome is unknown: " + why));
     }
     if (!op.auth_failed_nodes.empty() && op.auth_failed_nodes.size() >= nodes_.size()) {
@@ -299,7 +485,7 @@ class ClientImpl final : public Client {
   }
 
   // Removes an active op, completes it, and lets a queued one in.
-  void Finish(Op& op, Status status, SectorPtr data = nullptr, Rank by = 0) {
+  void Finish(Op& op, Status status, SectorPtr data = nullptr, Rank by = 0, std::string info = {}) {
     auto it = active_.find(op.id);
     ATOMDISK_CHECK(it != active_.end());
     std::unique_ptr<Op> owned = std::move(it->second);
@@ -308,22 +494,25 @@ class ClientImpl final : public Client {
     for (auto& n : nodes_) {
       if (n->conn) n->conn->inflight.erase(owned->id);
     }
-    Complete(*owned, std::move(status), std::move(data), by);
+    Complete(*owned, std::move(status), std::move(data), by, std::move(info));
     StartPending();
   }
 
   // Runs the callback (posted, so it never runs inside our own loops).
-  void Complete(Op& op, Status status, SectorPtr data = nullptr, Rank by = 0) {
+  void Complete(Op& op, Status status, SectorPtr data = nullptr, Rank by = 0,
+                std::string info = {}) {
     OpResult r;
     r.attempts = op.attempts;
     r.answered_by = by;
     if (status.ok()) {
-      ++ops_ok_;
+      if (!op.internal) ++ops_ok_;
       r.data = std::move(data);
+      r.info = std::move(info);
+      if (op.kind == ClientOp::kReadExtent) r.sectors = std::move(op.read);
     } else {
-      ++ops_failed_;
-      r.maybe_applied = op.kind == ClientOp::kWrite && op.maybe_applied &&
-                        status.code() != StatusCode::kInvalidArgument;
+      if (!op.internal) ++ops_failed_;
+      r.maybe_applied =
+          IsWriteOp(op.kind) && op.maybe_applied && status.code() != StatusCode::kInvalidArgument;
     }
     r.status = std::move(status);
     asio::post(io_,
@@ -410,6 +599,10 @@ class ClientImpl final : public Client {
           conn->last_rx = Clock::now();
           n->conn = conn;
           n->state = Node::State::kConnected;
+          // A new connection may be a new version of the node (a rolling upgrade or
+          // downgrade): a node that took extents is asked again before the next one. A node
+          // that refused the probe stays on single-sector commands for this client's life.
+          if (n->extents != Node::Extents::kNo) n->extents = Node::Extents::kUnknown;
           n->last_error.clear();
           ++reachable_;  // CloseConn takes it back
           ++connects_;
@@ -433,7 +626,9 @@ class ClientImpl final : public Client {
     parked.swap(parked_);
     for (std::uint64_t id : parked) {
       auto it = active_.find(id);
-      if (it != active_.end() && it->second->node < 0) Dispatch(*it->second);
+      if (it != active_.end() && it->second->node < 0 && it->second->children_left == 0) {
+        Dispatch(*it->second);
+      }
     }
   }
 
@@ -530,11 +725,13 @@ class ClientImpl final : public Client {
                            std::string(op.kind == ClientOp::kRead ? "read" : "write") +
                            " request with a different kind of response");
     }
+    if (op.children_left > 0) return;  // a late answer to an extent now run sector by sector
     // (This may be a late answer from an earlier attempt's node: as good as any other.)
     Rank by = n.endpoint.rank;
     switch (resp->status) {
       case ResponseStatus::kOk:
-        return Finish(op, Status::Ok(), std::move(resp->data), by);
+        if (IsExtentOp(op.kind)) return ExtentAnswered(op, n, *resp);
+        return Finish(op, Status::Ok(), std::move(resp->data), by, std::move(resp->info));
       case ResponseStatus::kInvalidSectorIndex:
         return Finish(
             op, Status::InvalidArgument(n.endpoint.ToString() + " says sector " +
@@ -939,6 +1136,89 @@ void Client::WriteWith(SectorIdx sector, SectorPtr data, const OpOptions& /*opti
     out.status = std::move(s);
     done(std::move(out));
   });
+}
+
+namespace {
+
+// An extent run as one single-sector operation per sector; `done` runs once, after the last.
+// Thread-safe: the operations' callbacks may run on any thread.
+struct FanOut {
+  std::mutex mu;
+  std::uint32_t left = 0;
+  OpResult result;
+  Client::OpCallback done;
+};
+
+Status CheckExtentCount(std::uint32_t count) {
+  if (count == 0 || count > kMaxExtentSectors) {
+    return Status::InvalidArgument("an extent covers 1.." + std::to_string(kMaxExtentSectors) +
+                                   " sectors, not " + std::to_string(count));
+  }
+  return Status::Ok();
+}
+
+void FanOutExtent(Client& client, SectorIdx first, std::uint32_t count, bool read,
+                  const std::function<SectorPtr(std::uint32_t)>& data, const OpOptions& options,
+                  Client::OpCallback done) {
+  if (Status s = CheckExtentCount(count); !s.ok()) {
+    OpResult r;
+    r.status = std::move(s);
+    done(std::move(r));
+    return;
+  }
+  auto f = std::make_shared<FanOut>();
+  f->left = count;
+  f->done = std::move(done);
+  if (read) f->result.sectors.resize(count);
+  for (std::uint32_t i = 0; i < count; ++i) {
+    auto one = [f, i, read](OpResult r) {
+      Client::OpCallback finish;
+      OpResult out;
+      {
+        std::lock_guard<std::mutex> lock(f->mu);
+        f->result.attempts = std::max(f->result.attempts, r.attempts);
+        if (r.status.ok()) {
+          if (read) f->result.sectors[i] = std::move(r.data);
+        } else {
+          if (f->result.status.ok()) f->result.status = r.status;
+          f->result.maybe_applied = f->result.maybe_applied || r.maybe_applied;
+        }
+        if (--f->left > 0) return;
+        out = std::move(f->result);
+        if (!out.status.ok()) out.sectors.clear();
+        finish = std::move(f->done);
+      }
+      finish(std::move(out));
+    };
+    if (read) {
+      client.ReadWith(first + i, options, std::move(one));
+    } else {
+      client.WriteWith(first + i, data(i), options, std::move(one));
+    }
+  }
+}
+
+}  // namespace
+
+void Client::ReadExtentWith(SectorIdx first, std::uint32_t count, const OpOptions& options,
+                            OpCallback done) {
+  FanOutExtent(*this, first, count, true, nullptr, options, std::move(done));
+}
+
+void Client::WriteExtentWith(SectorIdx first, std::vector<SectorPtr> data, const OpOptions& options,
+                             OpCallback done) {
+  for (const SectorPtr& d : data) ATOMDISK_CHECK(d != nullptr);
+  auto shared = std::make_shared<std::vector<SectorPtr>>(std::move(data));
+  FanOutExtent(
+      *this, first, static_cast<std::uint32_t>(shared->size()), false,
+      [shared](std::uint32_t i) { return (*shared)[i]; }, options, std::move(done));
+}
+
+void Client::WriteZerosWith(SectorIdx first, std::uint32_t count, const OpOptions& options,
+                            OpCallback done) {
+  FanOutExtent(
+      *this, first, count, false, [](std::uint32_t) { return ZeroSector(); }, options,
+      std::move(done));
 }
 
 Result<SectorPtr> Client::ReadSync(SectorIdx sector) {

@@ -115,6 +115,10 @@ struct OpResult {
   bool maybe_applied = false;
   int attempts = 0;      // how many times it was sent (to one node or another)
   Rank answered_by = 0;  // rank of the node whose answer completed it (0: none or unknown)
+  // Extent reads with an OK status: each sector's 4096 bytes, in order.
+  std::vector<SectorPtr> sectors;
+  // An Info answer's JSON (the client's own feature probes); empty otherwise.
+  std::string info;
 };
 
 // Counters since Create(); a consistent-enough snapshot for reporting.
@@ -153,6 +157,23 @@ class Client {
   virtual void ReadWith(SectorIdx sector, const OpOptions& options, OpCallback done);
   virtual void WriteWith(SectorIdx sector, SectorPtr data, const OpOptions& options,
                          OpCallback done);
+
+  // Extents: `count` (1..kMaxExtentSectors) consecutive sectors from `first` in one
+  // operation. Against nodes that list "extents" in their Info (docs/PROTOCOL.md, "Extents")
+  // each is one command; against older nodes, and for the sectors a node reports not done,
+  // the client runs one single-sector operation per sector instead. Each sector is atomic
+  // on its own; the extent is not atomic as a whole: a failed write extent may have written
+  // any subset of its sectors (maybe_applied says whether any may have been). The status is
+  // OK only if every sector was read or written; InvalidArgument for a count outside
+  // 1..kMaxExtentSectors or a run that does not lie inside the device. For WriteExtentWith,
+  // `data` holds one sector per entry (none null: a bug, checked); WriteZerosWith writes
+  // zeros without sending any. The defaults run single-sector operations (for test doubles).
+  virtual void ReadExtentWith(SectorIdx first, std::uint32_t count, const OpOptions& options,
+                              OpCallback done);
+  virtual void WriteExtentWith(SectorIdx first, std::vector<SectorPtr> data,
+                               const OpOptions& options, OpCallback done);
+  virtual void WriteZerosWith(SectorIdx first, std::uint32_t count, const OpOptions& options,
+                              OpCallback done);
 
   // Blocking conveniences (must not be called from a callback).
   Result<SectorPtr> ReadSync(SectorIdx sector);

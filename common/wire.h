@@ -47,6 +47,9 @@ inline bool HasJsonResponse(ClientOp op) { return op == ClientOp::kInfo || op ==
 inline bool IsExtentOp(ClientOp op) {
   return op == ClientOp::kReadExtent || op == ClientOp::kWriteExtent || op == ClientOp::kWriteZeros;
 }
+inline bool IsWriteOp(ClientOp op) {
+  return op == ClientOp::kWrite || op == ClientOp::kWriteExtent || op == ClientOp::kWriteZeros;
+}
 // The most sectors one extent command covers (1 MiB of data).
 inline constexpr std::uint32_t kMaxExtentSectors = 256;
 // The Info feature name a node lists when it accepts extent commands.

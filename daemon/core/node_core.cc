@@ -187,6 +187,10 @@ void NodeCore::OnClientFrame(ClientChannel& channel, std::span<const std::uint8_
             ClientResponse{ResponseStatus::kOk, cmd->request_id, ClientOp::kScrub, {}, j.dump()});
     return;
   }
+  if (IsExtentOp(cmd->op)) {
+    StartExtent(channel, std::move(cmd).value(), arrived);
+    return;
+  }
   if (cmd->sector >= config_.sectors) {
     ++counters_.invalid_sector;
     if (metrics_) metrics_->ClientRequest(cmd->op, NodeMetrics::Outcome::kInvalidSector, arrived);
@@ -202,16 +206,98 @@ void NodeCore::OnClientFrame(ClientChannel& channel, std::span<const std::uint8_
   std::uint64_t token = next_token_++;
   client_ops_.emplace(token, ClientOpRef{channel.WeakChannel(), cmd->request_id, cmd->op, arrived});
   channel.OpStarted();
+  StartClientOp(*reg, token, cmd->op, std::move(cmd->data));
+}
+
+void NodeCore::StartClientOp(Register& reg, std::uint64_t token, ClientOp op, SectorPtr data) {
   // A register coordinates one client operation at a time: with one in progress or queued
   // on this sector, this one waits in the register's queue (QueuedClientOps counts it).
-  if (reg->HasClientWork()) ++counters_.queued_ops;
-  if (cmd->op == ClientOp::kWrite) {
+  if (reg.HasClientWork()) ++counters_.queued_ops;
+  if (op == ClientOp::kWrite) {
     ++counters_.writes;
-    reg->StartWrite(token, std::move(cmd->data), env_->NowMs());
+    reg.StartWrite(token, std::move(data), env_->NowMs());
   } else {
     ++counters_.reads;
-    reg->StartRead(token, env_->NowMs());
+    reg.StartRead(token, env_->NowMs());
   }
+}
+
+void NodeCore::StartExtent(ClientChannel& channel, ClientCommand cmd,
+                           NodeMetrics::Clock::time_point arrived) {
+  const ClientOp member_op = cmd.op == ClientOp::kReadExtent ? ClientOp::kRead : ClientOp::kWrite;
+  // The decoder holds count to 1..kMaxExtentSectors; the run must lie inside the device.
+  if (cmd.sector >= config_.sectors || config_.sectors - cmd.sector < cmd.count) {
+    ++counters_.invalid_sector;
+    if (metrics_) metrics_->ClientRequest(member_op, NodeMetrics::Outcome::kInvalidSector, arrived);
+    Respond(channel,
+            ClientResponse{ResponseStatus::kInvalidSectorIndex, cmd.request_id, cmd.op, {}, {}});
+    return;
+  }
+  const std::uint64_t id = next_extent_++;
+  ExtentOp& e = extents_[id];
+  e.channel = channel.WeakChannel();
+  e.request_id = cmd.request_id;
+  e.op = cmd.op;
+  e.remaining = cmd.count;
+  e.outcomes.assign(cmd.count, ExtentOutcome::kNotDone);
+  if (cmd.op == ClientOp::kReadExtent) e.sectors.resize(cmd.count);
+  const SectorPtr zeros = cmd.op == ClientOp::kWriteZeros ? ZeroSector() : nullptr;
+  for (std::uint32_t i = 0; i < cmd.count; ++i) {
+    const SectorIdx sector = cmd.sector + i;
+    Register* reg = GetRegister(sector);
+    if (!reg) {
+      // Unreadable here, as for a lone command; but the extent still answers, with this
+      // sector known not written by it, so the client retries just this one elsewhere.
+      if (metrics_) metrics_->ClientRequest(member_op, NodeMetrics::Outcome::kUnreadable, arrived);
+      FinishExtentMember(id, i, ExtentOutcome::kNotDone, nullptr);
+      continue;
+    }
+    const std::uint64_t token = next_token_++;
+    client_ops_.emplace(
+        token, ClientOpRef{channel.WeakChannel(), cmd.request_id, member_op, arrived, id, i});
+    // Every member counts against the connection's in-flight cap (docs/PROTOCOL.md,
+    // "Extents"), so a client's extents hold at most as much as its lone commands could.
+    channel.OpStarted();
+    SectorPtr data;
+    if (cmd.op == ClientOp::kWriteExtent) {
+      data = std::move(cmd.sectors[i]);
+      if (!data) data = ZeroSector();
+    } else if (cmd.op == ClientOp::kWriteZeros) {
+      data = zeros;
+    }
+    StartClientOp(*reg, token, member_op, std::move(data));
+  }
+}
+
+void NodeCore::FinishExtentMember(std::uint64_t id, std::uint32_t index, ExtentOutcome outcome,
+                                  SectorPtr data) {
+  auto it = extents_.find(id);
+  ATOMDISK_CHECK(it != extents_.end());
+  ExtentOp& e = it->second;
+  ATOMDISK_CHECK(index < e.outcomes.size() && e.remaining > 0);
+  e.outcomes[index] = outcome;
+  if (e.op == ClientOp::kReadExtent && outcome == ExtentOutcome::kDone) {
+    e.sectors[index] = std::move(data);
+  }
+  if (CORE_BUG(extent_early_answer) && !e.answered && e.op != ClientOp::kReadExtent &&
+      outcome == ExtentOutcome::kDone && e.remaining > 1) {
+    e.answered = true;
+    if (auto channel = e.channel.lock(); channel && !channel->channel_closed()) {
+      ClientResponse resp{ResponseStatus::kOk, e.request_id, e.op, {}, {}};
+      resp.outcomes.assign(e.outcomes.size(), ExtentOutcome::kDone);
+      Respond(*channel, resp);
+    }
+  }
+  if (--e.remaining > 0) return;
+  ExtentOp done = std::move(e);
+  extents_.erase(it);
+  if (done.answered) return;
+  auto channel = done.channel.lock();
+  if (!channel || channel->channel_closed()) return;  // the members still completed
+  ClientResponse resp{ResponseStatus::kOk, done.request_id, done.op, {}, {}};
+  resp.outcomes = std::move(done.outcomes);
+  resp.sectors = std::move(done.sectors);
+  Respond(*channel, resp);
 }
 
 bool NodeCore::WantsValue(const SystemMessage& msg) {
@@ -365,9 +451,12 @@ void NodeCore::Complete(std::uint64_t token, SectorPtr data) {
     metrics_->ClientRequest(
         ref.op, gone ? NodeMetrics::Outcome::kClientGone : NodeMetrics::Outcome::kOk, ref.started);
   }
-  if (!channel) return;  // the client went away; the operation still completed
-  channel->OpFinished();
-  if (channel->channel_closed()) return;
+  if (channel) channel->OpFinished();
+  if (ref.extent != 0) {
+    FinishExtentMember(ref.extent, ref.index, ExtentOutcome::kDone, std::move(data));
+    return;
+  }
+  if (!channel || channel->channel_closed()) return;  // the operation still completed
   Respond(*channel,
           ClientResponse{ResponseStatus::kOk, ref.request_id, ref.op, std::move(data), {}});
 }
@@ -383,6 +472,8 @@ void NodeCore::Refuse(std::uint64_t token, const std::string& why) {
   // with the outcome unknown, and every other node refuses it too. Never an Ack for a value
   // that was not stored.
   if (auto channel = ref.channel.lock()) channel->OpFinished();
+  // In an extent the refusal is an answer: this sector is known not written.
+  if (ref.extent != 0) FinishExtentMember(ref.extent, ref.index, ExtentOutcome::kNotDone, nullptr);
 }
 
 Uuid NodeCore::NewOpId() {
@@ -532,6 +623,9 @@ std::string NodeCore::InfoJson() {
   j["revision"] = options_.revision;
   j["sectors"] = config_.sectors;
   j["nodes"] = config_.nodes.size();
+  // The client protocol extensions this node takes (docs/PROTOCOL.md): a client sends extent
+  // commands only to a node that lists "extents" here.
+  j["features"] = nlohmann::json::array({kExtentsFeature});
   j["uptime_s"] = (now - started_ms_) / 1000;
   j["active_registers"] = registers_.size();
   j["ops_in_flight"] = client_ops_.size();

@@ -121,6 +121,8 @@ struct NodeCoreBugs {
   bool absorb_unguarded = false;
   // An absorb's own successful store write is not reported to the sector's register.
   bool absorb_durable_unreported = false;
+  // A write extent is answered, every sector done, as soon as its first member finishes.
+  bool extent_early_answer = false;
 };
 
 struct NodeCoreOptions {
@@ -224,8 +226,21 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   struct ClientOpRef {
     std::weak_ptr<ClientChannel> channel;
     std::uint64_t request_id;
-    ClientOp op;
+    ClientOp op;  // kRead or kWrite: one sector's operation (an extent's member too)
     NodeMetrics::Clock::time_point started;  // for the latency metric (with metrics only)
+    std::uint64_t extent = 0;  // the ExtentOp this sector belongs to; 0 for a lone command
+    std::uint32_t index = 0;   // its place in that extent
+  };
+  // An extent command (docs/PROTOCOL.md, "Extents"): one client operation per sector, each on
+  // its own register, answered as one response once every member has finished.
+  struct ExtentOp {
+    std::weak_ptr<ClientChannel> channel;
+    std::uint64_t request_id;
+    ClientOp op;  // kReadExtent, kWriteExtent or kWriteZeros
+    std::uint32_t remaining = 0;
+    bool answered = false;  // only with the extent_early_answer bug, before the last member
+    std::vector<ExtentOutcome> outcomes;
+    std::vector<SectorPtr> sectors;  // kReadExtent: the data read
   };
   struct RegisterSlot {
     std::unique_ptr<Register> reg;
@@ -233,6 +248,15 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   };
 
   void Respond(ClientChannel& channel, const ClientResponse& resp);
+  // An extent command, past the MAC and the decoder: one member operation per sector.
+  void StartExtent(ClientChannel& channel, ClientCommand cmd,
+                   NodeMetrics::Clock::time_point arrived);
+  // A member of extent `id` finished: kDone with its data (reads), or kNotDone. Answers the
+  // extent once it was the last.
+  void FinishExtentMember(std::uint64_t id, std::uint32_t index, ExtentOutcome outcome,
+                          SectorPtr data);
+  // A sector's client operation starts on `reg` (a lone command or an extent's member).
+  void StartClientOp(Register& reg, std::uint64_t token, ClientOp op, SectorPtr data);
   // The register of `sector`, built from the store if needed; null if the stored sector is
   // unreadable (corrupt or I/O error: this node then stays silent for that sector).
   Register* GetRegister(SectorIdx sector);
@@ -270,6 +294,8 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   std::unordered_map<SectorIdx, RegisterSlot> registers_;
   std::vector<SectorIdx> idle_scratch_;
   std::unordered_map<std::uint64_t, ClientOpRef> client_ops_;
+  std::unordered_map<std::uint64_t, ExtentOp> extents_;
+  std::uint64_t next_extent_ = 1;
   // Sectors with resync values written straight to the store (their copy was unreadable, so
   // they have no register), by count, until durable.
   std::unordered_map<SectorIdx, int> direct_absorbs_;

@@ -13,7 +13,10 @@ double SecondsSince(NodeMetrics::Clock::time_point start) {
   return std::chrono::duration<double>(NodeMetrics::Clock::now() - start).count();
 }
 
-int OpIndex(ClientOp op) { return op == ClientOp::kWrite ? 1 : 0; }
+int OpIndex(ClientOp op) {
+  return op == ClientOp::kWrite || op == ClientOp::kWriteExtent || op == ClientOp::kWriteZeros ? 1
+                                                                                               : 0;
+}
 
 }  // namespace
 

@@ -76,6 +76,7 @@ bool Connection::Send(SharedFrame frame) {
     ++frames_dropped_;
     return false;
   }
+  queued_bytes_ += frame->size();
   queue_.push_back(std::move(frame));
   if (queue_.size() == 1) {
     write_progress_ = std::chrono::steady_clock::now();
@@ -103,6 +104,7 @@ void Connection::Close(const std::string& reason) {
   read_signal_.cancel();
   watchdog_.cancel();
   queue_.clear();
+  queued_bytes_ = 0;
   if (on_close_) {
     auto fn = std::move(on_close_);
     on_close_ = nullptr;
@@ -112,15 +114,18 @@ void Connection::Close(const std::string& reason) {
 
 awaitable<void> Connection::Reader() {
   auto self = shared_from_this();
-  // Big enough for many pipelined frames; compacted when the tail cannot hold a full frame.
-  std::vector<std::uint8_t> buf(256 * 1024);
+  // Big enough for many pipelined frames or one of the largest with room to read on;
+  // compacted when the tail cannot hold a full frame.
+  const std::size_t max_frame =
+      kFrameLengthSize + static_cast<std::size_t>(options_.max_frame_body);
+  std::vector<std::uint8_t> buf(max_frame + 256 * 1024);
   std::size_t begin = 0, end = 0;
-  constexpr std::size_t kMaxFrame = kFrameLengthSize + kMaxFrameBody;
   while (!closed_) {
     bool parsed_any = false;
     while (end - begin >= kFrameLengthSize && !closed_ && !Saturated()) {
       auto length = DecodeFrameLength(
-          std::span<const std::uint8_t, kFrameLengthSize>(buf.data() + begin, kFrameLengthSize));
+          std::span<const std::uint8_t, kFrameLengthSize>(buf.data() + begin, kFrameLengthSize),
+          options_.max_frame_body);
       if (!length.ok()) {
         Close(length.status().message());
         co_return;
@@ -134,7 +139,7 @@ awaitable<void> Connection::Reader() {
     if (closed_) co_return;
     if (begin == end) {
       begin = end = 0;
-    } else if (buf.size() - end < kMaxFrame) {
+    } else if (buf.size() - end < max_frame) {
       std::memmove(buf.data(), buf.data() + begin, end - begin);
       end -= begin;
       begin = 0;
@@ -192,6 +197,7 @@ awaitable<void> Connection::Writer() {
       Close(ec ? ec.message() : "");
       co_return;
     }
+    for (std::size_t i = 0; i < n; ++i) queued_bytes_ -= queue_[i]->size();
     queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
     write_progress_ = std::chrono::steady_clock::now();
     if (!Saturated()) read_signal_.cancel();

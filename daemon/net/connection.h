@@ -38,6 +38,12 @@ class Connection final : public ClientChannel, public std::enable_shared_from_th
   struct Options {
     std::size_t max_queued_frames = 8192;  // Send() drops beyond this
     std::size_t max_inflight = 1024;       // reading pauses at this many open ops + queued frames
+    // Reading pauses too while this many bytes of frames are queued (extent read responses
+    // are up to 1 MiB each, so counting frames alone would not bound the memory).
+    std::size_t max_queued_bytes = 16u << 20;
+    // The largest frame body this connection accepts: kMaxFrameBody where client commands
+    // (extents) may arrive, kMaxPeerFrameBody on our own outgoing peer links.
+    std::uint64_t max_frame_body = kMaxFrameBody;
     std::chrono::seconds frame_deadline{30};  // a started frame must complete within this
     // Closed when nothing arrives for this long (peer links; zero: never). See
     // SetSilenceTimeout.
@@ -80,7 +86,10 @@ class Connection final : public ClientChannel, public std::enable_shared_from_th
   void OpFinished() override;
   // Reading pauses while open operations plus queued frames reach max_inflight, so that a
   // client that does not read its responses stalls itself instead of growing the queue.
-  bool Saturated() const { return inflight_ + queue_.size() >= options_.max_inflight; }
+  bool Saturated() const {
+    return inflight_ + queue_.size() >= options_.max_inflight ||
+           queued_bytes_ >= options_.max_queued_bytes;
+  }
 
   // Called once when the connection closes (for a peer link to reconnect).
   void SetOnClose(std::function<void()> fn) { on_close_ = std::move(fn); }
@@ -107,6 +116,7 @@ class Connection final : public ClientChannel, public std::enable_shared_from_th
   boost::asio::steady_timer read_signal_;
   boost::asio::steady_timer watchdog_;
   std::deque<SharedFrame> queue_;
+  std::size_t queued_bytes_ = 0;  // of the frames in queue_
   std::size_t inflight_ = 0;
   bool closed_ = false;
   bool in_frame_ = false;  // a frame's first bytes arrived, the rest not yet

@@ -114,6 +114,7 @@ asio::awaitable<void> PeerLink::Run() {
       backoff = kInitialBackoff;
       Connection::Options options;
       options.max_queued_frames = 4096;
+      options.max_frame_body = kMaxPeerFrameBody;  // peers answer with node messages only
       options.silence_timeout = SilenceTimeout();
       options.log_close = false;  // liveness_ logs the loss, rate-limited
       conn_ = std::make_shared<Connection>(std::move(socket), sink_,

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <future>
 #include <mutex>
 #include <thread>
@@ -403,6 +404,103 @@ TEST(ClientTest, FormatDuration) {
   EXPECT_EQ(FormatDuration(milliseconds(5000)), "5 s");
   EXPECT_EQ(FormatDuration(milliseconds(1500)), "1.5 s");
   EXPECT_EQ(FormatDuration(milliseconds(300)), "300 ms");
+}
+
+// --- Extents (docs/PROTOCOL.md, "Extents") ---------------------------------------------------
+
+OpResult Await(const std::function<void(Client::OpCallback)>& start) {
+  auto p = std::make_shared<std::promise<OpResult>>();
+  auto f = p->get_future();
+  start([p](OpResult r) { p->set_value(std::move(r)); });
+  return f.get();
+}
+
+std::vector<SectorPtr> Sectors(std::uint32_t count, std::uint8_t base) {
+  std::vector<SectorPtr> v;
+  for (std::uint32_t i = 0; i < count; ++i)
+    v.push_back(Filled(static_cast<std::uint8_t>(base + i)));
+  return v;
+}
+
+// A node that lists "extents": one command per extent, and the sectors it reports not done
+// are written or read again one by one.
+TEST(ClientTest, ExtentsGoAsOneCommandAndNotDoneSectorsAreRetriedAlone) {
+  FakeNode node(Key(), kSectors);
+  FakeNode::Behaviour b;
+  b.extents = true;
+  b.not_done_every = 5;
+  node.SetBehaviour(b);
+  auto client = Client::Create(Options({node.port()}));
+  OpResult w = Await([&](Client::OpCallback cb) {
+    client->WriteExtentWith(100, Sectors(kMaxExtentSectors, 3), OpOptions{}, std::move(cb));
+  });
+  ASSERT_TRUE(w.status.ok()) << w.status.ToString();
+  EXPECT_EQ(node.extent_requests(), 1u);
+  for (std::uint32_t i = 0; i < kMaxExtentSectors; ++i) {
+    ASSERT_NE(node.Get(100 + i), nullptr) << i;
+    EXPECT_EQ(*node.Get(100 + i), *Filled(static_cast<std::uint8_t>(3 + i))) << i;
+  }
+  OpResult r = Await([&](Client::OpCallback cb) {
+    client->ReadExtentWith(100, kMaxExtentSectors, OpOptions{}, std::move(cb));
+  });
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  ASSERT_EQ(r.sectors.size(), kMaxExtentSectors);
+  for (std::uint32_t i = 0; i < kMaxExtentSectors; ++i) {
+    ASSERT_NE(r.sectors[i], nullptr) << i;
+    EXPECT_EQ(*r.sectors[i], *Filled(static_cast<std::uint8_t>(3 + i))) << i;
+  }
+  OpResult z = Await(
+      [&](Client::OpCallback cb) { client->WriteZerosWith(110, 20, OpOptions{}, std::move(cb)); });
+  ASSERT_TRUE(z.status.ok()) << z.status.ToString();
+  EXPECT_EQ(node.extent_requests(), 3u);
+  EXPECT_EQ(*node.Get(115), *ZeroSector());
+  EXPECT_EQ(*node.Get(130), *Filled(static_cast<std::uint8_t>(3 + 30)));
+}
+
+// Nodes without the feature: an older atomdisk (Info without "extents") and an atdd node
+// (closes the connection on Info). Extents then run as single-sector commands, correctly.
+TEST(ClientTest, ExtentsFallBackToSingleSectorsOnNodesWithout) {
+  for (bool atdd : {false, true}) {
+    SCOPED_TRACE(atdd ? "atdd node" : "older atomdisk node");
+    FakeNode node(Key(), kSectors);
+    FakeNode::Behaviour b;
+    b.atdd = atdd;
+    node.SetBehaviour(b);
+    auto client = Client::Create(Options({node.port()}));
+    OpResult w = Await([&](Client::OpCallback cb) {
+      client->WriteExtentWith(10, Sectors(40, 9), OpOptions{}, std::move(cb));
+    });
+    ASSERT_TRUE(w.status.ok()) << w.status.ToString();
+    OpResult r = Await(
+        [&](Client::OpCallback cb) { client->ReadExtentWith(10, 40, OpOptions{}, std::move(cb)); });
+    ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+    ASSERT_EQ(r.sectors.size(), 40u);
+    for (std::uint32_t i = 0; i < 40; ++i) {
+      EXPECT_EQ(*r.sectors[i], *Filled(static_cast<std::uint8_t>(9 + i))) << i;
+    }
+    EXPECT_EQ(node.extent_requests(), 0u);
+    // The client asked once (one probe), not at every extent: an atdd node dropped one
+    // connection at most.
+    EXPECT_LE(node.connections(), 2u);
+  }
+}
+
+TEST(ClientTest, BadExtentsAreInvalidArgument) {
+  FakeNode node(Key(), kSectors);
+  auto client = Client::Create(Options({node.port()}));
+  for (auto [first, count] : {std::pair<SectorIdx, std::uint32_t>{0, 0},
+                              {0, kMaxExtentSectors + 1},
+                              {kSectors - 2, 3},
+                              {kSectors, 1}}) {
+    OpResult r = Await([&](Client::OpCallback cb) {
+      client->ReadExtentWith(first, count, OpOptions{}, std::move(cb));
+    });
+    EXPECT_EQ(r.status.code(), StatusCode::kInvalidArgument) << first << "+" << count;
+    EXPECT_FALSE(r.maybe_applied);
+  }
+  OpResult w = Await(
+      [&](Client::OpCallback cb) { client->WriteExtentWith(0, {}, OpOptions{}, std::move(cb)); });
+  EXPECT_EQ(w.status.code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace

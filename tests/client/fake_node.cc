@@ -175,6 +175,12 @@ void FakeNode::Serve(int fd) {
       break;
     }
     received += batch.size();
+    bool close_now = false;
+    for (const ClientCommand& c : batch) {
+      if (b.atdd && c.op != ClientOp::kRead && c.op != ClientOp::kWrite) close_now = true;
+      if (IsExtentOp(c.op) && !b.extents) close_now = true;  // unknown op here
+    }
+    if (close_now) break;
     if (b.silent) continue;
     if (b.delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(b.delay_ms));
     std::vector<std::uint8_t> out;
@@ -189,9 +195,25 @@ void FakeNode::Serve(int fd) {
       if (!tag_ok[i]) {
         r.status = ResponseStatus::kAuthFailure;
       } else if (c.op == ClientOp::kInfo) {
-        r.info = "{\"rank\":" + std::to_string(rank_) + ",\"version\":\"fake\"}";
-      } else if (c.sector >= sectors_) {
+        r.info = "{\"rank\":" + std::to_string(rank_) + ",\"version\":\"fake\"" +
+                 (b.extents ? ",\"features\":[\"extents\"]" : "") + "}";
+      } else if (c.sector >= sectors_ || (IsExtentOp(c.op) && sectors_ - c.sector < c.count)) {
         r.status = ResponseStatus::kInvalidSectorIndex;
+      } else if (IsExtentOp(c.op)) {
+        ++extent_requests_;
+        std::lock_guard<std::mutex> lock(mu_);
+        for (std::uint32_t k = 0; k < c.count; ++k) {
+          const bool skip = b.not_done_every > 0 && k % b.not_done_every == 0;
+          r.outcomes.push_back(skip ? ExtentOutcome::kNotDone : ExtentOutcome::kDone);
+          const SectorIdx s = c.sector + k;
+          if (c.op == ClientOp::kReadExtent) {
+            auto it = data_.find(s);
+            r.sectors.push_back(skip ? nullptr : it == data_.end() ? ZeroSector() : it->second);
+          } else if (!skip) {
+            data_[s] = c.op == ClientOp::kWriteExtent ? c.sectors[k] : ZeroSector();
+            writes_[s]++;
+          }
+        }
       } else {
         std::lock_guard<std::mutex> lock(mu_);
         if (c.op == ClientOp::kWrite) {

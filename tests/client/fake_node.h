@@ -30,7 +30,16 @@ class FakeNode {
     bool wrong_kind = false;       // answer a read as if it were a write
     int delay_ms = 0;              // wait this long before answering each batch
     int drop_after = 0;            // close the connection on receiving request N (>0)
+    // Play an atdd course node: close the connection on any op but read and write (as it
+    // does on an unknown op), Info included.
+    bool atdd = false;
+    // Take extent commands (Info lists "extents"); `not_done_every` > 0 reports every Nth
+    // sector of each extent not done (as a node whose copy is unreadable), unapplied.
+    bool extents = false;
+    int not_done_every = 0;
   };
+  // Extent commands received (a node without the feature closes the connection instead).
+  std::uint64_t extent_requests() const { return extent_requests_.load(); }
 
   FakeNode(std::vector<std::uint8_t> key, std::uint64_t sectors, Rank rank = 1);
   ~FakeNode();
@@ -73,7 +82,8 @@ class FakeNode {
   int wake_pipe_[2] = {-1, -1};
   std::thread accept_thread_;
 
-  std::atomic<std::uint64_t> requests_{0}, connections_{0}, max_batch_{0}, max_outstanding_{0};
+  std::atomic<std::uint64_t> requests_{0}, connections_{0}, max_batch_{0}, max_outstanding_{0},
+      extent_requests_{0};
 };
 
 }  // namespace atomdisk::client

@@ -377,7 +377,9 @@ TEST(SyncWireLayout, LargestPayloadsFitAFrame) {
   EXPECT_EQ(EncodePayload(FetchReply(kMaxFetchSectors, 0)).size(), kMaxFetchReplySize);
   EXPECT_EQ(EncodePayload(EntriesReply(0, kMaxEntrySectors, 1)).size(), kMaxEntriesReplySize);
   EXPECT_EQ(kMaxSyncPayloadSize, kMaxEntriesReplySize);
-  EXPECT_EQ(kMaxFrameBody, kMaxSyncPayloadSize + kMacSize);
+  // Peer links take exactly the largest sync message; client connections more (extents).
+  EXPECT_EQ(kMaxPeerFrameBody, kMaxSyncPayloadSize + kMacSize);
+  EXPECT_GT(kMaxFrameBody, kMaxPeerFrameBody);
   for (const auto& s : AllSamples()) {
     EXPECT_LE(EncodePayload(s.msg).size(), kMaxSyncPayloadSize) << s.name;
   }
@@ -477,10 +479,12 @@ TEST(SyncWireFrame, LargestFrameIsAcceptedByNodesNotClients) {
   Hmac mac(SystemKey());
   Frame f = EncodeFrame(EntriesReply(0, kMaxEntrySectors, 1), mac);
   std::span<const std::uint8_t, kFrameLengthSize> prefix(f.data(), kFrameLengthSize);
-  auto l = DecodeFrameLength(prefix);
+  auto l = DecodeFrameLength(prefix, kMaxPeerFrameBody);
   ASSERT_TRUE(l.ok());
-  EXPECT_EQ(l.value(), kMaxFrameBody);
-  EXPECT_FALSE(DecodeResponseFrameLength(prefix).ok());
+  EXPECT_EQ(l.value(), kMaxPeerFrameBody);
+  // A client takes at most a response; the largest sync frame is smaller than an extent
+  // read's response, so only a frame above that is refused there.
+  EXPECT_TRUE(DecodeResponseFrameLength(prefix).ok());
 }
 
 // --- Tag digest -----------------------------------------------------------------------------

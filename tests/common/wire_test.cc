@@ -82,10 +82,10 @@ std::uint64_t FrameLength(const Frame& f) {
   return l.ok() ? l.value() : 0;
 }
 
-Result<std::uint64_t> DecodeLength(std::uint64_t l) {
+Result<std::uint64_t> DecodeLength(std::uint64_t l, std::uint64_t max_body = kMaxFrameBody) {
   std::array<std::uint8_t, 8> prefix{};
   for (std::size_t i = 0; i < 8; ++i) prefix[i] = static_cast<std::uint8_t>(l >> (56 - 8 * i));
-  return DecodeFrameLength(prefix);
+  return DecodeFrameLength(prefix, max_body);
 }
 
 std::span<const std::uint8_t> BodyOf(const Frame& f) {
@@ -326,7 +326,6 @@ TEST(WireLayout, ValueAndWriteProc) {
     Hmac mac(SystemKey());
     Frame f = EncodeFrame(m, mac);
     EXPECT_EQ(FrameLength(f), kMaxPayloadSize + kMacSize);
-    EXPECT_EQ(FrameLength(f), kMaxResponseFrameBody);
   }
   EXPECT_EQ(BigEndian32(EncodePayload(SystemMsg(SystemContent::kValue)), 37), 1u);
   EXPECT_EQ(BigEndian32(EncodePayload(SystemMsg(SystemContent::kWriteProc)), 37), 2u);
@@ -526,10 +525,15 @@ TEST(WireFrameLength, Bounds) {
   // response is at least 16 bytes.
   EXPECT_EQ(kMinFrameBody, 46u);
   EXPECT_EQ(kMinResponseFrameBody, 48u);
-  // Nodes accept the largest sync message (an EntriesReply of 4096 entries, sync_wire.h);
-  // clients accept only what a response can be (at most an atdd-sized payload).
-  EXPECT_EQ(kMaxFrameBody, 69662u + 32u);
-  EXPECT_EQ(kMaxResponseFrameBody, 4146u + 32u);
+  // Client connections accept the largest extent command (a write of 256 sectors: a 28-byte
+  // header and 1 MiB); peer links the largest sync message (an EntriesReply of 4096
+  // entries, sync_wire.h); clients what a response can be (an extent read of 256 sectors:
+  // a 20-byte header, 256 outcomes, 1 MiB).
+  EXPECT_EQ(kMaxFrameBody, 28u + 256u * 4096u + 32u);
+  EXPECT_EQ(kMaxPeerFrameBody, 69662u + 32u);
+  EXPECT_EQ(kMaxResponseFrameBody, 20u + 256u + 256u * 4096u + 32u);
+  EXPECT_FALSE(DecodeLength(kMaxPeerFrameBody + 1, kMaxPeerFrameBody).ok());
+  EXPECT_TRUE(DecodeLength(kMaxPeerFrameBody + 1).ok());
 
   auto min = DecodeLength(kMinFrameBody);
   ASSERT_TRUE(min.ok());
@@ -566,15 +570,133 @@ TEST(WireFrameLength, ResponseBounds) {
     ASSERT_TRUE(r.ok()) << good;
     EXPECT_EQ(r.value(), good);
   }
-  // A sync-sized frame is fine for a node but refused by a client before it allocates.
-  for (std::uint64_t bad :
-       {std::uint64_t{0}, kMinFrameBody, kMinResponseFrameBody - 1, kMaxResponseFrameBody + 1,
-        kMaxFrameBody, kMaxFrameBody + 1, std::numeric_limits<std::uint64_t>::max()}) {
+  // Anything above the largest response is refused by a client before it allocates.
+  for (std::uint64_t bad : {std::uint64_t{0}, kMinFrameBody, kMinResponseFrameBody - 1,
+                            kMaxResponseFrameBody + 1, std::numeric_limits<std::uint64_t>::max()}) {
     auto r = decode(bad);
     ASSERT_FALSE(r.ok()) << bad;
     EXPECT_EQ(r.status().code(), StatusCode::kCorruption);
   }
-  EXPECT_TRUE(DecodeLength(kMaxResponseFrameBody + 1).ok());
+  EXPECT_FALSE(DecodeLength(kMaxResponseFrameBody + 1).ok());
+}
+
+// --- Extents (docs/PROTOCOL.md, "Extents") --------------------------------------------------
+
+ClientCommand ExtentCommand(ClientOp op, std::uint32_t count) {
+  ClientCommand c;
+  c.request_id = 0x0102030405060708ULL;
+  c.sector = 1000;
+  c.op = op;
+  c.count = count;
+  if (op == ClientOp::kWriteExtent) {
+    for (std::uint32_t i = 0; i < count; ++i) {
+      auto d = std::make_shared<SectorData>();
+      d->fill(static_cast<std::uint8_t>(i + 1));
+      c.sectors.push_back(d);
+    }
+  }
+  return c;
+}
+
+TEST(WireExtents, CommandLayoutAndRoundTrip) {
+  for (ClientOp op : {ClientOp::kReadExtent, ClientOp::kWriteExtent, ClientOp::kWriteZeros}) {
+    for (std::uint32_t count : {1u, 3u, kMaxExtentSectors}) {
+      SCOPED_TRACE(std::to_string(static_cast<int>(op)) + " x" + std::to_string(count));
+      ClientCommand c = ExtentCommand(op, count);
+      Bytes p = EncodePayload(c);
+      const std::size_t data = op == ClientOp::kWriteExtent ? count * kSectorSize : 0;
+      ASSERT_EQ(p.size(), kExtentCommandHeaderSize + data);
+      EXPECT_EQ(BigEndian32(p, 0), 0u);  // RegisterCommand::Client, as every atdd command
+      EXPECT_EQ(BigEndian64(p, 4), c.request_id);
+      EXPECT_EQ(BigEndian64(p, 12), 1000u);
+      EXPECT_EQ(BigEndian32(p, 20), static_cast<std::uint32_t>(op));
+      EXPECT_EQ(BigEndian32(p, 24), count);
+      auto d = DecodeClientCommand(p);
+      ASSERT_TRUE(d.ok()) << d.status().ToString();
+      EXPECT_EQ(d->op, op);
+      EXPECT_EQ(d->count, count);
+      ASSERT_EQ(d->sectors.size(), op == ClientOp::kWriteExtent ? count : 0u);
+      for (std::uint32_t i = 0; i < d->sectors.size(); ++i) {
+        EXPECT_EQ(d->sectors[i]->at(0), static_cast<std::uint8_t>(i + 1));
+      }
+    }
+  }
+  // The largest command fills a client connection's frame exactly.
+  Hmac mac(ClientKey());
+  Frame f = EncodeFrame(ExtentCommand(ClientOp::kWriteExtent, kMaxExtentSectors), mac);
+  EXPECT_EQ(FrameLength(f), kMaxFrameBody);
+}
+
+TEST(WireExtents, BadCountsAndSizesAreRejected) {
+  for (std::uint32_t count : {0u, kMaxExtentSectors + 1, 0xFFFFFFFFu}) {
+    SCOPED_TRACE(count);
+    Bytes p = EncodePayload(ExtentCommand(ClientOp::kReadExtent, 1));
+    PutBigEndian32(p, 24, count);
+    auto d = DecodeClientCommand(p);
+    ASSERT_FALSE(d.ok());
+    EXPECT_EQ(d.status().code(), StatusCode::kCorruption);
+  }
+  // A write extent whose data is one sector short or long, a read extent with data, and a
+  // command cut inside its count.
+  Bytes w = EncodePayload(ExtentCommand(ClientOp::kWriteExtent, 3));
+  Bytes shorter(w.begin(), w.end() - kSectorSize);
+  EXPECT_FALSE(DecodeClientCommand(shorter).ok());
+  Bytes longer = w;
+  longer.insert(longer.end(), kSectorSize, 0);
+  EXPECT_FALSE(DecodeClientCommand(longer).ok());
+  Bytes r = EncodePayload(ExtentCommand(ClientOp::kReadExtent, 3));
+  r.insert(r.end(), kSectorSize, 0);
+  EXPECT_FALSE(DecodeClientCommand(r).ok());
+  for (std::size_t cut = 24; cut < kExtentCommandHeaderSize; ++cut) {
+    EXPECT_FALSE(DecodeClientCommand(std::span<const std::uint8_t>(w).first(cut)).ok()) << cut;
+  }
+}
+
+TEST(WireExtents, ResponseRoundTripCarriesDataOnlyForDoneSectors) {
+  ClientResponse resp{ResponseStatus::kOk, 77, ClientOp::kReadExtent, {}, {}};
+  resp.outcomes = {ExtentOutcome::kDone, ExtentOutcome::kNotDone, ExtentOutcome::kDone};
+  for (int i = 0; i < 3; ++i) {
+    auto d = std::make_shared<SectorData>();
+    d->fill(static_cast<std::uint8_t>(0xA0 + i));
+    resp.sectors.push_back(i == 1 ? nullptr : d);
+  }
+  Bytes p = EncodePayload(resp);
+  EXPECT_EQ(p.size(), kExtentResponseHeaderSize + 3 + 2 * kSectorSize);
+  auto d = DecodeClientResponse(p);
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  ASSERT_EQ(d->outcomes, resp.outcomes);
+  ASSERT_EQ(d->sectors.size(), 3u);
+  EXPECT_EQ(d->sectors[0]->at(0), 0xA0);
+  EXPECT_EQ(d->sectors[1], nullptr);
+  EXPECT_EQ(d->sectors[2]->at(0), 0xA2);
+  // A write extent's response: outcomes only.
+  ClientResponse w{ResponseStatus::kOk, 78, ClientOp::kWriteZeros, {}, {}};
+  w.outcomes.assign(kMaxExtentSectors, ExtentOutcome::kDone);
+  auto dw = DecodeClientResponse(EncodePayload(w));
+  ASSERT_TRUE(dw.ok());
+  EXPECT_EQ(dw->outcomes.size(), kMaxExtentSectors);
+  // The largest response is what a client accepts, exactly.
+  ClientResponse big{ResponseStatus::kOk, 79, ClientOp::kReadExtent, {}, {}};
+  big.outcomes.assign(kMaxExtentSectors, ExtentOutcome::kDone);
+  big.sectors.assign(kMaxExtentSectors, ZeroSector());
+  Hmac mac(ClientKey());
+  Frame bf = EncodeFrame(big, mac);
+  EXPECT_EQ(bf.size() - kFrameLengthSize, kMaxResponseFrameBody);
+  auto bl = DecodeResponseFrameLength(
+      std::span<const std::uint8_t, kFrameLengthSize>(bf.data(), kFrameLengthSize));
+  ASSERT_TRUE(bl.ok()) << bl.status().ToString();
+  // An unknown outcome, outcomes with an error status, and none with kOk are malformed.
+  Bytes bad = EncodePayload(w);
+  bad[kExtentResponseHeaderSize] = 2;
+  EXPECT_FALSE(DecodeClientResponse(bad).ok());
+  ClientResponse invalid{ResponseStatus::kInvalidSectorIndex, 80, ClientOp::kReadExtent, {}, {}};
+  Bytes inv = EncodePayload(invalid);
+  EXPECT_TRUE(DecodeClientResponse(inv).ok());
+  PutBigEndian32(inv, kExtentResponseHeaderSize - 4, 1);
+  inv.push_back(0);
+  EXPECT_FALSE(DecodeClientResponse(inv).ok());
+  ClientResponse none{ResponseStatus::kOk, 81, ClientOp::kWriteExtent, {}, {}};
+  EXPECT_FALSE(DecodeClientResponse(EncodePayload(none)).ok());
 }
 
 // --- Malformed payloads ---------------------------------------------------------------------
@@ -667,8 +789,8 @@ TEST(WireMalformed, UnknownCommandVariant) {
 
 TEST(WireMalformed, UnknownClientOp) {
   for (const auto& c : {ReadCommand(), WriteCommand()}) {
-    // (2 and 3 are atomdisk's kInfo and kScrub extensions, known ops.)
-    for (std::uint32_t op : {4u, 5u, 0x80000000u, 0xFFFFFFFFu}) {
+    // (2 and 3 are atomdisk's kInfo and kScrub extensions, 4..6 its extents: known ops.)
+    for (std::uint32_t op : {7u, 8u, 0x80000000u, 0xFFFFFFFFu}) {
       SCOPED_TRACE(op);
       Bytes p = EncodePayload(c);
       PutBigEndian32(p, 20, op);

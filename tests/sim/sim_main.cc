@@ -112,6 +112,9 @@ int main(int argc, char** argv) {
                "skip the per-step state checks (Ack after durable, tag reuse, durable tag "
                "decreasing, a non-voter answering, a rejoined node behind) to show that "
                "linearizability, liveness and convergence alone catch a bug");
+  app.add_option("--extents", options.extent_permille,
+                 "permille of client operations sent as extent commands (0: none)")
+      ->check(CLI::Range(0, 1000));
   app.add_option("--max-lincheck-states", options.max_lincheck_states,
                  "linearizability checker's search bound per sector");
   app.add_flag("--trace", trace, "print every event of every run");

@@ -52,6 +52,8 @@ const char* SimBugName(SimBug bug) {
       return "genesis-trusted";
     case SimBug::kStaleSelfAtVote:
       return "stale-self-at-vote";
+    case SimBug::kExtentEarlyAnswer:
+      return "extent-early-answer";
   }
   return "?";
 }
@@ -66,6 +68,7 @@ const char* SimBugLayer(SimBug bug) {
     case SimBug::kServeBeforeIdentity:
     case SimBug::kAbsorbUnguarded:
     case SimBug::kAbsorbDurableUnreported:
+    case SimBug::kExtentEarlyAnswer:
       return "node";
     case SimBug::kJoinerVotes:
     case SimBug::kLeaseForgotten:
@@ -106,6 +109,9 @@ const char* SimBugWhat(SimBug bug) {
     case SimBug::kGenesisTrusted:
       return "a replaced disk is bootstrapped as a founding member (an operator's mistake) and "
              "that claim is trusted over the peers that list it as a voter";
+    case SimBug::kExtentEarlyAnswer:
+      return "an extent command is answered, every sector done, when its first member "
+             "finishes (needs --extents)";
     case SimBug::kNone:
       break;
   }
@@ -116,7 +122,7 @@ std::vector<SimBug> AllSimBugs() {
   return {SimBug::kSkipImpose,          SimBug::kAckBeforePersist, SimBug::kMinorityQuorum,
           SimBug::kForgetOnRestart,     SimBug::kJoinerVotes,      SimBug::kLeaseForgotten,
           SimBug::kServeBeforeIdentity, SimBug::kAbsorbUnguarded,  SimBug::kAbsorbDurableUnreported,
-          SimBug::kStaleSelfAtVote,     SimBug::kGenesisTrusted};
+          SimBug::kStaleSelfAtVote,     SimBug::kGenesisTrusted,   SimBug::kExtentEarlyAnswer};
 }
 
 std::optional<SimBug> ParseSimBug(std::string_view name) {
@@ -132,6 +138,7 @@ std::string ReplayCommand(const SimOptions& o) {
                     std::to_string(o.nodes) + " --steps " + std::to_string(o.steps);
   if (o.bug != SimBug::kNone) cmd += std::string(" --bug ") + SimBugName(o.bug);
   if (!o.state_checks) cmd += " --history-only";
+  if (o.extent_permille != 0) cmd += " --extents " + std::to_string(o.extent_permille);
   if (o.max_lincheck_states != SimOptions{}.max_lincheck_states) {
     cmd += " --max-lincheck-states " + std::to_string(o.max_lincheck_states);
   }
@@ -147,6 +154,8 @@ constexpr std::uint64_t kDeviceSectors = 1 << 16;
 constexpr std::uint64_t kColdBase = 16;
 constexpr std::uint64_t kColdRange = 4000;
 constexpr std::size_t kLastEvents = 60;
+// The longest extent the simulated clients send.
+constexpr std::uint32_t kMaxSimExtent = 6;
 // Syncer timing, scaled to virtual runs of a few seconds.
 constexpr std::int64_t kHelloIntervalMs = 200;
 constexpr std::int64_t kJoiningHelloIntervalMs = 50;
@@ -474,6 +483,10 @@ class Simulator {
     bool waiting = false;      // the client still waits for it
     bool in_register = false;  // the coordinator still holds it
     bool final_read = false;
+    // Extent commands: every member's Op has the token of the first (the command's
+    // request_id); the first also holds the member count.
+    std::uint64_t extent_first = 0;
+    std::uint32_t extent_count = 0;
   };
 
   // Workload and fault parameters, drawn from the seed.
@@ -560,6 +573,10 @@ class Simulator {
   // A response frame from node n's core (incarnation `epoch`) to the simulated clients.
   void OnResponseFrame(int n, std::uint64_t epoch, const Frame& frame);
   void OnComplete(int n, std::uint64_t token, SectorPtr data);
+  void OnExtentResponse(int n, const ClientResponse& resp);
+  // A client's operation ended (answered, timed out or lost): the client thinks, then issues
+  // its next one. Once per command: an extent's members only through its first.
+  void OpEnded(std::uint64_t token, bool command_done = false);
 
   // --- network ---
   void Deliver(const Event& e);
@@ -570,7 +587,8 @@ class Simulator {
   // Sends op `token`'s command, HMAC-signed, to node n's core.
   void SendClientCommand(int n, std::uint64_t token);
   void ClientIssue(int client);
-  std::uint64_t StartOp(int client, int node, bool is_write, SectorIdx sector, bool final_read);
+  std::uint64_t StartOp(int client, int node, bool is_write, SectorIdx sector, bool final_read,
+                        std::uint32_t extent = 1);
   void ClientDone(int client);
   void ClientTimeout(std::uint64_t token);
 
@@ -719,7 +737,7 @@ void Simulator::Crash(int n) {
       op.waiting = false;
       op.h.outcome = HistoryOp::Outcome::kUnknown;
       ++result_.stats.ops_unknown;
-      ClientDone(static_cast<int>(op.h.client));
+      OpEnded(token, /*command_done=*/op.extent_first == token);
     }
   }
   node.tokens.clear();
@@ -1388,6 +1406,10 @@ void Simulator::OnResponseFrame(int n, std::uint64_t epoch, const Frame& frame) 
                              std::to_string(static_cast<int>(resp->status)));
     return;
   }
+  if (IsExtentOp(resp->op)) {
+    OnExtentResponse(n, *resp);
+    return;
+  }
   OnComplete(n, resp->request_id, std::move(resp->data));
 }
 
@@ -1438,7 +1460,52 @@ void Simulator::OnComplete(int n, std::uint64_t token, SectorPtr data) {
     }
   }
   Trace("complete " + what + " at node " + std::to_string(node.rank));
-  if (!op.final_read) ClientDone(static_cast<int>(op.h.client));
+  OpEnded(token);
+}
+
+void Simulator::OpEnded(std::uint64_t token, bool command_done) {
+  const Op& op = ops_[token - 1];
+  if (op.final_read) return;
+  // An extent's members end together; its response, timeout or loss calls this once.
+  if (op.extent_first != 0 && !command_done) return;
+  ClientDone(static_cast<int>(op.h.client));
+}
+
+void Simulator::OnExtentResponse(int n, const ClientResponse& resp) {
+  const std::uint64_t first = resp.request_id;
+  if (first == 0 || first > ops_.size() || ops_[first - 1].extent_first != first) {
+    Fail("sim-internal", "node " + std::to_string(n + 1) + " answers unknown extent request " +
+                             std::to_string(first));
+    return;
+  }
+  const std::uint32_t count = ops_[first - 1].extent_count;
+  if (resp.outcomes.size() != count ||
+      (resp.op == ClientOp::kReadExtent && resp.sectors.size() != count)) {
+    Fail("codec", "node " + std::to_string(n + 1) + " answers an extent of " +
+                      std::to_string(count) + " sectors with " +
+                      std::to_string(resp.outcomes.size()) + " outcomes");
+    return;
+  }
+  const bool waiting = ops_[first - 1].waiting;
+  for (std::uint32_t i = 0; i < count; ++i) {
+    const std::uint64_t token = first + i;
+    if (resp.outcomes[i] == ExtentOutcome::kDone) {
+      OnComplete(n, token, resp.op == ClientOp::kReadExtent ? resp.sectors[i] : nullptr);
+      if (!result_.ok) return;
+      continue;
+    }
+    // Not run by this coordinator (its copy is unreadable): known not to have happened.
+    Op& op = ops_[token - 1];
+    op.in_register = false;
+    nodes_[n]->tokens.erase(token);
+    Trace("extent member #" + std::to_string(token) + " sector " + std::to_string(op.h.key) +
+          " not done at node " + std::to_string(n + 1));
+    if (op.waiting) {
+      op.waiting = false;
+      op.h.outcome = HistoryOp::Outcome::kFailed;
+    }
+  }
+  if (waiting) OpEnded(first, /*command_done=*/true);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1484,28 +1551,38 @@ void Simulator::Deliver(const Event& e) {
 // Clients.
 
 std::uint64_t Simulator::StartOp(int client, int n, bool is_write, SectorIdx sector,
-                                 bool final_read) {
+                                 bool final_read, std::uint32_t extent) {
   Node& node = *nodes_[n];
-  Op op;
-  op.h.client = static_cast<std::uint64_t>(client);
-  op.h.kind = is_write ? HistoryOp::Kind::kWrite : HistoryOp::Kind::kRead;
-  op.h.key = sector;
-  op.h.outcome = HistoryOp::Outcome::kUnknown;
-  op.node = n;
-  op.epoch = node.epoch;
-  op.waiting = true;
-  op.in_register = true;
-  op.final_read = final_read;
-  if (is_write) op.h.value = std::to_string(++next_value_id_);
-  op.h.call_ns = HistNow();
-  ops_.push_back(std::move(op));
-  std::uint64_t token = ops_.size();
-  node.tokens.insert(token);
-  Trace(std::string("call ") + (is_write ? "write" : "read") + " #" + std::to_string(token) +
-        " client " + std::to_string(client) + " sector " + std::to_string(sector) + " at node " +
-        std::to_string(node.rank) + (is_write ? " v" + ops_.back().h.value : ""));
-  SendClientCommand(n, token);
-  return token;
+  const std::uint64_t first = ops_.size() + 1;
+  for (std::uint32_t i = 0; i < extent; ++i) {
+    Op op;
+    op.h.client = static_cast<std::uint64_t>(client);
+    op.h.kind = is_write ? HistoryOp::Kind::kWrite : HistoryOp::Kind::kRead;
+    op.h.key = sector + i;
+    op.h.outcome = HistoryOp::Outcome::kUnknown;
+    op.node = n;
+    op.epoch = node.epoch;
+    op.waiting = true;
+    op.in_register = true;
+    op.final_read = final_read;
+    if (extent > 1) op.extent_first = first;
+    if (is_write) op.h.value = std::to_string(++next_value_id_);
+    op.h.call_ns = HistNow();
+    ops_.push_back(std::move(op));
+    node.tokens.insert(ops_.size());
+  }
+  if (extent > 1) ops_[first - 1].extent_count = extent;
+  std::string values;
+  if (is_write) {
+    values = " v" + ops_[first - 1].h.value;
+    if (extent > 1) values += "..v" + ops_.back().h.value;
+  }
+  Trace(std::string("call ") + (is_write ? "write" : "read") + " #" + std::to_string(first) +
+        " client " + std::to_string(client) + " sector " + std::to_string(sector) +
+        (extent > 1 ? " extent " + std::to_string(extent) : std::string()) + " at node " +
+        std::to_string(node.rank) + values);
+  SendClientCommand(n, first);
+  return first;
 }
 
 void Simulator::SendClientCommand(int n, std::uint64_t token) {
@@ -1513,7 +1590,16 @@ void Simulator::SendClientCommand(int n, std::uint64_t token) {
   ClientCommand cmd;
   cmd.request_id = token;
   cmd.sector = op.h.key;
-  if (op.h.kind == HistoryOp::Kind::kWrite) {
+  const bool write = op.h.kind == HistoryOp::Kind::kWrite;
+  if (op.extent_count > 1) {
+    cmd.op = write ? ClientOp::kWriteExtent : ClientOp::kReadExtent;
+    cmd.count = op.extent_count;
+    if (write) {
+      for (std::uint32_t i = 0; i < cmd.count; ++i) {
+        cmd.sectors.push_back(ValueSector(std::stoull(ops_[token - 1 + i].h.value)));
+      }
+    }
+  } else if (write) {
     cmd.op = ClientOp::kWrite;
     cmd.data = ValueSector(std::stoull(op.h.value));
   } else {
@@ -1542,7 +1628,13 @@ void Simulator::ClientIssue(int client) {
   SectorIdx sector = Chance(p_.hot_permille) ? Below(static_cast<std::uint64_t>(p_.hot_sectors))
                                              : kColdBase + Below(kColdRange);
   bool is_write = p_.writers == 0 ? !Chance(p_.read_permille) : client < p_.writers && Chance(800);
-  std::uint64_t token = StartOp(client, n, is_write, sector, false);
+  // Extents only when asked for (SimOptions::extent_permille): without, no draw is added, so
+  // every seed replays the run it always did.
+  std::uint32_t extent = 1;
+  if (options_.extent_permille > 0 && Chance(options_.extent_permille)) {
+    extent = static_cast<std::uint32_t>(Range(2, kMaxSimExtent));
+  }
+  std::uint64_t token = StartOp(client, n, is_write, sector, false, extent);
   if (ops_[token - 1].waiting) {
     Event e;
     e.type = EventType::kClientTimeout;
@@ -1562,11 +1654,17 @@ void Simulator::ClientDone(int client) {
 void Simulator::ClientTimeout(std::uint64_t token) {
   Op& op = ops_[token - 1];
   if (!op.waiting || healing_) return;
-  op.waiting = false;
-  op.h.outcome = HistoryOp::Outcome::kUnknown;
-  ++result_.stats.ops_unknown;
-  Trace("timeout #" + std::to_string(token) + " (outcome unknown)");
-  ClientDone(static_cast<int>(op.h.client));
+  // Every member of an extent (count 1 for a lone command) ends unknown with it.
+  const std::uint32_t count = op.extent_first == token ? op.extent_count : 1;
+  for (std::uint32_t i = 0; i < count; ++i) {
+    Op& member = ops_[token - 1 + i];
+    if (!member.waiting) continue;
+    member.waiting = false;
+    member.h.outcome = HistoryOp::Outcome::kUnknown;
+    ++result_.stats.ops_unknown;
+  }
+  Trace("timeout #" + std::to_string(token) + (count > 1 ? " extent" : "") + " (outcome unknown)");
+  OpEnded(token, /*command_done=*/true);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2052,6 +2150,7 @@ SimResult Simulator::Run() {
   core_options_.bugs.serve_before_identity = options_.bug == SimBug::kServeBeforeIdentity;
   core_options_.bugs.absorb_unguarded = options_.bug == SimBug::kAbsorbUnguarded;
   core_options_.bugs.absorb_durable_unreported = options_.bug == SimBug::kAbsorbDurableUnreported;
+  core_options_.bugs.extent_early_answer = options_.bug == SimBug::kExtentEarlyAnswer;
 
   blocked_.assign(n_nodes, std::vector<bool>(n_nodes, false));
   for (int i = 0; i < n_nodes; ++i) {

@@ -43,7 +43,8 @@ enum class SimBug {
   kAbsorbUnguarded,          // a resync absorb lets a register be built from its pending value
   kAbsorbDurableUnreported,  // an absorb's durable write is not reported to its register
   kStaleSelfAtVote,          // a node that starts voting mid-read answers with its pre-join value
-  kGenesisTrusted,  // a replaced disk bootstrapped as founding member, trusted over the voters
+  kGenesisTrusted,     // a replaced disk bootstrapped as founding member, trusted over the voters
+  kExtentEarlyAnswer,  // an extent is answered done when its first member finishes (--extents)
 };
 
 // "skip-impose", ... ; "none" for kNone.
@@ -68,6 +69,10 @@ struct SimOptions {
   // two values, a durable tag never decreasing. Off only to show that the end-of-run checks
   // (linearizability, liveness) catch a bug on their own.
   bool state_checks = true;
+  // Permille of client operations sent as extent commands (kReadExtent / kWriteExtent of
+  // 2..kMaxSimExtent consecutive sectors, each member its own history operation). 0 keeps
+  // the single-sector workload every seed ran before extents, seed for seed.
+  int extent_permille = 0;
   // Upper bound handed to the linearizability checker, per sector.
   std::uint64_t max_lincheck_states = 5'000'000;
 };
