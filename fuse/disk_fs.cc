@@ -363,41 +363,51 @@ void DiskFs::OnRead(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse
                         std::vector<SectorPtr>(count),
                         {},
                         {}};
-  op->remaining.store(count, std::memory_order_relaxed);
+  // One extent per kMaxExtentSectors (a 1 MiB request is one command where the nodes take
+  // extents; the client library runs single-sector reads where they do not).
+  const std::size_t chunks = (count + kMaxExtentSectors - 1) / kMaxExtentSectors;
+  op->remaining.store(chunks, std::memory_order_relaxed);
   self->sector_reads_.fetch_add(count, std::memory_order_relaxed);
   if (self->options_.metrics) op->started = self->options_.metrics->Start(FuseOp::kRead);
 
-  // After the last Read call below, `op` may already be gone: use only locals.
-  for (std::size_t i = 0; i < count; ++i) {
-    self->client_->Read(first + i, [self, op, i](Result<SectorPtr> result) {
-      if (result.ok()) {
-        op->sectors[i] = std::move(result).value();
-      } else {
-        self->LogError("read", op->first + i, result.status());
-        int expected = 0;
-        op->error.compare_exchange_strong(expected, ErrnoOf(result.status()));
-      }
-      if (op->remaining.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-      int err = op->error.load(std::memory_order_relaxed);
-      if (self->options_.metrics)
-        self->options_.metrics->Done(FuseOp::kRead, op->started, err, op->size);
-      if (err != 0) {
-        fuse_reply_err(op->req, err);
-      } else {
-        // Zero copy: the reply points into the sectors themselves.
-        std::vector<iovec> iov(op->sectors.size());
-        const std::uint64_t req_end = op->head + op->size;  // relative to the first sector
-        for (std::size_t k = 0; k < iov.size(); ++k) {
-          std::uint64_t sector_start = k * kSectorSize;
-          std::uint64_t b = std::max<std::uint64_t>(op->head, sector_start);
-          std::uint64_t e = std::min<std::uint64_t>(req_end, sector_start + kSectorSize);
-          iov[k].iov_base = const_cast<std::uint8_t*>(op->sectors[k]->data()) + (b - sector_start);
-          iov[k].iov_len = e - b;
-        }
-        fuse_reply_iov(op->req, iov.data(), static_cast<int>(iov.size()));
-      }
-      delete op;
-    });
+  // After the last call below, `op` may already be gone: use only locals.
+  for (std::size_t c = 0; c < chunks; ++c) {
+    const std::size_t off = c * kMaxExtentSectors;
+    const auto n =
+        static_cast<std::uint32_t>(std::min<std::size_t>(kMaxExtentSectors, count - off));
+    self->client_->ReadExtentWith(
+        first + off, n, client::OpOptions{}, [self, op, off](client::OpResult result) {
+          if (result.status.ok()) {
+            for (std::size_t k = 0; k < result.sectors.size(); ++k) {
+              op->sectors[off + k] = std::move(result.sectors[k]);
+            }
+          } else {
+            self->LogError("read", op->first + off, result.status);
+            int expected = 0;
+            op->error.compare_exchange_strong(expected, ErrnoOf(result.status));
+          }
+          if (op->remaining.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+          int err = op->error.load(std::memory_order_relaxed);
+          if (self->options_.metrics)
+            self->options_.metrics->Done(FuseOp::kRead, op->started, err, op->size);
+          if (err != 0) {
+            fuse_reply_err(op->req, err);
+          } else {
+            // Zero copy: the reply points into the sectors themselves.
+            std::vector<iovec> iov(op->sectors.size());
+            const std::uint64_t req_end = op->head + op->size;  // relative to the first sector
+            for (std::size_t k = 0; k < iov.size(); ++k) {
+              std::uint64_t sector_start = k * kSectorSize;
+              std::uint64_t b = std::max<std::uint64_t>(op->head, sector_start);
+              std::uint64_t e = std::min<std::uint64_t>(req_end, sector_start + kSectorSize);
+              iov[k].iov_base =
+                  const_cast<std::uint8_t*>(op->sectors[k]->data()) + (b - sector_start);
+              iov[k].iov_len = e - b;
+            }
+            fuse_reply_iov(op->req, iov.data(), static_cast<int>(iov.size()));
+          }
+          delete op;
+        });
   }
 }
 
@@ -482,11 +492,46 @@ void DiskFs::WriteRange(std::uint64_t off, std::uint64_t len, const std::uint8_t
       }
     }
   }
-  // Take each sector's turn; sectors that are free start now. After the last iteration `op`
-  // may be gone, so the loop reads only `count` and locals.
+  bool all_full = true;
+  for (const WriteOp::Piece& piece : op->pieces) all_full = all_full && piece.full != nullptr;
+  // Take each sector's turn. A sector held by an earlier write of this mount is started by
+  // that write's ReleaseSector (possibly on another thread, at once).
+  std::vector<std::size_t> got;
+  got.reserve(count);
   for (std::size_t i = 0; i < count; ++i) {
-    if (AcquireSector(first + i, op, i)) StartSectorWrite(op, i);
+    if (AcquireSector(first + i, op, i)) got.push_back(i);
   }
+  if (all_full && got.size() == count) {
+    // The common case (dd, a file copy, a discard): every sector whole and free. One extent
+    // per kMaxExtentSectors; gather everything before the first send, after which `op` may
+    // be gone at any moment.
+    std::vector<std::vector<SectorPtr>> chunks;
+    for (std::size_t off = 0; off < count; off += kMaxExtentSectors) {
+      auto& chunk = chunks.emplace_back();
+      for (std::size_t i = off; i < std::min<std::size_t>(count, off + kMaxExtentSectors); ++i) {
+        chunk.push_back(std::move(op->pieces[i].full));
+      }
+    }
+    sector_writes_.fetch_add(count, std::memory_order_relaxed);
+    const bool zeros = src == nullptr;
+    for (std::size_t c = 0; c < chunks.size(); ++c) {
+      const std::size_t off = c * kMaxExtentSectors;
+      const auto n = static_cast<std::uint32_t>(chunks[c].size());
+      auto finish = [this, op, off, n](client::OpResult r) {
+        for (std::uint32_t k = 0; k < n; ++k) FinishSectorWrite(op, off + k, r.status);
+      };
+      if (zeros) {
+        client_->WriteZerosWith(first + off, n, client::OpOptions{}, std::move(finish));
+      } else {
+        client_->WriteExtentWith(first + off, std::move(chunks[c]), client::OpOptions{},
+                                 std::move(finish));
+      }
+    }
+    return;
+  }
+  // Otherwise sector by sector; `op` may be gone after the last start, so this reads only
+  // locals.
+  for (std::size_t i : got) StartSectorWrite(op, i);
 }
 
 bool DiskFs::AcquireSector(SectorIdx sector, WriteOp* op, std::size_t index) {

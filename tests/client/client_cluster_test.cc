@@ -9,6 +9,7 @@
 #include <functional>
 #include <future>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
 #include <vector>
@@ -164,6 +165,15 @@ TEST(ClientClusterTest, ExtentsRoundTripAndFailOver) {
   constexpr int kExtents = 24;
   for (int e = 0; e < kExtents; ++e) {
     if (e == kExtents / 2) {
+      // Node 1 coordinated the first half as extent commands: one client op per extent (plus
+      // Info probes, the harness's included), not one per sector; one register write per
+      // sector.
+      std::vector<NodeInfo> info = Connect(*cluster, {"1"})->Probe(milliseconds(5000));
+      ASSERT_EQ(info.size(), 1u);
+      auto j = nlohmann::json::parse(info[0].info_json, nullptr, false);
+      ASSERT_TRUE(j.is_object()) << info[0].info_json;
+      EXPECT_LE(j["counters"]["client_ops"].get<std::uint64_t>(), 100u);
+      EXPECT_GE(j["counters"]["writes"].get<std::uint64_t>(), kExtents / 2 * kMaxExtentSectors);
       ASSERT_TRUE(cluster->Kill9(1).ok());
     }
     std::vector<SectorPtr> data;
