@@ -114,14 +114,17 @@ void Connection::Close(const std::string& reason) {
 
 awaitable<void> Connection::Reader() {
   auto self = shared_from_this();
-  // Big enough for many pipelined frames or one of the largest with room to read on;
-  // compacted when the tail cannot hold a full frame.
-  const std::size_t max_frame =
-      kFrameLengthSize + static_cast<std::size_t>(options_.max_frame_body);
-  std::vector<std::uint8_t> buf(max_frame + 256 * 1024);
+  // 64 KiB up front (many pipelined atdd frames), grown to hold a frame whose length says
+  // it needs more (an extent, up to max_frame_body), and given back once the connection
+  // goes back to small reads: an idle or atdd-only connection never holds more.
+  constexpr std::size_t kInitialBuffer = 64 * 1024;
+  constexpr std::size_t kReadRoom = 16 * 1024;  // compacted when less than this is free
+  std::vector<std::uint8_t> buf(kInitialBuffer);
   std::size_t begin = 0, end = 0;
+  std::size_t last_read = 0;
   while (!closed_) {
     bool parsed_any = false;
+    std::size_t want = 0;  // bytes of the frame in progress, once its length is known
     while (end - begin >= kFrameLengthSize && !closed_ && !Saturated()) {
       auto length = DecodeFrameLength(
           std::span<const std::uint8_t, kFrameLengthSize>(buf.data() + begin, kFrameLengthSize),
@@ -130,7 +133,10 @@ awaitable<void> Connection::Reader() {
         Close(length.status().message());
         co_return;
       }
-      if (end - begin < kFrameLengthSize + *length) break;
+      if (end - begin < kFrameLengthSize + *length) {
+        want = kFrameLengthSize + static_cast<std::size_t>(*length);
+        break;
+      }
       sink_->OnFrame(*this, std::span<const std::uint8_t>(buf.data() + begin + kFrameLengthSize,
                                                           static_cast<std::size_t>(*length)));
       begin += kFrameLengthSize + static_cast<std::size_t>(*length);
@@ -139,10 +145,16 @@ awaitable<void> Connection::Reader() {
     if (closed_) co_return;
     if (begin == end) {
       begin = end = 0;
-    } else if (buf.size() - end < max_frame) {
+      if (buf.size() > kInitialBuffer && last_read < kReadRoom) {
+        buf.resize(kInitialBuffer);
+        buf.shrink_to_fit();
+      }
+    } else if (buf.size() - begin < std::max(want, end - begin + kReadRoom) ||
+               buf.size() - end < kReadRoom) {
       std::memmove(buf.data(), buf.data() + begin, end - begin);
       end -= begin;
       begin = 0;
+      if (buf.size() < want) buf.resize(want + kReadRoom);
     }
     // The frame deadline runs from the last completed frame while bytes of an incomplete one
     // sit in the buffer (a slow-loris peer); a busy stream keeps resetting it.
@@ -173,6 +185,7 @@ awaitable<void> Connection::Reader() {
       co_return;
     }
     last_read_ = std::chrono::steady_clock::now();
+    last_read = n;
     end += n;
   }
 }

@@ -1,13 +1,16 @@
 // Tests of Connection (daemon/net/connection.h) over a real loopback TCP pair: the silence
-// timeout of a peer link, and that it does not run while reading waits for our own work.
+// timeout of a peer link, that it does not run while reading waits for our own work, and that
+// the read buffer grows for the largest frame and refuses one byte more.
 #include "daemon/net/connection.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <boost/asio.hpp>
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <thread>
 #include <vector>
 
 namespace atomdisk {
@@ -89,6 +92,59 @@ TEST(ConnectionTest, SilenceWhileWeDoNotReadIsOursAndDoesNotCloseTheLink) {
   p.RunFor(milliseconds(500));
   EXPECT_TRUE(conn->closed());
   EXPECT_NE(conn->close_reason().find("silent for"), std::string::npos) << conn->close_reason();
+}
+
+// Records each frame's size and first payload byte.
+class RecordingSink : public FrameSink {
+ public:
+  void OnFrame(Connection&, std::span<const std::uint8_t> body) override {
+    sizes.push_back(body.size());
+    firsts.push_back(body.empty() ? 0 : body[0]);
+  }
+  std::vector<std::size_t> sizes;
+  std::vector<std::uint8_t> firsts;
+};
+
+std::vector<std::uint8_t> FrameOf(std::uint64_t body, std::uint8_t fill) {
+  std::vector<std::uint8_t> f(kFrameLengthSize + body, fill);
+  for (std::size_t i = 0; i < kFrameLengthSize; ++i) {
+    f[i] = static_cast<std::uint8_t>(body >> (8 * (kFrameLengthSize - 1 - i)));
+  }
+  return f;
+}
+
+// The read buffer starts small and grows for a frame as large as the connection accepts
+// (an extent command), then small frames go on; a frame one byte over the bound closes.
+TEST(ConnectionTest, TheLargestFrameArrivesWholeBetweenSmallOnes) {
+  LoopbackPair p;
+  RecordingSink sink;
+  Connection::Options o;
+  o.log_close = false;
+  auto conn = std::make_shared<Connection>(std::move(p.ours), &sink, "client", o);
+  conn->Start();
+  std::vector<std::uint8_t> bytes = FrameOf(kMinFrameBody, 1);
+  for (std::uint8_t k = 2; k < 5; ++k) {
+    std::vector<std::uint8_t> f = FrameOf(k == 3 ? kMaxFrameBody : kMinFrameBody, k);
+    bytes.insert(bytes.end(), f.begin(), f.end());
+  }
+  std::thread writer([&] {
+    // In pieces, so that the big frame straddles many reads.
+    for (std::size_t off = 0; off < bytes.size(); off += 100000) {
+      asio::write(p.theirs, asio::buffer(bytes.data() + off,
+                                         std::min<std::size_t>(100000, bytes.size() - off)));
+    }
+  });
+  for (int i = 0; i < 100 && sink.sizes.size() < 4; ++i) p.RunFor(milliseconds(20));
+  writer.join();
+  ASSERT_EQ(sink.sizes.size(), 4u);
+  EXPECT_EQ(sink.sizes[2], kMaxFrameBody);
+  EXPECT_EQ(sink.firsts, (std::vector<std::uint8_t>{1, 2, 3, 4}));
+  EXPECT_FALSE(conn->closed());
+  std::vector<std::uint8_t> over = FrameOf(kMaxFrameBody + 1, 9);
+  asio::write(p.theirs, asio::buffer(over.data(), kFrameLengthSize));
+  p.RunFor(milliseconds(200));
+  EXPECT_TRUE(conn->closed());
+  EXPECT_EQ(sink.sizes.size(), 4u);
 }
 
 }  // namespace
