@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
-#include <thread>
 
 #include "common/status.h"
 
@@ -161,35 +160,16 @@ void Registry::OnRender(std::function<void()> fn) {
   on_render_.push_back(std::move(fn));
 }
 
-void Registry::BeginPublish() {
-  const std::uint64_t seq = publish_seq_.load(std::memory_order_relaxed);
-  ATOMDISK_CHECK(seq % 2 == 0);  // not nested
-  publish_seq_.store(seq + 1, std::memory_order_relaxed);
-  // The odd count is visible before any of the publication's stores.
-  std::atomic_thread_fence(std::memory_order_release);
-}
+// Locked in one call and unlocked in the next, on the publisher's thread.
+void Registry::BeginPublish() { publish_mu_.lock(); }
 
-void Registry::EndPublish() {
-  const std::uint64_t seq = publish_seq_.load(std::memory_order_relaxed);
-  ATOMDISK_CHECK(seq % 2 == 1);
-  publish_seq_.store(seq + 1, std::memory_order_release);
-}
+void Registry::EndPublish() { publish_mu_.unlock(); }
 
 std::string Registry::Render() const {
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& fn : on_render_) fn();
-  std::string out;
-  for (int attempt = 1;; ++attempt) {
-    const std::uint64_t before = publish_seq_.load(std::memory_order_acquire);
-    if (before % 2 == 0 || attempt >= kMaxRenderTries) {
-      out = RenderLocked();
-      std::atomic_thread_fence(std::memory_order_acquire);
-      if (publish_seq_.load(std::memory_order_relaxed) == before || attempt >= kMaxRenderTries) {
-        return out;
-      }
-    }
-    std::this_thread::yield();
-  }
+  std::lock_guard<std::mutex> publication(publish_mu_);
+  return RenderLocked();
 }
 
 std::string Registry::RenderLocked() const {

@@ -20,11 +20,14 @@
 // always equals its +Inf bucket.
 //
 // A snapshot published as many Sets (atomdiskd's NodeMetrics::Publish) goes between
-// BeginPublish and EndPublish, and a Render shows all of it or none of it: a sequence count
-// that is odd while a publication is under way, which Render reads before and after and
-// renders again if it moved (a seqlock; the publisher never waits for a scrape). Without it a
+// BeginPublish and EndPublish, and a Render shows all of it or none of it: the two hold the
+// registry's publication mutex, and so does Render while it reads the values. Without it a
 // scrape could pair a new counter with an old gauge, such as auth failures from this
-// snapshot with the requests in flight from the one before.
+// snapshot with the requests in flight from the one before. A publisher waits at most one
+// render (tens of microseconds, once a scrape); updates outside a publication never wait.
+// (A seqlock, where the publisher never waits, was tried first: its reader had to give up
+// after a bounded number of retries and could then render torn if the publisher was
+// preempted mid-publication, which a loaded two-core machine did in CI.)
 #pragma once
 
 #include <atomic>
@@ -105,15 +108,14 @@ class Registry {
   // sources at scrape time. Must not call back into this registry's Add*/Render.
   void OnRender(std::function<void()> fn);
 
-  // Bracket one snapshot's updates (one publisher at a time; not nested). Never blocks.
+  // Bracket one snapshot's updates (one publisher at a time; not nested). BeginPublish
+  // waits while a Render reads the values.
   void BeginPublish();
   void EndPublish();
 
-  // The text exposition of every family, in the order they were first added. Consistent
-  // with the publications: it retries while one is under way or if one happened meanwhile,
-  // up to kMaxRenderTries times (then it renders what it read, rather than starve).
+  // The text exposition of every family, in the order they were first added; never shows
+  // part of a publication.
   std::string Render() const;
-  static constexpr int kMaxRenderTries = 1000;
 
  private:
   enum class Type { kCounter, kGauge, kHistogram };
@@ -133,7 +135,9 @@ class Registry {
   std::string RenderLocked() const;  // mu_ held
 
   mutable std::mutex mu_;
-  std::atomic<std::uint64_t> publish_seq_{0};  // odd while a publication is under way
+  // Held from BeginPublish to EndPublish, and by Render while it reads (after mu_; a
+  // publisher never takes mu_).
+  mutable std::mutex publish_mu_;
   std::vector<Family> families_;
   std::deque<Counter> counters_;
   std::deque<Gauge> gauges_;

@@ -154,11 +154,15 @@ TEST(MetricsTest, ARenderShowsAPublicationWholeOrNotAtAll) {
     for (std::uint64_t v = 1; !stop.load(); ++v) {
       r.BeginPublish();
       first.Set(static_cast<double>(v));
+      // A slow publication, so that without the publication mutex about one render in ten
+      // would land inside one.
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
       for (Gauge* g : middle) g->Set(static_cast<double>(v));
       last.Set(v);
       r.EndPublish();
-      // atomdiskd publishes every 100 ms; a render must find a quiet moment.
-      std::this_thread::sleep_for(std::chrono::microseconds(50));
+      // atomdiskd publishes every 100 ms; a gap of 2 ms still gives many publications over
+      // the renders, even sanitizer-built.
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
   });
   auto value = [](const std::string& text, const std::string& name) {
@@ -169,7 +173,7 @@ TEST(MetricsTest, ARenderShowsAPublicationWholeOrNotAtAll) {
   int renders = 0, moved = 0;
   std::vector<int> torn;
   double previous = 0;
-  for (; renders < 2000; ++renders) {
+  for (; renders < 1000; ++renders) {
     const std::string text = r.Render();
     const double a = value(text, "a_first"), c = value(text, "c_last_total");
     if (a != c) torn.push_back(renders);
