@@ -160,11 +160,6 @@ void Registry::OnRender(std::function<void()> fn) {
   on_render_.push_back(std::move(fn));
 }
 
-// Locked in one call and unlocked in the next, on the publisher's thread.
-void Registry::BeginPublish() { publish_mu_.lock(); }
-
-void Registry::EndPublish() { publish_mu_.unlock(); }
-
 std::string Registry::Render() const {
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& fn : on_render_) fn();

@@ -19,15 +19,15 @@
 // it is observed may show an observation in its buckets but not yet in its sum; its _count
 // always equals its +Inf bucket.
 //
-// A snapshot published as many Sets (atomdiskd's NodeMetrics::Publish) goes between
-// BeginPublish and EndPublish, and a Render shows all of it or none of it: the two hold the
-// registry's publication mutex, and so does Render while it reads the values. Without it a
-// scrape could pair a new counter with an old gauge, such as auth failures from this
-// snapshot with the requests in flight from the one before. A publisher waits at most one
-// render (tens of microseconds, once a scrape); updates outside a publication never wait.
-// (A seqlock, where the publisher never waits, was tried first: its reader had to give up
-// after a bounded number of retries and could then render torn if the publisher was
-// preempted mid-publication, which a loaded two-core machine did in CI.)
+// A snapshot published as many Sets (atomdiskd's NodeMetrics::Publish) is made while a
+// Registry::Publication is alive, and a Render shows all of it or none of it: the
+// Publication holds the registry's publication mutex, and so does Render while it reads. Without it
+// a scrape could pair a new counter with an old gauge, such as auth failures from this snapshot
+// with the requests in flight from the one before. A publisher waits at most one render (tens of
+// microseconds, once a scrape); updates outside a publication never wait. (A seqlock, where the
+// publisher never waits, was tried first: its reader had to give up after a bounded number of
+// retries and could then render torn if the publisher was preempted mid-publication, which a loaded
+// two-core machine did in CI.)
 #pragma once
 
 #include <atomic>
@@ -108,10 +108,15 @@ class Registry {
   // sources at scrape time. Must not call back into this registry's Add*/Render.
   void OnRender(std::function<void()> fn);
 
-  // Bracket one snapshot's updates (one publisher at a time; not nested). BeginPublish
-  // waits while a Render reads the values.
-  void BeginPublish();
-  void EndPublish();
+  // One snapshot's updates are made while one of these is alive (one publisher at a time;
+  // not nested). Constructing it waits while a Render reads the values.
+  class Publication {
+   public:
+    explicit Publication(const Registry& registry) : lock_(registry.publish_mu_) {}
+
+   private:
+    std::lock_guard<std::mutex> lock_;
+  };
 
   // The text exposition of every family, in the order they were first added; never shows
   // part of a publication.
@@ -135,7 +140,7 @@ class Registry {
   std::string RenderLocked() const;  // mu_ held
 
   mutable std::mutex mu_;
-  // Held from BeginPublish to EndPublish, and by Render while it reads (after mu_; a
+  // Held by a Publication, and by Render while it reads (after mu_; a
   // publisher never takes mu_).
   mutable std::mutex publish_mu_;
   std::vector<Family> families_;

@@ -185,8 +185,8 @@ void NodeMetrics::PeerRoundTrip(Rank peer, double seconds) {
 }
 
 void NodeMetrics::Publish(const NodeMetricsSnapshot& s) {
-  // One snapshot: a scrape sees all of it or none (metrics::Registry::BeginPublish).
-  registry_.BeginPublish();
+  // One snapshot: a scrape sees all of it or none (metrics::Registry::Publication).
+  const metrics::Registry::Publication publication(registry_);
   in_flight_->Set(static_cast<double>(s.ops_in_flight));
   queued_->Set(static_cast<double>(s.ops_queued));
   queued_total_->Set(s.counters.queued_ops);
@@ -223,7 +223,6 @@ void NodeMetrics::Publish(const NodeMetricsSnapshot& s) {
   scrub_corrupt_.Update(s.sync.scrub.corrupt);
   scrub_repaired_.Update(s.sync.scrub.repaired);
   scrub_unrepaired_.Update(s.sync.scrub.unrepaired);
-  registry_.EndPublish();
 }
 
 }  // namespace atomdisk

@@ -138,9 +138,9 @@ TEST(MetricsTest, ConcurrentUpdatesAreAllCounted) {
   EXPECT_GT(renders, 0u);
 }
 
-// A publication between BeginPublish and EndPublish is seen whole: a gauge set first and a
-// counter set last, to the same value, always render equal (atomdiskd's in-flight gauge
-// against its auth-failure counter once rendered one snapshot apart).
+// A publication (made while a Registry::Publication is alive) is seen whole: a gauge set first and
+// a counter set last, to the same value, always render equal (atomdiskd's in-flight gauge against
+// its auth-failure counter once rendered one snapshot apart).
 TEST(MetricsTest, ARenderShowsAPublicationWholeOrNotAtAll) {
   Registry r;
   Gauge& first = r.AddGauge("a_first", "Set first.");
@@ -152,14 +152,15 @@ TEST(MetricsTest, ARenderShowsAPublicationWholeOrNotAtAll) {
   std::atomic<bool> stop{false};
   std::thread publisher([&] {
     for (std::uint64_t v = 1; !stop.load(); ++v) {
-      r.BeginPublish();
-      first.Set(static_cast<double>(v));
-      // A slow publication, so that without the publication mutex about one render in ten
-      // would land inside one.
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
-      for (Gauge* g : middle) g->Set(static_cast<double>(v));
-      last.Set(v);
-      r.EndPublish();
+      {
+        const Registry::Publication publication(r);
+        first.Set(static_cast<double>(v));
+        // A slow publication, so that without the publication mutex about one render in ten
+        // would land inside one.
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+        for (Gauge* g : middle) g->Set(static_cast<double>(v));
+        last.Set(v);
+      }
       // atomdiskd publishes every 100 ms; a gap of 2 ms still gives many publications over
       // the renders, even sanitizer-built.
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
