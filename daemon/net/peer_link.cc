@@ -80,6 +80,23 @@ void PeerLink::Confirm() {
   if (on_connected_) on_connected_();
 }
 
+void PeerLink::OnConnectionClosed() {
+  // Recorded here, as the connection closes, and not when Run wakes up: a status read in
+  // between would otherwise show the link down with no reason and no loss counted.
+  wake_.cancel();
+  if (stopped_ || !conn_) return;
+  const std::string reason = conn_->close_reason();
+  if (confirmed_) {
+    confirmed_ = false;
+    if (auto line = liveness_.OnLost(SteadyMicros(), reason)) spdlog::warn("{}", *line);
+  } else {
+    // Connected but never answered: a hung peer, or an older binary that closed the link
+    // on our Ping. Forget the feature until its next HelloReply says it again.
+    if (reason == "closed by peer") liveness_.SetPeerAnswersPings(false);
+    if (auto line = liveness_.OnDialFailed(reason)) spdlog::warn("{}", *line);
+  }
+}
+
 asio::awaitable<void> PeerLink::Run() {
   const std::chrono::milliseconds kInitialBackoff(50);
   const std::chrono::milliseconds max_backoff(std::clamp<std::int64_t>(timeout_ms_ / 10, 50, 250));
@@ -120,7 +137,7 @@ asio::awaitable<void> PeerLink::Run() {
       conn_ = std::make_shared<Connection>(std::move(socket), sink_,
                                            "peer " + std::to_string(rank_), options);
       conn_->SetPeerSocketOptions(std::chrono::milliseconds(timeout_ms_));
-      conn_->SetOnClose([this] { wake_.cancel(); });
+      conn_->SetOnClose([this] { OnConnectionClosed(); });
       confirmed_ = false;
       conn_->Start();
       liveness_.OnOpened(SteadyMicros());
@@ -133,16 +150,6 @@ asio::awaitable<void> PeerLink::Run() {
         co_await wake_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       }
       if (stopped_) co_return;
-      const std::string reason = conn_->close_reason();
-      if (confirmed_) {
-        confirmed_ = false;
-        if (auto line = liveness_.OnLost(SteadyMicros(), reason)) spdlog::warn("{}", *line);
-      } else {
-        // Connected but never answered: a hung peer, or an older binary that closed the link
-        // on our Ping. Forget the feature until its next HelloReply says it again.
-        if (reason == "closed by peer") liveness_.SetPeerAnswersPings(false);
-        if (auto line = liveness_.OnDialFailed(reason)) spdlog::warn("{}", *line);
-      }
       // Redial at once: the first back-off step is short, and a closed link is the common
       // case of a peer restart.
     } else {

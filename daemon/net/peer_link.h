@@ -64,6 +64,8 @@ class PeerLink {
   std::chrono::milliseconds SilenceTimeout() const;
   // The current connection is up: logs it and tells the owner.
   void Confirm();
+  // The current connection closed: counts and logs the loss, and wakes Run to redial.
+  void OnConnectionClosed();
 
   boost::asio::io_context& io_;
   Rank rank_;

@@ -174,7 +174,10 @@ TEST(MetricsTest, ARenderShowsAPublicationWholeOrNotAtAll) {
   int renders = 0, moved = 0;
   std::vector<int> torn;
   double previous = 0;
-  for (; renders < 1000; ++renders) {
+  // At least 1000 renders, and on until the publisher has moved 20 times: a loaded machine
+  // may not schedule it at all during the first 1000 (about 10 ms).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  for (; (renders < 1000 || moved < 20) && std::chrono::steady_clock::now() < deadline; ++renders) {
     const std::string text = r.Render();
     const double a = value(text, "a_first"), c = value(text, "c_last_total");
     if (a != c) torn.push_back(renders);
@@ -184,7 +187,7 @@ TEST(MetricsTest, ARenderShowsAPublicationWholeOrNotAtAll) {
   stop = true;
   publisher.join();
   EXPECT_TRUE(torn.empty()) << torn.size() << " of " << renders << " renders tore a publication";
-  EXPECT_GT(moved, 1) << "the publisher never ran during the renders";
+  EXPECT_GE(moved, 20) << "the publisher hardly ran during the renders";
 }
 
 }  // namespace
