@@ -21,7 +21,8 @@
 //   kPong             (empty)   kFeatureLiveness, answered on the same connection with a
 //                               Pong echoing its request_id
 // A HelloReply's features byte says which atomdisk extensions of the node protocol its sender
-// understands (bit 0: kFeatureTagReads, bit 1: kFeatureLiveness; the other bits are reserved, sent
+// understands (bit 0: kFeatureTagReads, bit 1: kFeatureLiveness, bit 2: kFeatureBatches; the other
+// bits are reserved, sent
 // as 0 and ignored when set). Our encoder always writes it. A reply echoes its request's
 // request_id. Entries are sorted by sector, inside [first_sector, first_sector + count), unique;
 // first + count must not pass 2^64 - 1. An entry or digest for a sector never written (tag (0,0))
@@ -56,6 +57,9 @@ inline constexpr std::uint8_t kFeatureTagReads = 1;
 // kFeatureLiveness: the sender answers a Ping with a Pong on the connection the Ping came on,
 // so a peer may ping it (an older node closes a connection on a sync kind it does not know).
 inline constexpr std::uint8_t kFeatureLiveness = 2;
+// kFeatureBatches: the sender takes system batches (common/wire.h, kSystemBatchPrefix), so a
+// peer may send it many system messages in one frame.
+inline constexpr std::uint8_t kFeatureBatches = 4;
 
 enum class SyncKind : std::uint8_t {
   kHello = 0,

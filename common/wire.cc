@@ -14,6 +14,7 @@ using wire_internal::Writer;
 constexpr std::uint32_t kClientVariant = 0;
 constexpr std::uint32_t kSystemVariant = 1;
 constexpr std::uint32_t kSyncVariant = 2;  // common/sync_wire.h: kSyncPayloadPrefix
+constexpr std::uint32_t kBatchVariant = kSystemBatchPrefix;
 
 Status Malformed(const char* what, const std::string& detail) {
   return Status::Corruption(std::string("malformed ") + what + ": " + detail);
@@ -98,7 +99,31 @@ std::vector<std::uint8_t> PayloadOf(const M& m, std::size_t reserve_prefix) {
   return out;
 }
 
+// u32 variant | u32 n, then n x (u32 len | member).
+std::vector<std::uint8_t> BatchPayloadOf(std::span<const SystemMessage> msgs,
+                                         std::size_t reserve_prefix) {
+  ATOMDISK_CHECK(!msgs.empty() && msgs.size() <= kMaxBatchMessages);
+  std::size_t size = 8;
+  for (const SystemMessage& m : msgs) size += 4 + SystemPayloadSize(m);
+  ATOMDISK_CHECK(size <= kMaxBatchPayload);
+  std::vector<std::uint8_t> out(reserve_prefix);
+  out.reserve(reserve_prefix + size + kMacSize);
+  Writer w(out);
+  w.U32(kBatchVariant);
+  w.U32(static_cast<std::uint32_t>(msgs.size()));
+  for (const SystemMessage& m : msgs) {
+    w.U32(static_cast<std::uint32_t>(SystemPayloadSize(m)));
+    Append(m, w);
+  }
+  return out;
+}
+
 }  // namespace
+
+std::size_t SystemPayloadSize(const SystemMessage& msg) {
+  return 4 + 1 + 8 + 16 + 8 + 4 + (HasTag(msg.content) ? 9 : 0) +
+         (HasData(msg.content) ? kSectorSize : 0);
+}
 
 namespace wire_internal {
 
@@ -145,6 +170,13 @@ Frame EncodeFrame(const ClientResponse& resp, Hmac& mac) {
   return Seal(PayloadOf(resp, kFrameLengthSize), mac);
 }
 
+Frame EncodeBatchFrame(std::span<const SystemMessage> msgs, Hmac& mac) {
+  return Seal(BatchPayloadOf(msgs, kFrameLengthSize), mac);
+}
+std::vector<std::uint8_t> EncodeBatchPayload(std::span<const SystemMessage> msgs) {
+  return BatchPayloadOf(msgs, 0);
+}
+
 std::vector<std::uint8_t> EncodePayload(const ClientCommand& cmd) { return PayloadOf(cmd, 0); }
 std::vector<std::uint8_t> EncodePayload(const SystemMessage& msg) { return PayloadOf(msg, 0); }
 std::vector<std::uint8_t> EncodePayload(const ClientResponse& resp) { return PayloadOf(resp, 0); }
@@ -181,6 +213,7 @@ Result<CommandKind> PeekCommandKind(std::span<const std::uint8_t> payload) {
   if (v == kClientVariant) return CommandKind::kClient;
   if (v == kSystemVariant) return CommandKind::kSystem;
   if (v == kSyncVariant) return CommandKind::kSync;
+  if (v == kBatchVariant) return CommandKind::kSystemBatch;
   return Malformed("command", "unknown variant " + std::to_string(v));
 }
 
@@ -324,6 +357,49 @@ Result<std::span<const std::uint8_t>> VerifyFrameBody(std::span<const std::uint8
   auto tag = body.last(kMacSize);
   if (!mac.Verify(payload, tag)) return Status::AuthFailure("HMAC tag does not verify");
   return payload;
+}
+
+}  // namespace atomdisk
+
+namespace atomdisk {
+
+Result<std::vector<SystemMessage>> DecodeSystemBatch(std::span<const std::uint8_t> payload) {
+  if (payload.size() > kMaxBatchPayload) {
+    return Malformed("system batch", std::to_string(payload.size()) + " bytes");
+  }
+  Reader r(payload);
+  if (r.U32() != kBatchVariant) return Malformed("system batch", "not a system batch");
+  const std::uint32_t n = r.U32();
+  if (!r.ok()) return Malformed("system batch", "truncated header");
+  if (n == 0 || n > kMaxBatchMessages) {
+    return Malformed("system batch", std::to_string(n) + " members");
+  }
+  // Each member takes at least its length and a system header: refuse a count the bytes
+  // cannot hold before reserving for it.
+  if (r.remaining() / (4 + 4 + 1 + 8 + 16 + 8 + 4) < n) {
+    return Malformed("system batch",
+                     std::to_string(n) + " members in " + std::to_string(r.remaining()) + " bytes");
+  }
+  std::vector<SystemMessage> out;
+  out.reserve(n);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const std::uint32_t len = r.U32();
+    if (!r.ok() || len > kMaxPayloadSize || len > r.remaining()) {
+      return Malformed("system batch", "member " + std::to_string(i) + " truncated");
+    }
+    auto member = DecodeSystemMessage(std::span<const std::uint8_t>(r.Bytes(len), len));
+    if (!member.ok()) {
+      return Malformed("system batch",
+                       "member " + std::to_string(i) + ": " + member.status().message());
+    }
+    if (!out.empty() && member->sender != out.front().sender) {
+      return Malformed("system batch", "members from ranks " + std::to_string(out.front().sender) +
+                                           " and " + std::to_string(member->sender));
+    }
+    out.push_back(std::move(member).value());
+  }
+  if (!r.AtEnd()) return Malformed("system batch", "trailing bytes");
+  return out;
 }
 
 }  // namespace atomdisk

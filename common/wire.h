@@ -10,6 +10,7 @@
 // Responses (node -> client) have no such prefix (they start with the status).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -145,10 +146,24 @@ inline constexpr std::size_t kMinSyncPayloadSize = 4 + 1 + 1 + 8;
 inline constexpr std::uint64_t kMaxFrameBody = kMaxExtentCommandPayload + kMacSize;
 static_assert(kMaxExtentCommandPayload > kMaxPayloadSize &&
               kMaxExtentCommandPayload > kMaxSyncPayloadBound);
-// Frames a node accepts from a peer: atdd system messages and sync messages (peers never
-// send extents, so a peer link buffers less).
+// System batches (docs/PROTOCOL.md, "System batches"): atomdisk's extension that carries
+// many system messages to one peer in one frame under one tag. Payload:
+//   u32 3 | u32 n | n x (u32 len | the system message payload, len bytes)
+// with 1 <= n <= kMaxBatchMessages and every member a well-formed system message from the
+// same sender (no trailing bytes). Sent only to a peer whose HelloReply advertised kFeatureBatches
+// (common/sync_wire.h); atdd nodes and older atomdisk nodes close a connection that sends one
+// (unknown variant). A whole batch's payload stays within kMaxBatchPayload.
+inline constexpr std::uint32_t kSystemBatchPrefix = 3;
+inline constexpr std::size_t kMaxBatchMessages = 1024;
+inline constexpr std::size_t kMaxBatchPayload = 256 * 1024;
+// The encoded size of one system message's payload (a batch member, without its length).
+std::size_t SystemPayloadSize(const SystemMessage& msg);
+// Frames a node accepts from a peer: atdd system messages, system batches and sync messages
+// (peers never send extents, so a peer link buffers less).
 inline constexpr std::uint64_t kMaxPeerFrameBody =
-    (kMaxPayloadSize > kMaxSyncPayloadBound ? kMaxPayloadSize : kMaxSyncPayloadBound) + kMacSize;
+    std::max({kMaxPayloadSize, kMaxSyncPayloadBound, kMaxBatchPayload}) + kMacSize;
+static_assert(kMaxBatchPayload + kMacSize <= kMaxFrameBody,
+              "an accepted connection takes any batch");
 inline constexpr std::uint64_t kMinFrameBody =
     (kMinPayloadSize < kMinSyncPayloadSize ? kMinPayloadSize : kMinSyncPayloadSize) + kMacSize;
 // Frames a client accepts: responses only, the largest an extent read's.
@@ -162,11 +177,14 @@ using Frame = std::vector<std::uint8_t>;
 Frame EncodeFrame(const ClientCommand& cmd, Hmac& mac);
 Frame EncodeFrame(const SystemMessage& msg, Hmac& mac);
 Frame EncodeFrame(const ClientResponse& resp, Hmac& mac);
+// A system batch of `msgs` (1..kMaxBatchMessages, within kMaxBatchPayload: checked).
+Frame EncodeBatchFrame(std::span<const SystemMessage> msgs, Hmac& mac);
 
 // Payload-only encoders (no length, no tag), for tests and for the simulator.
 std::vector<std::uint8_t> EncodePayload(const ClientCommand& cmd);
 std::vector<std::uint8_t> EncodePayload(const SystemMessage& msg);
 std::vector<std::uint8_t> EncodePayload(const ClientResponse& resp);
+std::vector<std::uint8_t> EncodeBatchPayload(std::span<const SystemMessage> msgs);
 
 // Parses the 8-byte length prefix of a node-bound frame. Corruption if L is outside
 // [kMinFrameBody, max_body] (kMaxFrameBody for a connection that may carry client commands,
@@ -180,14 +198,17 @@ Result<std::uint64_t> DecodeResponseFrameLength(
     std::span<const std::uint8_t, kFrameLengthSize> prefix);
 
 // Which kind of command a node-bound payload carries, from its first u32: 0 client command,
-// 1 atdd system message, 2 sync message (common/sync_wire.h). Corruption for anything else.
-enum class CommandKind { kClient, kSystem, kSync };
+// 1 atdd system message, 2 sync message (common/sync_wire.h), 3 system batch. Corruption for
+// anything else.
+enum class CommandKind { kClient, kSystem, kSync, kSystemBatch };
 Result<CommandKind> PeekCommandKind(std::span<const std::uint8_t> payload);
 
 // Decode one payload (the frame body without its tag). Corruption on any malformation.
 Result<ClientCommand> DecodeClientCommand(std::span<const std::uint8_t> payload);
 Result<SystemMessage> DecodeSystemMessage(std::span<const std::uint8_t> payload);
 Result<ClientResponse> DecodeClientResponse(std::span<const std::uint8_t> payload);
+// A system batch's members, in order; Corruption if the batch or any member is malformed.
+Result<std::vector<SystemMessage>> DecodeSystemBatch(std::span<const std::uint8_t> payload);
 
 // For a client command whose tag failed: the request id and op kind, read leniently so the
 // AuthFailure response can echo them. Corruption if even those bytes are missing.
