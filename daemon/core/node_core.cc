@@ -375,6 +375,9 @@ bool NodeCore::AnswerReadTagFromCache(const SystemMessage& msg) {
 
 void NodeCore::OnPeerLinkUp(Rank peer) {
   if (fatal_ || peer == self_ || !config_.FindNode(peer)) return;
+  // It may be another process now, perhaps an older version: no batches until its next
+  // HelloReply says it takes them (the Syncer's next Hello, within hello_interval_ms).
+  batch_peers_[peer] = false;
   const std::int64_t now = env_->NowMs();
   for (auto& [sector, slot] : registers_) slot.reg->RetransmitSoon(now);
 }
@@ -411,7 +414,34 @@ Register* NodeCore::GetRegister(SectorIdx sector) {
 
 void NodeCore::Send(Rank to, const SystemMessage& msg) {
   if (to == self_ || !config_.FindNode(to)) return;
-  env_->SendSystem(to, msg);
+  const bool batches = batch_peers_[to] || CORE_BUG(batch_ignores_features);
+  if (!batches || msg.content == SystemContent::kValue) {
+    env_->SendSystem(to, msg);
+    return;
+  }
+  if (outbox_.WouldOverflow(to, msg)) FlushOutbox();
+  if (outbox_.Add(to, msg)) env_->RequestFlush();
+}
+
+void NodeCore::FlushOutbox() {
+  if (outbox_.empty()) return;
+  std::vector<Rank> batch_to;
+  for (const PeerOutbox::Batch& b : outbox_.Take()) {
+    batch_to.clear();
+    for (Rank to : b.to) {
+      // A peer that stopped taking batches since (a new link, a HelloReply without the bit)
+      // gets its queue one message at a time.
+      if (b.msgs.size() > 1 && (batch_peers_[to] || CORE_BUG(batch_ignores_features))) {
+        batch_to.push_back(to);
+      } else {
+        for (const SystemMessage& m : b.msgs) env_->SendSystem(to, m);
+      }
+    }
+    if (batch_to.empty()) continue;
+    counters_.batches_sent += batch_to.size();
+    counters_.batched_msgs += batch_to.size() * b.msgs.size();
+    env_->SendSystemBatch(batch_to, b.msgs);
+  }
 }
 
 void NodeCore::Persist(SectorIdx sector, const Triple& value) {
@@ -597,6 +627,9 @@ void NodeCore::SetWriteTsLease(std::uint64_t lease) { register_config_.write_ts_
 void NodeCore::SetPeerFeatures(Rank peer, std::uint8_t features) {
   if (peer != self_ && config_.FindNode(peer)) env_->OnPeerFeatures(peer, features);
   if (!options_.tag_reads) return;
+  if (peer != self_ && config_.FindNode(peer)) {
+    batch_peers_[peer] = (features & kFeatureBatches) != 0;
+  }
   auto it = std::find(register_config_.ranks.begin(), register_config_.ranks.end(), peer);
   if (it == register_config_.ranks.end() || peer == self_) return;
   std::size_t i = static_cast<std::size_t>(it - register_config_.ranks.begin());
@@ -641,6 +674,7 @@ std::string NodeCore::InfoJson() {
                         {"connected", link.connected},
                         {"dropped", link.dropped},
                         {"tag_reads", register_config_.IsTagPeer(i)},
+                        {"batches", batch_peers_[rank]},
                         {"reconnects", link.losses}};
     // null when unknown: never heard, no round trip measured, never down.
     p["last_heard_ms"] = link.heard_ago_ms >= 0 ? nlohmann::json(link.heard_ago_ms) : nullptr;
@@ -685,7 +719,9 @@ std::string NodeCore::InfoJson() {
                    {"unreadable_sectors", counters_.unreadable_sectors},
                    {"queued_ops", counters_.queued_ops},
                    {"unwanted_values", counters_.unwanted_values},
-                   {"tags_from_cache", counters_.tags_from_cache}};
+                   {"tags_from_cache", counters_.tags_from_cache},
+                   {"batches_sent", counters_.batches_sent},
+                   {"batched_msgs", counters_.batched_msgs}};
   std::string s = j.dump();
   if (s.size() > kMaxInfoSize)
     s = nlohmann::json{{"rank", self_}, {"version", options_.version}}.dump();

@@ -32,6 +32,7 @@
 #include "common/wire.h"
 #include "daemon/core/client_channel.h"
 #include "daemon/core/node_metrics.h"
+#include "daemon/core/peer_outbox.h"
 #include "daemon/register/register.h"
 #include "daemon/store/sector_store.h"
 #include "daemon/sync/identity.h"
@@ -46,6 +47,14 @@ class NodeCoreEnv {
   // Sends to a peer; silently dropped when it cannot go (registers and the Syncer retransmit).
   virtual void SendSystem(Rank to, const SystemMessage& msg) = 0;
   virtual void SendSync(Rank to, const SyncMessage& msg) = 0;
+  // Sends the same system batch (common/wire.h: two or more messages, in order) to each of
+  // `to`, peers that advertised kFeatureBatches; encoded and signed once for all of them.
+  virtual void SendSystemBatch(std::span<const Rank> to, std::span<const SystemMessage> msgs) = 0;
+  // The core holds system messages for batching (daemon/core/peer_outbox.h): call
+  // NodeCore::FlushOutbox once the events at hand are handled, before waiting for more (the
+  // daemon posts it to its io loop; the simulator calls it after each event). Called when
+  // the first message enters an empty outbox.
+  virtual void RequestFlush() = 0;
   // Whether our link to `peer` is up now.
   virtual bool PeerConnected(Rank peer) = 0;
   // What status and metrics show of our link to `peer`.
@@ -123,14 +132,17 @@ struct NodeCoreBugs {
   bool absorb_durable_unreported = false;
   // A write extent is answered, every sector done, as soon as its first member finishes.
   bool extent_early_answer = false;
+  // System messages are batched to every peer, whatever its HelloReply advertised.
+  bool batch_ignores_features = false;
 };
 
 struct NodeCoreOptions {
   RegisterConfig registers;  // retransmission timing, thrifty collect, bugs
   NodeCoreBugs bugs;
   SyncerOptions syncer;  // Hello intervals, timeouts, rate limit, resync and scrub periods
-  // False plays an atomdisk from before tag-only reads: HelloReply features are ignored, so
-  // this node never sends ReadTag (the simulator's mixed-version runs).
+  // False plays an atomdisk from before tag-only reads (and system batches): HelloReply
+  // features are ignored, so this node never sends ReadTag or a batch (the simulator's
+  // mixed-version runs).
   bool tag_reads = true;
   // `boot_nonce` makes this process's operation ids unique (the daemon draws it with
   // RAND_bytes); `version` and `revision` are what Info reports (common/build_info.h).
@@ -180,6 +192,9 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   // next Tick instead of at the end of their back-off, so a healed partition costs one round
   // trip, not up to RegisterConfig::retransmit_max_ms.
   void OnPeerLinkUp(Rank peer);
+  // Sends what the outbox holds: one system batch per group of peers with the same queue (a
+  // queue of one message goes as a plain system frame). See NodeCoreEnv::RequestFlush.
+  void FlushOutbox();
   // Logs at most once per second per kind of problem, counting the rest.
   void LogRateLimited(const std::string& kind, const std::string& message);
 
@@ -299,6 +314,13 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   // Sectors with resync values written straight to the store (their copy was unreadable, so
   // they have no register), by count, until durable.
   std::unordered_map<SectorIdx, int> direct_absorbs_;
+  // System messages to peers that take batches, until FlushOutbox. Values bypass it: a
+  // lone Value frame may be dropped unverified by a coordinator that no longer waits for it
+  // (NodeCore::WantsValue), which a batch member may not.
+  PeerOutbox outbox_;
+  // Peers whose latest HelloReply advertised kFeatureBatches (by rank); forgotten when our
+  // link to a peer comes up again, until its next HelloReply (it may be an older version).
+  std::array<bool, 256> batch_peers_{};
   // When each peer last answered us (NowMs of its last authenticated Value, Tag or Ack).
   std::array<std::int64_t, 256> heard_ms_{};
   std::uint64_t next_token_ = 1;

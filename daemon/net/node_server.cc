@@ -14,11 +14,6 @@ namespace asio = boost::asio;
 using asio::ip::tcp;
 
 namespace {
-bool SameMessage(const SystemMessage& a, const SystemMessage& b) {
-  return a.sender == b.sender && a.op_id == b.op_id && a.sector == b.sector &&
-         a.content == b.content && a.tag == b.tag && a.data == b.data;
-}
-
 std::uint64_t DrawBootNonce() {
   std::uint64_t nonce = 0;
   ATOMDISK_CHECK(RAND_bytes(reinterpret_cast<unsigned char*>(&nonce), sizeof(nonce)) == 1);
@@ -238,6 +233,8 @@ void NodeServer::OnFrame(Connection& conn, std::span<const std::uint8_t> body) {
     core_->OnClientFrame(conn, body);
   } else if (*kind == CommandKind::kSync) {
     HandleSync(conn, body);
+  } else if (*kind == CommandKind::kSystemBatch) {
+    HandleSystemBatch(conn, body);
   } else {
     HandleSystem(conn, body);
   }
@@ -266,6 +263,32 @@ void NodeServer::HandleSystem(Connection& conn, std::span<const std::uint8_t> bo
   if (core_->OnSystemMessage(*msg)) {
     NoteInbound(msg->sender, conn);
     NoteHeard(msg->sender);
+  }
+}
+
+void NodeServer::HandleSystemBatch(Connection& conn, std::span<const std::uint8_t> body) {
+  // One tag for the whole batch (docs/PROTOCOL.md, "System batches"): checked before any
+  // member is decoded; then every member goes to the core as if it had come alone.
+  auto payload = VerifyFrameBody(body, system_mac_);
+  if (!payload.ok()) {
+    core_->CountAuthFailure();
+    core_->LogRateLimited("sysauth",
+                          "system batch with a bad HMAC tag from " + conn.name() + " dropped");
+    return;
+  }
+  auto msgs = DecodeSystemBatch(*payload);
+  if (!msgs.ok()) {
+    core_->CountBadFrame();
+    conn.Close(msgs.status().message());
+    return;
+  }
+  std::optional<Rank> heard;
+  for (const SystemMessage& msg : *msgs) {
+    if (core_->OnSystemMessage(msg)) heard = msg.sender;
+  }
+  if (heard) {
+    NoteInbound(*heard, conn);
+    NoteHeard(*heard);
   }
 }
 
@@ -307,11 +330,22 @@ void NodeServer::HandleSync(Connection& conn, std::span<const std::uint8_t> body
 }
 
 void NodeServer::SendSystem(Rank to, const SystemMessage& msg) {
-  if (!last_frame_ || !SameMessage(msg, last_msg_)) {
+  if (!last_frame_ || !SameSystemMessage(msg, last_msg_)) {
     last_msg_ = msg;
     last_frame_ = std::make_shared<const Frame>(EncodeFrame(msg, system_mac_));
   }
   SendToPeer(to, last_frame_);
+}
+
+void NodeServer::SendSystemBatch(std::span<const Rank> to, std::span<const SystemMessage> msgs) {
+  auto frame = std::make_shared<const Frame>(EncodeBatchFrame(msgs, system_mac_));
+  for (Rank r : to) SendToPeer(r, frame);
+}
+
+void NodeServer::RequestFlush() {
+  // After the handlers already queued (the rest of this batch of reads and completions), so
+  // that what they send joins the same frames.
+  asio::post(io_, [this] { core_->FlushOutbox(); });
 }
 
 void NodeServer::SendSync(Rank to, const SyncMessage& msg) {

@@ -56,6 +56,8 @@ class NodeServer final : public FrameSink, public NodeCoreEnv {
   // NodeCoreEnv
   void SendSystem(Rank to, const SystemMessage& msg) override;
   void SendSync(Rank to, const SyncMessage& msg) override;
+  void SendSystemBatch(std::span<const Rank> to, std::span<const SystemMessage> msgs) override;
+  void RequestFlush() override;
   bool PeerConnected(Rank peer) override;
   PeerLinkStats PeerStats(Rank peer) override;
   void OnPeerFeatures(Rank peer, std::uint8_t features) override;
@@ -70,6 +72,7 @@ class NodeServer final : public FrameSink, public NodeCoreEnv {
   boost::asio::awaitable<void> AcceptLoop();
   boost::asio::awaitable<void> TickLoop();
   void HandleSystem(Connection& conn, std::span<const std::uint8_t> body);
+  void HandleSystemBatch(Connection& conn, std::span<const std::uint8_t> body);
   void HandleSync(Connection& conn, std::span<const std::uint8_t> body);
   // Sends to a peer on our link to it, or, while that link is down, on the last connection
   // the peer itself opened to us (remembered by NoteInbound for authenticated senders).

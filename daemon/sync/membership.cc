@@ -358,7 +358,7 @@ void Membership::ServeHello(const SyncMessage& msg) {
   r.voters = ctx_.identity.voters;
   // Liveness is the daemon's transport (daemon/net/node_server.cc answers Pings); a
   // simulated peer is never pinged, so advertising it there costs nothing.
-  r.features = kFeatureTagReads | kFeatureLiveness;
+  r.features = kFeatureTagReads | kFeatureLiveness | kFeatureBatches;
   ctx_.env->SendSync(msg.sender, r);
 }
 

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -37,6 +38,10 @@ class FakeWorld : public NodeCoreEnv, public NodeCoreObserver {
  public:
   void SendSystem(Rank to, const SystemMessage& msg) override { sent.push_back({to, msg}); }
   void SendSync(Rank to, const SyncMessage& msg) override { sync_sent.push_back({to, msg}); }
+  void SendSystemBatch(std::span<const Rank> to, std::span<const SystemMessage> msgs) override {
+    batches.push_back({{to.begin(), to.end()}, {msgs.begin(), msgs.end()}});
+  }
+  void RequestFlush() override { ++flush_requests; }
   bool PeerConnected(Rank) override { return links_up; }
   PeerLinkStats PeerStats(Rank) override { return {links_up, 0, 0, 0}; }
   std::int64_t NowMs() override { return now_ms; }
@@ -64,6 +69,12 @@ class FakeWorld : public NodeCoreEnv, public NodeCoreObserver {
     SystemMessage msg;
   };
   std::vector<Sent> sent;
+  struct SentBatch {
+    std::vector<Rank> to;
+    std::vector<SystemMessage> msgs;
+  };
+  std::vector<SentBatch> batches;
+  int flush_requests = 0;
   std::vector<std::pair<Rank, SyncMessage>> sync_sent;
   std::vector<std::function<void()>> posted;
   std::vector<Identity> saved;
@@ -291,6 +302,79 @@ TEST_F(NodeCoreTest, AReadIsAnsweredOnceAMajorityAnswers) {
   ASSERT_NE(r.data, nullptr);
   EXPECT_EQ(r.data->at(0), 0);
   EXPECT_EQ(channel_->open_ops, 0);
+}
+
+// System batches (docs/PROTOCOL.md): what the core sends to peers that advertised
+// kFeatureBatches waits in its outbox until FlushOutbox, and peers with the same queue share
+// one batch; a peer without the feature, or whose link came up again since its HelloReply,
+// gets each message alone; a Value never waits.
+TEST_F(NodeCoreTest, MessagesToBatchingPeersWaitForTheFlushAndShareOneBatch) {
+  MakeCore(VotingIdentity());
+  world_.links_up = true;
+  core_->Start();
+  core_->Tick();
+  ASSERT_TRUE(core_->voting());
+  core_->SetPeerFeatures(2, kFeatureBatches);
+  core_->SetPeerFeatures(3, kFeatureBatches);
+  world_.sent.clear();
+  auto read_extent = [&](std::uint64_t id, SectorIdx first) {
+    ClientCommand read{.request_id = id, .sector = first, .op = ClientOp::kReadExtent, .count = 4};
+    core_->OnClientFrame(*channel_, CommandBody(read, config_.client_key));
+  };
+  auto sent_to = [&](Rank to) {
+    return std::count_if(world_.sent.begin(), world_.sent.end(),
+                         [&](const FakeWorld::Sent& s) { return s.to == to; });
+  };
+  read_extent(5, 100);
+  EXPECT_TRUE(world_.sent.empty()) << "sent before the flush";
+  EXPECT_EQ(world_.flush_requests, 1) << "one flush asked for, when the outbox filled";
+  EXPECT_TRUE(world_.batches.empty());
+  core_->FlushOutbox();
+  ASSERT_EQ(world_.batches.size(), 1u);
+  EXPECT_EQ(world_.batches[0].to, (std::vector<Rank>{2, 3}));
+  ASSERT_EQ(world_.batches[0].msgs.size(), 4u);
+  for (std::size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(world_.batches[0].msgs[i].sector, 100 + i);
+    EXPECT_EQ(world_.batches[0].msgs[i].content, SystemContent::kReadProc);
+  }
+  core_->FlushOutbox();  // nothing left: nothing sent again
+  EXPECT_EQ(world_.batches.size(), 1u);
+  EXPECT_TRUE(world_.sent.empty());
+
+  // Peer 3's link comes up again: it may be an older version now, so it gets single messages
+  // until its next HelloReply; peer 2 still gets a batch.
+  core_->OnPeerLinkUp(3);
+  world_.batches.clear();
+  read_extent(6, 200);
+  core_->FlushOutbox();
+  ASSERT_EQ(world_.batches.size(), 1u);
+  EXPECT_EQ(world_.batches[0].to, (std::vector<Rank>{2}));
+  EXPECT_EQ(world_.batches[0].msgs.size(), 4u);
+  EXPECT_EQ(sent_to(3), 4);
+  EXPECT_EQ(sent_to(2), 0);
+
+  // A HelloReply without the bit (a downgrade) stops batches to peer 2 as well.
+  core_->SetPeerFeatures(2, 0);
+  world_.batches.clear();
+  world_.sent.clear();
+  read_extent(7, 300);
+  core_->FlushOutbox();
+  EXPECT_TRUE(world_.batches.empty());
+  EXPECT_EQ(sent_to(2), 4);
+  EXPECT_EQ(sent_to(3), 4);
+
+  // A Value (our answer to a peer's ReadProc) goes out at once, batches or not.
+  core_->SetPeerFeatures(2, kFeatureBatches);
+  world_.sent.clear();
+  SystemMessage rp;
+  rp.sender = 2;
+  rp.op_id.bytes[0] = 42;
+  rp.sector = 7;
+  rp.content = SystemContent::kReadProc;
+  EXPECT_TRUE(core_->OnSystemMessage(rp));
+  ASSERT_EQ(world_.sent.size(), 1u);
+  EXPECT_EQ(world_.sent[0].to, 2);
+  EXPECT_EQ(world_.sent[0].msg.content, SystemContent::kValue);
 }
 
 TEST_F(NodeCoreTest, MessagesFromUnknownRanksOrOurselvesAreDropped) {

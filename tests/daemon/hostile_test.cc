@@ -179,6 +179,23 @@ std::vector<ClosingCase> ClosingCases() {
       return SignPayload(payload, Bytes(c.system_key().begin(), c.system_key().end()));
     };
   };
+  // A correctly signed system batch (docs/PROTOCOL.md, "System batches") of two ReadProcs,
+  // spoilt by `spoil`.
+  auto batch_frame = [](std::function<void(Bytes&)> spoil) {
+    return [=](const LiveCluster& c) {
+      SystemMessage m = HostileWriteProc(2, kVictim, 666);
+      m.content = SystemContent::kReadProc;
+      Bytes payload = EncodeBatchPayload(std::vector{m, m});
+      spoil(payload);
+      return SignPayload(payload, Bytes(c.system_key().begin(), c.system_key().end()));
+    };
+  };
+  auto put32 = [](std::size_t off, std::uint32_t v) {
+    return [=](Bytes& b) {
+      Bytes be = U32Be(v);
+      std::copy(be.begin(), be.end(), b.begin() + static_cast<std::ptrdiff_t>(off));
+    };
+  };
   auto raw = [](Bytes b) { return [b](const LiveCluster&) { return b; }; };
   auto prefix = [](std::uint64_t l, std::size_t then) {
     return [=](const LiveCluster&) {
@@ -202,6 +219,15 @@ std::vector<ClosingCase> ClosingCases() {
       {"ReadWithTrailingBytes", client_frame(0, 0, 3, true)},
       {"SystemFrameWithTrailingBytes", system_frame(3, 16)},
       {"SystemFrameUuidLength17", system_frame(0, 17)},
+      {"BatchOfNoMembers", batch_frame([](Bytes& b) {
+         b.resize(8);
+         b[7] = 0;
+       })},
+      {"BatchCountingMoreMembersThanItHolds", batch_frame(put32(4, 3))},
+      {"BatchCountingFewerMembersThanItHolds", batch_frame(put32(4, 1))},
+      {"BatchMemberLengthOneShort", batch_frame(put32(8, 40))},
+      {"BatchMemberLengthHuge", batch_frame(put32(8, 0xFFFFFFFFu))},
+      {"BatchWithTrailingBytes", batch_frame([](Bytes& b) { b.push_back(0); })},
   };
 }
 
@@ -271,6 +297,25 @@ TEST_F(DaemonHostileTest, SystemFrameWithBadTagIsDropped) {
       SignPayload(EncodePayload(HostileWriteProc(2, kVictim, 666)), WrongKey(kSystemKeySize));
   ASSERT_TRUE(attacker->SendBytes(frame).ok());
   // Dropped: no answer, and the connection stays open (a client command on it still works).
+  auto data = attacker->Read(kVictim);
+  ASSERT_TRUE(data.ok()) << data.status().ToString();
+  EXPECT_EQ(CheckedId(**data), kVictimId);
+  ExpectStillServing();
+}
+
+// A system batch under a wrong tag is dropped whole, and one from a rank outside the cluster
+// is dropped member by member; the connection stays open and nothing is written.
+TEST_F(DaemonHostileTest, SystemBatchWithBadTagOrFromUnknownRankIsDropped) {
+  auto attacker = cluster_->Connect(1);
+  ASSERT_NE(attacker, nullptr);
+  Bytes key(cluster_->system_key().begin(), cluster_->system_key().end());
+  std::vector<SystemMessage> forged = {HostileWriteProc(2, kVictim, 666),
+                                       HostileWriteProc(2, kVictim + 1, 667)};
+  ASSERT_TRUE(
+      attacker->SendBytes(SignPayload(EncodeBatchPayload(forged), WrongKey(kSystemKeySize))).ok());
+  std::vector<SystemMessage> stranger = {HostileWriteProc(9, kVictim, 668),
+                                         HostileWriteProc(9, kVictim + 1, 669)};
+  ASSERT_TRUE(attacker->SendBytes(SignPayload(EncodeBatchPayload(stranger), key)).ok());
   auto data = attacker->Read(kVictim);
   ASSERT_TRUE(data.ok()) << data.status().ToString();
   EXPECT_EQ(CheckedId(**data), kVictimId);

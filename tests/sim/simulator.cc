@@ -54,6 +54,8 @@ const char* SimBugName(SimBug bug) {
       return "stale-self-at-vote";
     case SimBug::kExtentEarlyAnswer:
       return "extent-early-answer";
+    case SimBug::kBatchIgnoresFeatures:
+      return "batch-ignores-features";
   }
   return "?";
 }
@@ -69,6 +71,7 @@ const char* SimBugLayer(SimBug bug) {
     case SimBug::kAbsorbUnguarded:
     case SimBug::kAbsorbDurableUnreported:
     case SimBug::kExtentEarlyAnswer:
+    case SimBug::kBatchIgnoresFeatures:
       return "node";
     case SimBug::kJoinerVotes:
     case SimBug::kLeaseForgotten:
@@ -112,6 +115,9 @@ const char* SimBugWhat(SimBug bug) {
     case SimBug::kExtentEarlyAnswer:
       return "an extent command is answered, every sector done, when its first member "
              "finishes (needs --extents)";
+    case SimBug::kBatchIgnoresFeatures:
+      return "system batches go to every peer, also to one whose HelloReply did not advertise "
+             "them (an older node, which would close the connection)";
     case SimBug::kNone:
       break;
   }
@@ -122,7 +128,8 @@ std::vector<SimBug> AllSimBugs() {
   return {SimBug::kSkipImpose,          SimBug::kAckBeforePersist, SimBug::kMinorityQuorum,
           SimBug::kForgetOnRestart,     SimBug::kJoinerVotes,      SimBug::kLeaseForgotten,
           SimBug::kServeBeforeIdentity, SimBug::kAbsorbUnguarded,  SimBug::kAbsorbDurableUnreported,
-          SimBug::kStaleSelfAtVote,     SimBug::kGenesisTrusted,   SimBug::kExtentEarlyAnswer};
+          SimBug::kStaleSelfAtVote,     SimBug::kGenesisTrusted,   SimBug::kExtentEarlyAnswer,
+          SimBug::kBatchIgnoresFeatures};
 }
 
 std::optional<SimBug> ParseSimBug(std::string_view name) {
@@ -326,8 +333,10 @@ class Simulator {
     std::uint64_t epoch = 0;
     std::uint64_t from_epoch = 0;
     std::uint64_t arg = 0;  // client, op token, partition or slow-disk generation
-    // kDeliver: exactly one of them, a register message or a sync message.
+    // kDeliver: exactly one of them, a register message, a system batch (docs/PROTOCOL.md,
+    // "System batches": lost, duplicated and delayed as one frame) or a sync message.
     std::shared_ptr<const SystemMessage> msg;
+    std::shared_ptr<const std::vector<SystemMessage>> batch;
     std::shared_ptr<const SyncMessage> sync_msg;
   };
   struct EventLater {
@@ -344,6 +353,12 @@ class Simulator {
     // NodeCoreEnv
     void SendSystem(Rank to, const SystemMessage& msg) override { sim_->OnSend(node_, to, msg); }
     void SendSync(Rank to, const SyncMessage& msg) override { sim_->OnSendSync(node_, to, msg); }
+    void SendSystemBatch(std::span<const Rank> to, std::span<const SystemMessage> msgs) override {
+      sim_->OnSendBatch(node_, to, msgs);
+    }
+    // Flushed once the event at hand is handled (Simulator::FlushOutboxes), as the daemon's
+    // posted flush runs once its io loop has handled what it had read.
+    void RequestFlush() override { sim_->nodes_[node_]->flush_requested = true; }
     // A TCP link breaks when its peer's process dies; a partition (packets dropped) leaves it
     // up, as on a real network.
     bool PeerConnected(Rank peer) override {
@@ -448,6 +463,7 @@ class Simulator {
     std::uint64_t persists_in_flight = 0;
     std::uint64_t absorbs_in_flight = 0;
     bool sync_scheduled = false;
+    bool flush_requested = false;  // NodeCoreEnv::RequestFlush, done after this event
     bool disk_slow = false;
     std::uint64_t disk_slow_gen = 0;
     int fail_identity_writes = 0;  // injected: the next IDENTITY saves fail
@@ -565,6 +581,15 @@ class Simulator {
   void OnSendSync(int from, Rank to, const SyncMessage& msg);
   void OnSetVoting(int n, bool voting);
   void OnSend(int from, Rank to, const SystemMessage& msg);
+  void OnSendBatch(int from, std::span<const Rank> to, std::span<const SystemMessage> msgs);
+  // The checks every system message passes on its way out (alone or in a batch), given its
+  // decoded copy `d`; false (after Fail) if one fires. Sets `what` for the trace.
+  bool CheckOutgoing(int from, Rank to, const SystemMessage& msg, const SystemMessage& d,
+                     std::string& what);
+  // What a node does with one system message it receives (alone or as a batch member).
+  void DeliverSystem(Node& dst, const SystemMessage& msg, bool alone);
+  // Runs NodeCore::FlushOutbox on every node that asked for it during the last event.
+  void FlushOutboxes();
   void Transmit(int from, int to, Event e, const std::string& what);
   static std::string SyncWhat(const SyncMessage& msg, Rank from, Rank to);
   void OnStoreWrite(int n, SectorIdx sector, const Triple& value, bool absorb);
@@ -1083,14 +1108,17 @@ void Simulator::ScheduleTick(int n) {
 // ---------------------------------------------------------------------------------------
 // Register effects.
 
+namespace {
+// Whether a system message came out of the codec as it went in.
+bool SameAfterCodec(const SystemMessage& msg, const SystemMessage& d) {
+  return d.sender == msg.sender && d.op_id == msg.op_id && d.sector == msg.sector &&
+         d.content == msg.content && (!HasTag(msg.content) || d.tag == msg.tag) &&
+         (!HasData(msg.content) || (msg.data && d.data && *d.data == *msg.data));
+}
+}  // namespace
+
 void Simulator::OnSend(int from, Rank to, const SystemMessage& msg) {
-  Node& src = *nodes_[from];
   ++result_.stats.messages_sent;
-  if (msg.sender != src.rank || to == src.rank || to < 1 || to > static_cast<int>(nodes_.size())) {
-    Fail("sim-internal", "node " + std::to_string(src.rank) + " sends a message as " +
-                             std::to_string(msg.sender) + " to " + std::to_string(to));
-    return;
-  }
   // Every message goes through the wire codec.
   std::vector<std::uint8_t> payload = EncodePayload(msg);
   Result<SystemMessage> decoded = DecodeSystemMessage(payload);
@@ -1099,29 +1127,85 @@ void Simulator::OnSend(int from, Rank to, const SystemMessage& msg) {
                       decoded.status().ToString());
     return;
   }
-  const SystemMessage& d = *decoded;
-  const bool has_value = HasData(msg.content);
-  if (d.sender != msg.sender || d.op_id != msg.op_id || d.sector != msg.sector ||
-      d.content != msg.content || (HasTag(msg.content) && d.tag != msg.tag) ||
-      (has_value && (!msg.data || !d.data || *d.data != *msg.data))) {
+  if (!SameAfterCodec(msg, *decoded)) {
     Fail("codec", std::string(SystemContentName(msg.content)) + " changed in a round trip");
     return;
   }
+  std::string what;
+  if (!CheckOutgoing(from, to, msg, *decoded, what)) return;
+  Event e;
+  e.msg = std::make_shared<const SystemMessage>(std::move(decoded).value());
+  Transmit(from, to - 1, std::move(e), what);
+}
+
+void Simulator::OnSendBatch(int from, std::span<const Rank> to,
+                            std::span<const SystemMessage> msgs) {
+  Node& src = *nodes_[from];
+  ++result_.stats.batches_sent;
+  // Every batch goes through the wire codec, as one payload.
+  std::vector<std::uint8_t> payload = EncodeBatchPayload(msgs);
+  Result<std::vector<SystemMessage>> decoded = DecodeSystemBatch(payload);
+  if (!decoded.ok()) {
+    Fail("codec", "decoding an encoded system batch: " + decoded.status().ToString());
+    return;
+  }
+  if (decoded->size() != msgs.size() || msgs.size() < 2) {
+    Fail("codec", "a system batch of " + std::to_string(msgs.size()) + " decodes to " +
+                      std::to_string(decoded->size()) + " messages");
+    return;
+  }
+  auto batch = std::make_shared<const std::vector<SystemMessage>>(std::move(decoded).value());
+  for (Rank r : to) {
+    // Batches only between nodes that both have them (negotiated through HelloReply features).
+    if (from == old_node_ || r - 1 == old_node_) {
+      Fail("feature-negotiation", "node " + std::to_string(src.rank) + " sends a batch of " +
+                                      std::to_string(msgs.size()) + " to " + std::to_string(r) +
+                                      " but " + (from == old_node_ ? "it" : "that node") +
+                                      " plays a node without batches");
+      return;
+    }
+    std::string what = "batch " + std::to_string(src.rank) + "->" + std::to_string(r) + " of " +
+                       std::to_string(msgs.size()) + ":";
+    for (std::size_t i = 0; i < msgs.size(); ++i) {
+      ++result_.stats.messages_sent;
+      if (!SameAfterCodec(msgs[i], (*batch)[i])) {
+        Fail("codec", "member " + std::to_string(i) + " of a system batch changed in a round trip");
+        return;
+      }
+      std::string member;
+      if (!CheckOutgoing(from, r, msgs[i], (*batch)[i], member)) return;
+      if (i < 4) what += " " + member;
+    }
+    if (msgs.size() > 4) what += " ...";
+    Event e;
+    e.batch = batch;
+    Transmit(from, r - 1, std::move(e), what);
+  }
+}
+
+bool Simulator::CheckOutgoing(int from, Rank to, const SystemMessage& msg, const SystemMessage& d,
+                              std::string& what) {
+  Node& src = *nodes_[from];
+  if (msg.sender != src.rank || to == src.rank || to < 1 || to > static_cast<int>(nodes_.size())) {
+    Fail("sim-internal", "node " + std::to_string(src.rank) + " sends a message as " +
+                             std::to_string(msg.sender) + " to " + std::to_string(to));
+    return false;
+  }
+  const bool has_value = HasData(msg.content);
   std::uint64_t value_id = 0;
   if (has_value) {
     std::optional<std::uint64_t> id = ValueIdOf(*d.data);
     if (!id) {
       Fail("torn-value", "node " + std::to_string(src.rank) + " sends a " +
                              SystemContentName(msg.content) + " with data no client wrote");
-      return;
+      return false;
     }
     value_id = *id;
     NoteTagValue(d.sector, d.tag, value_id,
                  msg.content == SystemContent::kValue ? "in a Value" : "in a WriteProc");
   }
-  std::string what = std::string(SystemContentName(msg.content)) + " " + std::to_string(src.rank) +
-                     "->" + std::to_string(to) + " op " + ShortId(msg.op_id) + " sector " +
-                     std::to_string(msg.sector);
+  what = std::string(SystemContentName(msg.content)) + " " + std::to_string(src.rank) + "->" +
+         std::to_string(to) + " op " + ShortId(msg.op_id) + " sector " + std::to_string(msg.sector);
   if (has_value) what += " tag " + TagStr(d.tag) + " v" + std::to_string(value_id);
   if (msg.content == SystemContent::kTag) what += " tag " + TagStr(d.tag);
 
@@ -1130,7 +1214,7 @@ void Simulator::OnSend(int from, Rank to, const SystemMessage& msg) {
     Fail("feature-negotiation", "node " + std::to_string(src.rank) + " sends " + what + " but " +
                                     (from == old_node_ ? "it" : "that node") +
                                     " plays a node without tag-only reads");
-    return;
+    return false;
   }
   // A Value or a Tag reports only what is durable at its sender (the one-round-trip read and
   // the tag-only first phase rely on it).
@@ -1140,7 +1224,7 @@ void Simulator::OnSend(int from, Rank to, const SystemMessage& msg) {
     if (durable < d.tag) {
       Fail("reported-not-durable", "node " + std::to_string(src.rank) + " sends " + what +
                                        " while only " + TagStr(durable) + " is durable there");
-      return;
+      return false;
     }
   }
 
@@ -1150,7 +1234,7 @@ void Simulator::OnSend(int from, Rank to, const SystemMessage& msg) {
       Fail("ack-before-durable", "node " + std::to_string(src.rank) + " acks op " +
                                      ShortId(msg.op_id) + " to " + std::to_string(to) +
                                      " without having received its WriteProc");
-      return;
+      return false;
     }
     auto [sector, tag] = it->second;
     Tag durable = src.known_durable.count(sector) ? src.known_durable[sector] : Tag{};
@@ -1164,7 +1248,7 @@ void Simulator::OnSend(int from, Rank to, const SystemMessage& msg) {
                                      TagStr(tag) + " (op " + ShortId(msg.op_id) + ", sector " +
                                      std::to_string(sector) + ") to " + std::to_string(to) +
                                      " while only " + TagStr(durable) + " is durable there");
-      return;
+      return false;
     }
     src.writeprocs.erase(it);
   }
@@ -1174,11 +1258,9 @@ void Simulator::OnSend(int from, Rank to, const SystemMessage& msg) {
        msg.content == SystemContent::kAck)) {
     Fail("nonvoter-answered",
          "node " + std::to_string(src.rank) + " does not vote but sends " + what);
-    return;
+    return false;
   }
-  Event e;
-  e.msg = std::make_shared<const SystemMessage>(std::move(decoded).value());
-  Transmit(from, to - 1, std::move(e), what);
+  return true;
 }
 
 void Simulator::Transmit(int from, int to, Event e, const std::string& what) {
@@ -1517,6 +1599,9 @@ void Simulator::Deliver(const Event& e) {
   std::string what;
   if (e.sync_msg) {
     what = SyncWhat(*e.sync_msg, src.rank, dst.rank);
+  } else if (e.batch) {
+    what = "batch " + std::to_string(src.rank) + "->" + std::to_string(dst.rank) + " of " +
+           std::to_string(e.batch->size());
   } else {
     const SystemMessage& msg = *e.msg;
     what = std::string(SystemContentName(msg.content)) + " " + std::to_string(src.rank) + "->" +
@@ -1534,9 +1619,20 @@ void Simulator::Deliver(const Event& e) {
     dst.core->OnSyncMessage(*e.sync_msg);
     return;
   }
-  const SystemMessage& msg = *e.msg;
-  // What atomdiskd's adapter does before checking a frame's tag (daemon/net/node_server.cc).
-  if (msg.content == SystemContent::kValue && !dst.core->WantsValue(msg)) {
+  if (e.batch) {
+    // One tag checked for all, then each member as if it had come alone
+    // (NodeServer::HandleSystemBatch); the core may crash the node midway (Fatal takes
+    // effect after the event).
+    for (const SystemMessage& msg : *e.batch) DeliverSystem(dst, msg, false);
+    return;
+  }
+  DeliverSystem(dst, *e.msg, true);
+}
+
+void Simulator::DeliverSystem(Node& dst, const SystemMessage& msg, bool alone) {
+  // What atomdiskd's adapter does before checking a lone frame's tag
+  // (daemon/net/node_server.cc); a batch's members are all verified, so none is dropped.
+  if (alone && msg.content == SystemContent::kValue && !dst.core->WantsValue(msg)) {
     Trace("  unwanted Value dropped");
     return;
   }
@@ -1946,6 +2042,7 @@ void Simulator::CheckConvergence() {
     now_us_ = e.time_us;
     ++result_.stats.events;
     Dispatch(e);
+    if (!failed()) FlushOutboxes();
     if (!failed()) ReapFatal();
     if (!failed()) CheckAfterEvent();
   }
@@ -2096,6 +2193,15 @@ void Simulator::Dispatch(const Event& e) {
   }
 }
 
+void Simulator::FlushOutboxes() {
+  for (auto& node : nodes_) {
+    if (!node->flush_requested) continue;
+    node->flush_requested = false;
+    if (node->up && node->core) node->core->FlushOutbox();
+    if (failed()) return;
+  }
+}
+
 SimResult Simulator::Run() {
   const int n_nodes = options_.nodes;
   // Workload and faults, drawn from the seed.
@@ -2151,6 +2257,7 @@ SimResult Simulator::Run() {
   core_options_.bugs.absorb_unguarded = options_.bug == SimBug::kAbsorbUnguarded;
   core_options_.bugs.absorb_durable_unreported = options_.bug == SimBug::kAbsorbDurableUnreported;
   core_options_.bugs.extent_early_answer = options_.bug == SimBug::kExtentEarlyAnswer;
+  core_options_.bugs.batch_ignores_features = options_.bug == SimBug::kBatchIgnoresFeatures;
 
   blocked_.assign(n_nodes, std::vector<bool>(n_nodes, false));
   for (int i = 0; i < n_nodes; ++i) {
@@ -2220,6 +2327,7 @@ SimResult Simulator::Run() {
     now_us_ = e.time_us;
     ++result_.stats.events;
     Dispatch(e);
+    if (!failed()) FlushOutboxes();
     if (!failed()) ReapFatal();
     if (!failed()) CheckAfterEvent();
   };

@@ -45,6 +45,7 @@ enum class SimBug {
   kStaleSelfAtVote,          // a node that starts voting mid-read answers with its pre-join value
   kGenesisTrusted,     // a replaced disk bootstrapped as founding member, trusted over the voters
   kExtentEarlyAnswer,  // an extent is answered done when its first member finishes (--extents)
+  kBatchIgnoresFeatures,  // system batches go to peers that did not advertise them
 };
 
 // "skip-impose", ... ; "none" for kNone.
@@ -98,6 +99,7 @@ struct SimStats {
   std::uint64_t absorbs = 0;          // SyncEnv::Absorb calls
   std::uint64_t passes_done = 0;      // resync passes finished, summed over nodes and restarts
   std::uint64_t tags_from_cache = 0;  // ReadTags answered from a store's slot cache
+  std::uint64_t batches_sent = 0;     // system batches (their members count in messages_sent)
 };
 
 struct SimResult {
