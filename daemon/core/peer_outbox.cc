@@ -1,6 +1,5 @@
 #include "daemon/core/peer_outbox.h"
 
-#include <algorithm>
 #include <utility>
 
 namespace atomdisk {
@@ -10,54 +9,48 @@ bool SameSystemMessage(const SystemMessage& a, const SystemMessage& b) {
          a.content == b.content && a.tag == b.tag && a.data == b.data;
 }
 
-const PeerOutbox::Queue* PeerOutbox::Find(Rank to) const {
-  for (const Queue& q : queues_) {
-    if (q.to == to) return &q;
-  }
-  return nullptr;
-}
-
-PeerOutbox::Queue* PeerOutbox::Find(Rank to) {
-  return const_cast<Queue*>(std::as_const(*this).Find(to));
-}
-
 bool PeerOutbox::WouldOverflow(Rank to, const SystemMessage& msg) const {
-  const Queue* q = Find(to);
-  if (!q) return false;
-  return q->msgs.size() + 1 > kMaxBatchMessages ||
-         q->bytes + 4 + SystemPayloadSize(msg) > kFlushBytes;
+  const Load& l = load_[to];
+  return l.msgs + 1 > kMaxBatchMessages || l.bytes + 4 + SystemPayloadSize(msg) > kFlushBytes;
 }
 
 bool PeerOutbox::Add(Rank to, const SystemMessage& msg) {
-  const bool was_empty = pending_ == 0;
-  Queue* q = Find(to);
-  if (!q) {
-    queues_.push_back(Queue{to, {}, 0});
-    q = &queues_.back();
+  const bool was_empty = entries_.empty();
+  Load& l = load_[to];
+  if (l.msgs == 0) loaded_.push_back(to);
+  l.bytes += 4 + SystemPayloadSize(msg);
+  ++l.msgs;
+  // The same message for another peer right after: held once, for both.
+  if (!entries_.empty() && !entries_.back().to.test(to) &&
+      SameSystemMessage(entries_.back().msg, msg)) {
+    entries_.back().to.set(to);
+    return false;
   }
-  q->msgs.push_back(msg);
-  q->bytes += 4 + SystemPayloadSize(msg);
-  ++pending_;
+  Entry e{msg, {}};
+  e.to.set(to);
+  entries_.push_back(std::move(e));
   return was_empty;
 }
 
 std::vector<PeerOutbox::Batch> PeerOutbox::Take() {
   std::vector<Batch> out;
-  for (Queue& q : queues_) {
-    if (q.msgs.empty()) continue;
-    auto same = std::find_if(out.begin(), out.end(), [&](const Batch& b) {
-      return std::equal(b.msgs.begin(), b.msgs.end(), q.msgs.begin(), q.msgs.end(),
-                        SameSystemMessage);
-    });
-    if (same != out.end()) {
-      same->to.push_back(q.to);
-    } else {
-      out.push_back(Batch{{q.to}, std::move(q.msgs)});
+  std::vector<RankSet> sets;  // out[i] goes to sets[i]
+  for (Entry& e : entries_) {
+    std::size_t i = 0;
+    while (i < sets.size() && sets[i] != e.to) ++i;
+    if (i == sets.size()) {
+      sets.push_back(e.to);
+      Batch b;
+      for (std::size_t r = 0; r < e.to.size(); ++r) {
+        if (e.to.test(r)) b.to.push_back(static_cast<Rank>(r));
+      }
+      out.push_back(std::move(b));
     }
-    q.msgs.clear();
-    q.bytes = 0;
+    out[i].msgs.push_back(std::move(e.msg));
   }
-  pending_ = 0;
+  entries_.clear();
+  for (Rank r : loaded_) load_[r] = Load{};
+  loaded_.clear();
   return out;
 }
 

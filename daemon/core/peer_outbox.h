@@ -1,13 +1,19 @@
 // PeerOutbox: the system messages a node core sends while it handles the events at hand,
-// held per peer and handed out together (docs/PROTOCOL.md, "System batches"), so that a run
-// of sectors costs a peer one frame, one tag and one write instead of one per message.
+// held and handed out together (docs/PROTOCOL.md, "Extension: system batches"), so that a
+// run of sectors costs a peer a few frames, tags and writes instead of one per message.
 //
-// Queues keep each peer's messages in the order they were sent. Take groups the peers whose
-// queues hold the same messages in the same order (a coordinator sends every peer the same
-// ReadTags and WriteProcs), so that their batch is encoded and signed once for all of them.
-// No I/O and no clock: the core decides when to flush (daemon/core/node_core.h).
+// A message sent to several peers in a row (a register sends every peer the same ReadTag or
+// WriteProc, one Send after the other) is held once, with the set of peers it goes to. Take
+// groups the messages by that set: each group becomes one batch, encoded and signed once for
+// all of its peers, so a WriteProc's 4 KiB is still MACed once however many peers get it.
+// Messages keep their order within a group; between groups a peer may get them in another
+// order than they were sent, which the register protocol allows (any message may be delayed,
+// docs/REGISTER.md). No I/O and no clock: the core decides when to flush
+// (daemon/core/node_core.h).
 #pragma once
 
+#include <array>
+#include <bitset>
 #include <cstddef>
 #include <vector>
 
@@ -18,36 +24,39 @@ namespace atomdisk {
 
 class PeerOutbox {
  public:
-  // A peer's queue is flushed before it would pass this many payload bytes (or
-  // kMaxBatchMessages messages): about 15 WriteProcs, so a 1 MiB extent goes to a peer in
-  // about 17 frames, each well inside kMaxBatchPayload.
+  // What a peer is sent in one flush stays below this many payload bytes (and
+  // kMaxBatchMessages messages): about 15 WriteProcs, so every batch fits well inside
+  // kMaxBatchPayload and a 1 MiB extent goes to a peer in about 17 frames.
   static constexpr std::size_t kFlushBytes = 64 * 1024;
 
   // Whether queueing `msg` for `to` would pass the caps: flush (Take) first.
   bool WouldOverflow(Rank to, const SystemMessage& msg) const;
   // Queues `msg` for `to`; true if the outbox was empty before (arrange a flush).
   bool Add(Rank to, const SystemMessage& msg);
-  bool empty() const { return pending_ == 0; }
-  std::size_t pending() const { return pending_; }
+  bool empty() const { return entries_.empty(); }
+  // Messages held (a message held for several peers counts once).
+  std::size_t pending() const { return entries_.size(); }
 
   struct Batch {
-    std::vector<Rank> to;             // one or more peers, ascending by first send
+    std::vector<Rank> to;             // one or more peers, ascending
     std::vector<SystemMessage> msgs;  // in the order they were sent, at least one
   };
-  // Empties the outbox: one batch per group of peers with identical queues.
+  // Empties the outbox: one batch per set of peers, in the order each set first appeared.
   std::vector<Batch> Take();
 
  private:
-  struct Queue {
-    Rank to = 0;
-    std::vector<SystemMessage> msgs;
-    std::size_t bytes = 0;
+  using RankSet = std::bitset<256>;
+  struct Entry {
+    SystemMessage msg;
+    RankSet to;
   };
-  const Queue* Find(Rank to) const;
-  Queue* Find(Rank to);
+  struct Load {
+    std::size_t bytes = 0, msgs = 0;
+  };
 
-  std::vector<Queue> queues_;  // a handful of peers: searched linearly
-  std::size_t pending_ = 0;
+  std::vector<Entry> entries_;
+  std::array<Load, 256> load_{};  // what each peer is sent so far in this flush
+  std::vector<Rank> loaded_;      // the peers whose load_ is not zero
 };
 
 // Whether two system messages are the same message (the same data buffer, not merely equal
