@@ -382,13 +382,13 @@ TEST(MembershipTest, RepliesOfAnotherClusterAreIgnored) {
             "majority: atomdiskd --bootstrap)");
   EXPECT_EQ(c.node(1).CountNotes("belongs to cluster"), 1);
   EXPECT_EQ(c.node(1).peer_features.count(2), 0u) << "another cluster's reply tells nothing";
-  EXPECT_EQ(c.node(1).peer_features.at(3), kFeatureTagReads | kFeatureLiveness);
+  EXPECT_EQ(c.node(1).peer_features.at(3), kFeatureTagReads | kFeatureLiveness | kFeatureBatches);
   EXPECT_TRUE(c.SentBy(1, SyncKind::kRegisterVoter).empty());
   EXPECT_TRUE(c.SentBy(1, SyncKind::kDigest).empty());
 }
 
 // Every feature this build speaks (daemon/sync/membership.cc sends them in its HelloReply).
-constexpr std::uint8_t kOurFeatures = kFeatureTagReads | kFeatureLiveness;
+constexpr std::uint8_t kOurFeatures = kFeatureTagReads | kFeatureLiveness | kFeatureBatches;
 
 // Hello replies advertise tag-only reads and liveness; each reply of this cluster's newest round
 // tells the env what its sender understands, so a peer that stops advertising (downgraded) is
