@@ -374,9 +374,11 @@ Result<std::vector<SystemMessage>> DecodeSystemBatch(std::span<const std::uint8_
   if (n == 0 || n > kMaxBatchMessages) {
     return Malformed("system batch", std::to_string(n) + " members");
   }
-  // Each member takes at least its length and a system header: refuse a count the bytes
-  // cannot hold before reserving for it.
-  if (r.remaining() / (4 + 4 + 1 + 8 + 16 + 8 + 4) < n) {
+  // Each member takes at least its length and a system header (a ReadProc's payload): refuse
+  // a count the bytes cannot hold before reserving for it.
+  SystemMessage smallest;
+  smallest.content = SystemContent::kReadProc;
+  if (r.remaining() / (4 + SystemPayloadSize(smallest)) < n) {
     return Malformed("system batch",
                      std::to_string(n) + " members in " + std::to_string(r.remaining()) + " bytes");
   }

@@ -146,7 +146,7 @@ inline constexpr std::size_t kMinSyncPayloadSize = 4 + 1 + 1 + 8;
 inline constexpr std::uint64_t kMaxFrameBody = kMaxExtentCommandPayload + kMacSize;
 static_assert(kMaxExtentCommandPayload > kMaxPayloadSize &&
               kMaxExtentCommandPayload > kMaxSyncPayloadBound);
-// System batches (docs/PROTOCOL.md, "System batches"): atomdisk's extension that carries
+// System batches (docs/PROTOCOL.md, "Extension: system batches"): atomdisk's extension that carries
 // many system messages to one peer in one frame under one tag. Payload:
 //   u32 3 | u32 n | n x (u32 len | the system message payload, len bytes)
 // with 1 <= n <= kMaxBatchMessages and every member a well-formed system message from the

@@ -414,13 +414,16 @@ Register* NodeCore::GetRegister(SectorIdx sector) {
 
 void NodeCore::Send(Rank to, const SystemMessage& msg) {
   if (to == self_ || !config_.FindNode(to)) return;
-  const bool batches = batch_peers_[to] || CORE_BUG(batch_ignores_features);
-  if (!batches || msg.content == SystemContent::kValue) {
+  if (!BatchesTo(to) || msg.content == SystemContent::kValue) {
     env_->SendSystem(to, msg);
     return;
   }
   if (outbox_.WouldOverflow(to, msg)) FlushOutbox();
   if (outbox_.Add(to, msg)) env_->RequestFlush();
+}
+
+bool NodeCore::BatchesTo(Rank peer) const {
+  return batch_peers_[peer] || CORE_BUG(batch_ignores_features);
 }
 
 void NodeCore::FlushOutbox() {
@@ -431,7 +434,7 @@ void NodeCore::FlushOutbox() {
     for (Rank to : b.to) {
       // A peer that stopped taking batches since (a new link, a HelloReply without the bit)
       // gets its queue one message at a time.
-      if (b.msgs.size() > 1 && (batch_peers_[to] || CORE_BUG(batch_ignores_features))) {
+      if (b.msgs.size() > 1 && BatchesTo(to)) {
         batch_to.push_back(to);
       } else {
         for (const SystemMessage& m : b.msgs) env_->SendSystem(to, m);

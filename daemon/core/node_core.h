@@ -283,6 +283,9 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   bool StopIfStoreFailed(const Status& status);
   void MaybeStartSyncer(std::int64_t now);
   bool KnownSender(Rank sender, const char* what);
+  // Whether system messages to `peer` go through the outbox (its HelloReply advertised
+  // kFeatureBatches since our link to it last came up).
+  bool BatchesTo(Rank peer) const;
   // Copies the core's state into metrics_, at most every 100 ms; called from Tick.
   void PublishMetrics(std::int64_t now);
 

@@ -249,12 +249,7 @@ void NodeServer::HandleSystem(Connection& conn, std::span<const std::uint8_t> bo
   // Tag, docs/PROTOCOL.md, carry no data: they go through like ReadProc and Ack.)
   auto msg = DecodeSystemMessage(body.first(body.size() - kMacSize));
   if (msg.ok() && msg->content == SystemContent::kValue && !core_->WantsValue(*msg)) return;
-  if (!VerifyFrameBody(body, system_mac_).ok()) {
-    core_->CountAuthFailure();
-    core_->LogRateLimited("sysauth",
-                          "system frame with a bad HMAC tag from " + conn.name() + " dropped");
-    return;
-  }
+  if (!VerifySystemFrame(conn, body, "system frame")) return;
   if (!msg.ok()) {
     core_->CountBadFrame();
     conn.Close(msg.status().message());
@@ -266,40 +261,38 @@ void NodeServer::HandleSystem(Connection& conn, std::span<const std::uint8_t> bo
   }
 }
 
-void NodeServer::HandleSystemBatch(Connection& conn, std::span<const std::uint8_t> body) {
-  // One tag for the whole batch (docs/PROTOCOL.md, "System batches"): checked before any
-  // member is decoded; then every member goes to the core as if it had come alone.
+std::optional<std::span<const std::uint8_t>> NodeServer::VerifySystemFrame(
+    Connection& conn, std::span<const std::uint8_t> body, const char* what) {
   auto payload = VerifyFrameBody(body, system_mac_);
-  if (!payload.ok()) {
-    core_->CountAuthFailure();
-    core_->LogRateLimited("sysauth",
-                          "system batch with a bad HMAC tag from " + conn.name() + " dropped");
-    return;
-  }
+  if (payload.ok()) return *payload;
+  core_->CountAuthFailure();
+  core_->LogRateLimited(
+      "sysauth", std::string(what) + " with a bad HMAC tag from " + conn.name() + " dropped");
+  return std::nullopt;
+}
+
+void NodeServer::HandleSystemBatch(Connection& conn, std::span<const std::uint8_t> body) {
+  // One tag for the whole batch (docs/PROTOCOL.md, "Extension: system batches"): checked
+  // before any member is decoded; then every member goes to the core as if it had come alone.
+  auto payload = VerifySystemFrame(conn, body, "system batch");
+  if (!payload) return;
   auto msgs = DecodeSystemBatch(*payload);
   if (!msgs.ok()) {
     core_->CountBadFrame();
     conn.Close(msgs.status().message());
     return;
   }
-  std::optional<Rank> heard;
-  for (const SystemMessage& msg : *msgs) {
-    if (core_->OnSystemMessage(msg)) heard = msg.sender;
-  }
-  if (heard) {
-    NoteInbound(*heard, conn);
-    NoteHeard(*heard);
+  bool accepted = false;  // the decoder guarantees one sender for all members
+  for (const SystemMessage& msg : *msgs) accepted = core_->OnSystemMessage(msg) || accepted;
+  if (accepted) {
+    NoteInbound(msgs->front().sender, conn);
+    NoteHeard(msgs->front().sender);
   }
 }
 
 void NodeServer::HandleSync(Connection& conn, std::span<const std::uint8_t> body) {
-  auto payload = VerifyFrameBody(body, system_mac_);
-  if (!payload.ok()) {
-    core_->CountAuthFailure();
-    core_->LogRateLimited("sysauth",
-                          "system frame with a bad HMAC tag from " + conn.name() + " dropped");
-    return;
-  }
+  auto payload = VerifySystemFrame(conn, body, "system frame");
+  if (!payload) return;
   auto msg = DecodeSyncMessage(*payload);
   if (!msg.ok()) {
     core_->CountBadFrame();

@@ -11,6 +11,8 @@
 #include <boost/asio.hpp>
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -72,6 +74,11 @@ class NodeServer final : public FrameSink, public NodeCoreEnv {
   boost::asio::awaitable<void> AcceptLoop();
   boost::asio::awaitable<void> TickLoop();
   void HandleSystem(Connection& conn, std::span<const std::uint8_t> body);
+  // The payload of a frame signed with the system key; nullopt (counted and logged as a
+  // `what` with a bad tag) if its tag does not verify.
+  std::optional<std::span<const std::uint8_t>> VerifySystemFrame(Connection& conn,
+                                                                 std::span<const std::uint8_t> body,
+                                                                 const char* what);
   void HandleSystemBatch(Connection& conn, std::span<const std::uint8_t> body);
   void HandleSync(Connection& conn, std::span<const std::uint8_t> body);
   // Sends to a peer on our link to it, or, while that link is down, on the last connection

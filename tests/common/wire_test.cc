@@ -707,7 +707,8 @@ TEST(WireExtents, ResponseRoundTripCarriesDataOnlyForDoneSectors) {
   EXPECT_FALSE(DecodeClientResponse(EncodePayload(none)).ok());
 }
 
-// --- System batches (docs/PROTOCOL.md, "System batches") ------------------------------------
+// --- System batches (docs/PROTOCOL.md, "Extension: system batches")
+// ------------------------------------
 
 TEST(WireBatches, LayoutAndRoundTripThroughAFrame) {
   const std::vector<SystemMessage> msgs = AllSystemMessages();

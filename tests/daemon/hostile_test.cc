@@ -179,8 +179,8 @@ std::vector<ClosingCase> ClosingCases() {
       return SignPayload(payload, Bytes(c.system_key().begin(), c.system_key().end()));
     };
   };
-  // A correctly signed system batch (docs/PROTOCOL.md, "System batches") of two ReadProcs,
-  // spoilt by `spoil`.
+  // A correctly signed system batch (docs/PROTOCOL.md, "Extension: system batches") of two
+  // ReadProcs, spoilt by `spoil`.
   auto batch_frame = [](std::function<void(Bytes&)> spoil) {
     return [=](const LiveCluster& c) {
       SystemMessage m = HostileWriteProc(2, kVictim, 666);

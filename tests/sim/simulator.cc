@@ -334,7 +334,7 @@ class Simulator {
     std::uint64_t from_epoch = 0;
     std::uint64_t arg = 0;  // client, op token, partition or slow-disk generation
     // kDeliver: exactly one of them, a register message, a system batch (docs/PROTOCOL.md,
-    // "System batches": lost, duplicated and delayed as one frame) or a sync message.
+    // "Extension: system batches": lost, duplicated and delayed as one frame) or a sync message.
     std::shared_ptr<const SystemMessage> msg;
     std::shared_ptr<const std::vector<SystemMessage>> batch;
     std::shared_ptr<const SyncMessage> sync_msg;
