@@ -340,7 +340,7 @@ bool NodeCore::OnSystemMessage(const SystemMessage& msg) {
     heard_ms_[msg.sender] = env_->NowMs();
   }
   if (msg.content == SystemContent::kReadTag && AnswerReadTagFromCache(msg)) return true;
-  Register* reg = GetRegister(msg.sector);
+  Register* reg = GetRegister(msg.sector, &msg);
   if (!reg) return true;
   reg->OnMessage(msg, env_->NowMs());
   return true;
@@ -391,13 +391,24 @@ bool NodeCore::PeerResponsive(Rank peer) {
   return env_->NowMs() - heard_ms_[peer] <= kResponsiveWindowMs;
 }
 
-Register* NodeCore::GetRegister(SectorIdx sector) {
+Register* NodeCore::GetRegister(SectorIdx sector, const SystemMessage* incoming) {
   auto it = registers_.find(sector);
   if (it != registers_.end()) {
     it->second.idle_at_last_tick = false;
     return it->second.reg.get();
   }
   if (direct_absorbs_.count(sector)) return nullptr;  // being repaired: not durable yet
+  if (incoming && incoming->content == SystemContent::kWriteProc && incoming->data) {
+    if (std::optional<Tag> tag = store_->CachedDurableTag(sector); tag && incoming->tag > *tag) {
+      Triple durable{*tag, nullptr};
+      observer_->OnRegisterLoaded(sector, durable);
+      auto reg = std::make_unique<Register>(sector, durable, &register_config_, this);
+      Register* raw = reg.get();
+      registers_.emplace(sector, RegisterSlot{std::move(reg), false});
+      ++counters_.registers_from_cached_tag;
+      return raw;
+    }
+  }
   auto stored = store_->Read(sector);
   if (!stored.ok()) {
     ++counters_.unreadable_sectors;
@@ -543,7 +554,13 @@ void NodeCore::ForEachServedAhead(const std::function<void(SectorIdx)>& fn) {
 
 Result<Triple> NodeCore::ReadSector(SectorIdx sector) {
   auto it = registers_.find(sector);
-  if (it != registers_.end()) return it->second.reg->Served();
+  if (it != registers_.end()) {
+    const Triple& served = it->second.reg->Served();
+    // A register built from a cached tag holds no old data until its WriteProc is durable.
+    if (!served.data)
+      return Status::Unavailable("sector " + std::to_string(sector) + " is being written");
+    return served;
+  }
   if (direct_absorbs_.count(sector)) {
     return Status::Unavailable("sector " + std::to_string(sector) + " is being repaired");
   }
@@ -723,6 +740,7 @@ std::string NodeCore::InfoJson() {
                    {"queued_ops", counters_.queued_ops},
                    {"unwanted_values", counters_.unwanted_values},
                    {"tags_from_cache", counters_.tags_from_cache},
+                   {"registers_from_cached_tag", counters_.registers_from_cached_tag},
                    {"batches_sent", counters_.batches_sent},
                    {"batched_msgs", counters_.batched_msgs}};
   std::string s = j.dump();

@@ -93,7 +93,8 @@ class NodeCoreEnv {
 class NodeCoreObserver {
  public:
   virtual ~NodeCoreObserver() = default;
-  // A register was built from `stored`, the value the store read for its sector.
+  // A register was built from `stored`, the value the store read for its sector; or, with
+  // stored.data null, from the durable tag in the store's slot cache alone (for a WriteProc).
   virtual void OnRegisterLoaded(SectorIdx /*sector*/, const Triple& /*stored*/) {}
   // An idle register is dropped; `durable` is its durable tag.
   virtual void OnRegisterDropped(SectorIdx /*sector*/, Tag /*durable*/) {}
@@ -274,7 +275,10 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   void StartClientOp(Register& reg, std::uint64_t token, ClientOp op, SectorPtr data);
   // The register of `sector`, built from the store if needed; null if the stored sector is
   // unreadable (corrupt or I/O error: this node then stays silent for that sector).
-  Register* GetRegister(SectorIdx sector);
+  // `incoming`, a WriteProc about to be handed to it: when the store's slot cache knows the
+  // sector's durable tag and the WriteProc's is higher, the register is built from that tag
+  // alone, without reading the sector (Register's constructor says why that is enough).
+  Register* GetRegister(SectorIdx sector, const SystemMessage* incoming = nullptr);
   // A ReadTag for a sector with no register, answered from the store's slot cache (no read,
   // no register built); false when the cache does not know (the register answers then).
   bool AnswerReadTagFromCache(const SystemMessage& msg);

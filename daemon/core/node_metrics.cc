@@ -109,6 +109,9 @@ NodeMetrics::NodeMetrics(const ClusterConfig& config, Rank self) {
       "Peer Values dropped unchecked: the operation they answered had its quorum already.");
   tags_from_cache_ = &r.AddCounter("atomdisk_tags_from_cache_total",
                                    "Tag requests answered from the store's slot cache.");
+  registers_from_cached_tag_ = &r.AddCounter(
+      "atomdisk_registers_from_cached_tag_total",
+      "Registers built for a peer's write from the slot cache's tag, without reading the sector.");
   batches_sent_ = &r.AddCounter("atomdisk_system_batches_sent_total",
                                 "System batch frames sent to peers (one per peer).");
   batched_msgs_ = &r.AddCounter("atomdisk_batched_messages_sent_total",
@@ -203,6 +206,7 @@ void NodeMetrics::Publish(const NodeMetricsSnapshot& s) {
   unreadable_sectors_->Set(s.counters.unreadable_sectors);
   unwanted_values_->Set(s.counters.unwanted_values);
   tags_from_cache_->Set(s.counters.tags_from_cache);
+  registers_from_cached_tag_->Set(s.counters.registers_from_cached_tag);
   batches_sent_->Set(s.counters.batches_sent);
   batched_msgs_->Set(s.counters.batched_msgs);
   for (const NodeMetricsSnapshot::Peer& p : s.peers) {

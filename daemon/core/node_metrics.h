@@ -37,6 +37,8 @@ struct NodeCounters {
                                       // sector's register
   std::uint64_t unwanted_values = 0;  // Values dropped unchecked: no operation waited for them
   std::uint64_t tags_from_cache = 0;  // ReadTags answered from the store's slot cache
+  // Registers built for a WriteProc from the cached durable tag, without reading the sector
+  std::uint64_t registers_from_cached_tag = 0;
   // System batches sent (one per peer it went to) and the messages they carried.
   std::uint64_t batches_sent = 0, batched_msgs = 0;
 };
@@ -120,7 +122,8 @@ class NodeMetrics {
   metrics::Counter* queued_total_;
   metrics::Gauge* registers_;
   metrics::Counter *auth_failures_, *bad_frames_, *system_msgs_, *sync_msgs_, *persist_errors_,
-      *unreadable_sectors_, *unwanted_values_, *tags_from_cache_, *batches_sent_, *batched_msgs_;
+      *unreadable_sectors_, *unwanted_values_, *tags_from_cache_, *registers_from_cached_tag_,
+      *batches_sent_, *batched_msgs_;
   std::map<Rank, Peer> peers_;
   metrics::Gauge* voting_;
   metrics::Gauge* resync_active_;

@@ -29,9 +29,7 @@ std::size_t RegisterConfig::Quorum() const {
 }
 
 Register::Register(SectorIdx sector, Triple durable, const RegisterConfig* config, RegisterEnv* env)
-    : sector_(sector), config_(config), env_(env), durable_(durable), stored_(durable) {
-  ATOMDISK_CHECK(durable_.data != nullptr);
-}
+    : sector_(sector), config_(config), env_(env), durable_(durable), stored_(durable) {}
 
 void Register::StartRead(std::uint64_t token, std::int64_t now_ms) {
   queue_.push_back({token, false, nullptr});
@@ -56,9 +54,10 @@ void Register::ResetAnswers() {
 }
 
 void Register::StartNext(std::int64_t now_ms) {
-  while (!current_ && !queue_.empty()) {
+  // Not before durable_ has its data (see the constructor): the collect starts from it.
+  while (!current_ && !queue_.empty() && durable_.data) {
     QueuedOp op = std::move(queue_.front());
-    queue_.pop_front();
+    queue_.erase(queue_.begin());
     current_.emplace();
     Current& c = *current_;
     c.token = op.token;
@@ -151,6 +150,15 @@ void Register::OnMessage(const SystemMessage& msg, std::int64_t now_ms) {
       const bool tag_only = msg.content == SystemContent::kReadTag;
       SystemMessage reply = AnswerTo(config_->self, msg.op_id, sector_,
                                      tag_only ? SystemContent::kTag : SystemContent::kValue);
+      if (!tag_only && !durable_.data) {
+        // Durable here is a value this register never read (see the constructor); the newer
+        // one being persisted will be, soon. Answer then: a later answer is a slower network.
+        for (const auto& p : pending_values_) {
+          if (p.to == msg.sender && p.id == msg.op_id) return;  // a retransmission
+        }
+        pending_values_.push_back({msg.sender, msg.op_id, Tag{}});
+        return;
+      }
       reply.tag = durable_.tag;
       if (!tag_only) reply.data = durable_.data;
       env_->Send(msg.sender, reply);
@@ -327,7 +335,18 @@ void Register::OnDurableElsewhere(const Triple& value, std::int64_t now_ms) {
 
 void Register::OnDurableAdvanced(std::int64_t now_ms) {
   FlushAcks();
-  if (!current_) return;
+  // durable_ has data now (every value persisted or reported durable carries it).
+  for (const auto& p : pending_values_) {
+    SystemMessage reply = AnswerTo(config_->self, p.id, sector_, SystemContent::kValue);
+    reply.tag = durable_.tag;
+    reply.data = durable_.data;
+    env_->Send(p.to, reply);
+  }
+  pending_values_.clear();
+  if (!current_) {
+    StartNext(now_ms);  // client operations held until durable_ had its data
+    return;
+  }
   Current& c = *current_;
   if (c.phase == Phase::kPersistOwn && DurableCovers(c.target.tag)) {
     EnterImpose(now_ms);
@@ -416,11 +435,15 @@ bool Register::Idle() const {
   // stored_ ahead of durable_ (a persist failed) keeps the register: rebuilt from the store,
   // it could take a value whose sync never succeeded for a durable one.
   return !current_ && queue_.empty() && persisting_.empty() && pending_acks_.empty() &&
-         stored_.tag == durable_.tag;
+         pending_values_.empty() && durable_.data && stored_.tag == durable_.tag;
 }
 
 void Register::CheckInvariants() const {
-  ATOMDISK_CHECK(durable_.data != nullptr && stored_.data != nullptr);
+  ATOMDISK_CHECK(stored_.data != nullptr);
+  // Without its data durable_ is only ever behind a newer accepted value (see the constructor).
+  ATOMDISK_CHECK(durable_.data != nullptr || stored_.tag > durable_.tag);
+  ATOMDISK_CHECK(pending_values_.empty() || !durable_.data);
+  ATOMDISK_CHECK(!current_ || durable_.data != nullptr);
   ATOMDISK_CHECK(durable_.tag <= stored_.tag);
   for (const auto& t : persisting_) ATOMDISK_CHECK(t.tag <= stored_.tag);
   for (const auto& p : pending_acks_) ATOMDISK_CHECK(p.tag <= stored_.tag);

@@ -57,6 +57,9 @@ class FakeWorld : public NodeCoreEnv, public NodeCoreObserver {
   void OnStoreWrite(SectorIdx, const Triple&, bool) override {
     identities_saved_at_first_write.push_back(saved.size());
   }
+  void OnRegisterLoaded(SectorIdx sector, const Triple& stored) override {
+    loaded.push_back({sector, stored.tag, stored.data != nullptr});
+  }
 
   void RunPosted() {
     auto fns = std::move(posted);
@@ -80,6 +83,12 @@ class FakeWorld : public NodeCoreEnv, public NodeCoreObserver {
   std::vector<Identity> saved;
   std::vector<std::string> logs, fatal;
   std::vector<std::size_t> identities_saved_at_first_write;
+  struct Loaded {
+    SectorIdx sector;
+    Tag tag;
+    bool with_data;
+  };
+  std::vector<Loaded> loaded;  // registers built, as the observer saw them
   bool links_up = false;
   bool fail_saves = false;
   std::int64_t now_ms = 1000;
@@ -302,6 +311,99 @@ TEST_F(NodeCoreTest, AReadIsAnsweredOnceAMajorityAnswers) {
   ASSERT_NE(r.data, nullptr);
   EXPECT_EQ(r.data->at(0), 0);
   EXPECT_EQ(channel_->open_ops, 0);
+}
+
+// A WriteProc for a sector with no register, whose durable tag the store's slot cache knows
+// and which is older than the WriteProc's, builds the register from that tag without reading
+// the sector; it acks once the value is durable, and a ReadProc gets the new value then.
+TEST_F(NodeCoreTest, AReplicaOverwriteBuildsItsRegisterFromTheCachedTag) {
+  MakeCore(VotingIdentity());
+  world_.links_up = true;
+  core_->Start();
+  core_->Tick();
+  ASSERT_TRUE(core_->voting());
+  auto write_proc = [](Rank from, std::uint8_t id, Tag tag, std::uint8_t fill) {
+    SystemMessage wp;
+    wp.sender = from;
+    wp.op_id.bytes[0] = id;
+    wp.sector = 20;
+    wp.content = SystemContent::kWriteProc;
+    wp.tag = tag;
+    SectorData d;
+    d.fill(fill);
+    wp.data = MakeSector(d.data());
+    return wp;
+  };
+  auto acks_to = [&](Rank to, std::uint8_t id) {
+    return std::count_if(world_.sent.begin(), world_.sent.end(), [&](const FakeWorld::Sent& s) {
+      return s.to == to && s.msg.content == SystemContent::kAck && s.msg.op_id.bytes[0] == id;
+    });
+  };
+  auto sync = [&] {
+    while (store_->SyncNow() > 0) world_.RunPosted();
+    world_.RunPosted();
+  };
+  // First write of the sector: nothing is cached yet, so its register is read from the store.
+  world_.sent.clear();
+  ASSERT_TRUE(core_->OnSystemMessage(write_proc(2, 1, Tag{5, 2}, 0xAA)));
+  sync();
+  EXPECT_EQ(acks_to(2, 1), 1);
+  ASSERT_EQ(world_.loaded.size(), 1u);
+  EXPECT_TRUE(world_.loaded[0].with_data);
+  // Idle: dropped at the second tick that finds it so.
+  core_->Tick();
+  core_->Tick();
+  ASSERT_EQ(core_->FindRegisterForChecks(20), nullptr);
+
+  // The overwrite: built from the cached tag (5, 2), no data.
+  ASSERT_TRUE(core_->OnSystemMessage(write_proc(3, 2, Tag{9, 3}, 0xBB)));
+  ASSERT_EQ(world_.loaded.size(), 2u);
+  EXPECT_FALSE(world_.loaded[1].with_data);
+  EXPECT_EQ(world_.loaded[1].tag, (Tag{5, 2}));
+  SystemMessage ask = AnswerTo(2, Uuid{}, 20, SystemContent::kReadProc);
+  ask.op_id.bytes[0] = 3;
+  ASSERT_TRUE(core_->OnSystemMessage(ask));
+  core_->FlushOutbox();
+  EXPECT_EQ(acks_to(3, 2), 0) << "acked before durable";
+  auto ReadSectorData = [&]() -> int {
+    auto r = core_->ReadSector(20);
+    return r.ok() ? (*r->data)[0] : -1;
+  };
+  EXPECT_EQ(ReadSectorData(), 0xBB) << "resync serves the accepted value of a peer's write";
+  sync();
+  core_->FlushOutbox();
+  EXPECT_EQ(acks_to(3, 2), 1);
+  bool value_sent = false;
+  auto check_value = [&](const SystemMessage& m) {
+    if (m.content != SystemContent::kValue || m.op_id.bytes[0] != 3) return;
+    value_sent = true;
+    EXPECT_EQ(m.tag, (Tag{9, 3}));
+    ASSERT_TRUE(m.data);
+    EXPECT_EQ((*m.data)[0], 0xBB);
+  };
+  for (const auto& s : world_.sent) check_value(s.msg);
+  for (const auto& b : world_.batches) {
+    for (const auto& m : b.msgs) check_value(m);
+  }
+  EXPECT_TRUE(value_sent);
+
+  // An older or equal tag is read from the store as before (it changes nothing there).
+  core_->Tick();
+  core_->Tick();
+  ASSERT_EQ(core_->FindRegisterForChecks(20), nullptr);
+  ASSERT_TRUE(core_->OnSystemMessage(write_proc(2, 4, Tag{9, 3}, 0xBB)));
+  ASSERT_EQ(world_.loaded.size(), 3u);
+  EXPECT_TRUE(world_.loaded[2].with_data);
+
+  ClientCommand info;
+  info.request_id = 1;
+  info.op = ClientOp::kInfo;
+  auto body = CommandBody(info, config_.client_key);
+  core_->OnClientFrame(*channel_, body);
+  ClientResponse r = LastResponse();
+  ASSERT_EQ(r.status, ResponseStatus::kOk);
+  auto j = nlohmann::json::parse(r.info);
+  EXPECT_EQ(j["counters"]["registers_from_cached_tag"], 1);
 }
 
 // System batches (docs/PROTOCOL.md): what the core sends to peers that advertised

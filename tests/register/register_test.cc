@@ -1115,5 +1115,114 @@ TEST_F(RegisterTest, ImposeGoesToEveryPeerUnderThriftyCollect) {
             (std::vector<Rank>{2, 3}));
 }
 
+// Built from a cached durable tag alone (no data) for a WriteProc with a higher tag, as the
+// node core does for a replica's overwrite: nothing of the old value is ever needed.
+class TagOnlyRegisterTest : public RegisterTest {
+ protected:
+  // The ranks that got a message with this content and id (others are ignored).
+  static std::vector<Rank> To(const std::vector<Sent>& sent, SystemContent content, Uuid id) {
+    std::vector<Rank> out;
+    for (const Sent& s : sent) {
+      if (s.msg.content == content && s.msg.op_id == id) out.push_back(s.to);
+    }
+    return out;
+  }
+  // A 3-node register at node 1 whose durable tag (5, 3) is known without its data, handed
+  // rank 2's WriteProc of (9, 2) with 0x22s under op id 50.
+  void MakeFromTag() {
+    config_.self = 1;
+    config_.ranks = {1, 2, 3};
+    config_.retransmit_initial_ms = 100;
+    config_.retransmit_max_ms = 1000;
+    reg_.emplace(FakeEnv::kSector, Triple{Tag{5, 3}, nullptr}, &config_, &env_);
+    Deliver(Msg(2, IdOf(50), SystemContent::kWriteProc, Tag{9, 2}, Fill(0x22)));
+  }
+};
+
+TEST_F(TagOnlyRegisterTest, PersistsAndAcksTheWriteProcAsABuiltRegisterWould) {
+  MakeFromTag();
+  auto persisted = env_.TakePersisted();
+  ASSERT_EQ(persisted.size(), 1u);
+  EXPECT_EQ(persisted[0].tag, (Tag{9, 2}));
+  EXPECT_TRUE(env_.TakeSent().empty()) << "no Ack before the persist";
+  EXPECT_FALSE(reg_->Idle());
+  Persisted(Tag{9, 2});
+  auto sent = env_.TakeSent();
+  EXPECT_EQ(To(sent, SystemContent::kAck, IdOf(50)), (std::vector<Rank>{2}));
+  EXPECT_EQ(reg_->durable().tag, (Tag{9, 2}));
+  EXPECT_EQ((*reg_->durable().data)[0], 0x22);
+  EXPECT_TRUE(reg_->Idle());
+}
+
+TEST_F(TagOnlyRegisterTest, AnswersATagAtOnceAndAValueOnlyOnceTheNewValueIsDurable) {
+  MakeFromTag();
+  env_.TakePersisted();
+  Deliver(Msg(3, IdOf(60), SystemContent::kReadTag));
+  auto sent = env_.TakeSent();
+  ASSERT_EQ(sent.size(), 1u);
+  EXPECT_EQ(sent[0].msg.content, SystemContent::kTag);
+  EXPECT_EQ(sent[0].msg.tag, (Tag{5, 3})) << "the durable tag, not the one being persisted";
+  Deliver(Msg(3, IdOf(61), SystemContent::kReadProc));
+  Deliver(Msg(3, IdOf(61), SystemContent::kReadProc));  // a retransmission: answered once
+  EXPECT_TRUE(env_.TakeSent().empty()) << "no data to answer with yet";
+  EXPECT_FALSE(reg_->Idle());
+  Persisted(Tag{9, 2});
+  sent = env_.TakeSent();
+  auto values = std::count_if(sent.begin(), sent.end(),
+                              [](const Sent& s) { return s.msg.content == SystemContent::kValue; });
+  EXPECT_EQ(values, 1);
+  for (const Sent& s : sent) {
+    if (s.msg.content != SystemContent::kValue) continue;
+    EXPECT_EQ(s.to, 3);
+    EXPECT_EQ(s.msg.op_id, IdOf(61));
+    EXPECT_EQ(s.msg.tag, (Tag{9, 2}));
+    ASSERT_TRUE(s.msg.data);
+    EXPECT_EQ((*s.msg.data)[0], 0x22);
+  }
+}
+
+TEST_F(TagOnlyRegisterTest, AFailedPersistKeepsAnswersWaitingUntilTheRetrySucceeds) {
+  MakeFromTag();
+  env_.TakePersisted();
+  Deliver(Msg(3, IdOf(61), SystemContent::kReadProc));
+  Persisted(Tag{9, 2}, Status::IOError("disk"));
+  EXPECT_TRUE(env_.TakeSent().empty());
+  Tick(10);  // re-issues the persist
+  auto persisted = env_.TakePersisted();
+  ASSERT_EQ(persisted.size(), 1u);
+  EXPECT_EQ(persisted[0].tag, (Tag{9, 2}));
+  Persisted(Tag{9, 2}, Status::Ok(), 10);
+  auto sent = env_.TakeSent();
+  EXPECT_EQ(To(sent, SystemContent::kValue, IdOf(61)), (std::vector<Rank>{3}));
+  EXPECT_TRUE(reg_->Idle());
+}
+
+TEST_F(TagOnlyRegisterTest, ClientOperationsWaitForTheDurableValueThenStartFromIt) {
+  MakeFromTag();
+  env_.TakePersisted();
+  reg_->StartRead(11, 0);
+  reg_->CheckInvariants();
+  EXPECT_TRUE(env_.TakeSent().empty()) << "the collect starts from durable data";
+  EXPECT_TRUE(reg_->HasClientWork());
+  Persisted(Tag{9, 2});
+  auto sent = env_.TakeSent();
+  // The Ack for rank 2, then the read's collect to both peers.
+  EXPECT_EQ(To(sent, SystemContent::kAck, IdOf(50)), (std::vector<Rank>{2}));
+  const Uuid id = IdOf(env_.last_id);
+  std::size_t asks = 0;
+  for (const Sent& s : sent) {
+    if (s.msg.op_id != id) continue;
+    EXPECT_TRUE(s.msg.content == SystemContent::kReadProc ||
+                s.msg.content == SystemContent::kReadTag);
+    ++asks;
+  }
+  EXPECT_EQ(asks, 2u);
+  Deliver(Msg(2, id, SystemContent::kValue, Tag{9, 2}, Fill(0x22)));
+  ASSERT_EQ(env_.completed.size(), 1u);
+  EXPECT_EQ(env_.completed[0].token, 11u);
+  ASSERT_TRUE(env_.completed[0].data);
+  EXPECT_EQ((*env_.completed[0].data)[0], 0x22);
+}
+
 }  // namespace
 }  // namespace atomdisk

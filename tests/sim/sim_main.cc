@@ -195,6 +195,7 @@ int main(int argc, char** argv) {
     total.absorbs += r.stats.absorbs;
     total.passes_done += r.stats.passes_done;
     total.tags_from_cache += r.stats.tags_from_cache;
+    total.registers_from_cached_tag += r.stats.registers_from_cached_tag;
     total.batches_sent += r.stats.batches_sent;
     if (verbose) {
       std::cout << "seed " << s << " " << (r.ok ? "ok" : "FAIL " + r.check) << " events "
@@ -245,7 +246,8 @@ int main(int argc, char** argv) {
             << total.messages_duplicated << " duplicated), " << total.sync_messages
             << " sync messages, " << total.replaced_disks << " replaced disks, " << total.absorbs
             << " absorbs, " << total.passes_done << " resync passes, " << total.tags_from_cache
-            << " tags from cache, " << total.batches_sent << " system batches, " << total.virtual_ms
-            << " virtual ms\n";
+            << " tags from cache, " << total.registers_from_cached_tag
+            << " registers from a cached tag, " << total.batches_sent << " system batches, "
+            << total.virtual_ms << " virtual ms\n";
   return failed == 0 ? 0 : 1;
 }

@@ -958,12 +958,13 @@ void Simulator::OnSetVoting(int n, bool voting) {
 
 void Simulator::OnRegisterLoaded(int n, SectorIdx sector, const Triple& stored) {
   Node& node = *nodes_[n];
-  std::optional<std::uint64_t> id = ValueIdOf(*stored.data);
-  if (!id) {
+  // Null data: built from the slot cache's tag for a WriteProc (NodeCore::GetRegister).
+  if (stored.data && !ValueIdOf(*stored.data)) {
     Fail("torn-value", "node " + std::to_string(node.rank) + " sector " + std::to_string(sector) +
                            " reads tag " + TagStr(stored.tag) + " with data that no client wrote");
     return;
   }
+  if (!stored.data) ++result_.stats.registers_from_cached_tag;
   if (!node.written_since_open.contains(sector)) {
     // Nothing was written to this sector since the store was opened over the disk left by
     // the last crash: what it reads is durable.

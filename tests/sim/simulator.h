@@ -99,7 +99,9 @@ struct SimStats {
   std::uint64_t absorbs = 0;          // SyncEnv::Absorb calls
   std::uint64_t passes_done = 0;      // resync passes finished, summed over nodes and restarts
   std::uint64_t tags_from_cache = 0;  // ReadTags answered from a store's slot cache
-  std::uint64_t batches_sent = 0;     // system batches (their members count in messages_sent)
+  // Registers built for a WriteProc from the cached tag alone (no read of the sector)
+  std::uint64_t registers_from_cached_tag = 0;
+  std::uint64_t batches_sent = 0;  // system batches (their members count in messages_sent)
 };
 
 struct SimResult {
