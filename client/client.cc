@@ -608,8 +608,16 @@ class ClientImpl final : public Client {
           ++connects_;
           asio::co_spawn(io_, Writer(n, conn), asio::detached);
           DispatchParked();
+          const auto connected_at = Clock::now();
           co_await Reader(n, conn);
           CloseConn(*n, conn, "");
+          // A connection that stayed up for a whole attempt timeout was a working session,
+          // not a failed connect: the next dial comes after the shortest backoff. Otherwise a
+          // node that accepts but cannot answer (cut off from its quorum, or frozen) gets
+          // its connection closed every attempt timeout, and the backoff grew to its cap
+          // (2 s): once the node could answer again the client was still waiting to dial
+          // (the netns test saw 2 s from heal to serving).
+          if (Clock::now() - connected_at >= options_.attempt_timeout) n->failures = 0;
         }
       }
       if (closing_) break;

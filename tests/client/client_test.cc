@@ -314,6 +314,37 @@ TEST(ClientTest, ReconnectsAfterTheNodeComesBack) {
   EXPECT_GE(client->Stats().connects, 2u);
 }
 
+// A node that accepts connections but answers nothing (cut off from its quorum, or frozen)
+// has its connection closed after each attempt timeout. Those closes are not failed connects:
+// the client dials again after the shortest backoff, every time, so once the node answers
+// again the client is back within about one attempt timeout, not after a backoff grown to
+// its cap.
+TEST(ClientTest, ASilentNodeIsRedialledAtTheShortestBackoff) {
+  FakeNode node(Key(), kSectors);
+  FakeNode::Behaviour silent;
+  silent.silent = true;
+  node.SetBehaviour(silent);
+  ClientOptions o = Options({node.port()});
+  o.attempt_timeout = milliseconds(100);
+  o.reconnect_backoff_min = milliseconds(50);
+  o.reconnect_backoff_max = milliseconds(2000);  // the defaults' shape
+  o.op_timeout = milliseconds(5000);
+  auto client = Client::Create(o);
+  std::promise<OpResult> p;
+  auto f = p.get_future();
+  client->WriteWith(1, Filled(7), OpOptions{}, [&p](OpResult r) { p.set_value(std::move(r)); });
+  std::this_thread::sleep_for(milliseconds(2500));
+  // 150-200 ms a cycle: at least 10 connections; a backoff doubling from 50 ms to 1.6 s
+  // would have made 6 or 7.
+  EXPECT_GE(node.connections(), 10u);
+  node.SetBehaviour(FakeNode::Behaviour{});
+  const auto answering = Clock::now();
+  OpResult r = f.get();
+  EXPECT_TRUE(r.status.ok()) << r.status.ToString();
+  EXPECT_LT(Clock::now() - answering, milliseconds(1000));
+  client->Close();
+}
+
 TEST(ClientTest, ProbeReportsInfoRttAndErrors) {
   FakeNode a(Key(), kSectors, 1);
   auto client = Client::Create(Options({a.port(), DeadPort()}));
