@@ -55,6 +55,12 @@ cleanup() {
   rc=$?
   set +e
   for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
+  # And whatever else still runs inside our namespaces: deleting a namespace does not stop
+  # its processes, and a daemon left behind would load every later test (it did: each run
+  # left its three daemons, when they were started through a shell function).
+  for ns in "${NAMESPACES[@]}"; do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill -KILL 2>/dev/null
+  done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
   # Deleting a namespace deletes its veth ends and its nftables rules with it.
   for ns in "${NAMESPACES[@]}"; do ip netns del "$ns" 2>/dev/null; done
@@ -113,7 +119,9 @@ in_ns 1 ip route get "$NET.2" >/dev/null
   >/dev/null
 CONF=$T/cluster.toml
 for r in 1 2 3; do
-  in_ns "$r" "$BIN/atomdiskd" --config "$CONF" --rank "$r" >"$T/node$r.log" 2>&1 &
+  # Not through in_ns: a backgrounded shell function is a subshell, and $! would be its pid,
+  # not the daemon's (ip netns exec execs the command itself).
+  ip netns exec "$ID-$r" "$BIN/atomdiskd" --config "$CONF" --rank "$r" >"$T/node$r.log" 2>&1 &
   PIDS+=($!)
 done
 
@@ -161,8 +169,8 @@ checks_during_cut() {
 
 DURATION_S=$((3 + CUT_S + AFTER_S + ONEWAY_S + AFTER_S))
 step "client in node 1's namespace, node 1 only, ${DURATION_S} s, history recorded"
-in_ns 1 "$BIN/atomdisk" --config "$CONF" --node 1 bench --history "$T/history.jsonl" --check \
-  --duration "${DURATION_S}s" --inflight 4 --first 0 --sectors 64 >"$T/bench.out" 2>&1 &
+ip netns exec "$ID-1" "$BIN/atomdisk" --config "$CONF" --node 1 bench --history "$T/history.jsonl" \
+  --check --duration "${DURATION_S}s" --inflight 4 --first 0 --sectors 64 >"$T/bench.out" 2>&1 &
 BENCH=$!
 PIDS+=("$BENCH")
 sleep 3
