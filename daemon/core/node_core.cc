@@ -105,6 +105,7 @@ void NodeCore::Tick() {
   idle_scratch_.clear();
   for (auto& [sector, slot] : registers_) {
     slot.reg->Tick(now);
+    if (slot.reg->NeedsDurableData()) LoadDurableData(sector, *slot.reg);
     bool idle_now = slot.reg->Idle();
     if (idle_now && slot.idle_at_last_tick) idle_scratch_.push_back(sector);
     slot.idle_at_last_tick = idle_now;
@@ -198,7 +199,7 @@ void NodeCore::OnClientFrame(ClientChannel& channel, std::span<const std::uint8_
             ClientResponse{ResponseStatus::kInvalidSectorIndex, cmd->request_id, cmd->op, {}, {}});
     return;
   }
-  Register* reg = GetRegister(cmd->sector);
+  Register* reg = GetRegister(cmd->sector, nullptr, cmd->op == ClientOp::kWrite);
   if (!reg) {  // unreadable here: stay silent, the client fails over to another node
     if (metrics_) metrics_->ClientRequest(cmd->op, NodeMetrics::Outcome::kUnreadable, arrived);
     return;
@@ -244,7 +245,7 @@ void NodeCore::StartExtent(ClientChannel& channel, ClientCommand cmd,
   const SectorPtr zeros = cmd.op == ClientOp::kWriteZeros ? ZeroSector() : nullptr;
   for (std::uint32_t i = 0; i < cmd.count; ++i) {
     const SectorIdx sector = cmd.sector + i;
-    Register* reg = GetRegister(sector);
+    Register* reg = GetRegister(sector, nullptr, cmd.op != ClientOp::kReadExtent);
     if (!reg) {
       // Unreadable here, as for a lone command; but the extent still answers, with this
       // sector known not written by it, so the client retries just this one elsewhere.
@@ -391,15 +392,20 @@ bool NodeCore::PeerResponsive(Rank peer) {
   return env_->NowMs() - heard_ms_[peer] <= kResponsiveWindowMs;
 }
 
-Register* NodeCore::GetRegister(SectorIdx sector, const SystemMessage* incoming) {
+Register* NodeCore::GetRegister(SectorIdx sector, const SystemMessage* incoming,
+                                bool client_write) {
   auto it = registers_.find(sector);
   if (it != registers_.end()) {
     it->second.idle_at_last_tick = false;
     return it->second.reg.get();
   }
   if (direct_absorbs_.count(sector)) return nullptr;  // being repaired: not durable yet
-  if (incoming && incoming->content == SystemContent::kWriteProc && incoming->data) {
-    if (std::optional<Tag> tag = store_->CachedDurableTag(sector); tag && incoming->tag > *tag) {
+  const bool overwrite =
+      client_write ||
+      (incoming && incoming->content == SystemContent::kWriteProc && incoming->data);
+  if (overwrite) {
+    std::optional<Tag> tag = store_->CachedDurableTag(sector);
+    if (tag && (client_write || incoming->tag > *tag)) {
       Triple durable{*tag, nullptr};
       observer_->OnRegisterLoaded(sector, durable);
       auto reg = std::make_unique<Register>(sector, durable, &register_config_, this);
@@ -421,6 +427,21 @@ Register* NodeCore::GetRegister(SectorIdx sector, const SystemMessage* incoming)
   Register* raw = reg.get();
   registers_.emplace(sector, RegisterSlot{std::move(reg), false});
   return raw;
+}
+
+void NodeCore::LoadDurableData(SectorIdx sector, Register& reg) {
+  // Nothing of the register's is in flight, so the store holds its durable value.
+  auto stored = store_->Read(sector);
+  if (!stored.ok() || stored->tag != reg.durable().tag) {
+    ++counters_.unreadable_sectors;
+    LogRateLimited("read", "sector " + std::to_string(sector) +
+                               " unreadable, not answering for it: " +
+                               (stored.ok() ? "the store holds " + stored->tag.ToString() +
+                                                  ", not " + reg.durable().tag.ToString()
+                                            : stored.status().ToString()));
+    return;  // tried again at the next tick
+  }
+  reg.SetDurableData(*stored, env_->NowMs());
 }
 
 void NodeCore::Send(Rank to, const SystemMessage& msg) {
@@ -556,10 +577,12 @@ Result<Triple> NodeCore::ReadSector(SectorIdx sector) {
   auto it = registers_.find(sector);
   if (it != registers_.end()) {
     const Triple& served = it->second.reg->Served();
-    // A register built from a cached tag holds no old data until its WriteProc is durable.
-    if (!served.data)
-      return Status::Unavailable("sector " + std::to_string(sector) + " is being written");
-    return served;
+    if (served.data) return served;
+    // A register built from a cached tag: its durable value's data was not read. With
+    // nothing of ours in flight the store holds it; otherwise ask again later.
+    auto stored = store_->Read(sector);
+    if (stored.ok() && stored->tag == served.tag) return stored;
+    return Status::Unavailable("sector " + std::to_string(sector) + " is being written");
   }
   if (direct_absorbs_.count(sector)) {
     return Status::Unavailable("sector " + std::to_string(sector) + " is being repaired");

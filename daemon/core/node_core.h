@@ -275,10 +275,14 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   void StartClientOp(Register& reg, std::uint64_t token, ClientOp op, SectorPtr data);
   // The register of `sector`, built from the store if needed; null if the stored sector is
   // unreadable (corrupt or I/O error: this node then stays silent for that sector).
-  // `incoming`, a WriteProc about to be handed to it: when the store's slot cache knows the
-  // sector's durable tag and the WriteProc's is higher, the register is built from that tag
-  // alone, without reading the sector (Register's constructor says why that is enough).
-  Register* GetRegister(SectorIdx sector, const SystemMessage* incoming = nullptr);
+  // `incoming`, a WriteProc about to be handed to it, or `client_write`, a client write about
+  // to start on it: when the store's slot cache knows the sector's durable tag (and it is
+  // below the WriteProc's), the register is built from that tag alone, without reading the
+  // sector (Register's constructor says why that is enough).
+  Register* GetRegister(SectorIdx sector, const SystemMessage* incoming = nullptr,
+                        bool client_write = false);
+  // Reads the durable value of a tag-only register that needs it (Register::NeedsDurableData).
+  void LoadDurableData(SectorIdx sector, Register& reg);
   // A ReadTag for a sector with no register, answered from the store's slot cache (no read,
   // no register built); false when the cache does not know (the register answers then).
   bool AnswerReadTagFromCache(const SystemMessage& msg);

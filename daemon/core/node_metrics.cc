@@ -111,7 +111,7 @@ NodeMetrics::NodeMetrics(const ClusterConfig& config, Rank self) {
                                    "Tag requests answered from the store's slot cache.");
   registers_from_cached_tag_ = &r.AddCounter(
       "atomdisk_registers_from_cached_tag_total",
-      "Registers built for a peer's write from the slot cache's tag, without reading the sector.");
+      "Registers built for a write from the slot cache's tag, without reading the sector.");
   batches_sent_ = &r.AddCounter("atomdisk_system_batches_sent_total",
                                 "System batch frames sent to peers (one per peer).");
   batched_msgs_ = &r.AddCounter("atomdisk_batched_messages_sent_total",

@@ -37,7 +37,8 @@ struct NodeCounters {
                                       // sector's register
   std::uint64_t unwanted_values = 0;  // Values dropped unchecked: no operation waited for them
   std::uint64_t tags_from_cache = 0;  // ReadTags answered from the store's slot cache
-  // Registers built for a WriteProc from the cached durable tag, without reading the sector
+  // Registers built for a WriteProc or a client write from the cached durable tag, without
+  // reading the sector
   std::uint64_t registers_from_cached_tag = 0;
   // System batches sent (one per peer it went to) and the messages they carried.
   std::uint64_t batches_sent = 0, batched_msgs = 0;

@@ -54,8 +54,9 @@ void Register::ResetAnswers() {
 }
 
 void Register::StartNext(std::int64_t now_ms) {
-  // Not before durable_ has its data (see the constructor): the collect starts from it.
-  while (!current_ && !queue_.empty() && durable_.data) {
+  // A read not before durable_ has its data (see the constructor): its collect starts from
+  // it. A write's collect needs only the tag.
+  while (!current_ && !queue_.empty() && (durable_.data || queue_.front().is_write)) {
     QueuedOp op = std::move(queue_.front());
     queue_.erase(queue_.begin());
     current_.emplace();
@@ -333,9 +334,22 @@ void Register::OnDurableElsewhere(const Triple& value, std::int64_t now_ms) {
   OnDurableAdvanced(now_ms);
 }
 
+bool Register::NeedsDurableData() const {
+  if (durable_.data || stored_.tag != durable_.tag || !persisting_.empty()) return false;
+  // Nothing newer is on its way to become durable here: only a read of the store brings it.
+  return !pending_values_.empty() || (!current_ && !queue_.empty());
+}
+
+void Register::SetDurableData(const Triple& value, std::int64_t now_ms) {
+  if (durable_.data || value.tag != durable_.tag || !value.data) return;
+  durable_ = value;
+  if (stored_.tag == durable_.tag) stored_ = value;
+  OnDurableAdvanced(now_ms);
+}
+
 void Register::OnDurableAdvanced(std::int64_t now_ms) {
   FlushAcks();
-  // durable_ has data now (every value persisted or reported durable carries it).
+  // durable_ has data now (every value persisted, reported durable or loaded carries it).
   for (const auto& p : pending_values_) {
     SystemMessage reply = AnswerTo(config_->self, p.id, sector_, SystemContent::kValue);
     reply.tag = durable_.tag;
@@ -435,15 +449,16 @@ bool Register::Idle() const {
   // stored_ ahead of durable_ (a persist failed) keeps the register: rebuilt from the store,
   // it could take a value whose sync never succeeded for a durable one.
   return !current_ && queue_.empty() && persisting_.empty() && pending_acks_.empty() &&
-         pending_values_.empty() && durable_.data && stored_.tag == durable_.tag;
+         pending_values_.empty() && stored_.tag == durable_.tag;
 }
 
 void Register::CheckInvariants() const {
-  ATOMDISK_CHECK(stored_.data != nullptr);
-  // Without its data durable_ is only ever behind a newer accepted value (see the constructor).
-  ATOMDISK_CHECK(durable_.data != nullptr || stored_.tag > durable_.tag);
+  // Only a tag-only durable value lacks data (see the constructor); anything accepted above
+  // it carries its data.
+  ATOMDISK_CHECK(stored_.data != nullptr || stored_.tag == durable_.tag);
+  ATOMDISK_CHECK(durable_.data != nullptr || stored_.data == nullptr || stored_.tag > durable_.tag);
   ATOMDISK_CHECK(pending_values_.empty() || !durable_.data);
-  ATOMDISK_CHECK(!current_ || durable_.data != nullptr);
+  ATOMDISK_CHECK(!current_ || durable_.data != nullptr || current_->is_write);
   ATOMDISK_CHECK(durable_.tag <= stored_.tag);
   for (const auto& t : persisting_) ATOMDISK_CHECK(t.tag <= stored_.tag);
   for (const auto& p : pending_acks_) ATOMDISK_CHECK(p.tag <= stored_.tag);

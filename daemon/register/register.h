@@ -123,10 +123,13 @@ class Register {
  public:
   // `durable` is what the store holds for the sector now (nothing in flight).
   // durable.data may be null when the owner knows only the durable tag (from the store's slot
-  // cache, without reading the sector) and hands the register a WriteProc with a higher tag
-  // at once: its value becomes durable_ when persisted, and until then nothing here needs
-  // the old data. ReadProcs are answered once it is durable, and client operations wait in
-  // the queue until then. So a replica's overwrite costs no read of the sector.
+  // cache, without reading the sector) and hands the register a newer value at once: a
+  // WriteProc with a higher tag, or a client write (whose collect needs only tags, and whose
+  // impose brings a newer value). That value becomes durable_ when persisted, and until then
+  // nothing here needs the old data: ReadProcs are answered once it is durable, and client
+  // reads wait in the queue until then. So an overwrite costs no read of the sector. When
+  // nothing newer is on its way (the write was refused, see Refuse) and a read or a ReadProc
+  // waits, NeedsDurableData() says so and the owner reads the store for SetDurableData.
   Register(SectorIdx sector, Triple durable, const RegisterConfig* config, RegisterEnv* env);
 
   // Client operations, coordinated by this node; queued behind the one in progress.
@@ -148,6 +151,14 @@ class Register {
   // daemon/core/node_core.cc): durable() advances to it if it is newer, as OnPersisted would,
   // so that a failed Persist of the same value does not leave durable() behind the disk.
   void OnDurableElsewhere(const Triple& value, std::int64_t now_ms);
+
+  // True when durable_ has no data (see the constructor), nothing newer will become durable,
+  // and a client read or a ReadProc waits for it: the owner then reads the sector from the
+  // store (which holds exactly durable_, since nothing of ours is in flight) and calls
+  // SetDurableData.
+  bool NeedsDurableData() const;
+  // The data of the tag-only durable value; ignored unless value.tag is durable_'s tag.
+  void SetDurableData(const Triple& value, std::int64_t now_ms);
 
   // The owner flipped config.votes to true: an operation this node coordinates counts our
   // own answer now (in a one-node cluster nothing else would ever finish it).

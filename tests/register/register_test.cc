@@ -1224,5 +1224,88 @@ TEST_F(TagOnlyRegisterTest, ClientOperationsWaitForTheDurableValueThenStartFromI
   EXPECT_EQ((*env_.completed[0].data)[0], 0x22);
 }
 
+// The coordinator's side: a client write may start on a register built from the cached tag
+// alone (its collect needs only tags); a read waits for durable data, and when nothing will
+// bring it (the write was refused) the owner is asked to read the store.
+class TagOnlyCoordinatorTest : public TagOnlyRegisterTest {
+ protected:
+  void MakeIdleFromTag() {
+    config_.self = 1;
+    config_.ranks = {1, 2, 3};
+    config_.retransmit_initial_ms = 100;
+    config_.retransmit_max_ms = 1000;
+    reg_.emplace(FakeEnv::kSector, Triple{Tag{5, 3}, nullptr}, &config_, &env_);
+    reg_->CheckInvariants();
+  }
+  // Answers the current collect (the last op id) from `from` with a Value of `tag`.
+  void AnswerCollect(Rank from, Tag tag, std::uint8_t fill) {
+    Deliver(Msg(from, IdOf(env_.last_id), SystemContent::kValue, tag, Fill(fill)));
+  }
+};
+
+TEST_F(TagOnlyCoordinatorTest, AWriteCompletesAndAReadBehindItGetsItsValue) {
+  MakeIdleFromTag();
+  EXPECT_TRUE(reg_->Idle()) << "nothing in flight: may be dropped and rebuilt";
+  EXPECT_FALSE(reg_->NeedsDurableData());
+  reg_->StartWrite(21, Fill(0x33), 0);
+  reg_->StartRead(22, 0);
+  reg_->CheckInvariants();
+  EXPECT_FALSE(reg_->NeedsDurableData()) << "the write will bring a newer value";
+  AnswerCollect(2, Tag{5, 3}, 0x11);
+  // Impose of (6, 1): our own persist and WriteProcs.
+  // (6, 1) is above the write ts lease (0 here): our own copy first, then the WriteProcs.
+  auto persisted = env_.TakePersisted();
+  ASSERT_EQ(persisted.size(), 1u);
+  EXPECT_EQ(persisted[0].tag, (Tag{6, 1}));
+  Persisted(Tag{6, 1});
+  Deliver(Msg(2, IdOf(env_.last_id), SystemContent::kAck));
+  ASSERT_GE(env_.completed.size(), 1u);
+  EXPECT_EQ(env_.completed[0].token, 21u);
+  // The read started once durable_ had data; all agree on (6, 1): no impose.
+  AnswerCollect(2, Tag{6, 1}, 0x33);
+  ASSERT_EQ(env_.completed.size(), 2u);
+  EXPECT_EQ(env_.completed[1].token, 22u);
+  ASSERT_TRUE(env_.completed[1].data);
+  EXPECT_EQ((*env_.completed[1].data)[0], 0x33);
+}
+
+TEST_F(TagOnlyCoordinatorTest, ARefusedWriteLeavesTheReadToTheOwnersStoreRead) {
+  MakeIdleFromTag();
+  reg_->StartWrite(21, Fill(0x33), 0);
+  reg_->StartRead(22, 0);
+  Deliver(Msg(3, IdOf(70), SystemContent::kReadProc));  // a peer's read asks for our value
+  // Nothing is persisting yet, so the store holds the durable value: the owner may read it.
+  EXPECT_TRUE(reg_->NeedsDurableData());
+  AnswerCollect(2, Tag{kMaxTagTs, 2}, 0x44);  // no tag above it: the write is refused
+  ASSERT_EQ(env_.refused.size(), 1u);
+  EXPECT_EQ(env_.refused[0].first, 21u);
+  EXPECT_TRUE(env_.TakePersisted().empty());
+  // The read and the ReadProc wait for data nothing will bring.
+  EXPECT_TRUE(reg_->NeedsDurableData());
+  EXPECT_FALSE(reg_->Idle());
+  env_.TakeSent();
+  reg_->SetDurableData(Triple{Tag{4, 3}, Fill(0x55)}, 0);  // not its tag: ignored
+  EXPECT_TRUE(reg_->NeedsDurableData());
+  reg_->SetDurableData(Triple{Tag{5, 3}, Fill(0x55)}, 0);
+  reg_->CheckInvariants();
+  EXPECT_FALSE(reg_->NeedsDurableData());
+  auto sent = env_.TakeSent();
+  ASSERT_EQ(To(sent, SystemContent::kValue, IdOf(70)), (std::vector<Rank>{3}));
+  for (const Sent& m : sent) {
+    if (m.msg.op_id != IdOf(70)) continue;
+    EXPECT_EQ(m.msg.tag, (Tag{5, 3}));
+    ASSERT_TRUE(m.msg.data);
+    EXPECT_EQ((*m.msg.data)[0], 0x55);
+  }
+  // The read runs now: the peer's newer value wins.
+  AnswerCollect(2, Tag{kMaxTagTs, 2}, 0x44);
+  Deliver(Msg(2, IdOf(env_.last_id), SystemContent::kAck));
+  Deliver(Msg(3, IdOf(env_.last_id), SystemContent::kAck));
+  ASSERT_EQ(env_.completed.size(), 1u);
+  EXPECT_EQ(env_.completed[0].token, 22u);
+  ASSERT_TRUE(env_.completed[0].data);
+  EXPECT_EQ((*env_.completed[0].data)[0], 0x44);
+}
+
 }  // namespace
 }  // namespace atomdisk
