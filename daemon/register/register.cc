@@ -154,6 +154,10 @@ void Register::OnMessage(const SystemMessage& msg, std::int64_t now_ms) {
       if (!tag_only && !durable_.data) {
         // Durable here is a value this register never read (see the constructor); the newer
         // one being persisted will be, soon. Answer then: a later answer is a slower network.
+        if (BUG(value_before_durable) && stored_.data) {
+          SendValue(msg.sender, msg.op_id, stored_);
+          return;
+        }
         for (const auto& p : pending_values_) {
           if (p.to == msg.sender && p.id == msg.op_id) return;  // a retransmission
         }
@@ -334,6 +338,13 @@ void Register::OnDurableElsewhere(const Triple& value, std::int64_t now_ms) {
   OnDurableAdvanced(now_ms);
 }
 
+void Register::SendValue(Rank to, const Uuid& id, const Triple& value) {
+  SystemMessage reply = AnswerTo(config_->self, id, sector_, SystemContent::kValue);
+  reply.tag = value.tag;
+  reply.data = value.data;
+  env_->Send(to, reply);
+}
+
 bool Register::NeedsDurableData() const {
   if (durable_.data || stored_.tag != durable_.tag || !persisting_.empty()) return false;
   // Nothing newer is on its way to become durable here: only a read of the store brings it.
@@ -350,12 +361,7 @@ void Register::SetDurableData(const Triple& value, std::int64_t now_ms) {
 void Register::OnDurableAdvanced(std::int64_t now_ms) {
   FlushAcks();
   // durable_ has data now (every value persisted, reported durable or loaded carries it).
-  for (const auto& p : pending_values_) {
-    SystemMessage reply = AnswerTo(config_->self, p.id, sector_, SystemContent::kValue);
-    reply.tag = durable_.tag;
-    reply.data = durable_.data;
-    env_->Send(p.to, reply);
-  }
+  for (const auto& p : pending_values_) SendValue(p.to, p.id, durable_);
   pending_values_.clear();
   if (!current_) {
     StartNext(now_ms);  // client operations held until durable_ had its data

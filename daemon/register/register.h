@@ -44,6 +44,9 @@ struct RegisterBugs {
   // When a joining node starts voting mid-operation, its own answer is the value that was
   // durable when the operation started (before the join pass), not the one durable now.
   bool stale_self_at_vote = false;
+  // A register built from a cached tag answers a ReadProc with the value it is still
+  // persisting, instead of waiting for it to be durable.
+  bool value_before_durable = false;
 };
 
 struct RegisterConfig {
@@ -244,6 +247,8 @@ class Register {
   void AcceptAndPersist(const Triple& t);
   bool DurableCovers(Tag tag) const;
   void FlushAcks();
+  // Sends `value` (which has data) as our Value for `id` to `to`.
+  void SendValue(Rank to, const Uuid& id, const Triple& value);
   void OnDurableAdvanced(std::int64_t now_ms);
   std::size_t RankIndex(Rank r) const;
   void ResetAnswers();

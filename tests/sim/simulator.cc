@@ -56,6 +56,8 @@ const char* SimBugName(SimBug bug) {
       return "extent-early-answer";
     case SimBug::kBatchIgnoresFeatures:
       return "batch-ignores-features";
+    case SimBug::kValueBeforeDurable:
+      return "value-before-durable";
   }
   return "?";
 }
@@ -66,6 +68,7 @@ const char* SimBugLayer(SimBug bug) {
     case SimBug::kAckBeforePersist:
     case SimBug::kMinorityQuorum:
     case SimBug::kStaleSelfAtVote:
+    case SimBug::kValueBeforeDurable:
       return "register";
     case SimBug::kServeBeforeIdentity:
     case SimBug::kAbsorbUnguarded:
@@ -115,6 +118,9 @@ const char* SimBugWhat(SimBug bug) {
     case SimBug::kExtentEarlyAnswer:
       return "an extent command is answered, every sector done, when its first member "
              "finishes (needs --extents)";
+    case SimBug::kValueBeforeDurable:
+      return "a register built from the slot cache's tag answers a ReadProc with the value it "
+             "is still persisting, not a durable one";
     case SimBug::kBatchIgnoresFeatures:
       return "system batches go to every peer, also to one whose HelloReply did not advertise "
              "them (an older node, which would close the connection)";
@@ -125,11 +131,12 @@ const char* SimBugWhat(SimBug bug) {
 }
 
 std::vector<SimBug> AllSimBugs() {
-  return {SimBug::kSkipImpose,          SimBug::kAckBeforePersist, SimBug::kMinorityQuorum,
-          SimBug::kForgetOnRestart,     SimBug::kJoinerVotes,      SimBug::kLeaseForgotten,
-          SimBug::kServeBeforeIdentity, SimBug::kAbsorbUnguarded,  SimBug::kAbsorbDurableUnreported,
-          SimBug::kStaleSelfAtVote,     SimBug::kGenesisTrusted,   SimBug::kExtentEarlyAnswer,
-          SimBug::kBatchIgnoresFeatures};
+  return {
+      SimBug::kSkipImpose,           SimBug::kAckBeforePersist,  SimBug::kMinorityQuorum,
+      SimBug::kForgetOnRestart,      SimBug::kJoinerVotes,       SimBug::kLeaseForgotten,
+      SimBug::kServeBeforeIdentity,  SimBug::kAbsorbUnguarded,   SimBug::kAbsorbDurableUnreported,
+      SimBug::kStaleSelfAtVote,      SimBug::kGenesisTrusted,    SimBug::kExtentEarlyAnswer,
+      SimBug::kBatchIgnoresFeatures, SimBug::kValueBeforeDurable};
 }
 
 std::optional<SimBug> ParseSimBug(std::string_view name) {
@@ -2232,6 +2239,7 @@ SimResult Simulator::Run() {
   bugs.ack_before_persist = options_.bug == SimBug::kAckBeforePersist;
   bugs.minority_quorum = options_.bug == SimBug::kMinorityQuorum;
   bugs.stale_self_at_vote = options_.bug == SimBug::kStaleSelfAtVote;
+  bugs.value_before_durable = options_.bug == SimBug::kValueBeforeDurable;
 
   // Every core runs the production code, tuned as a daemon is (NodeCoreOptions::FromConfig)
   // but with timings scaled to virtual runs of a few seconds, and the bug under test.

@@ -46,6 +46,7 @@ enum class SimBug {
   kGenesisTrusted,     // a replaced disk bootstrapped as founding member, trusted over the voters
   kExtentEarlyAnswer,  // an extent is answered done when its first member finishes (--extents)
   kBatchIgnoresFeatures,  // system batches go to peers that did not advertise them
+  kValueBeforeDurable,    // a tag-only register answers a ReadProc with its pending value
 };
 
 // "skip-impose", ... ; "none" for kNone.
