@@ -429,16 +429,22 @@ Register* NodeCore::GetRegister(SectorIdx sector, const SystemMessage* incoming,
   return raw;
 }
 
+Result<Triple> NodeCore::ReadStoredAt(SectorIdx sector, Tag tag) {
+  auto stored = store_->Read(sector);
+  if (stored.ok() && stored->tag != tag) {
+    return Status::Unavailable("sector " + std::to_string(sector) + ": the store holds " +
+                               stored->tag.ToString() + ", not " + tag.ToString());
+  }
+  return stored;
+}
+
 void NodeCore::LoadDurableData(SectorIdx sector, Register& reg) {
   // Nothing of the register's is in flight, so the store holds its durable value.
-  auto stored = store_->Read(sector);
-  if (!stored.ok() || stored->tag != reg.durable().tag) {
+  auto stored = ReadStoredAt(sector, reg.durable().tag);
+  if (!stored.ok()) {
     ++counters_.unreadable_sectors;
     LogRateLimited("read", "sector " + std::to_string(sector) +
-                               " unreadable, not answering for it: " +
-                               (stored.ok() ? "the store holds " + stored->tag.ToString() +
-                                                  ", not " + reg.durable().tag.ToString()
-                                            : stored.status().ToString()));
+                               " unreadable, not answering for it: " + stored.status().ToString());
     return;  // tried again at the next tick
   }
   reg.SetDurableData(*stored, env_->NowMs());
@@ -579,10 +585,8 @@ Result<Triple> NodeCore::ReadSector(SectorIdx sector) {
     const Triple& served = it->second.reg->Served();
     if (served.data) return served;
     // A register built from a cached tag: its durable value's data was not read. With
-    // nothing of ours in flight the store holds it; otherwise ask again later.
-    auto stored = store_->Read(sector);
-    if (stored.ok() && stored->tag == served.tag) return stored;
-    return Status::Unavailable("sector " + std::to_string(sector) + " is being written");
+    // nothing of ours in flight the store holds it; otherwise the peer asks again later.
+    return ReadStoredAt(sector, served.tag);
   }
   if (direct_absorbs_.count(sector)) {
     return Status::Unavailable("sector " + std::to_string(sector) + " is being repaired");

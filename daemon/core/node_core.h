@@ -94,7 +94,8 @@ class NodeCoreObserver {
  public:
   virtual ~NodeCoreObserver() = default;
   // A register was built from `stored`, the value the store read for its sector; or, with
-  // stored.data null, from the durable tag in the store's slot cache alone (for a WriteProc).
+  // stored.data null, from the durable tag in the store's slot cache alone (for a WriteProc or
+  // a client write).
   virtual void OnRegisterLoaded(SectorIdx /*sector*/, const Triple& /*stored*/) {}
   // An idle register is dropped; `durable` is its durable tag.
   virtual void OnRegisterDropped(SectorIdx /*sector*/, Tag /*durable*/) {}
@@ -283,6 +284,9 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
                         bool client_write = false);
   // Reads the durable value of a tag-only register that needs it (Register::NeedsDurableData).
   void LoadDurableData(SectorIdx sector, Register& reg);
+  // The store's value of `sector` if its tag is `tag`; Unavailable if the store holds another
+  // (a write of ours in flight), or the store's error.
+  Result<Triple> ReadStoredAt(SectorIdx sector, Tag tag);
   // A ReadTag for a sector with no register, answered from the store's slot cache (no read,
   // no register built); false when the cache does not know (the register answers then).
   bool AnswerReadTagFromCache(const SystemMessage& msg);

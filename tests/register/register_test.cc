@@ -1127,14 +1127,18 @@ class TagOnlyRegisterTest : public RegisterTest {
     }
     return out;
   }
-  // A 3-node register at node 1 whose durable tag (5, 3) is known without its data, handed
-  // rank 2's WriteProc of (9, 2) with 0x22s under op id 50.
-  void MakeFromTag() {
+  // A 3-node register at node 1 whose durable tag (5, 3) is known without its data.
+  void MakeIdleFromTag() {
     config_.self = 1;
     config_.ranks = {1, 2, 3};
     config_.retransmit_initial_ms = 100;
     config_.retransmit_max_ms = 1000;
     reg_.emplace(FakeEnv::kSector, Triple{Tag{5, 3}, nullptr}, &config_, &env_);
+    reg_->CheckInvariants();
+  }
+  // That register, handed rank 2's WriteProc of (9, 2) with 0x22s under op id 50.
+  void MakeFromTag() {
+    MakeIdleFromTag();
     Deliver(Msg(2, IdOf(50), SystemContent::kWriteProc, Tag{9, 2}, Fill(0x22)));
   }
 };
@@ -1229,14 +1233,6 @@ TEST_F(TagOnlyRegisterTest, ClientOperationsWaitForTheDurableValueThenStartFromI
 // bring it (the write was refused) the owner is asked to read the store.
 class TagOnlyCoordinatorTest : public TagOnlyRegisterTest {
  protected:
-  void MakeIdleFromTag() {
-    config_.self = 1;
-    config_.ranks = {1, 2, 3};
-    config_.retransmit_initial_ms = 100;
-    config_.retransmit_max_ms = 1000;
-    reg_.emplace(FakeEnv::kSector, Triple{Tag{5, 3}, nullptr}, &config_, &env_);
-    reg_->CheckInvariants();
-  }
   // Answers the current collect (the last op id) from `from` with a Value of `tag`.
   void AnswerCollect(Rank from, Tag tag, std::uint8_t fill) {
     Deliver(Msg(from, IdOf(env_.last_id), SystemContent::kValue, tag, Fill(fill)));
