@@ -115,6 +115,17 @@ void NodeCore::Tick() {
     observer_->OnRegisterDropped(s, it->second.reg->durable().tag);
     registers_.erase(it);
   }
+  if (CORE_BUG(refuse_started_extents) && !extents_.empty() && !QuorumReachable()) {
+    for (auto& [id, e] : extents_) {
+      if (e.answered || e.op == ClientOp::kReadExtent) continue;
+      e.answered = true;
+      auto channel = e.channel.lock();
+      if (!channel || channel->channel_closed()) continue;
+      ClientResponse resp{ResponseStatus::kOk, e.request_id, e.op, {}, {}};
+      resp.outcomes.assign(e.outcomes.size(), ExtentOutcome::kNotDone);
+      Respond(*channel, resp);
+    }
+  }
   MaybeStartSyncer(now);
   if (sync_started_) syncer_->Tick(now);
   PublishMetrics(now);
@@ -232,6 +243,24 @@ void NodeCore::StartExtent(ClientChannel& channel, ClientCommand cmd,
     if (metrics_) metrics_->ClientRequest(member_op, NodeMetrics::Outcome::kInvalidSector, arrived);
     Respond(channel,
             ClientResponse{ResponseStatus::kInvalidSectorIndex, cmd.request_id, cmd.op, {}, {}});
+    return;
+  }
+  if (!QuorumReachable()) {
+    // Fast failover (docs/PROTOCOL.md, "No quorum here"): nothing is started, so every
+    // sector is known not written by this command, and the client retries the run on another
+    // node at once instead of waiting out its attempt timeout here.
+    ++counters_.no_quorum_extents;
+    if (metrics_) {
+      for (std::uint32_t i = 0; i < cmd.count; ++i) {
+        metrics_->ClientRequest(member_op, NodeMetrics::Outcome::kNoQuorum, arrived);
+      }
+    }
+    LogRateLimited("noquorum", "client " + channel.channel_name() +
+                                   ": extent not run, this node's links reach no quorum");
+    ClientResponse resp{ResponseStatus::kOk, cmd.request_id, cmd.op, {}, {}};
+    resp.outcomes.assign(cmd.count, ExtentOutcome::kNotDone);
+    if (cmd.op == ClientOp::kReadExtent) resp.sectors.resize(cmd.count);
+    Respond(channel, resp);
     return;
   }
   const std::uint64_t id = next_extent_++;
@@ -381,6 +410,14 @@ void NodeCore::OnPeerLinkUp(Rank peer) {
   batch_peers_[peer] = false;
   const std::int64_t now = env_->NowMs();
   for (auto& [sector, slot] : registers_) slot.reg->RetransmitSoon(now);
+}
+
+bool NodeCore::QuorumReachable() {
+  std::size_t reachable = register_config_.votes ? 1 : 0;
+  for (Rank rank : register_config_.ranks) {
+    if (rank != self_ && env_->PeerConnected(rank)) ++reachable;
+  }
+  return reachable >= config_.Majority();
 }
 
 bool NodeCore::PeerResponsive(Rank peer) {
@@ -732,10 +769,10 @@ std::string NodeCore::InfoJson() {
     peers.push_back(std::move(p));
   }
   j["peers"] = peers;
-  // Whether this node's links reach a majority (itself counted): without, it can coordinate
-  // nothing (the CLI's status exits 1).
+  // Whether this node's links reach a majority (QuorumReachable: itself counted while it
+  // votes): without, it can coordinate nothing (the CLI's status exits 1).
   j["reachable_nodes"] = reachable;
-  j["quorum_reachable"] = reachable >= config_.Majority();
+  j["quorum_reachable"] = QuorumReachable();
   SyncStatus ss = syncer_->GetStatus(now);
   j["voting"] = ss.voting;
   j["state"] = ss.state;
@@ -769,7 +806,8 @@ std::string NodeCore::InfoJson() {
                    {"tags_from_cache", counters_.tags_from_cache},
                    {"registers_from_cached_tag", counters_.registers_from_cached_tag},
                    {"batches_sent", counters_.batches_sent},
-                   {"batched_msgs", counters_.batched_msgs}};
+                   {"batched_msgs", counters_.batched_msgs},
+                   {"no_quorum_extents", counters_.no_quorum_extents}};
   std::string s = j.dump();
   if (s.size() > kMaxInfoSize)
     s = nlohmann::json{{"rank", self_}, {"version", options_.version}}.dump();

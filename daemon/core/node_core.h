@@ -136,6 +136,10 @@ struct NodeCoreBugs {
   bool extent_early_answer = false;
   // System messages are batched to every peer, whatever its HelloReply advertised.
   bool batch_ignores_features = false;
+  // Once QuorumReachable says no, write extents already under way are answered with every
+  // sector not done, though their members started and may be written: the no-quorum answer
+  // applied where only "unknown" is true.
+  bool refuse_started_extents = false;
 };
 
 struct NodeCoreOptions {
@@ -197,6 +201,12 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   // Sends what the outbox holds: one system batch per group of peers with the same queue (a
   // queue of one message goes as a plain system frame). See NodeCoreEnv::RequestFlush.
   void FlushOutbox();
+  // Whether this node can coordinate at all: its own vote (if it votes) and the peers its
+  // links are up to (NodeCoreEnv::PeerConnected; a silent link is closed within the peer
+  // timeout) make a majority. Without, an extent command is answered at once with every
+  // sector not done, so the client moves it to another node (docs/PROTOCOL.md, "No quorum
+  // here"); single-sector atdd commands keep their behaviour (they wait for the quorum).
+  bool QuorumReachable();
   // Logs at most once per second per kind of problem, counting the rest.
   void LogRateLimited(const std::string& kind, const std::string& message);
 
@@ -255,7 +265,8 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
     std::uint64_t request_id;
     ClientOp op;  // kReadExtent, kWriteExtent or kWriteZeros
     std::uint32_t remaining = 0;
-    bool answered = false;  // only with the extent_early_answer bug, before the last member
+    // Only with the extent_early_answer or refuse_started_extents bug, before the last member.
+    bool answered = false;
     std::vector<ExtentOutcome> outcomes;
     std::vector<SectorPtr> sectors;  // kReadExtent: the data read
   };

@@ -38,8 +38,8 @@ NodeMetrics::NodeMetrics(const ClusterConfig& config, Rank self) {
                .count());
 
   static constexpr const char* kOps[2] = {"read", "write"};
-  static constexpr const char* kOutcomeNames[kOutcomes] = {"ok", "invalid_sector", "unreadable",
-                                                           "client_gone", "refused"};
+  static constexpr const char* kOutcomeNames[kOutcomes] = {
+      "ok", "invalid_sector", "unreadable", "client_gone", "refused", "no_quorum"};
   for (int op = 0; op < 2; ++op) {
     for (int o = 0; o < kOutcomes; ++o) {
       requests_[op][o] = &r.AddCounter(
@@ -47,7 +47,8 @@ NodeMetrics::NodeMetrics(const ClusterConfig& config, Rank self) {
           "Client reads and writes that reached this node, by how they ended: ok (answered), "
           "invalid_sector (refused), unreadable (not answered: this copy is unreadable), "
           "client_gone (completed after the client left), refused (a write not done: the "
-          "sector's tag is at the top of the timestamp range).",
+          "sector's tag is at the top of the timestamp range), no_quorum (an extent's sector "
+          "not run: this node's peer links reach no quorum, so the client went elsewhere).",
           {{"op", kOps[op]}, {"outcome", kOutcomeNames[o]}});
     }
   }

@@ -42,6 +42,9 @@ struct NodeCounters {
   std::uint64_t registers_from_cached_tag = 0;
   // System batches sent (one per peer it went to) and the messages they carried.
   std::uint64_t batches_sent = 0, batched_msgs = 0;
+  // Extent commands answered "not done" for every sector at once because this node's links
+  // reached no quorum (NodeCore::QuorumReachable), so that the client went elsewhere.
+  std::uint64_t no_quorum_extents = 0;
 };
 
 // The core's state, as NodeCore::PublishMetrics copies it out.
@@ -69,8 +72,9 @@ class NodeMetrics {
     kUnreadable,     // not answered: this node's copy is unreadable (the client fails over)
     kClientGone,     // completed after the client's connection closed
     kRefused,        // a write not done: the sector's tag is at the top of its range
+    kNoQuorum,       // an extent's member not run: this node's links reach no quorum
   };
-  static constexpr int kOutcomes = 5;
+  static constexpr int kOutcomes = 6;
 
   NodeMetrics(const ClusterConfig& config, Rank self);
   NodeMetrics(const NodeMetrics&) = delete;

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -42,7 +43,7 @@ class FakeWorld : public NodeCoreEnv, public NodeCoreObserver {
     batches.push_back({{to.begin(), to.end()}, {msgs.begin(), msgs.end()}});
   }
   void RequestFlush() override { ++flush_requests; }
-  bool PeerConnected(Rank) override { return links_up; }
+  bool PeerConnected(Rank peer) override { return links_up && !peer_down[peer]; }
   PeerLinkStats PeerStats(Rank) override { return {links_up, 0, 0, 0}; }
   std::int64_t NowMs() override { return now_ms; }
   std::uint64_t WallClockMicros() override { return 1'000'000'000; }
@@ -90,6 +91,7 @@ class FakeWorld : public NodeCoreEnv, public NodeCoreObserver {
   };
   std::vector<Loaded> loaded;  // registers built, as the observer saw them
   bool links_up = false;
+  std::array<bool, 256> peer_down{};  // with links_up: these links are down all the same
   bool fail_saves = false;
   std::int64_t now_ms = 1000;
 };
@@ -311,6 +313,73 @@ TEST_F(NodeCoreTest, AReadIsAnsweredOnceAMajorityAnswers) {
   ASSERT_NE(r.data, nullptr);
   EXPECT_EQ(r.data->at(0), 0);
   EXPECT_EQ(channel_->open_ops, 0);
+}
+
+// Fast failover (docs/PROTOCOL.md, "No quorum here"): an extent that arrives while this
+// node's links reach no majority is answered at once, every sector not done, and starts
+// nothing; a lone atdd command keeps its behaviour (it waits for the quorum); with one peer of
+// two back the extent runs.
+TEST_F(NodeCoreTest, WithoutAQuorumAnExtentIsAnsweredNotDoneAtOnce) {
+  MakeCore(VotingIdentity());
+  world_.links_up = true;
+  core_->Start();
+  core_->Tick();
+  ASSERT_TRUE(core_->voting());
+  world_.peer_down[2] = world_.peer_down[3] = true;
+  world_.sent.clear();
+  ClientCommand w;
+  w.request_id = 5;
+  w.sector = 20;
+  w.op = ClientOp::kWriteExtent;
+  w.count = 3;
+  for (int i = 0; i < 3; ++i) w.sectors.push_back(ZeroSector());
+  core_->OnClientFrame(*channel_, CommandBody(w, config_.client_key));
+  ClientResponse r = LastResponse();
+  EXPECT_EQ(r.status, ResponseStatus::kOk);
+  EXPECT_EQ(r.request_id, 5u);
+  EXPECT_EQ(r.op, ClientOp::kWriteExtent);
+  EXPECT_EQ(r.outcomes, std::vector<ExtentOutcome>(3, ExtentOutcome::kNotDone));
+  ClientCommand re;
+  re.request_id = 6;
+  re.sector = 20;
+  re.op = ClientOp::kReadExtent;
+  re.count = 2;
+  core_->OnClientFrame(*channel_, CommandBody(re, config_.client_key));
+  r = LastResponse();
+  EXPECT_EQ(r.request_id, 6u);
+  EXPECT_EQ(r.outcomes, std::vector<ExtentOutcome>(2, ExtentOutcome::kNotDone));
+  core_->FlushOutbox();
+  EXPECT_TRUE(world_.sent.empty()) << "a refused extent sent something";
+  EXPECT_TRUE(world_.batches.empty());
+  EXPECT_EQ(core_->active_registers(), 0u);
+  EXPECT_EQ(channel_->open_ops, 0);
+  ClientCommand info;
+  info.request_id = 7;
+  info.op = ClientOp::kInfo;
+  core_->OnClientFrame(*channel_, CommandBody(info, config_.client_key));
+  auto j = nlohmann::json::parse(LastResponse().info);
+  EXPECT_FALSE(j["quorum_reachable"].get<bool>());
+  EXPECT_EQ(j["counters"]["no_quorum_extents"], 2);
+
+  // A lone (atdd) command is not refused: it starts and waits.
+  const std::size_t frames = channel_->frames.size();
+  ClientCommand read;
+  read.request_id = 8;
+  read.sector = 30;
+  read.op = ClientOp::kRead;
+  core_->OnClientFrame(*channel_, CommandBody(read, config_.client_key));
+  EXPECT_EQ(channel_->frames.size(), frames);
+  EXPECT_EQ(channel_->open_ops, 1);
+
+  // One peer back: with our own vote that is a majority of three, and the extent runs.
+  world_.peer_down[2] = false;
+  world_.sent.clear();
+  w.request_id = 9;
+  core_->OnClientFrame(*channel_, CommandBody(w, config_.client_key));
+  core_->FlushOutbox();
+  EXPECT_EQ(channel_->frames.size(), frames);
+  EXPECT_EQ(channel_->open_ops, 4);
+  EXPECT_FALSE(world_.sent.empty() && world_.batches.empty());
 }
 
 // A WriteProc for a sector with no register, whose durable tag the store's slot cache knows

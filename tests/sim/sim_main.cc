@@ -112,6 +112,9 @@ int main(int argc, char** argv) {
                "skip the per-step state checks (Ack after durable, tag reuse, durable tag "
                "decreasing, a non-voter answering, a rejoined node behind) to show that "
                "linearizability, liveness and convergence alone catch a bug");
+  app.add_flag("--link-liveness", options.link_liveness,
+               "a link cut by a partition goes down at both ends after 100 virtual ms, as the "
+               "daemon's peer liveness has it (the core then refuses extents without a quorum)");
   app.add_option("--extents", options.extent_permille,
                  "permille of client operations sent as extent commands (0: none)")
       ->check(CLI::Range(0, 1000));
@@ -197,6 +200,7 @@ int main(int argc, char** argv) {
     total.tags_from_cache += r.stats.tags_from_cache;
     total.registers_from_cached_tag += r.stats.registers_from_cached_tag;
     total.batches_sent += r.stats.batches_sent;
+    total.extents_refused += r.stats.extents_refused;
     if (verbose) {
       std::cout << "seed " << s << " " << (r.ok ? "ok" : "FAIL " + r.check) << " events "
                 << r.stats.events << " virtual " << r.stats.virtual_ms << "ms ops "
@@ -248,6 +252,7 @@ int main(int argc, char** argv) {
             << " absorbs, " << total.passes_done << " resync passes, " << total.tags_from_cache
             << " tags from cache, " << total.registers_from_cached_tag
             << " registers from a cached tag, " << total.batches_sent << " system batches, "
-            << total.virtual_ms << " virtual ms\n";
+            << total.extents_refused << " extents refused whole, " << total.virtual_ms
+            << " virtual ms\n";
   return failed == 0 ? 0 : 1;
 }

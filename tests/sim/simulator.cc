@@ -58,6 +58,8 @@ const char* SimBugName(SimBug bug) {
       return "batch-ignores-features";
     case SimBug::kValueBeforeDurable:
       return "value-before-durable";
+    case SimBug::kRefuseStartedExtents:
+      return "refuse-started-extents";
   }
   return "?";
 }
@@ -75,6 +77,7 @@ const char* SimBugLayer(SimBug bug) {
     case SimBug::kAbsorbDurableUnreported:
     case SimBug::kExtentEarlyAnswer:
     case SimBug::kBatchIgnoresFeatures:
+    case SimBug::kRefuseStartedExtents:
       return "node";
     case SimBug::kJoinerVotes:
     case SimBug::kLeaseForgotten:
@@ -124,6 +127,10 @@ const char* SimBugWhat(SimBug bug) {
     case SimBug::kBatchIgnoresFeatures:
       return "system batches go to every peer, also to one whose HelloReply did not advertise "
              "them (an older node, which would close the connection)";
+    case SimBug::kRefuseStartedExtents:
+      return "a coordinator whose links lose the quorum answers the write extents it has under "
+             "way with every sector not done, though they may be written (needs --extents and "
+             "--link-liveness)";
     case SimBug::kNone:
       break;
   }
@@ -132,11 +139,11 @@ const char* SimBugWhat(SimBug bug) {
 
 std::vector<SimBug> AllSimBugs() {
   return {
-      SimBug::kSkipImpose,           SimBug::kAckBeforePersist,  SimBug::kMinorityQuorum,
-      SimBug::kForgetOnRestart,      SimBug::kJoinerVotes,       SimBug::kLeaseForgotten,
-      SimBug::kServeBeforeIdentity,  SimBug::kAbsorbUnguarded,   SimBug::kAbsorbDurableUnreported,
-      SimBug::kStaleSelfAtVote,      SimBug::kGenesisTrusted,    SimBug::kExtentEarlyAnswer,
-      SimBug::kBatchIgnoresFeatures, SimBug::kValueBeforeDurable};
+      SimBug::kSkipImpose,           SimBug::kAckBeforePersist,   SimBug::kMinorityQuorum,
+      SimBug::kForgetOnRestart,      SimBug::kJoinerVotes,        SimBug::kLeaseForgotten,
+      SimBug::kServeBeforeIdentity,  SimBug::kAbsorbUnguarded,    SimBug::kAbsorbDurableUnreported,
+      SimBug::kStaleSelfAtVote,      SimBug::kGenesisTrusted,     SimBug::kExtentEarlyAnswer,
+      SimBug::kBatchIgnoresFeatures, SimBug::kValueBeforeDurable, SimBug::kRefuseStartedExtents};
 }
 
 std::optional<SimBug> ParseSimBug(std::string_view name) {
@@ -153,6 +160,7 @@ std::string ReplayCommand(const SimOptions& o) {
   if (o.bug != SimBug::kNone) cmd += std::string(" --bug ") + SimBugName(o.bug);
   if (!o.state_checks) cmd += " --history-only";
   if (o.extent_permille != 0) cmd += " --extents " + std::to_string(o.extent_permille);
+  if (o.link_liveness) cmd += " --link-liveness";
   if (o.max_lincheck_states != SimOptions{}.max_lincheck_states) {
     cmd += " --max-lincheck-states " + std::to_string(o.max_lincheck_states);
   }
@@ -172,6 +180,9 @@ constexpr std::size_t kLastEvents = 60;
 constexpr std::uint32_t kMaxSimExtent = 6;
 // Syncer timing, scaled to virtual runs of a few seconds.
 constexpr std::int64_t kHelloIntervalMs = 200;
+// With SimOptions::link_liveness: how long a cut link stays up before both ends see it down
+// (the daemon's peer_timeout_ms, 1000 by default, scaled like the Syncer's timing).
+constexpr std::int64_t kSimPeerTimeoutMs = 100;
 constexpr std::int64_t kJoiningHelloIntervalMs = 50;
 constexpr std::int64_t kSyncRequestTimeoutMs = 300;
 constexpr std::int64_t kCheckpointIntervalMs = 100;
@@ -369,7 +380,7 @@ class Simulator {
     // A TCP link breaks when its peer's process dies; a partition (packets dropped) leaves it
     // up, as on a real network.
     bool PeerConnected(Rank peer) override {
-      return peer >= 1 && peer <= sim_->nodes_.size() && sim_->nodes_[peer - 1]->up;
+      return peer >= 1 && peer <= sim_->nodes_.size() && sim_->LinkUp(node_, peer - 1);
     }
     PeerLinkStats PeerStats(Rank peer) override { return {PeerConnected(peer), 0, 0, 0}; }
     std::int64_t NowMs() override { return sim_->NowMs(); }
@@ -661,7 +672,15 @@ class Simulator {
   NodeCoreOptions core_options_;
   std::unique_ptr<Hmac> client_mac_;  // the simulated clients' key
   std::vector<std::unique_ptr<Node>> nodes_;
-  std::vector<std::vector<bool>> blocked_;                  // blocked_[from][to]: partitioned link
+  std::vector<std::vector<bool>> blocked_;  // blocked_[from][to]: partitioned link
+  // With SimOptions::link_liveness: since when the link between a and b (a < b) has been cut
+  // one way or both (virtual us), -1 while it is not.
+  std::vector<std::vector<std::int64_t>> cut_since_us_;
+  // Whether node a's link to node b is up: b's process is alive and, with link liveness, the
+  // link has not been cut for kSimPeerTimeoutMs (NodeCoreEnv::PeerConnected).
+  bool LinkUp(int a, int b) const;
+  // Updates cut_since_us_ after blocked_ changed.
+  void NoteCuts();
   std::vector<std::vector<std::int64_t>> link_latency_us_;  // typical delay of each link
   std::uint64_t partition_gen_ = 0;
   int drop_permille_ = 0;
@@ -1577,6 +1596,10 @@ void Simulator::OnExtentResponse(int n, const ClientResponse& resp) {
     return;
   }
   const bool waiting = ops_[first - 1].waiting;
+  if (std::all_of(resp.outcomes.begin(), resp.outcomes.end(),
+                  [](ExtentOutcome o) { return o == ExtentOutcome::kNotDone; })) {
+    ++result_.stats.extents_refused;
+  }
   for (std::uint32_t i = 0; i < count; ++i) {
     const std::uint64_t token = first + i;
     if (resp.outcomes[i] == ExtentOutcome::kDone) {
@@ -1584,7 +1607,8 @@ void Simulator::OnExtentResponse(int n, const ClientResponse& resp) {
       if (!result_.ok) return;
       continue;
     }
-    // Not run by this coordinator (its copy is unreadable): known not to have happened.
+    // Not run by this coordinator (its copy is unreadable, or it reached no quorum): known
+    // not to have happened.
     Op& op = ops_[token - 1];
     op.in_register = false;
     nodes_[n]->tokens.erase(token);
@@ -1833,6 +1857,7 @@ void Simulator::Nemesis() {
           desc += " " + std::to_string(a + 1) + "-/->" + std::to_string(b + 1);
         }
       }
+      NoteCuts();
       Trace("partition " + desc);
       Event e;
       e.type = EventType::kHealPartition;
@@ -1935,7 +1960,28 @@ std::vector<int> Simulator::NodesAhead() {
   return ahead;
 }
 
+bool Simulator::LinkUp(int a, int b) const {
+  if (!nodes_[b]->up) return false;
+  if (!options_.link_liveness || a == b) return true;
+  const std::int64_t since = cut_since_us_[std::min(a, b)][std::max(a, b)];
+  return since < 0 || now_us_ - since < kSimPeerTimeoutMs * kUsPerMs;
+}
+
+void Simulator::NoteCuts() {
+  for (std::size_t a = 0; a < nodes_.size(); ++a) {
+    for (std::size_t b = a + 1; b < nodes_.size(); ++b) {
+      std::int64_t& since = cut_since_us_[a][b];
+      if (!blocked_[a][b] && !blocked_[b][a]) {
+        since = -1;
+      } else if (since < 0) {
+        since = now_us_;
+      }
+    }
+  }
+}
+
 void Simulator::ClearPartitions() {
+  for (auto& row : cut_since_us_) std::fill(row.begin(), row.end(), -1);
   for (std::size_t a = 0; a < nodes_.size(); ++a) {
     for (std::size_t b = 0; b < nodes_.size(); ++b) {
       if (!blocked_[a][b] && !blocked_[b][a]) continue;
@@ -2267,8 +2313,10 @@ SimResult Simulator::Run() {
   core_options_.bugs.absorb_durable_unreported = options_.bug == SimBug::kAbsorbDurableUnreported;
   core_options_.bugs.extent_early_answer = options_.bug == SimBug::kExtentEarlyAnswer;
   core_options_.bugs.batch_ignores_features = options_.bug == SimBug::kBatchIgnoresFeatures;
+  core_options_.bugs.refuse_started_extents = options_.bug == SimBug::kRefuseStartedExtents;
 
   blocked_.assign(n_nodes, std::vector<bool>(n_nodes, false));
+  cut_since_us_.assign(n_nodes, std::vector<std::int64_t>(n_nodes, -1));
   for (int i = 0; i < n_nodes; ++i) {
     auto node = std::make_unique<Node>();
     node->rank = static_cast<Rank>(i + 1);

@@ -47,6 +47,10 @@ enum class SimBug {
   kExtentEarlyAnswer,  // an extent is answered done when its first member finishes (--extents)
   kBatchIgnoresFeatures,  // system batches go to peers that did not advertise them
   kValueBeforeDurable,    // a tag-only register answers a ReadProc with its pending value
+  // A coordinator that loses its quorum answers its write extents already under way with
+  // every sector not done, though their members were started and may be written
+  // (needs --extents and --link-liveness).
+  kRefuseStartedExtents,
 };
 
 // "skip-impose", ... ; "none" for kNone.
@@ -75,6 +79,13 @@ struct SimOptions {
   // 2..kMaxSimExtent consecutive sectors, each member its own history operation). 0 keeps
   // the single-sector workload every seed ran before extents, seed for seed.
   int extent_permille = 0;
+  // Peer liveness in the simulated world, as atomdiskd's peer links have it (docs/PROTOCOL.md,
+  // "Peer liveness"): a link that a partition cuts, one way or both, counts as down at both
+  // ends (NodeCoreEnv::PeerConnected) once the cut has lasted kSimPeerTimeoutMs, until the
+  // heal. Off keeps the older model (a link breaks only when its peer's process dies) and
+  // every seed as it ran before; on, the core's no-quorum rule (NodeCore::QuorumReachable)
+  // fires under partitions too.
+  bool link_liveness = false;
   // Upper bound handed to the linearizability checker, per sector.
   std::uint64_t max_lincheck_states = 5'000'000;
 };
@@ -103,6 +114,9 @@ struct SimStats {
   // Registers built for a WriteProc from the cached tag alone (no read of the sector)
   std::uint64_t registers_from_cached_tag = 0;
   std::uint64_t batches_sent = 0;  // system batches (their members count in messages_sent)
+  // Extents answered with every sector not done (in practice NodeCore::QuorumReachable said
+  // no: the coordinator's live links made no majority)
+  std::uint64_t extents_refused = 0;
 };
 
 struct SimResult {
