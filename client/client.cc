@@ -79,6 +79,7 @@ struct Op {
   int avoid_node = -1;                 // the node whose attempt failed last: try another one first
   int attempts = 0;
   bool maybe_applied = false;          // a write that reached some node without an answer
+  bool maybe_applied_before = false;   // the same before the current attempt was sent
   std::vector<int> auth_failed_nodes;  // nodes whose answers failed tag verification
   std::string last_error;
   // Extent ops (kReadExtent, kWriteExtent, kWriteZeros): the run's length and, for writes,
@@ -94,6 +95,14 @@ struct Op {
   std::uint64_t parent = 0;
   bool internal = false;
   int probe_node = -1;  // a feature probe pinned to this node
+  // A single-sector Read or Write that goes as an extent of one sector to nodes that take
+  // extents, so that a node without a quorum refuses it at once (docs/CLIENT.md, "Fast
+  // failover"); to a node without extents it turns back into the single-sector command.
+  bool single = false;
+  // Whole-extent refusals ("not done" for every sector: the node reaches no quorum) of this
+  // op in a row; once every node has refused it, it waits a little before the next try.
+  int refusals = 0;
+  bool last_refused = false;  // the latest attempt ended in such a refusal
 };
 
 // One TCP connection to a node. Owned (shared) by its node and its two coroutines.
@@ -169,14 +178,19 @@ class ClientImpl final : public Client {
               [done = std::move(done)](OpResult r) { done(std::move(r.status)); });
   }
 
+  // A single sector goes as an extent of one (Op::single).
   void ReadWith(SectorIdx sector, const OpOptions& options, OpCallback done) override {
-    Submit(ClientOp::kRead, sector, nullptr, options, std::move(done));
+    Submit(ClientOp::kReadExtent, sector, nullptr, options, std::move(done), 1, {},
+           /*single=*/true);
   }
 
   void WriteWith(SectorIdx sector, SectorPtr data, const OpOptions& options,
                  OpCallback done) override {
     ATOMDISK_CHECK(data != nullptr);
-    Submit(ClientOp::kWrite, sector, std::move(data), options, std::move(done));
+    std::vector<SectorPtr> one;
+    one.push_back(std::move(data));
+    Submit(ClientOp::kWriteExtent, sector, nullptr, options, std::move(done), 1, std::move(one),
+           /*single=*/true);
   }
 
   void ReadExtentWith(SectorIdx first, std::uint32_t count, const OpOptions& options,
@@ -234,9 +248,11 @@ class ClientImpl final : public Client {
   }
 
   void Submit(ClientOp kind, SectorIdx sector, SectorPtr data, const OpOptions& options,
-              OpCallback done, std::uint32_t count = 0, std::vector<SectorPtr> sectors = {}) {
+              OpCallback done, std::uint32_t count = 0, std::vector<SectorPtr> sectors = {},
+              bool single = false) {
     auto op = std::make_unique<Op>();
     op->kind = kind;
+    op->single = single;
     op->sector = sector;
     op->data = std::move(data);
     op->count = count;
@@ -423,7 +439,32 @@ class ClientImpl final : public Client {
       if (resp.outcomes[i] != ExtentOutcome::kDone) not_done.push_back(i);
     }
     if (not_done.empty()) return Finish(op, Status::Ok(), nullptr, n.endpoint.rank);
+    if (not_done.size() == op.count) return Refused(op, n);
     RunAsSingles(op, not_done, n.index);
+  }
+
+  // `n` ran none of the extent's sectors: it reaches no quorum (docs/PROTOCOL.md, "No quorum
+  // here"), or it cannot read any of them. Nothing was written by this attempt, so the extent
+  // moves whole to another node at once, and `n` is demoted for an attempt timeout, so that
+  // the next operations go elsewhere first. Once every node has refused it in turn, the next
+  // round waits 20 ms, doubling up to 320 ms, until the deadline.
+  void Refused(Op& op, Node& n) {
+    if (op.node != n.index) return;  // a late answer to an earlier attempt: the current goes on
+    for (auto& node : nodes_) {
+      if (node->conn) node->conn->inflight.erase(op.id);
+    }
+    const auto now = Clock::now();
+    n.demoted_until = std::max(n.demoted_until, now + options_.attempt_timeout);
+    op.maybe_applied = op.maybe_applied_before;
+    op.last_error = n.endpoint.ToString() + " reaches no quorum (it ran none of the sectors)";
+    op.last_refused = true;
+    op.avoid_node = n.index;
+    op.node = -1;
+    op.attempt_deadline = Clock::time_point::max();
+    const int nodes = static_cast<int>(nodes_.size());
+    if (++op.refusals % nodes != 0) return Dispatch(op);
+    const int round = std::min(op.refusals / nodes - 1, 4);
+    delayed_.emplace_back(now + milliseconds(20) * (1 << round), op.id);
   }
 
   // The connected node to use: not demoted before demoted, not the one that just failed
@@ -455,10 +496,14 @@ class ClientImpl final : public Client {
       cmd.sectors = op.sectors;
       op.frame = std::make_shared<const Frame>(EncodeFrame(cmd, mac_));
     }
-    if (op.attempts > 0 && !op.internal) ++retries_;
+    // An extent's single-sector children count (one of them may be a lone Read or Write
+    // that went as an extent of one to a node without extents); feature probes do not.
+    if (op.attempts > 0 && (!op.internal || op.parent != 0)) ++retries_;
     op.attempts++;
     op.node = n.index;
     op.attempt_deadline = Clock::now() + options_.attempt_timeout;
+    op.maybe_applied_before = op.maybe_applied;
+    op.last_refused = false;
     if (IsWriteOp(op.kind)) op.maybe_applied = true;
     if (c.inflight.empty()) c.busy_since = Clock::now();
     c.inflight.insert(op.id);
@@ -470,6 +515,7 @@ class ClientImpl final : public Client {
   // time, bad frame). Retries it on another node unless it is a write that must not be.
   void AttemptFailed(Op& op, const std::string& why) {
     op.last_error = why;
+    op.last_refused = false;
     op.avoid_node = op.node;
     op.node = -1;
     op.attempt_deadline = Clock::time_point::max();
@@ -508,7 +554,11 @@ class ClientImpl final : public Client {
       if (!op.internal) ++ops_ok_;
       r.data = std::move(data);
       r.info = std::move(info);
-      if (op.kind == ClientOp::kReadExtent) r.sectors = std::move(op.read);
+      if (op.kind == ClientOp::kReadExtent && op.single) {
+        if (!op.read.empty()) r.data = std::move(op.read[0]);
+      } else if (op.kind == ClientOp::kReadExtent) {
+        r.sectors = std::move(op.read);
+      }
     } else {
       if (!op.internal) ++ops_failed_;
       r.maybe_applied =
@@ -548,7 +598,7 @@ class ClientImpl final : public Client {
                                  " (" + (last.empty() ? of : last) + ")");
     }
     std::size_t majority = options_.cluster_nodes / 2 + 1;
-    if (nodes_.size() == options_.cluster_nodes && up < majority) {
+    if ((nodes_.size() == options_.cluster_nodes && up < majority) || op.last_refused) {
       return Status::Timeout("no quorum: the operation did not finish " + within + "; " + of +
                              detail);
     }
@@ -801,7 +851,9 @@ class ClientImpl final : public Client {
     std::vector<std::uint64_t> expired, slow;
     for (auto& [id, op] : active_) {
       if (now >= op->deadline) {
-        expired.push_back(id);
+        // An extent run as single-sector children ends through them (they share its
+        // deadline), with their status: theirs were the attempts.
+        if (op->children_left == 0) expired.push_back(id);
       } else if (op->node >= 0 && now >= op->attempt_deadline) {
         slow.push_back(id);
       }
@@ -837,6 +889,21 @@ class ClientImpl final : public Client {
                       " with " + Plural(c->inflight.size(), "request") + " outstanding");
       }
     }
+    // Ops refused by every node in turn, due for their next round.
+    if (!delayed_.empty()) {
+      std::vector<std::pair<Clock::time_point, std::uint64_t>> due;
+      due.swap(delayed_);
+      for (const auto& [at, id] : due) {
+        if (now < at) {
+          delayed_.emplace_back(at, id);
+          continue;
+        }
+        auto it = active_.find(id);
+        if (it != active_.end() && it->second->node < 0 && it->second->children_left == 0) {
+          Dispatch(*it->second);
+        }
+      }
+    }
     // Queued ops whose whole budget went by while they waited for a slot.
     if (!pending_.empty() && now >= next_pending_scan_) {
       next_pending_scan_ = now + milliseconds(100);
@@ -865,6 +932,8 @@ class ClientImpl final : public Client {
   std::unordered_map<std::uint64_t, std::unique_ptr<Op>> active_;  // holding a slot
   std::deque<std::unique_ptr<Op>> pending_;                        // waiting for a slot
   std::deque<std::uint64_t> parked_;  // active ids waiting for any connection
+  // Active ids refused by every node in turn (Refused), with when to try them again.
+  std::vector<std::pair<Clock::time_point, std::uint64_t>> delayed_;
   std::uint64_t next_request_id_ = 1;
   bool loops_started_ = false;
   bool closing_ = false;  // io thread's view

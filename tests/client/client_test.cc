@@ -516,6 +516,81 @@ TEST(ClientTest, ExtentsFallBackToSingleSectorsOnNodesWithout) {
   }
 }
 
+// Fast failover (docs/CLIENT.md): a node that answers an extent "not done" for every sector
+// (it reaches no quorum) is left at once for another node, and demoted, so the next
+// operations go elsewhere first. Lone reads and writes go as extents of one sector, so they
+// fail over the same way. The attempt timeout is far beyond the op's deadline here: an op
+// that waited for it would fail.
+TEST(ClientTest, ANodeWithoutAQuorumIsLeftAtOnce) {
+  FakeNode cut(Key(), kSectors, 1), good(Key(), kSectors, 2);
+  FakeNode::Behaviour b;
+  b.extents = true;
+  good.SetBehaviour(b);
+  cut.SetBehaviour(b);
+  ClientOptions o = Options({cut.port(), good.port()});
+  o.attempt_timeout = milliseconds(60000);
+  o.op_timeout = milliseconds(2000);
+  auto client = Client::Create(o);
+  // Connections are made on first use: one read while node 1 still serves, so that both are
+  // up and node 1, the first configured, is picked next.
+  ASSERT_TRUE(client->ReadSync(0).ok());
+  ASSERT_TRUE(WaitForReachable(*client, 2));
+  const std::uint64_t before = cut.extent_requests();
+  b.no_quorum = true;
+  cut.SetBehaviour(b);
+  OpResult w = WriteWithSync(*client, 7, Filled(0x5a), OpOptions{});
+  ASSERT_TRUE(w.status.ok()) << w.status.ToString();
+  EXPECT_EQ(w.answered_by, 2);
+  EXPECT_EQ(w.attempts, 2);
+  EXPECT_EQ(cut.extent_requests(), before + 1);
+  EXPECT_EQ(cut.writes_applied(7), 0u);
+  EXPECT_EQ(good.writes_applied(7), 1u);
+  EXPECT_EQ(*good.Get(7), *Filled(0x5a));
+  // The refusing node is demoted: what follows goes to the other node first.
+  OpResult r =
+      Await([&](Client::OpCallback cb) { client->ReadWith(7, OpOptions{}, std::move(cb)); });
+  ASSERT_TRUE(r.status.ok()) << r.status.ToString();
+  ASSERT_NE(r.data, nullptr);
+  EXPECT_EQ(*r.data, *Filled(0x5a));
+  EXPECT_TRUE(r.sectors.empty());
+  OpResult e = Await([&](Client::OpCallback cb) {
+    client->WriteExtentWith(40, Sectors(16, 1), OpOptions{}, std::move(cb));
+  });
+  ASSERT_TRUE(e.status.ok()) << e.status.ToString();
+  EXPECT_EQ(e.attempts, 1);
+  EXPECT_EQ(cut.extent_requests(), before + 1);
+  EXPECT_GE(good.extent_requests(), 3u);
+}
+
+// Every node refuses (no quorum anywhere): the op is tried round after round with growing
+// pauses, not in a tight loop, and fails at its deadline with "no quorum", known not applied.
+TEST(ClientTest, WhenEveryNodeRefusesTheOpFailsAtItsDeadlineWithNoQuorum) {
+  FakeNode n1(Key(), kSectors, 1), n2(Key(), kSectors, 2);
+  FakeNode::Behaviour b;
+  b.extents = true;
+  b.no_quorum = true;
+  n1.SetBehaviour(b);
+  n2.SetBehaviour(b);
+  ClientOptions o = Options({n1.port(), n2.port()});
+  o.attempt_timeout = milliseconds(60000);
+  o.op_timeout = milliseconds(700);
+  auto client = Client::Create(o);
+  const auto start = Clock::now();
+  OpResult w = WriteWithSync(*client, 3, Filled(1), OpOptions{});
+  EXPECT_GE(Clock::now() - start, milliseconds(650));
+  EXPECT_EQ(w.status.code(), StatusCode::kTimeout) << w.status.ToString();
+  EXPECT_NE(w.status.message().find("no quorum"), std::string::npos) << w.status.ToString();
+  EXPECT_NE(w.status.message().find("reaches no quorum"), std::string::npos) << w.status.ToString();
+  EXPECT_FALSE(w.maybe_applied);
+  // Pauses of 20, 40, 80, 160, 320 ms after each round of two: about a dozen tries in 0.7 s,
+  // where a tight loop would make thousands.
+  const std::uint64_t tries = n1.extent_requests() + n2.extent_requests();
+  EXPECT_GE(tries, 4u);
+  EXPECT_LE(tries, 16u);
+  EXPECT_EQ(n1.writes_applied(3), 0u);
+  EXPECT_EQ(n2.writes_applied(3), 0u);
+}
+
 TEST(ClientTest, BadExtentsAreInvalidArgument) {
   FakeNode node(Key(), kSectors);
   auto client = Client::Create(Options({node.port()}));

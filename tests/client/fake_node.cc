@@ -203,7 +203,7 @@ void FakeNode::Serve(int fd) {
         ++extent_requests_;
         std::lock_guard<std::mutex> lock(mu_);
         for (std::uint32_t k = 0; k < c.count; ++k) {
-          const bool skip = b.not_done_every > 0 && k % b.not_done_every == 0;
+          const bool skip = b.no_quorum || (b.not_done_every > 0 && k % b.not_done_every == 0);
           r.outcomes.push_back(skip ? ExtentOutcome::kNotDone : ExtentOutcome::kDone);
           const SectorIdx s = c.sector + k;
           if (c.op == ClientOp::kReadExtent) {

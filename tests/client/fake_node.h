@@ -37,6 +37,9 @@ class FakeNode {
     // sector of each extent not done (as a node whose copy is unreadable), unapplied.
     bool extents = false;
     int not_done_every = 0;
+    // With extents: every extent answered with every sector not done, nothing applied (a node
+    // whose links reach no quorum, docs/PROTOCOL.md "No quorum here").
+    bool no_quorum = false;
   };
   // Extent commands received (a node without the feature closes the connection instead).
   std::uint64_t extent_requests() const { return extent_requests_.load(); }
