@@ -8,7 +8,7 @@
 #
 #   scripts/ab-daemon.sh --a PATH/atomdiskd --b PATH/atomdiskd [--rounds N] [--duration S]
 #       [--cells "write:1 write:64 read:64"] [--sectors K] [--dir DIR] [--cli PATH/atomdisk]
-#       [--scrape-b]
+#       [--scrape-b] [--cli-a PATH/atomdisk] [--cli-b PATH/atomdisk]
 #
 # --scrape-b gives side B's nodes a metrics_address and scrapes GET /metrics of all three
 # once a second while B's cells run (the cost of a Prometheus scraper; with --a and --b the
@@ -17,11 +17,13 @@
 # sectors of a device of rounds x 65,536 (fresh, so writes go to never-written sectors, as
 # in scripts/bench-cluster.sh), and reads go to what that round's write cells wrote. The
 # clusters are made once, not per round: deleting data files costs minutes on some disks.
-# The CLI is BUILD_DIR/bin/atomdisk (BUILD_DIR defaults to build) unless --cli says otherwise.
+# The CLI is BUILD_DIR/bin/atomdisk (BUILD_DIR defaults to build) unless --cli says otherwise;
+# --cli-a/--cli-b give each side its own (to measure a change in the client library: the same
+# daemon as --a and --b, the old and the new CLI).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin_a="" bin_b="" rounds=3 duration=3 cells="write:1 write:64 read:64" sectors=65536 dir=""
-cli="" scrape_b=0
+cli="" cli_a="" cli_b="" scrape_b=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --a) bin_a="$2"; shift 2 ;;
@@ -32,13 +34,17 @@ while [ $# -gt 0 ]; do
     --sectors) sectors="$2"; shift 2 ;;
     --dir) dir="$2"; shift 2 ;;
     --cli) cli="$2"; shift 2 ;;
+    --cli-a) cli_a="$2"; shift 2 ;;
+    --cli-b) cli_b="$2"; shift 2 ;;
     --scrape-b) scrape_b=1; shift ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "ab-daemon: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 [ -n "$cli" ] || cli="$root/${BUILD_DIR:-build}/bin/atomdisk"
-for b in "$bin_a" "$bin_b" "$cli"; do
+[ -n "$cli_a" ] || cli_a="$cli"
+[ -n "$cli_b" ] || cli_b="$cli"
+for b in "$bin_a" "$bin_b" "$cli_a" "$cli_b"; do
   [ -n "$b" ] && [ -x "$b" ] || { echo "ab-daemon: need --a, --b (atomdiskd binaries) and an atomdisk CLI; missing: '$b'" >&2; exit 2; }
 done
 [ -n "$dir" ] || dir="$(mktemp -d /var/tmp/atomdisk-ab.XXXXXX)"
@@ -46,12 +52,13 @@ mkdir -p "$dir"
 results="$dir/results.jsonl"
 : >"$results"
 
-# One bin folder per side: the daemon under test next to the shared CLI.
+# One bin folder per side: the daemon under test next to that side's CLI.
 for side in a b; do
   mkdir -p "$dir/bin-$side"
   bin_var="bin_$side"
+  cli_var="cli_$side"
   ln -sf "$(readlink -f "${!bin_var}")" "$dir/bin-$side/atomdiskd"
-  ln -sf "$(readlink -f "$cli")" "$dir/bin-$side/atomdisk"
+  ln -sf "$(readlink -f "${!cli_var}")" "$dir/bin-$side/atomdisk"
 done
 
 # One cluster per side, with its own folder and ports, created once.
@@ -120,7 +127,7 @@ run_side() {  # SIDE ROUND: start that side's cluster, run every cell once, stop
         scraper=$!
       fi
       cpu0=$(daemon_cpu_ticks)
-      out="$("$cli" --config "$CLUSTER_CONFIG" --node 1 bench --write-ratio "$ratio" \
+      out="$("$dir/bin-$side/atomdisk" --config "$CLUSTER_CONFIG" --node 1 bench --write-ratio "$ratio" \
         --inflight "$inflight" --duration "$duration" --sectors "$sectors" \
         --first $(((round - 1) * sectors)) --seed "$round" --json)"
       cpu1=$(daemon_cpu_ticks)
