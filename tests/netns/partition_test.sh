@@ -9,7 +9,10 @@
 #      serves again within NETNS_MAX_HEAL_MS (default 2000, see below) of the heal;
 #   2. one-way loss: node 1's packets to its peers dropped (it still hears them) for 8 s,
 #      same checks;
-#   3. the history is linearizable (atomdisk bench --check, common/lincheck.h).
+#   3. flipping minorities: node 2, then node 3, then node 1 cut off for NETNS_FLIP_S (3) s
+#      each, each healed as the next is cut, so every new majority needs the node just
+#      healed: the longest pause in each client's answers is printed, and bounded;
+#   4. the history is linearizable (atomdisk bench --check, common/lincheck.h).
 #
 # A second client, in a namespace of its own that the cuts leave connected to every node,
 # uses every node with node 1 first, on other sectors: while node 1 is cut off (from 1.6 s
@@ -36,6 +39,8 @@ MEASURE_ONLY=${NETNS_MEASURE_ONLY:-0}
 CUT_S=${NETNS_CUT_S:-20}
 ONEWAY_S=${NETNS_ONEWAY_S:-8}
 AFTER_S=${NETNS_AFTER_S:-4} # the client runs on this long after each heal
+FLIP_S=${NETNS_FLIP_S:-3}
+MAX_PAUSE_MS=${NETNS_MAX_PAUSE_MS:-2500}
 
 skip() {
   echo "SKIP: $*"
@@ -176,7 +181,7 @@ checks_during_cut() {
   echo "   during the cut: peers show node 1 DOWN, node 1's status exits 1"
 }
 
-DURATION_S=$((3 + CUT_S + AFTER_S + ONEWAY_S + AFTER_S))
+DURATION_S=$((3 + CUT_S + AFTER_S + ONEWAY_S + AFTER_S + 3 * FLIP_S + AFTER_S))
 step "client in node 1's namespace, node 1 only, ${DURATION_S} s, history recorded"
 ip netns exec "$ID-1" "$BIN/atomdisk" --config "$CONF" --node 1 bench --history "$T/history.jsonl" \
   --check --duration "${DURATION_S}s" --inflight 4 --first 0 --sectors 64 >"$T/bench.out" 2>&1 &
@@ -208,6 +213,16 @@ sleep $((ONEWAY_S - 3))
 heal 1
 HEAL2=$(mono_ns)
 echo "   healed at $(date +%T.%N)"
+sleep "$AFTER_S"
+
+step "flipping minorities: node 2, then 3, then 1 cut off for $FLIP_S s each"
+FLIP0=$(mono_ns)
+for r in 2 3 1; do
+  cut "$r" both
+  sleep "$FLIP_S"
+  heal "$r"
+done
+FLIP1=$(mono_ns)
 
 step "waiting for the clients (each checks its history)"
 brc=0
@@ -269,8 +284,40 @@ if [ "$MEASURE_ONLY" != 1 ]; then
   done
 fi
 
+# longest_pause HISTORY FROM TO: the longest time in ms within [FROM, TO] in which HISTORY
+# had no operation end ok (from FROM to the first, between two, from the last to TO).
+# (Not `cut`: this script's cut() makes partitions.)
+longest_pause() {
+  grep '"ok":true' "$1" | grep -o '"return":[0-9]*' | sed 's/.*://' |
+    awk -v from="$2" -v to="$3" '$1 >= from && $1 <= to' | sort -n |
+    awk -v from="$2" -v to="$3" '
+      { if (NR == 1) worst = $1 - from; else if ($1 - last > worst) worst = $1 - last; last = $1 }
+      END {
+        if (NR == 0) worst = to - from
+        else if (to - last > worst) worst = to - last
+        printf "%d\n", worst / 1e6
+      }'
+}
+# The failover client over the whole flipping phase and a second after; node 1's own client
+# while nodes 2 and 3 take their turns (node 1 serves nothing while it is cut itself).
+FLIP_N1_END=$((FLIP0 + 2 * FLIP_S * 1000000000))
+fo_pause=$(longest_pause "$T/history-fo.jsonl" "$FLIP0" $((FLIP1 + 1000000000)))
+n1_pause=$(longest_pause "$T/history.jsonl" "$FLIP0" "$FLIP_N1_END")
+# While nodes 2 and 3 take their turns every operation of the failover client ends ok (once
+# node 1 is cut, what it had in flight ends unknown, as in the full cut above).
+read -r fo3_ok fo3_bad _ < <(failover "$FLIP0" "$FLIP_N1_END")
+echo "flipping minorities: failover client's longest pause ${fo_pause} ms ($fo3_ok ops ok, $fo3_bad not while nodes 2 and 3 took turns);" \
+  "node 1's client's longest pause while nodes 2 and 3 took turns ${n1_pause} ms"
+if [ "$MEASURE_ONLY" != 1 ]; then
+  [ "$fo3_bad" -eq 0 ] || fail "flipping minorities: $fo3_bad of the failover client's operations failed"
+  [ "$fo_pause" -le "$MAX_PAUSE_MS" ] ||
+    fail "flipping minorities: the failover client got nothing done for ${fo_pause} ms (limit ${MAX_PAUSE_MS} ms)"
+  [ "$n1_pause" -le "$MAX_PAUSE_MS" ] ||
+    fail "flipping minorities: node 1's client got nothing done for ${n1_pause} ms (limit ${MAX_PAUSE_MS} ms)"
+fi
+
 read -r heal1_ms during1 < <(served_after "$CUT1" "$HEAL1" "$CUT2")
-read -r heal2_ms during2 < <(served_after "$CUT2" "$HEAL2")
+read -r heal2_ms during2 < <(served_after "$CUT2" "$HEAL2" "$FLIP0")
 echo "heal-to-serving after a ${CUT_S} s full cut: ${heal1_ms} ms"
 echo "heal-to-serving after ${ONEWAY_S} s of one-way loss: ${heal2_ms} ms"
 [ "$during1" -eq 0 ] || fail "node 1 answered $during1 operations while cut off"
@@ -285,6 +332,7 @@ if [ "$MEASURE_ONLY" != 1 ]; then
   grep -q "peer 1 .* lost: " "$T/node2.log" || fail "node 2 logged no 'peer 1 ... lost' line"
   grep -q "peer 1 .* back after " "$T/node2.log" || fail "node 2 logged no 'peer 1 ... back' line"
   lost_lines=$(grep -c "peer 1 .* lost: " "$T/node2.log" || true)
-  [ "$lost_lines" -le 2 ] || fail "node 2 logged $lost_lines 'lost' lines for two outages"
+  # Node 1 was out three times: the full cut, the one-way loss, its turn in the flipping.
+  [ "$lost_lines" -le 3 ] || fail "node 2 logged $lost_lines 'lost' lines for three outages"
 fi
 echo "PASS"
