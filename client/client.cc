@@ -97,10 +97,11 @@ struct Op {
   int probe_node = -1;  // a feature probe pinned to this node
   // A single-sector Read or Write that goes as an extent of one sector to nodes that take
   // extents, so that a node without a quorum refuses it at once (docs/CLIENT.md, "Fast
-  // failover"); to a node without extents it turns back into the single-sector command.
+  // failover"); a node without extents gets it as the atdd command (RunAsSingles: one child).
   bool single = false;
   // Whole-extent refusals ("not done" for every sector: the node reaches no quorum) of this
-  // op in a row; once every node has refused it, it waits a little before the next try.
+  // op so far; after each round in which every node could have refused it, it waits a little
+  // before the next try (Refused).
   int refusals = 0;
   bool last_refused = false;  // the latest attempt ended in such a refusal
 };
