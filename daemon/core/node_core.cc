@@ -830,7 +830,8 @@ void NodeCore::ForEachRegisterForChecks(
   for (const auto& [sector, slot] : registers_) fn(sector, *slot.reg);
 }
 
-void NodeCore::LogRateLimited(const std::string& kind, const std::string& message) {
+void NodeCore::LogRateLimited(const std::string& kind, const std::string& message,
+                              NodeCoreEnv::Level level) {
   std::int64_t now = env_->NowMs();
   auto [it, fresh] = log_limits_.try_emplace(kind, 0, 0);
   auto& [last, suppressed] = it->second;
@@ -839,10 +840,9 @@ void NodeCore::LogRateLimited(const std::string& kind, const std::string& messag
     return;
   }
   if (suppressed > 0) {
-    env_->Log(NodeCoreEnv::Level::kWarn,
-              message + " (" + std::to_string(suppressed) + " similar messages suppressed)");
+    env_->Log(level, message + " (" + std::to_string(suppressed) + " similar messages suppressed)");
   } else {
-    env_->Log(NodeCoreEnv::Level::kWarn, message);
+    env_->Log(level, message);
   }
   last = now;
   suppressed = 0;

@@ -207,8 +207,10 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   // sector not done, so the client moves it to another node (docs/PROTOCOL.md, "No quorum
   // here"); single-sector atdd commands keep their behaviour (they wait for the quorum).
   bool QuorumReachable();
-  // Logs at most once per second per kind of problem, counting the rest.
-  void LogRateLimited(const std::string& kind, const std::string& message);
+  // Logs at most once per second per kind of problem, counting the rest (the next line of
+  // that kind says how many were suppressed).
+  void LogRateLimited(const std::string& kind, const std::string& message,
+                      NodeCoreEnv::Level level = NodeCoreEnv::Level::kWarn);
 
   // RegisterEnv
   void Send(Rank to, const SystemMessage& msg) override;

@@ -95,7 +95,12 @@ void Connection::Close(const std::string& reason) {
   closed_ = true;
   close_reason_ = reason;
   if (!reason.empty() && options_.log_close) {
-    spdlog::info("connection {} closed: {}", name_, reason);
+    std::string line = "connection " + name_ + " closed: " + reason;
+    if (options_.close_log) {
+      options_.close_log(line);
+    } else {
+      spdlog::info("{}", line);
+    }
   }
   boost::system::error_code ec;
   socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ec);

@@ -48,8 +48,11 @@ class Connection final : public ClientChannel, public std::enable_shared_from_th
     // Closed when nothing arrives for this long (peer links; zero: never). See
     // SetSilenceTimeout.
     std::chrono::milliseconds silence_timeout{0};
-    // Whether Close logs its reason (peer links log their own "lost" line instead).
+    // Whether Close logs its reason (peer links log their own "lost" line instead), and how:
+    // through `close_log` when set (the node server rate-limits it: a flood of connections
+    // must not flood the log), else at info level.
     bool log_close = true;
+    std::function<void(const std::string& line)> close_log;
   };
 
   Connection(boost::asio::ip::tcp::socket socket, FrameSink* sink, std::string name,
