@@ -658,6 +658,11 @@ class ClientImpl final : public Client {
           ++reachable_;  // CloseConn takes it back
           ++connects_;
           asio::co_spawn(io_, Writer(n, conn), asio::detached);
+          // Asked at once, not when an extent first needs the node: the Info is also this
+          // connection's first authenticated frame, which a node wants within seconds of the
+          // connect (docs/PROTOCOL.md, "What every node does with a frame"), and a connection
+          // that no operation uses may stay idle for hours.
+          if (n->extents == Node::Extents::kUnknown) StartFeatureProbe(*n);
           DispatchParked();
           const auto connected_at = Clock::now();
           co_await Reader(n, conn);

@@ -27,6 +27,9 @@ class ClientChannel {
   virtual void OpStarted() = 0;
   virtual void OpFinished() = 0;
   virtual std::weak_ptr<ClientChannel> WeakChannel() = 0;
+  // A frame on this channel carried a tag that verifies with a key of the cluster (the
+  // daemon then lifts its deadline for a connection's first such frame). Nothing by default.
+  virtual void MarkAuthenticated() {}
 };
 
 }  // namespace atomdisk

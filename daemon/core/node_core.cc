@@ -171,6 +171,7 @@ void NodeCore::OnClientFrame(ClientChannel& channel, std::span<const std::uint8_
             ClientResponse{ResponseStatus::kAuthFailure, header->request_id, header->op, {}, {}});
     return;
   }
+  channel.MarkAuthenticated();
   auto cmd = DecodeClientCommand(*payload);
   if (!cmd.ok()) {
     ++counters_.bad_frames;

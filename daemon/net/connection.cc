@@ -27,7 +27,7 @@ Connection::Connection(asio::ip::tcp::socket socket, FrameSink* sink, std::strin
   read_signal_.expires_at(asio::steady_timer::time_point::max());
   boost::system::error_code ec;
   socket_.set_option(asio::ip::tcp::no_delay(true), ec);
-  last_read_ = std::chrono::steady_clock::now();
+  last_read_ = opened_ = std::chrono::steady_clock::now();
 }
 
 void Connection::SetSilenceTimeout(std::chrono::milliseconds timeout) {
@@ -235,6 +235,10 @@ awaitable<void> Connection::Watchdog() {
       period =
           std::min(period, std::max(options_.silence_timeout / 10, std::chrono::milliseconds(10)));
     }
+    if (!authenticated_ && options_.auth_timeout.count() > 0) {
+      period =
+          std::min(period, std::max(options_.auth_timeout / 10, std::chrono::milliseconds(10)));
+    }
     watchdog_.expires_after(period);
     co_await watchdog_.async_wait(asio::redirect_error(use_awaitable, ec));
     if (closed_) co_return;
@@ -244,6 +248,12 @@ awaitable<void> Connection::Watchdog() {
       const auto silent_ms =
           std::chrono::duration_cast<std::chrono::milliseconds>(now - last_read_).count();
       Close("silent for " + std::to_string(silent_ms) + " ms");
+      co_return;
+    }
+    if (!authenticated_ && options_.auth_timeout.count() > 0 &&
+        now - opened_ > options_.auth_timeout) {
+      Close("no frame with a valid tag within " + std::to_string(options_.auth_timeout.count()) +
+            " ms");
       co_return;
     }
     if (in_frame_ && now - frame_started_ > options_.frame_deadline) {

@@ -45,6 +45,11 @@ class Connection final : public ClientChannel, public std::enable_shared_from_th
     // (extents) may arrive, kMaxPeerFrameBody on our own outgoing peer links.
     std::uint64_t max_frame_body = kMaxFrameBody;
     std::chrono::seconds frame_deadline{30};  // a started frame must complete within this
+    // Closed when no frame whose tag verifies (MarkAuthenticated) has arrived this long
+    // after the connection was made (zero: never). Connections accepted by a node: a
+    // stranger's connection then costs its buffer and descriptor for seconds, not forever
+    // (docs/PROTOCOL.md, "What every node does with a frame").
+    std::chrono::milliseconds auth_timeout{0};
     // Closed when nothing arrives for this long (peer links; zero: never). See
     // SetSilenceTimeout.
     std::chrono::milliseconds silence_timeout{0};
@@ -105,6 +110,7 @@ class Connection final : public ClientChannel, public std::enable_shared_from_th
   bool channel_closed() const override { return closed_; }
   const std::string& channel_name() const override { return name_; }
   std::weak_ptr<ClientChannel> WeakChannel() override { return weak_from_this(); }
+  void MarkAuthenticated() override { authenticated_ = true; }
 
  private:
   boost::asio::awaitable<void> Reader();
@@ -122,7 +128,9 @@ class Connection final : public ClientChannel, public std::enable_shared_from_th
   std::size_t queued_bytes_ = 0;  // of the frames in queue_
   std::size_t inflight_ = 0;
   bool closed_ = false;
-  bool in_frame_ = false;  // a frame's first bytes arrived, the rest not yet
+  bool in_frame_ = false;       // a frame's first bytes arrived, the rest not yet
+  bool authenticated_ = false;  // a frame with a tag that verifies arrived (auth_timeout)
+  std::chrono::steady_clock::time_point opened_;
   // The reader waits for our own work (Saturated()): the peer's silence is then ours, and
   // the silence timeout does not run (it restarts when reading resumes).
   bool reading_paused_ = false;

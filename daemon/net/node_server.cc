@@ -14,6 +14,12 @@ namespace asio = boost::asio;
 using asio::ip::tcp;
 
 namespace {
+// How long an accepted connection may go without a frame whose tag verifies (client or
+// system key). Every atomdisk program sends one at once (the client library its Info probe,
+// a peer its Hello); an atdd client sends its first command. A stranger's connection is
+// closed then, so idle strangers cannot hold buffers and descriptors (issue 17).
+constexpr std::chrono::milliseconds kAuthTimeout{10000};
+
 std::uint64_t DrawBootNonce() {
   std::uint64_t nonce = 0;
   ATOMDISK_CHECK(RAND_bytes(reinterpret_cast<unsigned char*>(&nonce), sizeof(nonce)) == 1);
@@ -116,6 +122,7 @@ asio::awaitable<void> NodeServer::AcceptLoop() {
     auto remote = socket.remote_endpoint(ec);
     name = ec ? "?" : remote.address().to_string() + ":" + std::to_string(remote.port());
     Connection::Options options;
+    options.auth_timeout = kAuthTimeout;
     // At most one line a second, with a count of the rest: strangers opening and dropping
     // connections must not fill the disk with log lines (issue 17 measured 3.3 MB in 80 s).
     options.close_log = [this](const std::string& line) {
@@ -270,7 +277,10 @@ void NodeServer::HandleSystem(Connection& conn, std::span<const std::uint8_t> bo
 std::optional<std::span<const std::uint8_t>> NodeServer::VerifySystemFrame(
     Connection& conn, std::span<const std::uint8_t> body, const char* what) {
   auto payload = VerifyFrameBody(body, system_mac_);
-  if (payload.ok()) return *payload;
+  if (payload.ok()) {
+    conn.MarkAuthenticated();
+    return *payload;
+  }
   core_->CountAuthFailure();
   core_->LogRateLimited(
       "sysauth", std::string(what) + " with a bad HMAC tag from " + conn.name() + " dropped");

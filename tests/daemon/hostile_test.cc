@@ -276,6 +276,9 @@ TEST(DaemonHostileSlowTest, TruncatedFrameThenSilenceIsClosedAfterFrameDeadline)
   ASSERT_TRUE(cluster.ok());
   auto attacker = cluster.Connect(1);
   ASSERT_NE(attacker, nullptr);
+  // One good command first: an unauthenticated connection would be closed after 10 s
+  // (AStrangersConnectionIsClosedWithoutAValidFrame); this one holds the key.
+  ASSERT_TRUE(attacker->Read(5).ok());
   Hmac mac(Bytes(cluster.client_key().begin(), cluster.client_key().end()));
   Frame f = EncodeFrame(ClientCommand{1, 5, ClientOp::kWrite, IdSector(666)}, mac);
   f.resize(100);
@@ -288,6 +291,37 @@ TEST(DaemonHostileSlowTest, TruncatedFrameThenSilenceIsClosedAfterFrameDeadline)
   std::cerr << "closed after " << std::chrono::duration_cast<milliseconds>(waited).count()
             << " ms\n";
   EXPECT_TRUE(ServesWriteAndRead(cluster, 1, 6, 77));
+}
+
+// A connection that sends nothing, or only frames whose tag does not verify, is closed 10 s
+// after it was made (node_server.cc kAuthTimeout), so strangers cannot hold a node's buffers
+// and descriptors; one that sent a good frame stays open however idle.
+TEST(DaemonHostileSlowTest, AStrangersConnectionIsClosedWithoutAValidFrame) {
+  LiveCluster cluster(1, {.nodes = 1, .sectors = 65536, .log_level = "info"});
+  ASSERT_TRUE(cluster.ok());
+  auto silent = cluster.Connect(1);
+  auto wrong_key = cluster.Connect(1);
+  auto good = cluster.Connect(1);
+  ASSERT_TRUE(silent && wrong_key && good);
+  const auto start = std::chrono::steady_clock::now();
+  Hmac bad(WrongKey(kClientKeySize));
+  ASSERT_TRUE(
+      wrong_key->SendBytes(EncodeFrame(ClientCommand{7, 5, ClientOp::kRead, {}}, bad)).ok());
+  auto refused = wrong_key->ReadResponse();
+  ASSERT_TRUE(refused.ok()) << refused.status().ToString();
+  EXPECT_EQ(refused->status, ResponseStatus::kAuthFailure);
+  ASSERT_TRUE(good->Read(5).ok());
+  EXPECT_TRUE(silent->WaitForClose(seconds(20)));
+  const auto waited = std::chrono::steady_clock::now() - start;
+  EXPECT_GE(waited, milliseconds(9500));
+  EXPECT_LE(waited, seconds(15));
+  EXPECT_TRUE(wrong_key->WaitForClose(seconds(5)));
+  std::this_thread::sleep_for(seconds(1));
+  auto data = good->Read(5);
+  EXPECT_TRUE(data.ok()) << "an authenticated idle connection was closed: "
+                         << data.status().ToString();
+  EXPECT_NE(cluster.harness().LogTail(1, 50).find("no frame with a valid tag within 10000 ms"),
+            std::string::npos);
 }
 
 TEST_F(DaemonHostileTest, SystemFrameWithBadTagIsDropped) {
