@@ -119,12 +119,14 @@ void Connection::Close(const std::string& reason) {
 
 awaitable<void> Connection::Reader() {
   auto self = shared_from_this();
-  // 64 KiB up front (many pipelined atdd frames), grown to hold a frame whose length says
-  // it needs more (an extent, up to max_frame_body), and given back once the connection
-  // goes back to small reads: an idle or atdd-only connection never holds more.
+  // 64 KiB once the first bytes arrive (many pipelined atdd frames), grown to hold a frame
+  // whose length says it needs more (an extent, up to max_frame_body), and given back once
+  // the connection goes back to small reads: an idle or atdd-only connection never holds
+  // more, and one that never sends (a stranger's, closed after Options::auth_timeout) holds
+  // no buffer at all.
   constexpr std::size_t kInitialBuffer = 64 * 1024;
   constexpr std::size_t kReadRoom = 16 * 1024;  // compacted when less than this is free
-  std::vector<std::uint8_t> buf(kInitialBuffer);
+  std::vector<std::uint8_t> buf;
   std::size_t begin = 0, end = 0;
   std::size_t last_read = 0;
   while (!closed_) {
@@ -183,6 +185,15 @@ awaitable<void> Connection::Reader() {
     }
     if (closed_) co_return;
     boost::system::error_code ec;
+    if (buf.empty()) {
+      co_await socket_.async_wait(asio::ip::tcp::socket::wait_read,
+                                  asio::redirect_error(use_awaitable, ec));
+      if (ec || closed_) {
+        Close(ec ? ec.message() : "");
+        co_return;
+      }
+      buf.resize(kInitialBuffer);
+    }
     std::size_t n = co_await socket_.async_read_some(
         asio::buffer(buf.data() + end, buf.size() - end), asio::redirect_error(use_awaitable, ec));
     if (ec) {
