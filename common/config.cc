@@ -155,8 +155,9 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) 
   fs::path base = fs::absolute(fs::path(path)).parent_path();
 
   static const std::set<std::string> kTopKeys = {
-      "sectors",        "client_key_file",   "system_key_file",  "nodes",          "cluster_id",
-      "resync_rate_mb", "resync_interval_s", "scrub_interval_s", "peer_timeout_ms"};
+      "sectors",         "client_key_file", "system_key_file",   "nodes",
+      "cluster_id",      "resync_rate_mb",  "resync_interval_s", "scrub_interval_s",
+      "peer_timeout_ms", "max_connections"};
   for (const auto& [k, v] : table) {
     if (!kTopKeys.count(std::string(k.str()))) {
       return Err(path, "unknown key \"" + std::string(k.str()) + "\"");
@@ -205,6 +206,15 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) 
                            std::to_string(kMaxPeerTimeoutMs));
     }
     cfg.peer_timeout_ms = *v;
+  }
+  if (table["max_connections"]) {
+    auto v = table["max_connections"].value_exact<std::int64_t>();
+    if (!v || *v < kMinMaxConnections || *v > kMaxMaxConnections) {
+      return Err(path, "\"max_connections\" must be an integer in " +
+                           std::to_string(kMinMaxConnections) + ".." +
+                           std::to_string(kMaxMaxConnections));
+    }
+    cfg.max_connections = *v;
   }
 
   auto ck = table["client_key_file"].value<std::string>();

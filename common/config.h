@@ -6,6 +6,7 @@
 //   resync_interval_s = 600           # optional: anti-entropy pass period, 0 = at start only
 //   scrub_interval_s = 0              # optional: scrub period, 0 = on request only
 //   peer_timeout_ms = 1000            # optional: a peer link silent this long is redialled
+//   max_connections = 4096            # optional: connections a node holds at once
 //   client_key_file = "client.key"    # 32-byte key as 64 hex characters
 //   system_key_file = "system.key"    # 64-byte key as 128 hex characters
 //   [[nodes]]
@@ -28,6 +29,8 @@ namespace atomdisk {
 
 inline constexpr std::int64_t kMinPeerTimeoutMs = 200;
 inline constexpr std::int64_t kMaxPeerTimeoutMs = 60000;
+inline constexpr std::int64_t kMinMaxConnections = 16;
+inline constexpr std::int64_t kMaxMaxConnections = 1000000;
 
 struct NodeConfig {
   Rank rank = 0;
@@ -61,6 +64,11 @@ struct ClusterConfig {
 #else
   std::int64_t peer_timeout_ms = 1000;
 #endif
+  // The most connections a node holds at once (clients, strangers and peers alike; its own
+  // outgoing peer links do not count). At the limit a new connection evicts the oldest one
+  // that has not yet sent a frame with a valid tag, or is refused if every one has
+  // (docs/PROTOCOL.md, "What every node does with a frame").
+  std::int64_t max_connections = 4096;
   // What the loader let pass but the user should fix (a client key file every user can
   // read); each program prints them at start-up.
   std::vector<std::string> warnings;

@@ -111,6 +111,8 @@ class Connection final : public ClientChannel, public std::enable_shared_from_th
   const std::string& channel_name() const override { return name_; }
   std::weak_ptr<ClientChannel> WeakChannel() override { return weak_from_this(); }
   void MarkAuthenticated() override { authenticated_ = true; }
+  // Whether a frame with a valid tag has arrived on this connection.
+  bool authenticated() const { return authenticated_; }
 
  private:
   boost::asio::awaitable<void> Reader();

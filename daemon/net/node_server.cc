@@ -2,6 +2,7 @@
 
 #include <openssl/rand.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 
 #include <chrono>
 
@@ -20,6 +21,24 @@ namespace {
 // closed then, so idle strangers cannot hold buffers and descriptors (issue 17).
 constexpr std::chrono::milliseconds kAuthTimeout{10000};
 
+// config.max_connections, but never so many that accept would run out of descriptors first
+// (64 are kept for the store, the peer links, the metrics endpoint and logs).
+std::size_t MaxConnections(const ClusterConfig& config) {
+  auto max = static_cast<std::size_t>(config.max_connections);
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) {
+    const std::size_t fit = limit.rlim_cur > 128 ? limit.rlim_cur - 64 : 64;
+    if (fit < max) {
+      spdlog::warn(
+          "max_connections {} is above what the descriptor limit ({}) allows: holding at most {} "
+          "(raise LimitNOFILE / ulimit -n)",
+          max, limit.rlim_cur, fit);
+      max = fit;
+    }
+  }
+  return max;
+}
+
 std::uint64_t DrawBootNonce() {
   std::uint64_t nonce = 0;
   ATOMDISK_CHECK(RAND_bytes(reinterpret_cast<unsigned char*>(&nonce), sizeof(nonce)) == 1);
@@ -35,6 +54,7 @@ NodeServer::NodeServer(asio::io_context& io, ClusterConfig config, Rank self,
       system_mac_(config.system_key),
       acceptor_(io),
       tick_timer_(io),
+      max_connections_(MaxConnections(config)),
       peer_timeout_ms_(config.peer_timeout_ms) {
   for (const auto& n : config.nodes) {
     if (n.rank == self_) continue;
@@ -118,6 +138,13 @@ asio::awaitable<void> NodeServer::AcceptLoop() {
       co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       continue;
     }
+    if (!MakeRoomForConnection()) {
+      core_->LogRateLimited("connlimit", "connection refused: " + std::to_string(max_connections_) +
+                                             " connections open, every one authenticated "
+                                             "(max_connections)");
+      socket.close(ec);
+      continue;
+    }
     std::string name;
     auto remote = socket.remote_endpoint(ec);
     name = ec ? "?" : remote.address().to_string() + ":" + std::to_string(remote.port());
@@ -130,9 +157,29 @@ asio::awaitable<void> NodeServer::AcceptLoop() {
     };
     auto conn = std::make_shared<Connection>(std::move(socket), this, name, std::move(options));
     conn->Start();
-    std::erase_if(accepted_, [](const std::weak_ptr<Connection>& w) { return w.expired(); });
     accepted_.push_back(conn);
   }
+}
+
+bool NodeServer::MakeRoomForConnection() {
+  auto gone = [](const std::weak_ptr<Connection>& w) {
+    auto c = w.lock();
+    return !c || c->closed();
+  };
+  std::erase_if(accepted_, gone);
+  if (accepted_.size() < max_connections_) return true;
+  // The oldest connection that has not shown a key makes room: a flood of strangers cannot
+  // lock out peers and clients, whose connections authenticate within a round trip.
+  for (const auto& w : accepted_) {
+    auto c = w.lock();
+    if (c && !c->closed() && !c->authenticated()) {
+      c->Close("evicted: " + std::to_string(max_connections_) +
+               " connections open (max_connections) and none sent a frame with a valid tag");
+      std::erase_if(accepted_, gone);
+      return true;
+    }
+  }
+  return false;
 }
 
 asio::awaitable<void> NodeServer::TickLoop() {

@@ -91,6 +91,10 @@ class NodeServer final : public FrameSink, public NodeCoreEnv {
   void HandlePing(Connection& conn, const SyncMessage& msg);
   void HandlePong(const SyncMessage& msg);
   SharedFrame PingFrame(std::uint64_t id);
+  // Makes room for one more accepted connection: false when max_connections_ are open and
+  // every one of them has authenticated (the new one is then refused); otherwise true, after
+  // closing the oldest one that has not, if the limit was reached.
+  bool MakeRoomForConnection();
 
   boost::asio::io_context& io_;
   Rank self_;
@@ -99,7 +103,9 @@ class NodeServer final : public FrameSink, public NodeCoreEnv {
   boost::asio::ip::tcp::acceptor acceptor_;
   boost::asio::steady_timer tick_timer_;
   std::unordered_map<Rank, std::unique_ptr<PeerLink>> peers_;
+  // Accepted connections still open, oldest first; at most max_connections_ of them.
   std::vector<std::weak_ptr<Connection>> accepted_;
+  std::size_t max_connections_;
   std::unordered_map<Rank, std::weak_ptr<Connection>> inbound_;
   bool stopped_ = false;
   std::function<void(const std::string&)> on_fatal_;

@@ -556,6 +556,25 @@ TEST_F(ConfigTest, PeerTimeout) {
   }
 }
 
+TEST_F(ConfigTest, MaxConnections) {
+  std::string base = "sectors = 8\n";
+  std::string nodes = Node(1, "h:7001");
+  auto def = LoadClusterConfig(WriteConfig(base + nodes));
+  ASSERT_TRUE(def.ok()) << def.status().ToString();
+  EXPECT_EQ(def->max_connections, 4096);
+  for (std::int64_t n : {kMinMaxConnections, std::int64_t{100}, kMaxMaxConnections}) {
+    auto set = LoadClusterConfig(
+        WriteConfig(base + "max_connections = " + std::to_string(n) + "\n" + nodes));
+    ASSERT_TRUE(set.ok()) << set.status().ToString();
+    EXPECT_EQ(set->max_connections, n);
+  }
+  for (const char* bad : {"max_connections = 0", "max_connections = 15", "max_connections = -1",
+                          "max_connections = 1000001", "max_connections = 1.5",
+                          "max_connections = \"many\"", "max_connections = true"}) {
+    ExpectBadConfig(base + bad + "\n" + nodes, "max_connections");
+  }
+}
+
 TEST_F(ConfigTest, ClusterIdWithoutTheKeyIsDerivedFromTheSystemKey) {
   auto a = LoadClusterConfig(WriteConfig("sectors = 8\n" + Node(1, "h:7001")));
   ASSERT_TRUE(a.ok()) << a.status().ToString();

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <barrier>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -322,6 +323,64 @@ TEST(DaemonHostileSlowTest, AStrangersConnectionIsClosedWithoutAValidFrame) {
                          << data.status().ToString();
   EXPECT_NE(cluster.harness().LogTail(1, 50).find("no frame with a valid tag within 10000 ms"),
             std::string::npos);
+}
+
+// At max_connections a new connection evicts the oldest one that has not shown a key, so a
+// flood of strangers holds at most that many descriptors and cannot lock out clients and
+// peers; with every open connection authenticated, the new one is refused instead.
+TEST(DaemonLimitTest, AtTheConnectionLimitStrangersMakeRoomAndKeyHoldersKeepTheirs) {
+  constexpr int kLimit = 32;
+  LiveCluster cluster(3, {.nodes = 3,
+                          .sectors = 65536,
+                          .log_level = "info",
+                          .config_extra = "max_connections = " + std::to_string(kLimit) + "\n"});
+  ASSERT_TRUE(cluster.ok());
+  ASSERT_TRUE(ServesWriteAndRead(cluster, 1, 5, 5));
+  pid_t pid = cluster.harness().Pid(1);
+  auto open_fds = [&] {
+    return std::distance(
+        std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd"),
+        std::filesystem::directory_iterator{});
+  };
+  const auto fds_before = open_fds();
+  std::vector<std::unique_ptr<RawClient>> strangers;
+  for (int i = 0; i < 3 * kLimit; ++i) {
+    strangers.push_back(cluster.Connect(1));
+    ASSERT_NE(strangers.back(), nullptr);
+  }
+  // The node held at most kLimit of them (its peers' links to it are inside the limit too).
+  ASSERT_TRUE(PollUntil([&] { return open_fds() <= fds_before + kLimit; }, seconds(5)))
+      << open_fds() << " descriptors, " << fds_before << " before";
+  // The others were evicted, oldest first, to make room for the newer ones.
+  int evicted = 0;
+  EXPECT_TRUE(PollUntil(
+      [&] {
+        evicted = 0;
+        for (auto& s : strangers) evicted += s->WaitForClose(milliseconds(1)) ? 1 : 0;
+        return evicted >= 2 * kLimit - 2;
+      },
+      seconds(5)))
+      << evicted << " of " << 3 * kLimit << " closed";
+  EXPECT_FALSE(strangers.back()->WaitForClose(milliseconds(1))) << "the newest was evicted";
+  // A client with the key still gets in and is served; so is a peer (the cluster serves).
+  ASSERT_TRUE(ServesWriteAndRead(cluster, 1, 6, 6));
+  strangers.clear();
+  // Fill the limit with key holders: then a newcomer is refused and they all keep working.
+  std::vector<std::unique_ptr<RawClient>> holders;
+  for (int i = 0; i < kLimit; ++i) {
+    auto c = cluster.Connect(1, /*quiet=*/true);
+    if (c == nullptr || !c->Read(5).ok()) continue;
+    holders.push_back(std::move(c));
+  }
+  EXPECT_GE(holders.size(), static_cast<std::size_t>(kLimit - 4));
+  auto late = cluster.Connect(1, /*quiet=*/true);
+  if (late != nullptr) {
+    EXPECT_FALSE(late->Read(5, milliseconds(2000)).ok());
+  }
+  int working = 0;
+  for (auto& h : holders) working += h->Read(5).ok() ? 1 : 0;
+  EXPECT_EQ(working, static_cast<int>(holders.size()));
+  EXPECT_NE(cluster.harness().LogTail(1, 200).find("every one authenticated"), std::string::npos);
 }
 
 TEST_F(DaemonHostileTest, SystemFrameWithBadTagIsDropped) {

@@ -301,6 +301,15 @@ Status TestCluster::Init() {
   Status s = WriteNewCluster(dir_, addresses, options_.sectors);
   if (!s.ok()) return s;
   config_path_ = dir_ + "/cluster.toml";
+  if (!options_.config_extra.empty()) {
+    std::ifstream in(config_path_);
+    std::stringstream text;
+    text << in.rdbuf();
+    in.close();
+    std::ofstream out(config_path_, std::ios::trunc);
+    out << options_.config_extra << text.str();
+    if (!out.flush()) return Status::IOError("cannot rewrite " + config_path_);
+  }
   if (options_.metrics) {
     // A metrics_address line after each node's address line.
     std::ifstream in(config_path_);

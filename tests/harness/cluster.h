@@ -60,6 +60,8 @@ struct TestClusterOptions {
   std::string daemon;
   // Give every node a metrics_address on a free 127.0.0.1 port (config().nodes[i].metrics_port).
   bool metrics = false;
+  // Top-level cluster.toml lines written at the top of the file (e.g. "max_connections = 32\n").
+  std::string config_extra;
 };
 
 class TestCluster {
