@@ -1,4 +1,5 @@
-// Unit tests of the client library (client/client.cc) against FakeNode servers on loopback:
+// Unit tests of the client library (client/client.h: its core in client/core, the Asio adapter
+// in client/net) against FakeNode servers on loopback:
 // pipelining and out-of-order matching, the in-flight bound, deadlines and their messages,
 // failover on dropped connections, silent nodes, bad tags and malformed frames, write retry
 // semantics, reconnection, Probe, Close.
