@@ -1,0 +1,287 @@
+// Unit tests of the client core (client/core/client_core.h) over a scripted world: no socket,
+// no thread, a clock that moves only when the test moves it. What the real-process tests reach
+// by timing (client_test.cc) is stepped through here exactly: which node gets a frame, when a
+// refused operation goes out again, what the backoff is, what a write with an unknown outcome
+// reports.
+#include "client/core/client_core.h"
+
+#include <gtest/gtest.h>
+
+#include <deque>
+#include <optional>
+
+#include "common/hmac.h"
+#include "common/wire.h"
+
+namespace atomdisk::client {
+namespace {
+
+using std::chrono::milliseconds;
+
+constexpr int kNodes = 3;
+
+std::vector<std::uint8_t> Key() { return std::vector<std::uint8_t>(kClientKeySize, 0x33); }
+
+SectorPtr Filled(std::uint8_t b) {
+  auto d = std::make_shared<SectorData>();
+  d->fill(b);
+  return d;
+}
+
+// The world: records what the core sends and closes, runs posted callbacks on demand.
+class World final : public ClientCoreEnv {
+ public:
+  Clock::time_point Now() override { return now; }
+  void StartConnecting() override { ++start_connecting; }
+  void SendFrame(int node, std::shared_ptr<const Frame> frame) override {
+    auto body = std::span<const std::uint8_t>(*frame).subspan(kFrameLengthSize);
+    auto payload = VerifyFrameBody(body, mac);
+    ASSERT_TRUE(payload.ok());
+    auto cmd = DecodeClientCommand(*payload);
+    ASSERT_TRUE(cmd.ok()) << cmd.status().ToString();
+    sent.push_back({node, *cmd});
+  }
+  void CloseConnection(int node) override { closed.push_back(node); }
+  void Post(std::function<void()> fn) override { posted.push_back(std::move(fn)); }
+
+  void RunPosted() {
+    while (!posted.empty()) {
+      auto fn = std::move(posted.front());
+      posted.pop_front();
+      fn();
+    }
+  }
+  // The next frame sent; fails the test if there is none.
+  std::pair<int, ClientCommand> Next() {
+    EXPECT_FALSE(sent.empty());
+    if (sent.empty()) return {-1, {}};
+    auto f = sent.front();
+    sent.pop_front();
+    return f;
+  }
+
+  Clock::time_point now{std::chrono::seconds(1000)};
+  int start_connecting = 0;
+  std::deque<std::pair<int, ClientCommand>> sent;
+  std::vector<int> closed;
+  std::deque<std::function<void()>> posted;
+  Hmac mac{Key()};
+};
+
+ClientOptions Options() {
+  ClientOptions o;
+  for (int i = 1; i <= kNodes; ++i) {
+    o.nodes.push_back(
+        {"n" + std::to_string(i), static_cast<std::uint16_t>(7000 + i), static_cast<Rank>(i)});
+  }
+  o.client_key = Key();
+  o.sectors = 1024;
+  o.op_timeout = milliseconds(5000);
+  o.attempt_timeout = milliseconds(1500);
+  o.reconnect_backoff_min = milliseconds(50);
+  o.reconnect_backoff_max = milliseconds(2000);
+  return o;
+}
+
+class ClientCoreTest : public ::testing::Test {
+ protected:
+  // Hands node `node` a response frame, signed as a node signs it.
+  void Answer(int node, const ClientResponse& resp) {
+    Frame f = EncodeFrame(resp, world.mac);
+    core.OnFrameBody(node, std::span<const std::uint8_t>(f).subspan(kFrameLengthSize));
+  }
+  // Connects `node` and answers its feature probe: it takes extents.
+  void ConnectWithExtents(int node) {
+    core.OnConnected(node);
+    auto [to, probe] = world.Next();
+    ASSERT_EQ(to, node);
+    ASSERT_EQ(probe.op, ClientOp::kInfo);
+    ClientResponse r;
+    r.request_id = probe.request_id;
+    r.op = ClientOp::kInfo;
+    r.info = R"({"features":["extents"]})";
+    Answer(node, r);
+    world.RunPosted();
+  }
+  // Submits a write of one sector; its result lands in `result`.
+  void SubmitWrite(SectorIdx sector, bool retry_unknown) {
+    OpRequest req;
+    req.kind = ClientOp::kWrite;
+    req.sector = sector;
+    req.data = Filled(0x7E);
+    req.retry_unknown_write = retry_unknown;
+    req.submitted = world.now;
+    req.done = [this](OpResult r) { result = std::move(r); };
+    core.Submit(std::move(req));
+  }
+  ClientResponse NotDone(const ClientCommand& cmd) {
+    ClientResponse r;
+    r.request_id = cmd.request_id;
+    r.op = cmd.op;
+    r.outcomes.assign(cmd.count, ExtentOutcome::kNotDone);
+    return r;
+  }
+
+  World world;
+  ClientCore core{Options(), world, /*seed=*/1};
+  std::optional<OpResult> result;
+};
+
+TEST_F(ClientCoreTest, AnOperationWaitsForAConnectionThenGoesAsAnExtentOfOne) {
+  SubmitWrite(5, true);
+  EXPECT_EQ(world.start_connecting, 1);
+  EXPECT_TRUE(world.sent.empty());  // nothing connected yet: parked
+  ConnectWithExtents(1);
+  auto [to, cmd] = world.Next();
+  EXPECT_EQ(to, 1);
+  EXPECT_EQ(cmd.op, ClientOp::kWriteExtent);
+  EXPECT_EQ(cmd.sector, 5u);
+  ASSERT_EQ(cmd.count, 1u);
+  EXPECT_EQ((*cmd.sectors[0])[0], 0x7E);
+  ClientResponse r;
+  r.request_id = cmd.request_id;
+  r.op = cmd.op;
+  r.outcomes = {ExtentOutcome::kDone};
+  Answer(1, r);
+  EXPECT_FALSE(result);  // callbacks run posted, never inside the core's call
+  world.RunPosted();
+  ASSERT_TRUE(result);
+  EXPECT_TRUE(result->status.ok());
+  EXPECT_EQ(result->answered_by, 2u);
+  EXPECT_EQ(core.Stats().ops_ok, 1u);
+}
+
+TEST_F(ClientCoreTest, ARefusedOperationMovesOnAtOnceAndWaitsAfterARoundOfRefusals) {
+  for (int n = 0; n < kNodes; ++n) ConnectWithExtents(n);
+  SubmitWrite(9, false);
+  // Each node refuses in turn; each refusal sends it to the next node at once.
+  std::vector<int> order;
+  for (int i = 0; i < kNodes; ++i) {
+    auto [to, cmd] = world.Next();
+    order.push_back(to);
+    Answer(to, NotDone(cmd));
+  }
+  EXPECT_EQ(order, (std::vector<int>{0, 1, 2}));
+  // Every node refused: the next round waits 20 ms.
+  EXPECT_TRUE(world.sent.empty());
+  world.now += milliseconds(10);
+  core.Tick();
+  EXPECT_TRUE(world.sent.empty());
+  world.now += milliseconds(10);
+  core.Tick();
+  ASSERT_EQ(world.sent.size(), 1u);
+  // The second round: refused by every node again, then a wait of 40 ms.
+  while (!world.sent.empty()) {
+    auto [to, cmd] = world.Next();
+    Answer(to, NotDone(cmd));
+  }
+  world.now += milliseconds(30);
+  core.Tick();
+  EXPECT_TRUE(world.sent.empty());
+  world.RunPosted();
+  EXPECT_FALSE(result);  // still inside its 5 s
+  // At the deadline: "no quorum", and the write certainly did not take effect.
+  world.now += milliseconds(5000);
+  core.Tick();
+  world.RunPosted();
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->status.code(), StatusCode::kTimeout);
+  EXPECT_NE(result->status.message().find("no quorum"), std::string::npos)
+      << result->status.ToString();
+  EXPECT_FALSE(result->maybe_applied);
+}
+
+TEST_F(ClientCoreTest, AWriteThatMustNotBeRetriedEndsUnknownWhenItsConnectionDrops) {
+  ConnectWithExtents(0);
+  ConnectWithExtents(1);
+  SubmitWrite(3, /*retry_unknown=*/false);
+  auto [to, cmd] = world.Next();
+  EXPECT_EQ(to, 0);
+  core.OnConnectionLost(0, "connection reset by the node");
+  world.RunPosted();
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->status.code(), StatusCode::kUnavailable);
+  EXPECT_TRUE(result->maybe_applied);
+  EXPECT_TRUE(world.sent.empty());  // not retried on node 1
+  EXPECT_EQ(core.ReachableNodes(), 1u);
+}
+
+TEST_F(ClientCoreTest, AWriteThatMayBeRetriedGoesToTheNextNodeWhenItsConnectionDrops) {
+  ConnectWithExtents(0);
+  ConnectWithExtents(1);
+  SubmitWrite(3, /*retry_unknown=*/true);
+  auto first = world.Next();
+  EXPECT_EQ(first.first, 0);
+  core.OnConnectionLost(0, "connection reset by the node");
+  auto [to, cmd] = world.Next();
+  EXPECT_EQ(to, 1);
+  EXPECT_EQ(cmd.request_id, first.second.request_id);  // the same frame again
+  EXPECT_EQ(core.Stats().retries, 1u);
+}
+
+TEST_F(ClientCoreTest, ASilentNodeIsLeftAfterTheAttemptTimeoutAndItsConnectionClosed) {
+  ConnectWithExtents(0);
+  ConnectWithExtents(1);
+  SubmitWrite(3, /*retry_unknown=*/true);
+  EXPECT_EQ(world.Next().first, 0);
+  world.now += milliseconds(1500);
+  core.Tick();
+  // Retried on node 1, and node 0's connection, silent with a request out, is closed.
+  EXPECT_EQ(world.Next().first, 1);
+  EXPECT_EQ(world.closed, (std::vector<int>{0}));
+}
+
+TEST_F(ClientCoreTest, ABadTagClosesTheConnection) {
+  ConnectWithExtents(0);
+  SubmitWrite(3, true);
+  auto [to, cmd] = world.Next();
+  ClientResponse r;
+  r.request_id = cmd.request_id;
+  r.op = cmd.op;
+  r.outcomes = {ExtentOutcome::kDone};
+  Hmac wrong(std::vector<std::uint8_t>(kClientKeySize, 0x44));
+  Frame f = EncodeFrame(r, wrong);
+  core.OnFrameBody(to, std::span<const std::uint8_t>(f).subspan(kFrameLengthSize));
+  EXPECT_EQ(world.closed, (std::vector<int>{0}));
+  EXPECT_EQ(core.Stats().bad_frames, 1u);
+  world.RunPosted();
+  EXPECT_FALSE(result);  // waits for another connection
+}
+
+TEST_F(ClientCoreTest, TheBackoffGrowsOnFailedDialsAndResetsAfterALongConnection) {
+  // +-25% jitter around 50, 100, 200 ms.
+  auto d1 = core.OnDialFailed(0, "connection refused");
+  auto d2 = core.OnDialFailed(0, "connection refused");
+  auto d3 = core.OnDialFailed(0, "connection refused");
+  EXPECT_GE(d1.count(), 37);
+  EXPECT_LE(d1.count(), 63);
+  EXPECT_GE(d2.count(), 75);
+  EXPECT_LE(d2.count(), 125);
+  EXPECT_GE(d3.count(), 150);
+  EXPECT_LE(d3.count(), 250);
+  // A connection that lasted a whole attempt timeout was a working session: the next dial
+  // comes after the shortest backoff.
+  core.OnConnected(0);
+  world.now += milliseconds(1500);
+  core.OnConnectionLost(0, "");
+  auto d = core.NextDialDelay(0);
+  EXPECT_LE(d.count(), 63);
+}
+
+TEST_F(ClientCoreTest, AfterShutdownEveryOperationFailsAndNewOnesFailAtOnce) {
+  ConnectWithExtents(0);
+  SubmitWrite(3, true);
+  core.Shutdown();
+  world.RunPosted();
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->status.code(), StatusCode::kUnavailable);
+  EXPECT_EQ(world.closed, (std::vector<int>{0}));
+  result.reset();
+  SubmitWrite(4, true);
+  world.RunPosted();
+  ASSERT_TRUE(result);
+  EXPECT_EQ(result->status.message(), "client closed");
+}
+
+}  // namespace
+}  // namespace atomdisk::client
