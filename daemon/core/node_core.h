@@ -193,6 +193,7 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   bool OnSyncMessage(const SyncMessage& msg);
   // Counts a frame that failed its HMAC check or did not decode (for Info).
   void CountAuthFailure() { ++counters_.auth_failures; }
+  const NodeCounters& counters() const { return counters_; }
   void CountBadFrame() { ++counters_.bad_frames; }
   // Our link to `peer` (re)connected: operations waiting for its answers retransmit at the
   // next Tick instead of at the end of their back-off, so a healed partition costs one round
@@ -241,6 +242,8 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   // Client operations accepted and waiting behind an earlier one on their sector's register
   // (part of client_ops_, the operations in flight). O(active registers).
   std::size_t QueuedClientOps() const;
+  // Client operations in flight (each extent member counts).
+  std::size_t ClientOpsInFlight() const { return client_ops_.size(); }
   // Null before Start's first tick; for status and for the simulator's checks.
   Syncer* syncer_if_started() { return sync_started_ ? syncer_.get() : nullptr; }
   Syncer& syncer() { return *syncer_; }

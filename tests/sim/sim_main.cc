@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdint>
@@ -112,6 +113,9 @@ int main(int argc, char** argv) {
                "skip the per-step state checks (Ack after durable, tag reuse, durable tag "
                "decreasing, a non-voter answering, a rejoined node behind) to show that "
                "linearizability, liveness and convergence alone catch a bug");
+  app.add_flag("--client-library", options.client_library,
+               "simulated clients are the client library's own core (client/core), failing over "
+               "between nodes over simulated client connections");
   app.add_flag("--link-liveness", options.link_liveness,
                "a link cut by a partition goes down at both ends after 100 virtual ms, as the "
                "daemon's peer liveness has it (the core then refuses extents without a quorum)");
@@ -136,8 +140,12 @@ int main(int argc, char** argv) {
   }
 
   if (list_bugs) {
+    int width = 0;
     for (atomdisk::SimBug b : atomdisk::AllSimBugs()) {
-      std::printf("%-22s %-9s %s\n", atomdisk::SimBugName(b), atomdisk::SimBugLayer(b),
+      width = std::max(width, static_cast<int>(std::strlen(atomdisk::SimBugName(b))));
+    }
+    for (atomdisk::SimBug b : atomdisk::AllSimBugs()) {
+      std::printf("%-*s %-9s %s\n", width, atomdisk::SimBugName(b), atomdisk::SimBugLayer(b),
                   atomdisk::SimBugWhat(b));
     }
     return 0;
@@ -201,6 +209,9 @@ int main(int argc, char** argv) {
     total.registers_from_cached_tag += r.stats.registers_from_cached_tag;
     total.batches_sent += r.stats.batches_sent;
     total.extents_refused += r.stats.extents_refused;
+    total.client_retries += r.stats.client_retries;
+    total.client_connection_drops += r.stats.client_connection_drops;
+    total.client_ops_failed += r.stats.client_ops_failed;
     if (verbose) {
       std::cout << "seed " << s << " " << (r.ok ? "ok" : "FAIL " + r.check) << " events "
                 << r.stats.events << " virtual " << r.stats.virtual_ms << "ms ops "
@@ -253,6 +264,12 @@ int main(int argc, char** argv) {
             << " tags from cache, " << total.registers_from_cached_tag
             << " registers from a cached tag, " << total.batches_sent << " system batches, "
             << total.extents_refused << " extents refused whole, " << total.virtual_ms
-            << " virtual ms\n";
+            << " virtual ms";
+  if (options.client_library) {
+    std::cout << "; client library: " << total.client_retries << " retries, "
+              << total.client_connection_drops << " connections dropped, "
+              << total.client_ops_failed << " ops failed";
+  }
+  std::cout << "\n";
   return failed == 0 ? 0 : 1;
 }

@@ -12,6 +12,7 @@
 #include <set>
 #include <utility>
 
+#include "client/core/client_core.h"
 #include "common/hmac.h"
 #include "common/sync_wire.h"
 #include "common/types.h"
@@ -60,6 +61,10 @@ const char* SimBugName(SimBug bug) {
       return "value-before-durable";
     case SimBug::kRefuseStartedExtents:
       return "refuse-started-extents";
+    case SimBug::kClientRetriesUnknownWrite:
+      return "client-retries-unknown-write";
+    case SimBug::kClientNotDoneAsDone:
+      return "client-not-done-as-done";
   }
   return "?";
 }
@@ -85,6 +90,9 @@ const char* SimBugLayer(SimBug bug) {
       return "sync";
     case SimBug::kForgetOnRestart:
       return "world";
+    case SimBug::kClientRetriesUnknownWrite:
+    case SimBug::kClientNotDoneAsDone:
+      return "client";
     case SimBug::kNone:
       break;
   }
@@ -131,6 +139,12 @@ const char* SimBugWhat(SimBug bug) {
       return "a coordinator whose links lose the quorum answers the write extents it has under "
              "way with every sector not done, though they may be written (needs --extents and "
              "--link-liveness)";
+    case SimBug::kClientRetriesUnknownWrite:
+      return "the client library retries a write whose outcome is unknown on another node though "
+             "the caller asked it not to, and reports it as sent once (needs --client-library)";
+    case SimBug::kClientNotDoneAsDone:
+      return "the client library reports a write extent written when the node answered some or "
+             "all of its sectors not done (needs --client-library and --extents)";
     case SimBug::kNone:
       break;
   }
@@ -138,12 +152,23 @@ const char* SimBugWhat(SimBug bug) {
 }
 
 std::vector<SimBug> AllSimBugs() {
-  return {
-      SimBug::kSkipImpose,           SimBug::kAckBeforePersist,   SimBug::kMinorityQuorum,
-      SimBug::kForgetOnRestart,      SimBug::kJoinerVotes,        SimBug::kLeaseForgotten,
-      SimBug::kServeBeforeIdentity,  SimBug::kAbsorbUnguarded,    SimBug::kAbsorbDurableUnreported,
-      SimBug::kStaleSelfAtVote,      SimBug::kGenesisTrusted,     SimBug::kExtentEarlyAnswer,
-      SimBug::kBatchIgnoresFeatures, SimBug::kValueBeforeDurable, SimBug::kRefuseStartedExtents};
+  return {SimBug::kSkipImpose,
+          SimBug::kAckBeforePersist,
+          SimBug::kMinorityQuorum,
+          SimBug::kForgetOnRestart,
+          SimBug::kJoinerVotes,
+          SimBug::kLeaseForgotten,
+          SimBug::kServeBeforeIdentity,
+          SimBug::kAbsorbUnguarded,
+          SimBug::kAbsorbDurableUnreported,
+          SimBug::kStaleSelfAtVote,
+          SimBug::kGenesisTrusted,
+          SimBug::kExtentEarlyAnswer,
+          SimBug::kBatchIgnoresFeatures,
+          SimBug::kValueBeforeDurable,
+          SimBug::kRefuseStartedExtents,
+          SimBug::kClientRetriesUnknownWrite,
+          SimBug::kClientNotDoneAsDone};
 }
 
 std::optional<SimBug> ParseSimBug(std::string_view name) {
@@ -161,6 +186,7 @@ std::string ReplayCommand(const SimOptions& o) {
   if (!o.state_checks) cmd += " --history-only";
   if (o.extent_permille != 0) cmd += " --extents " + std::to_string(o.extent_permille);
   if (o.link_liveness) cmd += " --link-liveness";
+  if (o.client_library) cmd += " --client-library";
   if (o.max_lincheck_states != SimOptions{}.max_lincheck_states) {
     cmd += " --max-lincheck-states " + std::to_string(o.max_lincheck_states);
   }
@@ -341,6 +367,7 @@ class Simulator {
     kRestart,
     kHealPartition,
     kDiskFast,
+    kCall,  // runs `fn` (the client library's world: SimOptions::client_library)
   };
   struct Event {
     std::int64_t time_us = 0;
@@ -356,6 +383,8 @@ class Simulator {
     std::shared_ptr<const SystemMessage> msg;
     std::shared_ptr<const std::vector<SystemMessage>> batch;
     std::shared_ptr<const SyncMessage> sync_msg;
+    std::shared_ptr<std::function<void()>> fn;  // kCall
+    bool uncounted = false;  // not one of the faulty phase's steps (a client library tick)
   };
   struct EventLater {
     bool operator()(const Event& a, const Event& b) const {
@@ -463,6 +492,81 @@ class Simulator {
     int node_;
     std::uint64_t epoch_;
     std::string name_ = "sim-client";
+  };
+
+  // --- the client library in the simulation (SimOptions::client_library) ---
+  // Node n's end of one client connection: what its core answers goes back over the
+  // simulated network to the client's ClientCore.
+  class SimClientChannel final : public ClientChannel,
+                                 public std::enable_shared_from_this<SimClientChannel> {
+   public:
+    SimClientChannel(Simulator* sim, int client, int node, std::uint64_t gen)
+        : sim_(sim), client_(client), node_(node), gen_(gen) {
+      name_ = "client " + std::to_string(client) + " at node " + std::to_string(node + 1);
+    }
+    bool SendFrame(SharedFrame frame) override {
+      if (closed_) return false;
+      sim_->LibToClient(client_, node_, gen_, std::move(frame));
+      return true;
+    }
+    void CloseChannel(const std::string& reason) override {
+      sim_->Fail("sim-internal",
+                 "node " + std::to_string(node_ + 1) + " closes " + name_ + ": " + reason);
+    }
+    bool channel_closed() const override { return closed_; }
+    const std::string& channel_name() const override { return name_; }
+    void OpStarted() override {}
+    void OpFinished() override {}
+    std::weak_ptr<ClientChannel> WeakChannel() override { return weak_from_this(); }
+    void Close() { closed_ = true; }
+
+   private:
+    Simulator* sim_;
+    int client_;
+    int node_;
+    std::uint64_t gen_;
+    bool closed_ = false;
+    std::string name_;
+  };
+
+  // One client connection (client c to node n) as TCP has it: in order, never duplicated;
+  // a frame lost to a partition or a drop leaves the connection dead (nothing more gets
+  // through) until the client closes it, as a stalled TCP connection.
+  struct LibConn {
+    std::uint64_t gen = 0;  // bumped by every connect and close: stale events are ignored
+    bool open = false;
+    bool dead = false;
+    std::uint64_t node_epoch = 0;
+    std::int64_t last_to_node_us = 0;  // FIFO: no frame overtakes an earlier one
+    std::int64_t last_to_client_us = 0;
+    std::shared_ptr<SimClientChannel> channel;
+  };
+
+  // The world one simulated client's ClientCore (client/core/client_core.h) lives in.
+  class SimClientEnv final : public client::ClientCoreEnv {
+   public:
+    SimClientEnv(Simulator* sim, int client) : sim_(sim), client_(client) {}
+    client::Clock::time_point Now() override {
+      return client::Clock::time_point(std::chrono::microseconds(sim_->now_us_));
+    }
+    void StartConnecting() override { sim_->LibStartConnecting(client_); }
+    void SendFrame(int node, std::shared_ptr<const Frame> frame) override {
+      sim_->LibToNode(client_, node, std::move(frame));
+    }
+    void CloseConnection(int node) override { sim_->LibClose(client_, node, true); }
+    void Post(std::function<void()> fn) override { sim_->Call(1, std::move(fn)); }
+
+   private:
+    Simulator* sim_;
+    int client_;
+  };
+
+  struct LibClient {
+    int home = 0;  // the node it runs next to: partitions cut it off as they cut that node
+    std::unique_ptr<SimClientEnv> env;
+    std::unique_ptr<client::ClientCore> core;
+    std::vector<LibConn> conns;  // per node
+    bool tick_scheduled = false;
   };
 
   struct Node {
@@ -634,6 +738,26 @@ class Simulator {
                         std::uint32_t extent = 1);
   void ClientDone(int client);
   void ClientTimeout(std::uint64_t token);
+  // With SimOptions::client_library: the clients are ClientCores (one per simulated client,
+  // plus one per node for the final reads) over a simulated network of client connections.
+  void Call(std::int64_t delay_us, std::function<void()> fn, bool uncounted = false);
+  void CreateLibClients();
+  // Whether a partition cuts client c off from node n (as it cuts c's home node off).
+  bool LibBlocked(int c, int n) const;
+  void LibStartConnecting(int c);
+  void LibDial(int c, int n);
+  void LibToNode(int c, int n, std::shared_ptr<const Frame> frame);
+  void LibToClient(int c, int n, std::uint64_t gen, SharedFrame frame);
+  // Closes c's connection to n; `by_client`: the client closed it (else the client is told).
+  void LibClose(int c, int n, bool by_client);
+  // A node crashed: its client connections are reset, which their clients see a little later.
+  void LibNodeCrashed(int n);
+  void LibScheduleTick(int c);
+  // Submits op `token` (and its extent members) to client c's core.
+  void LibSubmit(int c, std::uint64_t token);
+  void LibDone(std::uint64_t token, client::OpResult r);
+  std::uint64_t LibStartOp(int client, bool is_write, SectorIdx sector, bool final_read,
+                           std::uint32_t extent = 1);
 
   // --- faults ---
   void Nemesis();
@@ -687,7 +811,10 @@ class Simulator {
   int dup_permille_ = 0;
   int slow_permille_ = 0;
 
-  std::vector<Op> ops_;  // token = index + 1
+  std::vector<Op> ops_;                                  // token = index + 1
+  std::vector<std::unique_ptr<LibClient>> lib_clients_;  // SimOptions::client_library
+  // Client frames on their way to a node: one may start an operation after its client gave up.
+  std::uint64_t lib_frames_to_nodes_ = 0;
   std::uint64_t next_value_id_ = 0;
   // (sector, tag) of every triple that left a node or became durable -> its value id.
   std::map<std::pair<SectorIdx, Tag>, std::uint64_t> tag_values_;
@@ -780,6 +907,7 @@ void Simulator::Crash(int n) {
   node.disk->SimulateCrash(rng_);
   StopNode(n);
   node.writeprocs.clear();
+  if (options_.client_library) LibNodeCrashed(n);
   // Operations this node coordinated are lost: their clients stop waiting (outcome unknown).
   for (std::uint64_t token : node.tokens) {
     Op& op = ops_[token - 1];
@@ -898,6 +1026,10 @@ void Simulator::StopNode(int n) {
   Node& node = *nodes_[n];
   ++node.epoch;
   if (node.core) {
+    // With the client library the answers go to its cores, not through OnExtentResponse.
+    if (options_.client_library) {
+      result_.stats.extents_refused += node.core->counters().no_quorum_extents;
+    }
     if (Syncer* syncer = node.core->syncer_if_started()) {
       result_.stats.passes_done += syncer->GetStatus(NowMs()).resync.passes_done;
     }
@@ -1741,6 +1873,19 @@ void Simulator::SendClientCommand(int n, std::uint64_t token) {
 
 void Simulator::ClientIssue(int client) {
   if (healing_) return;
+  if (options_.client_library) {
+    // The library picks the node (and fails over); the workload draws only the operation.
+    SectorIdx sector = Chance(p_.hot_permille) ? Below(static_cast<std::uint64_t>(p_.hot_sectors))
+                                               : kColdBase + Below(kColdRange);
+    bool is_write =
+        p_.writers == 0 ? !Chance(p_.read_permille) : client < p_.writers && Chance(800);
+    std::uint32_t extent = 1;
+    if (options_.extent_permille > 0 && Chance(options_.extent_permille)) {
+      extent = static_cast<std::uint32_t>(Range(2, kMaxSimExtent));
+    }
+    LibStartOp(client, is_write, sector, false, extent);
+    return;
+  }
   std::vector<int> up;
   for (std::size_t i = 0; i < nodes_.size(); ++i) {
     if (nodes_[i]->up) up.push_back(static_cast<int>(i));
@@ -1793,6 +1938,308 @@ void Simulator::ClientTimeout(std::uint64_t token) {
   }
   Trace("timeout #" + std::to_string(token) + (count > 1 ? " extent" : "") + " (outcome unknown)");
   OpEnded(token, /*command_done=*/true);
+}
+
+// ---------------------------------------------------------------------------------------
+// The client library (SimOptions::client_library): every simulated client is the library's
+// own ClientCore, over client connections that partitions cut, drops kill and crashes reset.
+
+void Simulator::Call(std::int64_t delay_us, std::function<void()> fn, bool uncounted) {
+  Event e;
+  e.type = EventType::kCall;
+  e.fn = std::make_shared<std::function<void()>>(std::move(fn));
+  e.uncounted = uncounted;
+  At(delay_us, std::move(e));
+}
+
+void Simulator::CreateLibClients() {
+  const int n_nodes = static_cast<int>(nodes_.size());
+  // One per simulated client, then one per node for the final reads.
+  for (int c = 0; c < p_.clients + n_nodes; ++c) {
+    auto lc = std::make_unique<LibClient>();
+    lc->home = c < p_.clients ? static_cast<int>(Below(n_nodes)) : c - p_.clients;
+    lc->env = std::make_unique<SimClientEnv>(this, c);
+    client::ClientOptions o;
+    // Home first: the library prefers the first node it can reach.
+    for (int i = 0; i < n_nodes; ++i) {
+      const NodeConfig& nc = cluster_.nodes[(lc->home + i) % n_nodes];
+      o.nodes.push_back({nc.host, nc.port, nc.rank});
+    }
+    o.client_key = cluster_.client_key;
+    o.sectors = kDeviceSectors;
+    o.op_timeout = std::chrono::milliseconds(p_.timeout_ms);
+    o.attempt_timeout =
+        std::chrono::milliseconds(std::min<std::int64_t>(Range(100, 500), p_.timeout_ms));
+    o.reconnect_backoff_min = std::chrono::milliseconds(5);
+    o.reconnect_backoff_max = std::chrono::milliseconds(200);
+    client::ClientCoreBugs bugs;
+    bugs.retry_unknown_write = options_.bug == SimBug::kClientRetriesUnknownWrite;
+    bugs.not_done_as_done = options_.bug == SimBug::kClientNotDoneAsDone;
+    lc->core = std::make_unique<client::ClientCore>(std::move(o), *lc->env, rng_(), bugs);
+    lc->conns.resize(n_nodes);
+    lib_clients_.push_back(std::move(lc));
+  }
+}
+
+bool Simulator::LibBlocked(int c, int n) const {
+  const int h = lib_clients_[c]->home;
+  return h != n && (blocked_[h][n] || blocked_[n][h]);
+}
+
+void Simulator::LibStartConnecting(int c) {
+  for (int n = 0; n < static_cast<int>(nodes_.size()); ++n) {
+    Call(Range(1, 1000), [this, c, n] { LibDial(c, n); });
+  }
+}
+
+void Simulator::LibDial(int c, int n) {
+  LibClient& lc = *lib_clients_[c];
+  LibConn& conn = lc.conns[n];
+  if (conn.open || lc.core->shut_down()) return;
+  const std::string who = "client " + std::to_string(c) + " -> node " + std::to_string(n + 1);
+  if (!nodes_[n]->up || LibBlocked(c, n)) {
+    // Refused at once by a host whose daemon is down; a cut link lets the connect time out.
+    const bool cut = nodes_[n]->up;
+    const std::int64_t after_us =
+        cut ? lc.core->options().attempt_timeout.count() * kUsPerMs : NetDelayUs(n, n) * 2;
+    Call(after_us, [this, c, n, cut, who] {
+      if (lib_clients_[c]->conns[n].open) return;
+      const auto delay =
+          lib_clients_[c]->core->OnDialFailed(n, cut ? "connect timed out" : "connection refused");
+      Trace(who + ": connect failed, redial in " + std::to_string(delay.count()) + "ms");
+      Call(delay.count() * kUsPerMs, [this, c, n] { LibDial(c, n); });
+    });
+    return;
+  }
+  ++conn.gen;
+  conn.open = true;
+  conn.dead = false;
+  conn.node_epoch = nodes_[n]->epoch;
+  conn.last_to_node_us = conn.last_to_client_us = now_us_;
+  conn.channel = std::make_shared<SimClientChannel>(this, c, n, conn.gen);
+  Trace(who + ": connected");
+  lc.core->OnConnected(n);
+}
+
+void Simulator::LibToNode(int c, int n, std::shared_ptr<const Frame> frame) {
+  LibConn& conn = lib_clients_[c]->conns[n];
+  if (!conn.open) return;
+  const std::string what = "client frame " + std::to_string(c) + "->" + std::to_string(n + 1);
+  if (conn.dead || LibBlocked(c, n) || Chance(drop_permille_ / 4)) {
+    if (!conn.dead) Trace(what + " lost: the connection stalls");
+    conn.dead = true;
+    ++result_.stats.messages_dropped;
+    return;
+  }
+  ++result_.stats.messages_sent;
+  const std::int64_t at = std::max(now_us_ + NetDelayUs(n, n), conn.last_to_node_us + 1);
+  conn.last_to_node_us = at;
+  const std::uint64_t gen = conn.gen;
+  ++lib_frames_to_nodes_;
+  Call(at - now_us_, [this, c, n, gen, frame = std::move(frame), what] {
+    --lib_frames_to_nodes_;
+    LibConn& cn = lib_clients_[c]->conns[n];
+    Node& node = *nodes_[n];
+    if (cn.gen != gen || !cn.open || !node.up || node.epoch != cn.node_epoch) return;
+    ++result_.stats.messages_delivered;
+    Trace("deliver " + what);
+    node.core->OnClientFrame(*cn.channel,
+                             std::span<const std::uint8_t>(*frame).subspan(kFrameLengthSize));
+  });
+}
+
+void Simulator::LibToClient(int c, int n, std::uint64_t gen, SharedFrame frame) {
+  LibConn& conn = lib_clients_[c]->conns[n];
+  if (conn.gen != gen || !conn.open) return;
+  const std::string what = "response " + std::to_string(n + 1) + "->client " + std::to_string(c);
+  if (conn.dead || LibBlocked(c, n) || Chance(drop_permille_ / 4)) {
+    if (!conn.dead) Trace(what + " lost: the connection stalls");
+    conn.dead = true;
+    ++result_.stats.messages_dropped;
+    return;
+  }
+  ++result_.stats.messages_sent;
+  const std::int64_t at = std::max(now_us_ + NetDelayUs(n, n), conn.last_to_client_us + 1);
+  conn.last_to_client_us = at;
+  Call(at - now_us_, [this, c, n, gen, frame = std::move(frame), what] {
+    LibConn& cn = lib_clients_[c]->conns[n];
+    if (cn.gen != gen || !cn.open) return;
+    ++result_.stats.messages_delivered;
+    Trace("deliver " + what);
+    lib_clients_[c]->core->OnFrameBody(
+        n, std::span<const std::uint8_t>(*frame).subspan(kFrameLengthSize));
+  });
+}
+
+void Simulator::LibClose(int c, int n, bool by_client) {
+  LibClient& lc = *lib_clients_[c];
+  LibConn& conn = lc.conns[n];
+  if (!conn.open) return;
+  conn.open = false;
+  ++conn.gen;
+  if (conn.channel) conn.channel->Close();
+  conn.channel.reset();
+  Trace("client " + std::to_string(c) + " -> node " + std::to_string(n + 1) + ": " +
+        (by_client ? "closed by the client" : "reset"));
+  if (!by_client) lc.core->OnConnectionLost(n, "connection reset by the node");
+  // Not from inside the core's own call (CloseConnection): the redial delay is asked after.
+  Call(1, [this, c, n] {
+    LibClient& l = *lib_clients_[c];
+    if (l.conns[n].open || l.core->shut_down()) return;
+    const auto delay = l.core->NextDialDelay(n);
+    Call(delay.count() * kUsPerMs, [this, c, n] { LibDial(c, n); });
+  });
+}
+
+void Simulator::LibNodeCrashed(int n) {
+  for (int c = 0; c < static_cast<int>(lib_clients_.size()); ++c) {
+    LibConn& conn = lib_clients_[c]->conns[n];
+    if (!conn.open) continue;
+    const std::uint64_t gen = conn.gen;
+    // The host's kernel resets the connection; a partition delays the news until its heal
+    // (the client's own timeout usually comes first).
+    Call(NetDelayUs(n, n), [this, c, n, gen] {
+      LibConn& cn = lib_clients_[c]->conns[n];
+      if (cn.gen == gen && cn.open && !cn.dead && !LibBlocked(c, n)) LibClose(c, n, false);
+    });
+  }
+}
+
+void Simulator::LibScheduleTick(int c) {
+  LibClient& lc = *lib_clients_[c];
+  if (lc.tick_scheduled) return;
+  lc.tick_scheduled = true;
+  const std::int64_t period = client::ClientCore::kTickPeriod.count() * kUsPerMs;
+  Call(
+      period,
+      [this, c] {
+        LibClient& l = *lib_clients_[c];
+        l.tick_scheduled = false;
+        l.core->Tick();
+        if (l.core->OpsOutstanding() > 0) LibScheduleTick(c);
+      },
+      /*uncounted=*/true);
+}
+
+void Simulator::LibSubmit(int c, std::uint64_t token) {
+  const Op& op = ops_[token - 1];
+  const std::uint32_t count = op.extent_first == token ? op.extent_count : 1;
+  const bool write = op.h.kind == HistoryOp::Kind::kWrite;
+  client::OpRequest req;
+  req.sector = op.h.key;
+  if (count == 1) {
+    req.kind = write ? ClientOp::kWrite : ClientOp::kRead;
+    if (write) req.data = ValueSector(std::stoull(op.h.value));
+  } else {
+    req.kind = write ? ClientOp::kWriteExtent : ClientOp::kReadExtent;
+    req.count = count;
+    for (std::uint32_t i = 0; write && i < count; ++i) {
+      req.sectors.push_back(ValueSector(std::stoull(ops_[token - 1 + i].h.value)));
+    }
+  }
+  // A history needs every attempt of a write to be its own operation: a retried write whose
+  // first attempt took effect could be seen, overwritten and then applied again
+  // (docs/CLIENT.md, "Retries and concurrent writers"). Reads retry freely.
+  req.retry_unknown_write = false;
+  // The final reads must finish once every fault is healed, however long recovery takes.
+  if (op.final_read) req.timeout = std::chrono::milliseconds(120'000);
+  req.submitted = client::Clock::time_point(std::chrono::microseconds(now_us_));
+  req.done = [this, token](client::OpResult r) { LibDone(token, std::move(r)); };
+  lib_clients_[c]->core->Submit(std::move(req));
+  LibScheduleTick(c);
+}
+
+void Simulator::LibDone(std::uint64_t token, client::OpResult r) {
+  Op& first = ops_[token - 1];
+  const std::uint32_t count = first.extent_first == token ? first.extent_count : 1;
+  const bool write = first.h.kind == HistoryOp::Kind::kWrite;
+  const int client = static_cast<int>(first.h.client);
+  std::string what = std::string(write ? "write" : "read") + " #" + std::to_string(token) +
+                     (count > 1 ? " extent " + std::to_string(count) : std::string()) + " sector " +
+                     std::to_string(first.h.key);
+  if (!r.status.ok()) {
+    if (first.final_read) {
+      Fail("liveness", "the final " + what + " by client " + std::to_string(client) +
+                           " failed after every fault was healed: " + r.status.ToString());
+      return;
+    }
+    for (std::uint32_t i = 0; i < count; ++i) {
+      Op& m = ops_[token - 1 + i];
+      m.waiting = false;
+      // A failed read did nothing; a write did nothing unless it may have been applied.
+      m.h.outcome =
+          write && r.maybe_applied ? HistoryOp::Outcome::kUnknown : HistoryOp::Outcome::kFailed;
+      if (m.h.outcome == HistoryOp::Outcome::kUnknown) ++result_.stats.ops_unknown;
+    }
+    Trace("fail " + what + " (" + (write && r.maybe_applied ? "maybe applied" : "not applied") +
+          "): " + r.status.message());
+    if (!first.final_read) ClientDone(client);
+    return;
+  }
+  std::string values;
+  for (std::uint32_t i = 0; i < count; ++i) {
+    Op& m = ops_[token - 1 + i];
+    if (!write) {
+      const SectorPtr& data = count == 1 ? r.data : (i < r.sectors.size() ? r.sectors[i] : nullptr);
+      if (!data) {
+        Fail("sim-internal", what + " completed without data");
+        return;
+      }
+      std::optional<std::uint64_t> id = ValueIdOf(*data);
+      if (!id) {
+        Fail("torn-value",
+             what + " returned data no client wrote (member " + std::to_string(i) + ")");
+        return;
+      }
+      m.h.value = *id == 0 ? "" : std::to_string(*id);
+      values += " v" + std::to_string(*id);
+    }
+    m.waiting = false;
+    m.h.return_ns = HistNow();
+    m.h.outcome = HistoryOp::Outcome::kOk;
+    ++result_.stats.ops_ok;
+    if (!m.h.value.empty()) {
+      // The client now relies on this value's tag: a majority holds it durably.
+      auto vt = value_tags_.find(std::stoull(m.h.value));
+      if (vt != value_tags_.end()) {
+        Tag& t = completed_tags_[m.h.key];
+        t = std::max(t, vt->second);
+      }
+    }
+  }
+  Trace("complete " + what + values + " by node " + std::to_string(r.answered_by) + " after " +
+        std::to_string(r.attempts) + " attempts");
+  if (!first.final_read) ClientDone(client);
+}
+
+std::uint64_t Simulator::LibStartOp(int client, bool is_write, SectorIdx sector, bool final_read,
+                                    std::uint32_t extent) {
+  const std::uint64_t first = ops_.size() + 1;
+  for (std::uint32_t i = 0; i < extent; ++i) {
+    Op op;
+    op.h.client = static_cast<std::uint64_t>(client);
+    op.h.kind = is_write ? HistoryOp::Kind::kWrite : HistoryOp::Kind::kRead;
+    op.h.key = sector + i;
+    op.h.outcome = HistoryOp::Outcome::kUnknown;
+    op.node = -1;
+    op.waiting = true;
+    op.final_read = final_read;
+    if (extent > 1) op.extent_first = first;
+    if (is_write) op.h.value = std::to_string(++next_value_id_);
+    op.h.call_ns = HistNow();
+    ops_.push_back(std::move(op));
+  }
+  if (extent > 1) ops_[first - 1].extent_count = extent;
+  std::string values;
+  if (is_write) {
+    values = " v" + ops_[first - 1].h.value;
+    if (extent > 1) values += "..v" + ops_.back().h.value;
+  }
+  Trace(std::string("call ") + (is_write ? "write" : "read") + " #" + std::to_string(first) +
+        " client " + std::to_string(client) + " sector " + std::to_string(sector) +
+        (extent > 1 ? " extent " + std::to_string(extent) : std::string()) + values);
+  LibSubmit(client, first);
+  return first;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2012,8 +2459,12 @@ bool Simulator::Quiescent() const {
   for (const Op& op : ops_) {
     if (op.waiting || op.in_register) return false;
   }
+  if (lib_frames_to_nodes_ > 0) return false;
   for (const auto& node : nodes_) {
     if (!node->up || !node->voting || node->absorbs_in_flight > 0) return false;
+    // With the client library the simulator does not track which node holds which operation:
+    // a coordinator still running one whose client gave up is asked directly.
+    if (options_.client_library && node->core->ClientOpsInFlight() > 0) return false;
   }
   return true;
 }
@@ -2043,6 +2494,10 @@ std::string Simulator::StuckOps() const {
     if (node->absorbs_in_flight > 0) {
       out += "  node " + std::to_string(node->rank) + ": " +
              std::to_string(node->absorbs_in_flight) + " absorbs not yet durable\n";
+    }
+    if (options_.client_library && node->core->ClientOpsInFlight() > 0) {
+      out += "  node " + std::to_string(node->rank) + ": " +
+             std::to_string(node->core->ClientOpsInFlight()) + " client operations in flight\n";
     }
   }
   return out;
@@ -2244,6 +2699,9 @@ void Simulator::Dispatch(const Event& e) {
       if (node.epoch == e.epoch && node.disk_slow_gen == e.arg) node.disk_slow = false;
       return;
     }
+    case EventType::kCall:
+      (*e.fn)();
+      return;
   }
 }
 
@@ -2368,6 +2826,7 @@ SimResult Simulator::Run() {
   for (int i = 0; i < n_nodes; ++i) {
     if (i != late_node_) ScheduleTick(i);
   }
+  if (options_.client_library) CreateLibClients();
   for (int c = 0; c < p_.clients; ++c) {
     Event e;
     e.type = EventType::kClientIssue;
@@ -2378,6 +2837,7 @@ SimResult Simulator::Run() {
   nemesis.type = EventType::kNemesis;
   At(Range(p_.nemesis_min_ms, p_.nemesis_max_ms) * kUsPerMs, std::move(nemesis));
 
+  // Returns whether the event counts as a step of the faulty phase.
   auto step = [this]() {
     Event e = queue_.top();
     queue_.pop();
@@ -2387,10 +2847,11 @@ SimResult Simulator::Run() {
     if (!failed()) FlushOutboxes();
     if (!failed()) ReapFatal();
     if (!failed()) CheckAfterEvent();
+    return !e.uncounted;
   };
 
   // Phase 1: faults and client load.
-  for (std::uint64_t i = 0; i < options_.steps && !failed(); ++i) step();
+  for (std::uint64_t i = 0; i < options_.steps && !failed();) i += step() ? 1 : 0;
 
   // Phase 2: heal every fault; every operation still held by a coordinator must finish.
   constexpr std::int64_t kDrainLimitUs = 120'000 * kUsPerMs;
@@ -2408,7 +2869,12 @@ SimResult Simulator::Run() {
     Trace("final reads");
     for (int s = 0; s < p_.hot_sectors && !failed(); ++s) {
       for (int n = 0; n < n_nodes && !failed(); ++n) {
-        StartOp(p_.clients + n, n, /*is_write=*/false, static_cast<SectorIdx>(s), true);
+        if (options_.client_library) {
+          // The final-read client of node n, which prefers node n.
+          LibStartOp(p_.clients + n, /*is_write=*/false, static_cast<SectorIdx>(s), true);
+        } else {
+          StartOp(p_.clients + n, n, /*is_write=*/false, static_cast<SectorIdx>(s), true);
+        }
       }
     }
     std::int64_t deadline = now_us_ + kDrainLimitUs;
@@ -2444,7 +2910,15 @@ SimResult Simulator::Run() {
   result_.stats.virtual_ms = NowMs();
   result_.trace_hash = hash_;
   result_.last_events.assign(last_events_.begin(), last_events_.end());
-  // Tear down the cores (and their stores); nothing they still do reaches the disks.
+  // Tear down the clients, then the cores (and their stores); nothing they still do reaches
+  // the disks.
+  for (const auto& lc : lib_clients_) {
+    const client::ClientStats cs = lc->core->Stats();
+    result_.stats.client_retries += cs.retries;
+    result_.stats.client_connection_drops += cs.connection_drops;
+    result_.stats.client_ops_failed += cs.ops_failed;
+  }
+  lib_clients_.clear();
   for (int n = 0; n < n_nodes; ++n) {
     Node& node = *nodes_[n];
     if (node.gate) node.gate->Cut();

@@ -51,6 +51,11 @@ enum class SimBug {
   // every sector not done, though their members were started and may be written
   // (needs --extents and --link-liveness).
   kRefuseStartedExtents,
+  // The client library (client/core/client_core.h, needs --client-library): a write whose
+  // outcome is unknown is retried although the caller said not to, and reported as sent once.
+  kClientRetriesUnknownWrite,
+  // The client library reports a write extent written when sectors of it were not done.
+  kClientNotDoneAsDone,
 };
 
 // "skip-impose", ... ; "none" for kNone.
@@ -60,8 +65,9 @@ std::optional<SimBug> ParseSimBug(std::string_view name);
 // Every catalogued bug (not kNone), in catalogue order.
 std::vector<SimBug> AllSimBugs();
 // The layer of the production code the bug lives in: "register" (daemon/register), "node"
-// (the node core, daemon/core), "sync" (daemon/sync) or "world" (what the simulated disk or
-// restart does); and one line saying what the mistake is.
+// (the node core, daemon/core), "sync" (daemon/sync), "client" (the client library's core,
+// client/core) or "world" (what the simulated disk or restart does); and one line saying what the
+// mistake is.
 const char* SimBugLayer(SimBug bug);
 const char* SimBugWhat(SimBug bug);
 
@@ -86,6 +92,13 @@ struct SimOptions {
   // every seed as it ran before; on, the core's no-quorum rule (NodeCore::QuorumReachable)
   // fires under partitions too.
   bool link_liveness = false;
+  // The simulated clients are the client library itself (client/core/client_core.h: the same
+  // ClientCore as atomdisk, atomdisk-fuse and the CLI run), each with a connection to every
+  // node over the simulated network: it picks the node, times attempts out, fails over and
+  // retries, and partitions, drops and crashes reach its connections. Off keeps the older
+  // model (each operation handed straight to one node's core, the client waiting out a
+  // timeout) and every seed as it ran before.
+  bool client_library = false;
   // Upper bound handed to the linearizability checker, per sector.
   std::uint64_t max_lincheck_states = 5'000'000;
 };
@@ -117,6 +130,12 @@ struct SimStats {
   // Extents answered with every sector not done (in practice NodeCore::QuorumReachable said
   // no: the coordinator's live links made no majority)
   std::uint64_t extents_refused = 0;
+  // With SimOptions::client_library, summed over the clients' ClientCore::Stats: attempts
+  // beyond each operation's first (failovers and refusals moved elsewhere), connections the
+  // clients saw drop or closed themselves, and operations that failed (timeouts included).
+  std::uint64_t client_retries = 0;
+  std::uint64_t client_connection_drops = 0;
+  std::uint64_t client_ops_failed = 0;
 };
 
 struct SimResult {
