@@ -15,6 +15,7 @@
 
 #include "client/client.h"
 #include "client/core/client_core.h"
+#include "common/frame_buffer.h"
 #include "common/hmac.h"
 #include "common/wire.h"
 
@@ -27,8 +28,6 @@ using asio::use_awaitable;
 using asio::ip::tcp;
 using std::chrono::milliseconds;
 
-// Room for the largest response (an extent read of 1 MiB) and more behind it.
-constexpr std::size_t kReadBufferSize = kFrameLengthSize + kMaxResponseFrameBody + 256 * 1024;
 constexpr int kProbePings = 3;
 
 // The error text Asio gives, without the "asio.misc" style prefixes.
@@ -292,37 +291,29 @@ class ClientImpl final : public Client, private ClientCoreEnv {
     }
   }
 
-  // Reads whole frames and hands their bodies to the core, until the connection ends.
+  // Reads whole frames (common/frame_buffer.h) and hands their bodies to the core, until the
+  // connection ends.
   awaitable<void> Reader(Node* n, std::shared_ptr<Conn> c) {
-    std::vector<std::uint8_t> buf(kReadBufferSize);
-    std::size_t have = 0;
+    FrameBuffer frames(DecodeResponseFrameLength);
     while (c->open) {
       boost::system::error_code ec;
-      std::size_t got =
-          co_await c->socket.async_read_some(asio::buffer(buf.data() + have, buf.size() - have),
-                                             asio::redirect_error(use_awaitable, ec));
+      std::span<std::uint8_t> room = frames.Room();
+      std::size_t got = co_await c->socket.async_read_some(asio::buffer(room.data(), room.size()),
+                                                           asio::redirect_error(use_awaitable, ec));
       if (ec) {
         Lost(*n, c, ErrorText(ec));
         co_return;
       }
-      have += got;
-      std::size_t pos = 0;
-      while (c->open && have - pos >= kFrameLengthSize) {
-        std::span<const std::uint8_t, kFrameLengthSize> prefix(buf.data() + pos, kFrameLengthSize);
-        Result<std::uint64_t> len = DecodeResponseFrameLength(prefix);
-        if (!len.ok()) {
-          core_.OnMalformedStream(n->index, len.status().message());
+      frames.Filled(got);
+      while (c->open) {
+        auto frame = frames.Next();
+        if (!frame.ok()) {
+          core_.OnMalformedStream(n->index, frame.status().message());
           Shut(*n, c);
           co_return;
         }
-        if (have - pos < kFrameLengthSize + *len) break;
-        std::span<const std::uint8_t> body(buf.data() + pos + kFrameLengthSize, *len);
-        pos += kFrameLengthSize + *len;
-        core_.OnFrameBody(n->index, body);
-      }
-      if (pos > 0) {
-        std::memmove(buf.data(), buf.data() + pos, have - pos);
-        have -= pos;
+        if (!frame->has_value()) break;
+        core_.OnFrameBody(n->index, **frame);
       }
     }
   }
@@ -431,6 +422,7 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, ClientOp op, Clock::tim
   }
   // kInfo is harmless to repeat (the fastest answer is the RTT); other admin ops go once.
   const int pings = op == ClientOp::kInfo ? kProbePings : 1;
+  FrameBuffer frames(DecodeResponseFrameLength);
   for (int ping = 0; error.empty() && ping < pings; ++ping) {
     ClientCommand cmd;
     cmd.request_id = next_probe_id_++;
@@ -443,31 +435,31 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, ClientOp op, Clock::tim
       error = why("cannot send", ec);
       break;
     }
-    std::array<std::uint8_t, kFrameLengthSize> prefix;
-    co_await asio::async_read(st->socket, asio::buffer(prefix),
-                              asio::redirect_error(use_awaitable, ec));
-    if (ec == asio::error::eof) {
-      error =
-          "the node closed the connection instead of answering the info request (not an "
-          "atomdisk node, or it rejects our frames)";
-      break;
+    std::span<const std::uint8_t> body;
+    while (error.empty()) {
+      auto frame = frames.Next();
+      if (!frame.ok()) {
+        error = "malformed answer: " + frame.status().message();
+        break;
+      }
+      if (frame->has_value()) {
+        body = **frame;
+        break;
+      }
+      std::span<std::uint8_t> room = frames.Room();
+      std::size_t got = co_await st->socket.async_read_some(
+          asio::buffer(room.data(), room.size()), asio::redirect_error(use_awaitable, ec));
+      if (ec == asio::error::eof && frames.buffered() == 0) {
+        error =
+            "the node closed the connection instead of answering the info request (not an "
+            "atomdisk node, or it rejects our frames)";
+      } else if (ec) {
+        error = frames.buffered() == 0 ? why("no answer", ec) : why("truncated answer", ec);
+      } else {
+        frames.Filled(got);
+      }
     }
-    if (ec) {
-      error = why("no answer", ec);
-      break;
-    }
-    Result<std::uint64_t> len = DecodeResponseFrameLength(prefix);
-    if (!len.ok()) {
-      error = "malformed answer: " + len.status().message();
-      break;
-    }
-    std::vector<std::uint8_t> body(*len);
-    co_await asio::async_read(st->socket, asio::buffer(body),
-                              asio::redirect_error(use_awaitable, ec));
-    if (ec) {
-      error = why("truncated answer", ec);
-      break;
-    }
+    if (!error.empty()) break;
     double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
     Result<std::span<const std::uint8_t>> payload = VerifyFrameBody(body, mac_);
     if (!payload.ok()) {

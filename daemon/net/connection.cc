@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "common/frame_buffer.h"
+
 namespace atomdisk {
 
 namespace asio = boost::asio;
@@ -119,53 +121,30 @@ void Connection::Close(const std::string& reason) {
 
 awaitable<void> Connection::Reader() {
   auto self = shared_from_this();
-  // 64 KiB once the first bytes arrive (many pipelined atdd frames), grown to hold a frame
-  // whose length says it needs more (an extent, up to max_frame_body), and given back once
-  // the connection goes back to small reads: an idle or atdd-only connection never holds
-  // more, and one that never sends (a stranger's, closed after Options::auth_timeout) holds
-  // no buffer at all.
-  constexpr std::size_t kInitialBuffer = 64 * 1024;
-  constexpr std::size_t kReadRoom = 16 * 1024;  // compacted when less than this is free
-  std::vector<std::uint8_t> buf;
-  std::size_t begin = 0, end = 0;
-  std::size_t last_read = 0;
+  // Frames come out of a FrameBuffer (common/frame_buffer.h): no buffer until the first bytes
+  // arrive (a stranger's connection that never sends, closed after Options::auth_timeout,
+  // holds none), 64 KiB then, grown for an extent and given back when the stream goes back
+  // to small frames.
+  FrameBuffer frames(
+      [max = options_.max_frame_body](std::span<const std::uint8_t, kFrameLengthSize> prefix) {
+        return DecodeFrameLength(prefix, max);
+      });
   while (!closed_) {
     bool parsed_any = false;
-    std::size_t want = 0;  // bytes of the frame in progress, once its length is known
-    while (end - begin >= kFrameLengthSize && !closed_ && !Saturated()) {
-      auto length = DecodeFrameLength(
-          std::span<const std::uint8_t, kFrameLengthSize>(buf.data() + begin, kFrameLengthSize),
-          options_.max_frame_body);
-      if (!length.ok()) {
-        Close(length.status().message());
+    while (!closed_ && !Saturated()) {
+      auto frame = frames.Next();
+      if (!frame.ok()) {
+        Close(frame.status().message());
         co_return;
       }
-      if (end - begin < kFrameLengthSize + *length) {
-        want = kFrameLengthSize + static_cast<std::size_t>(*length);
-        break;
-      }
-      sink_->OnFrame(*this, std::span<const std::uint8_t>(buf.data() + begin + kFrameLengthSize,
-                                                          static_cast<std::size_t>(*length)));
-      begin += kFrameLengthSize + static_cast<std::size_t>(*length);
+      if (!frame->has_value()) break;
+      sink_->OnFrame(*this, **frame);
       parsed_any = true;
     }
     if (closed_) co_return;
-    if (begin == end) {
-      begin = end = 0;
-      if (buf.size() > kInitialBuffer && last_read < kReadRoom) {
-        buf.resize(kInitialBuffer);
-        buf.shrink_to_fit();
-      }
-    } else if (buf.size() - begin < std::max(want, end - begin + kReadRoom) ||
-               buf.size() - end < kReadRoom) {
-      std::memmove(buf.data(), buf.data() + begin, end - begin);
-      end -= begin;
-      begin = 0;
-      if (buf.size() < want) buf.resize(want + kReadRoom);
-    }
     // The frame deadline runs from the last completed frame while bytes of an incomplete one
     // sit in the buffer (a slow-loris peer); a busy stream keeps resetting it.
-    if (end == begin) {
+    if (frames.buffered() == 0) {
       in_frame_ = false;
     } else if (!in_frame_ || parsed_any) {
       in_frame_ = true;
@@ -185,24 +164,23 @@ awaitable<void> Connection::Reader() {
     }
     if (closed_) co_return;
     boost::system::error_code ec;
-    if (buf.empty()) {
+    if (frames.capacity() == 0) {
       co_await socket_.async_wait(asio::ip::tcp::socket::wait_read,
                                   asio::redirect_error(use_awaitable, ec));
       if (ec || closed_) {
         Close(ec ? ec.message() : "");
         co_return;
       }
-      buf.resize(kInitialBuffer);
     }
-    std::size_t n = co_await socket_.async_read_some(
-        asio::buffer(buf.data() + end, buf.size() - end), asio::redirect_error(use_awaitable, ec));
+    std::span<std::uint8_t> room = frames.Room();
+    std::size_t n = co_await socket_.async_read_some(asio::buffer(room.data(), room.size()),
+                                                     asio::redirect_error(use_awaitable, ec));
     if (ec) {
       Close(ec == asio::error::eof ? "closed by peer" : ec.message());
       co_return;
     }
     last_read_ = std::chrono::steady_clock::now();
-    last_read = n;
-    end += n;
+    frames.Filled(n);
   }
 }
 
