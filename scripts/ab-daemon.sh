@@ -4,7 +4,9 @@
 # (the order alternates every round, so drift on a noisy machine hits both alike), each with
 # the same `atomdisk bench` cells through node 1. Prints a Markdown table of medians and the
 # ratios B/A: throughput, latency, and the CPU time the three daemons spent per operation
-# (user + system, from /proc), which other people's load on a shared machine moves far less.
+# (user + system, from /proc), which other people's load on a shared machine moves far less,
+# and the same for the `atomdisk bench` client (bash's `time`: the whole process, start-up
+# included).
 #
 #   scripts/ab-daemon.sh --a PATH/atomdiskd --b PATH/atomdiskd [--rounds N] [--duration S]
 #       [--cells "write:1 write:64 read:64"] [--sectors K] [--dir DIR] [--cli PATH/atomdisk]
@@ -120,19 +122,22 @@ run_side() {  # SIDE ROUND: start that side's cluster, run every cell once, stop
     cluster_register_cleanup "cluster_stop_all"
     cluster_start_all
     for cell in $cells; do
-      local kind=${cell%%:*} inflight=${cell##*:} ratio=1 out cpu0 cpu1 scraper=""
+      local kind=${cell%%:*} inflight=${cell##*:} ratio=1 out cpu0 cpu1 client_cpu scraper=""
       [ "$kind" = read ] && ratio=0
       if [ -f "$dir/cluster-$side/metrics-ports" ]; then
         scrape_loop "$dir/cluster-$side/metrics-ports" &
         scraper=$!
       fi
       cpu0=$(daemon_cpu_ticks)
-      out="$("$dir/bin-$side/atomdisk" --config "$CLUSTER_CONFIG" --node 1 bench --write-ratio "$ratio" \
-        --inflight "$inflight" --duration "$duration" --sectors "$sectors" \
-        --first $(((round - 1) * sectors)) --seed "$round" --json)"
+      # The client's own CPU (user + system) from bash's `time`; its stderr goes to a log.
+      out="$( { TIMEFORMAT='%3U %3S'; time "$dir/bin-$side/atomdisk" --config "$CLUSTER_CONFIG" --node 1 \
+        bench --write-ratio "$ratio" --inflight "$inflight" --duration "$duration" \
+        --sectors "$sectors" --first $(((round - 1) * sectors)) --seed "$round" --json \
+        2>>"$dir/cli-$side.log"; } 2>"$dir/cli-time")"
       cpu1=$(daemon_cpu_ticks)
+      client_cpu=$(awk '{print $1 + $2}' "$dir/cli-time")
       [ -z "$scraper" ] || { kill "$scraper"; wait "$scraper" 2>/dev/null || true; }
-      echo "{\"side\":\"$side\",\"round\":$round,\"cell\":\"$cell\",\"cpu_s\":$(((cpu1 - cpu0) * 1000 / clk_tck))e-3,\"r\":$(echo "$out" | tr -d '\n')}" >>"$results"
+      echo "{\"side\":\"$side\",\"round\":$round,\"cell\":\"$cell\",\"cpu_s\":$(((cpu1 - cpu0) * 1000 / clk_tck))e-3,\"client_cpu_s\":$client_cpu,\"r\":$(echo "$out" | tr -d '\n')}" >>"$results"
       echo "ab-daemon: $(date +%T) round $round, $side, $cell: $(echo "$out" | grep -m1 '"ops_per_s"' | tr -d ' ,')" >&2
     done
   )
@@ -148,21 +153,23 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 cells = sys.argv[2].split()
 med = statistics.median
 print("| op | in flight | A ops/s | B ops/s | B/A | A p50 ms | B p50 ms | A p99 ms | B p99 ms | "
-      "A daemon CPU us/op | B daemon CPU us/op | B/A | errors A/B |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-def cpu_per_op(rs): return med([r["cpu_s"] / max(r["r"]["ops"], 1) * 1e6 for r in rs])
+      "A daemon CPU us/op | B daemon CPU us/op | B/A | A client CPU us/op | B client CPU us/op | "
+      "B/A | errors A/B |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+def cpu_per_op(rs, key="cpu_s"): return med([r[key] / max(r["r"]["ops"], 1) * 1e6 for r in rs])
 for cell in cells:
     ra = [r for r in rows if r["cell"] == cell and r["side"] == "a"]
     rb = [r for r in rows if r["cell"] == cell and r["side"] == "b"]
     if not ra or not rb: continue
     a, b = [r["r"] for r in ra], [r["r"] for r in rb]
     ca, cb = cpu_per_op(ra), cpu_per_op(rb)
+    la, lb = cpu_per_op(ra, "client_cpu_s"), cpu_per_op(rb, "client_cpu_s")
     oa, ob = med([x["ops_per_s"] for x in a]), med([x["ops_per_s"] for x in b])
     kind, inflight = cell.split(":")
     print(f"| {kind} | {inflight} | {oa:,.0f} | {ob:,.0f} | {ob / oa:.2f} | "
           f"{med([x['latency']['p50_ms'] for x in a]):.3f} | {med([x['latency']['p50_ms'] for x in b]):.3f} | "
           f"{med([x['latency']['p99_ms'] for x in a]):.3f} | {med([x['latency']['p99_ms'] for x in b]):.3f} | "
-          f"{ca:.1f} | {cb:.1f} | {cb / ca:.2f} | "
+          f"{ca:.1f} | {cb:.1f} | {cb / ca:.2f} | {la:.1f} | {lb:.1f} | {lb / la:.2f} | "
           f"{sum(x['errors'] for x in a)}/{sum(x['errors'] for x in b)} |")
 PY
 echo "ab-daemon: results in $results; remove $dir when done (its data files are large)" >&2
