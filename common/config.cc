@@ -136,6 +136,20 @@ Status Err(const std::string& file, const std::string& what) {
   return Status::InvalidArgument(file + ": " + what);
 }
 
+// An optional top-level integer in [lo, hi]: left as it is when absent, an error naming the
+// key, its unit and its range when it is not such an integer.
+Status OptionalInt(const toml::table& table, const std::string& path, const char* key,
+                   std::int64_t lo, std::int64_t hi, const char* unit, std::int64_t* out) {
+  if (!table[key]) return Status::Ok();
+  auto v = table[key].value_exact<std::int64_t>();
+  if (!v || *v < lo || *v > hi) {
+    return Err(path, "\"" + std::string(key) + "\" must be an integer" + unit + " in " +
+                         std::to_string(lo) + ".." + std::to_string(hi));
+  }
+  *out = *v;
+  return Status::Ok();
+}
+
 }  // namespace
 
 Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) {
@@ -155,9 +169,9 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) 
   fs::path base = fs::absolute(fs::path(path)).parent_path();
 
   static const std::set<std::string> kTopKeys = {
-      "sectors",         "client_key_file", "system_key_file",   "nodes",
-      "cluster_id",      "resync_rate_mb",  "resync_interval_s", "scrub_interval_s",
-      "peer_timeout_ms", "max_connections"};
+      "sectors",         "client_key_file", "system_key_file",           "nodes",
+      "cluster_id",      "resync_rate_mb",  "resync_interval_s",         "scrub_interval_s",
+      "peer_timeout_ms", "max_connections", "max_connections_per_source"};
   for (const auto& [k, v] : table) {
     if (!kTopKeys.count(std::string(k.str()))) {
       return Err(path, "unknown key \"" + std::string(k.str()) + "\"");
@@ -198,23 +212,25 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) 
     *field = *v;
   }
 
-  if (table["peer_timeout_ms"]) {
-    auto v = table["peer_timeout_ms"].value_exact<std::int64_t>();
-    if (!v || *v < kMinPeerTimeoutMs || *v > kMaxPeerTimeoutMs) {
-      return Err(path, "\"peer_timeout_ms\" must be an integer number of milliseconds in " +
-                           std::to_string(kMinPeerTimeoutMs) + ".." +
-                           std::to_string(kMaxPeerTimeoutMs));
-    }
-    cfg.peer_timeout_ms = *v;
+  for (Status s :
+       {OptionalInt(table, path, "peer_timeout_ms", kMinPeerTimeoutMs, kMaxPeerTimeoutMs,
+                    " number of milliseconds", &cfg.peer_timeout_ms),
+        OptionalInt(table, path, "max_connections", kMinMaxConnections, kMaxMaxConnections, "",
+                    &cfg.max_connections),
+        OptionalInt(table, path, "max_connections_per_source", kMinMaxConnectionsPerSource,
+                    kMaxMaxConnections, "", &cfg.max_connections_per_source)}) {
+    if (!s.ok()) return s;
   }
-  if (table["max_connections"]) {
-    auto v = table["max_connections"].value_exact<std::int64_t>();
-    if (!v || *v < kMinMaxConnections || *v > kMaxMaxConnections) {
-      return Err(path, "\"max_connections\" must be an integer in " +
-                           std::to_string(kMinMaxConnections) + ".." +
-                           std::to_string(kMaxMaxConnections));
+  if (cfg.max_connections_per_source > cfg.max_connections) {
+    // The default follows a lower max_connections; a value written in the file must fit.
+    if (!table["max_connections_per_source"]) {
+      cfg.max_connections_per_source = cfg.max_connections;
+    } else {
+      return Err(path, "\"max_connections_per_source\" (" +
+                           std::to_string(cfg.max_connections_per_source) +
+                           ") is above \"max_connections\" (" +
+                           std::to_string(cfg.max_connections) + ")");
     }
-    cfg.max_connections = *v;
   }
 
   auto ck = table["client_key_file"].value<std::string>();

@@ -7,6 +7,7 @@
 //   scrub_interval_s = 0              # optional: scrub period, 0 = on request only
 //   peer_timeout_ms = 1000            # optional: a peer link silent this long is redialled
 //   max_connections = 4096            # optional: connections a node holds at once
+//   max_connections_per_source = 256  # optional: of those, from one non-node address
 //   client_key_file = "client.key"    # 32-byte key as 64 hex characters
 //   system_key_file = "system.key"    # 64-byte key as 128 hex characters
 //   [[nodes]]
@@ -31,6 +32,7 @@ inline constexpr std::int64_t kMinPeerTimeoutMs = 200;
 inline constexpr std::int64_t kMaxPeerTimeoutMs = 60000;
 inline constexpr std::int64_t kMinMaxConnections = 16;
 inline constexpr std::int64_t kMaxMaxConnections = 1000000;
+inline constexpr std::int64_t kMinMaxConnectionsPerSource = 1;
 
 struct NodeConfig {
   Rank rank = 0;
@@ -69,6 +71,11 @@ struct ClusterConfig {
   // that has not yet sent a frame with a valid tag, or is refused if every one has
   // (docs/PROTOCOL.md, "What every node does with a frame").
   std::int64_t max_connections = 4096;
+  // Of those, the most from one source address that is not a node of the cluster (a node's
+  // host also runs its peers' links and often a mount). At the cap a new connection from
+  // that address evicts its oldest unauthenticated one, or is refused. At most
+  // max_connections.
+  std::int64_t max_connections_per_source = 256;
   // What the loader let pass but the user should fix (a client key file every user can
   // read); each program prints them at start-up.
   std::vector<std::string> warnings;

@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "common/build_info.h"
@@ -39,6 +40,14 @@ std::size_t MaxConnections(const ClusterConfig& config) {
   return max;
 }
 
+// IPv4 clients of a dual-stack listener show up as ::ffff:a.b.c.d; count them as a.b.c.d.
+asio::ip::address Plain(const asio::ip::address& a) {
+  if (a.is_v6() && a.to_v6().is_v4_mapped()) {
+    return asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6());
+  }
+  return a;
+}
+
 std::uint64_t DrawBootNonce() {
   std::uint64_t nonce = 0;
   ATOMDISK_CHECK(RAND_bytes(reinterpret_cast<unsigned char*>(&nonce), sizeof(nonce)) == 1);
@@ -55,7 +64,27 @@ NodeServer::NodeServer(asio::io_context& io, ClusterConfig config, Rank self,
       acceptor_(io),
       tick_timer_(io),
       max_connections_(MaxConnections(config)),
+      max_per_source_(
+          std::min(max_connections_, static_cast<std::size_t>(config.max_connections_per_source))),
       peer_timeout_ms_(config.peer_timeout_ms) {
+  for (const auto& n : config.nodes) {
+    boost::system::error_code ec;
+    auto literal = asio::ip::make_address(n.host, ec);
+    if (!ec) {
+      node_addresses_.push_back(Plain(literal));
+      continue;
+    }
+    tcp::resolver resolver(io_);
+    auto found = resolver.resolve(n.host, "", ec);
+    if (ec) {
+      spdlog::warn(
+          "cannot resolve node {}'s host {} ({}): connections from it count against "
+          "max_connections_per_source",
+          n.rank, n.host, ec.message());
+      continue;
+    }
+    for (const auto& e : found) node_addresses_.push_back(Plain(e.endpoint().address()));
+  }
   for (const auto& n : config.nodes) {
     if (n.rank == self_) continue;
     auto link = std::make_unique<PeerLink>(io_, n.rank, n.host, n.port, this, peer_timeout_ms_);
@@ -119,8 +148,8 @@ void NodeServer::Stop() {
   acceptor_.close(ec);
   tick_timer_.cancel();
   for (auto& [rank, link] : peers_) link->Stop();
-  for (auto& weak : accepted_) {
-    if (auto conn = weak.lock()) conn->Close("");
+  for (auto& a : accepted_) {
+    if (auto conn = a.conn.lock()) conn->Close("");
   }
   accepted_.clear();
 }
@@ -138,16 +167,19 @@ asio::awaitable<void> NodeServer::AcceptLoop() {
       co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       continue;
     }
-    if (!MakeRoomForConnection()) {
-      core_->LogRateLimited("connlimit", "connection refused: " + std::to_string(max_connections_) +
-                                             " connections open, every one authenticated "
-                                             "(max_connections)");
+    std::string name;
+    auto remote = socket.remote_endpoint(ec);
+    if (ec) {  // reset before we looked: nothing to serve
       socket.close(ec);
       continue;
     }
-    std::string name;
-    auto remote = socket.remote_endpoint(ec);
-    name = ec ? "?" : remote.address().to_string() + ":" + std::to_string(remote.port());
+    const asio::ip::address source = Plain(remote.address());
+    name = source.to_string() + ":" + std::to_string(remote.port());
+    if (std::string refused = MakeRoomForConnection(source); !refused.empty()) {
+      core_->LogRateLimited("connlimit", "connection from " + name + " refused: " + refused);
+      socket.close(ec);
+      continue;
+    }
     Connection::Options options;
     options.auth_timeout = kAuthTimeout;
     // At most one line a second, with a count of the rest: strangers opening and dropping
@@ -157,29 +189,45 @@ asio::awaitable<void> NodeServer::AcceptLoop() {
     };
     auto conn = std::make_shared<Connection>(std::move(socket), this, name, std::move(options));
     conn->Start();
-    accepted_.push_back(conn);
+    accepted_.push_back({conn, source});
   }
 }
 
-bool NodeServer::MakeRoomForConnection() {
-  auto gone = [](const std::weak_ptr<Connection>& w) {
-    auto c = w.lock();
+std::string NodeServer::MakeRoomForConnection(const asio::ip::address& source) {
+  std::erase_if(accepted_, [](const Accepted& a) {
+    auto c = a.conn.lock();
     return !c || c->closed();
+  });
+  // The oldest open connection that has not shown a key (and matches `which`) is closed to
+  // make room: a flood of strangers cannot lock out peers and clients, whose connections
+  // authenticate within a round trip.
+  auto evict = [&](auto which, const std::string& why) {
+    for (auto it = accepted_.begin(); it != accepted_.end(); ++it) {
+      auto c = it->conn.lock();
+      if (c && !c->closed() && !c->authenticated() && which(*it)) {
+        c->Close("evicted: " + why + " and none sent a frame with a valid tag");
+        accepted_.erase(it);
+        return true;
+      }
+    }
+    return false;
   };
-  std::erase_if(accepted_, gone);
-  if (accepted_.size() < max_connections_) return true;
-  // The oldest connection that has not shown a key makes room: a flood of strangers cannot
-  // lock out peers and clients, whose connections authenticate within a round trip.
-  for (const auto& w : accepted_) {
-    auto c = w.lock();
-    if (c && !c->closed() && !c->authenticated()) {
-      c->Close("evicted: " + std::to_string(max_connections_) +
-               " connections open (max_connections) and none sent a frame with a valid tag");
-      std::erase_if(accepted_, gone);
-      return true;
+  const bool node =
+      std::find(node_addresses_.begin(), node_addresses_.end(), source) != node_addresses_.end();
+  if (!node) {
+    const auto same = [&](const Accepted& a) { return a.source == source; };
+    const auto from_source =
+        static_cast<std::size_t>(std::count_if(accepted_.begin(), accepted_.end(), same));
+    if (from_source >= max_per_source_) {
+      const std::string why = std::to_string(from_source) + " connections open from " +
+                              source.to_string() + " (max_connections_per_source)";
+      if (!evict(same, why)) return why + ", every one authenticated";
     }
   }
-  return false;
+  if (accepted_.size() < max_connections_) return "";
+  const std::string why = std::to_string(max_connections_) + " connections open (max_connections)";
+  if (!evict([](const Accepted&) { return true; }, why)) return why + ", every one authenticated";
+  return "";
 }
 
 asio::awaitable<void> NodeServer::TickLoop() {

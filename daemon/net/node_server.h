@@ -91,10 +91,12 @@ class NodeServer final : public FrameSink, public NodeCoreEnv {
   void HandlePing(Connection& conn, const SyncMessage& msg);
   void HandlePong(const SyncMessage& msg);
   SharedFrame PingFrame(std::uint64_t id);
-  // Makes room for one more accepted connection: false when max_connections_ are open and
-  // every one of them has authenticated (the new one is then refused); otherwise true, after
-  // closing the oldest one that has not, if the limit was reached.
-  bool MakeRoomForConnection();
+  // Makes room for one more accepted connection from `source`. The per-source cap first (for
+  // an address that is not a node's): at max_per_source_ connections from it, its oldest one
+  // that has not authenticated is closed, or the new one is refused. Then the same for
+  // max_connections_ over every source. Returns why the new one is refused, or empty to take
+  // it.
+  std::string MakeRoomForConnection(const boost::asio::ip::address& source);
 
   boost::asio::io_context& io_;
   Rank self_;
@@ -103,9 +105,18 @@ class NodeServer final : public FrameSink, public NodeCoreEnv {
   boost::asio::ip::tcp::acceptor acceptor_;
   boost::asio::steady_timer tick_timer_;
   std::unordered_map<Rank, std::unique_ptr<PeerLink>> peers_;
-  // Accepted connections still open, oldest first; at most max_connections_ of them.
-  std::vector<std::weak_ptr<Connection>> accepted_;
+  // Accepted connections still open, oldest first, with the address each came from; at most
+  // max_connections_ of them, and max_per_source_ from one address that is not a node's.
+  struct Accepted {
+    std::weak_ptr<Connection> conn;
+    boost::asio::ip::address source;
+  };
+  std::vector<Accepted> accepted_;
   std::size_t max_connections_;
+  std::size_t max_per_source_;
+  // The cluster's nodes' addresses (config hosts, resolved at start): exempt from the
+  // per-source cap, since peers' links and their hosts' mounts share them.
+  std::vector<boost::asio::ip::address> node_addresses_;
   std::unordered_map<Rank, std::weak_ptr<Connection>> inbound_;
   bool stopped_ = false;
   std::function<void(const std::string&)> on_fatal_;

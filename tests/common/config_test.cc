@@ -575,6 +575,27 @@ TEST_F(ConfigTest, MaxConnections) {
   }
 }
 
+TEST_F(ConfigTest, MaxConnectionsPerSource) {
+  std::string base = "sectors = 8\n";
+  std::string nodes = Node(1, "h:7001");
+  auto def = LoadClusterConfig(WriteConfig(base + nodes));
+  ASSERT_TRUE(def.ok()) << def.status().ToString();
+  EXPECT_EQ(def->max_connections_per_source, 256);
+  // The default follows a lower max_connections.
+  auto low = LoadClusterConfig(WriteConfig(base + "max_connections = 32\n" + nodes));
+  ASSERT_TRUE(low.ok()) << low.status().ToString();
+  EXPECT_EQ(low->max_connections_per_source, 32);
+  auto set = LoadClusterConfig(WriteConfig(base + "max_connections_per_source = 1\n" + nodes));
+  ASSERT_TRUE(set.ok()) << set.status().ToString();
+  EXPECT_EQ(set->max_connections_per_source, 1);
+  for (const char* bad : {"max_connections_per_source = 0", "max_connections_per_source = -3",
+                          "max_connections_per_source = 2.5",
+                          "max_connections_per_source = \"all\"",
+                          "max_connections = 32\nmax_connections_per_source = 33"}) {
+    ExpectBadConfig(base + bad + "\n" + nodes, "max_connections_per_source");
+  }
+}
+
 TEST_F(ConfigTest, ClusterIdWithoutTheKeyIsDerivedFromTheSystemKey) {
   auto a = LoadClusterConfig(WriteConfig("sectors = 8\n" + Node(1, "h:7001")));
   ASSERT_TRUE(a.ok()) << a.status().ToString();

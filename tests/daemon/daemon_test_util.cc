@@ -29,8 +29,9 @@ std::uint16_t LiveCluster::port(int rank) const {
   return node ? node->port : 0;
 }
 
-std::unique_ptr<RawClient> LiveCluster::Connect(int rank, bool quiet) const {
-  auto client = RawClient::Connect(port(rank), client_key());
+std::unique_ptr<RawClient> LiveCluster::Connect(int rank, bool quiet,
+                                                const std::string& source) const {
+  auto client = RawClient::Connect(port(rank), client_key(), milliseconds(2000), source);
   if (!client.ok()) {
     if (!quiet) ADD_FAILURE() << "connect to node " << rank << ": " << client.status().ToString();
     return nullptr;

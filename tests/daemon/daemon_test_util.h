@@ -35,7 +35,9 @@ class LiveCluster {
 
   // A raw-protocol connection to node `rank`; null (and, unless quiet, a test failure) if
   // it cannot connect.
-  std::unique_ptr<RawClient> Connect(int rank, bool quiet = false) const;
+  // From `source` (another loopback address, e.g. 127.0.0.2) when not empty.
+  std::unique_ptr<RawClient> Connect(int rank, bool quiet = false,
+                                     const std::string& source = "") const;
   std::uint16_t port(int rank) const;
   std::span<const std::uint8_t> client_key() const { return harness_->config().client_key; }
   std::span<const std::uint8_t> system_key() const { return harness_->config().system_key; }

@@ -383,6 +383,65 @@ TEST(DaemonLimitTest, AtTheConnectionLimitStrangersMakeRoomAndKeyHoldersKeepThei
   EXPECT_NE(cluster.harness().LogTail(1, 200).find("every one authenticated"), std::string::npos);
 }
 
+// One address that is not a node's holds at most max_connections_per_source: strangers from it
+// make room for each other, key holders from it fill its share and no more, and the node goes
+// on serving others (here from 127.0.0.1, the nodes' own address, which is exempt: peers'
+// links and mounts on a node's host share it).
+TEST(DaemonLimitTest, OneSourceHoldsAtMostItsShare) {
+  constexpr int kPerSource = 8;
+  LiveCluster cluster(
+      3, {.nodes = 3,
+          .sectors = 65536,
+          .log_level = "info",
+          .config_extra = "max_connections_per_source = " + std::to_string(kPerSource) + "\n"});
+  ASSERT_TRUE(cluster.ok());
+  ASSERT_TRUE(ServesWriteAndRead(cluster, 1, 5, 5));
+  const std::string other = "127.0.0.2";
+  // Strangers from the other address: only the newest kPerSource stay open.
+  std::vector<std::unique_ptr<RawClient>> strangers;
+  for (int i = 0; i < 3 * kPerSource; ++i) {
+    strangers.push_back(cluster.Connect(1, false, other));
+    ASSERT_NE(strangers.back(), nullptr);
+  }
+  int closed = 0;
+  EXPECT_TRUE(PollUntil(
+      [&] {
+        closed = 0;
+        for (auto& s : strangers) closed += s->WaitForClose(milliseconds(1)) ? 1 : 0;
+        return closed >= 2 * kPerSource;
+      },
+      seconds(5)))
+      << closed << " of " << 3 * kPerSource << " closed";
+  EXPECT_FALSE(strangers.back()->WaitForClose(milliseconds(1))) << "the newest was evicted";
+  strangers.clear();
+  // Key holders from the other address fill its share; one more is refused...
+  std::vector<std::unique_ptr<RawClient>> holders;
+  ASSERT_TRUE(PollUntil(
+      [&] {
+        auto c = cluster.Connect(1, /*quiet=*/true, other);
+        if (c != nullptr && c->Read(5).ok()) holders.push_back(std::move(c));
+        return holders.size() >= static_cast<std::size_t>(kPerSource);
+      },
+      seconds(10)))
+      << holders.size() << " key holders got in";
+  auto late = cluster.Connect(1, /*quiet=*/true, other);
+  if (late != nullptr) {
+    EXPECT_FALSE(late->Read(5, milliseconds(1500)).ok());
+  }
+  // ... while those keep working, and clients from elsewhere are served.
+  for (auto& h : holders) EXPECT_TRUE(h->Read(5).ok());
+  std::vector<std::unique_ptr<RawClient>> locals;
+  for (int i = 0; i < 2 * kPerSource; ++i) {
+    locals.push_back(cluster.Connect(1));
+    ASSERT_NE(locals.back(), nullptr);
+    ASSERT_TRUE(locals.back()->Read(5).ok()) << "local client " << i;
+  }
+  ASSERT_TRUE(ServesWriteAndRead(cluster, 1, 6, 6));
+  EXPECT_NE(cluster.harness().LogTail(1, 300).find("(max_connections_per_source), every one "
+                                                   "authenticated"),
+            std::string::npos);
+}
+
 TEST_F(DaemonHostileTest, SystemFrameWithBadTagIsDropped) {
   auto attacker = cluster_->Connect(1);
   ASSERT_NE(attacker, nullptr);

@@ -79,9 +79,20 @@ RawClient::~RawClient() { Close(); }
 
 Result<std::unique_ptr<RawClient>> RawClient::Connect(std::uint16_t port,
                                                       std::span<const std::uint8_t> client_key,
-                                                      milliseconds timeout) {
+                                                      milliseconds timeout,
+                                                      const std::string& source) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return Status::FromErrno("socket", errno);
+  if (!source.empty()) {
+    sockaddr_in from{};
+    from.sin_family = AF_INET;
+    if (::inet_pton(AF_INET, source.c_str(), &from.sin_addr) != 1 ||
+        ::bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof(from)) != 0) {
+      int err = errno;
+      ::close(fd);
+      return Status::FromErrno("bind to " + source, err);
+    }
+  }
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(port);

@@ -40,10 +40,13 @@ struct RawFrame {
 
 class RawClient {
  public:
-  // Connects to 127.0.0.1:port. `client_key` signs commands and verifies responses.
+  // Connects to 127.0.0.1:port, from `source` (an IPv4 address, e.g. another loopback
+  // address such as 127.0.0.2) when not empty. `client_key` signs commands and verifies
+  // responses.
   static Result<std::unique_ptr<RawClient>> Connect(std::uint16_t port,
                                                     std::span<const std::uint8_t> client_key,
-                                                    milliseconds timeout = milliseconds(2000));
+                                                    milliseconds timeout = milliseconds(2000),
+                                                    const std::string& source = "");
   ~RawClient();
   RawClient(const RawClient&) = delete;
   RawClient& operator=(const RawClient&) = delete;
