@@ -168,10 +168,18 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) 
   cfg.path = path;
   fs::path base = fs::absolute(fs::path(path)).parent_path();
 
-  static const std::set<std::string> kTopKeys = {
-      "sectors",         "client_key_file", "system_key_file",           "nodes",
-      "cluster_id",      "resync_rate_mb",  "resync_interval_s",         "scrub_interval_s",
-      "peer_timeout_ms", "max_connections", "max_connections_per_source"};
+  static const std::set<std::string> kTopKeys = {"sectors",
+                                                 "client_key_file",
+                                                 "system_key_file",
+                                                 "nodes",
+                                                 "cluster_id",
+                                                 "resync_rate_mb",
+                                                 "resync_interval_s",
+                                                 "scrub_interval_s",
+                                                 "peer_timeout_ms",
+                                                 "max_connections",
+                                                 "max_connections_per_source",
+                                                 "max_queued_response_mb"};
   for (const auto& [k, v] : table) {
     if (!kTopKeys.count(std::string(k.str()))) {
       return Err(path, "unknown key \"" + std::string(k.str()) + "\"");
@@ -218,7 +226,9 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) 
         OptionalInt(table, path, "max_connections", kMinMaxConnections, kMaxMaxConnections, "",
                     &cfg.max_connections),
         OptionalInt(table, path, "max_connections_per_source", kMinMaxConnectionsPerSource,
-                    kMaxMaxConnections, "", &cfg.max_connections_per_source)}) {
+                    kMaxMaxConnections, "", &cfg.max_connections_per_source),
+        OptionalInt(table, path, "max_queued_response_mb", kMinQueuedResponseMb,
+                    kMaxQueuedResponseMb, " number of MiB", &cfg.max_queued_response_mb)}) {
     if (!s.ok()) return s;
   }
   if (cfg.max_connections_per_source > cfg.max_connections) {

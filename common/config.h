@@ -8,6 +8,7 @@
 //   peer_timeout_ms = 1000            # optional: a peer link silent this long is redialled
 //   max_connections = 4096            # optional: connections a node holds at once
 //   max_connections_per_source = 256  # optional: of those, from one non-node address
+//   max_queued_response_mb = 256      # optional: unread responses a node holds, all together
 //   client_key_file = "client.key"    # 32-byte key as 64 hex characters
 //   system_key_file = "system.key"    # 64-byte key as 128 hex characters
 //   [[nodes]]
@@ -33,6 +34,8 @@ inline constexpr std::int64_t kMaxPeerTimeoutMs = 60000;
 inline constexpr std::int64_t kMinMaxConnections = 16;
 inline constexpr std::int64_t kMaxMaxConnections = 1000000;
 inline constexpr std::int64_t kMinMaxConnectionsPerSource = 1;
+inline constexpr std::int64_t kMinQueuedResponseMb = 1;
+inline constexpr std::int64_t kMaxQueuedResponseMb = 65536;
 
 struct NodeConfig {
   Rank rank = 0;
@@ -76,6 +79,10 @@ struct ClusterConfig {
   // that address evicts its oldest unauthenticated one, or is refused. At most
   // max_connections.
   std::int64_t max_connections_per_source = 256;
+  // The most bytes of responses a node keeps queued for connections that have not read
+  // them yet, all connections together (MiB). Over it, the connection whose oldest queued
+  // response has waited longest (the slowest reader) is closed.
+  std::int64_t max_queued_response_mb = 256;
   // What the loader let pass but the user should fix (a client key file every user can
   // read); each program prints them at start-up.
   std::vector<std::string> warnings;

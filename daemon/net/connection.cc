@@ -78,12 +78,17 @@ bool Connection::Send(SharedFrame frame) {
     ++frames_dropped_;
     return false;
   }
-  queued_bytes_ += frame->size();
+  const auto now = std::chrono::steady_clock::now();
+  const std::size_t bytes = frame->size();
+  queued_bytes_ += bytes;
   queue_.push_back(std::move(frame));
+  queued_at_.push_back(now);
   if (queue_.size() == 1) {
-    write_progress_ = std::chrono::steady_clock::now();
+    write_progress_ = now;
     write_signal_.cancel();
   }
+  // Last: the budget's owner may close this or another connection over it.
+  if (options_.on_queued_bytes) options_.on_queued_bytes(static_cast<std::int64_t>(bytes));
   return true;
 }
 
@@ -111,6 +116,10 @@ void Connection::Close(const std::string& reason) {
   read_signal_.cancel();
   watchdog_.cancel();
   queue_.clear();
+  queued_at_.clear();
+  if (queued_bytes_ > 0 && options_.on_queued_bytes) {
+    options_.on_queued_bytes(-static_cast<std::int64_t>(queued_bytes_));
+  }
   queued_bytes_ = 0;
   if (on_close_) {
     auto fn = std::move(on_close_);
@@ -204,8 +213,12 @@ awaitable<void> Connection::Writer() {
       Close(ec ? ec.message() : "");
       co_return;
     }
-    for (std::size_t i = 0; i < n; ++i) queued_bytes_ -= queue_[i]->size();
+    std::size_t written = 0;
+    for (std::size_t i = 0; i < n; ++i) written += queue_[i]->size();
+    queued_bytes_ -= written;
     queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
+    queued_at_.erase(queued_at_.begin(), queued_at_.begin() + static_cast<std::ptrdiff_t>(n));
+    if (options_.on_queued_bytes) options_.on_queued_bytes(-static_cast<std::int64_t>(written));
     write_progress_ = std::chrono::steady_clock::now();
     if (!Saturated()) read_signal_.cancel();
   }
@@ -228,6 +241,10 @@ awaitable<void> Connection::Watchdog() {
       period =
           std::min(period, std::max(options_.auth_timeout / 10, std::chrono::milliseconds(10)));
     }
+    if (options_.response_deadline.count() > 0) {
+      period = std::min(period,
+                        std::max(options_.response_deadline / 10, std::chrono::milliseconds(10)));
+    }
     watchdog_.expires_after(period);
     co_await watchdog_.async_wait(asio::redirect_error(use_awaitable, ec));
     if (closed_) co_return;
@@ -247,6 +264,14 @@ awaitable<void> Connection::Watchdog() {
     }
     if (in_frame_ && now - frame_started_ > options_.frame_deadline) {
       Close("incomplete frame for " + std::to_string(options_.frame_deadline.count()) + " s");
+      co_return;
+    }
+    if (options_.response_deadline.count() > 0 && !queued_at_.empty() &&
+        now - queued_at_.front() > options_.response_deadline) {
+      const auto waited_ms =
+          std::chrono::duration_cast<std::chrono::milliseconds>(now - queued_at_.front()).count();
+      Close("a response waited " + std::to_string(waited_ms) + " ms for the peer to read it (" +
+            std::to_string(queued_bytes_) + " bytes queued)");
       co_return;
     }
     if (!queue_.empty() && now - write_progress_ > options_.frame_deadline) {

@@ -58,6 +58,14 @@ class Connection final : public ClientChannel, public std::enable_shared_from_th
     // must not flood the log), else at info level.
     bool log_close = true;
     std::function<void(const std::string& line)> close_log;
+    // Closed when a queued frame has not been written whole this long after it was queued
+    // (zero: never): a client that reads its responses slowly, a little at a time, cannot
+    // keep them queued for ever (the older rule, frame_deadline without any write progress,
+    // let any trickle reset it).
+    std::chrono::milliseconds response_deadline{0};
+    // Told of every change in the bytes queued here (+ on Send, - when written or dropped at
+    // Close), for a budget over every connection (NodeServer's max_queued_response_mb).
+    std::function<void(std::int64_t delta)> on_queued_bytes;
   };
 
   Connection(boost::asio::ip::tcp::socket socket, FrameSink* sink, std::string name,
@@ -103,6 +111,11 @@ class Connection final : public ClientChannel, public std::enable_shared_from_th
   void SetOnClose(std::function<void()> fn) { on_close_ = std::move(fn); }
 
   std::uint64_t frames_dropped() const { return frames_dropped_; }
+  std::size_t queued_bytes() const { return queued_bytes_; }
+  // When the oldest frame still queued was queued (time_point::max() when none is).
+  std::chrono::steady_clock::time_point oldest_queued() const {
+    return queued_at_.empty() ? std::chrono::steady_clock::time_point::max() : queued_at_.front();
+  }
 
   // ClientChannel
   bool SendFrame(SharedFrame frame) override { return Send(std::move(frame)); }
@@ -127,7 +140,8 @@ class Connection final : public ClientChannel, public std::enable_shared_from_th
   boost::asio::steady_timer read_signal_;
   boost::asio::steady_timer watchdog_;
   std::deque<SharedFrame> queue_;
-  std::size_t queued_bytes_ = 0;  // of the frames in queue_
+  std::deque<std::chrono::steady_clock::time_point> queued_at_;  // when each was queued
+  std::size_t queued_bytes_ = 0;                                 // of the frames in queue_
   std::size_t inflight_ = 0;
   bool closed_ = false;
   bool in_frame_ = false;       // a frame's first bytes arrived, the rest not yet

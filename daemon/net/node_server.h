@@ -97,6 +97,9 @@ class NodeServer final : public FrameSink, public NodeCoreEnv {
   // max_connections_ over every source. Returns why the new one is refused, or empty to take
   // it.
   std::string MakeRoomForConnection(const boost::asio::ip::address& source);
+  // Bytes queued on accepted connections changed by `delta`; over max_queued_total_, the
+  // connection whose oldest queued frame has waited longest is closed.
+  void QueuedBytesChanged(std::int64_t delta);
 
   boost::asio::io_context& io_;
   Rank self_;
@@ -114,6 +117,9 @@ class NodeServer final : public FrameSink, public NodeCoreEnv {
   std::vector<Accepted> accepted_;
   std::size_t max_connections_;
   std::size_t max_per_source_;
+  // Response bytes queued on every accepted connection together, and the cap.
+  std::size_t queued_total_ = 0;
+  std::size_t max_queued_total_;
   // The cluster's nodes' addresses (config hosts, resolved at start): exempt from the
   // per-source cap, since peers' links and their hosts' mounts share them.
   std::vector<boost::asio::ip::address> node_addresses_;

@@ -596,6 +596,21 @@ TEST_F(ConfigTest, MaxConnectionsPerSource) {
   }
 }
 
+TEST_F(ConfigTest, MaxQueuedResponseMb) {
+  std::string base = "sectors = 8\n";
+  std::string nodes = Node(1, "h:7001");
+  auto def = LoadClusterConfig(WriteConfig(base + nodes));
+  ASSERT_TRUE(def.ok()) << def.status().ToString();
+  EXPECT_EQ(def->max_queued_response_mb, 256);
+  auto set = LoadClusterConfig(WriteConfig(base + "max_queued_response_mb = 1\n" + nodes));
+  ASSERT_TRUE(set.ok()) << set.status().ToString();
+  EXPECT_EQ(set->max_queued_response_mb, 1);
+  for (const char* bad : {"max_queued_response_mb = 0", "max_queued_response_mb = 65537",
+                          "max_queued_response_mb = 0.5", "max_queued_response_mb = \"lots\""}) {
+    ExpectBadConfig(base + bad + "\n" + nodes, "max_queued_response_mb");
+  }
+}
+
 TEST_F(ConfigTest, ClusterIdWithoutTheKeyIsDerivedFromTheSystemKey) {
   auto a = LoadClusterConfig(WriteConfig("sectors = 8\n" + Node(1, "h:7001")));
   ASSERT_TRUE(a.ok()) << a.status().ToString();

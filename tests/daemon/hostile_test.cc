@@ -297,6 +297,41 @@ TEST(DaemonHostileSlowTest, TruncatedFrameThenSilenceIsClosedAfterFrameDeadline)
 // A connection that sends nothing, or only frames whose tag does not verify, is closed 10 s
 // after it was made (node_server.cc kAuthTimeout), so strangers cannot hold a node's buffers
 // and descriptors; one that sent a good frame stays open however idle.
+// A client that asks for responses and never reads them (a slow-loris reader) is closed once
+// its oldest queued response has waited 10 s (kResponseDeadline in node_server.cc), not when
+// it merely stops making progress; meanwhile other clients are served.
+TEST(DaemonHostileSlowTest, AResponseLeftUnreadClosesTheConnectionAfterItsDeadline) {
+  LiveCluster cluster(3, {.nodes = 3, .sectors = 65536, .log_level = "info"});
+  ASSERT_TRUE(cluster.ok());
+  auto slow = cluster.Connect(1);
+  ASSERT_NE(slow, nullptr);
+  // 48 reads of 256 sectors: 48 MiB of responses, far more than the kernel buffers hold.
+  for (int i = 0; i < 48; ++i) {
+    ClientCommand cmd;
+    cmd.request_id = slow->NextRequestId();
+    cmd.op = ClientOp::kReadExtent;
+    cmd.sector = 0;
+    cmd.count = kMaxExtentSectors;
+    ASSERT_TRUE(slow->Send(cmd).ok());
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  // Served meanwhile: a reader of its own responses.
+  ASSERT_TRUE(ServesWriteAndRead(cluster, 1, 7, 7));
+  // Seen from the node's side: the client cannot see the close, since the FIN waits behind
+  // the unread responses in its own receive buffer.
+  ASSERT_TRUE(PollUntil(
+      [&] {
+        return cluster.harness().LogTail(1, 300).find("for the peer to read it") !=
+               std::string::npos;
+      },
+      seconds(20)))
+      << "the slow reader's connection is still open: " << cluster.harness().LogTail(1, 40);
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_GE(waited, 8.0) << "closed before the deadline";
+  ASSERT_TRUE(ServesWriteAndRead(cluster, 1, 8, 8));
+}
+
 TEST(DaemonHostileSlowTest, AStrangersConnectionIsClosedWithoutAValidFrame) {
   LiveCluster cluster(1, {.nodes = 1, .sectors = 65536, .log_level = "info"});
   ASSERT_TRUE(cluster.ok());
@@ -440,6 +475,42 @@ TEST(DaemonLimitTest, OneSourceHoldsAtMostItsShare) {
   EXPECT_NE(cluster.harness().LogTail(1, 300).find("(max_connections_per_source), every one "
                                                    "authenticated"),
             std::string::npos);
+}
+
+// Responses queued node-wide are capped (max_queued_response_mb): over the cap, the reader whose
+// oldest response has waited longest is closed, at once, not after the response deadline; a
+// client that reads its responses goes on being served.
+TEST(DaemonLimitTest, QueuedResponsesAreCappedPerNodeAndTheSlowestReaderGoes) {
+  LiveCluster cluster(3, {.nodes = 3,
+                          .sectors = 65536,
+                          .log_level = "info",
+                          .config_extra = "max_queued_response_mb = 1\n"});
+  ASSERT_TRUE(cluster.ok());
+  // Connection closes are logged at most once a second; the start-up's probes closed one.
+  std::this_thread::sleep_for(milliseconds(1200));
+  std::vector<std::unique_ptr<RawClient>> readers;
+  for (int r = 0; r < 4; ++r) {
+    auto c = cluster.Connect(1);
+    ASSERT_NE(c, nullptr);
+    for (int i = 0; i < 24; ++i) {
+      ClientCommand cmd;
+      cmd.request_id = c->NextRequestId();
+      cmd.op = ClientOp::kReadExtent;
+      cmd.sector = static_cast<SectorIdx>(r) * kMaxExtentSectors;
+      cmd.count = kMaxExtentSectors;
+      ASSERT_TRUE(c->Send(cmd).ok());
+    }
+    readers.push_back(std::move(c));
+  }
+  // Well before the 10 s response deadline, the node closes the slowest of them (seen on the
+  // node's side: a reader cannot see the close behind its own unread responses).
+  EXPECT_TRUE(PollUntil(
+      [&] {
+        return cluster.harness().LogTail(1, 300).find("the slowest reader") != std::string::npos;
+      },
+      seconds(5)))
+      << cluster.harness().LogTail(1, 40);
+  ASSERT_TRUE(ServesWriteAndRead(cluster, 1, 9, 9));
 }
 
 TEST_F(DaemonHostileTest, SystemFrameWithBadTagIsDropped) {

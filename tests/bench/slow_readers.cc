@@ -1,0 +1,105 @@
+// atomdisk-slow-readers: clients that ask a node for responses and never read them, as issue
+// 17's slow-loris reader did. Opens N connections to one node, sends each K extent reads of
+// 256 sectors (1 MiB of response each), signed with the client key, reads nothing, and holds
+// the connections for S seconds; then prints how many the node closed meanwhile.
+// scripts/bench-slow-readers.sh samples the node's RSS around it.
+//
+//   atomdisk-slow-readers --config cluster.toml --node 1 [--connections 100] [--reads 48]
+//       [--hold 20]
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <thread>
+#include <vector>
+
+#include "common/config.h"
+#include "common/hmac.h"
+#include "common/wire.h"
+
+namespace {
+
+// A blocking TCP connection to host:port; -1 on failure.
+int Dial(const std::string& host, std::uint16_t port) {
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) != 0) return -1;
+  int fd = ::socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd >= 0 && ::connect(fd, res->ai_addr, res->ai_addrlen) != 0) {
+    ::close(fd);
+    fd = -1;
+  }
+  ::freeaddrinfo(res);
+  return fd;
+}
+
+bool SendAll(int fd, const atomdisk::Frame& f) {
+  std::size_t off = 0;
+  while (off < f.size()) {
+    ssize_t n = ::send(fd, f.data() + off, f.size() - off, MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    off += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+// Closed by the peer, seen without reading (POLLRDHUP/POLLHUP/POLLERR).
+bool PeerClosed(int fd) {
+  pollfd p{fd, POLLRDHUP, 0};
+  return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"clients that ask for responses and never read them"};
+  std::string config_path;
+  int rank = 1, connections = 100, reads = 48, hold_s = 20;
+  app.add_option("--config", config_path, "cluster.toml")->required();
+  app.add_option("--node", rank, "rank of the node to connect to");
+  app.add_option("--connections", connections, "connections to open")->check(CLI::Range(1, 100000));
+  app.add_option("--reads", reads, "extent reads of 256 sectors per connection")
+      ->check(CLI::Range(1, 100000));
+  app.add_option("--hold", hold_s, "seconds to hold the connections")->check(CLI::Range(0, 3600));
+  CLI11_PARSE(app, argc, argv);
+  auto config = atomdisk::LoadClusterConfig(config_path);
+  if (!config.ok()) {
+    std::fprintf(stderr, "atomdisk-slow-readers: %s\n", config.status().ToString().c_str());
+    return 2;
+  }
+  const atomdisk::NodeConfig* node = config->FindNode(static_cast<atomdisk::Rank>(rank));
+  if (node == nullptr) {
+    std::fprintf(stderr, "atomdisk-slow-readers: no node %d in %s\n", rank, config_path.c_str());
+    return 2;
+  }
+  atomdisk::Hmac mac(config->client_key);
+  std::vector<int> fds;
+  for (int c = 0; c < connections; ++c) {
+    int fd = Dial(node->host, node->port);
+    if (fd < 0) continue;
+    for (int i = 0; i < reads; ++i) {
+      atomdisk::ClientCommand cmd;
+      cmd.request_id = static_cast<std::uint64_t>(i) + 1;
+      cmd.op = atomdisk::ClientOp::kReadExtent;
+      cmd.sector = 0;
+      cmd.count = atomdisk::kMaxExtentSectors;
+      if (!SendAll(fd, atomdisk::EncodeFrame(cmd, mac))) break;
+    }
+    fds.push_back(fd);
+  }
+  std::printf("opened %zu of %d connections, %d reads of 1 MiB asked on each\n", fds.size(),
+              connections, reads);
+  std::fflush(stdout);
+  std::this_thread::sleep_for(std::chrono::seconds(hold_s));
+  int closed = 0;
+  for (int fd : fds) closed += PeerClosed(fd) ? 1 : 0;
+  std::printf("after %d s: %d of %zu closed by the node\n", hold_s, closed, fds.size());
+  for (int fd : fds) ::close(fd);
+  return 0;
+}
