@@ -354,7 +354,7 @@ bool NodeCore::OnSystemMessage(const SystemMessage& msg) {
                                     " beyond the device dropped");
     return true;
   }
-  if (HasTag(msg.content) && msg.tag.ts > kMaxTagTs) {
+  if (HasTag(msg.content) && msg.tag.ts > kMaxTagTs && !CORE_BUG(accept_top_tags)) {
     // No node writes above kMaxTagTs (docs/REGISTER.md, "Timestamp range"): a forged or
     // corrupt message. Taking it would leave the sector no tag to write above.
     ++counters_.bad_frames;

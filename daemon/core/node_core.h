@@ -140,6 +140,9 @@ struct NodeCoreBugs {
   // sector not done, though their members started and may be written: the no-quorum answer
   // applied where only "unknown" is true.
   bool refuse_started_extents = false;
+  // A system message whose tag is above kMaxTagTs (forged or corrupt) is taken like any
+  // other, instead of dropped (docs/REGISTER.md, "Timestamp range").
+  bool accept_top_tags = false;
 };
 
 struct NodeCoreOptions {

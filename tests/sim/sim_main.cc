@@ -116,6 +116,9 @@ int main(int argc, char** argv) {
   app.add_flag("--client-library", options.client_library,
                "simulated clients are the client library's own core (client/core), failing over "
                "between nodes over simulated client connections");
+  app.add_flag("--forged-tags", options.forged_tags,
+               "the nemesis also hands nodes forged WriteProcs whose tag lies above the "
+               "timestamp range (a node must drop them)");
   app.add_flag("--link-liveness", options.link_liveness,
                "a link cut by a partition goes down at both ends after 100 virtual ms, as the "
                "daemon's peer liveness has it (the core then refuses extents without a quorum)");
@@ -212,6 +215,7 @@ int main(int argc, char** argv) {
     total.client_retries += r.stats.client_retries;
     total.client_connection_drops += r.stats.client_connection_drops;
     total.client_ops_failed += r.stats.client_ops_failed;
+    total.forged_tags += r.stats.forged_tags;
     if (verbose) {
       std::cout << "seed " << s << " " << (r.ok ? "ok" : "FAIL " + r.check) << " events "
                 << r.stats.events << " virtual " << r.stats.virtual_ms << "ms ops "
@@ -265,6 +269,7 @@ int main(int argc, char** argv) {
             << " registers from a cached tag, " << total.batches_sent << " system batches, "
             << total.extents_refused << " extents refused whole, " << total.virtual_ms
             << " virtual ms";
+  if (options.forged_tags) std::cout << "; " << total.forged_tags << " forged top tags";
   if (options.client_library) {
     std::cout << "; client library: " << total.client_retries << " retries, "
               << total.client_connection_drops << " connections dropped, "

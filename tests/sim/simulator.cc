@@ -65,6 +65,8 @@ const char* SimBugName(SimBug bug) {
       return "client-retries-unknown-write";
     case SimBug::kClientNotDoneAsDone:
       return "client-not-done-as-done";
+    case SimBug::kAcceptTopTags:
+      return "accept-top-tags";
   }
   return "?";
 }
@@ -83,6 +85,7 @@ const char* SimBugLayer(SimBug bug) {
     case SimBug::kExtentEarlyAnswer:
     case SimBug::kBatchIgnoresFeatures:
     case SimBug::kRefuseStartedExtents:
+    case SimBug::kAcceptTopTags:
       return "node";
     case SimBug::kJoinerVotes:
     case SimBug::kLeaseForgotten:
@@ -142,6 +145,9 @@ const char* SimBugWhat(SimBug bug) {
     case SimBug::kClientRetriesUnknownWrite:
       return "the client library retries a write whose outcome is unknown on another node though "
              "the caller asked it not to, and reports it as sent once (needs --client-library)";
+    case SimBug::kAcceptTopTags:
+      return "a node takes a system message whose tag lies above the timestamp range (forged "
+             "or corrupt) instead of dropping it (needs --forged-tags)";
     case SimBug::kClientNotDoneAsDone:
       return "the client library reports a write extent written when the node answered some or "
              "all of its sectors not done (needs --client-library and --extents)";
@@ -168,7 +174,8 @@ std::vector<SimBug> AllSimBugs() {
           SimBug::kValueBeforeDurable,
           SimBug::kRefuseStartedExtents,
           SimBug::kClientRetriesUnknownWrite,
-          SimBug::kClientNotDoneAsDone};
+          SimBug::kClientNotDoneAsDone,
+          SimBug::kAcceptTopTags};
 }
 
 std::optional<SimBug> ParseSimBug(std::string_view name) {
@@ -187,6 +194,7 @@ std::string ReplayCommand(const SimOptions& o) {
   if (o.extent_permille != 0) cmd += " --extents " + std::to_string(o.extent_permille);
   if (o.link_liveness) cmd += " --link-liveness";
   if (o.client_library) cmd += " --client-library";
+  if (o.forged_tags) cmd += " --forged-tags";
   if (o.max_lincheck_states != SimOptions{}.max_lincheck_states) {
     cmd += " --max-lincheck-states " + std::to_string(o.max_lincheck_states);
   }
@@ -761,6 +769,8 @@ class Simulator {
 
   // --- faults ---
   void Nemesis();
+  // Hands a live node a forged WriteProc with a tag above kMaxTagTs (SimOptions::forged_tags).
+  void ForgeTopTag();
   void HealAll();
   // Clears every partition; the links it had cut come back up at both ends
   // (NodeCore::OnPeerLinkUp, as the daemon's peer links report a redial after a heal).
@@ -2251,6 +2261,11 @@ void Simulator::Nemesis() {
   At(Range(p_.nemesis_min_ms, p_.nemesis_max_ms) * kUsPerMs, std::move(next));
   int n_nodes = static_cast<int>(nodes_.size());
   int down = NodesDown();
+  // Drawn only with the option, so that every other run replays as before.
+  if (options_.forged_tags && Chance(100)) {
+    ForgeTopTag();
+    return;
+  }
   switch (Below(9)) {
     case 0:
     case 1: {  // crash a node, restart it later
@@ -2378,6 +2393,27 @@ void Simulator::Nemesis() {
     default:  // a quiet spell
       return;
   }
+}
+
+void Simulator::ForgeTopTag() {
+  const int n_nodes = static_cast<int>(nodes_.size());
+  const int dst = static_cast<int>(Below(n_nodes));
+  Node& node = *nodes_[dst];
+  if (!node.up || !node.core) return;
+  SystemMessage msg;
+  msg.content = SystemContent::kWriteProc;
+  msg.sender = static_cast<Rank>((dst + 1 + static_cast<int>(Below(n_nodes - 1))) % n_nodes + 1);
+  msg.sector = Below(static_cast<std::uint64_t>(p_.hot_sectors));
+  for (auto& b : msg.op_id.bytes) b = static_cast<std::uint8_t>(Below(256));
+  // Just above the range, or at the very top, where ts + 1 wraps.
+  msg.tag.ts = Chance(500) ? kMaxTagTs + 1 + Below(1000) : ~std::uint64_t{0} - Below(3);
+  msg.tag.wr = msg.sender;
+  // A value id no client ever writes: a read that returns it is caught.
+  msg.data = ValueSector((std::uint64_t{1} << 40) + Below(1000));
+  ++result_.stats.forged_tags;
+  Trace("forge WriteProc " + std::to_string(msg.sender) + "->" + std::to_string(node.rank) +
+        " sector " + std::to_string(msg.sector) + " tag " + TagStr(msg.tag));
+  DeliverSystem(node, msg, true);
 }
 
 std::vector<int> Simulator::NodesAhead() {
@@ -2772,6 +2808,7 @@ SimResult Simulator::Run() {
   core_options_.bugs.extent_early_answer = options_.bug == SimBug::kExtentEarlyAnswer;
   core_options_.bugs.batch_ignores_features = options_.bug == SimBug::kBatchIgnoresFeatures;
   core_options_.bugs.refuse_started_extents = options_.bug == SimBug::kRefuseStartedExtents;
+  core_options_.bugs.accept_top_tags = options_.bug == SimBug::kAcceptTopTags;
 
   blocked_.assign(n_nodes, std::vector<bool>(n_nodes, false));
   cut_since_us_.assign(n_nodes, std::vector<std::int64_t>(n_nodes, -1));

@@ -56,6 +56,8 @@ enum class SimBug {
   kClientRetriesUnknownWrite,
   // The client library reports a write extent written when sectors of it were not done.
   kClientNotDoneAsDone,
+  // A node takes a system message whose tag is above kMaxTagTs (needs --forged-tags).
+  kAcceptTopTags,
 };
 
 // "skip-impose", ... ; "none" for kNone.
@@ -99,6 +101,11 @@ struct SimOptions {
   // model (each operation handed straight to one node's core, the client waiting out a
   // timeout) and every seed as it ran before.
   bool client_library = false;
+  // The nemesis also hands nodes forged WriteProcs (as if signed with the system key) whose
+  // tag lies above kMaxTagTs (docs/REGISTER.md, "Timestamp range"), with a value no client
+  // wrote. A node must drop them: taking one would leave the sector no tag to write above,
+  // and a read would return the forged value. Off keeps every seed as it ran before.
+  bool forged_tags = false;
   // Upper bound handed to the linearizability checker, per sector.
   std::uint64_t max_lincheck_states = 5'000'000;
 };
@@ -136,6 +143,7 @@ struct SimStats {
   std::uint64_t client_retries = 0;
   std::uint64_t client_connection_drops = 0;
   std::uint64_t client_ops_failed = 0;
+  std::uint64_t forged_tags = 0;  // forged top-tag WriteProcs handed to nodes (--forged-tags)
 };
 
 struct SimResult {
