@@ -588,10 +588,10 @@ TEST_F(ConfigTest, MaxConnectionsPerSource) {
   auto set = LoadClusterConfig(WriteConfig(base + "max_connections_per_source = 1\n" + nodes));
   ASSERT_TRUE(set.ok()) << set.status().ToString();
   EXPECT_EQ(set->max_connections_per_source, 1);
-  for (const char* bad : {"max_connections_per_source = 0", "max_connections_per_source = -3",
-                          "max_connections_per_source = 2.5",
-                          "max_connections_per_source = \"all\"",
-                          "max_connections = 32\nmax_connections_per_source = 33"}) {
+  for (const char* bad :
+       {"max_connections_per_source = 0", "max_connections_per_source = -3",
+        "max_connections_per_source = 2.5", "max_connections_per_source = \"all\"",
+        "max_connections = 32\nmax_connections_per_source = 33"}) {
     ExpectBadConfig(base + bad + "\n" + nodes, "max_connections_per_source");
   }
 }
