@@ -297,6 +297,20 @@ TEST(DaemonHostileSlowTest, TruncatedFrameThenSilenceIsClosedAfterFrameDeadline)
 // A connection that sends nothing, or only frames whose tag does not verify, is closed 10 s
 // after it was made (node_server.cc kAuthTimeout), so strangers cannot hold a node's buffers
 // and descriptors; one that sent a good frame stays open however idle.
+// Sends `n` extent reads of kMaxExtentSectors from `first` (1 MiB of response each) and reads
+// nothing: a slow reader.
+bool AskExtentReads(RawClient& c, int n, SectorIdx first) {
+  for (int i = 0; i < n; ++i) {
+    ClientCommand cmd;
+    cmd.request_id = c.NextRequestId();
+    cmd.op = ClientOp::kReadExtent;
+    cmd.sector = first;
+    cmd.count = kMaxExtentSectors;
+    if (!c.Send(cmd).ok()) return false;
+  }
+  return true;
+}
+
 // A client that asks for responses and never reads them (a slow-loris reader) is closed once
 // its oldest queued response has waited 10 s (kResponseDeadline in node_server.cc), not when
 // it merely stops making progress; meanwhile other clients are served.
@@ -306,14 +320,7 @@ TEST(DaemonHostileSlowTest, AResponseLeftUnreadClosesTheConnectionAfterItsDeadli
   auto slow = cluster.Connect(1);
   ASSERT_NE(slow, nullptr);
   // 48 reads of 256 sectors: 48 MiB of responses, far more than the kernel buffers hold.
-  for (int i = 0; i < 48; ++i) {
-    ClientCommand cmd;
-    cmd.request_id = slow->NextRequestId();
-    cmd.op = ClientOp::kReadExtent;
-    cmd.sector = 0;
-    cmd.count = kMaxExtentSectors;
-    ASSERT_TRUE(slow->Send(cmd).ok());
-  }
+  ASSERT_TRUE(AskExtentReads(*slow, 48, 0));
   const auto t0 = std::chrono::steady_clock::now();
   // Served meanwhile: a reader of its own responses.
   ASSERT_TRUE(ServesWriteAndRead(cluster, 1, 7, 7));
@@ -492,14 +499,7 @@ TEST(DaemonLimitTest, QueuedResponsesAreCappedPerNodeAndTheSlowestReaderGoes) {
   for (int r = 0; r < 4; ++r) {
     auto c = cluster.Connect(1);
     ASSERT_NE(c, nullptr);
-    for (int i = 0; i < 24; ++i) {
-      ClientCommand cmd;
-      cmd.request_id = c->NextRequestId();
-      cmd.op = ClientOp::kReadExtent;
-      cmd.sector = static_cast<SectorIdx>(r) * kMaxExtentSectors;
-      cmd.count = kMaxExtentSectors;
-      ASSERT_TRUE(c->Send(cmd).ok());
-    }
+    ASSERT_TRUE(AskExtentReads(*c, 24, static_cast<SectorIdx>(r) * kMaxExtentSectors));
     readers.push_back(std::move(c));
   }
   // Well before the 10 s response deadline, the node closes the slowest of them (seen on the

@@ -728,6 +728,8 @@ class Simulator {
   // A response frame from node n's core (incarnation `epoch`) to the simulated clients.
   void OnResponseFrame(int n, std::uint64_t epoch, const Frame& frame);
   void OnComplete(int n, std::uint64_t token, SectorPtr data);
+  // The operation (one history entry) completed OK now; a read's value is already set.
+  void NoteOk(Op& op);
   void OnExtentResponse(int n, const ClientResponse& resp);
   // A client's operation ended (answered, timed out or lost): the client thinks, then issues
   // its next one. Once per command: an extent's members only through its first.
@@ -739,6 +741,10 @@ class Simulator {
   void DrawLinkLatencies();
 
   // --- clients ---
+  // Appends the history entries of one command (one per member of an extent), coordinated by
+  // node n (-1: the client library picks), traces the call, and returns the first token.
+  std::uint64_t NewOps(int client, int n, bool is_write, SectorIdx sector, bool final_read,
+                       std::uint32_t extent);
   // Sends op `token`'s command, HMAC-signed, to node n's core.
   void SendClientCommand(int n, std::uint64_t token);
   void ClientIssue(int client);
@@ -1698,6 +1704,12 @@ void Simulator::OnComplete(int n, std::uint64_t token, SectorPtr data) {
           " (client gave up: ignored)");
     return;
   }
+  NoteOk(op);
+  Trace("complete " + what + " at node " + std::to_string(node.rank));
+  OpEnded(token);
+}
+
+void Simulator::NoteOk(Op& op) {
   op.waiting = false;
   op.h.return_ns = HistNow();
   op.h.outcome = HistoryOp::Outcome::kOk;
@@ -1710,8 +1722,6 @@ void Simulator::OnComplete(int n, std::uint64_t token, SectorPtr data) {
       c = std::max(c, vt->second);
     }
   }
-  Trace("complete " + what + " at node " + std::to_string(node.rank));
-  OpEnded(token);
 }
 
 void Simulator::OpEnded(std::uint64_t token, bool command_done) {
@@ -1820,9 +1830,8 @@ void Simulator::DeliverSystem(Node& dst, const SystemMessage& msg, bool alone) {
 // ---------------------------------------------------------------------------------------
 // Clients.
 
-std::uint64_t Simulator::StartOp(int client, int n, bool is_write, SectorIdx sector,
-                                 bool final_read, std::uint32_t extent) {
-  Node& node = *nodes_[n];
+std::uint64_t Simulator::NewOps(int client, int n, bool is_write, SectorIdx sector, bool final_read,
+                                std::uint32_t extent) {
   const std::uint64_t first = ops_.size() + 1;
   for (std::uint32_t i = 0; i < extent; ++i) {
     Op op;
@@ -1831,15 +1840,17 @@ std::uint64_t Simulator::StartOp(int client, int n, bool is_write, SectorIdx sec
     op.h.key = sector + i;
     op.h.outcome = HistoryOp::Outcome::kUnknown;
     op.node = n;
-    op.epoch = node.epoch;
     op.waiting = true;
-    op.in_register = true;
     op.final_read = final_read;
+    if (n >= 0) {
+      op.epoch = nodes_[n]->epoch;
+      op.in_register = true;
+    }
     if (extent > 1) op.extent_first = first;
     if (is_write) op.h.value = std::to_string(++next_value_id_);
     op.h.call_ns = HistNow();
     ops_.push_back(std::move(op));
-    node.tokens.insert(ops_.size());
+    if (n >= 0) nodes_[n]->tokens.insert(ops_.size());
   }
   if (extent > 1) ops_[first - 1].extent_count = extent;
   std::string values;
@@ -1849,8 +1860,14 @@ std::uint64_t Simulator::StartOp(int client, int n, bool is_write, SectorIdx sec
   }
   Trace(std::string("call ") + (is_write ? "write" : "read") + " #" + std::to_string(first) +
         " client " + std::to_string(client) + " sector " + std::to_string(sector) +
-        (extent > 1 ? " extent " + std::to_string(extent) : std::string()) + " at node " +
-        std::to_string(node.rank) + values);
+        (extent > 1 ? " extent " + std::to_string(extent) : std::string()) +
+        (n >= 0 ? " at node " + std::to_string(nodes_[n]->rank) : std::string()) + values);
+  return first;
+}
+
+std::uint64_t Simulator::StartOp(int client, int n, bool is_write, SectorIdx sector,
+                                 bool final_read, std::uint32_t extent) {
+  const std::uint64_t first = NewOps(client, n, is_write, sector, final_read, extent);
   SendClientCommand(n, first);
   return first;
 }
@@ -2204,18 +2221,7 @@ void Simulator::LibDone(std::uint64_t token, client::OpResult r) {
       m.h.value = *id == 0 ? "" : std::to_string(*id);
       values += " v" + std::to_string(*id);
     }
-    m.waiting = false;
-    m.h.return_ns = HistNow();
-    m.h.outcome = HistoryOp::Outcome::kOk;
-    ++result_.stats.ops_ok;
-    if (!m.h.value.empty()) {
-      // The client now relies on this value's tag: a majority holds it durably.
-      auto vt = value_tags_.find(std::stoull(m.h.value));
-      if (vt != value_tags_.end()) {
-        Tag& t = completed_tags_[m.h.key];
-        t = std::max(t, vt->second);
-      }
-    }
+    NoteOk(m);
   }
   Trace("complete " + what + values + " by node " + std::to_string(r.answered_by) + " after " +
         std::to_string(r.attempts) + " attempts");
@@ -2224,30 +2230,7 @@ void Simulator::LibDone(std::uint64_t token, client::OpResult r) {
 
 std::uint64_t Simulator::LibStartOp(int client, bool is_write, SectorIdx sector, bool final_read,
                                     std::uint32_t extent) {
-  const std::uint64_t first = ops_.size() + 1;
-  for (std::uint32_t i = 0; i < extent; ++i) {
-    Op op;
-    op.h.client = static_cast<std::uint64_t>(client);
-    op.h.kind = is_write ? HistoryOp::Kind::kWrite : HistoryOp::Kind::kRead;
-    op.h.key = sector + i;
-    op.h.outcome = HistoryOp::Outcome::kUnknown;
-    op.node = -1;
-    op.waiting = true;
-    op.final_read = final_read;
-    if (extent > 1) op.extent_first = first;
-    if (is_write) op.h.value = std::to_string(++next_value_id_);
-    op.h.call_ns = HistNow();
-    ops_.push_back(std::move(op));
-  }
-  if (extent > 1) ops_[first - 1].extent_count = extent;
-  std::string values;
-  if (is_write) {
-    values = " v" + ops_[first - 1].h.value;
-    if (extent > 1) values += "..v" + ops_.back().h.value;
-  }
-  Trace(std::string("call ") + (is_write ? "write" : "read") + " #" + std::to_string(first) +
-        " client " + std::to_string(client) + " sector " + std::to_string(sector) +
-        (extent > 1 ? " extent " + std::to_string(extent) : std::string()) + values);
+  const std::uint64_t first = NewOps(client, -1, is_write, sector, final_read, extent);
   LibSubmit(client, first);
   return first;
 }
