@@ -760,6 +760,11 @@ class Simulator {
   bool LibBlocked(int c, int n) const;
   void LibStartConnecting(int c);
   void LibDial(int c, int n);
+  // One frame on c's connection to n, either way: the virtual time it arrives (in order after
+  // the one before it the same way, `last_us`), or -1 when a partition or a drop loses it and
+  // the connection stalls from now on.
+  std::int64_t LibTransit(int c, int n, LibConn& conn, std::int64_t& last_us,
+                          const std::string& what);
   void LibToNode(int c, int n, std::shared_ptr<const Frame> frame);
   void LibToClient(int c, int n, std::uint64_t gen, SharedFrame frame);
   // Closes c's connection to n; `by_client`: the client closed it (else the client is told).
@@ -2048,19 +2053,25 @@ void Simulator::LibDial(int c, int n) {
   lc.core->OnConnected(n);
 }
 
-void Simulator::LibToNode(int c, int n, std::shared_ptr<const Frame> frame) {
-  LibConn& conn = lib_clients_[c]->conns[n];
-  if (!conn.open) return;
-  const std::string what = "client frame " + std::to_string(c) + "->" + std::to_string(n + 1);
+std::int64_t Simulator::LibTransit(int c, int n, LibConn& conn, std::int64_t& last_us,
+                                   const std::string& what) {
   if (conn.dead || LibBlocked(c, n) || Chance(drop_permille_ / 4)) {
     if (!conn.dead) Trace(what + " lost: the connection stalls");
     conn.dead = true;
     ++result_.stats.messages_dropped;
-    return;
+    return -1;
   }
   ++result_.stats.messages_sent;
-  const std::int64_t at = std::max(now_us_ + NetDelayUs(n, n), conn.last_to_node_us + 1);
-  conn.last_to_node_us = at;
+  last_us = std::max(now_us_ + NetDelayUs(n, n), last_us + 1);
+  return last_us;
+}
+
+void Simulator::LibToNode(int c, int n, std::shared_ptr<const Frame> frame) {
+  LibConn& conn = lib_clients_[c]->conns[n];
+  if (!conn.open) return;
+  const std::string what = "client frame " + std::to_string(c) + "->" + std::to_string(n + 1);
+  const std::int64_t at = LibTransit(c, n, conn, conn.last_to_node_us, what);
+  if (at < 0) return;
   const std::uint64_t gen = conn.gen;
   ++lib_frames_to_nodes_;
   Call(at - now_us_, [this, c, n, gen, frame = std::move(frame), what] {
@@ -2079,15 +2090,8 @@ void Simulator::LibToClient(int c, int n, std::uint64_t gen, SharedFrame frame) 
   LibConn& conn = lib_clients_[c]->conns[n];
   if (conn.gen != gen || !conn.open) return;
   const std::string what = "response " + std::to_string(n + 1) + "->client " + std::to_string(c);
-  if (conn.dead || LibBlocked(c, n) || Chance(drop_permille_ / 4)) {
-    if (!conn.dead) Trace(what + " lost: the connection stalls");
-    conn.dead = true;
-    ++result_.stats.messages_dropped;
-    return;
-  }
-  ++result_.stats.messages_sent;
-  const std::int64_t at = std::max(now_us_ + NetDelayUs(n, n), conn.last_to_client_us + 1);
-  conn.last_to_client_us = at;
+  const std::int64_t at = LibTransit(c, n, conn, conn.last_to_client_us, what);
+  if (at < 0) return;
   Call(at - now_us_, [this, c, n, gen, frame = std::move(frame), what] {
     LibConn& cn = lib_clients_[c]->conns[n];
     if (cn.gen != gen || !cn.open) return;
