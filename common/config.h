@@ -34,7 +34,9 @@ inline constexpr std::int64_t kMaxPeerTimeoutMs = 60000;
 inline constexpr std::int64_t kMinMaxConnections = 16;
 inline constexpr std::int64_t kMaxMaxConnections = 1000000;
 inline constexpr std::int64_t kMinMaxConnectionsPerSource = 1;
-inline constexpr std::int64_t kMinQueuedResponseMb = 1;
+// At least one connection's own queue (Connection::Options::max_queued_bytes, 16 MiB): a
+// smaller budget would close readers of full extents that are not slow at all.
+inline constexpr std::int64_t kMinQueuedResponseMb = 16;
 inline constexpr std::int64_t kMaxQueuedResponseMb = 65536;
 
 struct NodeConfig {

@@ -10,8 +10,9 @@ std::span<std::uint8_t> FrameBuffer::Room() {
   if (begin_ == end_) {
     begin_ = end_ = 0;
     // Everything was taken: give back a buffer grown for a large frame once the stream
-    // has gone back to small reads.
-    if (buf_.size() > kInitialSize && last_read_ < kReadRoom) {
+    // has gone back to small reads for a while.
+    small_and_empty_ = last_read_ < kReadRoom ? small_and_empty_ + 1 : 0;
+    if (buf_.size() > kInitialSize && small_and_empty_ >= shrink_after_) {
       buf_.resize(kInitialSize);
       buf_.shrink_to_fit();
     }
@@ -30,6 +31,7 @@ std::span<std::uint8_t> FrameBuffer::Room() {
 void FrameBuffer::Filled(std::size_t n) {
   end_ += n;
   last_read_ = n;
+  if (n >= kReadRoom) small_and_empty_ = 0;
 }
 
 Result<std::optional<std::span<const std::uint8_t>>> FrameBuffer::Next() {

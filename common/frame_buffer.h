@@ -7,8 +7,8 @@
 // Memory: nothing is allocated until the first read asks for room; then 64 KiB, grown to hold
 // a frame whose length says it needs more (an extent, up to the limit the caller's length
 // rule allows), and given back once everything buffered has been taken and the last read
-// was small. An idle connection, or one that carries only small frames, never holds more
-// than 64 KiB; one that never sends holds nothing.
+// was small (a client's: several times in a row, see the constructor). An idle connection, or one
+// that carries only small frames, never holds more than 64 KiB; one that never sends holds nothing.
 //
 // Not thread-safe: one reader owns it.
 #pragma once
@@ -37,7 +37,13 @@ class FrameBuffer {
   // Compacted (or grown) when less than this is free behind the buffered bytes.
   static constexpr std::size_t kReadRoom = 16 * 1024;
 
-  explicit FrameBuffer(LengthRule rule) : rule_(std::move(rule)) {}
+  // `shrink_after`: how many times in a row everything must have been taken after a small
+  // read before a grown buffer is given back. 1 for a node, which may hold thousands of
+  // connections and must not keep 1 MiB on each that once carried an extent; more for a
+  // client, which holds one connection per node and reads 1 MiB responses, the last read of
+  // one often small, and would otherwise free and grow the buffer for each of them.
+  explicit FrameBuffer(LengthRule rule, int shrink_after = 1)
+      : rule_(std::move(rule)), shrink_after_(shrink_after) {}
 
   // Where the next read goes: at least kReadRoom bytes, and enough for the whole frame in
   // progress once its length is known. Allocates on first use.
@@ -61,6 +67,9 @@ class FrameBuffer {
   std::size_t begin_ = 0, end_ = 0;
   std::size_t want_ = 0;       // bytes of the frame in progress, once its length is known
   std::size_t last_read_ = 0;  // size of the latest read
+  int shrink_after_;
+  // Times in a row that everything had been taken and the last read was small.
+  int small_and_empty_ = 0;
 };
 
 }  // namespace atomdisk

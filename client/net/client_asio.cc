@@ -29,6 +29,9 @@ using asio::ip::tcp;
 using std::chrono::milliseconds;
 
 constexpr int kProbePings = 3;
+// Reads in a row, each small and leaving nothing buffered, before a connection's grown read
+// buffer is given back (common/frame_buffer.h).
+constexpr int kClientShrinkAfter = 16;
 
 // The error text Asio gives, without the "asio.misc" style prefixes.
 std::string ErrorText(const boost::system::error_code& ec) {
@@ -294,7 +297,8 @@ class ClientImpl final : public Client, private ClientCoreEnv {
   // Reads whole frames (common/frame_buffer.h) and hands their bodies to the core, until the
   // connection ends.
   awaitable<void> Reader(Node* n, std::shared_ptr<Conn> c) {
-    FrameBuffer frames(DecodeResponseFrameLength);
+    // One per node: it may keep a grown buffer between 1 MiB responses (kClientShrinkAfter).
+    FrameBuffer frames(DecodeResponseFrameLength, kClientShrinkAfter);
     while (c->open) {
       boost::system::error_code ec;
       std::span<std::uint8_t> room = frames.Room();

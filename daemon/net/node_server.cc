@@ -240,11 +240,18 @@ std::string NodeServer::MakeRoomForConnection(const asio::ip::address& source) {
 void NodeServer::QueuedBytesChanged(std::int64_t delta) {
   queued_total_ = static_cast<std::size_t>(static_cast<std::int64_t>(queued_total_) + delta);
   if (delta <= 0 || queued_total_ <= max_queued_total_) return;
+  // Peers' links are not candidates: what they carry is small and their reader is a node.
+  auto is_peer = [&](const Connection* c) {
+    for (const auto& [rank, weak] : inbound_) {
+      if (weak.lock().get() == c) return true;
+    }
+    return false;
+  };
   std::shared_ptr<Connection> slowest;
   for (const auto& a : accepted_) {
     auto c = a.conn.lock();
     if (c && !c->closed() && c->queued_bytes() > 0 &&
-        (!slowest || c->oldest_queued() < slowest->oldest_queued())) {
+        (!slowest || c->oldest_queued() < slowest->oldest_queued()) && !is_peer(c.get())) {
       slowest = c;
     }
   }
@@ -252,9 +259,14 @@ void NodeServer::QueuedBytesChanged(std::int64_t delta) {
   const auto waited_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                              std::chrono::steady_clock::now() - slowest->oldest_queued())
                              .count();
-  slowest->Close("the slowest reader: " + std::to_string(queued_total_ >> 20) +
-                 " MiB of responses queued on this node (max_queued_response_mb), its oldest for " +
-                 std::to_string(waited_ms) + " ms");
+  const std::string why = "the slowest reader: " + std::to_string(queued_total_ >> 20) +
+                          " MiB of responses queued on this node (max_queued_response_mb), its "
+                          "oldest for " +
+                          std::to_string(waited_ms) + " ms";
+  // Its own log key: routine closes share "close" and must not hide this one.
+  core_->LogRateLimited("slowreader", "connection " + slowest->name() + " closed: " + why);
+  slowest->set_log_close(false);
+  slowest->Close(why);
 }
 
 asio::awaitable<void> NodeServer::TickLoop() {

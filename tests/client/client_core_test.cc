@@ -248,6 +248,18 @@ TEST_F(ClientCoreTest, ABadTagClosesTheConnection) {
   EXPECT_FALSE(result);  // waits for another connection
 }
 
+TEST_F(ClientCoreTest, AProbeAnsweredByAClosedConnectionMeansNoExtents) {
+  core.OnConnected(0);
+  EXPECT_EQ(world.Next().second.op, ClientOp::kInfo);
+  core.OnConnectionLost(0, "the node closed the connection");  // an atdd node's answer
+  world.RunPosted();
+  core.OnConnected(0);  // no new probe: the node is known to take no extents
+  SubmitWrite(3, true);
+  auto [to, cmd] = world.Next();
+  EXPECT_EQ(to, 0);
+  EXPECT_EQ(cmd.op, ClientOp::kWrite);
+}
+
 TEST_F(ClientCoreTest, TheBackoffGrowsOnFailedDialsAndResetsAfterALongConnection) {
   // +-25% jitter around 50, 100, 200 ms.
   auto d1 = core.OnDialFailed(0, "connection refused");

@@ -602,10 +602,11 @@ TEST_F(ConfigTest, MaxQueuedResponseMb) {
   auto def = LoadClusterConfig(WriteConfig(base + nodes));
   ASSERT_TRUE(def.ok()) << def.status().ToString();
   EXPECT_EQ(def->max_queued_response_mb, 256);
-  auto set = LoadClusterConfig(WriteConfig(base + "max_queued_response_mb = 1\n" + nodes));
+  auto set = LoadClusterConfig(WriteConfig(base + "max_queued_response_mb = 16\n" + nodes));
   ASSERT_TRUE(set.ok()) << set.status().ToString();
-  EXPECT_EQ(set->max_queued_response_mb, 1);
-  for (const char* bad : {"max_queued_response_mb = 0", "max_queued_response_mb = 65537",
+  EXPECT_EQ(set->max_queued_response_mb, 16);
+  for (const char* bad : {"max_queued_response_mb = 0", "max_queued_response_mb = 15",
+                          "max_queued_response_mb = 65537",
                           "max_queued_response_mb = 0.5", "max_queued_response_mb = \"lots\""}) {
     ExpectBadConfig(base + bad + "\n" + nodes, "max_queued_response_mb");
   }

@@ -79,17 +79,34 @@ TEST(FrameBufferTest, FramesSplitAcrossReadsAndManyInOneRead) {
   }
 }
 
-TEST(FrameBufferTest, ALargeFrameGrowsTheBufferWhichShrinksBackAfterSmallReads) {
+TEST(FrameBufferTest, ANodesBufferShrinksAtTheFirstSmallReadAfterALargeFrame) {
   FrameBuffer fb = NodeBound();
+  Feed(fb, MakeFrame(kMaxFrameBody, 0xAB), 256 * 1024);
+  EXPECT_GT(fb.capacity(), kMaxFrameBody);
+  auto small = MakeFrame(kMinFrameBody, 1);
+  Feed(fb, small, small.size());
+  fb.Room();
+  EXPECT_EQ(fb.capacity(), FrameBuffer::kInitialSize);
+}
+
+TEST(FrameBufferTest, AClientsBufferShrinksOnlyAfterSmallReadsInARow) {
+  FrameBuffer fb(
+      [](std::span<const std::uint8_t, kFrameLengthSize> prefix) {
+        return DecodeFrameLength(prefix, kMaxFrameBody);
+      },
+      /*shrink_after=*/16);
   auto big = MakeFrame(kMaxFrameBody, 0xAB);
   auto got = Feed(fb, big, 256 * 1024);
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].first, kMaxFrameBody);
   EXPECT_GT(fb.capacity(), kMaxFrameBody);
-  // Small frames in small reads: once everything is taken, the buffer goes back to 64 KiB.
+  // One small read after it does not shrink it (a large frame's last read is often small)...
   auto small = MakeFrame(kMinFrameBody, 1);
   Feed(fb, small, small.size());
-  Feed(fb, small, small.size());
+  fb.Room();
+  EXPECT_GT(fb.capacity(), kMaxFrameBody);
+  // ... a stream of small frames in small reads does: back to 64 KiB.
+  for (int i = 0; i < 20; ++i) Feed(fb, small, small.size());
   fb.Room();
   EXPECT_EQ(fb.capacity(), FrameBuffer::kInitialSize);
 }

@@ -2051,6 +2051,7 @@ void Simulator::LibDial(int c, int n) {
   conn.channel = std::make_shared<SimClientChannel>(this, c, n, conn.gen);
   Trace(who + ": connected");
   lc.core->OnConnected(n);
+  LibScheduleTick(c);  // the feature probe it sends has an attempt deadline
 }
 
 std::int64_t Simulator::LibTransit(int c, int n, LibConn& conn, std::int64_t& last_us,
@@ -2099,6 +2100,7 @@ void Simulator::LibToClient(int c, int n, std::uint64_t gen, SharedFrame frame) 
     Trace("deliver " + what);
     lib_clients_[c]->core->OnFrameBody(
         n, std::span<const std::uint8_t>(*frame).subspan(kFrameLengthSize));
+    LibScheduleTick(c);
   });
 }
 
@@ -2127,11 +2129,16 @@ void Simulator::LibNodeCrashed(int n) {
     LibConn& conn = lib_clients_[c]->conns[n];
     if (!conn.open) continue;
     const std::uint64_t gen = conn.gen;
-    // The host's kernel resets the connection; a partition delays the news until its heal
-    // (the client's own timeout usually comes first).
+    // The host's kernel resets the connection. Across a partition the reset is lost and the
+    // connection stalls: the client finds out by its own timeout, as over a real network.
     Call(NetDelayUs(n, n), [this, c, n, gen] {
       LibConn& cn = lib_clients_[c]->conns[n];
-      if (cn.gen == gen && cn.open && !cn.dead && !LibBlocked(c, n)) LibClose(c, n, false);
+      if (cn.gen != gen || !cn.open || cn.dead) return;
+      if (LibBlocked(c, n)) {
+        cn.dead = true;
+        return;
+      }
+      LibClose(c, n, false);
     });
   }
 }
