@@ -40,18 +40,9 @@ trap 'cluster_cleanup; rm -rf "$dir"' EXIT
 trap 'exit 130' INT TERM
 cluster_create "$dir/cluster" 1 4096 >/dev/null
 cluster_start_all >/dev/null
-pid=${CLUSTER_PID[1]}
 port=${CLUSTER_PORT[1]}
 
-sample() { # WHAT: one line with the node's RSS, its descriptors, and a good client's answer
-  local rss fds served=no
-  rss=$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status")
-  fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 | wc -l)
-  if timeout 10 "$bin/atomdisk" --config "$CLUSTER_CONFIG" read 1 >/dev/null 2>&1; then
-    served=yes
-  fi
-  printf '%-34s RSS %7d kB  fds %6d  good client served: %s\n' "$1" "$rss" "$fds" "$served"
-}
+sample() { cluster_sample_node 1 "$1" 34; }
 
 echo "bench-strangers: $("$bin/atomdiskd" --version 2>&1 | head -1), $connections idle connections"
 sample "before"

@@ -185,6 +185,19 @@ cluster_wait_listening() {
   done
 }
 
+# One line for the hostile-client benches (bench-strangers.sh, bench-slow-readers.sh): node
+# RANK's RSS and open descriptors, and whether a good client (ATOMDISK_BIN_DIR's atomdisk) is
+# served a read within 10 s; WHAT labels the line, padded to WIDTH.
+cluster_sample_node() {  # RANK WHAT WIDTH
+  local pid=${CLUSTER_PID[$1]} rss fds served=no
+  rss=$(awk '/^VmRSS/ { print $2 }' "/proc/$pid/status")
+  fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 | wc -l)
+  if timeout 10 "$ATOMDISK_BIN_DIR/atomdisk" --config "$CLUSTER_CONFIG" read 1 >/dev/null 2>&1; then
+    served=yes
+  fi
+  printf "%-${3}s RSS %8d kB  fds %6d  good client served: %s\n" "$2" "$rss" "$fds" "$served"
+}
+
 cluster_pid_alive() {  # PID: running (a zombie, killed but not yet reaped, is not)
   local state
   state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1

@@ -606,8 +606,8 @@ TEST_F(ConfigTest, MaxQueuedResponseMb) {
   ASSERT_TRUE(set.ok()) << set.status().ToString();
   EXPECT_EQ(set->max_queued_response_mb, 16);
   for (const char* bad : {"max_queued_response_mb = 0", "max_queued_response_mb = 15",
-                          "max_queued_response_mb = 65537",
-                          "max_queued_response_mb = 0.5", "max_queued_response_mb = \"lots\""}) {
+                          "max_queued_response_mb = 65537", "max_queued_response_mb = 0.5",
+                          "max_queued_response_mb = \"lots\""}) {
     ExpectBadConfig(base + bad + "\n" + nodes, "max_queued_response_mb");
   }
 }

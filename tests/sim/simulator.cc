@@ -730,6 +730,10 @@ class Simulator {
   void OnComplete(int n, std::uint64_t token, SectorPtr data);
   // The operation (one history entry) completed OK now; a read's value is already set.
   void NoteOk(Op& op);
+  // The value id a read of `what` returned, or nullopt after failing the run (no data:
+  // sim-internal; bytes no client wrote: torn-value, naming `where`).
+  std::optional<std::uint64_t> ReadValueId(const SectorPtr& data, const std::string& what,
+                                           const std::string& where);
   void OnExtentResponse(int n, const ClientResponse& resp);
   // A client's operation ended (answered, timed out or lost): the client thinks, then issues
   // its next one. Once per command: an extent's members only through its first.
@@ -1689,16 +1693,9 @@ void Simulator::OnComplete(int n, std::uint64_t token, SectorPtr data) {
   std::string what = std::string(op.h.kind == HistoryOp::Kind::kRead ? "read" : "write") + " #" +
                      std::to_string(token) + " sector " + std::to_string(op.h.key);
   if (op.h.kind == HistoryOp::Kind::kRead) {
-    if (!data) {
-      Fail("sim-internal", what + " completed without data");
-      return;
-    }
-    std::optional<std::uint64_t> id = ValueIdOf(*data);
-    if (!id) {
-      Fail("torn-value",
-           what + " at node " + std::to_string(node.rank) + " returned data no client wrote");
-      return;
-    }
+    std::optional<std::uint64_t> id =
+        ReadValueId(data, what, what + " at node " + std::to_string(node.rank));
+    if (!id) return;
     what += " -> v" + std::to_string(*id);
     if (op.waiting) op.h.value = *id == 0 ? "" : std::to_string(*id);
   } else {
@@ -1712,6 +1709,17 @@ void Simulator::OnComplete(int n, std::uint64_t token, SectorPtr data) {
   NoteOk(op);
   Trace("complete " + what + " at node " + std::to_string(node.rank));
   OpEnded(token);
+}
+
+std::optional<std::uint64_t> Simulator::ReadValueId(const SectorPtr& data, const std::string& what,
+                                                    const std::string& where) {
+  if (!data) {
+    Fail("sim-internal", what + " completed without data");
+    return std::nullopt;
+  }
+  std::optional<std::uint64_t> id = ValueIdOf(*data);
+  if (!id) Fail("torn-value", where + " returned data no client wrote");
+  return id;
 }
 
 void Simulator::NoteOk(Op& op) {
@@ -2219,16 +2227,9 @@ void Simulator::LibDone(std::uint64_t token, client::OpResult r) {
     Op& m = ops_[token - 1 + i];
     if (!write) {
       const SectorPtr& data = count == 1 ? r.data : (i < r.sectors.size() ? r.sectors[i] : nullptr);
-      if (!data) {
-        Fail("sim-internal", what + " completed without data");
-        return;
-      }
-      std::optional<std::uint64_t> id = ValueIdOf(*data);
-      if (!id) {
-        Fail("torn-value",
-             what + " returned data no client wrote (member " + std::to_string(i) + ")");
-        return;
-      }
+      std::optional<std::uint64_t> id =
+          ReadValueId(data, what, what + " (member " + std::to_string(i) + ")");
+      if (!id) return;
       m.h.value = *id == 0 ? "" : std::to_string(*id);
       values += " v" + std::to_string(*id);
     }
