@@ -455,9 +455,7 @@ Register* NodeCore::GetRegister(SectorIdx sector, const SystemMessage* incoming,
   }
   auto stored = store_->Read(sector);
   if (!stored.ok()) {
-    ++counters_.unreadable_sectors;
-    LogRateLimited("read", "sector " + std::to_string(sector) +
-                               " unreadable, not answering for it: " + stored.status().ToString());
+    OnUnreadable(sector, stored.status());
     return nullptr;
   }
   observer_->OnRegisterLoaded(sector, *stored);
@@ -465,6 +463,17 @@ Register* NodeCore::GetRegister(SectorIdx sector, const SystemMessage* incoming,
   Register* raw = reg.get();
   registers_.emplace(sector, RegisterSlot{std::move(reg), false});
   return raw;
+}
+
+void NodeCore::OnUnreadable(SectorIdx sector, const Status& status) {
+  ++counters_.unreadable_sectors;
+  LogRateLimited("read", "sector " + std::to_string(sector) +
+                             " unreadable, not answering for it: " + status.ToString());
+  // A failed or suspect slot (not an I/O error): the peers' copies repair it now, not at the
+  // next scrub (docs/RESYNC.md, "Read repair").
+  if (sync_started_ && status.code() == StatusCode::kCorruption) {
+    syncer_->OnUnreadable(sector, env_->NowMs());
+  }
 }
 
 Result<Triple> NodeCore::ReadStoredAt(SectorIdx sector, Tag tag) {
@@ -480,9 +489,7 @@ void NodeCore::LoadDurableData(SectorIdx sector, Register& reg) {
   // Nothing of the register's is in flight, so the store holds its durable value.
   auto stored = ReadStoredAt(sector, reg.durable().tag);
   if (!stored.ok()) {
-    ++counters_.unreadable_sectors;
-    LogRateLimited("read", "sector " + std::to_string(sector) +
-                               " unreadable, not answering for it: " + stored.status().ToString());
+    OnUnreadable(sector, stored.status());
     return;  // tried again at the next tick
   }
   reg.SetDurableData(*stored, env_->NowMs());
@@ -629,10 +636,37 @@ Result<Triple> NodeCore::ReadSector(SectorIdx sector) {
   if (direct_absorbs_.count(sector)) {
     return Status::Unavailable("sector " + std::to_string(sector) + " is being repaired");
   }
-  return store_->Read(sector);
+  Result<Triple> stored = store_->Read(sector);
+  if (!stored.ok() && stored.status().code() == StatusCode::kCorruption) {
+    // Suspect: the valid slot behind the failed one is durable all the same, and a peer's
+    // repair, which takes the newest of several answers, needs it. A write torn by a crash over
+    // it is no lost copy: without this, a sector torn here and rotted there would be repaired
+    // there from the other peers alone, older than a write that completed on both.
+    Result<Triple> valid = store_->ReadNewestValid(sector);
+    if (valid.ok()) return valid;
+  }
+  return stored;
 }
 
 void NodeCore::Absorb(SectorIdx sector, const Triple& value, std::uint64_t token) {
+  StoreFromPeers(sector, value, token, /*repair=*/false);
+}
+
+void NodeCore::Repair(SectorIdx sector, const std::optional<Triple>& value, std::uint64_t token) {
+  if (value) return StoreFromPeers(sector, *value, token, /*repair=*/true);
+  // Nothing newer at the peers: our own newest valid copy, written over the failed slot.
+  Result<Triple> own = store_->ReadNewestValid(sector);
+  if (!own.ok()) {
+    env_->Post([this, token, status = own.status()]() {
+      syncer_->OnAbsorbed(token, status, env_->NowMs());
+    });
+    return;
+  }
+  StoreFromPeers(sector, *own, token, /*repair=*/true);
+}
+
+void NodeCore::StoreFromPeers(SectorIdx sector, const Triple& value, std::uint64_t token,
+                              bool repair) {
   // Through the sector's register, built if needed, which then holds the value as stored but
   // not durable until the store says so (a register built from the store meanwhile would take
   // the pending value for a durable one and could report it in a Value). The store write
@@ -662,7 +696,7 @@ void NodeCore::Absorb(SectorIdx sector, const Triple& value, std::uint64_t token
     ++direct_absorbs_[sector];
   }
   observer_->OnStoreWrite(sector, value, true);
-  store_->Write(sector, value, [this, token, sector, direct, value](Status status) {
+  auto done = [this, token, sector, direct, value](Status status) {
     observer_->OnStoreWriteDone(sector, value.tag, status, true);
     env_->Post([this, token, sector, direct, value, status = std::move(status)]() {
       if (direct) {
@@ -677,7 +711,12 @@ void NodeCore::Absorb(SectorIdx sector, const Triple& value, std::uint64_t token
       }
       syncer_->OnAbsorbed(token, status, env_->NowMs());
     });
-  });
+  };
+  if (repair) {
+    store_->Repair(sector, value, std::move(done));
+  } else {
+    store_->Write(sector, value, std::move(done));
+  }
 }
 
 Status NodeCore::SaveIdentity(const Identity& identity) { return env_->SaveIdentity(identity); }
@@ -787,11 +826,18 @@ std::string NodeCore::InfoJson() {
                  {"bytes_per_s", ss.resync.bytes_per_s},
                  {"eta_s", ss.resync.eta_s},
                  {"passes_done", ss.resync.passes_done}};
-  j["scrub"] = {{"active", ss.scrub.active},         {"bucket", ss.scrub.bucket},
-                {"buckets", ss.scrub.buckets},       {"sectors_checked", ss.scrub.sectors_checked},
-                {"corrupt", ss.scrub.corrupt},       {"repaired", ss.scrub.repaired},
-                {"unrepaired", ss.scrub.unrepaired}, {"stale", ss.scrub.stale},
-                {"runs_done", ss.scrub.runs_done}};
+  j["scrub"] = {{"active", ss.scrub.active},
+                {"bucket", ss.scrub.bucket},
+                {"buckets", ss.scrub.buckets},
+                {"sectors_checked", ss.scrub.sectors_checked},
+                {"corrupt", ss.scrub.corrupt},
+                {"repaired", ss.scrub.repaired},
+                {"unrepaired", ss.scrub.unrepaired},
+                {"stale", ss.scrub.stale},
+                {"runs_done", ss.scrub.runs_done},
+                {"read_repairs", ss.scrub.read_repairs},
+                {"read_repaired", ss.scrub.read_repaired},
+                {"read_unrepaired", ss.scrub.read_unrepaired}};
   j["counters"] = {{"client_ops", counters_.client_ops},
                    {"reads", counters_.reads},
                    {"writes", counters_.writes},

@@ -231,6 +231,7 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   Result<Triple> ReadSector(SectorIdx sector) override;
   void ForEachServedAhead(const std::function<void(SectorIdx)>& fn) override;
   void Absorb(SectorIdx sector, const Triple& value, std::uint64_t token) override;
+  void Repair(SectorIdx sector, const std::optional<Triple>& value, std::uint64_t token) override;
   Status SaveIdentity(const Identity& identity) override;
   void SetVoting(bool voting) override;
   void Note(const std::string& line) override;
@@ -303,6 +304,12 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
                         bool client_write = false);
   // Reads the durable value of a tag-only register that needs it (Register::NeedsDurableData).
   void LoadDurableData(SectorIdx sector, Register& reg);
+  // A stored sector could not be read (`status`): counted, logged (rate-limited), and for a
+  // failed or suspect slot a read repair is asked of the Syncer.
+  void OnUnreadable(SectorIdx sector, const Status& status);
+  // Absorb() (repair false) or Repair() of a value: through the sector's register if it has
+  // one, else straight to the store with no register built until it is durable.
+  void StoreFromPeers(SectorIdx sector, const Triple& value, std::uint64_t token, bool repair);
   // The store's value of `sector` if its tag is `tag`; Unavailable if the store holds another
   // (a write of ours in flight), or the store's error.
   Result<Triple> ReadStoredAt(SectorIdx sector, Tag tag);

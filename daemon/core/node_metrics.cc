@@ -97,6 +97,14 @@ NodeMetrics::NodeMetrics(const ClusterConfig& config, Rank self) {
       "atomdisk_store_unreadable_total",
       "Times a sector was needed and its stored copy was unreadable (corrupt or I/O error).");
 
+  read_repairs_ = &r.AddCounter(
+      "atomdisk_read_repairs_total",
+      "Read repairs started: a read found a stored copy failed or suspect and asked the peers.");
+  read_repaired_ = &r.AddCounter("atomdisk_read_repaired_total",
+                                 "Read repairs that stored a value (the peers' or our own copy).");
+  read_unrepaired_ = &r.AddCounter("atomdisk_read_unrepaired_total",
+                                   "Read repairs that ended without storing a value.");
+
   auth_failures_ = &r.AddCounter("atomdisk_auth_failures_total",
                                  "Frames whose HMAC tag did not verify (client or node key).");
   bad_frames_ =
@@ -234,6 +242,9 @@ void NodeMetrics::Publish(const NodeMetricsSnapshot& s) {
   scrub_corrupt_.Update(s.sync.scrub.corrupt);
   scrub_repaired_.Update(s.sync.scrub.repaired);
   scrub_unrepaired_.Update(s.sync.scrub.unrepaired);
+  read_repairs_->Set(s.sync.scrub.read_repairs);
+  read_repaired_->Set(s.sync.scrub.read_repaired);
+  read_unrepaired_->Set(s.sync.scrub.read_unrepaired);
 }
 
 }  // namespace atomdisk

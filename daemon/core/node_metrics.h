@@ -128,7 +128,7 @@ class NodeMetrics {
   metrics::Gauge* registers_;
   metrics::Counter *auth_failures_, *bad_frames_, *system_msgs_, *sync_msgs_, *persist_errors_,
       *unreadable_sectors_, *unwanted_values_, *tags_from_cache_, *registers_from_cached_tag_,
-      *batches_sent_, *batched_msgs_;
+      *batches_sent_, *batched_msgs_, *read_repairs_, *read_repaired_, *read_unrepaired_;
   std::map<Rank, Peer> peers_;
   metrics::Gauge* voting_;
   metrics::Gauge* resync_active_;

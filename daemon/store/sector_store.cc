@@ -30,9 +30,10 @@ namespace {
 // --- On-disk format ---------------------------------------------------------------------------
 
 constexpr std::size_t kHeaderSize = 64;
-constexpr std::size_t kSlotSize = kHeaderSize + kSectorSize;  // 4160
-constexpr std::uint64_t kSectorStride = 2 * kSlotSize;        // both slots of one sector
-constexpr std::uint32_t kMagic = 0x31534441;                  // "ADS1" as little-endian bytes
+constexpr std::size_t kSlotSize = kStoreSlotBytes;  // 4160: the header and the data
+static_assert(kSlotSize == kHeaderSize + kSectorSize);
+constexpr std::uint64_t kSectorStride = 2 * kSlotSize;  // both slots of one sector
+constexpr std::uint32_t kMagic = 0x31534441;            // "ADS1" as little-endian bytes
 constexpr std::uint16_t kFormatVersion = 1;
 
 // Header layout (little-endian). Bytes not listed are zero; the checksum covers all 64 header
@@ -63,9 +64,7 @@ std::uint64_t GetLE(const std::uint8_t* p, int n) {
   return v;
 }
 
-std::uint64_t SlotOffset(SectorIdx sector, int slot) {
-  return sector * kSectorStride + static_cast<std::uint64_t>(slot) * kSlotSize;
-}
+std::uint64_t SlotOffset(SectorIdx sector, int slot) { return StoreSlotOffset(sector, slot); }
 
 // Fills `slot` (kSlotSize bytes) with the header and data of `value` for `sector`.
 void EncodeSlot(SectorIdx sector, const Triple& value, std::uint8_t* slot) {
@@ -141,6 +140,19 @@ struct SlotPair {
     if (newest >= 0) return 1 - newest;
     return state[0] == SlotState::kEmpty && state[1] != SlotState::kEmpty ? 1 : 0;
   }
+  // True when a written slot failed its checks and may have held a newer value than the
+  // newest valid one: its header is unreadable, or it names a higher tag. A crash that tore a
+  // write in flight leaves exactly that, and so does bit rot of the newest value at rest; the
+  // bytes cannot tell them apart. Serving the older slot would be right after a tear and a lost
+  // acknowledged write after rot, so the sector is served by neither until its peers say what
+  // is newest (scrub's repair; docs/STORAGE.md, "Suspect sectors").
+  bool Suspect() const {
+    for (int k = 0; k < 2; ++k) {
+      if (state[k] == SlotState::kBadHeader) return true;
+      if (state[k] == SlotState::kBadChecksum && (newest < 0 || tag[k] > tag[newest])) return true;
+    }
+    return false;
+  }
   // False when a written slot failed a check that was made (its header, or its checksum if
   // it was verified). After Examine(verify_all) every written slot was checked.
   bool NoneFailed() const {
@@ -150,6 +162,17 @@ struct SlotPair {
     return true;
   }
 };
+
+// True when `tag` is at or above whatever a failed slot of `p` may hold (a slot with an
+// unreadable header may hold anything). At: one tag names one value, so a failed slot's own tag
+// brings back exactly what it held.
+bool AboveEveryFailedSlot(const SlotPair& p, Tag tag) {
+  for (int k = 0; k < 2; ++k) {
+    if (p.state[k] == SlotState::kBadHeader) return false;
+    if (p.state[k] == SlotState::kBadChecksum && tag < p.tag[k]) return false;
+  }
+  return true;
+}
 
 // Examines both slots of `sector`, held in `buf` (kSectorStride bytes). Checksums are verified
 // newest-looking slot first; the other one only if that fails, or if `verify_all`.
@@ -293,7 +316,14 @@ class SectorStoreImpl final : public SectorStore {
     return failed_;
   }
 
-  Result<Triple> Read(SectorIdx sector) override {
+  Result<Triple> Read(SectorIdx sector) override { return ReadSlots(sector, /*strict=*/true); }
+
+  Result<Triple> ReadNewestValid(SectorIdx sector) override {
+    return ReadSlots(sector, /*strict=*/false);
+  }
+
+  // Read() (strict) or ReadNewestValid().
+  Result<Triple> ReadSlots(SectorIdx sector, bool strict) {
     if (sector >= options_.sectors) return OutOfRange(sector);
     std::optional<SlotHint> hint;
     {
@@ -324,13 +354,28 @@ class SectorStoreImpl final : public SectorStore {
     Status s = file_->ReadAt(SlotOffset(sector, 0), buf, kSectorStride);
     if (!s.ok()) return s;
     SlotPair p = Examine(sector, buf, /*verify_all=*/false);
+    const bool suspect = p.Suspect();
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (p.newest >= 0 || !p.AnyWritten()) {
+      if (!suspect && (p.newest >= 0 || !p.AnyWritten())) {
         RememberSlots(sector, p.Target(), p.newest >= 0, p.newest >= 0 ? p.tag[p.newest] : Tag{});
       } else {
-        hints_.erase(sector);  // written slots, none valid: what was cached no longer holds
+        // A failed slot: what was cached no longer holds, and a write of the tag the valid
+        // slot holds must find the failed one to rewrite it (see Write).
+        hints_.erase(sector);
       }
+    }
+    if (suspect && strict) {
+      const int bad =
+          p.state[0] == SlotState::kBadHeader || p.state[0] == SlotState::kBadChecksum ? 0 : 1;
+      std::string msg = "sector " + std::to_string(sector) + ": slot " + std::to_string(bad) +
+                        " failed its checks (" + SlotStateName(p.state[bad]) + ")";
+      if (p.state[bad] == SlotState::kBadChecksum) msg += " under tag " + p.tag[bad].ToString();
+      msg += " and may hold a newer value than ";
+      msg += p.newest >= 0
+                 ? "slot " + std::to_string(p.newest) + " (" + p.tag[p.newest].ToString() + ")"
+                 : std::string("the unwritten sector");
+      return Status::Corruption(msg + "; not served until a repair from the peers");
     }
     if (p.newest >= 0) {
       return Triple{p.tag[p.newest], MakeSector(buf + p.newest * kSlotSize + kHeaderSize)};
@@ -354,6 +399,14 @@ class SectorStoreImpl final : public SectorStore {
   }
 
   void Write(SectorIdx sector, const Triple& value, WriteCallback done) override {
+    WriteImpl(sector, value, std::move(done), /*repair=*/false);
+  }
+
+  void Repair(SectorIdx sector, const Triple& value, WriteCallback done) override {
+    WriteImpl(sector, value, std::move(done), /*repair=*/true);
+  }
+
+  void WriteImpl(SectorIdx sector, const Triple& value, WriteCallback done, bool repair) {
     ATOMDISK_CHECK(value.data != nullptr);
     std::unique_lock<std::mutex> lock(mu_);
     ATOMDISK_CHECK(!closed_);
@@ -380,13 +433,20 @@ class SectorStoreImpl final : public SectorStore {
     Entry& e = NewEntry(sector);
     e.inflight = value;
     e.inflight_done.push_back(std::move(done));
+    if (repair) hints_.erase(sector);  // a repair always reads both slots
     if (auto hint = hints_.find(sector); hint != hints_.end()) {
       // The slots are known from the Read() that built this sector's register or from the
       // last sync: no pread needed.
       const SlotHint h = hint->second;
-      if (h.has_newest && value.tag <= h.newest_tag) {
+      if (h.has_newest && value.tag < h.newest_tag) {
         Finish(sector, Status::Ok());
         return;
+      }
+      if (h.has_newest && value.tag == h.newest_tag) {
+        // The same tag again: stored already, unless the other slot failed and this is a
+        // repair rewriting it. Only reading both slots tells (below; rare off the repair path).
+        hints_.erase(sector);
+        return WriteUncached(sector, value, e, lock, repair);
       }
       lock.unlock();
       std::uint8_t* buf = caller_buf_.data();
@@ -404,37 +464,7 @@ class SectorStoreImpl final : public SectorStore {
       cv_.notify_one();
       return;
     }
-    lock.unlock();
-
-    // The entry marks the sector busy; the sync thread ignores entries it has not been
-    // handed, so the I/O runs without the lock. One pread of both slots (to find the one
-    // holding the newest durable value), one pwrite of the other.
-    std::uint8_t* buf = caller_buf_.data();
-    Status s = file_->ReadAt(SlotOffset(sector, 0), buf, kSectorStride);
-    SlotPair p;
-    int target = 0;
-    if (s.ok()) {
-      p = Examine(sector, buf, /*verify_all=*/false);
-      if (p.newest >= 0 && value.tag <= p.tag[p.newest]) {
-        // Already durable: a newer or equal value is stored. Nothing to write.
-        lock.lock();
-        Finish(sector, Status::Ok());
-        return;
-      }
-      target = p.Target();
-      EncodeSlot(sector, value, buf);
-      s = file_->WriteAt(SlotOffset(sector, target), buf, kSlotSize);
-    }
-    lock.lock();
-    if (!s.ok()) {
-      hints_.erase(sector);
-      Finish(sector, s);
-      return;
-    }
-    e.durable_slot = p.newest;
-    e.target_slot = target;
-    queued_.push_back(sector);
-    cv_.notify_one();
+    WriteUncached(sector, value, e, lock, repair);
   }
 
   bool Failed() override {
@@ -507,6 +537,62 @@ class SectorStoreImpl final : public SectorStore {
     std::vector<WriteCallback> waiting_done;
   };
   using Map = std::unordered_map<SectorIdx, Entry>;
+
+  // Write() or Repair() of a sector whose slots are not cached: reads both to find the
+  // target. `e` is its new entry; needs `lock` held (released during the I/O).
+  void WriteUncached(SectorIdx sector, const Triple& value, Entry& e,
+                     std::unique_lock<std::mutex>& lock, bool repair) {
+    lock.unlock();
+
+    // The entry marks the sector busy; the sync thread ignores entries it has not been
+    // handed, so the I/O runs without the lock. One pread of both slots (to find the one
+    // holding the newest durable value), one pwrite of the other.
+    std::uint8_t* buf = caller_buf_.data();
+    Status s = file_->ReadAt(SlotOffset(sector, 0), buf, kSectorStride);
+    SlotPair p;
+    int target = 0;
+    if (s.ok()) {
+      p = Examine(sector, buf, /*verify_all=*/repair);
+      const bool failed_slot = !p.NoneFailed();
+      if (p.Suspect() && !repair && !AboveEveryFailedSlot(p, value.tag)) {
+        // Only a repair's verdict, or a value newer than anything the failed slot may hold,
+        // may replace what shadows the sector (docs/STORAGE.md, "Suspect sectors").
+        lock.lock();
+        hints_.erase(sector);
+        Finish(sector, Status::Corruption("sector " + std::to_string(sector) +
+                                          " is suspect (a slot failed its checks) and awaits a "
+                                          "repair from the peers; " +
+                                          value.tag.ToString() + " not stored"));
+        return;
+      }
+      // A repair of the tag the valid slot holds rewrites the failed slot with it (scrub found
+      // nothing newer at the peers): then nothing can shadow the value any more.
+      const bool heal = repair && failed_slot && p.newest >= 0 && value.tag == p.tag[p.newest];
+      if (p.newest >= 0 && value.tag <= p.tag[p.newest] && !heal) {
+        // Already durable: a newer or equal value is stored. Nothing to write.
+        lock.lock();
+        Finish(sector, Status::Ok());
+        return;
+      }
+      target = p.Target();
+      if (repair && p.newest < 0 && failed_slot) {
+        // No valid slot: the repair's value goes over a failed one (both failed: slot 0).
+        target = p.state[0] == SlotState::kEmpty ? 1 : 0;
+      }
+      EncodeSlot(sector, value, buf);
+      s = file_->WriteAt(SlotOffset(sector, target), buf, kSlotSize);
+    }
+    lock.lock();
+    if (!s.ok()) {
+      hints_.erase(sector);
+      Finish(sector, s);
+      return;
+    }
+    e.durable_slot = p.newest;
+    e.target_slot = target;
+    queued_.push_back(sector);
+    cv_.notify_one();
+  }
   // A write the group-commit round issues (a waiting write whose predecessor is durable).
   struct Issue {
     SectorIdx sector;

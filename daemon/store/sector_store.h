@@ -6,8 +6,10 @@
 // slot that does not hold the sector's newest durable value, so a crash at any instant
 // (even one that tears the slot being written) leaves the old value intact in the other
 // slot: every sector is old-or-new, never torn. A read takes the valid slot with the highest
-// (ts, wr); a slot whose checksum fails is ignored, and a sector whose two slots are both
-// written and both fail is reported as Corruption, never returned as data. Unwritten sectors
+// (ts, wr); a slot whose checksum fails is ignored when it is older, a sector whose failed slot
+// may be newer than the valid one is suspect (a torn write and rot look alike: Corruption until
+// a repair), and a sector whose two slots are both written and both fail is reported as
+// Corruption, never returned as data. Unwritten sectors
 // read as (0, 0, zeros); so does a sector whose only written slot fails (its first write was
 // torn by a crash: the old value is "unwritten").
 // Nothing is scanned at start-up, so a restart is instant whatever the device size.
@@ -37,6 +39,13 @@
 #include "daemon/store/block_file.h"
 
 namespace atomdisk {
+
+// Where slot `slot` (0 or 1) of `sector` starts in sectors.dat, and its size: a 64-byte header
+// and the data (docs/STORAGE.md). For tools and fault injection that touch the file itself.
+inline constexpr std::uint64_t kStoreSlotBytes = 64 + kSectorSize;
+constexpr std::uint64_t StoreSlotOffset(SectorIdx sector, int slot) {
+  return (2 * sector + static_cast<std::uint64_t>(slot)) * kStoreSlotBytes;
+}
 
 class SectorStore {
  public:
@@ -71,9 +80,16 @@ class SectorStore {
 
   // The newest valid stored value of `sector` ((0,0,zeros) if never written). This reflects
   // writes already handed to Write(), even before they are durable (not those whose write
-  // failed). Corruption when both slots are written and both fail their checks; IOError when
+  // failed). Corruption when both slots are written and both fail their checks, and when the
+  // sector is suspect: a slot that fails its checks may have held a newer value than the valid
+  // one (its header is unreadable or names a higher tag; docs/STORAGE.md); IOError when
   // the file cannot be read, or after a failed sync (see Write).
   virtual Result<Triple> Read(SectorIdx sector) = 0;
+
+  // Read() without the suspect rule: the newest valid slot even when a failed slot may have
+  // held something newer. Only for a repair that keeps this node's own copy (scrub found
+  // nothing newer at the peers); never to serve.
+  virtual Result<Triple> ReadNewestValid(SectorIdx sector) = 0;
 
   // The newest durable tag of `sector` when the store knows it without reading the file:
   // from the slot cache that the last Read() or completed sync of that sector filled ((0,0)
@@ -88,12 +104,20 @@ class SectorStore {
   //   pending tag writes nothing and completes OK once that newer value is durable (a store
   //   holding a newer value satisfies an older request; invariant 3).
   // - InvalidArgument for sector >= options.sectors (a caller bug, reported as a value).
+  // - Corruption for a suspect sector (see Read) unless the tag is above every tag its failed
+  //   slot may hold: only Repair() lifts the suspicion otherwise.
   // - IOError when the pwrite fails: only this write fails, the sector keeps its old value.
   // - After a failed sync every write of that batch fails, and the store then refuses every
   //   later Read and Write with IOError until it is reopened (after a failed fdatasync the
   //   OS may have dropped the data while the file still shows it; reopening syncs again).
   // Cost: one pread of the sector's two slots and one pwrite, on the calling thread.
   virtual void Write(SectorIdx sector, const Triple& value, WriteCallback done) = 0;
+
+  // A repair's verdict on a sector with a failed slot (scrub asked the peers): stores `value`
+  // over the failed slot, even when its tag is not above the tag the failed slot claims, and
+  // so lifts the suspicion; `value` with the tag the valid slot holds rewrites that copy over
+  // the failed slot. Otherwise as Write() (a tag below the newest valid one writes nothing).
+  virtual void Repair(SectorIdx sector, const Triple& value, WriteCallback done) = 0;
 
   // Manual mode only: issues one group sync covering every queued write and runs their
   // callbacks (and then issues the writes that were waiting behind them, which need another

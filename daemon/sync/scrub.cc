@@ -1,4 +1,4 @@
-// Scrub (daemon/sync/scrub.h).
+// Scrub and read repair (daemon/sync/scrub.h).
 #include "daemon/sync/scrub.h"
 
 #include <algorithm>
@@ -14,6 +14,8 @@ namespace {
 // before it counts as unrepaired.
 constexpr std::size_t kMaxScrubRepairs = 512;
 constexpr std::int64_t kScrubRepairTimeouts = 3;
+// Read repairs remembered (to start at most one per sector per request timeout).
+constexpr std::size_t kMaxReadRepairTimes = 4096;
 
 }  // namespace
 
@@ -38,6 +40,31 @@ void Scrub::Tick(std::int64_t now_ms) {
     (void)Start(now_ms);
   }
   ScanChunk(now_ms);
+  Progress(now_ms);
+}
+
+void Scrub::RepairNow(SectorIdx sector, std::int64_t now_ms) {
+  if (sector >= ctx_.options.sectors || repairs_.count(sector) != 0 ||
+      repairs_.size() >= kMaxScrubRepairs) {
+    return;
+  }
+  auto last = read_repair_ms_.find(sector);
+  if (last != read_repair_ms_.end() && now_ms - last->second < ctx_.options.request_timeout_ms) {
+    return;
+  }
+  if (read_repair_ms_.size() >= kMaxReadRepairTimes) read_repair_ms_.clear();
+  read_repair_ms_[sector] = now_ms;
+  std::optional<Tag> own;
+  Status s =
+      ctx_.env->ScanTags(sector, 1, true, TagView::kDurable, [&](SectorIdx sec, Tag t, bool ok) {
+        if (sec == sector && !ok) own = t;
+      });
+  if (!s.ok() || !own) return;  // an I/O error, or nothing wrong with it (any more)
+  ++read_.started;
+  repairs_[sector] = Repair{*own, {}, now_ms, false, true};
+  ctx_.env->Note("read repair: sector " + std::to_string(sector) +
+                 " has a slot that failed its checks; asking the peers");
+  FetchFromPeers({sector}, now_ms);
 }
 
 void Scrub::ScanChunk(std::int64_t now_ms) {
@@ -46,7 +73,7 @@ void Scrub::ScanChunk(std::int64_t now_ms) {
   SyncEnv* env = ctx_.env;
   std::vector<SectorIdx> found;
   for (std::uint32_t i = 0; i < std::max<std::uint32_t>(1, options.scrub_buckets_per_tick) &&
-                            run_.bucket < ctx_.buckets && run_.repairs.size() < kMaxScrubRepairs;
+                            run_.bucket < ctx_.buckets && repairs_.size() < kMaxScrubRepairs;
        ++i) {
     std::uint64_t b = run_.bucket++;
     std::uint64_t first = b * kBucketSectors;
@@ -57,54 +84,67 @@ void Scrub::ScanChunk(std::int64_t now_ms) {
           ++run_.checked;
           if (ok) return;
           ++run_.corrupt;
-          if (run_.repairs.count(sec) == 0) {
-            run_.repairs[sec] = Repair{t, {}, now_ms, false};
+          auto rep = repairs_.find(sec);
+          if (rep == repairs_.end()) {
+            repairs_[sec] = Repair{t, {}, now_ms, false, false};
             found.push_back(sec);
+          } else if (rep->second.read_repair) {
+            // A read repair has it: the run takes it over, with a fresh time budget, so that
+            // the run ends only once it is settled.
+            rep->second.read_repair = false;
+            rep->second.start_ms = now_ms;
+            --read_.started;
           }
         });
     if (!s.ok()) env->Note("scrub: cannot scan bucket " + std::to_string(b) + ": " + s.ToString());
   }
-  if (!found.empty()) {
-    if (ctx_.peers.size() < options.RequiredSources()) {
-      for (SectorIdx sec : found) {
-        env->Note("scrub: sector " + std::to_string(sec) + " is corrupt and no peer can repair it");
-        run_.repairs.erase(sec);
-        ++run_.unrepaired;
-      }
-    } else {
-      for (std::size_t i = 0; i < found.size(); i += kMaxFetchSectors) {
-        std::vector<SectorIdx> batch(found.begin() + static_cast<std::ptrdiff_t>(i),
-                                     found.begin() + static_cast<std::ptrdiff_t>(std::min(
-                                                         found.size(), i + kMaxFetchSectors)));
-        for (Rank r : ctx_.peers) {
-          std::uint64_t id = ctx_.NewId();
-          SyncMessage m = ctx_.Msg(SyncKind::kFetch, id);
-          m.sectors = batch;
-          requests_[id] = Request{r, batch, now_ms, 1};
-          env->SendSync(r, m);
-        }
-      }
+  FetchFromPeers(found, now_ms);
+}
+
+void Scrub::FetchFromPeers(const std::vector<SectorIdx>& found, std::int64_t now_ms) {
+  if (found.empty()) return;
+  if (ctx_.peers.size() < ctx_.options.RequiredSources()) {
+    for (SectorIdx sec : found) {
+      ctx_.env->Note("scrub: sector " + std::to_string(sec) +
+                     " is corrupt and no peer can repair it");
+      EndRepair(repairs_.find(sec), Outcome::kUnrepaired);
+    }
+    return;
+  }
+  for (std::size_t i = 0; i < found.size(); i += kMaxFetchSectors) {
+    std::vector<SectorIdx> batch(
+        found.begin() + static_cast<std::ptrdiff_t>(i),
+        found.begin() + static_cast<std::ptrdiff_t>(std::min(found.size(), i + kMaxFetchSectors)));
+    for (Rank r : ctx_.peers) {
+      std::uint64_t id = ctx_.NewId();
+      SyncMessage m = ctx_.Msg(SyncKind::kFetch, id);
+      m.sectors = batch;
+      requests_[id] = Request{r, batch, now_ms, 1};
+      ctx_.env->SendSync(r, m);
     }
   }
+}
+
+void Scrub::Progress(std::int64_t now_ms) {
+  const SyncerOptions& options = ctx_.options;
   // Repairs whose peers did not answer in time.
-  for (auto it = run_.repairs.begin(); it != run_.repairs.end();) {
+  for (auto it = repairs_.begin(); it != repairs_.end();) {
+    auto next = std::next(it);
     if (!it->second.absorbing &&
         now_ms - it->second.start_ms >= kScrubRepairTimeouts * options.request_timeout_ms) {
-      env->Note("scrub: sector " + std::to_string(it->first) +
-                " is corrupt and too few peers answered to repair it");
-      ++run_.unrepaired;
-      it = run_.repairs.erase(it);
-    } else {
-      ++it;
+      ctx_.env->Note("scrub: sector " + std::to_string(it->first) +
+                     " is corrupt and too few peers answered to repair it");
+      EndRepair(it, Outcome::kUnrepaired);
     }
+    it = next;
   }
   // Fetches: re-send unanswered ones; drop those with nothing left to decide.
   for (auto it = requests_.begin(); it != requests_.end();) {
     Request& req = it->second;
     bool needed = false;
     for (SectorIdx s : req.sectors) {
-      auto rep = run_.repairs.find(s);
-      needed = needed || (rep != run_.repairs.end() && !rep->second.absorbing &&
+      auto rep = repairs_.find(s);
+      needed = needed || (rep != repairs_.end() && !rep->second.absorbing &&
                           rep->second.answers.count(req.to) == 0);
     }
     if (!needed) {
@@ -116,7 +156,7 @@ void Scrub::ScanChunk(std::int64_t now_ms) {
       m.sectors = req.sectors;
       req.sent_ms = now_ms;
       ++req.sends;
-      env->SendSync(req.to, m);
+      ctx_.env->SendSync(req.to, m);
     }
     ++it;
   }
@@ -139,34 +179,55 @@ void Scrub::OnFetchReply(const SyncMessage& msg, const Request& req, std::int64_
   std::map<SectorIdx, const FetchedSector*> got;
   for (const FetchedSector& f : msg.fetched) got.emplace(f.sector, &f);
   for (SectorIdx s : sectors) {
-    auto rep = run_.repairs.find(s);
-    if (rep == run_.repairs.end() || rep->second.absorbing) continue;
+    auto rep = repairs_.find(s);
+    if (rep == repairs_.end() || rep->second.absorbing) continue;
     auto g = got.find(s);
     std::optional<Triple> v;
     if (g != got.end() && g->second->ok && g->second->value.data != nullptr) {
       v = g->second->value;
     }
     rep->second.answers[msg.sender] = v;
-    if (rep->second.answers.size() < ctx_.options.RequiredSources()) continue;
-    // Enough peers answered: the newest value any of them holds.
+    const std::size_t needed =
+        ctx_.options.bug_repair_one_peer ? 1 : ctx_.options.RequiredSources();
+    if (rep->second.answers.size() < needed) continue;
+    // Enough peers answered: the newest value any of them holds, if newer than our valid
+    // copy; else that copy, written over the bad slot.
     std::optional<Triple> best;
     for (const auto& [r, a] : rep->second.answers) {
       if (a && (!best || a->tag > best->tag)) best = a;
     }
-    if (best && best->tag > rep->second.own) {
-      rep->second.absorbing = true;
-      std::uint64_t token = ctx_.NewId();
-      absorb_tokens_[token] = AbsorbToken{s, best->tag};
-      digests_.Invalidate(s);
-      ctx_.env->Absorb(s, *best, token);
-    } else {
-      // The bad slot is older than our valid one (a stale slot: the next write of the
-      // sector overwrites it), or nobody has anything newer.
-      ++run_.stale;
-      run_.repairs.erase(rep);
-    }
+    if (best && !(best->tag > rep->second.own)) best.reset();
+    rep->second.absorbing = true;
+    std::uint64_t token = ctx_.NewId();
+    absorb_tokens_[token] = AbsorbToken{s, best ? best->tag : rep->second.own, !best.has_value()};
+    digests_.Invalidate(s);
+    ctx_.env->Repair(s, best, token);
   }
   MaybeFinish(now_ms);
+}
+
+void Scrub::EndRepair(std::map<SectorIdx, Repair>::iterator it, Outcome outcome) {
+  ATOMDISK_CHECK(it != repairs_.end());
+  if (it->second.read_repair) {
+    if (outcome == Outcome::kUnrepaired) {
+      ++read_.unrepaired;
+    } else {
+      ++read_.repaired;
+    }
+  } else {
+    switch (outcome) {
+      case Outcome::kRepaired:
+        ++run_.repaired;
+        break;
+      case Outcome::kStale:
+        ++run_.stale;
+        break;
+      case Outcome::kUnrepaired:
+        ++run_.unrepaired;
+        break;
+    }
+  }
+  repairs_.erase(it);
 }
 
 bool Scrub::OnAbsorbed(std::uint64_t token, const Status& status, std::int64_t now_ms) {
@@ -174,32 +235,35 @@ bool Scrub::OnAbsorbed(std::uint64_t token, const Status& status, std::int64_t n
   if (it == absorb_tokens_.end()) return false;
   AbsorbToken tok = it->second;
   absorb_tokens_.erase(it);
-  auto rep = run_.repairs.find(tok.sector);
-  ATOMDISK_CHECK(rep != run_.repairs.end() && rep->second.absorbing);
+  auto rep = repairs_.find(tok.sector);
+  ATOMDISK_CHECK(rep != repairs_.end() && rep->second.absorbing);
   digests_.Invalidate(tok.sector);
+  const char* what = rep->second.read_repair ? "read repair: sector " : "scrub: sector ";
   if (status.ok()) {
-    ++run_.repaired;
-    ctx_.env->Note("scrub: sector " + std::to_string(tok.sector) + " repaired with " +
+    ctx_.env->Note(std::string(what) + std::to_string(tok.sector) +
+                   (tok.own ? " rewritten from our copy " : " repaired with ") +
                    tok.tag.ToString());
+    EndRepair(rep, tok.own ? Outcome::kStale : Outcome::kRepaired);
   } else {
-    ++run_.unrepaired;
-    ctx_.env->Note("scrub: cannot store the repair of sector " + std::to_string(tok.sector) + ": " +
-                   status.ToString());
+    ctx_.env->Note(std::string(what) + std::to_string(tok.sector) +
+                   ": cannot store the repair: " + status.ToString());
+    EndRepair(rep, Outcome::kUnrepaired);
   }
-  run_.repairs.erase(rep);
   MaybeFinish(now_ms);
   return true;
 }
 
 void Scrub::MaybeFinish(std::int64_t now_ms) {
-  if (!run_.active || run_.bucket < ctx_.buckets || !run_.repairs.empty()) return;
+  if (!run_.active || run_.bucket < ctx_.buckets) return;
+  for (const auto& [sector, rep] : repairs_) {
+    if (!rep.read_repair) return;
+  }
   run_.active = false;
   ++run_.runs_done;
-  requests_.clear();
   ctx_.env->Note("scrub done: " + std::to_string(run_.checked) + " sectors checked, " +
                  std::to_string(run_.corrupt) + " corrupt, " + std::to_string(run_.repaired) +
                  " repaired, " + std::to_string(run_.unrepaired) + " unrepaired, " +
-                 std::to_string(run_.stale) + " stale slots left for the next write");
+                 std::to_string(run_.stale) + " rewritten from our own copy");
   Schedule(now_ms);
 }
 
@@ -213,18 +277,25 @@ void Scrub::FillStatus(SyncStatus::Scrub& out) const {
   out.unrepaired = run_.unrepaired;
   out.stale = run_.stale;
   out.runs_done = run_.runs_done;
+  out.read_repairs = read_.started;
+  out.read_repaired = read_.repaired;
+  out.read_unrepaired = read_.unrepaired;
 }
 
 void Scrub::CheckInvariants() const {
   ATOMDISK_CHECK(run_.bucket <= ctx_.buckets);
-  ATOMDISK_CHECK(run_.repairs.size() <=
+  ATOMDISK_CHECK(repairs_.size() <=
                  kMaxScrubRepairs + kBucketSectors * std::max<std::uint32_t>(
                                                          1, ctx_.options.scrub_buckets_per_tick));
-  ATOMDISK_CHECK(run_.repaired + run_.unrepaired + run_.stale + run_.repairs.size() <=
-                 run_.corrupt);
+  std::uint64_t run_pending = 0, read_pending = 0;
+  for (const auto& [sector, rep] : repairs_) ++(rep.read_repair ? read_pending : run_pending);
+  ATOMDISK_CHECK(read_.repaired + read_.unrepaired + read_pending == read_.started);
+  if (run_.active) {
+    ATOMDISK_CHECK(run_.repaired + run_.unrepaired + run_.stale + run_pending <= run_.corrupt);
+  }
   for (const auto& [token, tok] : absorb_tokens_) {
-    auto rep = run_.repairs.find(tok.sector);
-    ATOMDISK_CHECK(rep != run_.repairs.end() && rep->second.absorbing);
+    auto rep = repairs_.find(tok.sector);
+    ATOMDISK_CHECK(rep != repairs_.end() && rep->second.absorbing);
   }
 }
 

@@ -1,14 +1,19 @@
 // Scrub: reads every stored sector with full checksum checks and repairs bad ones from peers
-// (docs/RESYNC.md, "Scrub"). Internal to daemon/sync/ (see sync_context.h).
+// (docs/RESYNC.md, "Scrub"); and read repair: a sector that a read found failed or suspect
+// (SectorStore::Read) is repaired the same way at once (docs/RESYNC.md, "Read repair").
+// Internal to daemon/sync/ (see sync_context.h).
 //
 // A run checks scrub_buckets_per_tick buckets per Tick. A sector with a bad slot is fetched
 // from every peer (its own Fetch requests, apart from the resync pass's); once
-// RequiredSources() peers answered, the newest value any of them holds is absorbed if it is
-// newer than ours (the store writes it over the corrupt slot), else the bad slot is counted
-// stale (older than the valid one: the next write overwrites it). A repair whose peers do not
-// answer within kScrubRepairTimeouts request timeouts counts as unrepaired. At most
-// kMaxScrubRepairs repairs are pending at once; the run waits for them before it scans on.
-// Periodic runs every scrub_interval_ms after the previous one ended. Thread-compatible.
+// RequiredSources() peers answered, the newest value any of them holds replaces ours if it is
+// newer than our valid copy, else our valid copy is written over the bad slot (counted stale);
+// both through SyncEnv::Repair, the only write that lifts a suspect sector's suspicion. Why
+// that is safe: any completed write or read is on a quorum, which meets every RequiredSources()
+// peers, so the newest among their answers and our valid copy is at least every completed
+// value. A repair whose peers do not answer within kScrubRepairTimeouts request timeouts counts
+// as unrepaired. At most kMaxScrubRepairs repairs are pending at once; a run waits for them
+// before it scans on. Periodic runs every scrub_interval_ms after the previous one ended.
+// Thread-compatible.
 #pragma once
 
 #include <cstdint>
@@ -39,6 +44,9 @@ class Scrub {
   // A reply from a peer: true if it answers a request of the scrub (handled), false if the
   // request id is not the scrub's.
   bool OnReply(const SyncMessage& msg, std::int64_t now_ms);
+  // A read found `sector` failed or suspect: repairs it now (a read repair), unless a repair
+  // of it is pending or one was started within the last request timeout.
+  void RepairNow(SectorIdx sector, std::int64_t now_ms);
   // An Absorb finished: true if `token` was the scrub's (handled), false otherwise.
   bool OnAbsorbed(std::uint64_t token, const Status& status, std::int64_t now_ms);
 
@@ -51,6 +59,7 @@ class Scrub {
     std::map<Rank, std::optional<Triple>> answers;
     std::int64_t start_ms = 0;
     bool absorbing = false;
+    bool read_repair = false;  // asked by a read (counted apart from the run's)
   };
   // A Fetch request to one peer, by request id.
   struct Request {
@@ -62,23 +71,37 @@ class Scrub {
   struct AbsorbToken {
     SectorIdx sector = 0;
     Tag tag;
+    bool own = false;  // our own valid copy, rewritten over the bad slot
   };
   struct Run {
     bool active = false;
     std::uint64_t bucket = 0;
-    std::map<SectorIdx, Repair> repairs;
     std::uint64_t checked = 0, corrupt = 0, repaired = 0, unrepaired = 0, stale = 0;
     std::uint64_t runs_done = 0;
     std::int64_t start_ms = 0;
   };
+  struct ReadRepairs {
+    std::uint64_t started = 0, repaired = 0, unrepaired = 0;
+  };
+  enum class Outcome { kRepaired, kStale, kUnrepaired };
 
   void ScanChunk(std::int64_t now_ms);
+  // Starts repairs of `found` (sectors now in repairs_): Fetches to every peer.
+  void FetchFromPeers(const std::vector<SectorIdx>& found, std::int64_t now_ms);
+  void Progress(std::int64_t now_ms);
   void OnFetchReply(const SyncMessage& msg, const Request& req, std::int64_t now_ms);
+  // Ends the repair `it` points to with `outcome`, counted where it belongs.
+  void EndRepair(std::map<SectorIdx, Repair>::iterator it, Outcome outcome);
   void MaybeFinish(std::int64_t now_ms);
 
   SyncContext& ctx_;
   BucketDigests& digests_;
   Run run_;
+  ReadRepairs read_;
+  // Pending repairs, of the run's and read repairs.
+  std::map<SectorIdx, Repair> repairs_;
+  // When a read repair of a sector was last started (bounded: cleared when large).
+  std::map<SectorIdx, std::int64_t> read_repair_ms_;
   std::map<std::uint64_t, Request> requests_;
   std::map<std::uint64_t, AbsorbToken> absorb_tokens_;
   std::int64_t next_run_ms_ = -1;

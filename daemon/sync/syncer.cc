@@ -140,6 +140,10 @@ void Syncer::OnLocalWrite(SectorIdx sector) { impl_->digests.Invalidate(sector);
 void Syncer::RaiseWriteTsLease(std::uint64_t ts) { impl_->membership.RaiseWriteTsLease(ts); }
 void Syncer::Tick(std::int64_t now_ms) { impl_->Tick(now_ms); }
 Status Syncer::StartScrub(std::int64_t now_ms) { return impl_->scrub.Start(now_ms); }
+
+void Syncer::OnUnreadable(SectorIdx sector, std::int64_t now_ms) {
+  impl_->scrub.RepairNow(sector, now_ms);
+}
 Status Syncer::StartResync(std::int64_t now_ms) { return impl_->StartResync(now_ms); }
 bool Syncer::voting() const { return impl_->membership.voting(); }
 const Identity& Syncer::identity() const { return impl_->ctx.identity; }

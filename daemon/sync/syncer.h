@@ -83,6 +83,9 @@ struct SyncerOptions {
   bool bug_joiner_votes = false;  // simulator only: a joining node votes at once
   // Simulator only: a founding member (IDENTITY genesis) ignores peers that list it as a voter.
   bool bug_genesis_trusted = false;
+  // Simulator only: a scrub or read repair decides on the first peer's answer, not on
+  // RequiredSources() answers.
+  bool bug_repair_one_peer = false;
 
   std::size_t Quorum() const { return ranks.size() / 2 + 1; }
   // Voting peers a join pass must pull from: N - Quorum + 1 (every acknowledged write is on
@@ -111,8 +114,9 @@ class SyncEnv {
   // checks, all slots with verify_all), with the tag `view` gives.
   virtual Status ScanTags(SectorIdx first, std::uint64_t count, bool verify_all, TagView view,
                           const std::function<void(SectorIdx, Tag, bool ok)>& fn) = 0;
-  // The value of `sector` this node serves (TagView::kServed; for Fetch replies). An error if
-  // it is unreadable.
+  // The value of `sector` this node serves (TagView::kServed; for Fetch replies): for a
+  // suspect sector its newest valid copy (durable, though a failed slot may have held
+  // something newer). An error if it is unreadable.
   virtual Result<Triple> ReadSector(SectorIdx sector) = 0;
   // Calls fn(sector) for every sector whose kServed tag lies above its kDurable tag (a handful:
   // values being persisted), so that bucket digests served to peers can account for them.
@@ -122,6 +126,13 @@ class SyncEnv {
   // Syncer::OnAbsorbed(token, status) exactly once, when the value or a newer one is durable
   // (or the write failed). Never calls back from inside Absorb().
   virtual void Absorb(SectorIdx sector, const Triple& value, std::uint64_t token) = 0;
+  // A repair's verdict on `sector`, whose stored copy failed its checks (scrub or a read
+  // repair asked the peers): `value` (the newest a peer holds, newer than ours) or, with
+  // nullopt, this node's own newest valid copy is written over the failed slot
+  // (SectorStore::Repair), which lifts a suspect sector's suspicion. Later calls
+  // Syncer::OnAbsorbed(token, status) exactly once, as Absorb does.
+  virtual void Repair(SectorIdx sector, const std::optional<Triple>& value,
+                      std::uint64_t token) = 0;
   // Writes the identity durably before returning.
   virtual Status SaveIdentity(const Identity& identity) = 0;
   // From now on this node votes (or not): registers answer ReadProc/WriteProc and count
@@ -169,10 +180,13 @@ struct SyncStatus {
     bool active = false;
     std::uint64_t bucket = 0, buckets = 0;
     std::uint64_t sectors_checked = 0, corrupt = 0, repaired = 0, unrepaired = 0;
-    // Corrupt sectors left alone: the bad slot is older than the valid one (or no peer holds
-    // anything newer), so the next write of the sector overwrites it.
+    // Corrupt sectors where no peer held anything newer than our valid copy: that copy was
+    // written over the bad slot.
     std::uint64_t stale = 0;
     std::uint64_t runs_done = 0;
+    // Read repairs (since start): sectors a read found failed or suspect, repaired at once
+    // from the peers without waiting for a scrub. Started, stored, failed.
+    std::uint64_t read_repairs = 0, read_repaired = 0, read_unrepaired = 0;
   } scrub;
 };
 
@@ -191,6 +205,10 @@ class Syncer {
   void OnMessage(const SyncMessage& msg, std::int64_t now_ms);
   // The Absorb(token) finished.
   void OnAbsorbed(std::uint64_t token, const Status& status, std::int64_t now_ms);
+  // Reading `sector` found a slot that failed its checks (corrupt, or suspect:
+  // SectorStore::Read): it is repaired from the peers now, as scrub would (a "read repair"),
+  // unless a repair of it is under way or was tried within the last request timeout.
+  void OnUnreadable(SectorIdx sector, std::int64_t now_ms);
   // A new value of `sector` was handed to the store (by a register or an Absorb): the
   // cached digest of its bucket is stale.
   void OnLocalWrite(SectorIdx sector);

@@ -375,6 +375,7 @@ TEST(SectorStoreCrashTest, EverySectorIsOldOrNewAfterACrash) {
   constexpr std::uint64_t kSectors = 4;
   constexpr int kSeeds = 1500;
   int crashes = 0;
+  int suspects = 0;
   for (int seed = 0; seed < kSeeds; ++seed) {
     SCOPED_TRACE("seed " + std::to_string(seed));
     std::mt19937_64 rng(static_cast<std::uint64_t>(seed));
@@ -390,6 +391,12 @@ TEST(SectorStoreCrashTest, EverySectorIsOldOrNewAfterACrash) {
       auto store = SectorStore::OpenOnFile(ShareBlockFile(disk), Manual(kSectors));
       for (SectorIdx s = 0; s < kSectors; ++s) {
         Result<Triple> r = store->Read(s);
+        if (!r.ok() && r.status().code() == StatusCode::kCorruption) {
+          // Suspect: a write torn by the crash, which looks like rot of a newer value; the
+          // store serves neither. The valid slot behind it holds the old value.
+          ++suspects;
+          r = store->ReadNewestValid(s);
+        }
         ASSERT_TRUE(r.ok()) << "sector " << s << ": " << r.status().ToString();
         const std::uint64_t ts = r->tag.ts;
         ASSERT_GE(ts, (*acked_ptr)[s]) << "sector " << s << " lost an acknowledged write";
@@ -453,6 +460,7 @@ TEST(SectorStoreCrashTest, EverySectorIsOldOrNewAfterACrash) {
     if (HasFatalFailure()) return;
   }
   EXPECT_GT(crashes, kSeeds);
+  EXPECT_GT(suspects, 0);  // some crash tore a write over an older value
 }
 
 // --- Checksums ----------------------------------------------------------------------------------
@@ -464,9 +472,16 @@ TEST(SectorStoreTest, ChecksumCatchesAFlippedBit) {
   WriteEachSynced(*store, results, 5, {Value(1), Value(2)});  // slot 0, then slot 1
   ASSERT_TRUE(results.AllOk());
 
-  // Bit rot in the newest slot: the older value is returned (scrub is what notices).
+  // Bit rot in the newest slot: the sector is suspect. The older value behind it is not served
+  // either, since value 2 may have been acknowledged (docs/STORAGE.md, "Suspect sectors").
   disk->CorruptByte(SlotOffset(5, 1) + 64 + 1000);
-  EXPECT_TRUE(ReadsAs(*store, 5, Value(1)));
+  Result<Triple> r = store->Read(5);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kCorruption);
+  EXPECT_NE(r.status().message().find("may hold a newer value"), std::string::npos)
+      << r.status().ToString();
+  EXPECT_FALSE(store->CachedDurableTag(5).has_value());
+  EXPECT_TRUE(SameValue(*store->ReadNewestValid(5), Value(1)));
   std::vector<std::pair<SectorIdx, bool>> seen;
   ASSERT_TRUE(store
                   ->ForEachStored([&](SectorIdx s, Tag tag, bool ok) {
@@ -476,18 +491,87 @@ TEST(SectorStoreTest, ChecksumCatchesAFlippedBit) {
                   .ok());
   EXPECT_EQ(seen, (std::vector<std::pair<SectorIdx, bool>>{{5, false}}));
 
-  // Both slots bad: Corruption, never data.
+  // Both slots bad: Corruption, never data, not even to a repair.
   disk->CorruptByte(SlotOffset(5, 0) + 64 + 7, 3);
-  Result<Triple> r = store->Read(5);
+  r = store->Read(5);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kCorruption);
   EXPECT_NE(r.status().message().find("sector 5"), std::string::npos) << r.status().ToString();
+  EXPECT_EQ(store->ReadNewestValid(5).status().code(), StatusCode::kCorruption);
 
-  // A new write repairs the sector.
+  // A new write above both failed slots' tags repairs the sector.
   store->Write(5, Value(3), results.Add());
   store->SyncNow();
   EXPECT_TRUE(results.AllOk());
   EXPECT_TRUE(ReadsAs(*store, 5, Value(3)));
+}
+
+TEST(SectorStoreTest, ASuspectSectorTakesOnlyNewerWritesOrARepair) {
+  auto disk = std::make_shared<FaultyBlockFile>();
+  auto store = SectorStore::OpenOnFile(ShareBlockFile(disk), Manual(8));
+  Results results;
+  WriteEachSynced(*store, results, 5, {Value(1), Value(4)});
+  WriteEachSynced(*store, results, 6, {Value(1), Value(4)});
+  ASSERT_TRUE(results.AllOk());
+  disk->CorruptByte(SlotOffset(5, 1) + 64 + 99);  // value 4's data
+  disk->CorruptByte(SlotOffset(6, 1) + 64 + 99);
+  EXPECT_EQ(store->Read(5).status().code(), StatusCode::kCorruption);
+
+  // A write below the failed slot's tag would hide that value 4 was ever there: refused.
+  Results refused;
+  store->Write(5, Value(3), refused.Add());
+  store->SyncNow();
+  ASSERT_EQ(refused.got.size(), 1u);
+  EXPECT_EQ(refused.got[0].code(), StatusCode::kCorruption);
+  EXPECT_EQ(store->Read(5).status().code(), StatusCode::kCorruption);
+  // So is one of the valid slot's own tag, which is not a repair.
+  store->Write(5, Value(1), refused.Add());
+  store->SyncNow();
+  ASSERT_EQ(refused.got.size(), 2u);
+  EXPECT_EQ(refused.got[1].code(), StatusCode::kCorruption);
+
+  // The failed slot's own tag brings back what it held.
+  store->Write(5, Value(4), results.Add());
+  store->SyncNow();
+  EXPECT_TRUE(results.AllOk());
+  EXPECT_TRUE(ReadsAs(*store, 5, Value(4)));
+
+  // A repair's verdict lifts the suspicion whatever the failed slot claimed: here the peers
+  // held nothing newer than value 1, which is rewritten over the failed slot.
+  store->Repair(6, Value(1), results.Add());
+  store->SyncNow();
+  EXPECT_TRUE(results.AllOk());
+  EXPECT_TRUE(ReadsAs(*store, 6, Value(1)));
+  bool clean = false;
+  ASSERT_TRUE(store->ScanRange(6, 1, true, [&](SectorIdx, Tag, bool ok) { clean = ok; }).ok());
+  EXPECT_TRUE(clean);
+  auto reopened = SectorStore::OpenOnFile(ShareBlockFile(disk), Manual(8));
+  EXPECT_TRUE(ReadsAs(*reopened, 6, Value(1)));
+  EXPECT_TRUE(ReadsAs(*reopened, 5, Value(4)));
+}
+
+TEST(SectorStoreTest, ARepairRewritesABadOlderSlot) {
+  auto disk = std::make_shared<FaultyBlockFile>();
+  auto store = SectorStore::OpenOnFile(ShareBlockFile(disk), Manual(8));
+  Results results;
+  WriteEachSynced(*store, results, 2, {Value(1), Value(2)});
+  ASSERT_TRUE(results.AllOk());
+  disk->CorruptByte(SlotOffset(2, 0) + 64 + 5);  // the older slot: nothing is shadowed
+  EXPECT_TRUE(ReadsAs(*store, 2, Value(2)));
+  bool clean = true;
+  ASSERT_TRUE(store->ScanRange(2, 1, true, [&](SectorIdx, Tag, bool ok) { clean = ok; }).ok());
+  EXPECT_FALSE(clean);
+  // An ordinary write of the stored tag writes nothing; a repair rewrites the bad slot.
+  store->Write(2, Value(2), results.Add());
+  store->SyncNow();
+  ASSERT_TRUE(store->ScanRange(2, 1, true, [&](SectorIdx, Tag, bool ok) { clean = ok; }).ok());
+  EXPECT_FALSE(clean);
+  store->Repair(2, Value(2), results.Add());
+  store->SyncNow();
+  EXPECT_TRUE(results.AllOk());
+  ASSERT_TRUE(store->ScanRange(2, 1, true, [&](SectorIdx, Tag, bool ok) { clean = ok; }).ok());
+  EXPECT_TRUE(clean);
+  EXPECT_TRUE(ReadsAs(*store, 2, Value(2)));
 }
 
 TEST(SectorStoreTest, AKnownNewestSlotIsReadAloneAndRotFallsBackToBoth) {
@@ -511,23 +595,24 @@ TEST(SectorStoreTest, AKnownNewestSlotIsReadAloneAndRotFallsBackToBoth) {
   EXPECT_TRUE(ReadsAs(*reopened, 5, Value(2)));
   EXPECT_EQ(disk->ReadBytes() - before, kSlotSize);
 
-  // Rot in the known newest slot's data: both slots are read and the older valid value is
-  // returned, as without the shortcut; that one is then the known newest.
+  // Rot in the known newest slot's data: both slots are read, as without the shortcut, and
+  // the sector is suspect; the shortcut is forgotten.
   disk->CorruptByte(SlotOffset(5, 1) + 64 + 1000);
   before = disk->ReadBytes();
-  EXPECT_TRUE(ReadsAs(*store, 5, Value(1)));
+  EXPECT_EQ(store->Read(5).status().code(), StatusCode::kCorruption);
   EXPECT_EQ(disk->ReadBytes() - before, 3 * kSlotSize);
   before = disk->ReadBytes();
-  EXPECT_TRUE(ReadsAs(*store, 5, Value(1)));
-  EXPECT_EQ(disk->ReadBytes() - before, kSlotSize);
+  EXPECT_EQ(store->Read(5).status().code(), StatusCode::kCorruption);
+  EXPECT_EQ(disk->ReadBytes() - before, 2 * kSlotSize);
 
-  // Rot in the known newest slot's tag: the same.
+  // Rot in the known newest slot's tag (ts 12 becomes 13): the same.
   WriteEachSynced(*store, results, 6, {Value(11), Value(12)});
   ASSERT_TRUE(results.AllOk());
   disk->CorruptByte(SlotOffset(6, 1) + 16);  // the ts
   before = disk->ReadBytes();
-  EXPECT_TRUE(ReadsAs(*store, 6, Value(11)));
+  EXPECT_EQ(store->Read(6).status().code(), StatusCode::kCorruption);
   EXPECT_EQ(disk->ReadBytes() - before, 3 * kSlotSize);
+  EXPECT_TRUE(SameValue(*store->ReadNewestValid(6), Value(11)));
 }
 
 TEST(SectorStoreTest, HeaderCorruptionAndMisplacedSlotsAreInvalid) {
@@ -541,24 +626,33 @@ TEST(SectorStoreTest, HeaderCorruptionAndMisplacedSlotsAreInvalid) {
   }
   ASSERT_TRUE(results.AllOk());
 
-  // Sector 1's slots copied to sector 2's place: they are not sector 2's data.
+  // Sector 1's slots copied to sector 2's place: they are not sector 2's data. A header that
+  // does not check out may have held anything: suspect, not "unwritten".
   std::vector<std::uint8_t> slots(2 * kSlotSize);
   ASSERT_TRUE(disk->ReadAt(SlotOffset(1, 0), slots.data(), kSlotSize).ok());
   ASSERT_TRUE(disk->WriteAt(SlotOffset(2, 0), slots.data(), kSlotSize).ok());
-  EXPECT_TRUE(ReadsAs(*store, 2, Triple{Tag{}, ZeroSector()}));  // slot 1 still empty
+  EXPECT_EQ(store->Read(2).status().code(), StatusCode::kCorruption);
+  EXPECT_TRUE(SameValue(*store->ReadNewestValid(2), Triple{Tag{}, ZeroSector()}));
   ASSERT_TRUE(disk->ReadAt(SlotOffset(1, 0), slots.data(), slots.size()).ok());
   ASSERT_TRUE(disk->WriteAt(SlotOffset(2, 0), slots.data(), slots.size()).ok());
   EXPECT_EQ(store->Read(2).status().code(), StatusCode::kCorruption);
+  // No tag is above an unreadable header: only a repair takes sector 2 back.
+  Results refused;
+  store->Write(2, Value(50), refused.Add());
+  store->SyncNow();
+  ASSERT_EQ(refused.got.size(), 1u);
+  EXPECT_EQ(refused.got[0].code(), StatusCode::kCorruption);
 
   // A flipped bit in the tag (header) of sector 6's newest slot, then of the other one.
   disk->CorruptByte(SlotOffset(6, 1) + 16);
-  EXPECT_TRUE(ReadsAs(*store, 6, Value(11)));
+  EXPECT_EQ(store->Read(6).status().code(), StatusCode::kCorruption);
+  EXPECT_TRUE(SameValue(*store->ReadNewestValid(6), Value(11)));
   disk->CorruptByte(SlotOffset(6, 0) + 16);
   EXPECT_EQ(store->Read(6).status().code(), StatusCode::kCorruption);
   EXPECT_TRUE(ReadsAs(*store, 1, Value(2)));
 }
 
-TEST(SectorStoreTest, TornFirstWriteReadsAsUnwrittenAndIsRewrittenInPlace) {
+TEST(SectorStoreTest, TornFirstWriteIsSuspectAndIsRewrittenInPlace) {
   // A valid slot image of sector 3, from a scratch store.
   std::vector<std::uint8_t> slot(kSlotSize);
   {
@@ -569,12 +663,15 @@ TEST(SectorStoreTest, TornFirstWriteReadsAsUnwrittenAndIsRewrittenInPlace) {
     store->SyncNow();
     ASSERT_TRUE(scratch->ReadAt(SlotOffset(3, 0), slot.data(), slot.size()).ok());
   }
-  // Its first 1000 bytes reached the disk, then power failed.
+  // Its first 1000 bytes reached the disk, then power failed. Rot of an acknowledged first
+  // write looks the same, so the sector is served by nobody until a repair or a newer write:
+  // "unwritten" would be a lost write in the second case.
   auto disk = std::make_shared<FaultyBlockFile>();
   ASSERT_TRUE(disk->WriteAt(SlotOffset(3, 0), slot.data(), 1000).ok());
   ASSERT_TRUE(disk->Sync().ok());
   auto store = SectorStore::OpenOnFile(ShareBlockFile(disk), Manual(8));
-  EXPECT_TRUE(ReadsAs(*store, 3, Triple{Tag{}, ZeroSector()}));
+  EXPECT_EQ(store->Read(3).status().code(), StatusCode::kCorruption);
+  EXPECT_TRUE(SameValue(*store->ReadNewestValid(3), Triple{Tag{}, ZeroSector()}));
   bool ok = true;
   ASSERT_TRUE(
       store->ForEachStored([&](SectorIdx, Tag, bool checksum_ok) { ok = checksum_ok; }).ok());
@@ -1152,9 +1249,8 @@ TEST_P(ScanRangeTest, ARotReadForgetsTheCachedTag) {
   // The cache still believes the old tags until the file is read...
   EXPECT_EQ(store_->Read(6).status().code(), StatusCode::kCorruption);
   EXPECT_FALSE(store_->CachedDurableTag(6).has_value()) << "both slots bad: nothing to report";
-  auto r8 = store_->Read(8);
-  ASSERT_TRUE(r8.ok());
-  EXPECT_EQ(r8->tag, Tag{});  // its only slot is bad: reads as never written
+  // Its only slot is bad: suspect (that write may have been acknowledged), not "unwritten".
+  EXPECT_EQ(store_->Read(8).status().code(), StatusCode::kCorruption);
   EXPECT_FALSE(store_->CachedDurableTag(8).has_value());
 }
 
@@ -1172,7 +1268,7 @@ TEST_P(ScanRangeTest, CorruptSlotsAreReported) {
   Flip(SlotOffset(5, 1) + 16);        // newest slot's tag (header)
   Flip(SlotOffset(6, 0) + 64);        // both slots
   Flip(SlotOffset(6, 1) + 4000);
-  Flip(SlotOffset(8, 0) + 2000);  // a sector's only slot: reads as unwritten
+  Flip(SlotOffset(8, 0) + 2000);  // a sector's only slot: suspect
   const Tag t1 = Value(1).tag, t2 = Value(2).tag;
   EXPECT_EQ(Scan(0, kSectors, /*verify_all=*/true), (std::vector<Scanned>{{3, t1, false},
                                                                           {4, t2, false},
@@ -1189,11 +1285,15 @@ TEST_P(ScanRangeTest, CorruptSlotsAreReported) {
   bool all_ok = true;
   ASSERT_TRUE(store_->ForEachStored([&](SectorIdx, Tag, bool ok) { all_ok &= ok; }).ok());
   EXPECT_FALSE(all_ok);
-  // The tags match what Read() returns.
-  EXPECT_EQ(store_->Read(3)->tag, t1);
+  // The tags are those of the newest valid slot: what ReadNewestValid() returns. Read()
+  // serves none of the sectors whose failed slot may be newer (suspect: 3, 5, 8).
+  EXPECT_EQ(store_->ReadNewestValid(3)->tag, t1);
+  EXPECT_EQ(store_->Read(3).status().code(), StatusCode::kCorruption);
   EXPECT_EQ(store_->Read(4)->tag, t2);
+  EXPECT_EQ(store_->Read(5).status().code(), StatusCode::kCorruption);
   EXPECT_EQ(store_->Read(6).status().code(), StatusCode::kCorruption);
-  EXPECT_EQ(store_->Read(8)->tag, Tag{});
+  EXPECT_EQ(store_->ReadNewestValid(8)->tag, Tag{});
+  EXPECT_EQ(store_->Read(8).status().code(), StatusCode::kCorruption);
 
   // A rewrite repairs: the corrupt slot is the one written.
   Write(3, Value(9, 1, 3));

@@ -101,6 +101,14 @@ class FakeNode : public SyncEnv {
     if (value.tag <= TagOf(sector)) ++older_absorbs;
     absorbs.emplace_back(sector, value, token);
   }
+  // As Absorb; with no value, the node's own copy (what data holds) goes over the bad slot.
+  void Repair(SectorIdx sector, const std::optional<Triple>& value, std::uint64_t token) override {
+    ++repairs;
+    if (value) return Absorb(sector, *value, token);
+    auto it = data.find(sector);
+    absorbs.emplace_back(sector, it == data.end() ? Triple{Tag{}, ZeroSector()} : it->second,
+                         token);
+  }
   Status SaveIdentity(const Identity& identity) override {
     events.push_back("save");
     if (fail_save) return Status::IOError("save fails on cue");
@@ -138,6 +146,7 @@ class FakeNode : public SyncEnv {
 
   std::map<SectorIdx, Triple> data;
   std::map<SectorIdx, Tag> corrupt;  // sector -> tag its scan reports (ok = false)
+  int repairs = 0;                   // Repair calls
   std::set<SectorIdx> unreadable;    // ReadSector fails
   // Values being persisted that this node serves (TagView::kServed) above data's durable
   // ones; a sector here must also be in data.

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -147,6 +148,7 @@ class ServerEnv : public SyncEnv {
     for (const auto& [s, t] : served_ahead) fn(s);
   }
   void Absorb(SectorIdx, const Triple&, std::uint64_t) override { ADD_FAILURE(); }
+  void Repair(SectorIdx, const std::optional<Triple>&, std::uint64_t) override { ADD_FAILURE(); }
   Status SaveIdentity(const Identity&) override {
     ADD_FAILURE();
     return Status::Ok();
