@@ -119,6 +119,9 @@ int main(int argc, char** argv) {
   app.add_flag("--forged-tags", options.forged_tags,
                "the nemesis also hands nodes forged WriteProcs whose tag lies above the "
                "timestamp range (a node must drop them)");
+  app.add_flag("--bit-rot", options.bit_rot,
+               "bits of stored slots flip while nodes are down; the nodes must repair them from "
+               "their peers (read repair, scrub) and never serve a lost or older value");
   app.add_flag("--link-liveness", options.link_liveness,
                "a link cut by a partition goes down at both ends after 100 virtual ms, as the "
                "daemon's peer liveness has it (the core then refuses extents without a quorum)");
@@ -216,6 +219,8 @@ int main(int argc, char** argv) {
     total.client_connection_drops += r.stats.client_connection_drops;
     total.client_ops_failed += r.stats.client_ops_failed;
     total.forged_tags += r.stats.forged_tags;
+    total.rotted_slots += r.stats.rotted_slots;
+    total.repairs += r.stats.repairs;
     if (verbose) {
       std::cout << "seed " << s << " " << (r.ok ? "ok" : "FAIL " + r.check) << " events "
                 << r.stats.events << " virtual " << r.stats.virtual_ms << "ms ops "
@@ -270,6 +275,9 @@ int main(int argc, char** argv) {
             << total.extents_refused << " extents refused whole, " << total.virtual_ms
             << " virtual ms";
   if (options.forged_tags) std::cout << "; " << total.forged_tags << " forged top tags";
+  if (options.bit_rot) {
+    std::cout << "; " << total.rotted_slots << " rotted slots, " << total.repairs << " repairs";
+  }
   if (options.client_library) {
     std::cout << "; client library: " << total.client_retries << " retries, "
               << total.client_connection_drops << " connections dropped, "

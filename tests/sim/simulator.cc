@@ -67,6 +67,8 @@ const char* SimBugName(SimBug bug) {
       return "client-not-done-as-done";
     case SimBug::kAcceptTopTags:
       return "accept-top-tags";
+    case SimBug::kRepairFromOnePeer:
+      return "repair-from-one-peer";
   }
   return "?";
 }
@@ -90,6 +92,7 @@ const char* SimBugLayer(SimBug bug) {
     case SimBug::kJoinerVotes:
     case SimBug::kLeaseForgotten:
     case SimBug::kGenesisTrusted:
+    case SimBug::kRepairFromOnePeer:
       return "sync";
     case SimBug::kForgetOnRestart:
       return "world";
@@ -148,6 +151,9 @@ const char* SimBugWhat(SimBug bug) {
     case SimBug::kAcceptTopTags:
       return "a node takes a system message whose tag lies above the timestamp range (forged "
              "or corrupt) instead of dropping it (needs --forged-tags)";
+    case SimBug::kRepairFromOnePeer:
+      return "a scrub or read repair of a rotted or suspect sector settles on the first peer's "
+             "answer instead of N - Q + 1 (needs --bit-rot)";
     case SimBug::kClientNotDoneAsDone:
       return "the client library reports a write extent written when the node answered some or "
              "all of its sectors not done (needs --client-library and --extents)";
@@ -175,7 +181,8 @@ std::vector<SimBug> AllSimBugs() {
           SimBug::kRefuseStartedExtents,
           SimBug::kClientRetriesUnknownWrite,
           SimBug::kClientNotDoneAsDone,
-          SimBug::kAcceptTopTags};
+          SimBug::kAcceptTopTags,
+          SimBug::kRepairFromOnePeer};
 }
 
 std::optional<SimBug> ParseSimBug(std::string_view name) {
@@ -195,6 +202,7 @@ std::string ReplayCommand(const SimOptions& o) {
   if (o.link_liveness) cmd += " --link-liveness";
   if (o.client_library) cmd += " --client-library";
   if (o.forged_tags) cmd += " --forged-tags";
+  if (o.bit_rot) cmd += " --bit-rot";
   if (o.max_lincheck_states != SimOptions{}.max_lincheck_states) {
     cmd += " --max-lincheck-states " + std::to_string(o.max_lincheck_states);
   }
@@ -219,6 +227,8 @@ constexpr std::int64_t kHelloIntervalMs = 200;
 constexpr std::int64_t kSimPeerTimeoutMs = 100;
 constexpr std::int64_t kJoiningHelloIntervalMs = 50;
 constexpr std::int64_t kSyncRequestTimeoutMs = 300;
+// With --bit-rot, each node scrubs its store this often (virtual time).
+constexpr std::int64_t kSimScrubIntervalMs = 2000;
 constexpr std::int64_t kCheckpointIntervalMs = 100;
 constexpr std::int64_t kResyncIntervalMs = 2000;
 // The simulated wall clock (SyncEnv::WallClockMicros) reads this plus virtual time.
@@ -620,6 +630,9 @@ class Simulator {
     // must be durable here once the node votes again (check joiner-behind).
     bool replaced = false;
     std::map<SectorIdx, Tag> must_hold;
+    // SimOptions::bit_rot: sectors whose copy here rotted and no value was durably stored
+    // since. One lost copy at a time: no rot meets another or a replaced disk.
+    std::set<SectorIdx> rotted;
   };
 
   struct Op {
@@ -684,6 +697,8 @@ class Simulator {
   void OpenStore(int n);
   void Crash(int n);
   void Restart(int n);
+  // SimOptions::bit_rot: flips a bit of a slot of a sector node n holds durably (it is down).
+  void RotAtRest(int n);
   void CloseStoreAndRestartIn(int n, std::int64_t delay_us);
   // Builds the node's core over its opened store and starts it (its Syncer starts at a tick).
   void StartNode(int n);
@@ -899,6 +914,11 @@ void Simulator::CheckDiskHolds(int n, const char* when) {
   Node& node = *nodes_[n];
   for (auto& [sector, tag] : node.max_durable) {
     Result<Triple> r = node.store->Read(sector);
+    if (!r.ok() && r.status().code() == StatusCode::kCorruption) {
+      // Suspect: a write torn by the crash shadows the durable value, which the other slot
+      // must still hold (a rotted copy is no longer in max_durable).
+      r = node.store->ReadNewestValid(sector);
+    }
     if (!r.ok()) {
       Fail("store-error", "node " + std::to_string(node.rank) + " sector " +
                               std::to_string(sector) + " " + when + ": " + r.status().ToString());
@@ -960,6 +980,46 @@ void Simulator::CloseStoreAndRestartIn(int n, std::int64_t delay_us) {
   At(delay_us, std::move(e));
 }
 
+void Simulator::RotAtRest(int n) {
+  Node& node = *nodes_[n];
+  // The fault model tolerates one lost copy of a value: no rot while a replaced disk is
+  // rejoining, and none of a sector that has a rotted copy elsewhere.
+  std::set<SectorIdx> rotted_anywhere;
+  for (const auto& other : nodes_) {
+    if (other->replaced || other->replace_on_restart) return;
+    rotted_anywhere.insert(other->rotted.begin(), other->rotted.end());
+  }
+  std::vector<std::map<SectorIdx, Tag>::iterator> written;
+  for (auto it = node.max_durable.begin(); it != node.max_durable.end(); ++it) {
+    if (it->second != Tag{} && !rotted_anywhere.contains(it->first)) written.push_back(it);
+  }
+  if (written.empty()) return;
+  auto it = written[Below(written.size())];
+  const SectorIdx sector = it->first;
+  // A written slot (an empty one's bytes mean nothing: rot there loses nothing).
+  std::vector<int> slots;
+  for (int k = 0; k < 2; ++k) {
+    std::array<std::uint8_t, 64> header{};
+    if (!node.disk->ReadAt(StoreSlotOffset(sector, k), header.data(), header.size()).ok()) return;
+    if (header != std::array<std::uint8_t, 64>{}) slots.push_back(k);
+  }
+  if (slots.empty()) return;
+  const int slot = slots[Below(slots.size())];
+  // Mostly the data; an eighth of the time the 64-byte header (its tag, magic or checksum).
+  const std::uint64_t byte = Chance(125) ? Below(64) : 64 + Below(kSectorSize);
+  const std::uint64_t offset = StoreSlotOffset(sector, slot) + byte;
+  node.disk->CorruptByte(offset, static_cast<int>(Below(8)));
+  ++result_.stats.rotted_slots;
+  Trace("rot node " + std::to_string(node.rank) + " sector " + std::to_string(sector) + " slot " +
+        std::to_string(slot) + " byte " + std::to_string(byte) +
+        " (durable there: " + TagStr(it->second) + ")");
+  // The model's promise for this copy is void: what it held may be gone. The node must not
+  // serve an older value in its place either; linearizability and the later checks say so.
+  node.known_durable.erase(sector);
+  node.max_durable.erase(it);
+  node.rotted.insert(sector);
+}
+
 void Simulator::Restart(int n) {
   Node& node = *nodes_[n];
   if (node.up) return;
@@ -974,6 +1034,7 @@ void Simulator::Restart(int n) {
     }
     node.max_durable.clear();
     node.known_durable.clear();
+    node.rotted.clear();
   } else if (options_.bug == SimBug::kForgetOnRestart) {
     node.disk = std::make_shared<FaultyBlockFile>();  // the bug: a blank disk, IDENTITY kept
   } else if (options_.bug == SimBug::kLeaseForgotten && node.identity) {
@@ -981,6 +1042,7 @@ void Simulator::Restart(int n) {
     // went out before their own copy was durable.
     node.identity->write_ts_lease = 0;
   }
+  if (options_.bit_rot && Chance(500)) RotAtRest(n);
   OpenStore(n);
   Result<Triple> probe = node.store->Read(0);
   if (!probe.ok() && probe.status().code() == StatusCode::kIOError) {
@@ -1081,8 +1143,12 @@ Tag Simulator::DurableTagAt(int n, SectorIdx sector) {
   auto k = node.known_durable.find(sector);
   if (k != node.known_durable.end()) t = k->second;
   if (!node.written_since_open.contains(sector) || node.disk->PendingWriteCount() == 0) {
-    // Nothing unsynced for this sector: what the store reads is durable.
+    // Nothing unsynced for this sector: what the store reads is durable. A suspect sector's
+    // valid slot is durable too; a torn or rotted slot over it holds nothing durable.
     Result<Triple> r = node.store->Read(sector);
+    if (!r.ok() && r.status().code() == StatusCode::kCorruption) {
+      r = node.store->ReadNewestValid(sector);
+    }
     if (r.ok()) t = std::max(t, r->tag);
   }
   return t;
@@ -1626,6 +1692,11 @@ void Simulator::OnStoreWriteDone(int n, SectorIdx sector, Tag tag, const Status&
   // Everything a sync made durable is noted before the core hears of any of it, so that
   // checks made while it reacts (joiner-behind) see the whole batch.
   if (status.ok()) NoteDurable(n, sector, tag, value_id);
+  if (status.ok() && node.rotted.erase(sector) != 0) {
+    ++result_.stats.repairs;  // a value is durable here again where the rot struck
+    Trace("  node " + std::to_string(node.rank) + " holds sector " + std::to_string(sector) +
+          " again");
+  }
 }
 
 void Simulator::OnTagFromCache(int n, SectorIdx sector, Tag tag) {
@@ -1907,8 +1978,25 @@ void Simulator::SendClientCommand(int n, std::uint64_t token) {
   }
   Frame frame = EncodeFrame(cmd, *client_mac_);
   Node& node = *nodes_[n];
+  const std::size_t before = node.core->ClientOpsInFlight();
   node.core->OnClientFrame(*node.channel,
                            std::span<const std::uint8_t>(frame).subspan(kFrameLengthSize));
+  if (op.extent_count <= 1 && op.waiting && node.core->ClientOpsInFlight() == before) {
+    // The node stays silent on a sector it cannot read (NodeCore::OnClientCommand): nothing
+    // holds the operation, and its client can only wait out the timeout, healing or not.
+    op.in_register = false;
+    Trace("node " + std::to_string(node.rank) + " is silent on #" + std::to_string(token));
+    if (op.final_read) {
+      // A final read has no timeout: it asks again, as a client would, until the node has
+      // repaired the sector.
+      Call(100 * kUsPerMs, [this, n, token, epoch = node.epoch]() {
+        Op& again = ops_[token - 1];
+        if (!again.waiting || !nodes_[n]->up || nodes_[n]->epoch != epoch) return;
+        again.in_register = true;
+        SendClientCommand(n, token);
+      });
+    }
+  }
 }
 
 void Simulator::ClientIssue(int client) {
@@ -1966,7 +2054,7 @@ void Simulator::ClientDone(int client) {
 
 void Simulator::ClientTimeout(std::uint64_t token) {
   Op& op = ops_[token - 1];
-  if (!op.waiting || healing_) return;
+  if (!op.waiting || (healing_ && op.in_register)) return;
   // Every member of an extent (count 1 for a lone command) ends unknown with it.
   const std::uint32_t count = op.extent_first == token ? op.extent_count : 1;
   for (std::uint32_t i = 0; i < count; ++i) {
@@ -2381,6 +2469,8 @@ void Simulator::Nemesis() {
       if (!nodes_[n]->up) return;
       for (int i = 0; i < n_nodes; ++i) {
         if (i != n && (!WillVote(i) || nodes_[i]->replaced)) return;
+        // A rotted copy not yet repaired is a lost copy too: one at a time (--bit-rot).
+        if (!nodes_[i]->rotted.empty()) return;
       }
       ReplaceDisk(n);
       return;
@@ -2538,10 +2628,14 @@ std::string Simulator::StuckOps() const {
 // now, and then every node must hold the same tag for every sector (the newest one anywhere,
 // since a pass pulls everything newer from every peer).
 void Simulator::CheckConvergence() {
-  Trace("final resync: a pass on every node, then the stores must agree");
+  Trace(options_.bit_rot
+            ? "final resync: a pass and a scrub on every node, then the stores must agree"
+            : "final resync: a pass on every node, then the stores must agree");
   const std::size_t n_nodes = nodes_.size();
   std::vector<bool> started(n_nodes, false);
   std::vector<std::uint64_t> target(n_nodes, 0);
+  std::vector<bool> scrub_started(n_nodes, false);
+  std::vector<std::uint64_t> scrub_target(n_nodes, 0);
   constexpr std::int64_t kLimitUs = 120'000 * kUsPerMs;
   std::int64_t deadline = now_us_ + kLimitUs;
   while (!failed()) {
@@ -2562,6 +2656,20 @@ void Simulator::CheckConvergence() {
         }
       } else if (passes < target[i]) {
         done = false;
+      }
+      if (options_.bit_rot) {
+        // And a scrub, begun after the faults: rot that no read met is found and repaired.
+        std::uint64_t runs = syncer->GetStatus(NowMs()).scrub.runs_done;
+        if (!scrub_started[i]) {
+          done = false;
+          if (syncer->StartScrub(NowMs()).ok()) {
+            scrub_started[i] = true;
+            scrub_target[i] = runs + 1;
+            Trace("node " + std::to_string(i + 1) + ": final scrub started");
+          }
+        } else if (runs < scrub_target[i]) {
+          done = false;
+        }
       }
     }
     if (done) break;
@@ -2794,9 +2902,10 @@ SimResult Simulator::Run() {
   so.request_timeout_ms = kSyncRequestTimeoutMs;
   so.checkpoint_interval_ms = kCheckpointIntervalMs;
   so.resync_interval_ms = kResyncIntervalMs;
-  so.scrub_interval_ms = 0;
+  so.scrub_interval_ms = options_.bit_rot ? kSimScrubIntervalMs : 0;
   so.bug_joiner_votes = options_.bug == SimBug::kJoinerVotes;
   so.bug_genesis_trusted = options_.bug == SimBug::kGenesisTrusted;
+  so.bug_repair_one_peer = options_.bug == SimBug::kRepairFromOnePeer;
   core_options_.bugs.serve_before_identity = options_.bug == SimBug::kServeBeforeIdentity;
   core_options_.bugs.absorb_unguarded = options_.bug == SimBug::kAbsorbUnguarded;
   core_options_.bugs.absorb_durable_unreported = options_.bug == SimBug::kAbsorbDurableUnreported;

@@ -58,6 +58,9 @@ enum class SimBug {
   kClientNotDoneAsDone,
   // A node takes a system message whose tag is above kMaxTagTs (needs --forged-tags).
   kAcceptTopTags,
+  // A scrub or read repair trusts the first peer that answers, not N - Q + 1 of them (needs
+  // --bit-rot): a repaired copy can then be older than a write that completed.
+  kRepairFromOnePeer,
 };
 
 // "skip-impose", ... ; "none" for kNone.
@@ -106,6 +109,12 @@ struct SimOptions {
   // wrote. A node must drop them: taking one would leave the sector no tag to write above,
   // and a read would return the forged value. Off keeps every seed as it ran before.
   bool forged_tags = false;
+  // Bit rot at rest: while a node is down, a bit of one of its stored slots flips (the data
+  // or the header, of either slot of a sector it held durably), half the restarts. The node
+  // must serve neither the lost value nor the older slot behind it (SectorStore's suspect
+  // rule) until a read repair or scrub (every kSimScrubIntervalMs here) restores it from the
+  // peers; the model counts the rotted copy as lost. Off keeps every seed as it ran before.
+  bool bit_rot = false;
   // Upper bound handed to the linearizability checker, per sector.
   std::uint64_t max_lincheck_states = 5'000'000;
 };
@@ -144,6 +153,10 @@ struct SimStats {
   std::uint64_t client_connection_drops = 0;
   std::uint64_t client_ops_failed = 0;
   std::uint64_t forged_tags = 0;  // forged top-tag WriteProcs handed to nodes (--forged-tags)
+  // With SimOptions::bit_rot: bits flipped in stored slots, and the repairs that followed
+  // (read repairs and scrub repairs that stored a value, summed over nodes and restarts).
+  std::uint64_t rotted_slots = 0;
+  std::uint64_t repairs = 0;
 };
 
 struct SimResult {
