@@ -593,6 +593,59 @@ TEST_F(ResyncTest, CorruptionFoundAfterARestartIsRepaired) {
   ExpectStoreHoldsNewest(2, /*reference=*/1);
 }
 
+// (c'') A slot whose header rotted while its node was down: the node cannot tell what it held,
+// so the sector is suspect (docs/STORAGE.md). Its newest valid tag equals the peers', so the
+// start-up pass pulls nothing; the first read through that node finds it, the node answers
+// nothing for it and repairs it from its peers at once (read repair), and the client's retry
+// then gets the newest data from that same node. No scrub is involved.
+TEST_F(ResyncTest, AReadOfASuspectSectorRepairsItAtOnce) {
+  ASSERT_NO_FATAL_FAILURE(StartCluster());
+  ASSERT_TRUE(WriteAll(Range(0, 100), 1, {"1", "2", "3"}));
+  ASSERT_TRUE(WriteAll(Range(0, 100), 2, {"1", "2", "3"}));
+  json info;
+  ASSERT_TRUE(WaitPassDone(2, seconds(30), &info)) << info.dump();
+  ASSERT_TRUE(h_->Stop(2).ok());
+
+  const std::string dat = h_->DataDir(2) + "/sectors.dat";
+  const std::vector<SectorIdx> damaged = {7, 42};
+  for (SectorIdx s : damaged) {
+    SlotHeader h0 = ReadSlotHeader(dat, s, 0), h1 = ReadSlotHeader(dat, s, 1);
+    ASSERT_TRUE(h0.magic_ok && h1.magic_ok) << "sector " << s;
+    const int older = h0.ts < h1.ts ? 0 : 1;
+    std::uint8_t magic[4];
+    ASSERT_TRUE(FileBytes(dat, (2 * s + older) * kSlotBytes, magic, sizeof magic, true));
+  }
+
+  ASSERT_TRUE(h_->StartNode(2).ok()) << h_->LogTail(2);
+  ASSERT_TRUE(WaitPassDone(2, seconds(30), &info)) << info.dump();
+  EXPECT_EQ(info["scrub"].value("read_repairs", 1ULL), 0u) << info.dump();
+
+  auto c = MakeClient({"2"});
+  ASSERT_NE(c, nullptr);
+  for (SectorIdx s : damaged) {
+    Result<SectorPtr> rd = c->ReadSync(s);
+    ASSERT_TRUE(rd.ok()) << "sector " << s << ": " << rd.status().ToString() << "\n"
+                         << h_->LogTail(2);
+    EXPECT_EQ(**rd, *Pattern(s, 2)) << "sector " << s;
+  }
+  c->Close();
+  ASSERT_TRUE(WaitInfo(
+      2, seconds(10),
+      [&](const json& j) { return j["scrub"].value("read_repaired", 0ULL) >= damaged.size(); },
+      &info))
+      << info.dump();
+  EXPECT_EQ(info["scrub"].value("read_unrepaired", 1ULL), 0u) << info.dump();
+  EXPECT_GE(info["counters"].value("unreadable_sectors", 0ULL), damaged.size()) << info.dump();
+
+  // The repair reached the disk: the store is clean and holds the newest data.
+  ASSERT_TRUE(h_->Stop(2).ok());
+  json inspect = Inspect(2);
+  EXPECT_EQ(inspect.value("unreadable", 1ULL), 0u) << inspect.dump();
+  EXPECT_EQ(inspect.value("torn_slots", 1ULL), 0u) << inspect.dump();
+  ASSERT_TRUE(h_->Stop(1).ok());
+  ExpectStoreHoldsNewest(2, /*reference=*/1);
+}
+
 // A new cluster whose data_dirs were made by `atomdiskd --bootstrap` serves with one node
 // down (without it, it waits for every node: "a new cluster needs every node once"); the node
 // that was down joins later; --bootstrap refuses a data_dir that is in use or has data.

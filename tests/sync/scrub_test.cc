@@ -79,5 +79,57 @@ TEST(ScrubTest, PeriodicScrubAndResync) {
   EXPECT_GE(st.resync.passes_done, 3u);
 }
 
+// A read found sector 5 suspect on node 1 (its valid copy is older than what the peers
+// hold) and sector 9 corrupt with nothing newer anywhere: both are repaired at once, without a
+// scrub run; asking again while a repair is pending, or right after, starts nothing.
+TEST(ScrubTest, ReadRepairFixesASectorAtOnce) {
+  Cluster c(3, 1000);
+  for (Rank r : {1, 2, 3}) {
+    c.node(r).saved = VotingIdentity(r, {1, 2, 3});
+    c.node(r).data[5] = Value(4, 2);
+    c.node(r).data[9] = Value(3, 1);
+  }
+  for (Rank r : {1, 2, 3}) c.StartNode(r);
+  ASSERT_TRUE(
+      c.RunUntil([&] { return c.node(1).syncer->GetStatus(c.now).resync.passes_done >= 1; }));
+  c.node(1).data[5] = Value(2, 2);  // the valid slot behind the failed one
+  c.node(1).corrupt[5] = Tag{2, 2};
+  c.node(1).corrupt[9] = Tag{3, 1};
+  c.node(1).syncer->OnUnreadable(5, c.now);
+  c.node(1).syncer->OnUnreadable(9, c.now);
+  c.node(1).syncer->OnUnreadable(5, c.now);  // pending: nothing more
+  EXPECT_EQ(c.node(1).syncer->GetStatus(c.now).scrub.read_repairs, 2u);
+  ASSERT_TRUE(
+      c.RunUntil([&] { return c.node(1).syncer->GetStatus(c.now).scrub.read_repaired == 2; }));
+  SyncStatus::Scrub st = c.node(1).syncer->GetStatus(c.now).scrub;
+  EXPECT_EQ(st.read_unrepaired, 0u);
+  EXPECT_EQ(st.runs_done, 0u);                 // no scrub run was involved
+  EXPECT_EQ(c.node(1).TagOf(5), (Tag{4, 2}));  // the peers' newer value
+  EXPECT_EQ(c.node(1).TagOf(9), (Tag{3, 1}));  // its own copy, rewritten
+  EXPECT_TRUE(c.node(1).corrupt.empty());
+  EXPECT_EQ(c.node(1).repairs, 2);
+  EXPECT_EQ(c.node(1).CountNotes("read repair: sector 5 repaired"), 1);
+  EXPECT_EQ(c.node(1).CountNotes("read repair: sector 9 rewritten from our copy"), 1);
+  // Found bad again within the request timeout: not asked again so soon.
+  c.node(1).corrupt[9] = Tag{3, 1};
+  c.node(1).syncer->OnUnreadable(9, c.now);
+  EXPECT_EQ(c.node(1).syncer->GetStatus(c.now).scrub.read_repairs, 2u);
+}
+
+// With its peers down a read repair cannot decide: it ends unrepaired, and the sector is left
+// as it was (never "repaired" from too few answers).
+TEST(ScrubTest, ReadRepairWithoutPeersLeavesTheSectorAlone) {
+  Cluster c(3, 1000);
+  for (Rank r : {1, 2, 3}) c.node(r).saved = VotingIdentity(r, {1, 2, 3});
+  c.node(1).data[5] = Value(2, 2);
+  c.node(1).corrupt[5] = Tag{2, 2};
+  c.StartNode(1);  // peers down
+  c.node(1).syncer->OnUnreadable(5, c.now);
+  ASSERT_TRUE(
+      c.RunUntil([&] { return c.node(1).syncer->GetStatus(c.now).scrub.read_unrepaired == 1; }));
+  EXPECT_EQ(c.node(1).repairs, 0);
+  EXPECT_EQ(c.node(1).corrupt.count(5), 1u);
+}
+
 }  // namespace
 }  // namespace atomdisk::synctest
