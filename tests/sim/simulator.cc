@@ -697,8 +697,9 @@ class Simulator {
   void OpenStore(int n);
   void Crash(int n);
   void Restart(int n);
-  // SimOptions::bit_rot: flips a bit of a slot of a sector node n holds durably (it is down).
-  void RotAtRest(int n);
+  // SimOptions::bit_rot: flips a bit of a slot of a sector node n holds durably: while it is
+  // down, or while it runs on a sector it holds nothing of in memory.
+  void Rot(int n);
   void CloseStoreAndRestartIn(int n, std::int64_t delay_us);
   // Builds the node's core over its opened store and starts it (its Syncer starts at a tick).
   void StartNode(int n);
@@ -718,6 +719,9 @@ class Simulator {
   // Ends the node's core (a crash, or the end of the run); what it still had to do is lost.
   void StopNode(int n);
   Tag DurableTagAt(int n, SectorIdx sector);
+  // The store of node n serves nothing for `sector` until a repair (docs/STORAGE.md, "Suspect
+  // sectors"), though a slot of it is valid.
+  bool Suspect(int n, SectorIdx sector);
   bool WillVote(int n) const;
   void ReplaceDisk(int n);
   void CheckConvergence();
@@ -980,8 +984,9 @@ void Simulator::CloseStoreAndRestartIn(int n, std::int64_t delay_us) {
   At(delay_us, std::move(e));
 }
 
-void Simulator::RotAtRest(int n) {
+void Simulator::Rot(int n) {
   Node& node = *nodes_[n];
+  const bool running = node.up && node.core != nullptr;
   // The fault model tolerates one lost copy of a value: no rot while a replaced disk is
   // rejoining, and none of a sector that has a rotted copy elsewhere.
   std::set<SectorIdx> rotted_anywhere;
@@ -991,7 +996,16 @@ void Simulator::RotAtRest(int n) {
   }
   std::vector<std::map<SectorIdx, Tag>::iterator> written;
   for (auto it = node.max_durable.begin(); it != node.max_durable.end(); ++it) {
-    if (it->second != Tag{} && !rotted_anywhere.contains(it->first)) written.push_back(it);
+    if (it->second == Tag{} || rotted_anywhere.contains(it->first)) continue;
+    // Under a running node, only a sector it holds nothing of in memory: no register, not in
+    // the store's slot cache, nothing written since the store opened. Its next read goes to the
+    // disk, as after a restart. (Rot under a cached sector: docs/SIMULATION.md, "Known gaps".)
+    if (running && (node.core->FindRegisterForChecks(it->first) != nullptr ||
+                    node.store->CachedDurableTag(it->first).has_value() ||
+                    node.written_since_open.contains(it->first))) {
+      continue;
+    }
+    written.push_back(it);
   }
   if (written.empty()) return;
   auto it = written[Below(written.size())];
@@ -1010,9 +1024,9 @@ void Simulator::RotAtRest(int n) {
   const std::uint64_t offset = StoreSlotOffset(sector, slot) + byte;
   node.disk->CorruptByte(offset, static_cast<int>(Below(8)));
   ++result_.stats.rotted_slots;
-  Trace("rot node " + std::to_string(node.rank) + " sector " + std::to_string(sector) + " slot " +
-        std::to_string(slot) + " byte " + std::to_string(byte) +
-        " (durable there: " + TagStr(it->second) + ")");
+  Trace(std::string(running ? "rot (running) node " : "rot node ") + std::to_string(node.rank) +
+        " sector " + std::to_string(sector) + " slot " + std::to_string(slot) + " byte " +
+        std::to_string(byte) + " (durable there: " + TagStr(it->second) + ")");
   // The model's promise for this copy is void: what it held may be gone. The node must not
   // serve an older value in its place either; linearizability and the later checks say so.
   node.known_durable.erase(sector);
@@ -1042,7 +1056,7 @@ void Simulator::Restart(int n) {
     // went out before their own copy was durable.
     node.identity->write_ts_lease = 0;
   }
-  if (options_.bit_rot && Chance(500)) RotAtRest(n);
+  if (options_.bit_rot && Chance(500)) Rot(n);
   OpenStore(n);
   Result<Triple> probe = node.store->Read(0);
   if (!probe.ok() && probe.status().code() == StatusCode::kIOError) {
@@ -1137,6 +1151,14 @@ void Simulator::StopNode(int n) {
   node.voting = false;
 }
 
+bool Simulator::Suspect(int n, SectorIdx sector) {
+  Node& node = *nodes_[n];
+  if (node.store == nullptr) return false;
+  Result<Triple> r = node.store->Read(sector);
+  return !r.ok() && r.status().code() == StatusCode::kCorruption &&
+         node.store->ReadNewestValid(sector).ok();
+}
+
 Tag Simulator::DurableTagAt(int n, SectorIdx sector) {
   Node& node = *nodes_[n];
   Tag t;
@@ -1194,6 +1216,25 @@ void Simulator::OnSetVoting(int n, bool voting) {
   if (!options_.state_checks) return;
   for (const auto& [sector, tag] : must_hold) {
     Tag here = DurableTagAt(n, sector);
+    if (here < tag && Suspect(n, sector)) {
+      // A write of its own torn by a crash shadows the sector, and the pass's older value
+      // may not replace it (SectorStore::Write): the node answers nothing for it until a read
+      // repair, which takes the newest of N - Q + 1 peers' copies, settles it.
+      Trace("node " + std::to_string(node.rank) + " votes with sector " + std::to_string(sector) +
+            " suspect: not served until repaired");
+      continue;
+    }
+    if (here < tag) {
+      // A repair of a suspect sector (read repair, not part of the pass) may still be on its
+      // way to the disk: the node serves nothing of the sector until it is durable
+      // (NodeCore's direct absorbs), and what it stores is at least the completed tag.
+      Result<Triple> pending = node.store->Read(sector);
+      if (pending.ok() && pending->tag >= tag && node.written_since_open.contains(sector)) {
+        Trace("node " + std::to_string(node.rank) + " votes with sector " + std::to_string(sector) +
+              " being repaired to " + TagStr(pending->tag));
+        continue;
+      }
+    }
     if (here < tag) {
       Fail("joiner-behind", "node " + std::to_string(node.rank) +
                                 " votes again after its disk was replaced, but sector " +
@@ -2347,6 +2388,11 @@ void Simulator::Nemesis() {
   // Drawn only with the option, so that every other run replays as before.
   if (options_.forged_tags && Chance(100)) {
     ForgeTopTag();
+    return;
+  }
+  if (options_.bit_rot && Chance(60)) {  // rot under a running node
+    const int n = static_cast<int>(Below(static_cast<std::uint64_t>(n_nodes)));
+    if (nodes_[n]->up) Rot(n);
     return;
   }
   switch (Below(9)) {
