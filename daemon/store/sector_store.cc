@@ -438,15 +438,11 @@ class SectorStoreImpl final : public SectorStore {
       // The slots are known from the Read() that built this sector's register or from the
       // last sync: no pread needed.
       const SlotHint h = hint->second;
-      if (h.has_newest && value.tag < h.newest_tag) {
+      // (A repair never gets here: it forgot the hint above, since it must read both slots to
+      // find a failed one. A cached sector is not suspect: Read() forgets suspect ones.)
+      if (h.has_newest && value.tag <= h.newest_tag) {
         Finish(sector, Status::Ok());
         return;
-      }
-      if (h.has_newest && value.tag == h.newest_tag) {
-        // The same tag again: stored already, unless the other slot failed and this is a
-        // repair rewriting it. Only reading both slots tells (below; rare off the repair path).
-        hints_.erase(sector);
-        return WriteUncached(sector, value, e, lock, repair);
       }
       lock.unlock();
       std::uint8_t* buf = caller_buf_.data();
