@@ -453,7 +453,8 @@ Register* NodeCore::GetRegister(SectorIdx sector, const SystemMessage* incoming,
       return raw;
     }
   }
-  auto stored = store_->Read(sector);
+  auto stored =
+      CORE_BUG(serve_suspect_older) ? store_->ReadNewestValid(sector) : store_->Read(sector);
   if (!stored.ok()) {
     OnUnreadable(sector, stored.status());
     return nullptr;
@@ -636,16 +637,11 @@ Result<Triple> NodeCore::ReadSector(SectorIdx sector) {
   if (direct_absorbs_.count(sector)) {
     return Status::Unavailable("sector " + std::to_string(sector) + " is being repaired");
   }
-  Result<Triple> stored = store_->Read(sector);
-  if (!stored.ok() && stored.status().code() == StatusCode::kCorruption) {
-    // Suspect: the valid slot behind the failed one is durable all the same, and a peer's
-    // repair, which takes the newest of several answers, needs it. A write torn by a crash over
-    // it is no lost copy: without this, a sector torn here and rotted there would be repaired
-    // there from the other peers alone, older than a write that completed on both.
-    Result<Triple> valid = store_->ReadNewestValid(sector);
-    if (valid.ok()) return valid;
-  }
-  return stored;
+  // A suspect sector's valid slot is durable all the same, and a peer's repair, which takes
+  // the newest of several answers, needs it. A write torn by a crash over it is no lost copy:
+  // without it, a sector torn here and rotted there would be repaired there from the other
+  // peers alone, older than a write that completed on both (simulator, seed 251 --bit-rot).
+  return store_->ReadNewestValid(sector);
 }
 
 void NodeCore::Absorb(SectorIdx sector, const Triple& value, std::uint64_t token) {
@@ -688,7 +684,17 @@ void NodeCore::StoreFromPeers(SectorIdx sector, const Triple& value, std::uint64
   // nothing to stop a register being built from the pending value meanwhile.
   const bool unguarded =
       CORE_BUG(absorb_unguarded) && !registers_.count(sector) && !direct_absorbs_.count(sector);
-  Register* reg = unguarded || direct_absorbs_.count(sector) ? nullptr : GetRegister(sector);
+  // A repair without a register goes direct too: the sector is unreadable here, so building
+  // one would only read the store again and fail.
+  Register* reg = nullptr;
+  if (!unguarded && !direct_absorbs_.count(sector)) {
+    auto it = registers_.find(sector);
+    if (it != registers_.end()) {
+      reg = it->second.reg.get();
+    } else if (!repair) {
+      reg = GetRegister(sector);
+    }
+  }
   bool direct = reg == nullptr && !unguarded;
   if (reg) {
     reg->Absorb(value);

@@ -143,6 +143,9 @@ struct NodeCoreBugs {
   // A system message whose tag is above kMaxTagTs (forged or corrupt) is taken like any
   // other, instead of dropped (docs/REGISTER.md, "Timestamp range").
   bool accept_top_tags = false;
+  // A sector whose failed slot may be newer (suspect, docs/STORAGE.md) is served from its older
+  // valid slot, as the store did before the suspect rule.
+  bool serve_suspect_older = false;
 };
 
 struct NodeCoreOptions {

@@ -296,6 +296,21 @@ class ResyncTest : public ::testing::Test {
     return store.ok() ? std::move(store).value() : nullptr;
   }
 
+  // After a repair: stops `rank`, whose store must then have no unreadable and no torn slot
+  // (atomdisk inspect) and hold `stored_sectors` sectors if given, stops `reference`, and
+  // checks `rank` holds the newest data (ExpectStoreHoldsNewest).
+  void ExpectRepairedStore(int rank, int reference, std::uint64_t stored_sectors = 0) {
+    ASSERT_TRUE(h_->Stop(rank).ok());
+    json inspect = Inspect(rank);
+    EXPECT_EQ(inspect.value("unreadable", 1ULL), 0u) << inspect.dump();
+    EXPECT_EQ(inspect.value("torn_slots", 1ULL), 0u) << inspect.dump();
+    if (stored_sectors > 0) {
+      EXPECT_EQ(inspect.value("stored_sectors", 0ULL), stored_sectors);
+    }
+    ASSERT_TRUE(h_->Stop(reference).ok());
+    ExpectStoreHoldsNewest(rank, reference);
+  }
+
   // The stopped node `rank` holds, for every sector in written_, exactly the newest data
   // written, with a tag no older than the stopped node `reference`'s (0: no tag check), and
   // every stored slot passes its checksums (nothing torn, nothing corrupt).
@@ -539,13 +554,7 @@ TEST_F(ResyncTest, ScrubRepairsSectorsCorruptedUnderARunningNode) {
   EXPECT_EQ(again.value("corrupt", 1ULL), 0u)
       << "the repair did not reach the disk: " << again.dump();
 
-  ASSERT_TRUE(h_->Stop(2).ok());
-  json inspect = Inspect(2);
-  EXPECT_EQ(inspect.value("unreadable", 1ULL), 0u) << inspect.dump();
-  EXPECT_EQ(inspect.value("torn_slots", 1ULL), 0u) << inspect.dump();
-  EXPECT_EQ(inspect.value("stored_sectors", 0ULL), 3000u);
-  ASSERT_TRUE(h_->Stop(1).ok());
-  ExpectStoreHoldsNewest(2, /*reference=*/1);
+  ASSERT_NO_FATAL_FAILURE(ExpectRepairedStore(2, /*reference=*/1, /*stored_sectors=*/3000));
 }
 
 // (c') The same damage done while the node is down, to the newest slot of sectors written
@@ -585,12 +594,7 @@ TEST_F(ResyncTest, CorruptionFoundAfterARestartIsRepaired) {
               static_cast<unsigned long long>(sc.value("corrupt", 0ULL)),
               static_cast<unsigned long long>(sc.value("repaired", 0ULL)));
 
-  ASSERT_TRUE(h_->Stop(2).ok());
-  json inspect = Inspect(2);
-  EXPECT_EQ(inspect.value("unreadable", 1ULL), 0u) << inspect.dump();
-  EXPECT_EQ(inspect.value("torn_slots", 1ULL), 0u) << inspect.dump();
-  ASSERT_TRUE(h_->Stop(1).ok());
-  ExpectStoreHoldsNewest(2, /*reference=*/1);
+  ASSERT_NO_FATAL_FAILURE(ExpectRepairedStore(2, /*reference=*/1));
 }
 
 // (c'') A slot whose header rotted while its node was down: the node cannot tell what it held,
@@ -638,12 +642,7 @@ TEST_F(ResyncTest, AReadOfASuspectSectorRepairsItAtOnce) {
   EXPECT_GE(info["counters"].value("unreadable_sectors", 0ULL), damaged.size()) << info.dump();
 
   // The repair reached the disk: the store is clean and holds the newest data.
-  ASSERT_TRUE(h_->Stop(2).ok());
-  json inspect = Inspect(2);
-  EXPECT_EQ(inspect.value("unreadable", 1ULL), 0u) << inspect.dump();
-  EXPECT_EQ(inspect.value("torn_slots", 1ULL), 0u) << inspect.dump();
-  ASSERT_TRUE(h_->Stop(1).ok());
-  ExpectStoreHoldsNewest(2, /*reference=*/1);
+  ASSERT_NO_FATAL_FAILURE(ExpectRepairedStore(2, /*reference=*/1));
 }
 
 // A new cluster whose data_dirs were made by `atomdiskd --bootstrap` serves with one node

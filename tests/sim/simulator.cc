@@ -69,6 +69,8 @@ const char* SimBugName(SimBug bug) {
       return "accept-top-tags";
     case SimBug::kRepairFromOnePeer:
       return "repair-from-one-peer";
+    case SimBug::kServeSuspectOlder:
+      return "serve-suspect-older";
   }
   return "?";
 }
@@ -88,6 +90,7 @@ const char* SimBugLayer(SimBug bug) {
     case SimBug::kBatchIgnoresFeatures:
     case SimBug::kRefuseStartedExtents:
     case SimBug::kAcceptTopTags:
+    case SimBug::kServeSuspectOlder:
       return "node";
     case SimBug::kJoinerVotes:
     case SimBug::kLeaseForgotten:
@@ -151,6 +154,9 @@ const char* SimBugWhat(SimBug bug) {
     case SimBug::kAcceptTopTags:
       return "a node takes a system message whose tag lies above the timestamp range (forged "
              "or corrupt) instead of dropping it (needs --forged-tags)";
+    case SimBug::kServeSuspectOlder:
+      return "a node serves a suspect sector (a failed slot that may be newer) from its older "
+             "valid slot, as the store did before the suspect rule (needs --bit-rot)";
     case SimBug::kRepairFromOnePeer:
       return "a scrub or read repair of a rotted or suspect sector settles on the first peer's "
              "answer instead of N - Q + 1 (needs --bit-rot)";
@@ -182,7 +188,8 @@ std::vector<SimBug> AllSimBugs() {
           SimBug::kClientRetriesUnknownWrite,
           SimBug::kClientNotDoneAsDone,
           SimBug::kAcceptTopTags,
-          SimBug::kRepairFromOnePeer};
+          SimBug::kRepairFromOnePeer,
+          SimBug::kServeSuspectOlder};
 }
 
 std::optional<SimBug> ParseSimBug(std::string_view name) {
@@ -917,12 +924,9 @@ void Simulator::OpenStore(int n) {
 void Simulator::CheckDiskHolds(int n, const char* when) {
   Node& node = *nodes_[n];
   for (auto& [sector, tag] : node.max_durable) {
-    Result<Triple> r = node.store->Read(sector);
-    if (!r.ok() && r.status().code() == StatusCode::kCorruption) {
-      // Suspect: a write torn by the crash shadows the durable value, which the other slot
-      // must still hold (a rotted copy is no longer in max_durable).
-      r = node.store->ReadNewestValid(sector);
-    }
+    // A suspect sector's valid slot: a write torn by the crash shadows the durable value,
+    // which the other slot must still hold (a rotted copy is no longer in max_durable).
+    Result<Triple> r = node.store->ReadNewestValid(sector);
     if (!r.ok()) {
       Fail("store-error", "node " + std::to_string(node.rank) + " sector " +
                               std::to_string(sector) + " " + when + ": " + r.status().ToString());
@@ -1167,10 +1171,7 @@ Tag Simulator::DurableTagAt(int n, SectorIdx sector) {
   if (!node.written_since_open.contains(sector) || node.disk->PendingWriteCount() == 0) {
     // Nothing unsynced for this sector: what the store reads is durable. A suspect sector's
     // valid slot is durable too; a torn or rotted slot over it holds nothing durable.
-    Result<Triple> r = node.store->Read(sector);
-    if (!r.ok() && r.status().code() == StatusCode::kCorruption) {
-      r = node.store->ReadNewestValid(sector);
-    }
+    Result<Triple> r = node.store->ReadNewestValid(sector);
     if (r.ok()) t = std::max(t, r->tag);
   }
   return t;
@@ -1216,22 +1217,17 @@ void Simulator::OnSetVoting(int n, bool voting) {
   if (!options_.state_checks) return;
   for (const auto& [sector, tag] : must_hold) {
     Tag here = DurableTagAt(n, sector);
-    if (here < tag && Suspect(n, sector)) {
-      // A write of its own torn by a crash shadows the sector, and the pass's older value
-      // may not replace it (SectorStore::Write): the node answers nothing for it until a read
-      // repair, which takes the newest of N - Q + 1 peers' copies, settles it.
-      Trace("node " + std::to_string(node.rank) + " votes with sector " + std::to_string(sector) +
-            " suspect: not served until repaired");
-      continue;
-    }
     if (here < tag) {
-      // A repair of a suspect sector (read repair, not part of the pass) may still be on its
-      // way to the disk: the node serves nothing of the sector until it is durable
-      // (NodeCore's direct absorbs), and what it stores is at least the completed tag.
+      // Not a miss if the node serves nothing of the sector yet: it is suspect (a write of its
+      // own torn by a crash shadows it, and the pass's older value may not replace it), or its
+      // read repair is still on its way to the disk (a direct absorb) with at least the
+      // completed tag. Either way the repair takes the newest of N - Q + 1 peers' copies.
       Result<Triple> pending = node.store->Read(sector);
-      if (pending.ok() && pending->tag >= tag && node.written_since_open.contains(sector)) {
+      const bool repairing =
+          pending.ok() && pending->tag >= tag && node.written_since_open.contains(sector);
+      if (repairing || Suspect(n, sector)) {
         Trace("node " + std::to_string(node.rank) + " votes with sector " + std::to_string(sector) +
-              " being repaired to " + TagStr(pending->tag));
+              " not served until repaired");
         continue;
       }
     }
@@ -2959,6 +2955,7 @@ SimResult Simulator::Run() {
   core_options_.bugs.batch_ignores_features = options_.bug == SimBug::kBatchIgnoresFeatures;
   core_options_.bugs.refuse_started_extents = options_.bug == SimBug::kRefuseStartedExtents;
   core_options_.bugs.accept_top_tags = options_.bug == SimBug::kAcceptTopTags;
+  core_options_.bugs.serve_suspect_older = options_.bug == SimBug::kServeSuspectOlder;
 
   blocked_.assign(n_nodes, std::vector<bool>(n_nodes, false));
   cut_since_us_.assign(n_nodes, std::vector<std::int64_t>(n_nodes, -1));

@@ -61,6 +61,9 @@ enum class SimBug {
   // A scrub or read repair trusts the first peer that answers, not N - Q + 1 of them (needs
   // --bit-rot): a repaired copy can then be older than a write that completed.
   kRepairFromOnePeer,
+  // A node serves a suspect sector from its older valid slot (needs --bit-rot): after rot of
+  // the newest value, an older value served as durable.
+  kServeSuspectOlder,
 };
 
 // "skip-impose", ... ; "none" for kNone.
