@@ -843,7 +843,8 @@ std::string NodeCore::InfoJson() {
                 {"runs_done", ss.scrub.runs_done},
                 {"read_repairs", ss.scrub.read_repairs},
                 {"read_repaired", ss.scrub.read_repaired},
-                {"read_unrepaired", ss.scrub.read_unrepaired}};
+                {"read_unrepaired", ss.scrub.read_unrepaired},
+                {"pending_repairs", ss.scrub.pending_repairs}};
   j["counters"] = {{"client_ops", counters_.client_ops},
                    {"reads", counters_.reads},
                    {"writes", counters_.writes},

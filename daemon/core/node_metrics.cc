@@ -99,11 +99,17 @@ NodeMetrics::NodeMetrics(const ClusterConfig& config, Rank self) {
 
   read_repairs_ = &r.AddCounter(
       "atomdisk_read_repairs_total",
-      "Read repairs started: a read found a stored copy failed or suspect and asked the peers.");
+      "Repairs outside a scrub run started (retries counted): a read or a scan found a stored "
+      "copy failed or suspect and asked the peers.");
   read_repaired_ = &r.AddCounter("atomdisk_read_repaired_total",
                                  "Read repairs that stored a value (the peers' or our own copy).");
   read_unrepaired_ = &r.AddCounter("atomdisk_read_unrepaired_total",
-                                   "Read repairs that ended without storing a value.");
+                                   "Read repairs that ended without storing a value (each is "
+                                   "tried again later).");
+  pending_repairs_ = &r.AddGauge(
+      "atomdisk_pending_repairs",
+      "Sectors whose stored copy failed its checks and is not repaired yet (being repaired or "
+      "waiting to be tried again). Above 0 for long: this node is one copy short there.");
 
   auth_failures_ = &r.AddCounter("atomdisk_auth_failures_total",
                                  "Frames whose HMAC tag did not verify (client or node key).");
@@ -245,6 +251,7 @@ void NodeMetrics::Publish(const NodeMetricsSnapshot& s) {
   read_repairs_->Set(s.sync.scrub.read_repairs);
   read_repaired_->Set(s.sync.scrub.read_repaired);
   read_unrepaired_->Set(s.sync.scrub.read_unrepaired);
+  pending_repairs_->Set(static_cast<double>(s.sync.scrub.pending_repairs));
 }
 
 }  // namespace atomdisk

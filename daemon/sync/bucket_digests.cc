@@ -22,8 +22,10 @@ std::optional<std::uint64_t> BucketDigests::Scan(std::uint64_t b, TagView view) 
   std::uint64_t first = b * kBucketSectors;
   std::uint64_t count = std::min<std::uint64_t>(kBucketSectors, ctx_.options.sectors - first);
   std::uint64_t d = 0;
-  Status s = ctx_.env->ScanTags(first, count, false, view, [&](SectorIdx sec, Tag t, bool) {
-    if (t != Tag{} && sec >= first && sec - first < count) d ^= SectorTagDigest(sec, t);
+  Status s = ctx_.env->ScanTags(first, count, false, view, [&](SectorIdx sec, Tag t, bool ok) {
+    if (sec < first || sec - first >= count) return;
+    if (t != Tag{}) d ^= SectorTagDigest(sec, t);
+    if (!ok) ctx_.FoundFailed(sec);  // the scrub repairs it (scrub.h)
   });
   if (!s.ok()) return std::nullopt;
   return d;

@@ -14,8 +14,10 @@ namespace {
 // before it counts as unrepaired.
 constexpr std::size_t kMaxScrubRepairs = 512;
 constexpr std::int64_t kScrubRepairTimeouts = 3;
-// Read repairs remembered (to start at most one per sector per request timeout).
-constexpr std::size_t kMaxReadRepairTimes = 4096;
+// Sectors waiting for a repair outside a run (and start times remembered), and the longest wait
+// between two attempts.
+constexpr std::size_t kMaxRetries = 4096;
+constexpr std::int64_t kMaxRetryMs = 60'000;
 
 }  // namespace
 
@@ -40,30 +42,88 @@ void Scrub::Tick(std::int64_t now_ms) {
     (void)Start(now_ms);
   }
   ScanChunk(now_ms);
+  StartDue(now_ms);
   Progress(now_ms);
 }
 
 void Scrub::RepairNow(SectorIdx sector, std::int64_t now_ms) {
-  if (sector >= ctx_.options.sectors || repairs_.count(sector) != 0 ||
-      repairs_.size() >= kMaxScrubRepairs) {
+  if (sector >= ctx_.options.sectors) return;
+  Remember(sector, now_ms);
+  auto it = retries_.find(sector);
+  if (it != retries_.end() && repairs_.count(sector) == 0 && repairs_.size() < kMaxScrubRepairs) {
+    Attempt(it, now_ms);
+  }
+}
+
+std::uint64_t Scrub::PendingRepairs() const {
+  std::uint64_t n = retries_.size();
+  for (const auto& [sector, rep] : repairs_) n += retries_.count(sector) == 0 ? 1 : 0;
+  return n;
+}
+
+void Scrub::Remember(SectorIdx sector, std::int64_t due_ms) {
+  auto it = retries_.find(sector);
+  if (it != retries_.end()) {
+    it->second.due_ms = std::min(it->second.due_ms, due_ms);
+  } else if (retries_.size() < kMaxRetries) {
+    retries_.emplace(sector, Retry{due_ms, 0});
+  }
+}
+
+bool Scrub::Retrying(SectorIdx sector) const {
+  auto it = retries_.find(sector);
+  return it != retries_.end() && it->second.attempts > 1;
+}
+
+std::int64_t Scrub::Backoff(std::uint32_t attempts) const {
+  const std::int64_t base = std::max<std::int64_t>(1, ctx_.options.request_timeout_ms);
+  return std::min(kMaxRetryMs, base << std::min<std::uint32_t>(attempts, 16));
+}
+
+void Scrub::StartDue(std::int64_t now_ms) {
+  for (SectorIdx s : ctx_.found_failed) {
+    if (s < ctx_.options.sectors) Remember(s, now_ms);
+  }
+  ctx_.found_failed.clear();
+  for (auto it = retries_.begin(); it != retries_.end() && repairs_.size() < kMaxScrubRepairs;) {
+    auto next = std::next(it);
+    if (it->second.due_ms <= now_ms && repairs_.count(it->first) == 0) Attempt(it, now_ms);
+    it = next;
+  }
+}
+
+void Scrub::Attempt(std::map<SectorIdx, Retry>::iterator it, std::int64_t now_ms) {
+  const SectorIdx sector = it->first;
+  Retry& r = it->second;
+  ATOMDISK_CHECK(repairs_.count(sector) == 0);
+  auto last = start_ms_.find(sector);
+  if (last != start_ms_.end() && now_ms - last->second < ctx_.options.request_timeout_ms) {
+    r.due_ms = last->second + ctx_.options.request_timeout_ms;
     return;
   }
-  auto last = read_repair_ms_.find(sector);
-  if (last != read_repair_ms_.end() && now_ms - last->second < ctx_.options.request_timeout_ms) {
-    return;
-  }
-  if (read_repair_ms_.size() >= kMaxReadRepairTimes) read_repair_ms_.clear();
-  read_repair_ms_[sector] = now_ms;
   std::optional<Tag> own;
   Status s =
       ctx_.env->ScanTags(sector, 1, true, TagView::kDurable, [&](SectorIdx sec, Tag t, bool ok) {
         if (sec == sector && !ok) own = t;
       });
-  if (!s.ok() || !own) return;  // an I/O error, or nothing wrong with it (any more)
+  if (!s.ok()) {  // an I/O error: later
+    r.due_ms = now_ms + Backoff(r.attempts);
+    return;
+  }
+  if (!own) {  // nothing wrong with it (any more)
+    retries_.erase(it);
+    return;
+  }
+  ++r.attempts;
+  if (start_ms_.size() >= kMaxRetries) start_ms_.clear();
+  start_ms_[sector] = now_ms;
+  r.due_ms = now_ms + Backoff(r.attempts);  // if it ends unrepaired, EndRepair sets it again
   ++read_.started;
   repairs_[sector] = Repair{*own, {}, now_ms, false, true};
-  ctx_.env->Note("read repair: sector " + std::to_string(sector) +
-                 " has a slot that failed its checks; asking the peers");
+  if (r.attempts == 1) {
+    ctx_.env->Note("read repair: sector " + std::to_string(sector) +
+                   " has a slot that failed its checks; asking the peers");
+  }
   FetchFromPeers({sector}, now_ms);
 }
 
@@ -105,9 +165,11 @@ void Scrub::FetchFromPeers(const std::vector<SectorIdx>& found, std::int64_t now
   if (found.empty()) return;
   if (ctx_.peers.size() < ctx_.options.RequiredSources()) {
     for (SectorIdx sec : found) {
-      ctx_.env->Note("scrub: sector " + std::to_string(sec) +
-                     " is corrupt and no peer can repair it");
-      EndRepair(repairs_.find(sec), Outcome::kUnrepaired);
+      if (!Retrying(sec)) {
+        ctx_.env->Note("scrub: sector " + std::to_string(sec) +
+                       " is corrupt and no peer can repair it");
+      }
+      EndRepair(repairs_.find(sec), Outcome::kUnrepaired, now_ms);
     }
     return;
   }
@@ -132,9 +194,11 @@ void Scrub::Progress(std::int64_t now_ms) {
     auto next = std::next(it);
     if (!it->second.absorbing &&
         now_ms - it->second.start_ms >= kScrubRepairTimeouts * options.request_timeout_ms) {
-      ctx_.env->Note("scrub: sector " + std::to_string(it->first) +
-                     " is corrupt and too few peers answered to repair it");
-      EndRepair(it, Outcome::kUnrepaired);
+      if (!Retrying(it->first)) {
+        ctx_.env->Note("scrub: sector " + std::to_string(it->first) +
+                       " is corrupt and too few peers answered to repair it; trying again later");
+      }
+      EndRepair(it, Outcome::kUnrepaired, now_ms);
     }
     it = next;
   }
@@ -206,8 +270,16 @@ void Scrub::OnFetchReply(const SyncMessage& msg, const Request& req, std::int64_
   MaybeFinish(now_ms);
 }
 
-void Scrub::EndRepair(std::map<SectorIdx, Repair>::iterator it, Outcome outcome) {
+void Scrub::EndRepair(std::map<SectorIdx, Repair>::iterator it, Outcome outcome,
+                      std::int64_t now_ms) {
   ATOMDISK_CHECK(it != repairs_.end());
+  if (outcome == Outcome::kUnrepaired) {
+    Remember(it->first, now_ms);
+    auto r = retries_.find(it->first);
+    if (r != retries_.end()) r->second.due_ms = now_ms + Backoff(r->second.attempts);
+  } else {
+    retries_.erase(it->first);
+  }
   if (it->second.read_repair) {
     if (outcome == Outcome::kUnrepaired) {
       ++read_.unrepaired;
@@ -243,11 +315,11 @@ bool Scrub::OnAbsorbed(std::uint64_t token, const Status& status, std::int64_t n
     ctx_.env->Note(std::string(what) + std::to_string(tok.sector) +
                    (tok.own ? " rewritten from our copy " : " repaired with ") +
                    tok.tag.ToString());
-    EndRepair(rep, tok.own ? Outcome::kStale : Outcome::kRepaired);
+    EndRepair(rep, tok.own ? Outcome::kStale : Outcome::kRepaired, now_ms);
   } else {
     ctx_.env->Note(std::string(what) + std::to_string(tok.sector) +
                    ": cannot store the repair: " + status.ToString());
-    EndRepair(rep, Outcome::kUnrepaired);
+    EndRepair(rep, Outcome::kUnrepaired, now_ms);
   }
   MaybeFinish(now_ms);
   return true;
@@ -280,6 +352,7 @@ void Scrub::FillStatus(SyncStatus::Scrub& out) const {
   out.read_repairs = read_.started;
   out.read_repaired = read_.repaired;
   out.read_unrepaired = read_.unrepaired;
+  out.pending_repairs = PendingRepairs();
 }
 
 void Scrub::CheckInvariants() const {
@@ -290,6 +363,12 @@ void Scrub::CheckInvariants() const {
   std::uint64_t run_pending = 0, read_pending = 0;
   for (const auto& [sector, rep] : repairs_) ++(rep.read_repair ? read_pending : run_pending);
   ATOMDISK_CHECK(read_.repaired + read_.unrepaired + read_pending == read_.started);
+  ATOMDISK_CHECK(retries_.size() <= kMaxRetries && start_ms_.size() <= kMaxRetries);
+  for (const auto& [sector, r] : retries_) {
+    ATOMDISK_CHECK(sector < ctx_.options.sectors);
+    ATOMDISK_CHECK(r.attempts > 0 || repairs_.count(sector) == 0 ||
+                   !repairs_.at(sector).read_repair);
+  }
   if (run_.active) {
     ATOMDISK_CHECK(run_.repaired + run_.unrepaired + run_.stale + run_pending <= run_.corrupt);
   }

@@ -16,7 +16,9 @@
 #pragma once
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -65,6 +67,16 @@ struct SyncContext {
   // What IDENTITY holds (as last saved by any part; Membership::AdoptIdentity sets it first).
   Identity identity;
   std::uint64_t next_id = 1;
+  // Sectors with a slot that failed its checks, met by a scan of any part (a bucket digest,
+  // mostly: the start-up resync pass digests every bucket, so it meets every write a power
+  // cut tore). The scrub drains it each tick and repairs them (scrub.h). Bounded: beyond
+  // kMaxFoundFailed, a scrub run finds the rest.
+  static constexpr std::size_t kMaxFoundFailed = 4096;
+  std::set<SectorIdx> found_failed;
+
+  void FoundFailed(SectorIdx s) {
+    if (found_failed.size() < kMaxFoundFailed) found_failed.insert(s);
+  }
 
   std::uint64_t NewId() { return next_id++; }
 

@@ -184,9 +184,12 @@ struct SyncStatus {
     // written over the bad slot.
     std::uint64_t stale = 0;
     std::uint64_t runs_done = 0;
-    // Read repairs (since start): sectors a read found failed or suspect, repaired at once
-    // from the peers without waiting for a scrub. Started, stored, failed.
+    // Read repairs (since start): sectors a read or a scan found failed or suspect, repaired
+    // at once from the peers without waiting for a scrub run. Started (each retry of an
+    // unrepaired one counted again), stored, failed (and tried again later).
     std::uint64_t read_repairs = 0, read_repaired = 0, read_unrepaired = 0;
+    // Sectors known failed and not yet repaired (being repaired, or waiting for a retry).
+    std::uint64_t pending_repairs = 0;
   } scrub;
 };
 

@@ -129,6 +129,66 @@ TEST(ScrubTest, ReadRepairWithoutPeersLeavesTheSectorAlone) {
       c.RunUntil([&] { return c.node(1).syncer->GetStatus(c.now).scrub.read_unrepaired == 1; }));
   EXPECT_EQ(c.node(1).repairs, 0);
   EXPECT_EQ(c.node(1).corrupt.count(5), 1u);
+  EXPECT_EQ(c.node(1).syncer->GetStatus(c.now).scrub.pending_repairs, 1u);
+}
+
+// An unrepaired sector is not forgotten: the node is one copy short there, so it tries again,
+// backing off, and logs once (not at every attempt), until its peers answer.
+TEST(ScrubTest, AnUnrepairedSectorIsTriedAgainUntilThePeersAnswer) {
+  Cluster c(3, 1000);
+  for (Rank r : {1, 2, 3}) {
+    c.node(r).saved = VotingIdentity(r, {1, 2, 3});
+    c.node(r).data[5] = Value(4, 2);
+  }
+  c.node(1).data[5] = Value(2, 2);
+  c.node(1).corrupt[5] = Tag{2, 2};
+  c.StartNode(1);  // peers down
+  c.node(1).syncer->OnUnreadable(5, c.now);
+  c.RunFor(60'000);
+  SyncStatus::Scrub st = c.node(1).syncer->GetStatus(c.now).scrub;
+  EXPECT_GE(st.read_unrepaired, 3u);               // tried again...
+  EXPECT_LE(st.read_unrepaired, 8u);               // ...backing off
+  EXPECT_GE(st.read_repairs, st.read_unrepaired);  // the last attempt may be pending
+  EXPECT_LE(st.read_repairs, st.read_unrepaired + 1);
+  EXPECT_EQ(st.pending_repairs, 1u);
+  EXPECT_EQ(c.node(1).CountNotes("asking the peers"), 1);
+  EXPECT_EQ(c.node(1).CountNotes("too few peers answered"), 1);
+  EXPECT_EQ(c.node(1).repairs, 0);
+
+  c.StartNode(2);
+  c.StartNode(3);
+  ASSERT_TRUE(c.RunUntil([&] {
+    SyncStatus::Scrub now = c.node(1).syncer->GetStatus(c.now).scrub;
+    return now.read_repaired == 1 && now.pending_repairs == 0;
+  }));
+  EXPECT_EQ(c.node(1).TagOf(5), (Tag{4, 2}));
+  EXPECT_TRUE(c.node(1).corrupt.empty());
+  EXPECT_EQ(c.node(1).syncer->GetStatus(c.now).scrub.runs_done, 0u);
+}
+
+// A failed slot met by a scan (here the start-up pass's bucket digests) is repaired at once:
+// no read and no scrub run needed. This is how a write torn by a power cut gets its copy back.
+TEST(ScrubTest, ASectorAScanFoundFailedIsRepairedWithoutARead) {
+  Cluster c(3, 1000);
+  for (Rank r : {1, 2, 3}) {
+    c.node(r).saved = VotingIdentity(r, {1, 2, 3});
+    c.node(r).data[5] = Value(4, 2);
+    c.node(r).data[700] = Value(3, 1);
+  }
+  c.node(1).data[5] = Value(2, 2);  // torn: the valid slot behind holds an older value
+  c.node(1).corrupt[5] = Tag{2, 2};
+  c.node(1).corrupt[700] = Tag{3, 1};  // torn over the same value (written twice)
+  for (Rank r : {1, 2, 3}) c.StartNode(r);
+  ASSERT_TRUE(c.RunUntil([&] {
+    SyncStatus::Scrub st = c.node(1).syncer->GetStatus(c.now).scrub;
+    return st.read_repaired == 2 && st.pending_repairs == 0;
+  }));
+  SyncStatus::Scrub st = c.node(1).syncer->GetStatus(c.now).scrub;
+  EXPECT_EQ(st.read_unrepaired, 0u);
+  EXPECT_EQ(st.runs_done, 0u);
+  EXPECT_EQ(c.node(1).TagOf(5), (Tag{4, 2}));
+  EXPECT_EQ(c.node(1).TagOf(700), (Tag{3, 1}));
+  EXPECT_TRUE(c.node(1).corrupt.empty());
 }
 
 }  // namespace
