@@ -78,9 +78,16 @@ struct OpRequest {
   Client::OpCallback done;
 };
 
+// The first request id of a client whose seed is `seed`: a 64-bit mix of it, below 2^63 (ids
+// only grow, so they never wrap within a session) and never 0.
+std::uint64_t FirstRequestId(std::uint64_t seed);
+
 class ClientCore {
  public:
-  // `seed` feeds the reconnect jitter only.
+  // `seed` feeds the reconnect jitter and picks the first request id (FirstRequestId): give each
+  // client a fresh random one (client_asio.cc draws 64 bits from OpenSSL's RAND_bytes), so that
+  // no two sessions share request ids and a response recorded from one is never taken as the
+  // answer to a request of another (README, "Security model").
   ClientCore(ClientOptions options, ClientCoreEnv& env, std::uint64_t seed,
              ClientCoreBugs bugs = {});
   ClientCore(const ClientCore&) = delete;
@@ -157,7 +164,7 @@ class ClientCore {
   std::deque<std::uint64_t> parked_;  // active ids waiting for any connection
   // Active ids refused by every node in turn (Refused), with when to try them again.
   std::vector<std::pair<Clock::time_point, std::uint64_t>> delayed_;
-  std::uint64_t next_request_id_ = 1;
+  std::uint64_t next_request_id_;
   bool connecting_started_ = false;
   bool closing_ = false;
   Clock::time_point next_pending_scan_;

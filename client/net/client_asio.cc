@@ -9,9 +9,9 @@
 #include <cstring>
 #include <future>
 #include <mutex>
-#include <random>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "client/client.h"
 #include "client/core/client_core.h"
@@ -65,13 +65,21 @@ struct Node {
   Clock::time_point connect_deadline;
 };
 
+// 64 bits from OpenSSL's CSPRNG.
+std::uint64_t RandomU64() {
+  std::vector<std::uint8_t> b = RandomBytes(sizeof(std::uint64_t));
+  std::uint64_t v = 0;
+  std::memcpy(&v, b.data(), sizeof v);
+  return v;
+}
+
 // The Asio adapter: the public API's thread hand-off, the io thread, the sockets, the
 // reconnect loops and the tick, around the ClientCore (client/core/client_core.h) that makes
 // every decision.
 class ClientImpl final : public Client, private ClientCoreEnv {
  public:
   explicit ClientImpl(ClientOptions options)
-      : core_(std::move(options), *this, std::random_device{}()),
+      : core_(std::move(options), *this, RandomU64()),
         mac_(core_.options().client_key),
         tick_(io_),
         work_(asio::make_work_guard(io_)) {
@@ -349,7 +357,8 @@ class ClientImpl final : public Client, private ClientCoreEnv {
   asio::steady_timer tick_;
   asio::executor_work_guard<asio::io_context::executor_type> work_;
   std::vector<std::unique_ptr<Node>> nodes_;
-  std::uint64_t next_probe_id_ = 1;
+  // Random too, as the core's ids (client_core.h): a recorded probe answer is never taken.
+  std::uint64_t next_probe_id_ = FirstRequestId(RandomU64());
   bool closing_ = false;  // io thread's view
 
   std::mutex submit_mu_;

@@ -295,5 +295,68 @@ TEST_F(ClientCoreTest, AfterShutdownEveryOperationFailsAndNewOnesFailAtOnce) {
   EXPECT_EQ(result->status.message(), "client closed");
 }
 
+// Request ids start at a random point per client (FirstRequestId of a fresh 64-bit seed), so a
+// response recorded from one session and fed to another by someone on the network path matches
+// none of its requests and is ignored: it cannot answer a read with another sector's (or an
+// older) data. Before, every client process started at id 1 (issue 17).
+TEST_F(ClientCoreTest, AResponseRecordedFromAnotherSessionIsNotTaken) {
+  EXPECT_NE(FirstRequestId(1), FirstRequestId(2));
+  EXPECT_LT(FirstRequestId(~std::uint64_t{0}), std::uint64_t{1} << 63);
+  EXPECT_NE(FirstRequestId(0), 0u);
+
+  // Session A writes sector 3; its answer is recorded.
+  ConnectWithExtents(0);
+  SubmitWrite(3, true);
+  auto [to_a, cmd_a] = world.Next();
+  ClientResponse recorded;
+  recorded.request_id = cmd_a.request_id;
+  recorded.op = cmd_a.op;
+  recorded.outcomes = {ExtentOutcome::kDone};
+  Answer(to_a, recorded);
+  world.RunPosted();
+  ASSERT_TRUE(result && result->status.ok());
+
+  // Session B, a new client process, writes sector 3 too. The recording is replayed to it.
+  World world_b;
+  ClientCore core_b{Options(), world_b, /*seed=*/2};
+  std::optional<OpResult> result_b;
+  auto answer_b = [&](int node, const ClientResponse& resp) {
+    Frame f = EncodeFrame(resp, world_b.mac);
+    core_b.OnFrameBody(node, std::span<const std::uint8_t>(f).subspan(kFrameLengthSize));
+  };
+  core_b.OnConnected(0);
+  auto [to_probe, probe] = world_b.Next();
+  ClientResponse features;
+  features.request_id = probe.request_id;
+  features.op = ClientOp::kInfo;
+  features.info = R"({"features":["extents"]})";
+  answer_b(to_probe, features);
+  world_b.RunPosted();
+  OpRequest req;
+  req.kind = ClientOp::kWrite;
+  req.sector = 3;
+  req.data = Filled(0x11);
+  req.retry_unknown_write = true;
+  req.submitted = world_b.now;
+  req.done = [&](OpResult r) { result_b = std::move(r); };
+  core_b.Submit(std::move(req));
+  auto [to_b, cmd_b] = world_b.Next();
+  EXPECT_NE(cmd_b.request_id, cmd_a.request_id);
+  answer_b(to_b, recorded);
+  world_b.RunPosted();
+  EXPECT_FALSE(result_b) << "a response recorded from another session completed the write";
+  EXPECT_TRUE(world_b.closed.empty());  // ignored as a late answer, the connection kept
+
+  // The node's own answer completes it.
+  ClientResponse real;
+  real.request_id = cmd_b.request_id;
+  real.op = cmd_b.op;
+  real.outcomes = {ExtentOutcome::kDone};
+  answer_b(to_b, real);
+  world_b.RunPosted();
+  ASSERT_TRUE(result_b);
+  EXPECT_TRUE(result_b->status.ok());
+}
+
 }  // namespace
 }  // namespace atomdisk::client
