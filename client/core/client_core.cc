@@ -15,6 +15,10 @@ using std::chrono::milliseconds;
 
 namespace {
 
+// The back-off before a node whose feature probe went unanswered is probed again.
+constexpr milliseconds kMinReprobe{30'000};
+constexpr milliseconds kMaxReprobe{600'000};
+
 std::string Plural(std::size_t n, const char* word) {
   return std::to_string(n) + " " + word + (n == 1 ? "" : "s");
 }
@@ -109,8 +113,12 @@ struct ClientCore::Node {
   Clock::time_point demoted_until;
   // Whether the node takes extent commands (its Info lists "extents"): asked with an Info on
   // each new connection. kNo also for a node that closed the connection instead of answering
-  // (an atdd node: unknown op).
+  // (an atdd node: unknown op) or did not answer in time; such a node is asked again only on
+  // a connection made after reprobe_at (each time it does not answer, twice as long later,
+  // up to kMaxReprobe), since asking an atdd node costs a connection.
   enum class Extents { kUnknown, kProbing, kYes, kNo } extents = Extents::kUnknown;
+  Clock::time_point reprobe_at;
+  milliseconds reprobe_backoff{0};
   int failures = 0;         // consecutive connection failures without a good response
   int timeouts_in_row = 0;  // consecutive attempt timeouts
   std::string last_error;
@@ -275,9 +283,19 @@ void ClientCore::StartFeatureProbe(Node& n) {
         for (const auto& f : j["features"]) yes = yes || (f.is_string() && f == kExtentsFeature);
       }
     }
-    // No answer (an atdd node closes the connection on an unknown op; a silent node):
-    // single-sector commands for this node from now on.
     node.extents = yes ? Node::Extents::kYes : Node::Extents::kNo;
+    if (r.status.ok()) {
+      // An answer, with or without extents: asked again on its next connection (an upgrade).
+      node.reprobe_at = Clock::time_point::min();
+      node.reprobe_backoff = milliseconds(0);
+    } else {
+      // No answer (an atdd node closes the connection on an unknown op; or a node that
+      // restarted or was slow just then): single-sector commands for this node, and a new
+      // probe only on a connection made after the back-off. Before, one lost probe kept a
+      // client off extents for its whole life.
+      node.reprobe_backoff = std::clamp(node.reprobe_backoff * 2, kMinReprobe, kMaxReprobe);
+      node.reprobe_at = env_.Now() + node.reprobe_backoff;
+    }
     DispatchParked();
   };
   op->id = next_request_id_++;
@@ -539,10 +557,10 @@ void ClientCore::OnConnected(int node) {
   n.connected_at = now;
   n.last_rx = now;
   n.inflight.clear();
-  // A new connection may be a new version of the node (a rolling upgrade or downgrade): a
-  // node that took extents is asked again before the next one. A node that refused the probe
-  // stays on single-sector commands for this client's life.
-  if (n.extents != Node::Extents::kNo) n.extents = Node::Extents::kUnknown;
+  // A new connection may be a new version of the node (a rolling upgrade or downgrade): it is
+  // asked again before the next extent, unless its last probe went unanswered within the
+  // back-off (see Node::reprobe_at).
+  if (n.extents != Node::Extents::kNo || now >= n.reprobe_at) n.extents = Node::Extents::kUnknown;
   n.last_error.clear();
   ++reachable_;  // CloseConn takes it back
   ++connects_;

@@ -260,6 +260,39 @@ TEST_F(ClientCoreTest, AProbeAnsweredByAClosedConnectionMeansNoExtents) {
   EXPECT_EQ(cmd.op, ClientOp::kWrite);
 }
 
+// A probe that went unanswered (the node restarted, or was slow just then) does not keep the
+// client off extents for its life: a connection made after the back-off (30 s, then twice as
+// long each time it goes unanswered) probes again, and an answer with extents brings them back.
+TEST_F(ClientCoreTest, AnUnansweredProbeIsAskedAgainAfterABackoff) {
+  core.OnConnected(0);
+  EXPECT_EQ(world.Next().second.op, ClientOp::kInfo);
+  core.OnConnectionLost(0, "connection reset");
+  world.RunPosted();
+  world.now += milliseconds(10'000);
+  core.OnConnected(0);  // within the back-off: single-sector commands, no probe
+  EXPECT_TRUE(world.sent.empty());
+  core.OnConnectionLost(0, "connection reset");
+  world.now += milliseconds(25'000);  // 35 s after the probe: past the first back-off
+  core.OnConnected(0);
+  auto [to, probe] = world.Next();
+  EXPECT_EQ(probe.op, ClientOp::kInfo);
+  // Unanswered again (timed out, the connection kept): 60 s this time.
+  world.now += milliseconds(1500);
+  core.Tick();
+  world.RunPosted();
+  core.OnConnectionLost(0, "connection reset");
+  world.now += milliseconds(40'000);
+  core.OnConnected(0);
+  EXPECT_TRUE(world.sent.empty());
+  core.OnConnectionLost(0, "connection reset");
+  world.now += milliseconds(25'000);
+  ConnectWithExtents(0);  // asked again, and answered: extents
+  SubmitWrite(3, true);
+  auto [to_w, cmd] = world.Next();
+  EXPECT_EQ(to_w, 0);
+  EXPECT_EQ(cmd.op, ClientOp::kWriteExtent);
+}
+
 TEST_F(ClientCoreTest, TheBackoffGrowsOnFailedDialsAndResetsAfterALongConnection) {
   // +-25% jitter around 50, 100, 200 ms.
   auto d1 = core.OnDialFailed(0, "connection refused");
