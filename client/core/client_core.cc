@@ -124,16 +124,6 @@ struct ClientCore::Node {
   std::string last_error;
 };
 
-std::uint64_t FirstRequestId(std::uint64_t seed) {
-  // SplitMix64's finaliser: every bit of the seed moves every bit of the id.
-  std::uint64_t z = seed + 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  z ^= z >> 31;
-  z &= (std::uint64_t{1} << 63) - 1;
-  return z == 0 ? 1 : z;
-}
-
 ClientCore::ClientCore(ClientOptions options, ClientCoreEnv& env, std::uint64_t seed,
                        ClientCoreBugs bugs)
     : options_(std::move(options)),

@@ -30,6 +30,7 @@
 
 #include "client/client.h"
 #include "common/hmac.h"
+#include "common/request_id.h"
 #include "common/wire.h"
 
 namespace atomdisk::client {
@@ -78,15 +79,11 @@ struct OpRequest {
   Client::OpCallback done;
 };
 
-// The first request id of a client whose seed is `seed`: a 64-bit mix of it, below 2^63 (ids
-// only grow, so they never wrap within a session) and never 0.
-std::uint64_t FirstRequestId(std::uint64_t seed);
-
 class ClientCore {
  public:
-  // `seed` feeds the reconnect jitter and picks the first request id (FirstRequestId): give each
-  // client a fresh random one (client_asio.cc draws 64 bits from OpenSSL's RAND_bytes), so that
-  // no two sessions share request ids and a response recorded from one is never taken as the
+  // `seed` feeds the reconnect jitter and picks the first request id (common/request_id.h): give
+  // each client a fresh random one (client_asio.cc draws 64 bits from OpenSSL's RAND_bytes), so
+  // that no two sessions share request ids and a response recorded from one is never taken as the
   // answer to a request of another (README, "Security model").
   ClientCore(ClientOptions options, ClientCoreEnv& env, std::uint64_t seed,
              ClientCoreBugs bugs = {});

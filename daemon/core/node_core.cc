@@ -44,6 +44,7 @@ NodeCore::NodeCore(ClusterConfig config, Rank self, std::unique_ptr<SectorStore>
   so.ranks = register_config_.ranks;
   so.sectors = config_.sectors;
   so.cluster_id = config_.ClusterId();
+  so.id_seed = options_.boot_nonce ^ 0x5359'4e43'4944'5331ULL;  // not the op ids' nonce itself
   // Until the Syncer decides, this node answers nothing: it may have lost its disk.
   register_config_.votes = false;
   // Writes this node coordinates before the Syncer starts already stay above the ts its

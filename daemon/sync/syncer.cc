@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "common/request_id.h"
 #include "daemon/sync/bucket_digests.h"
 #include "daemon/sync/membership.h"
 #include "daemon/sync/resync_pass.h"
@@ -44,9 +45,14 @@ struct Syncer::Impl {
   Status Start(std::int64_t now_ms) {
     Status s = membership.AdoptIdentity();
     if (!s.ok()) return s;
-    // Request ids count up from the start time (scaled): a reply that an earlier run of this
-    // node asked for, still in flight, cannot match a request of this run.
-    ctx.next_id = (static_cast<std::uint64_t>(std::max<std::int64_t>(now_ms, 0)) << 20) + 1;
+    // Request ids count up from a random point (common/request_id.h): a reply that an earlier
+    // run of this node asked for, still in flight or recorded and replayed by someone on the
+    // network path, does not match a request of this run. (From the start time, as before,
+    // when no seed is given: unit tests. The steady clock restarts at a reboot, so the start
+    // time alone let a reply recorded before a reboot match.)
+    ctx.next_id = ctx.options.id_seed != 0
+                      ? FirstRequestId(ctx.options.id_seed)
+                      : (static_cast<std::uint64_t>(std::max<std::int64_t>(now_ms, 0)) << 20) + 1;
     resync.Begin(now_ms);
     scrub.Schedule(now_ms);
     membership.Start(now_ms);

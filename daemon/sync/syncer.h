@@ -71,6 +71,9 @@ struct SyncerOptions {
   std::uint64_t sectors = 0;
   Uuid cluster_id;
   double rate_bytes_per_s = 0;  // resync pull rate limit (sector data bytes); 0 = unlimited
+  // Where this run's request ids start (common/request_id.h): the node core passes its boot
+  // nonce, drawn with RAND_bytes (the simulator's, from its seed). 0: from the start time.
+  std::uint64_t id_seed = 0;
   std::uint32_t fetch_batch = kMaxFetchSectors;
   std::uint32_t fetch_window = 8;  // Fetch requests in flight
   std::int64_t hello_interval_ms = 1000;

@@ -50,6 +50,7 @@ struct SentRecord {
   std::uint64_t first = 0;
   std::uint32_t count = 0;
   std::size_t sectors = 0;
+  std::uint64_t request_id = 0;
 };
 
 class Cluster;
@@ -224,7 +225,7 @@ class Cluster {
     EXPECT_NE(from, to);
     SyncMessage msg = sent;
     if (rewrite) rewrite(from, msg);
-    log.push_back({from, to, msg.kind, msg.first, msg.count, msg.sectors.size()});
+    log.push_back({from, to, msg.kind, msg.first, msg.count, msg.sectors.size(), msg.request_id});
     if (node(from).syncer == nullptr || node(to).syncer == nullptr) return;  // down
     if (!chaos_) {
       queue_.push_back({from, to, msg, now});

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/request_id.h"
 #include "common/status.h"
 #include "common/sync_wire.h"
 #include "common/types.h"
@@ -105,6 +106,28 @@ TEST(SyncerTest, ChaosCatchesBugJoinerVotes) {
   int caught = 0;
   for (std::uint64_t seed = 1; seed <= 5; ++seed) caught += ChaosRunVotedEarly(seed, true) ? 1 : 0;
   EXPECT_GT(caught, 0);
+}
+
+// A node's sync request ids start at a random point drawn per run (SyncerOptions::id_seed; the
+// daemon's comes from RAND_bytes), not at the start time: a reply recorded in an earlier run,
+// even one before a reboot (the steady clock restarts), matches no request of this run.
+TEST(SyncerTest, RequestIdsStartWhereTheSeedSays) {
+  auto first_hello_id = [](std::uint64_t seed) {
+    Cluster c(2, 1000);
+    for (Rank r : {1, 2}) c.node(r).saved = VotingIdentity(r, {1, 2});
+    SyncerOptions o = c.Options(1);
+    o.id_seed = seed;
+    c.StartNode(1, o);
+    c.RunFor(10);
+    std::vector<SentRecord> hellos = c.SentBy(1, SyncKind::kHello);
+    EXPECT_FALSE(hellos.empty());
+    return hellos.empty() ? 0 : hellos.front().request_id;
+  };
+  const std::uint64_t a = first_hello_id(7), b = first_hello_id(8);
+  EXPECT_NE(a, b);
+  EXPECT_GE(a, FirstRequestId(7));
+  EXPECT_LT(a, FirstRequestId(7) + 16);
+  EXPECT_EQ(first_hello_id(7), a);  // the same seed, the same run (the simulator replays)
 }
 
 }  // namespace
