@@ -174,6 +174,7 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) 
                                                  "nodes",
                                                  "cluster_id",
                                                  "resync_rate_mb",
+                                                 "sync_serve_rate_mb",
                                                  "resync_interval_s",
                                                  "scrub_interval_s",
                                                  "peer_timeout_ms",
@@ -202,12 +203,15 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) 
     }
     cfg.cluster_id_hex = *id;
   }
-  if (table["resync_rate_mb"]) {
-    auto v = table["resync_rate_mb"].value<double>();  // integers convert too
+  for (auto [key, field] : {std::pair{"resync_rate_mb", &cfg.resync_rate_mb},
+                            std::pair{"sync_serve_rate_mb", &cfg.sync_serve_rate_mb}}) {
+    if (!table[key]) continue;
+    auto v = table[key].value<double>();  // integers convert too
     if (!v || !(*v >= 0) || *v > 1e6) {
-      return Err(path, "\"resync_rate_mb\" must be a number in 0..1000000 (0 = unlimited)");
+      return Err(path,
+                 "\"" + std::string(key) + "\" must be a number in 0..1000000 (0 = unlimited)");
     }
-    cfg.resync_rate_mb = *v;
+    *field = *v;
   }
   for (auto [key, field] : {std::pair{"resync_interval_s", &cfg.resync_interval_s},
                             std::pair{"scrub_interval_s", &cfg.scrub_interval_s}}) {

@@ -3,6 +3,7 @@
 //   sectors = 262144                  # device size in 4096-byte sectors
 //   cluster_id = "0123...cdef"        # optional: 32 hex digits (atomdisk init writes one)
 //   resync_rate_mb = 200              # optional: resync pull limit (MB/s), 0 = unlimited
+//   sync_serve_rate_mb = 512          # optional: serving peers' sync requests (MB/s), 0 = no limit
 //   resync_interval_s = 600           # optional: anti-entropy pass period, 0 = at start only
 //   scrub_interval_s = 0              # optional: scrub period, 0 = on request only
 //   peer_timeout_ms = 1000            # optional: a peer link silent this long is redialled
@@ -59,7 +60,10 @@ struct ClusterConfig {
   // Optional settings (docs/RESYNC.md). cluster_id: 32 hex digits written by `atomdisk
   // init`; empty in files from before it existed (ClusterId() then derives one).
   std::string cluster_id_hex;
-  double resync_rate_mb = 200;           // resync pull limit, MB/s of sector data; 0 = none
+  double resync_rate_mb = 200;  // resync pull limit, MB/s of sector data; 0 = none
+  // What serving peers' Digest, Entries and Fetch requests may cost, MB/s of sectors scanned
+  // or read, all peers together (daemon/sync/sync_server.h); 0 = no limit.
+  double sync_serve_rate_mb = 512;
   std::int64_t resync_interval_s = 600;  // periodic anti-entropy pass; 0 = only at start
   std::int64_t scrub_interval_s = 0;     // periodic scrub; 0 = only `atomdisk scrub`
   // A peer link (either direction) on which nothing arrived for this long is closed and

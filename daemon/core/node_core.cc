@@ -18,6 +18,7 @@ NodeCoreOptions NodeCoreOptions::FromConfig(const ClusterConfig& config) {
   NodeCoreOptions o;
   o.registers.thrifty_collect = true;  // asks only a quorum's worth of responsive peers
   o.syncer.rate_bytes_per_s = config.resync_rate_mb * 1e6;
+  o.syncer.serve_bytes_per_s = config.sync_serve_rate_mb * 1e6;
   o.syncer.resync_interval_ms = config.resync_interval_s * 1000;
   o.syncer.scrub_interval_ms = config.scrub_interval_s * 1000;
   return o;
@@ -846,6 +847,10 @@ std::string NodeCore::InfoJson() {
                 {"read_repaired", ss.scrub.read_repaired},
                 {"read_unrepaired", ss.scrub.read_unrepaired},
                 {"pending_repairs", ss.scrub.pending_repairs}};
+  j["sync_serve"] = {{"served", ss.serve.served},
+                     {"deferred", ss.serve.deferred},
+                     {"dropped", ss.serve.dropped},
+                     {"queued", ss.serve.queued}};
   j["counters"] = {{"client_ops", counters_.client_ops},
                    {"reads", counters_.reads},
                    {"writes", counters_.writes},

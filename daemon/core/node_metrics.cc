@@ -106,6 +106,15 @@ NodeMetrics::NodeMetrics(const ClusterConfig& config, Rank self) {
   read_unrepaired_ = &r.AddCounter("atomdisk_read_unrepaired_total",
                                    "Read repairs that ended without storing a value (each is "
                                    "tried again later).");
+  sync_served_ = &r.AddCounter("atomdisk_sync_requests_served_total",
+                               "Peers' Digest, Entries and Fetch requests answered.");
+  sync_deferred_ = &r.AddCounter(
+      "atomdisk_sync_requests_deferred_total",
+      "Of those, answered late: over the serve budget (sync_serve_rate_mb), queued first.");
+  sync_dropped_ = &r.AddCounter(
+      "atomdisk_sync_requests_dropped_total",
+      "Peers' sync requests dropped: over the serve budget with the sender's queue full (the "
+      "peer asks again). Growing while no peer resyncs: replayed requests.");
   pending_repairs_ = &r.AddGauge(
       "atomdisk_pending_repairs",
       "Sectors whose stored copy failed its checks and is not repaired yet (being repaired or "
@@ -252,6 +261,9 @@ void NodeMetrics::Publish(const NodeMetricsSnapshot& s) {
   read_repaired_->Set(s.sync.scrub.read_repaired);
   read_unrepaired_->Set(s.sync.scrub.read_unrepaired);
   pending_repairs_->Set(static_cast<double>(s.sync.scrub.pending_repairs));
+  sync_served_->Set(s.sync.serve.served);
+  sync_deferred_->Set(s.sync.serve.deferred);
+  sync_dropped_->Set(s.sync.serve.dropped);
 }
 
 }  // namespace atomdisk

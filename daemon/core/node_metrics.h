@@ -136,6 +136,7 @@ class NodeMetrics {
   metrics::Gauge* resync_to_go_;
   metrics::Gauge* resync_rate_;
   metrics::Gauge* pending_repairs_;
+  metrics::Counter *sync_served_, *sync_deferred_, *sync_dropped_;
   metrics::Counter* resync_passes_;
   Accumulated resync_sectors_, resync_bytes_;
   metrics::Gauge* scrub_active_;

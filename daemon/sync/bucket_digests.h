@@ -29,6 +29,8 @@ class BucketDigests {
   std::optional<std::uint64_t> Served(std::uint64_t b, const std::set<std::uint64_t>& ahead);
   // A new value of sector s was handed to the store: its bucket's digest is stale.
   void Invalidate(SectorIdx s);
+  // Whether Own(b) would answer without a scan.
+  bool Cached(std::uint64_t b) const { return b < valid_.size() && valid_[b]; }
 
   void CheckInvariants() const;
 

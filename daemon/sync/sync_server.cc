@@ -16,6 +16,14 @@ bool RangeOk(std::uint64_t first, std::uint64_t count, std::uint64_t max, std::u
 }
 }  // namespace
 
+SyncServer::SyncServer(SyncContext& ctx, BucketDigests& digests)
+    : ctx_(ctx),
+      digests_(digests),
+      budget_(ctx.options.serve_bytes_per_s,
+              static_cast<double>(kMaxEntrySectors) * static_cast<double>(kSectorSize)) {
+  budget_.Reset(0);
+}
+
 void SyncServer::Reject(const SyncMessage& msg) {
   ++rejected_requests_;
   if (rejected_noted_.insert(msg.sender).second) {
@@ -25,7 +33,99 @@ void SyncServer::Reject(const SyncMessage& msg) {
   }
 }
 
-void SyncServer::Serve(const SyncMessage& msg) {
+double SyncServer::Cost(const SyncMessage& msg) const {
+  std::uint64_t sectors = 0;
+  switch (msg.kind) {
+    case SyncKind::kDigest:
+      for (std::uint64_t b = msg.first; b < msg.first + msg.count; ++b) {
+        if (!digests_.Cached(b)) sectors += kBucketSectors;
+      }
+      break;
+    case SyncKind::kEntries:
+      sectors = msg.count;
+      break;
+    case SyncKind::kFetch:
+      sectors = msg.sectors.size();
+      break;
+    default:
+      break;
+  }
+  return std::min(static_cast<double>(sectors) * static_cast<double>(kSectorSize),
+                  budget_.capacity());
+}
+
+void SyncServer::Serve(const SyncMessage& msg, std::int64_t now_ms) {
+  // Malformed requests are refused before they cost anything.
+  switch (msg.kind) {
+    case SyncKind::kDigest:
+      if (!RangeOk(msg.first, msg.count, kMaxDigestBuckets, ctx_.buckets)) return Reject(msg);
+      break;
+    case SyncKind::kEntries:
+      if (!RangeOk(msg.first, msg.count, kMaxEntrySectors, ctx_.options.sectors)) {
+        return Reject(msg);
+      }
+      break;
+    case SyncKind::kFetch:
+      if (msg.sectors.empty() || msg.sectors.size() > kMaxFetchSectors) return Reject(msg);
+      for (SectorIdx s : msg.sectors) {
+        if (s >= ctx_.options.sectors) return Reject(msg);
+      }
+      break;
+    default:
+      return;
+  }
+  budget_.Refill(now_ms);
+  bool waiting = false;
+  for (const auto& [rank, q] : queued_) waiting = waiting || !q.empty();
+  if (!waiting && budget_.TryTake(Cost(msg))) return ServeNow(msg);
+  std::deque<Queued>& q = queued_[msg.sender];
+  if (q.size() >= kMaxQueuedPerPeer) {
+    ++dropped_;
+    if (dropped_noted_.insert(msg.sender).second) {
+      ctx_.env->Note("sync requests from peer " + std::to_string(msg.sender) +
+                     " exceed the serve budget (sync_serve_rate_mb) and its queue is full: "
+                     "dropping the excess (further drops are only counted)");
+    }
+    return;
+  }
+  q.push_back(Queued{msg, now_ms});
+}
+
+void SyncServer::Tick(std::int64_t now_ms) {
+  budget_.Refill(now_ms);
+  // One request per sender in turn, starting after the sender served first last time.
+  bool progress = true;
+  while (progress) {
+    progress = false;
+    auto it = queued_.upper_bound(next_turn_);
+    for (std::size_t n = 0; n < queued_.size(); ++n, ++it) {
+      if (it == queued_.end()) it = queued_.begin();
+      std::deque<Queued>& q = it->second;
+      if (q.empty()) continue;
+      if (!budget_.TryTake(Cost(q.front().msg))) break;
+      SyncMessage msg = std::move(q.front().msg);
+      q.pop_front();
+      next_turn_ = it->first;
+      ++deferred_;
+      ServeNow(msg);
+      progress = true;
+      break;
+    }
+  }
+  // Whatever has waited half a request timeout goes now (see the header).
+  const std::int64_t max_wait = std::max<std::int64_t>(1, ctx_.options.request_timeout_ms / 2);
+  for (auto& [rank, q] : queued_) {
+    while (!q.empty() && now_ms - q.front().since_ms >= max_wait) {
+      SyncMessage msg = std::move(q.front().msg);
+      q.pop_front();
+      ++deferred_;
+      ServeNow(msg);
+    }
+  }
+}
+
+void SyncServer::ServeNow(const SyncMessage& msg) {
+  ++served_;
   switch (msg.kind) {
     case SyncKind::kDigest:
       ServeDigest(msg);
@@ -39,6 +139,19 @@ void SyncServer::Serve(const SyncMessage& msg) {
     default:
       return;
   }
+}
+
+void SyncServer::FillStatus(SyncStatus::Serve& out) const {
+  out.served = served_;
+  out.deferred = deferred_;
+  out.dropped = dropped_;
+  out.queued = 0;
+  for (const auto& [rank, q] : queued_) out.queued += q.size();
+}
+
+void SyncServer::CheckInvariants() const {
+  for (const auto& [rank, q] : queued_) ATOMDISK_CHECK(q.size() <= kMaxQueuedPerPeer);
+  ATOMDISK_CHECK(deferred_ <= served_);
 }
 
 void SyncServer::ServeDigest(const SyncMessage& msg) {

@@ -6,32 +6,62 @@
 // oversized range, one past the end of the device or one whose end overflows is not
 // answered, counted in rejected_requests(), and noted once per peer (a peer must not flood
 // the log). A request the store cannot serve (a failed scan) gets no reply either: the
-// requester retries or drops this node as a source. Thread-compatible.
+// requester retries or drops this node as a source.
+//
+// Serving costs: a Digest scans the buckets whose digest is not cached, an Entries request
+// scans up to kMaxEntrySectors sectors, a Fetch reads up to kMaxFetchSectors; a recorded
+// request replayed by someone on the network path costs the same each time (a 66-byte Entries
+// request replayed 94 times a second once took half a node's CPU, issue 17). So requests are
+// served within a budget of sector bytes per second, all peers together
+// (SyncerOptions::serve_bytes_per_s, sync_serve_rate_mb in cluster.toml; 0 = unlimited): a
+// request over budget waits in its sender's queue (at most kMaxQueuedPerPeer; the queues are
+// served in turn, one request each, as the budget refills every Tick) and one beyond that is
+// dropped, and the requester asks again after its request timeout. A request that has waited
+// half a request timeout is served whatever the budget: a requester gives up on a source
+// whose request went unanswered twice (resync_pass.h), so a budget set too low for the
+// peers' passes slows them but never makes them skip this node. So the cost is bounded by the
+// budget plus kMaxQueuedPerPeer requests per sender per half request timeout. The default,
+// 512 MB/s, is above what a resync pass pulls (each pulled sector costs about two: its
+// Entries scan and its Fetch). Thread-compatible.
 #pragma once
 
 #include <cstdint>
+#include <deque>
+#include <map>
 #include <set>
 
 #include "common/sync_wire.h"
 #include "common/types.h"
 #include "daemon/sync/bucket_digests.h"
+#include "daemon/sync/rate_limiter.h"
 #include "daemon/sync/sync_context.h"
 
 namespace atomdisk {
 
 class SyncServer {
  public:
-  SyncServer(SyncContext& ctx, BucketDigests& digests) : ctx_(ctx), digests_(digests) {}
+  static constexpr std::size_t kMaxQueuedPerPeer = 16;
+
+  SyncServer(SyncContext& ctx, BucketDigests& digests);
 
   // A kDigest, kEntries or kFetch request from a peer (the caller checked the sender is
-  // one); replies through SyncEnv::SendSync, or not at all (see above).
-  void Serve(const SyncMessage& msg);
+  // one); replies through SyncEnv::SendSync now, later (over budget), or not at all (see
+  // above).
+  void Serve(const SyncMessage& msg, std::int64_t now_ms);
+  // Serves queued requests as far as the budget allows.
+  void Tick(std::int64_t now_ms);
 
   // Malformed requests seen so far.
   std::uint64_t rejected_requests() const { return rejected_requests_; }
+  void FillStatus(SyncStatus::Serve& out) const;
+  void CheckInvariants() const;
 
  private:
   void Reject(const SyncMessage& msg);
+  // What serving `msg` costs the budget, in sector bytes (at most the bucket's capacity, so
+  // that every request can go eventually).
+  double Cost(const SyncMessage& msg) const;
+  void ServeNow(const SyncMessage& msg);
   void ServeDigest(const SyncMessage& msg);
   void ServeEntries(const SyncMessage& msg);
   void ServeFetch(const SyncMessage& msg);
@@ -40,6 +70,15 @@ class SyncServer {
   BucketDigests& digests_;
   std::uint64_t rejected_requests_ = 0;
   std::set<Rank> rejected_noted_;
+  RateLimiter budget_;
+  struct Queued {
+    SyncMessage msg;
+    std::int64_t since_ms = 0;
+  };
+  std::map<Rank, std::deque<Queued>> queued_;  // over budget, by sender
+  Rank next_turn_ = 0;                         // the sender served first next Tick
+  std::set<Rank> dropped_noted_;
+  std::uint64_t served_ = 0, deferred_ = 0, dropped_ = 0;
 };
 
 }  // namespace atomdisk

@@ -74,7 +74,7 @@ struct Syncer::Impl {
       case SyncKind::kDigest:
       case SyncKind::kEntries:
       case SyncKind::kFetch:
-        server.Serve(msg);
+        server.Serve(msg, now_ms);
         return;
       case SyncKind::kHelloReply:
         membership.OnHelloReply(msg, now_ms);
@@ -101,6 +101,7 @@ struct Syncer::Impl {
     membership.Tick(now_ms);
     resync.Tick(now_ms, membership.mode() == Membership::Mode::kVoting);
     scrub.Tick(now_ms);
+    server.Tick(now_ms);
   }
 
   Status StartResync(std::int64_t now_ms) {
@@ -116,6 +117,7 @@ struct Syncer::Impl {
     st.state = membership.State(now_ms);
     resync.FillStatus(st.resync, now_ms);
     scrub.FillStatus(st.scrub);
+    server.FillStatus(st.serve);
     return st;
   }
 
@@ -124,6 +126,7 @@ struct Syncer::Impl {
     membership.CheckInvariants();
     resync.CheckInvariants();
     scrub.CheckInvariants();
+    server.CheckInvariants();
   }
 };
 

@@ -71,6 +71,9 @@ struct SyncerOptions {
   std::uint64_t sectors = 0;
   Uuid cluster_id;
   double rate_bytes_per_s = 0;  // resync pull rate limit (sector data bytes); 0 = unlimited
+  // What serving peers' Digest, Entries and Fetch requests may cost, in sector bytes scanned
+  // or read per second, all peers together (sync_server.h); 0 = unlimited.
+  double serve_bytes_per_s = 512e6;
   // Where this run's request ids start (common/request_id.h): the node core passes its boot
   // nonce, drawn with RAND_bytes (the simulator's, from its seed). 0: from the start time.
   std::uint64_t id_seed = 0;
@@ -179,6 +182,11 @@ struct SyncStatus {
     double eta_s = -1;                // -1: unknown
     std::uint64_t passes_done = 0;
   } resync;
+  // Serving peers' sync requests (since start): served, served late (over budget, queued
+  // first), dropped (over budget with a full queue), queued now.
+  struct Serve {
+    std::uint64_t served = 0, deferred = 0, dropped = 0, queued = 0;
+  } serve;
   struct Scrub {
     bool active = false;
     std::uint64_t bucket = 0, buckets = 0;

@@ -6,10 +6,6 @@
 //
 //   atomdisk-slow-readers --config cluster.toml --node 1 [--connections 100] [--reads 48]
 //       [--hold 20]
-#include <arpa/inet.h>
-#include <netdb.h>
-#include <poll.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -21,41 +17,7 @@
 #include "common/config.h"
 #include "common/hmac.h"
 #include "common/wire.h"
-
-namespace {
-
-// A blocking TCP connection to host:port; -1 on failure.
-int Dial(const std::string& host, std::uint16_t port) {
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) != 0) return -1;
-  int fd = ::socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd >= 0 && ::connect(fd, res->ai_addr, res->ai_addrlen) != 0) {
-    ::close(fd);
-    fd = -1;
-  }
-  ::freeaddrinfo(res);
-  return fd;
-}
-
-bool SendAll(int fd, const atomdisk::Frame& f) {
-  std::size_t off = 0;
-  while (off < f.size()) {
-    ssize_t n = ::send(fd, f.data() + off, f.size() - off, MSG_NOSIGNAL);
-    if (n <= 0) return false;
-    off += static_cast<std::size_t>(n);
-  }
-  return true;
-}
-
-// Closed by the peer, seen without reading (POLLRDHUP/POLLHUP/POLLERR).
-bool PeerClosed(int fd) {
-  pollfd p{fd, POLLRDHUP, 0};
-  return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
-}
-
-}  // namespace
+#include "tests/bench/bench_socket.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"clients that ask for responses and never read them"};
@@ -81,7 +43,7 @@ int main(int argc, char** argv) {
   atomdisk::Hmac mac(config->client_key);
   std::vector<int> fds;
   for (int c = 0; c < connections; ++c) {
-    int fd = Dial(node->host, node->port);
+    int fd = atomdisk::bench::Dial(node->host, node->port);
     if (fd < 0) continue;
     for (int i = 0; i < reads; ++i) {
       atomdisk::ClientCommand cmd;
@@ -89,7 +51,7 @@ int main(int argc, char** argv) {
       cmd.op = atomdisk::ClientOp::kReadExtent;
       cmd.sector = 0;
       cmd.count = atomdisk::kMaxExtentSectors;
-      if (!SendAll(fd, atomdisk::EncodeFrame(cmd, mac))) break;
+      if (!atomdisk::bench::SendAll(fd, atomdisk::EncodeFrame(cmd, mac))) break;
     }
     fds.push_back(fd);
   }
@@ -98,7 +60,7 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
   std::this_thread::sleep_for(std::chrono::seconds(hold_s));
   int closed = 0;
-  for (int fd : fds) closed += PeerClosed(fd) ? 1 : 0;
+  for (int fd : fds) closed += atomdisk::bench::PeerClosed(fd) ? 1 : 0;
   std::printf("after %d s: %d of %zu closed by the node\n", hold_s, closed, fds.size());
   for (int fd : fds) ::close(fd);
   return 0;

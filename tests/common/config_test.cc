@@ -504,15 +504,17 @@ TEST_F(ConfigTest, ResyncSettings) {
   auto ok = LoadClusterConfig(WriteConfig(base + nodes));
   ASSERT_TRUE(ok.ok()) << ok.status().ToString();
   EXPECT_EQ(ok->resync_rate_mb, 200);  // the defaults
+  EXPECT_EQ(ok->sync_serve_rate_mb, 512);
   EXPECT_EQ(ok->resync_interval_s, 600);
   EXPECT_EQ(ok->scrub_interval_s, 0);
   EXPECT_TRUE(ok->cluster_id_hex.empty());
 
   auto set = LoadClusterConfig(WriteConfig(
       base + "cluster_id = \"00112233445566778899AABBCCDDEEFF\"\nresync_rate_mb = 12.5\n" +
-      "resync_interval_s = 0\nscrub_interval_s = 86400\n" + nodes));
+      "resync_interval_s = 0\nscrub_interval_s = 86400\nsync_serve_rate_mb = 0\n" + nodes));
   ASSERT_TRUE(set.ok()) << set.status().ToString();
   EXPECT_EQ(set->resync_rate_mb, 12.5);
+  EXPECT_EQ(set->sync_serve_rate_mb, 0);
   EXPECT_EQ(set->resync_interval_s, 0);
   EXPECT_EQ(set->scrub_interval_s, 86400);
   EXPECT_EQ(set->ClusterId().ToString(), "00112233445566778899aabbccddeeff");
@@ -525,6 +527,10 @@ TEST_F(ConfigTest, ResyncSettings) {
   for (const char* bad : {"resync_rate_mb = -1", "resync_rate_mb = \"fast\"",
                           "resync_rate_mb = nan", "resync_rate_mb = 1e9"}) {
     ExpectBadConfig(base + bad + "\n" + nodes, "resync_rate_mb");
+  }
+  for (const char* bad :
+       {"sync_serve_rate_mb = -3", "sync_serve_rate_mb = \"lots\"", "sync_serve_rate_mb = inf"}) {
+    ExpectBadConfig(base + bad + "\n" + nodes, "sync_serve_rate_mb");
   }
   for (const char* bad : {"resync_interval_s = -5", "resync_interval_s = 1.5",
                           "resync_interval_s = 99999999999", "resync_interval_s = true"}) {

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "common/hmac.h"
+#include "common/sync_wire.h"
 #include "common/wire.h"
 #include "tests/daemon/daemon_test_util.h"
 #include "tests/daemon/raw_client.h"
@@ -561,6 +562,71 @@ TEST_F(DaemonHostileTest, SystemFrameFromUnknownRankIsDropped) {
   ASSERT_TRUE(data.ok()) << data.status().ToString();
   EXPECT_EQ(CheckedId(**data), kVictimId);
   ExpectStillServing();
+}
+
+// A recorded sync request replayed fast (issue 17: a 66-byte Entries request replayed 94
+// times a second took half a node's CPU) costs the node no more than its serve budget: here
+// sync_serve_rate_mb = 16, under one full Entries scan (4096 sectors) a second. The excess is
+// queued (16 per sender) or dropped and counted, and clients are served all along.
+TEST(DaemonSyncBudgetTest, AReplayedSyncRequestCostsNoMoreThanTheServeBudget) {
+  LiveCluster cluster(3, {.sectors = 65536, .config_extra = "sync_serve_rate_mb = 16\n"});
+  ASSERT_TRUE(cluster.ok());
+  ASSERT_TRUE(ServesWriteAndRead(cluster, 1, kVictim, kVictimId));
+  auto attacker = cluster.Connect(1);
+  ASSERT_NE(attacker, nullptr);
+  auto serve_counts = [&]() -> nlohmann::json {
+    auto c = cluster.Connect(1);
+    if (c == nullptr) return {};
+    auto info = c->Info();
+    if (!info.ok()) return {};
+    return (*info)["sync_serve"];
+  };
+  const nlohmann::json before = serve_counts();
+  ASSERT_TRUE(before.is_object()) << before.dump();
+
+  // One frame, as a recording would hold it: an Entries request "from node 2".
+  SyncMessage m;
+  m.sender = 2;
+  m.kind = SyncKind::kEntries;
+  m.request_id = 0x1234;
+  m.first = 0;
+  m.count = kMaxEntrySectors;
+  const Bytes frame = SignPayload(EncodePayload(m),
+                                  Bytes(cluster.system_key().begin(), cluster.system_key().end()));
+  constexpr int kReplays = 100;
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < kReplays; ++i) {
+    ASSERT_TRUE(attacker->SendBytes(frame).ok());
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  std::this_thread::sleep_for(milliseconds(500));
+  const nlohmann::json after = serve_counts();
+  const double elapsed_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_TRUE(after.is_object()) << after.dump();
+  auto delta = [&](const char* k) { return after.value(k, 0ULL) - before.value(k, 0ULL); };
+  // The bucket held one scan; then 16 MB/s is 0.95 of one a second. Peers' own requests
+  // (none expected: no pass runs) would count here too.
+  const double allowed = 1 + 0.96 * elapsed_s + 1;
+  EXPECT_LE(static_cast<double>(delta("served")), allowed)
+      << "served " << delta("served") << " of " << kReplays << " in " << elapsed_s
+      << " s: " << after.dump();
+  EXPECT_GE(delta("served"), 1u) << after.dump();
+  EXPECT_GE(delta("dropped"), kReplays - 16 - static_cast<std::uint64_t>(allowed)) << after.dump();
+  EXPECT_LE(after.value("queued", 99ULL), 16u) << after.dump();
+  std::printf("[ budget   ] %d replays in %.1f s: %llu served, %llu dropped, %llu queued\n",
+              kReplays, elapsed_s, static_cast<unsigned long long>(delta("served")),
+              static_cast<unsigned long long>(delta("dropped")),
+              static_cast<unsigned long long>(after.value("queued", 0ULL)));
+
+  // Clients were served all along, and nothing changed.
+  ASSERT_TRUE(cluster.IsRunning(1)) << cluster.harness().LogTail(1);
+  ASSERT_TRUE(ServesWriteAndRead(cluster, 1, kCanary, 77));
+  auto client = cluster.Connect(1);
+  ASSERT_NE(client, nullptr);
+  auto data = client->Read(kVictim);
+  ASSERT_TRUE(data.ok()) << data.status().ToString();
+  EXPECT_EQ(CheckedId(**data), kVictimId);
 }
 
 TEST_F(DaemonHostileTest, TwoHundredConcurrentConnectionsEachWriteAndRead) {

@@ -211,6 +211,8 @@ int main(int argc, char** argv) {
     total.replaced_disks += r.stats.replaced_disks;
     total.absorbs += r.stats.absorbs;
     total.passes_done += r.stats.passes_done;
+    total.sync_deferred += r.stats.sync_deferred;
+    total.sync_dropped += r.stats.sync_dropped;
     total.tags_from_cache += r.stats.tags_from_cache;
     total.registers_from_cached_tag += r.stats.registers_from_cached_tag;
     total.batches_sent += r.stats.batches_sent;
@@ -269,8 +271,9 @@ int main(int argc, char** argv) {
             << total.messages_sent << " messages (" << total.messages_dropped << " dropped, "
             << total.messages_duplicated << " duplicated), " << total.sync_messages
             << " sync messages, " << total.replaced_disks << " replaced disks, " << total.absorbs
-            << " absorbs, " << total.passes_done << " resync passes, " << total.tags_from_cache
-            << " tags from cache, " << total.registers_from_cached_tag
+            << " absorbs, " << total.passes_done << " resync passes (" << total.sync_deferred
+            << " sync requests served late, " << total.sync_dropped << " dropped), "
+            << total.tags_from_cache << " tags from cache, " << total.registers_from_cached_tag
             << " registers from a cached tag, " << total.batches_sent << " system batches, "
             << total.extents_refused << " extents refused whole, " << total.virtual_ms
             << " virtual ms";

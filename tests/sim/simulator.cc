@@ -1136,7 +1136,10 @@ void Simulator::StopNode(int n) {
       result_.stats.extents_refused += node.core->counters().no_quorum_extents;
     }
     if (Syncer* syncer = node.core->syncer_if_started()) {
-      result_.stats.passes_done += syncer->GetStatus(NowMs()).resync.passes_done;
+      SyncStatus st = syncer->GetStatus(NowMs());
+      result_.stats.passes_done += st.resync.passes_done;
+      result_.stats.sync_deferred += st.serve.deferred;
+      result_.stats.sync_dropped += st.serve.dropped;
     }
     // Nothing the dying core does from here on reaches the checkers or the world.
     node.core->SetObserver(nullptr);
@@ -2943,6 +2946,10 @@ SimResult Simulator::Run() {
   // A quarter of the seeds pull under the resync rate limit, 0.4-4 MB/s of virtual time
   // (100-1000 sectors a second), so that passes and joins last through faults.
   so.rate_bytes_per_s = Chance(250) ? static_cast<double>(Range(1, 10)) * 100 * 4096 : 0;
+  // Those seeds also serve peers' sync requests under a budget (sync_server.h), 16 times the
+  // pull rate, so that requests wait in the servers' queues and some are dropped; the others
+  // serve at the daemon's default budget, which a simulated run never reaches.
+  if (so.rate_bytes_per_s > 0) so.serve_bytes_per_s = 16 * so.rate_bytes_per_s;
   so.hello_interval_ms = kHelloIntervalMs;
   so.joining_hello_interval_ms = kJoiningHelloIntervalMs;
   so.request_timeout_ms = kSyncRequestTimeoutMs;

@@ -138,10 +138,13 @@ struct SimStats {
   std::uint64_t ops_ok = 0;
   std::uint64_t ops_unknown = 0;
   std::uint64_t history_ops = 0;
-  std::uint64_t sync_messages = 0;    // sync messages sent (also counted in messages_sent)
-  std::uint64_t replaced_disks = 0;   // "replace disk" faults: empty store and no IDENTITY
-  std::uint64_t absorbs = 0;          // SyncEnv::Absorb calls
-  std::uint64_t passes_done = 0;      // resync passes finished, summed over nodes and restarts
+  std::uint64_t sync_messages = 0;   // sync messages sent (also counted in messages_sent)
+  std::uint64_t replaced_disks = 0;  // "replace disk" faults: empty store and no IDENTITY
+  std::uint64_t absorbs = 0;         // SyncEnv::Absorb calls
+  std::uint64_t passes_done = 0;     // resync passes finished, summed over nodes and restarts
+  // Sync requests served late (over the serve budget) and dropped (its queue full), likewise.
+  std::uint64_t sync_deferred = 0;
+  std::uint64_t sync_dropped = 0;
   std::uint64_t tags_from_cache = 0;  // ReadTags answered from a store's slot cache
   // Registers built for a WriteProc from the cached tag alone (no read of the sector)
   std::uint64_t registers_from_cached_tag = 0;

@@ -170,9 +170,11 @@ class ServerEnv : public SyncEnv {
 };
 
 struct ServerFixture {
-  explicit ServerFixture(std::uint64_t sectors) : ctx(Options(sectors), &env) {}
-  static SyncerOptions Options(std::uint64_t sectors) {
+  explicit ServerFixture(std::uint64_t sectors, double serve_bytes_per_s = 0)
+      : ctx(Options(sectors, serve_bytes_per_s), &env) {}
+  static SyncerOptions Options(std::uint64_t sectors, double serve_bytes_per_s) {
     SyncerOptions o;
+    o.serve_bytes_per_s = serve_bytes_per_s;
     o.self = 1;
     o.ranks = {1, 2, 3};
     o.sectors = sectors;
@@ -211,7 +213,7 @@ TEST(SyncServerTest, HostileRangesTouchNothing) {
   SyncMessage fetch_edge = f.Request(3, SyncKind::kFetch, 0, 0);
   fetch_edge.sectors = {0, 4999, 5000};  // the last one is one past the end
   bad.push_back(fetch_edge);
-  for (const SyncMessage& m : bad) f.server.Serve(m);
+  for (const SyncMessage& m : bad) f.server.Serve(m, 0);
   EXPECT_TRUE(f.env.sent.empty());
   EXPECT_EQ(f.env.scans, 0);
   EXPECT_EQ(f.server.rejected_requests(), bad.size());
@@ -220,8 +222,8 @@ TEST(SyncServerTest, HostileRangesTouchNothing) {
   EXPECT_NE(f.env.notes[1].find("from peer 3"), std::string::npos) << f.env.notes[1];
 
   // The largest ranges that fit are served.
-  f.server.Serve(f.Request(2, SyncKind::kDigest, 0, 20));
-  f.server.Serve(f.Request(2, SyncKind::kEntries, 5000 - kMaxEntrySectors, kMaxEntrySectors));
+  f.server.Serve(f.Request(2, SyncKind::kDigest, 0, 20), 0);
+  f.server.Serve(f.Request(2, SyncKind::kEntries, 5000 - kMaxEntrySectors, kMaxEntrySectors), 0);
   EXPECT_EQ(f.env.sent.size(), 2u);
   EXPECT_EQ(f.server.rejected_requests(), bad.size());
 }
@@ -234,7 +236,7 @@ TEST(SyncServerTest, EntriesReplyHoldsOnlyTheRangeAskedFor) {
   f.env.scan = {{5, Tag{9, 2}},   {100, Tag{3, 1}}, {300, Tag{4, 1}}, {301, Tag{4, 2}},
                 {301, Tag{4, 2}}, {302, Tag{}},     {555, Tag{1, 1}}};
   f.env.served_ahead[300] = Tag{6, 1};  // being persisted: served, not the durable tag
-  f.server.Serve(f.Request(2, SyncKind::kEntries, 256, 256));
+  f.server.Serve(f.Request(2, SyncKind::kEntries, 256, 256), 0);
   ASSERT_EQ(f.env.sent.size(), 1u);
   const auto& [to, r] = f.env.sent[0];
   EXPECT_EQ(to, 2);
@@ -254,8 +256,8 @@ TEST(SyncServerTest, EntriesReplyHoldsOnlyTheRangeAskedFor) {
 TEST(SyncServerTest, UnreadableStoreSendsNoReply) {
   ServerFixture f(1000);
   f.env.scan_fails = true;
-  f.server.Serve(f.Request(2, SyncKind::kEntries, 0, 10));
-  f.server.Serve(f.Request(2, SyncKind::kDigest, 0, 1));
+  f.server.Serve(f.Request(2, SyncKind::kEntries, 0, 10), 0);
+  f.server.Serve(f.Request(2, SyncKind::kDigest, 0, 1), 0);
   EXPECT_TRUE(f.env.sent.empty());
   EXPECT_EQ(f.server.rejected_requests(), 0u);
   EXPECT_TRUE(f.env.notes.empty());
@@ -268,7 +270,7 @@ TEST(SyncServerTest, FetchMarksUnreadableSectors) {
   f.env.unreadable = {4};
   SyncMessage m = f.Request(2, SyncKind::kFetch, 0, 0);
   m.sectors = {4, 3, 999};
-  f.server.Serve(m);
+  f.server.Serve(m, 0);
   ASSERT_EQ(f.env.sent.size(), 1u);
   const SyncMessage& r = f.env.sent[0].second;
   EXPECT_EQ(r.kind, SyncKind::kFetchReply);
@@ -287,7 +289,7 @@ TEST(SyncServerTest, FetchMarksUnreadableSectors) {
 TEST(SyncServerTest, DigestsAreCachedAndAccountForServedValues) {
   ServerFixture f(1000);
   f.env.scan = {{3, Tag{5, 2}}, {700, Tag{2, 1}}};
-  f.server.Serve(f.Request(2, SyncKind::kDigest, 0, 4));
+  f.server.Serve(f.Request(2, SyncKind::kDigest, 0, 4), 0);
   ASSERT_EQ(f.env.sent.size(), 1u);
   std::vector<std::uint64_t> d = f.env.sent[0].second.digests;
   ASSERT_EQ(d.size(), 4u);
@@ -296,21 +298,111 @@ TEST(SyncServerTest, DigestsAreCachedAndAccountForServedValues) {
   EXPECT_EQ(d[2], SectorTagDigest(700, Tag{2, 1}));
   EXPECT_EQ(f.env.scans, 4);
 
-  f.server.Serve(f.Request(2, SyncKind::kDigest, 0, 4));  // all cached
+  f.server.Serve(f.Request(2, SyncKind::kDigest, 0, 4), 0);  // all cached
   EXPECT_EQ(f.env.scans, 4);
   EXPECT_EQ(f.env.sent[1].second.digests, d);
 
   f.env.scan = {{3, Tag{7, 1}}, {700, Tag{2, 1}}};  // a write the store reports...
-  f.server.Serve(f.Request(2, SyncKind::kDigest, 0, 1));
+  f.server.Serve(f.Request(2, SyncKind::kDigest, 0, 1), 0);
   EXPECT_EQ(f.env.sent[2].second.digests[0], d[0]);  // ...not seen until invalidated
   f.digests.Invalidate(3);
-  f.server.Serve(f.Request(2, SyncKind::kDigest, 0, 1));
+  f.server.Serve(f.Request(2, SyncKind::kDigest, 0, 1), 0);
   EXPECT_EQ(f.env.sent[3].second.digests[0], SectorTagDigest(3, Tag{7, 1}));
 
   f.env.served_ahead[700] = Tag{9, 2};
-  f.server.Serve(f.Request(2, SyncKind::kDigest, 2, 1));
+  f.server.Serve(f.Request(2, SyncKind::kDigest, 2, 1), 0);
   EXPECT_EQ(f.env.sent[4].second.digests[0], SectorTagDigest(700, Tag{9, 2}));
   EXPECT_EQ(f.digests.Own(2), SectorTagDigest(700, Tag{2, 1}));  // the cache stays durable
+}
+
+// Requests over the serve budget wait in their sender's queue and go as it refills; beyond
+// kMaxQueuedPerPeer they are dropped (noted once). What a replayed request costs a node is
+// bounded by the budget, not by how fast someone replays it.
+TEST(SyncServerTest, RequestsOverTheBudgetWaitAndTheExcessIsDropped) {
+  // 4096 sectors' worth a second: one full Entries request a second (and a bucket of one).
+  const double rate = static_cast<double>(kMaxEntrySectors) * kSectorSize;
+  ServerFixture f(100000, rate);
+  f.ctx.options.request_timeout_ms = 60'000;  // nothing waits long enough to go regardless
+  for (SectorIdx s = 0; s < 100000; s += 7) f.env.scan.emplace(s, Tag{1, 2});
+  const std::size_t kSent = 1 + SyncServer::kMaxQueuedPerPeer + 3;
+  for (std::size_t i = 0; i < kSent; ++i) {
+    f.server.Serve(f.Request(2, SyncKind::kEntries, 0, kMaxEntrySectors), 0);
+  }
+  SyncStatus::Serve st;
+  f.server.FillStatus(st);
+  EXPECT_EQ(f.env.sent.size(), 1u);  // the bucket held one request's worth
+  EXPECT_EQ(st.served, 1u);
+  EXPECT_EQ(st.queued, SyncServer::kMaxQueuedPerPeer);
+  EXPECT_EQ(st.dropped, 3u);
+  EXPECT_EQ(f.env.scans, 1);
+  EXPECT_EQ(std::count_if(f.env.notes.begin(), f.env.notes.end(),
+                          [](const std::string& n) {
+                            return n.find("exceed the serve budget") != std::string::npos;
+                          }),
+            1);
+  // Ticks every 10 ms for 3 s: three more, one a second.
+  for (std::int64_t t = 10; t <= 3000; t += 10) f.server.Tick(t);
+  f.server.FillStatus(st);
+  EXPECT_EQ(st.served, 4u);
+  EXPECT_EQ(st.deferred, 3u);
+  EXPECT_EQ(f.env.sent.size(), 4u);
+  EXPECT_EQ(f.env.scans, 4);
+  // Cheap requests wait behind the queue too (no overtaking), then go.
+  f.server.Serve(f.Request(3, SyncKind::kEntries, 0, 1), 3000);
+  f.server.FillStatus(st);
+  EXPECT_EQ(st.queued, SyncServer::kMaxQueuedPerPeer - 3 + 1);
+  f.server.CheckInvariants();
+}
+
+// The senders' queues are served in turn: a peer whose requests (or requests replayed in its
+// name) fill its queue does not starve another's.
+TEST(SyncServerTest, QueuedSendersAreServedInTurn) {
+  const double rate = static_cast<double>(kMaxEntrySectors) * kSectorSize;
+  ServerFixture f(100000, rate);
+  f.ctx.options.request_timeout_ms = 60'000;
+  f.server.Serve(f.Request(2, SyncKind::kEntries, 0, kMaxEntrySectors), 0);  // takes the bucket
+  for (int i = 0; i < 4; ++i) f.server.Serve(f.Request(2, SyncKind::kEntries, 0, 4096), 0);
+  for (int i = 0; i < 2; ++i) f.server.Serve(f.Request(3, SyncKind::kEntries, 0, 4096), 0);
+  f.env.sent.clear();
+  for (std::int64_t t = 10; t <= 4000; t += 10) f.server.Tick(t);
+  std::vector<Rank> order;
+  for (const auto& [to, m] : f.env.sent) order.push_back(to);
+  EXPECT_EQ(order, (std::vector<Rank>{2, 3, 2, 3}));  // not 2, 2, 2, 2
+}
+
+// A queued request that has waited half a request timeout is served whatever the budget: a
+// requester gives up on a source after two unanswered sends, so a budget set too low slows
+// the peers' passes and never makes them skip this node.
+TEST(SyncServerTest, AQueuedRequestGoesAfterHalfARequestTimeoutWhateverTheBudget) {
+  ServerFixture f(100000, 4096.0 * kSectorSize / 100);  // one full Entries per 100 s
+  f.ctx.options.request_timeout_ms = 3000;
+  f.server.Serve(f.Request(2, SyncKind::kEntries, 0, kMaxEntrySectors), 0);  // the bucket
+  f.server.Serve(f.Request(2, SyncKind::kEntries, 0, kMaxEntrySectors), 100);
+  f.server.Serve(f.Request(3, SyncKind::kEntries, 0, kMaxEntrySectors), 1000);
+  EXPECT_EQ(f.env.sent.size(), 1u);
+  f.server.Tick(1599);
+  EXPECT_EQ(f.env.sent.size(), 1u);
+  f.server.Tick(1600);  // peer 2's has waited 1.5 s
+  EXPECT_EQ(f.env.sent.size(), 2u);
+  f.server.Tick(2500);  // peer 3's has waited 1.5 s
+  ASSERT_EQ(f.env.sent.size(), 3u);
+  EXPECT_EQ(f.env.sent.back().first, 3);
+  SyncStatus::Serve st;
+  f.server.FillStatus(st);
+  EXPECT_EQ(st.deferred, 2u);
+  EXPECT_EQ(st.queued, 0u);
+}
+
+// Without a budget every request is served at once, as before.
+TEST(SyncServerTest, WithoutABudgetEveryRequestIsServedAtOnce) {
+  ServerFixture f(100000, 0);
+  for (int i = 0; i < 100; ++i) {
+    f.server.Serve(f.Request(2, SyncKind::kEntries, 0, kMaxEntrySectors), 0);
+  }
+  SyncStatus::Serve st;
+  f.server.FillStatus(st);
+  EXPECT_EQ(st.served, 100u);
+  EXPECT_EQ(st.queued + st.dropped + st.deferred, 0u);
 }
 
 }  // namespace
