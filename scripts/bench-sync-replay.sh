@@ -5,8 +5,9 @@
 # for --duration seconds each: nothing, and atomdisk-sync-replay sending node 1 an Entries
 # request over those 4096 sectors "from node 2" --rate times a second
 # (tests/bench/sync_replay.cc). In both, a client reads through node 1 one at a time
-# (`atomdisk bench --write-ratio 0 --inflight 1`). Prints node 1's CPU (user + system, % of
-# one core), the client's reads/s and p50/p99, and node 1's sync_serve counters.
+# (`atomdisk bench --write-ratio 0 --inflight 1`; node 1 coordinates them, so its CPU
+# includes theirs). Prints node 1's CPU (user + system, % of one core), the client's reads/s
+# and p50/p99, and node 1's sync_serve counters.
 #
 #   scripts/bench-sync-replay.sh [--bin DIR] [--rate N] [--duration S] [--dir DIR]
 #
@@ -28,8 +29,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 for n in "$rate" "$duration"; do
-  [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] ||
-    { echo "bench-sync-replay: --rate and --duration take whole numbers >= 1" >&2; exit 2; }
+  if ! [[ "$n" =~ ^[0-9]+$ ]] || [ "$n" -lt 1 ]; then
+    echo "bench-sync-replay: --rate and --duration take whole numbers >= 1" >&2
+    exit 2
+  fi
 done
 for b in "$bin/atomdiskd" "$bin/atomdisk" "$tool"; do
   [ -x "$b" ] || { echo "bench-sync-replay: $b is missing (build first, or --bin)" >&2; exit 2; }
@@ -65,14 +68,14 @@ import json, sys
 label, c0, c1, t0, t1, hz, out = sys.argv[1:]
 cpu = (int(c1) - int(c0)) / int(hz) / (float(t1) - float(t0)) * 100
 j = json.loads(out)
-lat = j.get("latency_ms", j.get("read_latency_ms", {}))
-print(f"{label:<22} node 1 CPU {cpu:5.1f}%   reads/s {j.get('ops_per_s', 0):8.0f}   "
-      f"p50 {lat.get('p50', float('nan')):7.3f} ms   p99 {lat.get('p99', float('nan')):7.3f} ms")
+lat = j["latency"]
+print(f"{label:<22} node 1 CPU {cpu:5.1f}%   reads/s {j['ops_per_s']:7.0f}   "
+      f"p50 {lat['p50_ms']:6.3f} ms   p99 {lat['p99_ms']:6.3f} ms")
 PY
 }
 
 echo "bench-sync-replay: $("$bin/atomdiskd" --version 2>&1 | head -1), Entries of 4096 sectors at $rate/s"
-window "idle"
+window "no replay"
 "$tool" --config "$CLUSTER_CONFIG" --node 1 --as 2 --rate "$rate" --duration $((duration + 2)) \
   >"$dir/replay.out" 2>&1 &
 replay=$!

@@ -24,6 +24,7 @@ std::optional<std::uint64_t> BucketDigests::Scan(std::uint64_t b, TagView view) 
   std::uint64_t d = 0;
   Status s = ctx_.env->ScanTags(first, count, false, view, [&](SectorIdx sec, Tag t, bool ok) {
     if (sec < first || sec - first >= count) return;
+    ++scanned_sectors_;
     if (t != Tag{}) d ^= SectorTagDigest(sec, t);
     if (!ok) ctx_.FoundFailed(sec);  // the scrub repairs it (scrub.h)
   });

@@ -29,8 +29,8 @@ class BucketDigests {
   std::optional<std::uint64_t> Served(std::uint64_t b, const std::set<std::uint64_t>& ahead);
   // A new value of sector s was handed to the store: its bucket's digest is stale.
   void Invalidate(SectorIdx s);
-  // Whether Own(b) would answer without a scan.
-  bool Cached(std::uint64_t b) const { return b < valid_.size() && valid_[b]; }
+  // Written sectors read by scans so far (what serving digests cost; sync_server.h).
+  std::uint64_t scanned_sectors() const { return scanned_sectors_; }
 
   void CheckInvariants() const;
 
@@ -41,6 +41,7 @@ class BucketDigests {
   SyncContext& ctx_;
   std::vector<std::uint64_t> digest_;
   std::vector<bool> valid_;
+  std::uint64_t scanned_sectors_ = 0;
 };
 
 }  // namespace atomdisk

@@ -23,6 +23,10 @@ void RateLimiter::Refill(std::int64_t now_ms) {
   }
 }
 
+void RateLimiter::Charge(double bytes) {
+  if (rate_bytes_per_s_ > 0) tokens_ -= bytes;
+}
+
 bool RateLimiter::TryTake(double bytes) {
   if (rate_bytes_per_s_ <= 0) return true;
   if (tokens_ < bytes) return false;

@@ -23,6 +23,11 @@ class RateLimiter {
   void Refill(std::int64_t now_ms);
   // Takes `bytes` tokens if the bucket holds that many; false (nothing taken) otherwise.
   bool TryTake(double bytes);
+  // Takes `bytes` tokens after the fact, for work whose cost is known only once done (the
+  // bucket may go below zero: a debt the refills pay first). Nothing if unlimited.
+  void Charge(double bytes);
+  // Whether the bucket holds any tokens (always, if unlimited).
+  bool Available() const { return unlimited() || tokens_ > 0; }
 
   bool unlimited() const { return rate_bytes_per_s_ <= 0; }
   double tokens() const { return tokens_; }

@@ -19,8 +19,9 @@ bool RangeOk(std::uint64_t first, std::uint64_t count, std::uint64_t max, std::u
 SyncServer::SyncServer(SyncContext& ctx, BucketDigests& digests)
     : ctx_(ctx),
       digests_(digests),
-      budget_(ctx.options.serve_bytes_per_s,
-              static_cast<double>(kMaxEntrySectors) * static_cast<double>(kSectorSize)) {
+      // A request goes while the balance is above zero and is charged after, so the bucket
+      // needs no room for a whole request: a tenth of a second's worth.
+      budget_(ctx.options.serve_bytes_per_s, 0) {
   budget_.Reset(0);
 }
 
@@ -31,27 +32,6 @@ void SyncServer::Reject(const SyncMessage& msg) {
                    " request from peer " + std::to_string(msg.sender) +
                    " (further ones are only counted)");
   }
-}
-
-double SyncServer::Cost(const SyncMessage& msg) const {
-  std::uint64_t sectors = 0;
-  switch (msg.kind) {
-    case SyncKind::kDigest:
-      for (std::uint64_t b = msg.first; b < msg.first + msg.count; ++b) {
-        if (!digests_.Cached(b)) sectors += kBucketSectors;
-      }
-      break;
-    case SyncKind::kEntries:
-      sectors = msg.count;
-      break;
-    case SyncKind::kFetch:
-      sectors = msg.sectors.size();
-      break;
-    default:
-      break;
-  }
-  return std::min(static_cast<double>(sectors) * static_cast<double>(kSectorSize),
-                  budget_.capacity());
 }
 
 void SyncServer::Serve(const SyncMessage& msg, std::int64_t now_ms) {
@@ -77,7 +57,7 @@ void SyncServer::Serve(const SyncMessage& msg, std::int64_t now_ms) {
   budget_.Refill(now_ms);
   bool waiting = false;
   for (const auto& [rank, q] : queued_) waiting = waiting || !q.empty();
-  if (!waiting && budget_.TryTake(Cost(msg))) return ServeNow(msg);
+  if (!waiting && budget_.Available()) return ServeNow(msg);
   std::deque<Queued>& q = queued_[msg.sender];
   if (q.size() >= kMaxQueuedPerPeer) {
     ++dropped_;
@@ -102,7 +82,7 @@ void SyncServer::Tick(std::int64_t now_ms) {
       if (it == queued_.end()) it = queued_.begin();
       std::deque<Queued>& q = it->second;
       if (q.empty()) continue;
-      if (!budget_.TryTake(Cost(q.front().msg))) break;
+      if (!budget_.Available()) break;
       SyncMessage msg = std::move(q.front().msg);
       q.pop_front();
       next_turn_ = it->first;
@@ -126,19 +106,21 @@ void SyncServer::Tick(std::int64_t now_ms) {
 
 void SyncServer::ServeNow(const SyncMessage& msg) {
   ++served_;
+  std::uint64_t sectors = 0;
   switch (msg.kind) {
     case SyncKind::kDigest:
-      ServeDigest(msg);
-      return;
+      sectors = ServeDigest(msg);
+      break;
     case SyncKind::kEntries:
-      ServeEntries(msg);
-      return;
+      sectors = ServeEntries(msg);
+      break;
     case SyncKind::kFetch:
-      ServeFetch(msg);
-      return;
+      sectors = ServeFetch(msg);
+      break;
     default:
       return;
   }
+  budget_.Charge(static_cast<double>(sectors) * static_cast<double>(kSectorSize));
 }
 
 void SyncServer::FillStatus(SyncStatus::Serve& out) const {
@@ -154,12 +136,13 @@ void SyncServer::CheckInvariants() const {
   ATOMDISK_CHECK(deferred_ <= served_);
 }
 
-void SyncServer::ServeDigest(const SyncMessage& msg) {
+std::uint64_t SyncServer::ServeDigest(const SyncMessage& msg) {
   const std::uint64_t buckets = ctx_.buckets;
   if (!RangeOk(msg.first, msg.count, kMaxDigestBuckets, buckets)) {
     Reject(msg);
-    return;
+    return 0;
   }
+  const std::uint64_t scanned_before = digests_.scanned_sectors();
   SyncMessage r = ctx_.Msg(SyncKind::kDigestReply, msg.request_id);
   r.first = msg.first;
   r.count = msg.count;
@@ -168,28 +151,31 @@ void SyncServer::ServeDigest(const SyncMessage& msg) {
   ctx_.env->ForEachServedAhead([&](SectorIdx sec) { ahead.insert(sec / kBucketSectors); });
   for (std::uint64_t b = msg.first; b < msg.first + msg.count; ++b) {
     std::optional<std::uint64_t> d = digests_.Served(b, ahead);
-    if (!d) return;  // unreadable here: no reply, the requester retries
+    if (!d) return digests_.scanned_sectors() - scanned_before;  // no reply: it retries
     r.digests.push_back(*d);
   }
   ctx_.env->SendSync(msg.sender, r);
+  return digests_.scanned_sectors() - scanned_before;
 }
 
-void SyncServer::ServeEntries(const SyncMessage& msg) {
+std::uint64_t SyncServer::ServeEntries(const SyncMessage& msg) {
   const std::uint64_t sectors = ctx_.options.sectors;
   if (!RangeOk(msg.first, msg.count, kMaxEntrySectors, sectors)) {
     Reject(msg);
-    return;
+    return 0;
   }
+  std::uint64_t scanned = 0;
   SyncMessage r = ctx_.Msg(SyncKind::kEntriesReply, msg.request_id);
   r.first = msg.first;
   r.count = msg.count;
   Status s = ctx_.env->ScanTags(
       msg.first, msg.count, false, TagView::kServed, [&](SectorIdx sec, Tag t, bool) {
+        ++scanned;
         if (t != Tag{} && sec >= msg.first && sec - msg.first < msg.count) {
           r.entries.push_back({sec, t});
         }
       });
-  if (!s.ok()) return;  // no reply: the requester retries or drops us
+  if (!s.ok()) return scanned;  // no reply: the requester retries or drops us
   std::sort(r.entries.begin(), r.entries.end(),
             [](const SyncEntry& a, const SyncEntry& b) { return a.sector < b.sector; });
   r.entries.erase(
@@ -197,17 +183,18 @@ void SyncServer::ServeEntries(const SyncMessage& msg) {
                   [](const SyncEntry& a, const SyncEntry& b) { return a.sector == b.sector; }),
       r.entries.end());
   ctx_.env->SendSync(msg.sender, r);
+  return scanned;
 }
 
-void SyncServer::ServeFetch(const SyncMessage& msg) {
+std::uint64_t SyncServer::ServeFetch(const SyncMessage& msg) {
   if (msg.sectors.empty() || msg.sectors.size() > kMaxFetchSectors) {
     Reject(msg);
-    return;
+    return 0;
   }
   for (SectorIdx s : msg.sectors) {
     if (s >= ctx_.options.sectors) {
       Reject(msg);
-      return;
+      return 0;
     }
   }
   SyncMessage r = ctx_.Msg(SyncKind::kFetchReply, msg.request_id);
@@ -222,6 +209,7 @@ void SyncServer::ServeFetch(const SyncMessage& msg) {
     r.fetched.push_back(std::move(f));
   }
   ctx_.env->SendSync(msg.sender, r);
+  return msg.sectors.size();
 }
 
 }  // namespace atomdisk

@@ -13,16 +13,18 @@
 // request replayed by someone on the network path costs the same each time (a 66-byte Entries
 // request replayed 94 times a second once took half a node's CPU, issue 17). So requests are
 // served within a budget of sector bytes per second, all peers together
-// (SyncerOptions::serve_bytes_per_s, sync_serve_rate_mb in cluster.toml; 0 = unlimited): a
-// request over budget waits in its sender's queue (at most kMaxQueuedPerPeer; the queues are
-// served in turn, one request each, as the budget refills every Tick) and one beyond that is
-// dropped, and the requester asks again after its request timeout. A request that has waited
-// half a request timeout is served whatever the budget: a requester gives up on a source
-// whose request went unanswered twice (resync_pass.h), so a budget set too low for the
-// peers' passes slows them but never makes them skip this node. So the cost is bounded by the
-// budget plus kMaxQueuedPerPeer requests per sender per half request timeout. The default,
-// 512 MB/s, is above what a resync pass pulls (each pulled sector costs about two: its
-// Entries scan and its Fetch). Thread-compatible.
+// (SyncerOptions::serve_bytes_per_s, sync_serve_rate_mb in cluster.toml; 0 = unlimited). A
+// request is charged what it cost once served (the written sectors its scans met, the sectors
+// it read; holes cost nothing to skip), and the next goes while the budget is above zero. A
+// request that finds it spent waits in its sender's queue (at most kMaxQueuedPerPeer; the
+// queues are served in turn, one request each, as the budget refills every Tick) and one
+// beyond that is dropped, and the requester asks again after its request timeout. A request
+// that has waited half a request timeout is served whatever the budget: a requester gives up
+// on a source whose request went unanswered twice (resync_pass.h), so a budget set too low
+// for the peers' passes slows them but never makes them skip this node. So the cost is
+// bounded by the budget plus kMaxQueuedPerPeer requests per sender per half request timeout.
+// The default, 512 MB/s, is above what a resync pass pulls (each pulled sector costs about
+// two: its Entries scan and its Fetch). Thread-compatible.
 #pragma once
 
 #include <cstdint>
@@ -58,13 +60,12 @@ class SyncServer {
 
  private:
   void Reject(const SyncMessage& msg);
-  // What serving `msg` costs the budget, in sector bytes (at most the bucket's capacity, so
-  // that every request can go eventually).
-  double Cost(const SyncMessage& msg) const;
+  // Serves `msg` and charges the budget what it cost.
   void ServeNow(const SyncMessage& msg);
-  void ServeDigest(const SyncMessage& msg);
-  void ServeEntries(const SyncMessage& msg);
-  void ServeFetch(const SyncMessage& msg);
+  // Each returns the sectors it read or scanned.
+  std::uint64_t ServeDigest(const SyncMessage& msg);
+  std::uint64_t ServeEntries(const SyncMessage& msg);
+  std::uint64_t ServeFetch(const SyncMessage& msg);
 
   SyncContext& ctx_;
   BucketDigests& digests_;

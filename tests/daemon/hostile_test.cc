@@ -571,6 +571,24 @@ TEST_F(DaemonHostileTest, SystemFrameFromUnknownRankIsDropped) {
 TEST(DaemonSyncBudgetTest, AReplayedSyncRequestCostsNoMoreThanTheServeBudget) {
   LiveCluster cluster(3, {.sectors = 65536, .config_extra = "sync_serve_rate_mb = 16\n"});
   ASSERT_TRUE(cluster.ok());
+  // The range the replayed request scans is written (holes cost nothing to skip): sectors
+  // 0..4095 in 16 extent writes, then the victim.
+  {
+    auto writer = cluster.Connect(1);
+    ASSERT_NE(writer, nullptr);
+    for (SectorIdx first = 0; first < kMaxEntrySectors; first += kMaxExtentSectors) {
+      ClientCommand cmd;
+      cmd.request_id = writer->NextRequestId();
+      cmd.op = ClientOp::kWriteExtent;
+      cmd.sector = first;
+      cmd.count = kMaxExtentSectors;
+      for (std::uint32_t i = 0; i < kMaxExtentSectors; ++i)
+        cmd.sectors.push_back(IdSector(first + i));
+      auto resp = writer->Call(cmd, seconds(20));
+      ASSERT_TRUE(resp.ok()) << resp.status().ToString();
+      ASSERT_EQ(resp->status, ResponseStatus::kOk);
+    }
+  }
   ASSERT_TRUE(ServesWriteAndRead(cluster, 1, kVictim, kVictimId));
   auto attacker = cluster.Connect(1);
   ASSERT_NE(attacker, nullptr);

@@ -122,6 +122,9 @@ int main(int argc, char** argv) {
   app.add_flag("--bit-rot", options.bit_rot,
                "bits of stored slots flip while nodes are down; the nodes must repair them from "
                "their peers (read repair, scrub) and never serve a lost or older value");
+  app.add_flag("--serve-budget", options.serve_budget,
+               "nodes serve peers' sync requests under a budget that bites, so requests wait in "
+               "the servers' queues and some are dropped (sync_serve_rate_mb)");
   app.add_flag("--link-liveness", options.link_liveness,
                "a link cut by a partition goes down at both ends after 100 virtual ms, as the "
                "daemon's peer liveness has it (the core then refuses extents without a quorum)");

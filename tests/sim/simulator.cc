@@ -210,6 +210,7 @@ std::string ReplayCommand(const SimOptions& o) {
   if (o.client_library) cmd += " --client-library";
   if (o.forged_tags) cmd += " --forged-tags";
   if (o.bit_rot) cmd += " --bit-rot";
+  if (o.serve_budget) cmd += " --serve-budget";
   if (o.max_lincheck_states != SimOptions{}.max_lincheck_states) {
     cmd += " --max-lincheck-states " + std::to_string(o.max_lincheck_states);
   }
@@ -2946,10 +2947,11 @@ SimResult Simulator::Run() {
   // A quarter of the seeds pull under the resync rate limit, 0.4-4 MB/s of virtual time
   // (100-1000 sectors a second), so that passes and joins last through faults.
   so.rate_bytes_per_s = Chance(250) ? static_cast<double>(Range(1, 10)) * 100 * 4096 : 0;
-  // Those seeds also serve peers' sync requests under a budget (sync_server.h), 16 times the
-  // pull rate, so that requests wait in the servers' queues and some are dropped; the others
-  // serve at the daemon's default budget, which a simulated run never reaches.
-  if (so.rate_bytes_per_s > 0) so.serve_bytes_per_s = 16 * so.rate_bytes_per_s;
+  // With --serve-budget, peers' sync requests are served under a budget that bites
+  // (SimOptions::serve_budget); otherwise at the daemon's default, which no run reaches.
+  // A simulated run writes a few hot sectors, and a request is charged the written sectors
+  // it met: 20-200 sectors a second of virtual time bites.
+  if (options_.serve_budget) so.serve_bytes_per_s = static_cast<double>(Range(2, 20)) * 10 * 4096;
   so.hello_interval_ms = kHelloIntervalMs;
   so.joining_hello_interval_ms = kJoiningHelloIntervalMs;
   so.request_timeout_ms = kSyncRequestTimeoutMs;

@@ -118,6 +118,10 @@ struct SimOptions {
   // rule) until a read repair or scrub (every kSimScrubIntervalMs here) restores it from the
   // peers; the model counts the rotted copy as lost. Off keeps every seed as it ran before.
   bool bit_rot = false;
+  // Nodes serve peers' sync requests under a budget low enough to bite (SyncServer; the
+  // daemon's default, 512 MB/s, is never reached by a simulated run): 20-200 sectors a second
+  // of virtual time, drawn per run. Off keeps every seed as it ran before.
+  bool serve_budget = false;
   // Upper bound handed to the linearizability checker, per sector.
   std::uint64_t max_lincheck_states = 5'000'000;
 };

@@ -323,14 +323,15 @@ TEST(SyncServerTest, RequestsOverTheBudgetWaitAndTheExcessIsDropped) {
   const double rate = static_cast<double>(kMaxEntrySectors) * kSectorSize;
   ServerFixture f(100000, rate);
   f.ctx.options.request_timeout_ms = 60'000;  // nothing waits long enough to go regardless
-  for (SectorIdx s = 0; s < 100000; s += 7) f.env.scan.emplace(s, Tag{1, 2});
+  // Every sector of the range written: each Entries scan of it costs 4096 sectors.
+  for (SectorIdx s = 0; s < kMaxEntrySectors; ++s) f.env.scan.emplace(s, Tag{1, 2});
   const std::size_t kSent = 1 + SyncServer::kMaxQueuedPerPeer + 3;
   for (std::size_t i = 0; i < kSent; ++i) {
     f.server.Serve(f.Request(2, SyncKind::kEntries, 0, kMaxEntrySectors), 0);
   }
   SyncStatus::Serve st;
   f.server.FillStatus(st);
-  EXPECT_EQ(f.env.sent.size(), 1u);  // the bucket held one request's worth
+  EXPECT_EQ(f.env.sent.size(), 1u);  // went on a full bucket, and spent more than it held
   EXPECT_EQ(st.served, 1u);
   EXPECT_EQ(st.queued, SyncServer::kMaxQueuedPerPeer);
   EXPECT_EQ(st.dropped, 3u);
@@ -340,14 +341,15 @@ TEST(SyncServerTest, RequestsOverTheBudgetWaitAndTheExcessIsDropped) {
                             return n.find("exceed the serve budget") != std::string::npos;
                           }),
             1);
-  // Ticks every 10 ms for 3 s: three more, one a second.
+  // Ticks every 10 ms for 3 s: a request goes whenever the budget is above zero and is
+  // charged its 4096 sectors after, a second's worth: the debt is paid about once a second.
   for (std::int64_t t = 10; t <= 3000; t += 10) f.server.Tick(t);
   f.server.FillStatus(st);
   EXPECT_EQ(st.served, 4u);
   EXPECT_EQ(st.deferred, 3u);
   EXPECT_EQ(f.env.sent.size(), 4u);
   EXPECT_EQ(f.env.scans, 4);
-  // Cheap requests wait behind the queue too (no overtaking), then go.
+  // Any request waits behind the queue (no overtaking).
   f.server.Serve(f.Request(3, SyncKind::kEntries, 0, 1), 3000);
   f.server.FillStatus(st);
   EXPECT_EQ(st.queued, SyncServer::kMaxQueuedPerPeer - 3 + 1);
@@ -360,6 +362,7 @@ TEST(SyncServerTest, QueuedSendersAreServedInTurn) {
   const double rate = static_cast<double>(kMaxEntrySectors) * kSectorSize;
   ServerFixture f(100000, rate);
   f.ctx.options.request_timeout_ms = 60'000;
+  for (SectorIdx s = 0; s < kMaxEntrySectors; ++s) f.env.scan.emplace(s, Tag{1, 2});
   f.server.Serve(f.Request(2, SyncKind::kEntries, 0, kMaxEntrySectors), 0);  // takes the bucket
   for (int i = 0; i < 4; ++i) f.server.Serve(f.Request(2, SyncKind::kEntries, 0, 4096), 0);
   for (int i = 0; i < 2; ++i) f.server.Serve(f.Request(3, SyncKind::kEntries, 0, 4096), 0);
@@ -376,21 +379,40 @@ TEST(SyncServerTest, QueuedSendersAreServedInTurn) {
 TEST(SyncServerTest, AQueuedRequestGoesAfterHalfARequestTimeoutWhateverTheBudget) {
   ServerFixture f(100000, 4096.0 * kSectorSize / 100);  // one full Entries per 100 s
   f.ctx.options.request_timeout_ms = 3000;
-  f.server.Serve(f.Request(2, SyncKind::kEntries, 0, kMaxEntrySectors), 0);  // the bucket
-  f.server.Serve(f.Request(2, SyncKind::kEntries, 0, kMaxEntrySectors), 100);
-  f.server.Serve(f.Request(3, SyncKind::kEntries, 0, kMaxEntrySectors), 1000);
+  for (SectorIdx s = 0; s < kMaxEntrySectors; ++s) f.env.scan.emplace(s, Tag{1, 2});
+  f.server.Serve(f.Request(2, SyncKind::kEntries, 0, kMaxEntrySectors), 0);  // a 100 s debt
+  f.server.Serve(f.Request(2, SyncKind::kEntries, 0, kMaxEntrySectors), 0);
+  f.server.Serve(f.Request(3, SyncKind::kEntries, 0, kMaxEntrySectors), 500);
   EXPECT_EQ(f.env.sent.size(), 1u);
-  f.server.Tick(1599);
+  f.server.Tick(1499);
   EXPECT_EQ(f.env.sent.size(), 1u);
-  f.server.Tick(1600);  // peer 2's has waited 1.5 s
+  f.server.Tick(1500);  // peer 2's has waited 1.5 s
   EXPECT_EQ(f.env.sent.size(), 2u);
-  f.server.Tick(2500);  // peer 3's has waited 1.5 s
+  f.server.Tick(2000);  // peer 3's has waited 1.5 s
   ASSERT_EQ(f.env.sent.size(), 3u);
   EXPECT_EQ(f.env.sent.back().first, 3);
   SyncStatus::Serve st;
   f.server.FillStatus(st);
   EXPECT_EQ(st.deferred, 2u);
   EXPECT_EQ(st.queued, 0u);
+}
+
+// A request is charged what it cost: scanning holes costs nothing, so a pass over an empty
+// range never waits, while a scan of written sectors spends the budget.
+TEST(SyncServerTest, HolesCostNothingWrittenSectorsSpendTheBudget) {
+  const double rate = static_cast<double>(kMaxEntrySectors) * kSectorSize;
+  ServerFixture f(100000, rate);
+  f.ctx.options.request_timeout_ms = 60'000;
+  for (SectorIdx s = 50000; s < 50000 + 2 * kMaxEntrySectors; ++s) {
+    f.env.scan.emplace(s, Tag{1, 2});
+  }
+  for (int i = 0; i < 50; ++i) f.server.Serve(f.Request(2, SyncKind::kEntries, 0, 4096), 0);
+  EXPECT_EQ(f.env.sent.size(), 50u);  // holes: all at once
+  f.server.Serve(f.Request(2, SyncKind::kEntries, 50000, kMaxEntrySectors), 0);
+  f.server.Serve(f.Request(2, SyncKind::kEntries, 50000 + kMaxEntrySectors, 8), 0);
+  EXPECT_EQ(f.env.sent.size(), 51u);  // the first scan spent the bucket
+  for (std::int64_t t = 10; t <= 1000; t += 10) f.server.Tick(t);
+  EXPECT_EQ(f.env.sent.size(), 52u);
 }
 
 // Without a budget every request is served at once, as before.
