@@ -121,4 +121,10 @@ std::vector<std::uint8_t> RandomBytes(std::size_t n) {
   return out;
 }
 
+std::uint64_t RandomU64() {
+  std::uint64_t v = 0;
+  ATOMDISK_CHECK(RAND_bytes(reinterpret_cast<unsigned char*>(&v), sizeof v) == 1);
+  return v;
+}
+
 }  // namespace atomdisk

@@ -47,5 +47,7 @@ Result<std::vector<std::uint8_t>> ParseHex(std::string_view hex);
 Result<std::vector<std::uint8_t>> ReadKeyFile(const std::string& path, std::size_t expected_bytes);
 // Fills `n` bytes from OpenSSL's CSPRNG.
 std::vector<std::uint8_t> RandomBytes(std::size_t n);
+// 64 bits from OpenSSL's CSPRNG (a process's boot nonce, a client's request id seed).
+std::uint64_t RandomU64();
 
 }  // namespace atomdisk

@@ -65,14 +65,6 @@ struct Node {
   Clock::time_point connect_deadline;
 };
 
-// 64 bits from OpenSSL's CSPRNG.
-std::uint64_t RandomU64() {
-  std::vector<std::uint8_t> b = RandomBytes(sizeof(std::uint64_t));
-  std::uint64_t v = 0;
-  std::memcpy(&v, b.data(), sizeof v);
-  return v;
-}
-
 // The Asio adapter: the public API's thread hand-off, the io thread, the sockets, the
 // reconnect loops and the tick, around the ClientCore (client/core/client_core.h) that makes
 // every decision.

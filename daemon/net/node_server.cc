@@ -1,6 +1,5 @@
 #include "daemon/net/node_server.h"
 
-#include <openssl/rand.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
 
@@ -8,6 +7,7 @@
 #include <chrono>
 
 #include "common/build_info.h"
+#include "common/hmac.h"
 #include "common/sync_wire.h"
 
 namespace atomdisk {
@@ -51,12 +51,6 @@ asio::ip::address Plain(const asio::ip::address& a) {
   }
   return a;
 }
-
-std::uint64_t DrawBootNonce() {
-  std::uint64_t nonce = 0;
-  ATOMDISK_CHECK(RAND_bytes(reinterpret_cast<unsigned char*>(&nonce), sizeof(nonce)) == 1);
-  return nonce;
-}
 }  // namespace
 
 NodeServer::NodeServer(asio::io_context& io, ClusterConfig config, Rank self,
@@ -99,7 +93,7 @@ NodeServer::NodeServer(asio::io_context& io, ClusterConfig config, Rank self,
     peers_.emplace(n.rank, std::move(link));
   }
   NodeCoreOptions options = NodeCoreOptions::FromConfig(config);
-  options.boot_nonce = DrawBootNonce();
+  options.boot_nonce = RandomU64();
   options.version = BuildVersion();
   options.revision = BuildRevision();
   core_ = std::make_unique<NodeCore>(std::move(config), self, std::move(store),

@@ -136,12 +136,8 @@ void SyncServer::CheckInvariants() const {
   ATOMDISK_CHECK(deferred_ <= served_);
 }
 
+// The Serve* functions run requests Serve() checked already.
 std::uint64_t SyncServer::ServeDigest(const SyncMessage& msg) {
-  const std::uint64_t buckets = ctx_.buckets;
-  if (!RangeOk(msg.first, msg.count, kMaxDigestBuckets, buckets)) {
-    Reject(msg);
-    return 0;
-  }
   const std::uint64_t scanned_before = digests_.scanned_sectors();
   SyncMessage r = ctx_.Msg(SyncKind::kDigestReply, msg.request_id);
   r.first = msg.first;
@@ -159,11 +155,6 @@ std::uint64_t SyncServer::ServeDigest(const SyncMessage& msg) {
 }
 
 std::uint64_t SyncServer::ServeEntries(const SyncMessage& msg) {
-  const std::uint64_t sectors = ctx_.options.sectors;
-  if (!RangeOk(msg.first, msg.count, kMaxEntrySectors, sectors)) {
-    Reject(msg);
-    return 0;
-  }
   std::uint64_t scanned = 0;
   SyncMessage r = ctx_.Msg(SyncKind::kEntriesReply, msg.request_id);
   r.first = msg.first;
@@ -187,16 +178,6 @@ std::uint64_t SyncServer::ServeEntries(const SyncMessage& msg) {
 }
 
 std::uint64_t SyncServer::ServeFetch(const SyncMessage& msg) {
-  if (msg.sectors.empty() || msg.sectors.size() > kMaxFetchSectors) {
-    Reject(msg);
-    return 0;
-  }
-  for (SectorIdx s : msg.sectors) {
-    if (s >= ctx_.options.sectors) {
-      Reject(msg);
-      return 0;
-    }
-  }
   SyncMessage r = ctx_.Msg(SyncKind::kFetchReply, msg.request_id);
   for (SectorIdx s : msg.sectors) {
     FetchedSector f;
