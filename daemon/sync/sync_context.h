@@ -75,6 +75,7 @@ struct SyncContext {
   std::set<SectorIdx> found_failed;
 
   void FoundFailed(SectorIdx s) {
+    if (options.bug_scan_finds_ignored) return;
     if (found_failed.size() < kMaxFoundFailed) found_failed.insert(s);
   }
 

@@ -92,6 +92,12 @@ struct SyncerOptions {
   // Simulator only: a scrub or read repair decides on the first peer's answer, not on
   // RequiredSources() answers.
   bool bug_repair_one_peer = false;
+  // Simulator only: scans do not hand sectors with a failed slot to the scrub
+  // (SyncContext::FoundFailed does nothing).
+  bool bug_scan_finds_ignored = false;
+  // Simulator only: a queued sync request waits for the serve budget alone, never going after
+  // half a request timeout (SyncServer::Tick).
+  bool bug_serve_without_deadline = false;
 
   std::size_t Quorum() const { return ranks.size() / 2 + 1; }
   // Voting peers a join pass must pull from: N - Quorum + 1 (every acknowledged write is on

@@ -71,6 +71,10 @@ const char* SimBugName(SimBug bug) {
       return "repair-from-one-peer";
     case SimBug::kServeSuspectOlder:
       return "serve-suspect-older";
+    case SimBug::kScanFindsIgnored:
+      return "scan-finds-ignored";
+    case SimBug::kServeWithoutDeadline:
+      return "serve-without-deadline";
   }
   return "?";
 }
@@ -96,6 +100,8 @@ const char* SimBugLayer(SimBug bug) {
     case SimBug::kLeaseForgotten:
     case SimBug::kGenesisTrusted:
     case SimBug::kRepairFromOnePeer:
+    case SimBug::kScanFindsIgnored:
+    case SimBug::kServeWithoutDeadline:
       return "sync";
     case SimBug::kForgetOnRestart:
       return "world";
@@ -157,6 +163,12 @@ const char* SimBugWhat(SimBug bug) {
     case SimBug::kServeSuspectOlder:
       return "a node serves a suspect sector (a failed slot that may be newer) from its older "
              "valid slot, as the store did before the suspect rule (needs --bit-rot)";
+    case SimBug::kScanFindsIgnored:
+      return "a sector a Syncer scan met with a failed slot (a write a crash tore) is not "
+             "repaired until something reads it there or a scrub runs";
+    case SimBug::kServeWithoutDeadline:
+      return "sync requests queued over the serve budget wait for the budget alone, however "
+             "long (needs --serve-budget)";
     case SimBug::kRepairFromOnePeer:
       return "a scrub or read repair of a rotted or suspect sector settles on the first peer's "
              "answer instead of N - Q + 1 (needs --bit-rot)";
@@ -189,7 +201,9 @@ std::vector<SimBug> AllSimBugs() {
           SimBug::kClientNotDoneAsDone,
           SimBug::kAcceptTopTags,
           SimBug::kRepairFromOnePeer,
-          SimBug::kServeSuspectOlder};
+          SimBug::kServeSuspectOlder,
+          SimBug::kScanFindsIgnored,
+          SimBug::kServeWithoutDeadline};
 }
 
 std::optional<SimBug> ParseSimBug(std::string_view name) {
@@ -2961,6 +2975,8 @@ SimResult Simulator::Run() {
   so.bug_joiner_votes = options_.bug == SimBug::kJoinerVotes;
   so.bug_genesis_trusted = options_.bug == SimBug::kGenesisTrusted;
   so.bug_repair_one_peer = options_.bug == SimBug::kRepairFromOnePeer;
+  so.bug_scan_finds_ignored = options_.bug == SimBug::kScanFindsIgnored;
+  so.bug_serve_without_deadline = options_.bug == SimBug::kServeWithoutDeadline;
   core_options_.bugs.serve_before_identity = options_.bug == SimBug::kServeBeforeIdentity;
   core_options_.bugs.absorb_unguarded = options_.bug == SimBug::kAbsorbUnguarded;
   core_options_.bugs.absorb_durable_unreported = options_.bug == SimBug::kAbsorbDurableUnreported;

@@ -64,6 +64,12 @@ enum class SimBug {
   // A node serves a suspect sector from its older valid slot (needs --bit-rot): after rot of
   // the newest value, an older value served as durable.
   kServeSuspectOlder,
+  // A sector a Syncer scan met with a failed slot is not handed to the scrub: a write torn by
+  // a crash waits for a read of it there (or a scrub run) before it is repaired.
+  kScanFindsIgnored,
+  // Sync requests queued over the serve budget wait for the budget alone, not at most half a
+  // request timeout (needs --serve-budget): a peer's pass gives up on this node as a source.
+  kServeWithoutDeadline,
 };
 
 // "skip-impose", ... ; "none" for kNone.
