@@ -43,6 +43,10 @@
 #include "common/types.h"
 #include "common/wire.h"
 
+namespace atomdisk {
+class TlsContext;  // common/tls_context.h (the client core never touches it)
+}  // namespace atomdisk
+
 namespace atomdisk::client {
 
 struct Endpoint {
@@ -56,6 +60,11 @@ struct Endpoint {
 };
 
 struct ClientOptions {
+  // TLS towards the nodes (docs/TLS.md); null: frames in clear, HMAC-signed (tls = "off").
+  std::shared_ptr<TlsContext> tls;
+  // tls = "accept": a node whose handshake fails is dialled in clear next (an older binary
+  // during a rolling upgrade), and with TLS again after that connection ends.
+  bool tls_fallback = false;
   std::vector<Endpoint> nodes;           // tried in this order; the first is the preferred node
   std::vector<std::uint8_t> client_key;  // 32 bytes
   std::uint64_t sectors = 0;

@@ -13,6 +13,7 @@
 #include <set>
 
 #include "common/hmac.h"
+#include "common/tls_certs.h"
 
 namespace atomdisk {
 namespace fs = std::filesystem;
@@ -96,40 +97,10 @@ std::string Resolve(const fs::path& base, const std::string& p) {
   return path.lexically_normal().string();
 }
 
-enum class KeyKind { kClient, kSystem };
-
 std::string OctalMode(mode_t mode) {
   char buf[8];
   std::snprintf(buf, sizeof(buf), "%04o", static_cast<unsigned>(mode & 07777));
   return buf;
-}
-
-// Who else may read or replace a key file. Anyone who can write either key can swap in their
-// own and then pose as a node or a client: refused. Anyone who can read the system key can
-// pose as a node (forge WriteProcs, Acks, resync replies): refused. A client key readable by
-// every local user lets each of them read and write the disk: allowed (one-user hosts, key
-// mounts that cannot be narrowed), with a warning. Group bits are the admin's choice.
-Status CheckKeyFileMode(const std::string& key_path, KeyKind kind,
-                        std::vector<std::string>* warnings) {
-  struct stat st;
-  if (::stat(key_path.c_str(), &st) != 0) return Status::FromErrno("stat " + key_path, errno);
-  const std::string what =
-      std::string(kind == KeyKind::kSystem ? "system" : "client") + " key file " + key_path;
-  const std::string fix = "; chmod 600 " + key_path + " (or 640 for a group)";
-  if (st.st_mode & S_IWOTH) {
-    return Status::InvalidArgument(what + " is writable by every user (mode " +
-                                   OctalMode(st.st_mode) + "): anyone could replace the key" + fix);
-  }
-  if (st.st_mode & S_IROTH) {
-    if (kind == KeyKind::kSystem) {
-      return Status::InvalidArgument(what + " is readable by every user (mode " +
-                                     OctalMode(st.st_mode) + "): anyone could pose as a node" +
-                                     fix);
-    }
-    warnings->push_back(what + " is readable by every user (mode " + OctalMode(st.st_mode) +
-                        "): any local user can read and write the disk" + fix);
-  }
-  return Status::Ok();
 }
 
 Status Err(const std::string& file, const std::string& what) {
@@ -150,7 +121,84 @@ Status OptionalInt(const toml::table& table, const std::string& path, const char
   return Status::Ok();
 }
 
+Status LoadTlsSettings(const toml::table& table, const std::string& path, const fs::path& base,
+                       ConfigUse use, ClusterConfig* cfg);
+
 }  // namespace
+
+// Who else may read or replace a secret. Anyone who can write a key can swap in their own and
+// then pose as a node or a client: refused, and so is a key in a folder where anyone can
+// replace files, or one another user owns (they can chmod it at will). Anyone who can read the
+// system key or a node's TLS key can pose as a node: refused. A client key readable by every
+// local user lets each of them read and write the disk: allowed (one-user hosts, key mounts
+// that cannot be narrowed), with a warning. Group read is the admin's choice.
+Status CheckSecretFile(const std::string& path, const std::string& what, bool readable_by_all,
+                       std::vector<std::string>* warnings) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return Status::FromErrno("stat " + path, errno);
+  const std::string name = what + " " + path;
+  const std::string fix = "; chmod 600 " + path + " (or 640 for a group)";
+  if (st.st_mode & (S_IWOTH | S_IWGRP)) {
+    return Status::InvalidArgument(
+        name + " is writable by " + ((st.st_mode & S_IWOTH) ? "every user" : "its group") +
+        " (mode " + OctalMode(st.st_mode) + "): they could replace the key" + fix);
+  }
+  const uid_t me = ::geteuid();
+  if (st.st_uid != me && st.st_uid != 0) {
+    return Status::InvalidArgument(name + " is owned by uid " + std::to_string(st.st_uid) +
+                                   ", neither this user (uid " + std::to_string(me) +
+                                   ") nor root: its owner could change it at will; chown " +
+                                   std::to_string(me) + " " + path);
+  }
+  const std::string folder = fs::path(path).parent_path().string();
+  struct stat dst;
+  if (::stat(folder.empty() ? "." : folder.c_str(), &dst) == 0 && (dst.st_mode & S_IWOTH) &&
+      !(dst.st_mode & S_ISVTX)) {
+    return Status::InvalidArgument(
+        name + " is in " + folder + ", a folder every user may write (mode " +
+        OctalMode(dst.st_mode) + "): anyone could replace the file; chmod o-w " + folder +
+        " or move the key");
+  }
+  if (st.st_mode & S_IROTH) {
+    if (!readable_by_all) {
+      return Status::InvalidArgument(name + " is readable by every user (mode " +
+                                     OctalMode(st.st_mode) + "): anyone could pose as a node" +
+                                     fix);
+    }
+    warnings->push_back(name + " is readable by every user (mode " + OctalMode(st.st_mode) +
+                        "): any local user can read and write the disk" + fix);
+  }
+  return Status::Ok();
+}
+
+const char* TlsModeName(TlsMode mode) {
+  switch (mode) {
+    case TlsMode::kOff:
+      return "off";
+    case TlsMode::kAccept:
+      return "accept";
+    case TlsMode::kRequire:
+      return "require";
+  }
+  return "?";
+}
+
+namespace {
+std::string ExpandRank(std::string path, Rank rank) {
+  const std::string token = "{rank}";
+  for (auto at = path.find(token); at != std::string::npos; at = path.find(token)) {
+    path.replace(at, token.size(), std::to_string(rank));
+  }
+  return path;
+}
+}  // namespace
+
+std::string ClusterConfig::NodeCertFile(Rank rank) const {
+  return ExpandRank(tls_node_cert_file, rank);
+}
+std::string ClusterConfig::NodeKeyFile(Rank rank) const {
+  return ExpandRank(tls_node_key_file, rank);
+}
 
 Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) {
   toml::table table;
@@ -180,7 +228,15 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) 
                                                  "peer_timeout_ms",
                                                  "max_connections",
                                                  "max_connections_per_source",
-                                                 "max_queued_response_mb"};
+                                                 "max_queued_response_mb",
+                                                 "tls",
+                                                 "plaintext_clients",
+                                                 "tls_ca_file",
+                                                 "tls_node_cert_file",
+                                                 "tls_node_key_file",
+                                                 "tls_client_cert_file",
+                                                 "tls_client_key_file",
+                                                 "tls_revoked"};
   for (const auto& [k, v] : table) {
     if (!kTopKeys.count(std::string(k.str()))) {
       return Err(path, "unknown key \"" + std::string(k.str()) + "\"");
@@ -315,7 +371,8 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) 
   const std::string client_key_path = Resolve(base, *ck);
   auto client_key = ReadKeyFile(client_key_path, kClientKeySize);
   if (!client_key.ok()) return Err(path, client_key.status().message());
-  if (Status s = CheckKeyFileMode(client_key_path, KeyKind::kClient, &cfg.warnings); !s.ok()) {
+  if (Status s = CheckSecretFile(client_key_path, "client key file", true, &cfg.warnings);
+      !s.ok()) {
     return Err(path, s.message());
   }
   cfg.client_key = std::move(client_key).value();
@@ -323,15 +380,105 @@ Result<ClusterConfig> LoadClusterConfig(const std::string& path, ConfigUse use) 
     const std::string system_key_path = Resolve(base, *sk);
     auto system_key = ReadKeyFile(system_key_path, kSystemKeySize);
     if (!system_key.ok()) return Err(path, system_key.status().message());
-    if (Status s = CheckKeyFileMode(system_key_path, KeyKind::kSystem, &cfg.warnings); !s.ok()) {
+    if (Status s = CheckSecretFile(system_key_path, "system key file", false, &cfg.warnings);
+        !s.ok()) {
       return Err(path, s.message());
     }
     cfg.system_key = std::move(system_key).value();
   }
+  if (Status s = LoadTlsSettings(table, path, base, use, &cfg); !s.ok()) return s;
   return cfg;
 }
 
 namespace {
+
+Status LoadTlsSettings(const toml::table& table, const std::string& path, const fs::path& base,
+                       ConfigUse use, ClusterConfig* cfg) {
+  if (table["tls"]) {
+    auto mode = table["tls"].value<std::string>();
+    if (mode && *mode == "off") {
+      cfg->tls = TlsMode::kOff;
+    } else if (mode && *mode == "accept") {
+      cfg->tls = TlsMode::kAccept;
+    } else if (mode && *mode == "require") {
+      cfg->tls = TlsMode::kRequire;
+    } else {
+      return Err(path, "\"tls\" must be \"off\", \"accept\" or \"require\"");
+    }
+  }
+  if (table["plaintext_clients"]) {
+    auto v = table["plaintext_clients"].value_exact<bool>();
+    if (!v) return Err(path, "\"plaintext_clients\" must be true or false");
+    cfg->plaintext_clients = *v;
+  }
+  struct File {
+    const char* key;
+    const char* fallback;
+    std::string* out;
+  };
+  for (const File& f : {File{"tls_ca_file", "tls/ca.crt", &cfg->tls_ca_file},
+                        File{"tls_node_cert_file", "tls/node-{rank}.crt", &cfg->tls_node_cert_file},
+                        File{"tls_node_key_file", "tls/node-{rank}.key", &cfg->tls_node_key_file},
+                        File{"tls_client_cert_file", "tls/client.crt", &cfg->tls_client_cert_file},
+                        File{"tls_client_key_file", "tls/client.key", &cfg->tls_client_key_file}}) {
+    std::string value = f.fallback;
+    if (table[f.key]) {
+      auto v = table[f.key].value<std::string>();
+      if (!v || v->empty()) return Err(path, "\"" + std::string(f.key) + "\" must be a file name");
+      value = *v;
+    }
+    *f.out = Resolve(base, value);
+  }
+  if (table["tls_revoked"]) {
+    const toml::array* list = table["tls_revoked"].as_array();
+    if (!list) return Err(path, "\"tls_revoked\" must be a list of certificate fingerprints");
+    for (const auto& item : *list) {
+      auto fp = item.value<std::string>();
+      std::string lower;
+      if (fp) {
+        for (char c : *fp) {
+          if (c == ':') continue;  // "AB:CD:..." as openssl x509 -fingerprint prints it
+          lower.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
+        }
+      }
+      auto bytes = fp ? ParseHex(lower) : Result<std::vector<std::uint8_t>>(Status::NotFound(""));
+      if (!bytes.ok() || bytes->size() != 32) {
+        return Err(path,
+                   "\"tls_revoked\": each entry must be a SHA-256 fingerprint (64 hex "
+                   "digits, as `atomdisk tls show FILE` prints it)");
+      }
+      cfg->tls_revoked.push_back(lower);
+    }
+  }
+  if (cfg->tls == TlsMode::kOff) {
+    cfg->warnings.push_back(
+        path +
+        ": tls = \"off\": data and keys' signatures cross the network in clear, and a "
+        "recorded client write can be replayed (README, \"Security model\"; docs/TLS.md "
+        "says how to switch TLS on one node at a time)");
+    return Status::Ok();
+  }
+  // The files this program will use must be there and, for keys, private.
+  std::vector<std::pair<std::string, std::string>> certs = {{cfg->tls_ca_file, "TLS CA file"}};
+  std::vector<std::string> keys;
+  if (use == ConfigUse::kClient) {
+    certs.emplace_back(cfg->tls_client_cert_file, "TLS client certificate");
+    keys.push_back(cfg->tls_client_key_file);
+  }
+  for (const auto& [file, what] : certs) {
+    std::error_code ec;
+    if (!fs::exists(file, ec)) {
+      return Err(path, what + " " + file + " does not exist (tls = \"" + TlsModeName(cfg->tls) +
+                           "\"; `atomdisk tls issue` makes certificates, docs/TLS.md)");
+    }
+  }
+  for (const std::string& key : keys) {
+    if (Status s = CheckSecretFile(key, "TLS key file", false, &cfg->warnings); !s.ok()) {
+      return Err(path, s.message());
+    }
+  }
+  return Status::Ok();
+}
 
 Status WriteFileExclusive(const std::string& path, const std::string& contents, mode_t mode) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
@@ -362,7 +509,7 @@ Status WriteFileExclusive(const std::string& path, const std::string& contents, 
 }  // namespace
 
 Status WriteNewCluster(const std::string& dir, const std::vector<std::string>& addresses,
-                       std::uint64_t sectors) {
+                       std::uint64_t sectors, bool tls) {
   if (addresses.empty()) return Status::InvalidArgument("no node addresses given");
   if (addresses.size() > static_cast<std::size_t>(kMaxRank)) {
     return Status::InvalidArgument("too many nodes");
@@ -376,7 +523,17 @@ Status WriteNewCluster(const std::string& dir, const std::vector<std::string>& a
           std::to_string(sectors * kSectorSize / (1024 * 1024)) + " MiB\n";
   toml += "client_key_file = \"client.key\"\nsystem_key_file = \"system.key\"\n";
   // Ties every node's data_dir to this cluster (docs/RESYNC.md).
-  toml += "cluster_id = \"" + ToHex(RandomBytes(16)) + "\"\n";
+  const std::string cluster_id = ToHex(RandomBytes(16));
+  toml += "cluster_id = \"" + cluster_id + "\"\n";
+  if (tls) {
+    toml +=
+        "# Mutual TLS 1.3 between nodes and atomdisk clients; certificates in tls/ (docs/TLS.md)\n"
+        "tls = \"require\"\n"
+        "# Serve clients of the atdd protocol (plaintext, HMAC-signed frames) too\n"
+        "plaintext_clients = true\n";
+  } else {
+    toml += "tls = \"off\"\n";
+  }
   for (std::size_t i = 0; i < addresses.size(); ++i) {
     std::string host;
     std::uint16_t port;
@@ -403,6 +560,14 @@ Status WriteNewCluster(const std::string& dir, const std::vector<std::string>& a
   if (s.ok()) {
     s = WriteFileExclusive((d / "system.key").string(), ToHex(RandomBytes(kSystemKeySize)) + "\n",
                            0600);
+  }
+  if (s.ok() && tls) {
+    std::vector<Rank> ranks;
+    for (std::size_t i = 0; i < addresses.size(); ++i) ranks.push_back(static_cast<Rank>(i + 1));
+    fs::create_directory(d / "tls", ec);
+    if (ec) return Status::IOError("cannot create " + (d / "tls").string() + ": " + ec.message());
+    fs::permissions(d / "tls", fs::perms::owner_all, ec);
+    s = WriteClusterTls((d / "tls").string(), cluster_id, ranks);
   }
   if (s.ok()) s = WriteFileExclusive((d / "cluster.toml").string(), toml, 0644);
   if (!s.ok()) return s;

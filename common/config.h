@@ -12,6 +12,14 @@
 //   max_queued_response_mb = 256      # optional: unread responses a node holds, all together
 //   client_key_file = "client.key"    # 32-byte key as 64 hex characters
 //   system_key_file = "system.key"    # 64-byte key as 128 hex characters
+//   tls = "require"                   # optional: off (default), accept or require (docs/TLS.md)
+//   plaintext_clients = true          # optional: serve atdd (plaintext, HMAC) clients too
+//   tls_ca_file = "tls/ca.crt"        # optional, these four show the defaults; {rank} is
+//   tls_node_cert_file = "tls/node-{rank}.crt"  #   replaced by the node's rank
+//   tls_node_key_file = "tls/node-{rank}.key"
+//   tls_client_cert_file = "tls/client.crt"
+//   tls_client_key_file = "tls/client.key"
+//   tls_revoked = ["<sha256 of a certificate>", ...]  # optional: refused certificates
 //   [[nodes]]
 //   rank = 1                          # 1-based, unique, below 255
 //   address = "127.0.0.1:7001"        # clients and peers both connect here
@@ -51,6 +59,16 @@ struct NodeConfig {
   std::string Address() const;  // "host:port" ("[::1]:port" for IPv6)
 };
 
+// How a cluster uses TLS between atomdisk's own programs (docs/TLS.md).
+//   kOff: no TLS; every frame in clear, signed with HMAC (the atdd protocol). A warning.
+//   kAccept: nodes serve TLS and plaintext on their one port and dial their peers with TLS,
+//     falling back to plaintext for a peer that does not speak it (an older binary); clients
+//     use TLS. The step between kOff and kRequire during a rolling upgrade.
+//   kRequire: nodes and clients speak TLS to each other only; system and sync frames in clear
+//     are refused; plaintext client frames (atdd clients) only while plaintext_clients.
+enum class TlsMode { kOff, kAccept, kRequire };
+const char* TlsModeName(TlsMode mode);
+
 struct ClusterConfig {
   std::string path;  // the file it was loaded from
   std::uint64_t sectors = 0;
@@ -89,6 +107,21 @@ struct ClusterConfig {
   // them yet, all connections together (MiB). Over it, the connection whose oldest queued
   // response has waited longest (the slowest reader) is closed.
   std::int64_t max_queued_response_mb = 256;
+  TlsMode tls = TlsMode::kOff;
+  // Whether nodes serve client frames in clear (atdd clients, and atomdisk clients without
+  // TLS material) when tls is kRequire. Under kOff and kAccept they always do.
+  bool plaintext_clients = true;
+  // Absolute paths; the node ones still hold "{rank}" (NodeCertFile, NodeKeyFile expand it).
+  std::string tls_ca_file;
+  std::string tls_node_cert_file;
+  std::string tls_node_key_file;
+  std::string tls_client_cert_file;
+  std::string tls_client_key_file;
+  // SHA-256 fingerprints (64 lowercase hex digits) of certificates nodes and clients refuse.
+  std::vector<std::string> tls_revoked;
+  std::string NodeCertFile(Rank rank) const;
+  std::string NodeKeyFile(Rank rank) const;
+
   // What the loader let pass but the user should fix (a client key file every user can
   // read); each program prints them at start-up.
   std::vector<std::string> warnings;
@@ -123,9 +156,19 @@ Status ParseHostPort(const std::string& text, std::string* host, std::uint16_t* 
 
 // Writes a new cluster: cluster.toml plus fresh random client.key and system.key (mode 0600)
 // in `dir`, nodes ranked 1.. in the order given, data_dir "data/RANK", and the folder
-// `dir`/data for them (atomdiskd creates a data_dir but never its parent). Refuses to
-// overwrite an existing cluster.toml or key file.
+// `dir`/data for them (atomdiskd creates a data_dir but never its parent). With `tls` (the
+// default), also a cluster CA and certificates in `dir`/tls (WriteClusterTls) and
+// tls = "require" in the file; without, tls = "off". Refuses to overwrite an existing
+// cluster.toml or key file.
 Status WriteNewCluster(const std::string& dir, const std::vector<std::string>& addresses,
-                       std::uint64_t sectors);
+                       std::uint64_t sectors, bool tls = true);
+
+// Checks a file that holds a secret (a key file, a TLS private key) before it is trusted: refused
+// when any user but its owner may write it, when its owner is neither this process's user nor
+// root, or when its folder is writable by every user without the sticky bit (anyone could swap
+// the file). When every user may read it: refused if `readable_by_all` is false, else a line in
+// `warnings`. Errors name the file, the problem and the fix.
+Status CheckSecretFile(const std::string& path, const std::string& what, bool readable_by_all,
+                       std::vector<std::string>* warnings);
 
 }  // namespace atomdisk

@@ -11,7 +11,11 @@
 #   scripts/ab-daemon.sh --a PATH/atomdiskd --b PATH/atomdiskd [--rounds N] [--duration S]
 #       [--cells "write:1 write:64 read:64"] [--sectors K] [--dir DIR] [--cli PATH/atomdisk]
 #       [--scrape-b] [--cli-a PATH/atomdisk] [--cli-b PATH/atomdisk]
+#       [--tls-a off|require] [--tls-b off|require]
 #
+# --tls-a/--tls-b: each side's cluster setting (docs/TLS.md); both default to off, the only
+# setting builds before TLS know. With --a and --b the same binary, --tls-b require measures
+# what TLS costs (docs/BENCHMARKS.md).
 # --scrape-b gives side B's nodes a metrics_address and scrapes GET /metrics of all three
 # once a second while B's cells run (the cost of a Prometheus scraper; with --a and --b the
 # same binary, docs/BENCHMARKS.md "Metrics endpoint").
@@ -25,7 +29,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin_a="" bin_b="" rounds=3 duration=3 cells="write:1 write:64 read:64" sectors=65536 dir=""
-cli="" cli_a="" cli_b="" scrape_b=0
+cli="" cli_a="" cli_b="" scrape_b=0 tls_a=off tls_b=off
 while [ $# -gt 0 ]; do
   case "$1" in
     --a) bin_a="$2"; shift 2 ;;
@@ -39,6 +43,8 @@ while [ $# -gt 0 ]; do
     --cli-a) cli_a="$2"; shift 2 ;;
     --cli-b) cli_b="$2"; shift 2 ;;
     --scrape-b) scrape_b=1; shift ;;
+    --tls-a) tls_a="$2"; shift 2 ;;
+    --tls-b) tls_b="$2"; shift 2 ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "ab-daemon: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -66,7 +72,8 @@ done
 # One cluster per side, with its own folder and ports, created once.
 for side in a b; do
   (
-    export ATOMDISK_BIN_DIR="$dir/bin-$side" CLUSTER_NO_TRAP=1
+    tls_var="tls_$side"
+    export ATOMDISK_BIN_DIR="$dir/bin-$side" CLUSTER_NO_TRAP=1 CLUSTER_TLS="${!tls_var}"
     # shellcheck source=scripts/lib/cluster.sh
     source "$root/scripts/lib/cluster.sh"
     cluster_create "$dir/cluster-$side" 3 $((rounds * sectors)) >/dev/null

@@ -60,7 +60,8 @@ for side in a b; do
   (
     d="dir_$side"
     ATOMDISK_BIN_DIR="$(readlink -f "${!d}")"
-    export ATOMDISK_BIN_DIR CLUSTER_NO_TRAP=1
+    # Off on both sides: builds from before TLS know no other (ab-daemon.sh has --tls-a/-b).
+    export ATOMDISK_BIN_DIR CLUSTER_NO_TRAP=1 CLUSTER_TLS="${CLUSTER_TLS:-off}"
     # shellcheck source=scripts/lib/cluster.sh
     source "$root/scripts/lib/cluster.sh"
     cluster_create "$dir/cluster-$side" 3 $((size_mib * 256)) >/dev/null

@@ -1,11 +1,13 @@
 // Admin commands: init (a new cluster's config and keys), status (per-node health, resync
-// and scrub progress, the quorum state), scrub (check and repair every node's copy) and
-// inspect (a stopped node's store, offline).
+// and scrub progress, the quorum state), scrub (check and repair every node's copy),
+// inspect (a stopped node's store, offline) and tls (issue a certificate from the cluster
+// CA, show what a certificate file says).
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -13,6 +15,7 @@
 #include <vector>
 
 #include "client/cli/commands.h"
+#include "common/tls_certs.h"
 #include "common/types.h"
 #include "daemon/sync/syncer.h"  // kWindowBuckets: the resync window, for progress figures
 
@@ -31,12 +34,14 @@ CommandFn AddInitCommand(CLI::App& app, GlobalOptions& /*g*/) {
     std::vector<std::string> nodes;
     std::uint64_t sectors = 262144;
     std::string dir = ".";
+    std::string tls = "require";
     bool json = false;
   };
   auto a = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand("init", "Create a new cluster's config and keys");
   cmd->footer(
       "Writes cluster.toml and fresh random client.key and system.key (mode 0600) in --dir,\n"
+      "and in --dir/tls a cluster CA, a certificate per node and one for clients (docs/TLS.md),\n"
       "ready for atomdiskd, and prints the next steps. Refuses to overwrite existing files.\n"
       "Example: atomdisk init --nodes 10.0.0.1:7001,10.0.0.2:7001,10.0.0.3:7001 --dir "
       "/etc/atomdisk");
@@ -49,9 +54,15 @@ CommandFn AddInitCommand(CLI::App& app, GlobalOptions& /*g*/) {
       ->check(WholeNumber(1, kMaxSectors));
   cmd->add_option("--dir", a->dir, "folder to write the files in (created if missing)")
       ->capture_default_str();
+  cmd->add_option("--tls", a->tls,
+                  "require: mutual TLS 1.3 between nodes and clients (certificates made); off: "
+                  "frames in clear, HMAC-signed only (for clusters of older versions)")
+      ->check(CLI::IsMember({"require", "off"}))
+      ->capture_default_str();
   cmd->add_flag("--json", a->json, "print what was created as JSON");
   return [a] {
-    Status s = WriteNewCluster(a->dir, a->nodes, a->sectors);
+    const bool tls = a->tls == "require";
+    Status s = WriteNewCluster(a->dir, a->nodes, a->sectors, tls);
     if (!s.ok()) {
       return Fail(s.code() == StatusCode::kIOError ? kExitFailed : kExitUsage,
                   "init: " + s.message());
@@ -70,7 +81,9 @@ CommandFn AddInitCommand(CLI::App& app, GlobalOptions& /*g*/) {
                 {"client_key", (dir / "client.key").string()},
                 {"system_key", (dir / "system.key").string()},
                 {"sectors", a->sectors},
+                {"tls", tls ? "require" : "off"},
                 {"nodes", a->nodes}};
+      if (tls) j["tls_dir"] = (dir / "tls").string();
       std::printf("%s\n", j.dump(2).c_str());
       return kExitOk;
     }
@@ -79,11 +92,29 @@ CommandFn AddInitCommand(CLI::App& app, GlobalOptions& /*g*/) {
                 HumanCount(a->sectors).c_str(), dir.c_str());
     std::printf("  cluster.toml   the cluster's nodes and size\n");
     std::printf("  client.key     mode 0600; clients and nodes need it\n");
-    std::printf("  system.key     mode 0600; only nodes need it\n\n");
-    std::printf("Next steps:\n");
-    std::printf(
-        "  1. Copy the three files, together, to every node host; cluster.toml and client.key\n"
-        "     to every client host (system.key lets a host act as a node: keep it off clients).\n");
+    std::printf("  system.key     mode 0600; only nodes need it\n");
+    if (tls) {
+      std::printf("  tls/ca.crt     the cluster CA's certificate; everyone needs it\n");
+      std::printf(
+          "  tls/ca.key     the CA's key: only `atomdisk tls issue` needs it; keep it off\n"
+          "                 the hosts (docs/TLS.md)\n");
+      std::printf("  tls/node-N.*   node N's certificate and key; only node N needs them\n");
+      std::printf("  tls/client.*   the clients' certificate and key\n");
+    }
+    std::printf("\nNext steps:\n");
+    if (tls) {
+      std::printf(
+          "  1. Copy cluster.toml, client.key, system.key, tls/ca.crt and tls/node-N.* to node "
+          "N's\n"
+          "     host; cluster.toml, client.key, tls/ca.crt and tls/client.* to every client host\n"
+          "     (system.key and a node's TLS key let a host act as a node: keep them off "
+          "clients).\n");
+    } else {
+      std::printf(
+          "  1. Copy the three files, together, to every node host; cluster.toml and client.key\n"
+          "     to every client host (system.key lets a host act as a node: keep it off "
+          "clients).\n");
+    }
     std::printf("  2. On each node, start the daemon with its rank:\n");
     for (std::size_t i = 0; i < a->nodes.size(); ++i) {
       std::printf("       atomdiskd --config %s --rank %zu      # %s\n", config.c_str(), i + 1,
@@ -624,6 +655,156 @@ CommandFn AddInspectCommand(CLI::App& app, GlobalOptions& /*g*/) {
     return kExitOk;
   };
 #endif
+}
+
+// ---- tls ----
+
+namespace {
+
+// --client NAME: what ParseIdentityUri accepts, checked before any file is touched (the name
+// becomes part of a file name, so "../x" must never get that far).
+CLI::Validator ClientName() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        TlsIdentity id{.role = TlsIdentity::Role::kClient, .rank = 0, .name = text};
+        if (ParseIdentityUri(IdentityUri(id))) return std::string();
+        // A hostile name may be huge or hold control characters: show a safe prefix.
+        std::string shown;
+        for (char c : text.substr(0, 40)) shown += (c >= ' ' && c < 0x7f) ? c : '?';
+        if (text.size() > 40) shown += "...";
+        return "must be a client name of 1 to " + std::to_string(kMaxClientNameLength) +
+               " letters, digits, '.', '_' or '-' starting with a letter or digit, not \"" + shown +
+               "\"";
+      },
+      "", "");
+}
+
+int TlsIssue(const std::string& dir_arg, int node, const std::string& client, int days) {
+  if ((node == 0) == client.empty()) {
+    return Fail(kExitUsage,
+                "tls issue: give either --node RANK or --client NAME (see atomdisk tls issue "
+                "--help)");
+  }
+  const TlsIdentity id =
+      node != 0 ? TlsIdentity{.role = TlsIdentity::Role::kNode,
+                              .rank = static_cast<Rank>(node),
+                              .name = {}}
+                : TlsIdentity{.role = TlsIdentity::Role::kClient, .rank = 0, .name = client};
+  const fs::path dir = fs::absolute(dir_arg).lexically_normal();
+  std::error_code ec;
+  // Said before anything else: without the CA's key there is nothing to sign with, and the
+  // fix is to run where `atomdisk init` left it.
+  if (!fs::exists(dir / "ca.key", ec)) {
+    std::string hint;
+    if (fs::exists(dir / "tls" / "ca.key", ec)) hint = " (it is in " + (dir / "tls").string() + ")";
+    return Fail(kExitUsage,
+                "tls issue: " + (dir / "ca.key").string() +
+                    " does not exist: issuing needs the cluster CA's private key, which "
+                    "`atomdisk init` wrote as tls/ca.key beside cluster.toml in its --dir; give "
+                    "that tls folder as --dir" +
+                    hint);
+  }
+  Result<std::string> fp = IssueFromClusterCa(dir.string(), id, days);
+  if (!fp.ok()) {
+    return Fail(fp.status().code() == StatusCode::kIOError ? kExitFailed : kExitUsage,
+                "tls issue: " + fp.status().message());
+  }
+  const auto [cert_path, key_path] = IssuedFilePaths(dir.string(), id);
+  std::printf("Issued a certificate for %s (%s) from the cluster CA in %s:\n",
+              id.ToString().c_str(), IdentityUri(id).c_str(), dir.c_str());
+  std::printf("  %s   the certificate\n", cert_path.c_str());
+  std::printf("  %s   its private key (mode 0600): copy it only to %s's host\n", key_path.c_str(),
+              id.ToString().c_str());
+  std::printf("fingerprint %s\n", fp->c_str());
+  std::printf("valid for %d days; to revoke it, list the fingerprint in tls_revoked\n", days);
+  return kExitOk;
+}
+
+int TlsShow(const std::string& path) {
+  Result<CertificateDetails> d = ReadCertificateDetails(path);
+  if (!d.ok()) {
+    return Fail(d.status().code() == StatusCode::kIOError ? kExitFailed : kExitUsage,
+                "tls show: " + d.status().message());
+  }
+  const std::int64_t now = static_cast<std::int64_t>(std::time(nullptr));
+  std::string state = "valid now";
+  if (now < d->not_before) state = "NOT YET VALID";
+  if (now > d->not_after) state = "EXPIRED";
+  std::string identity;
+  if (d->identity) {
+    identity = d->identity->ToString() + " (" + IdentityUri(*d->identity) + ")";
+  } else if (d->is_ca) {
+    identity = "none: a CA certificate";
+  } else {
+    identity = "none (no single atomdisk: URI in its subjectAltName): nodes refuse it";
+  }
+  std::printf("%s\n", path.c_str());
+  std::printf("  identity     %s\n", identity.c_str());
+  std::printf("  fingerprint  %s\n", d->fingerprint.c_str());
+  std::printf("  subject      %s\n", d->subject.c_str());
+  std::printf("  issuer       %s\n", d->issuer.c_str());
+  std::printf("  not before   %s\n", FormatUtcTime(d->not_before).c_str());
+  std::printf("  not after    %s  (%s)\n", FormatUtcTime(d->not_after).c_str(), state.c_str());
+  return kExitOk;
+}
+
+}  // namespace
+
+CommandFn AddTlsCommand(CLI::App& app, GlobalOptions& /*g*/) {
+  struct Args {
+    std::string dir;
+    int node = 0;
+    std::string client;
+    int days = kLeafCertDays;
+    std::string file;
+  };
+  auto a = std::make_shared<Args>();
+  CLI::App* cmd = app.add_subcommand("tls", "Issue and show the cluster's TLS certificates");
+  // At most one; none is our own usage error below (CLI11's "A subcommand is required" names
+  // neither the choices nor the help).
+  cmd->require_subcommand(0, 1);
+  cmd->footer(
+      "atomdisk tls issue --dir DIR (--node R | --client NAME) [--days N]\n"
+      "atomdisk tls show FILE\n"
+      "`atomdisk init` makes the cluster CA and a certificate for every node and for clients\n"
+      "in the tls folder beside cluster.toml; these commands add more (docs/TLS.md).");
+  CLI::App* issue = cmd->add_subcommand("issue", "Issue a certificate from the cluster CA");
+  issue->footer(
+      "Signs a new certificate and key with the CA in --dir (ca.crt and ca.key, which\n"
+      "`atomdisk init` wrote in the tls folder beside cluster.toml): node-R.crt/.key for a\n"
+      "node (a new node, or a node's new key), client-NAME.crt/.key for a client. Writes new\n"
+      "files only (mode 0600), never over existing ones, and prints the new certificate's\n"
+      "fingerprint (what tls_revoked lists). Example: atomdisk tls issue --dir\n"
+      "/etc/atomdisk/tls --client laptop-7\n"
+      "Exit codes: 0 issued, 1 a write failed, 2 bad usage or no CA key.");
+  issue->add_option("--dir", a->dir, "the folder holding ca.crt and ca.key; the new files go there")
+      ->required()
+      ->type_name("DIR");
+  CLI::Option* node = issue->add_option("--node", a->node, "issue for the node of this rank")
+                          ->type_name("RANK")
+                          ->check(WholeNumber(1, kMaxRank));
+  CLI::Option* client =
+      issue->add_option("--client", a->client, "issue for a client of this name (\"laptop-7\")")
+          ->type_name("NAME")
+          ->check(ClientName());
+  node->excludes(client);
+  issue->add_option("--days", a->days, "how long the certificate is valid")
+      ->type_name("N")
+      ->capture_default_str()
+      ->check(WholeNumber(1, kMaxCertDays));
+  CLI::App* show = cmd->add_subcommand("show", "Show what a certificate file says");
+  show->footer(
+      "Prints the identity a certificate carries (the node or client it was issued for), its\n"
+      "SHA-256 fingerprint (what tls_revoked lists), subject, issuer and validity.\n"
+      "Exit codes: 0 shown, 2 not a certificate file.");
+  show->add_option("file", a->file, "a PEM certificate (node-3.crt, client.crt, ca.crt)")
+      ->required()
+      ->type_name("FILE");
+  return [a, issue, show] {
+    if (issue->parsed()) return TlsIssue(a->dir, a->node, a->client, a->days);
+    if (show->parsed()) return TlsShow(a->file);
+    return Fail(kExitUsage, "tls: give a subcommand, issue or show (see atomdisk tls --help)");
+  };
 }
 
 }  // namespace atomdisk::client::cli

@@ -21,5 +21,6 @@ CommandFn AddWriteCommand(CLI::App& app, GlobalOptions& g);
 CommandFn AddUploadCommand(CLI::App& app, GlobalOptions& g);
 CommandFn AddDownloadCommand(CLI::App& app, GlobalOptions& g);
 CommandFn AddBenchCommand(CLI::App& app, GlobalOptions& g);
+CommandFn AddTlsCommand(CLI::App& app, GlobalOptions& g);
 
 }  // namespace atomdisk::client::cli

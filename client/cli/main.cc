@@ -129,6 +129,7 @@ int main(int argc, char** argv) {
   add(AddBenchCommand);
   add(AddScrubCommand);
   add(AddInspectCommand);
+  add(AddTlsCommand);
   for (CLI::App* sub : app.get_subcommands({})) {
     std::string footer = sub->get_footer();
     sub->footer((footer.empty() ? "" : footer + "\n\n") +

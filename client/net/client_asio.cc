@@ -6,6 +6,7 @@
 // thread only, so it needs no locks; the public methods post to it.
 #include <algorithm>
 #include <boost/asio.hpp>
+#include <boost/asio/ssl/error.hpp>
 #include <cstring>
 #include <future>
 #include <mutex>
@@ -17,6 +18,8 @@
 #include "client/core/client_core.h"
 #include "common/frame_buffer.h"
 #include "common/hmac.h"
+#include "common/tls_context.h"
+#include "common/tls_stream.h"
 #include "common/wire.h"
 
 namespace atomdisk::client {
@@ -35,19 +38,66 @@ constexpr int kClientShrinkAfter = 16;
 
 // The error text Asio gives, without the "asio.misc" style prefixes.
 std::string ErrorText(const boost::system::error_code& ec) {
-  if (ec == asio::error::eof) return "the node closed the connection";
+  if (ec == asio::error::eof || ec == asio::ssl::error::stream_truncated) {
+    return "the node closed the connection";
+  }
   if (ec == asio::error::connection_refused) return "connection refused";
   if (ec == asio::error::connection_reset) return "connection reset by the node";
   if (ec == asio::error::operation_aborted) return "timed out";
   return ec.message();
 }
 
+// A TCP socket, with TLS over it once Secure ran (docs/TLS.md, common/tls_stream.h).
+struct Stream {
+  explicit Stream(asio::io_context& io) : socket(io) {}
+  tcp::socket socket;
+  std::unique_ptr<TlsStream> tls;
+
+  void Close() {
+    boost::system::error_code ignored;
+    socket.shutdown(tcp::socket::shutdown_both, ignored);
+    socket.close(ignored);
+  }
+  // A client handshake and the node's certificate checked: it must name node `rank` (any
+  // node of the cluster when 0). Empty on success, else why not.
+  awaitable<std::string> Secure(TlsContext& context, Rank rank) {
+    tls = std::make_unique<TlsStream>(socket, context, TlsStream::Side::kClient);
+    boost::system::error_code ec;
+    co_await tls->Handshake(ec);
+    if (ec) co_return "TLS handshake failed: " + TlsErrorText(ec, tls->native_handle());
+    auto peer = context.PeerOf(tls->native_handle());
+    if (!peer.ok()) co_return peer.status().message();
+    if (peer->identity.role != TlsIdentity::Role::kNode ||
+        (rank != 0 && peer->identity.rank != rank)) {
+      co_return "the node's certificate is " + peer->identity.ToString() +
+          (rank != 0 ? ", not node " + std::to_string(rank) : ", not a node's");
+    }
+    co_return std::string();
+  }
+  awaitable<std::size_t> ReadSome(std::span<std::uint8_t> room, boost::system::error_code& ec) {
+    if (tls) co_return co_await tls->ReadSome(room, ec);
+    co_return co_await socket.async_read_some(asio::buffer(room.data(), room.size()),
+                                              asio::redirect_error(use_awaitable, ec));
+  }
+  awaitable<void> Write(const std::vector<std::shared_ptr<const Frame>>& frames,
+                        boost::system::error_code& ec) {
+    std::vector<asio::const_buffer> buffers;
+    buffers.reserve(frames.size());
+    for (const auto& f : frames) buffers.push_back(asio::buffer(*f));
+    if (tls) {
+      co_await tls->Write(buffers, ec);
+    } else {
+      co_await asio::async_write(socket, buffers, asio::redirect_error(use_awaitable, ec));
+    }
+  }
+};
+
 // One TCP connection to a node. Owned (shared) by its node and its two coroutines.
 struct Conn {
-  explicit Conn(asio::io_context& io) : socket(io), wake(io) {
+  explicit Conn(asio::io_context& io) : stream(io), wake(io) {
     wake.expires_at(Clock::time_point::max());
   }
-  tcp::socket socket;
+  Stream stream;
   asio::steady_timer wake;  // the writer sleeps on it; cancel_one() wakes it
   std::vector<std::shared_ptr<const Frame>> queue;  // frames the writer has not taken yet
   bool open = true;
@@ -63,6 +113,7 @@ struct Node {
   std::unique_ptr<tcp::resolver> resolver;
   std::unique_ptr<asio::steady_timer> backoff;
   Clock::time_point connect_deadline;
+  bool next_in_clear = false;  // tls_fallback: the last TLS handshake with this node failed
 };
 
 // The Asio adapter: the public API's thread hand-off, the io thread, the sockets, the
@@ -208,9 +259,7 @@ class ClientImpl final : public Client, private ClientCoreEnv {
   void Shut(Node& n, const std::shared_ptr<Conn>& c) {
     if (!c->open) return;
     c->open = false;
-    boost::system::error_code ignored;
-    c->socket.shutdown(tcp::socket::shutdown_both, ignored);
-    c->socket.close(ignored);
+    c->stream.Close();
     c->wake.cancel();
     c->queue.clear();
     if (n.conn == c) {
@@ -245,17 +294,31 @@ class ClientImpl final : public Client, private ClientCoreEnv {
       } else {
         auto conn = std::make_shared<Conn>(io_);
         n->connecting = conn;
-        co_await asio::async_connect(conn->socket, endpoints,
+        co_await asio::async_connect(conn->stream.socket, endpoints,
                                      asio::redirect_error(use_awaitable, ec));
+        std::string refused;
+        const ClientOptions& o = core_.options();
+        if (!ec && !closing_) {
+          conn->stream.socket.set_option(tcp::no_delay(true), ec);
+          ec = {};
+          if (o.tls && !n->next_in_clear) {
+            // Under the same deadline as the connect (the tick closes `connecting`).
+            refused = co_await conn->stream.Secure(*o.tls, n->endpoint.rank);
+            if (!refused.empty() && o.tls_fallback) n->next_in_clear = true;
+          } else {
+            n->next_in_clear = false;  // TLS again after this connection in clear
+          }
+        }
         n->connecting.reset();
         if (closing_) break;
-        if (ec) {
+        if (ec || !refused.empty()) {
+          if (!refused.empty()) conn->stream.Close();
           delay = core_.OnDialFailed(
-              n->index, ec == asio::error::operation_aborted
+              n->index, !refused.empty() ? refused
+                        : ec == asio::error::operation_aborted
                             ? "connect timed out after " + FormatDuration(attempt_timeout)
                             : ErrorText(ec));
         } else {
-          conn->socket.set_option(tcp::no_delay(true), ec);
           n->conn = conn;
           n->state = Node::State::kConnected;
           asio::co_spawn(io_, Writer(n, conn), asio::detached);
@@ -275,7 +338,6 @@ class ClientImpl final : public Client, private ClientCoreEnv {
 
   awaitable<void> Writer(Node* n, std::shared_ptr<Conn> c) {
     std::vector<std::shared_ptr<const Frame>> batch;
-    std::vector<asio::const_buffer> buffers;
     while (c->open) {
       boost::system::error_code ec;
       if (c->queue.empty()) {
@@ -283,9 +345,7 @@ class ClientImpl final : public Client, private ClientCoreEnv {
         continue;
       }
       batch.swap(c->queue);
-      buffers.clear();
-      for (const auto& f : batch) buffers.push_back(asio::buffer(*f));
-      co_await asio::async_write(c->socket, buffers, asio::redirect_error(use_awaitable, ec));
+      co_await c->stream.Write(batch, ec);
       batch.clear();
       if (ec) {
         Lost(*n, c, "write failed: " + ErrorText(ec));
@@ -302,8 +362,7 @@ class ClientImpl final : public Client, private ClientCoreEnv {
     while (c->open) {
       boost::system::error_code ec;
       std::span<std::uint8_t> room = frames.Room();
-      std::size_t got = co_await c->socket.async_read_some(asio::buffer(room.data(), room.size()),
-                                                           asio::redirect_error(use_awaitable, ec));
+      std::size_t got = co_await c->stream.ReadSome(room, ec);
       if (ec) {
         Lost(*n, c, ErrorText(ec));
         co_return;
@@ -332,7 +391,7 @@ class ClientImpl final : public Client, private ClientCoreEnv {
         if (n->state == Node::State::kConnecting && now >= n->connect_deadline) {
           boost::system::error_code ignored;
           n->resolver->cancel();
-          if (n->connecting) n->connecting->socket.close(ignored);
+          if (n->connecting) n->connecting->stream.Close();
         }
       }
       core_.Tick();
@@ -374,7 +433,7 @@ void ClientImpl::Close() {
       for (auto& n : nodes_) {
         n->resolver->cancel();
         n->backoff->cancel();
-        if (n->connecting) n->connecting->socket.close(ignored);
+        if (n->connecting) n->connecting->stream.Close();
         if (n->conn) Shut(*n, n->conn);
       }
       work_.reset();
@@ -393,9 +452,9 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, ClientOp op, Clock::tim
   out->endpoint = ep;
   // Shared with the watchdog's handler, which may run after this frame is gone.
   struct State {
-    explicit State(asio::io_context& io) : resolver(io), socket(io), watchdog(io) {}
+    explicit State(asio::io_context& io) : resolver(io), stream(io), watchdog(io) {}
     tcp::resolver resolver;
-    tcp::socket socket;
+    Stream stream;
     asio::steady_timer watchdog;
     bool timed_out = false;
   };
@@ -406,7 +465,7 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, ClientOp op, Clock::tim
     st->timed_out = true;
     boost::system::error_code ignored;
     st->resolver.cancel();
-    st->socket.close(ignored);
+    st->stream.Close();
   });
   // The reason for a failed step: the probe's deadline, or what the OS said.
   auto why = [&](const std::string& step, const boost::system::error_code& ec) {
@@ -421,9 +480,14 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, ClientOp op, Clock::tim
   if (ec) {
     error = why("cannot resolve " + ep.host, ec);
   } else {
-    co_await asio::async_connect(st->socket, endpoints, asio::redirect_error(use_awaitable, ec));
+    co_await asio::async_connect(st->stream.socket, endpoints,
+                                 asio::redirect_error(use_awaitable, ec));
     if (ec) error = why("cannot connect", ec);
-    if (!ec) st->socket.set_option(tcp::no_delay(true), ec);
+    if (!ec) st->stream.socket.set_option(tcp::no_delay(true), ec);
+    if (!ec && core_.options().tls) {
+      std::string refused = co_await st->stream.Secure(*core_.options().tls, ep.rank);
+      if (!refused.empty()) error = st->timed_out ? why("TLS handshake", ec) : refused;
+    }
   }
   // kInfo is harmless to repeat (the fastest answer is the RTT); other admin ops go once.
   const int pings = op == ClientOp::kInfo ? kProbePings : 1;
@@ -434,8 +498,9 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, ClientOp op, Clock::tim
     cmd.op = op;
     Frame frame = EncodeFrame(cmd, mac_);
     auto t0 = Clock::now();
-    co_await asio::async_write(st->socket, asio::buffer(frame),
-                               asio::redirect_error(use_awaitable, ec));
+    const std::vector<std::shared_ptr<const Frame>> one = {
+        std::make_shared<const Frame>(std::move(frame))};
+    co_await st->stream.Write(one, ec);
     if (ec) {
       error = why("cannot send", ec);
       break;
@@ -452,9 +517,9 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, ClientOp op, Clock::tim
         break;
       }
       std::span<std::uint8_t> room = frames.Room();
-      std::size_t got = co_await st->socket.async_read_some(
-          asio::buffer(room.data(), room.size()), asio::redirect_error(use_awaitable, ec));
-      if (ec == asio::error::eof && frames.buffered() == 0) {
+      std::size_t got = co_await st->stream.ReadSome(room, ec);
+      if ((ec == asio::error::eof || ec == asio::ssl::error::stream_truncated) &&
+          frames.buffered() == 0) {
         error =
             "the node closed the connection instead of answering the info request (not an "
             "atomdisk node, or it rejects our frames)";
@@ -492,8 +557,7 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, ClientOp op, Clock::tim
   out->reachable = error.empty() && best_ms >= 0;
   out->rtt_ms = out->reachable ? best_ms : 0;
   st->watchdog.cancel();
-  boost::system::error_code ignored;
-  st->socket.close(ignored);
+  st->stream.Close();
 }
 
 std::vector<NodeInfo> ClientImpl::Admin(milliseconds timeout, ClientOp op) {
@@ -529,6 +593,12 @@ std::vector<NodeInfo> ClientImpl::Admin(milliseconds timeout, ClientOp op) {
 Result<ClientOptions> OptionsFromConfig(const ClusterConfig& config,
                                         const std::vector<std::string>& node_args) {
   ClientOptions o;
+  if (config.tls != TlsMode::kOff) {
+    auto tls = TlsContext::ForClient(config);
+    if (!tls.ok()) return Status::InvalidArgument(config.path + ": " + tls.status().message());
+    o.tls = *tls;
+    o.tls_fallback = config.tls == TlsMode::kAccept;
+  }
   o.client_key = config.client_key;
   o.sectors = config.sectors;
   o.cluster_nodes = config.nodes.size();

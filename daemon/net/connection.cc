@@ -110,6 +110,8 @@ void Connection::Close(const std::string& reason) {
     }
   }
   boost::system::error_code ec;
+  // No TLS close_notify: frames carry their own lengths, so a cut stream cannot pass for a
+  // complete one, and a peer being closed for misbehaving gets no more of our time.
   socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ec);
   socket_.close(ec);
   write_signal_.cancel();
@@ -128,8 +130,60 @@ void Connection::Close(const std::string& reason) {
   }
 }
 
+void Connection::RefuseTls(const std::string& why) {
+  if (options_.tls_refusal_log && options_.log_close) {
+    options_.tls_refusal_log("connection " + name_ + " closed: " + why);
+    options_.log_close = false;
+  }
+  Close(why);
+}
+
+awaitable<bool> Connection::SetUp() {
+  boost::system::error_code ec;
+  if (!options_.tls_dial) {
+    std::uint8_t first = 0;
+    co_await socket_.async_receive(asio::buffer(&first, 1), asio::socket_base::message_peek,
+                                   asio::redirect_error(use_awaitable, ec));
+    if (ec || closed_) {
+      Close(ec == asio::error::eof ? "closed by peer" : (ec ? ec.message() : ""));
+      co_return false;
+    }
+    if (first != 0x16) co_return true;  // plaintext frames: an atdd client, or an older node
+  }
+  tls_stream_ = std::make_unique<TlsStream>(
+      socket_, *options_.tls,
+      options_.tls_dial ? TlsStream::Side::kClient : TlsStream::Side::kServer);
+  co_await tls_stream_->Handshake(ec);
+  if (closed_) co_return false;
+  if (ec) {
+    tls_handshake_failed_ = true;
+    RefuseTls("TLS handshake failed: " + TlsErrorText(ec, tls_stream_->native_handle()));
+    co_return false;
+  }
+  auto peer = options_.tls->PeerOf(tls_stream_->native_handle());
+  if (!peer.ok()) {
+    RefuseTls(peer.status().message());
+    co_return false;
+  }
+  if (options_.tls_admit) {
+    if (std::string why = options_.tls_admit(*peer); !why.empty()) {
+      RefuseTls(peer->identity.ToString() + " refused: " + why);
+      co_return false;
+    }
+  }
+  tls_peer_ = std::move(peer).value();
+  authenticated_ = true;  // the certificate proved a cluster identity
+  co_return true;
+}
+
 awaitable<void> Connection::Reader() {
   auto self = shared_from_this();
+  if (options_.tls) {
+    const bool up = co_await SetUp();
+    if (!up) co_return;
+  }
+  ready_ = true;
+  write_signal_.cancel();
   // Frames come out of a FrameBuffer (common/frame_buffer.h): no buffer until the first bytes
   // arrive (a stranger's connection that never sends, closed after Options::auth_timeout,
   // holds none), 64 KiB then, grown for an extent and given back when the stream goes back
@@ -173,7 +227,8 @@ awaitable<void> Connection::Reader() {
     }
     if (closed_) co_return;
     boost::system::error_code ec;
-    if (frames.capacity() == 0) {
+    // (A TLS stream may hold decrypted bytes the socket no longer shows: it reads at once.)
+    if (frames.capacity() == 0 && !tls_stream_) {
       co_await socket_.async_wait(asio::ip::tcp::socket::wait_read,
                                   asio::redirect_error(use_awaitable, ec));
       if (ec || closed_) {
@@ -182,10 +237,15 @@ awaitable<void> Connection::Reader() {
       }
     }
     std::span<std::uint8_t> room = frames.Room();
-    std::size_t n = co_await socket_.async_read_some(asio::buffer(room.data(), room.size()),
-                                                     asio::redirect_error(use_awaitable, ec));
+    std::size_t n = tls_stream_
+                        ? co_await tls_stream_->ReadSome(room, ec)
+                        : co_await socket_.async_read_some(asio::buffer(room.data(), room.size()),
+                                                           asio::redirect_error(use_awaitable, ec));
     if (ec) {
-      Close(ec == asio::error::eof ? "closed by peer" : ec.message());
+      // A TLS peer that closes without a close_notify has closed all the same (ours don't
+      // send one either: Close).
+      Close(ec == asio::error::eof || ec == asio::ssl::error::stream_truncated ? "closed by peer"
+                                                                               : ec.message());
       co_return;
     }
     last_read_ = std::chrono::steady_clock::now();
@@ -197,7 +257,7 @@ awaitable<void> Connection::Writer() {
   auto self = shared_from_this();
   std::vector<asio::const_buffer> buffers;
   while (!closed_) {
-    if (queue_.empty()) {
+    if (queue_.empty() || !ready_) {
       boost::system::error_code ec;
       write_signal_.expires_at(asio::steady_timer::time_point::max());
       co_await write_signal_.async_wait(asio::redirect_error(use_awaitable, ec));
@@ -206,9 +266,22 @@ awaitable<void> Connection::Writer() {
     // Gather everything queued (up to a bound) into one write: one syscall for many frames.
     buffers.clear();
     std::size_t n = std::min<std::size_t>(queue_.size(), 256);
+    if (tls_stream_) {
+      // Encrypted before it is sent: at most about 1 MiB at a time, so the ciphertext held
+      // at once stays small next to the queue it comes from.
+      std::size_t bytes = 0, taken = 0;
+      while (taken < n && (taken == 0 || bytes + queue_[taken]->size() <= (1u << 20))) {
+        bytes += queue_[taken++]->size();
+      }
+      n = taken;
+    }
     for (std::size_t i = 0; i < n; ++i) buffers.push_back(asio::buffer(*queue_[i]));
     boost::system::error_code ec;
-    co_await asio::async_write(socket_, buffers, asio::redirect_error(use_awaitable, ec));
+    if (tls_stream_) {
+      co_await tls_stream_->Write(buffers, ec);
+    } else {
+      co_await asio::async_write(socket_, buffers, asio::redirect_error(use_awaitable, ec));
+    }
     if (ec || closed_) {
       Close(ec ? ec.message() : "");
       co_return;

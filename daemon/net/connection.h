@@ -7,6 +7,13 @@
 // queued frame into one write. Stopping means closing the socket and cancelling the timers;
 // both coroutines then end and release the Connection.
 //
+// TLS (docs/TLS.md): with Options::tls set, the reader first sets the connection up. An
+// accepted connection peeks at its first byte: 0x16 (a TLS ClientHello) starts a server
+// handshake, anything else (an atdd frame's length starts with 0x00) stays plaintext. A
+// dialled one (Options::tls_dial) starts a client handshake. The peer's certificate then
+// names who it is (tls_peer()), and Options::tls_admit may refuse it. Until the setup is
+// done the writer holds what is queued.
+//
 // Threading: every method must be called on the io_context's (single) thread.
 #pragma once
 
@@ -15,9 +22,13 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
+#include "common/tls_context.h"
+#include "common/tls_stream.h"
 #include "common/wire.h"
 #include "daemon/core/client_channel.h"
 
@@ -66,6 +77,15 @@ class Connection final : public ClientChannel, public std::enable_shared_from_th
     // Told of every change in the bytes queued here (+ on Send, - when written or dropped at
     // Close), for a budget over every connection (NodeServer's max_queued_response_mb).
     std::function<void(std::int64_t delta)> on_queued_bytes;
+    // TLS for this connection (null: plaintext only); see the file comment.
+    std::shared_ptr<TlsContext> tls;
+    bool tls_dial = false;
+    // After a handshake: why the peer is refused, or empty to go on.
+    std::function<std::string(const TlsPeer&)> tls_admit;
+    // Where a failed handshake or a refused certificate is logged instead of the close line
+    // (the node server: rate-limited, at warning level, under a key of its own so that routine
+    // closes do not hide it). Unset: like any close.
+    std::function<void(const std::string& line)> tls_refusal_log;
   };
 
   Connection(boost::asio::ip::tcp::socket socket, FrameSink* sink, std::string name,
@@ -124,15 +144,30 @@ class Connection final : public ClientChannel, public std::enable_shared_from_th
   const std::string& channel_name() const override { return name_; }
   std::weak_ptr<ClientChannel> WeakChannel() override { return weak_from_this(); }
   void MarkAuthenticated() override { authenticated_ = true; }
-  // Whether a frame with a valid tag has arrived on this connection.
+  // Whether a frame with a valid tag, or a TLS handshake with a valid certificate, has
+  // arrived on this connection.
   bool authenticated() const { return authenticated_; }
+  // The peer's verified identity on a TLS connection; null on a plaintext one (and before
+  // the handshake finished).
+  const TlsPeer* tls_peer() const { return tls_peer_ ? &*tls_peer_ : nullptr; }
+  // Whether this connection closed while its TLS handshake ran (a peer that does not speak
+  // TLS, or refused our certificate, or we its).
+  bool tls_handshake_failed() const { return tls_handshake_failed_; }
 
  private:
   boost::asio::awaitable<void> Reader();
+  // The TLS set-up (see the file comment); false when the connection closed.
+  boost::asio::awaitable<bool> SetUp();
+  // Closes over a failed TLS set-up, logged through Options::tls_refusal_log when set.
+  void RefuseTls(const std::string& why);
   boost::asio::awaitable<void> Writer();
   boost::asio::awaitable<void> Watchdog();
 
   boost::asio::ip::tcp::socket socket_;
+  std::unique_ptr<TlsStream> tls_stream_;  // over socket_, once TLS starts
+  std::optional<TlsPeer> tls_peer_;
+  bool ready_ = false;  // set up (plaintext decided, or TLS handshake done): the writer may go
+  bool tls_handshake_failed_ = false;
   FrameSink* sink_;
   std::string name_;
   Options options_;

@@ -59,6 +59,9 @@ NodeServer::NodeServer(asio::io_context& io, ClusterConfig config, Rank self,
       self_(self),
       data_dir_(membership.data_dir),
       system_mac_(config.system_key),
+      config_(config),
+      tls_mode_(config.tls),
+      plaintext_clients_(config.tls != TlsMode::kRequire || config.plaintext_clients),
       acceptor_(io),
       tick_timer_(io),
       max_connections_(MaxConnections(config)),
@@ -105,6 +108,12 @@ NodeServer::~NodeServer() = default;
 Status NodeServer::Listen() {
   const NodeConfig* me = core_->config().FindNode(self_);
   ATOMDISK_CHECK(me != nullptr);
+  if (tls_mode_ != TlsMode::kOff && !tls_) {
+    auto tls = TlsContext::ForNode(config_, self_);
+    if (!tls.ok()) return Status::InvalidArgument(config_.path + ": " + tls.status().message());
+    tls_ = *tls;
+    for (auto& [rank, link] : peers_) link->SetTls(tls_, tls_mode_ == TlsMode::kAccept);
+  }
   boost::system::error_code ec;
   tcp::resolver resolver(io_);
   auto results = resolver.resolve(me->host, std::to_string(me->port), ec);
@@ -188,6 +197,19 @@ asio::awaitable<void> NodeServer::AcceptLoop() {
     options.close_log = [this](const std::string& line) {
       core_->LogRateLimited("close", line, NodeCoreEnv::Level::kInfo);
     };
+    if (tls_) {
+      options.tls = tls_;
+      options.tls_refusal_log = [this](const std::string& line) {
+        core_->LogRateLimited("tlsrefused", line);
+      };
+      options.tls_admit = [this](const TlsPeer& peer) -> std::string {
+        if (peer.identity.role == TlsIdentity::Role::kNode &&
+            core_->config().FindNode(peer.identity.rank) == nullptr) {
+          return "not a node of this cluster";
+        }
+        return "";
+      };
+    }
     auto conn = std::make_shared<Connection>(std::move(socket), this, name, std::move(options));
     conn->Start();
     accepted_.push_back({conn, source});
@@ -370,6 +392,10 @@ void NodeServer::OnFrame(Connection& conn, std::span<const std::uint8_t> body) {
     conn.Close(kind.status().message());
     return;
   }
+  if (std::string why = RefuseFrame(conn, *kind, 0); !why.empty()) {
+    Refuse(conn, why);
+    return;
+  }
   if (*kind == CommandKind::kClient) {
     core_->OnClientFrame(conn, body);
   } else if (*kind == CommandKind::kSync) {
@@ -379,6 +405,37 @@ void NodeServer::OnFrame(Connection& conn, std::span<const std::uint8_t> body) {
   } else {
     HandleSystem(conn, body);
   }
+}
+
+std::string NodeServer::RefuseFrame(const Connection& conn, CommandKind kind, Rank sender) const {
+  const TlsPeer* peer = conn.tls_peer();
+  if (kind == CommandKind::kClient) {
+    if (peer != nullptr) {
+      return peer->identity.role == TlsIdentity::Role::kClient
+                 ? ""
+                 : "a node's certificate (" + peer->identity.ToString() + ") sent a client command";
+    }
+    return plaintext_clients_ ? "" : "client commands in clear are off (plaintext_clients = false)";
+  }
+  if (peer == nullptr) {
+    return tls_mode_ == TlsMode::kRequire ? "system frames in clear are refused (tls = \"require\")"
+                                          : "";
+  }
+  if (peer->identity.role != TlsIdentity::Role::kNode) {
+    return "a client certificate (" + peer->identity.ToString() + ") sent a system frame";
+  }
+  if (sender != 0 && sender != peer->identity.rank) {
+    return "node " + std::to_string(peer->identity.rank) + "'s certificate sent a frame as node " +
+           std::to_string(sender);
+  }
+  return "";
+}
+
+void NodeServer::Refuse(Connection& conn, const std::string& why) {
+  core_->CountAuthFailure();
+  core_->LogRateLimited("refused", "connection " + conn.name() + " closed: " + why);
+  conn.set_log_close(false);
+  conn.Close(why);
 }
 
 void NodeServer::HandleSystem(Connection& conn, std::span<const std::uint8_t> body) {
@@ -394,6 +451,10 @@ void NodeServer::HandleSystem(Connection& conn, std::span<const std::uint8_t> bo
   if (!msg.ok()) {
     core_->CountBadFrame();
     conn.Close(msg.status().message());
+    return;
+  }
+  if (std::string why = RefuseFrame(conn, CommandKind::kSystem, msg->sender); !why.empty()) {
+    Refuse(conn, why);
     return;
   }
   if (core_->OnSystemMessage(*msg)) {
@@ -426,6 +487,11 @@ void NodeServer::HandleSystemBatch(Connection& conn, std::span<const std::uint8_
     conn.Close(msgs.status().message());
     return;
   }
+  if (std::string why = RefuseFrame(conn, CommandKind::kSystemBatch, msgs->front().sender);
+      !why.empty()) {
+    Refuse(conn, why);
+    return;
+  }
   bool accepted = false;  // the decoder guarantees one sender for all members
   for (const SystemMessage& msg : *msgs) accepted = core_->OnSystemMessage(msg) || accepted;
   if (accepted) {
@@ -441,6 +507,10 @@ void NodeServer::HandleSync(Connection& conn, std::span<const std::uint8_t> body
   if (!msg.ok()) {
     core_->CountBadFrame();
     conn.Close(msg.status().message());
+    return;
+  }
+  if (std::string why = RefuseFrame(conn, CommandKind::kSync, msg->sender); !why.empty()) {
+    Refuse(conn, why);
     return;
   }
   if (msg->kind == SyncKind::kPing || msg->kind == SyncKind::kPong) {

@@ -31,7 +31,8 @@ class NodeServer final : public FrameSink, public NodeCoreEnv {
              std::unique_ptr<SectorStore> store, NodeMembership membership);
   ~NodeServer() override;
 
-  // Binds the listening socket (the node's configured address). IOError if it cannot.
+  // Loads the TLS material (tls not "off") and binds the listening socket (the node's
+  // configured address). IOError if it cannot bind, InvalidArgument for bad TLS files.
   Status Listen();
   // Starts accepting, the peer links and the tick timer; the core starts its Syncer (which
   // decides whether this node votes) at a tick once the links are up.
@@ -81,6 +82,12 @@ class NodeServer final : public FrameSink, public NodeCoreEnv {
                                                                  const char* what);
   void HandleSystemBatch(Connection& conn, std::span<const std::uint8_t> body);
   void HandleSync(Connection& conn, std::span<const std::uint8_t> body);
+  // Who may send what (docs/TLS.md, "Identities"): empty if `conn` may carry a frame of `kind`
+  // (and, for system and sync frames, one sent as `sender`: 0 before it is decoded), else why
+  // not. The connection is then closed and the refusal counted as an authentication failure.
+  std::string RefuseFrame(const Connection& conn, CommandKind kind, Rank sender) const;
+  // Closes `conn` over a refused frame (RefuseFrame's reason), counted and logged.
+  void Refuse(Connection& conn, const std::string& why);
   // Sends to a peer on our link to it, or, while that link is down, on the last connection
   // the peer itself opened to us (remembered by NoteInbound for authenticated senders).
   void SendToPeer(Rank to, SharedFrame frame);
@@ -105,6 +112,10 @@ class NodeServer final : public FrameSink, public NodeCoreEnv {
   Rank self_;
   std::string data_dir_;
   Hmac system_mac_;
+  ClusterConfig config_;             // for Listen: the TLS files
+  std::shared_ptr<TlsContext> tls_;  // null when tls = "off"
+  TlsMode tls_mode_;
+  bool plaintext_clients_;
   boost::asio::ip::tcp::acceptor acceptor_;
   boost::asio::steady_timer tick_timer_;
   std::unordered_map<Rank, std::unique_ptr<PeerLink>> peers_;

@@ -134,6 +134,18 @@ asio::awaitable<void> PeerLink::Run() {
       options.max_frame_body = kMaxPeerFrameBody;  // peers answer with node messages only
       options.silence_timeout = SilenceTimeout();
       options.log_close = false;  // liveness_ logs the loss, rate-limited
+      const bool use_tls = tls_ && !next_in_clear_;
+      next_in_clear_ = false;
+      if (use_tls) {
+        options.tls = tls_;
+        options.tls_dial = true;
+        options.tls_admit = [rank = rank_](const TlsPeer& peer) -> std::string {
+          if (peer.identity.role == TlsIdentity::Role::kNode && peer.identity.rank == rank) {
+            return "";
+          }
+          return "we dialled node " + std::to_string(rank);
+        };
+      }
       conn_ = std::make_shared<Connection>(std::move(socket), sink_,
                                            "peer " + std::to_string(rank_), options);
       conn_->SetPeerSocketOptions(std::chrono::milliseconds(timeout_ms_));
@@ -150,6 +162,9 @@ asio::awaitable<void> PeerLink::Run() {
         co_await wake_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       }
       if (stopped_) co_return;
+      if (use_tls && plaintext_fallback_ && conn_ && conn_->tls_handshake_failed()) {
+        next_in_clear_ = true;  // tls = "accept": perhaps a peer without TLS yet
+      }
       // Redial at once: the first back-off step is short, and a closed link is the common
       // case of a peer restart.
     } else {

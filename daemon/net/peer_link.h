@@ -35,6 +35,14 @@ class PeerLink {
  public:
   PeerLink(boost::asio::io_context& io, Rank rank, std::string host, std::uint16_t port,
            FrameSink* sink, std::int64_t timeout_ms);
+  // Dial with TLS from now on (before Start). With `plaintext_fallback` (tls = "accept"), a
+  // peer whose handshake fails before any certificate was checked (an older binary closes the
+  // connection on the ClientHello) is dialled in clear next, and with TLS again after that
+  // connection ends.
+  void SetTls(std::shared_ptr<TlsContext> tls, bool plaintext_fallback) {
+    tls_ = std::move(tls);
+    plaintext_fallback_ = plaintext_fallback;
+  }
   void Start();
   void Stop();
   // False if not connected or the queue is full (the frame is dropped).
@@ -75,7 +83,10 @@ class PeerLink {
   std::int64_t timeout_ms_;
   PeerLiveness liveness_;
   std::shared_ptr<Connection> conn_;
-  bool confirmed_ = false;  // conn_ is up (see connected())
+  std::shared_ptr<TlsContext> tls_;
+  bool plaintext_fallback_ = false;
+  bool next_in_clear_ = false;  // the last TLS dial failed its handshake (fallback only)
+  bool confirmed_ = false;      // conn_ is up (see connected())
   boost::asio::steady_timer wake_;
   bool stopped_ = false;
   std::uint64_t dropped_ = 0;

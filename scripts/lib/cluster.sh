@@ -18,6 +18,9 @@
 #                                    the keys, with `atomdisk init` if that exists, else
 #                                    directly (same format). Sets CLUSTER_DIR, CLUSTER_N,
 #                                    CLUSTER_CONFIG, CLUSTER_SECTORS, CLUSTER_PORT[rank].
+#                                    $CLUSTER_TLS (off or require) is passed to `init --tls`;
+#                                    unset: init's default (require). "off" also works with
+#                                    builds from before TLS, whose init lacks --tls.
 #   cluster_start_node RANK          Starts atomdiskd for RANK in the background; its log is
 #                                    DIR/node-RANK.log; pid in CLUSTER_PID[rank].
 #   cluster_start_all                Starts every node, then waits until all listen and vote.
@@ -109,10 +112,18 @@ cluster_create() {
     "$ATOMDISK_BIN_DIR/atomdisk" init --help >/dev/null 2>&1; then
     local joined
     joined=$(IFS=,; echo "${addresses[*]}")
+    local tls_args=()
+    if [ -n "${CLUSTER_TLS:-}" ] && "$ATOMDISK_BIN_DIR/atomdisk" init --help 2>/dev/null | grep -q -- --tls; then
+      tls_args=(--tls "$CLUSTER_TLS")
+    elif [ -n "${CLUSTER_TLS:-}" ] && [ "$CLUSTER_TLS" != off ]; then
+      cluster_log "CLUSTER_TLS=$CLUSTER_TLS but $ATOMDISK_BIN_DIR/atomdisk has no init --tls"
+      return 1
+    fi
     "$ATOMDISK_BIN_DIR/atomdisk" init --dir "$dir" --sectors "$sectors" --nodes "$joined" \
-      >"$dir/init.log" 2>&1 && return 0
+      "${tls_args[@]}" >"$dir/init.log" 2>&1 && return 0
     cluster_log "atomdisk init failed ($(tail -1 "$dir/init.log")); writing the config directly"
-    rm -f "$dir/cluster.toml" "$dir/client.key" "$dir/system.key"
+    rm -rf "$dir/cluster.toml" "$dir/client.key" "$dir/system.key" "$dir/tls"
+    if [ -n "${CLUSTER_TLS:-}" ] && [ "$CLUSTER_TLS" != off ]; then return 1; fi
   fi
   # The format of common/config.h.
   (umask 077 && openssl rand -hex 32 >"$dir/client.key" && openssl rand -hex 64 >"$dir/system.key") ||

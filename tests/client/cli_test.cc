@@ -1,7 +1,7 @@
 // The `atomdisk` CLI, run as a program (RunProcess) against real clusters (TestCluster):
 // help for every command, exit codes and messages for bad input, round trips, a 20 MiB
 // upload that survives kill -9 of every node, status, bench (with a history checked for
-// linearizability under a node kill) and inspect.
+// linearizability under a node kill), inspect, and tls issue/show.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -19,6 +19,7 @@
 #include "client/client.h"
 #include "common/hmac.h"
 #include "common/lincheck.h"
+#include "common/tls_certs.h"
 #include "tests/harness/cluster.h"
 
 namespace atomdisk::client {
@@ -87,7 +88,7 @@ class TempDir {
 
 TEST(CliTest, EveryCommandHasHelp) {
   for (const char* cmd :
-       {"init", "status", "read", "write", "upload", "download", "bench", "inspect"}) {
+       {"init", "status", "read", "write", "upload", "download", "bench", "inspect", "tls"}) {
     ProcessResult r = Cli({cmd, "--help"});
     EXPECT_EQ(r.exit_code, 0) << cmd << ": " << r.Describe();
     EXPECT_TRUE(Contains(r.out, "Usage")) << cmd << ": " << r.out;
@@ -216,6 +217,109 @@ TEST(CliTest, InitWritesAConfigAndPrivateKeys) {
   EXPECT_TRUE(Contains(bad.err, "host:port")) << bad.err;
 }
 
+// The line "fingerprint HEX" of `tls issue`'s output.
+std::string FingerprintLine(const std::string& out) {
+  std::istringstream in(out);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("fingerprint ", 0) == 0) return line.substr(12);
+  }
+  return "";
+}
+
+std::string FingerprintOfFile(const std::string& path) {
+  Result<X509Ptr> cert = ParseCertificatePem(ReadFile(path));
+  EXPECT_TRUE(cert.ok()) << path << ": " << cert.status().ToString();
+  return cert.ok() ? CertificateFingerprint(cert->get()) : "";
+}
+
+TEST(CliTest, TlsIssueWritesCertificatesAndShowDescribesThem) {
+  TempDir dir;
+  const std::string tls = dir / "tls";
+  ASSERT_TRUE(WriteClusterTls(tls, "00112233445566778899aabbccddeeff", {1, 2, 3}).ok());
+  for (const char* sub : {"issue", "show"}) {
+    ProcessResult help = Cli({"tls", sub, "--help"});
+    EXPECT_EQ(help.exit_code, 0) << help.Describe();
+    EXPECT_TRUE(Contains(help.out, "Exit codes")) << help.out;
+  }
+
+  ProcessResult node = Cli({"tls", "issue", "--dir", tls, "--node", "4"});
+  ASSERT_EQ(node.exit_code, 0) << node.Describe();
+  EXPECT_TRUE(Contains(node.out, tls + "/node-4.crt")) << node.out;
+  EXPECT_TRUE(Contains(node.out, tls + "/node-4.key")) << node.out;
+  EXPECT_EQ(FingerprintLine(node.out), FingerprintOfFile(tls + "/node-4.crt")) << node.out;
+  ProcessResult client =
+      Cli({"tls", "issue", "--dir", tls, "--client", "laptop-7", "--days", "30"});
+  ASSERT_EQ(client.exit_code, 0) << client.Describe();
+  EXPECT_EQ(FingerprintLine(client.out), FingerprintOfFile(tls + "/client-laptop-7.crt"));
+  for (const char* f : {"node-4.crt", "node-4.key", "client-laptop-7.crt", "client-laptop-7.key"}) {
+    struct stat st;
+    ASSERT_EQ(::stat((tls + "/" + f).c_str(), &st), 0) << f;
+    EXPECT_EQ(st.st_mode & 0777, 0600u) << f;
+  }
+
+  ProcessResult show = Cli({"tls", "show", tls + "/node-4.crt"});
+  ASSERT_EQ(show.exit_code, 0) << show.Describe();
+  EXPECT_TRUE(Contains(show.out, "node 4 (atomdisk:node:4)")) << show.out;
+  EXPECT_TRUE(Contains(show.out, FingerprintOfFile(tls + "/node-4.crt"))) << show.out;
+  EXPECT_TRUE(Contains(show.out, "not before")) << show.out;
+  EXPECT_TRUE(Contains(show.out, "not after")) << show.out;
+  EXPECT_TRUE(Contains(show.out, "(valid now)")) << show.out;
+  ProcessResult ca = Cli({"tls", "show", tls + "/ca.crt"});
+  EXPECT_EQ(ca.exit_code, 0) << ca.Describe();
+  EXPECT_TRUE(Contains(ca.out, "a CA certificate")) << ca.out;
+
+  // Never over an existing certificate; a file that is none is named and refused.
+  const std::string before = ReadFile(tls + "/node-4.key");
+  ProcessResult again = Cli({"tls", "issue", "--dir", tls, "--node", "4"});
+  EXPECT_EQ(again.exit_code, 2) << again.Describe();
+  EXPECT_TRUE(Contains(again.err, "already exists")) << again.err;
+  EXPECT_EQ(ReadFile(tls + "/node-4.key"), before);
+  WriteFile(dir / "notes.txt", "not a certificate\n");
+  ProcessResult bad = Cli({"tls", "show", dir / "notes.txt"});
+  EXPECT_EQ(bad.exit_code, 2) << bad.Describe();
+  EXPECT_TRUE(Contains(bad.err, dir / "notes.txt")) << bad.err;
+  EXPECT_TRUE(Contains(bad.err, "not a certificate file")) << bad.err;
+}
+
+TEST(CliTest, TlsIssueRefusesHostileInputAndAMissingCaKey) {
+  TempDir dir;
+  const std::string tls = dir / "tls";
+  ASSERT_TRUE(WriteClusterTls(tls, "00112233445566778899aabbccddeeff", {1}).ok());
+  ExpectUsageError({"tls", "issue", "--dir", tls, "--node", "0"},
+                   "--node must be a whole number from 1 to 254");
+  ExpectUsageError({"tls", "issue", "--dir", tls, "--node", "255"}, "--node must be");
+  ExpectUsageError({"tls", "issue", "--dir", tls, "--client", "../x"},
+                   "--client must be a client name");
+  ExpectUsageError({"tls", "issue", "--dir", tls, "--client", "a/b"}, "--client must be");
+  ExpectUsageError({"tls", "issue", "--dir", tls, "--client", ""}, "--client must be");
+  ExpectUsageError({"tls", "issue", "--dir", tls, "--client", std::string(5000, 'x')},
+                   "--client must be");
+  ExpectUsageError({"tls", "issue", "--dir", tls, "--node", "2", "--client", "a"},
+                   "cannot be given together");
+  ExpectUsageError({"tls", "issue", "--dir", tls}, "give either --node RANK or --client NAME");
+  ExpectUsageError({"tls", "issue", "--dir", tls, "--node", "2", "--days", "0"}, "--days must be");
+  ExpectUsageError({"tls"}, "give a subcommand, issue or show");
+  ExpectUsageError({"tls", "show"}, "file is required");
+  // Nothing was written, here or next to it.
+  std::size_t files = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(tls)) ++files;
+  EXPECT_EQ(files, 6u);  // ca, node-1 and client: .crt and .key
+  EXPECT_FALSE(fs::exists(dir / "x.crt"));
+
+  // Without the CA's key: says what is needed and where `atomdisk init` put it.
+  ProcessResult up = Cli({"tls", "issue", "--dir", dir.path(), "--node", "2"});
+  EXPECT_EQ(up.exit_code, 2) << up.Describe();
+  EXPECT_TRUE(Contains(up.err, dir / "ca.key")) << up.err;
+  EXPECT_TRUE(Contains(up.err, "CA's private key")) << up.err;
+  EXPECT_TRUE(Contains(up.err, "atomdisk init")) << up.err;
+  EXPECT_TRUE(Contains(up.err, "it is in " + tls)) << up.err;
+  fs::remove(tls + "/ca.key");
+  ProcessResult gone = Cli({"tls", "issue", "--dir", tls, "--client", "ops"});
+  EXPECT_EQ(gone.exit_code, 2) << gone.Describe();
+  EXPECT_TRUE(Contains(gone.err, tls + "/ca.key")) << gone.err;
+  EXPECT_FALSE(fs::exists(tls + "/client-ops.crt"));
+}
+
 // ---- On a cluster ----
 
 class CliClusterTest : public ::testing::Test {
@@ -329,6 +433,8 @@ TEST_F(CliClusterTest, WrongKeyIsAClearConfigError) {
   std::string dir = tmp_ / "wrong";
   fs::create_directories(dir);
   fs::copy_file(cluster_->config_path(), dir + "/cluster.toml");
+  // The TLS certificates are right: only the HMAC key differs.
+  fs::copy(fs::path(cluster_->config_path()).parent_path() / "tls", dir + "/tls");
   // No system.key: a client host does not need it.
   WriteFile(dir + "/client.key", ToHex(atomdisk::RandomBytes(32)) + "\n");
   auto t0 = std::chrono::steady_clock::now();

@@ -414,19 +414,28 @@ TEST_F(ConfigTest, KeyFileModes) {
   // Owner only, or a group: no complaint.
   chmod(ck, 0640);
   chmod(sk, 0640);
+  // Every file here has tls off, which warns too: only the key warnings count.
+  auto key_warnings = [](const ClusterConfig& c) {
+    std::vector<std::string> out;
+    for (const auto& w : c.warnings) {
+      if (w.find("key file") != std::string::npos) out.push_back(w);
+    }
+    return out;
+  };
   auto ok = LoadClusterConfig(path);
   ASSERT_TRUE(ok.ok()) << ok.status().ToString();
-  EXPECT_TRUE(ok->warnings.empty());
+  EXPECT_TRUE(key_warnings(*ok).empty());
 
   // A client key every user may read: loaded, with a warning that says how to fix it.
   chmod(ck, 0644);
   for (ConfigUse use : {ConfigUse::kNode, ConfigUse::kClient}) {
-    auto warned = LoadClusterConfig(path, use);
-    ASSERT_TRUE(warned.ok()) << warned.status().ToString();
-    ASSERT_EQ(warned->warnings.size(), 1u);
-    EXPECT_NE(warned->warnings[0].find(ck.string()), std::string::npos) << warned->warnings[0];
-    EXPECT_NE(warned->warnings[0].find("0644"), std::string::npos) << warned->warnings[0];
-    EXPECT_NE(warned->warnings[0].find("chmod 600"), std::string::npos) << warned->warnings[0];
+    auto loaded = LoadClusterConfig(path, use);
+    ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+    const std::vector<std::string> warned = key_warnings(*loaded);
+    ASSERT_EQ(warned.size(), 1u);
+    EXPECT_NE(warned[0].find(ck.string()), std::string::npos) << warned[0];
+    EXPECT_NE(warned[0].find("0644"), std::string::npos) << warned[0];
+    EXPECT_NE(warned[0].find("chmod 600"), std::string::npos) << warned[0];
   }
 
   // A system key every user may read: refused where it is read (nodes), ignored by clients.
@@ -436,7 +445,26 @@ TEST_F(ConfigTest, KeyFileModes) {
   ExpectError(path, "pose as a node");
   auto client = LoadClusterConfig(path, ConfigUse::kClient);
   ASSERT_TRUE(client.ok()) << client.status().ToString();
-  EXPECT_TRUE(client->warnings.empty());
+  EXPECT_TRUE(key_warnings(*client).empty());
+
+  // Writable by the group: refused too (issue 17), saying which and the fix.
+  chmod(sk, 0620);
+  ExpectError(path, "writable by its group");
+  ExpectError(path, "chmod 600");
+  chmod(sk, 0600);
+  // Owned by another user (neither us nor root): refused, naming the owner.
+  if (::geteuid() == 0) {
+    ASSERT_EQ(::chown(sk.c_str(), 4321, static_cast<gid_t>(-1)), 0);
+    ExpectError(path, "owned by uid 4321");
+    ASSERT_EQ(::chown(sk.c_str(), 0, static_cast<gid_t>(-1)), 0);
+  }
+  // In a folder every user may write (no sticky bit): refused; with the sticky bit (as /tmp)
+  // others cannot replace our file, and it loads.
+  chmod(dir_, 0777);
+  ExpectError(path, "a folder every user may write");
+  chmod(dir_, 01777);
+  EXPECT_TRUE(LoadClusterConfig(path).ok());
+  chmod(dir_, 0700);
 
   // Either key writable by every user: refused.
   chmod(sk, 0602);
@@ -703,9 +731,6 @@ TEST_F(ConfigTest, WriteNewClusterMaxSizes) {
   EXPECT_EQ(r->Majority(), 128u);
 }
 
-}  // namespace
-}  // namespace atomdisk
-
 namespace atomdisk {
 namespace {
 
@@ -723,6 +748,82 @@ TEST_F(ConfigUseTest, ClientNeedsNoSystemKey) {
   ASSERT_FALSE(node.ok());
   EXPECT_NE(node.status().message().find("system.key"), std::string::npos)
       << node.status().ToString();
+}
+
+}  // namespace
+}  // namespace atomdisk
+
+TEST_F(ConfigTest, TlsSettings) {
+  const std::string base = "sectors = 8\n";
+  const std::string nodes = Node(1, "h:7001") + Node(2, "h:7002");
+  // Absent: off, with a warning that says what that means and where to read on.
+  auto off = LoadClusterConfig(WriteConfig(base + nodes));
+  ASSERT_TRUE(off.ok()) << off.status().ToString();
+  EXPECT_EQ(off->tls, TlsMode::kOff);
+  ASSERT_EQ(off->warnings.size(), 1u);
+  EXPECT_NE(off->warnings[0].find("tls = \"off\""), std::string::npos) << off->warnings[0];
+  EXPECT_NE(off->warnings[0].find("docs/TLS.md"), std::string::npos) << off->warnings[0];
+  // The default file names, resolved against the config's folder; {rank} expanded per node.
+  EXPECT_EQ(off->tls_ca_file, (dir_ / "tls/ca.crt").string());
+  EXPECT_EQ(off->NodeCertFile(2), (dir_ / "tls/node-2.crt").string());
+  EXPECT_EQ(off->NodeKeyFile(12), (dir_ / "tls/node-12.key").string());
+  EXPECT_TRUE(off->plaintext_clients);
+
+  // require without the certificates: one line naming the missing file and the fix.
+  ExpectBadConfig(base + "tls = \"require\"\n" + nodes, "tls/ca.crt");
+  ExpectBadConfig(base + "tls = \"require\"\n" + nodes, "atomdisk tls issue");
+  // Bad values.
+  for (const char* bad : {"tls = \"on\"", "tls = true", "tls = 1", "tls = \"\""}) {
+    ExpectBadConfig(base + bad + "\n" + nodes, "\"tls\" must be");
+  }
+  ExpectBadConfig(base + "plaintext_clients = \"no\"\n" + nodes, "plaintext_clients");
+  ExpectBadConfig(base + "tls_ca_file = \"\"\n" + nodes, "tls_ca_file");
+  for (const std::string& bad : std::vector<std::string>{
+           "tls_revoked = \"abc\"", "tls_revoked = [\"abc\"]", "tls_revoked = [7]",
+           "tls_revoked = [\"" + std::string(63, 'a') + "\"]",
+           "tls_revoked = [\"" + std::string(64, 'g') + "\"]"}) {
+    ExpectBadConfig(base + bad + "\n" + nodes, "tls_revoked");
+  }
+  // Fingerprints as `openssl x509 -fingerprint -sha256` prints them are taken too.
+  std::string colons;
+  for (int i = 0; i < 32; ++i) colons += std::string(i ? ":" : "") + "AB";
+  auto revoked = LoadClusterConfig(WriteConfig(base + "tls_revoked = [\"" + colons + "\", \"" +
+                                               std::string(64, 'c') + "\"]\n" + nodes));
+  ASSERT_TRUE(revoked.ok()) << revoked.status().ToString();
+  ASSERT_EQ(revoked->tls_revoked.size(), 2u);
+  EXPECT_EQ(revoked->tls_revoked[0], [] {
+    std::string s;
+    for (int i = 0; i < 32; ++i) s += "ab";
+    return s;
+  }());
+
+  // A new cluster from WriteNewCluster: require, with every file there and its keys private.
+  fs::path out = dir_ / "new";
+  ASSERT_TRUE(WriteNewCluster(out.string(), {"h:7001", "h:7002", "h:7003"}, 16).ok());
+  auto made = LoadClusterConfig((out / "cluster.toml").string());
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  EXPECT_EQ(made->tls, TlsMode::kRequire);
+  EXPECT_TRUE(made->warnings.empty());
+  for (const std::string& f : {made->tls_ca_file, made->NodeCertFile(3), made->NodeKeyFile(3),
+                               made->tls_client_cert_file, made->tls_client_key_file}) {
+    struct stat st;
+    ASSERT_EQ(::stat(f.c_str(), &st), 0) << f;
+    EXPECT_EQ(st.st_mode & 077, 0u) << f;
+  }
+  // A client key readable by every user: a client refuses to load it (a node's TLS key is
+  // checked where the node loads it: tests/daemon/tls_test.cc).
+  ::chmod(made->tls_client_key_file.c_str(), 0644);
+  auto client = LoadClusterConfig((out / "cluster.toml").string(), ConfigUse::kClient);
+  ASSERT_FALSE(client.ok());
+  EXPECT_NE(client.status().message().find("TLS key file"), std::string::npos)
+      << client.status().ToString();
+  // Without TLS: "off" in the file, no tls folder.
+  fs::path plain = dir_ / "plain";
+  ASSERT_TRUE(WriteNewCluster(plain.string(), {"h:7001"}, 16, /*tls=*/false).ok());
+  EXPECT_FALSE(fs::exists(plain / "tls"));
+  auto plain_loaded = LoadClusterConfig((plain / "cluster.toml").string());
+  ASSERT_TRUE(plain_loaded.ok()) << plain_loaded.status().ToString();
+  EXPECT_EQ(plain_loaded->tls, TlsMode::kOff);
 }
 
 }  // namespace

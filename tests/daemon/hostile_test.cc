@@ -67,9 +67,11 @@ constexpr SectorIdx kCanary = 21;
 
 class DaemonHostileTest : public ::testing::Test {
  protected:
-  // One node is attacked; a three-node cluster so that serving involves its peer links.
+  // One node is attacked; a three-node cluster so that serving involves its peer links. With
+  // tls = "accept", so that frames in clear reach the HMAC checks these tests are about
+  // (under "require" they are refused before: tests/daemon/tls_test.cc).
   void SetUp() override {
-    cluster_ = std::make_unique<LiveCluster>(3);
+    cluster_ = std::make_unique<LiveCluster>(3, TestClusterOptions{.tls = "accept"});
     ASSERT_TRUE(cluster_->ok());
     ASSERT_TRUE(ServesWriteAndRead(*cluster_, 1, kVictim, kVictimId));
   }
@@ -569,7 +571,10 @@ TEST_F(DaemonHostileTest, SystemFrameFromUnknownRankIsDropped) {
 // sync_serve_rate_mb = 16, under one full Entries scan (4096 sectors) a second. The excess is
 // queued (16 per sender) or dropped and counted, and clients are served all along.
 TEST(DaemonSyncBudgetTest, AReplayedSyncRequestCostsNoMoreThanTheServeBudget) {
-  LiveCluster cluster(3, {.sectors = 65536, .config_extra = "sync_serve_rate_mb = 16\n"});
+  // tls = "accept": the replay comes in clear, HMAC-signed (a recorded frame of a cluster
+  // before TLS; under "require" it is refused unread, tests/daemon/tls_test.cc).
+  LiveCluster cluster(
+      3, {.sectors = 65536, .config_extra = "sync_serve_rate_mb = 16\n", .tls = "accept"});
   ASSERT_TRUE(cluster.ok());
   // The range the replayed request scans is written (holes cost nothing to skip): sectors
   // 0..4095 in 16 extent writes, then the victim.

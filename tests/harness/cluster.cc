@@ -303,9 +303,26 @@ Status TestCluster::Init() {
   std::vector<std::string> addresses;
   for (int i = 0; i < options_.nodes; ++i)
     addresses.push_back("127.0.0.1:" + std::to_string((*ports)[i]));
-  Status s = WriteNewCluster(dir_, addresses, options_.sectors);
+  if (options_.tls != "off" && options_.tls != "accept" && options_.tls != "require") {
+    return Status::InvalidArgument("TestClusterOptions::tls \"" + options_.tls + "\"");
+  }
+  Status s = WriteNewCluster(dir_, addresses, options_.sectors, options_.tls != "off");
   if (!s.ok()) return s;
   config_path_ = dir_ + "/cluster.toml";
+  if (options_.tls == "accept") {
+    std::ifstream in(config_path_);
+    std::stringstream text;
+    text << in.rdbuf();
+    in.close();
+    std::string toml = text.str();
+    const std::string line = "tls = \"require\"\n";
+    const std::size_t at = toml.find(line);
+    if (at == std::string::npos) return Status::IOError("no " + line + " in " + config_path_);
+    toml.replace(at, line.size(), "tls = \"accept\"\n");
+    std::ofstream out(config_path_, std::ios::trunc);
+    out << toml;
+    if (!out.flush()) return Status::IOError("cannot rewrite " + config_path_);
+  }
   if (!options_.config_extra.empty()) {
     std::ifstream in(config_path_);
     std::stringstream text;
@@ -402,8 +419,12 @@ Status TestCluster::StartNode(int rank) {
   if (options_.daemon.empty() || ::access(options_.daemon.c_str(), X_OK) != 0) {
     return Status::NotFound("atomdiskd not found at \"" + options_.daemon + "\"");
   }
-  std::vector<std::string> argv = {options_.daemon,      "--config",    config_path_,      "--rank",
-                                   std::to_string(rank), "--log-level", options_.log_level};
+  auto own = node_config_.find(rank);
+  const std::string config =
+      own != node_config_.end() && !own->second.empty() ? own->second : config_path_;
+  std::vector<std::string> argv = {options_.daemon,   "--config",           config,
+                                   "--rank",          std::to_string(rank), "--log-level",
+                                   options_.log_level};
   argv.insert(argv.end(), options_.extra_args.begin(), options_.extra_args.end());
   ExecArgs args(argv, {});
   int log = ::open(LogPath(rank).c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);

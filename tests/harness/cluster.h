@@ -62,6 +62,10 @@ struct TestClusterOptions {
   bool metrics = false;
   // Top-level cluster.toml lines written at the top of the file (e.g. "max_connections = 32\n").
   std::string config_extra;
+  // The cluster's tls setting (docs/TLS.md): "require" as `atomdisk init` writes it, "accept"
+  // (same certificates; frames in clear accepted too: tests of the HMAC layer), or "off" (no
+  // certificates at all).
+  std::string tls = "require";
 };
 
 class TestCluster {
@@ -102,6 +106,9 @@ class TestCluster {
   Status Stop(int rank);
   // Stop (if running) and StartNode.
   Status Restart(int rank);
+  // From its next start on, node `rank` runs with this config file instead of config_path()
+  // (a node in the middle of a rolling change of settings); empty: config_path() again.
+  void SetNodeConfig(int rank, std::string path) { node_config_[rank] = std::move(path); }
   // Kills every node (SIGKILL); for the end of a test or a whole-cluster crash.
   void KillAll();
   // Starts every node that is not running.
@@ -124,6 +131,7 @@ class TestCluster {
   TestClusterOptions options_;
   std::string dir_;
   std::string config_path_;
+  std::map<int, std::string> node_config_;
   ClusterConfig config_;
   std::map<int, pid_t> pids_;  // running nodes by rank
 };

@@ -1,0 +1,68 @@
+// TlsStream: TLS over one connected TCP socket, for the node's connections and the client
+// library (docs/TLS.md), with the record work done in memory and the socket used in large
+// pieces.
+//
+// Why not Asio's ssl::stream: it moves at most one TLS record (17 KiB) per socket read or
+// write and runs a state machine with timers for every operation, so a stream of small frames
+// cost about twice the daemon CPU per read of the same stream in clear (docs/BENCHMARKS.md,
+// "TLS"). Here OpenSSL reads and writes two memory BIOs: a socket read of up to 256 KiB is
+// fed in whole and decrypted record by record; a write encrypts every queued frame, gathered
+// into records of up to 16 KiB, and sends all the records in one socket write.
+//
+// One reader coroutine (ReadSome) and one writer coroutine (Write) may run at once, as on a
+// plain socket; both on the socket's (single) io thread. Handshake runs before either.
+#pragma once
+
+#include <openssl/ssl.h>
+
+#include <boost/asio.hpp>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "common/tls_context.h"
+
+namespace atomdisk {
+
+class TlsStream {
+ public:
+  enum class Side { kClient, kServer };
+  // `socket` must outlive the stream; `context` is shared (its SSL_CTX is reference-counted).
+  TlsStream(boost::asio::ip::tcp::socket& socket, TlsContext& context, Side side);
+  ~TlsStream();
+  TlsStream(const TlsStream&) = delete;
+  TlsStream& operator=(const TlsStream&) = delete;
+
+  // Runs the handshake. On failure `ec` is set (a socket error, or the TLS error with
+  // OpenSSL's reason: TlsErrorText words it).
+  boost::asio::awaitable<void> Handshake(boost::system::error_code& ec);
+  // Reads decrypted bytes into `room` (at least one, unless `ec` is set: eof for a
+  // close_notify, ssl::error::stream_truncated for a socket closed without one).
+  boost::asio::awaitable<std::size_t> ReadSome(std::span<std::uint8_t> room,
+                                               boost::system::error_code& ec);
+  // Encrypts every buffer, in order, and writes the records.
+  boost::asio::awaitable<void> Write(std::span<const boost::asio::const_buffer> buffers,
+                                     boost::system::error_code& ec);
+
+  SSL* native_handle() { return ssl_; }
+
+ private:
+  // Writes what OpenSSL produced (out_) whole.
+  boost::asio::awaitable<void> Flush(boost::system::error_code& ec);
+  // Reads once from the socket into in_ (when OpenSSL has taken all of it).
+  boost::asio::awaitable<void> Fill(boost::system::error_code& ec);
+  // The error for an SSL_* call that returned `ret`.
+  boost::system::error_code Error(int ret);
+
+  boost::asio::ip::tcp::socket& socket_;
+  SSL* ssl_ = nullptr;            // its BIO reads in_ and appends to out_ (tls_stream.cc)
+  std::vector<std::uint8_t> in_;  // the last socket read, taken by OpenSSL from in_pos_ on
+  std::size_t in_pos_ = 0;
+  std::vector<std::uint8_t> out_;      // records OpenSSL wrote, not yet handed to the socket
+  std::vector<std::uint8_t> sending_;  // records the socket is writing
+};
+
+}  // namespace atomdisk
