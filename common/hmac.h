@@ -22,6 +22,12 @@ class Hmac {
   // A MAC with this key (any length; the protocol uses 32 bytes for clients and 64 for
   // nodes). Aborts only if OpenSSL lacks HMAC/SHA256, which is a broken installation.
   explicit Hmac(std::span<const std::uint8_t> key);
+  // The "MAC" of frames inside TLS (docs/TLS.md, "No HMAC inside TLS"): TLS authenticates
+  // every byte of the connection, so a frame's tag is sent as 32 zero bytes and Verify
+  // accepts exactly that. Only for a connection whose TLS handshake verified the peer; one
+  // shared instance, safe from any thread (it keeps no state).
+  static Hmac& ZeroTag();
+  bool zero_tag() const { return impl_ == nullptr; }
   ~Hmac();
   Hmac(const Hmac&) = delete;
   Hmac& operator=(const Hmac&) = delete;
@@ -33,6 +39,8 @@ class Hmac {
   const std::vector<std::uint8_t>& key() const { return key_; }
 
  private:
+  struct ZeroTagKind {};
+  explicit Hmac(ZeroTagKind);
   std::vector<std::uint8_t> key_;
   struct Impl;
   std::unique_ptr<Impl> impl_;

@@ -359,6 +359,15 @@ Result<std::span<const std::uint8_t>> VerifyFrameBody(std::span<const std::uint8
   return payload;
 }
 
+Result<std::span<const std::uint8_t>> VerifyFrameBodyOn(std::span<const std::uint8_t> body,
+                                                        Hmac& mac, bool tls) {
+  if (tls && body.size() >= kMacSize &&
+      Hmac::ZeroTag().Verify(body.first(body.size() - kMacSize), body.last(kMacSize))) {
+    return body.first(body.size() - kMacSize);
+  }
+  return VerifyFrameBody(body, mac);
+}
+
 }  // namespace atomdisk
 
 namespace atomdisk {

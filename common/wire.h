@@ -218,6 +218,13 @@ Result<ClientCommand> DecodeClientCommandHeader(std::span<const std::uint8_t> pa
 // Returns the payload, or AuthFailure.
 Result<std::span<const std::uint8_t>> VerifyFrameBody(std::span<const std::uint8_t> body,
                                                       Hmac& mac);
+// The same for a frame that arrived on a connection, which `tls` says is a verified TLS
+// connection: there a tag of 32 zero bytes is taken as is (docs/TLS.md, "No HMAC inside
+// TLS"); any other tag must verify with `mac`, as in clear.
+Result<std::span<const std::uint8_t>> VerifyFrameBodyOn(std::span<const std::uint8_t> body,
+                                                        Hmac& mac, bool tls);
+// The MAC a frame sent on a connection is sealed with: the zero tag inside TLS, else `mac`.
+inline Hmac& MacFor(Hmac& mac, bool tls) { return tls ? Hmac::ZeroTag() : mac; }
 
 // Codec building blocks shared by wire.cc and sync_wire.cc, so that all byte order handling
 // of the protocols lives in this header. Not for use outside common/.

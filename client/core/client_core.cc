@@ -68,9 +68,10 @@ struct ClientCore::Op {
   Client::OpCallback done;
   Clock::time_point deadline;
   Clock::time_point attempt_deadline = Clock::time_point::max();
-  std::shared_ptr<const Frame> frame;  // encoded on first send, re-sent as is on retries
-  int node = -1;                       // node of the current attempt; -1 while parked or queued
-  int avoid_node = -1;                 // the node whose attempt failed last: try another one first
+  std::shared_ptr<const Frame> frame;      // encoded on first send, re-sent as is on retries
+  std::shared_ptr<const Frame> tls_frame;  // the same with a zero tag, for TLS connections
+  int node = -1;                           // node of the current attempt; -1 while parked or queued
+  int avoid_node = -1;  // the node whose attempt failed last: try another one first
   int attempts = 0;
   bool maybe_applied = false;          // a write that reached some node without an answer
   bool maybe_applied_before = false;   // the same before the current attempt was sent
@@ -106,6 +107,7 @@ struct ClientCore::Node {
   int index = 0;
   Endpoint endpoint;
   bool connected = false;
+  bool tls = false;                            // the current connection is TLS (OnConnected)
   std::unordered_set<std::uint64_t> inflight;  // op ids sent on this connection, unanswered
   Clock::time_point busy_since;                // when inflight last became non-empty
   Clock::time_point last_rx;                   // when the last valid response arrived
@@ -406,7 +408,8 @@ int ClientCore::PickNode(const Op& op) const {
 }
 
 void ClientCore::Send(Op& op, Node& n) {
-  if (!op.frame) {
+  std::shared_ptr<const Frame>& frame = n.tls ? op.tls_frame : op.frame;
+  if (!frame) {
     ClientCommand cmd;
     cmd.request_id = op.id;
     cmd.sector = op.sector;
@@ -414,7 +417,7 @@ void ClientCore::Send(Op& op, Node& n) {
     cmd.data = op.data;
     cmd.count = op.count;
     cmd.sectors = op.sectors;
-    op.frame = std::make_shared<const Frame>(EncodeFrame(cmd, mac_));
+    frame = std::make_shared<const Frame>(EncodeFrame(cmd, MacFor(mac_, n.tls)));
   }
   // An extent's single-sector children count (one of them may be a lone Read or Write
   // that went as an extent of one to a node without extents); feature probes do not.
@@ -428,7 +431,7 @@ void ClientCore::Send(Op& op, Node& n) {
   if (IsWriteOp(op.kind)) op.maybe_applied = true;
   if (n.inflight.empty()) n.busy_since = now;
   n.inflight.insert(op.id);
-  env_.SendFrame(n.index, op.frame);
+  env_.SendFrame(n.index, frame);
 }
 
 // The current attempt of `op` failed without an answer (connection lost, no answer in
@@ -539,11 +542,12 @@ milliseconds ClientCore::Backoff(int failures) {
   return milliseconds(std::max<long>(1, d.count() + jitter(rng_)));
 }
 
-void ClientCore::OnConnected(int node) {
+void ClientCore::OnConnected(int node, bool tls) {
   Node& n = *nodes_[node];
   ATOMDISK_CHECK(!n.connected);
   const auto now = env_.Now();
   n.connected = true;
+  n.tls = tls;
   n.connected_at = now;
   n.last_rx = now;
   n.inflight.clear();
@@ -608,7 +612,7 @@ void ClientCore::OnMalformedStream(int node, const std::string& why) {
 void ClientCore::OnFrameBody(int node, std::span<const std::uint8_t> body) {
   Node& n = *nodes_[node];
   if (!n.connected) return;
-  Result<std::span<const std::uint8_t>> payload = VerifyFrameBody(body, mac_);
+  Result<std::span<const std::uint8_t>> payload = VerifyFrameBodyOn(body, mac_, n.tls);
   if (!payload.ok()) {
     ++bad_frames_;
     std::string why = payload.status().code() == StatusCode::kAuthFailure

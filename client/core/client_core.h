@@ -98,7 +98,9 @@ class ClientCore {
   void Submit(OpRequest request);
 
   // The world's events about node `node`'s connection.
-  void OnConnected(int node);
+  // `tls`: the connection is TLS with a verified node certificate, so frames on it carry a
+  // zero tag instead of an HMAC (docs/TLS.md, "No HMAC inside TLS").
+  void OnConnected(int node, bool tls = false);
   // A dial (resolve or connect) failed; returns how long to wait before the next one.
   std::chrono::milliseconds OnDialFailed(int node, const std::string& why);
   // The current connection dropped (`why` says how; empty: closed).

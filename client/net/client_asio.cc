@@ -322,7 +322,7 @@ class ClientImpl final : public Client, private ClientCoreEnv {
           n->conn = conn;
           n->state = Node::State::kConnected;
           asio::co_spawn(io_, Writer(n, conn), asio::detached);
-          core_.OnConnected(n->index);
+          core_.OnConnected(n->index, conn->stream.tls != nullptr);
           co_await Reader(n, conn);
           Lost(*n, conn, "");
           delay = core_.NextDialDelay(n->index);
@@ -496,7 +496,7 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, ClientOp op, Clock::tim
     ClientCommand cmd;
     cmd.request_id = next_probe_id_++;
     cmd.op = op;
-    Frame frame = EncodeFrame(cmd, mac_);
+    Frame frame = EncodeFrame(cmd, MacFor(mac_, st->stream.tls != nullptr));
     auto t0 = Clock::now();
     const std::vector<std::shared_ptr<const Frame>> one = {
         std::make_shared<const Frame>(std::move(frame))};
@@ -531,7 +531,8 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, ClientOp op, Clock::tim
     }
     if (!error.empty()) break;
     double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-    Result<std::span<const std::uint8_t>> payload = VerifyFrameBody(body, mac_);
+    Result<std::span<const std::uint8_t>> payload =
+        VerifyFrameBodyOn(body, mac_, st->stream.tls != nullptr);
     if (!payload.ok()) {
       const bool auth = payload.status().code() == StatusCode::kAuthFailure;
       out->key_rejected = auth;

@@ -30,6 +30,9 @@ class ClientChannel {
   // A frame on this channel carried a tag that verifies with a key of the cluster (the
   // daemon then lifts its deadline for a connection's first such frame). Nothing by default.
   virtual void MarkAuthenticated() {}
+  // Whether this is a TLS connection whose peer's certificate verified: its frames carry a
+  // zero tag instead of an HMAC (docs/TLS.md, "No HMAC inside TLS").
+  virtual bool channel_tls() const { return false; }
 };
 
 }  // namespace atomdisk

@@ -154,12 +154,13 @@ void NodeCore::PublishMetrics(std::int64_t now) {
 }
 
 void NodeCore::Respond(ClientChannel& channel, const ClientResponse& resp) {
-  channel.SendFrame(std::make_shared<const Frame>(EncodeFrame(resp, client_mac_)));
+  channel.SendFrame(
+      std::make_shared<const Frame>(EncodeFrame(resp, MacFor(client_mac_, channel.channel_tls()))));
 }
 
 void NodeCore::OnClientFrame(ClientChannel& channel, std::span<const std::uint8_t> body) {
   if (fatal_) return;  // the client times out and fails over
-  auto payload = VerifyFrameBody(body, client_mac_);
+  auto payload = VerifyFrameBodyOn(body, client_mac_, channel.channel_tls());
   if (!payload.ok()) {
     ++counters_.auth_failures;
     auto header = DecodeClientCommandHeader(body.first(body.size() - kMacSize));

@@ -144,6 +144,7 @@ class Connection final : public ClientChannel, public std::enable_shared_from_th
   const std::string& channel_name() const override { return name_; }
   std::weak_ptr<ClientChannel> WeakChannel() override { return weak_from_this(); }
   void MarkAuthenticated() override { authenticated_ = true; }
+  bool channel_tls() const override { return tls_peer_.has_value(); }
   // Whether a frame with a valid tag, or a TLS handshake with a valid certificate, has
   // arrived on this connection.
   bool authenticated() const { return authenticated_; }

@@ -294,7 +294,8 @@ asio::awaitable<void> NodeServer::TickLoop() {
     core_->Tick();
     const std::int64_t now_us = SteadyMicros();
     for (auto& [rank, link] : peers_) {
-      link->MaybePing(now_us, [this](std::uint64_t id) { return PingFrame(id); });
+      link->MaybePing(now_us,
+                      [this, tls = link->tls()](std::uint64_t id) { return PingFrame(id, tls); });
     }
   }
 }
@@ -354,12 +355,12 @@ void NodeServer::OnPeerFeatures(Rank peer, std::uint8_t features) {
   if (it != peers_.end()) it->second->SetPeerFeatures(features);
 }
 
-SharedFrame NodeServer::PingFrame(std::uint64_t id) {
+SharedFrame NodeServer::PingFrame(std::uint64_t id, bool tls) {
   SyncMessage ping;
   ping.sender = self_;
   ping.kind = SyncKind::kPing;
   ping.request_id = id;
-  return std::make_shared<const Frame>(EncodeFrame(ping, system_mac_));
+  return std::make_shared<const Frame>(EncodeFrame(ping, MacFor(system_mac_, tls)));
 }
 
 void NodeServer::HandlePing(Connection& conn, const SyncMessage& msg) {
@@ -372,7 +373,8 @@ void NodeServer::HandlePing(Connection& conn, const SyncMessage& msg) {
   pong.sender = self_;
   pong.kind = SyncKind::kPong;
   pong.request_id = msg.request_id;
-  conn.Send(std::make_shared<const Frame>(EncodeFrame(pong, system_mac_)));
+  conn.Send(std::make_shared<const Frame>(
+      EncodeFrame(pong, MacFor(system_mac_, conn.tls_peer() != nullptr))));
 }
 
 void NodeServer::HandlePong(const SyncMessage& msg) {
@@ -465,7 +467,7 @@ void NodeServer::HandleSystem(Connection& conn, std::span<const std::uint8_t> bo
 
 std::optional<std::span<const std::uint8_t>> NodeServer::VerifySystemFrame(
     Connection& conn, std::span<const std::uint8_t> body, const char* what) {
-  auto payload = VerifyFrameBody(body, system_mac_);
+  auto payload = VerifyFrameBodyOn(body, system_mac_, conn.tls_peer() != nullptr);
   if (payload.ok()) {
     conn.MarkAuthenticated();
     return *payload;
@@ -537,16 +539,37 @@ void NodeServer::HandleSync(Connection& conn, std::span<const std::uint8_t> body
 }
 
 void NodeServer::SendSystem(Rank to, const SystemMessage& msg) {
-  if (!last_frame_ || !SameSystemMessage(msg, last_msg_)) {
+  if ((!last_frame_ && !last_tls_frame_) || !SameSystemMessage(msg, last_msg_)) {
     last_msg_ = msg;
-    last_frame_ = std::make_shared<const Frame>(EncodeFrame(msg, system_mac_));
+    last_frame_.reset();
+    last_tls_frame_.reset();
   }
-  SendToPeer(to, last_frame_);
+  const bool tls = TlsTo(to);
+  SharedFrame& frame = tls ? last_tls_frame_ : last_frame_;
+  if (!frame) frame = std::make_shared<const Frame>(EncodeFrame(msg, MacFor(system_mac_, tls)));
+  SendToPeer(to, frame);
 }
 
 void NodeServer::SendSystemBatch(std::span<const Rank> to, std::span<const SystemMessage> msgs) {
-  auto frame = std::make_shared<const Frame>(EncodeBatchFrame(msgs, system_mac_));
-  for (Rank r : to) SendToPeer(r, frame);
+  SharedFrame sealed, zero;  // each made once, for the peers that need it
+  for (Rank r : to) {
+    const bool tls = TlsTo(r);
+    SharedFrame& frame = tls ? zero : sealed;
+    if (!frame) {
+      frame = std::make_shared<const Frame>(EncodeBatchFrame(msgs, MacFor(system_mac_, tls)));
+    }
+    SendToPeer(r, frame);
+  }
+}
+
+bool NodeServer::TlsTo(Rank to) {
+  auto it = peers_.find(to);
+  if (it == peers_.end()) return false;
+  if (it->second->connected()) return it->second->tls();
+  auto in = inbound_.find(to);
+  if (in == inbound_.end()) return false;
+  auto conn = in->second.lock();
+  return conn && !conn->closed() && conn->tls_peer() != nullptr;
 }
 
 void NodeServer::RequestFlush() {
@@ -556,7 +579,7 @@ void NodeServer::RequestFlush() {
 }
 
 void NodeServer::SendSync(Rank to, const SyncMessage& msg) {
-  SendToPeer(to, std::make_shared<const Frame>(EncodeFrame(msg, system_mac_)));
+  SendToPeer(to, std::make_shared<const Frame>(EncodeFrame(msg, MacFor(system_mac_, TlsTo(to)))));
 }
 
 void NodeServer::SendToPeer(Rank to, SharedFrame frame) {

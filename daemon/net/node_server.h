@@ -97,7 +97,10 @@ class NodeServer final : public FrameSink, public NodeCoreEnv {
   // held to the peer timeout), a Pong gives the link its round trip.
   void HandlePing(Connection& conn, const SyncMessage& msg);
   void HandlePong(const SyncMessage& msg);
-  SharedFrame PingFrame(std::uint64_t id);
+  SharedFrame PingFrame(std::uint64_t id, bool tls);
+  // Whether a frame for `to` would go on a TLS connection now (SendToPeer's choice): it is
+  // then sealed with a zero tag instead of the system key's HMAC.
+  bool TlsTo(Rank to);
   // Makes room for one more accepted connection from `source`. The per-source cap first (for
   // an address that is not a node's): at max_per_source_ connections from it, its oldest one
   // that has not authenticated is closed, or the new one is refused. Then the same for
@@ -142,7 +145,8 @@ class NodeServer final : public FrameSink, public NodeCoreEnv {
   // The last system frame encoded, reused when a register sends the same message to several
   // peers (a WriteProc is signed once, not once per peer).
   SystemMessage last_msg_;
-  SharedFrame last_frame_;
+  SharedFrame last_frame_;      // sealed with the system key, for peers in clear
+  SharedFrame last_tls_frame_;  // with a zero tag, for peers on TLS
   // Last: built from the other members, destroyed first (its store completions post here).
   std::unique_ptr<NodeCore> core_;
 };

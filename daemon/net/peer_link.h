@@ -51,6 +51,8 @@ class PeerLink {
   // hung peer process still completes TCP handshakes from its listen backlog).
   bool connected() const { return conn_ && !conn_->closed() && confirmed_; }
   Rank rank() const { return rank_; }
+  // Whether the current connection is TLS (its frames carry zero tags: docs/TLS.md).
+  bool tls() const { return conn_ && !conn_->closed() && conn_->tls_peer() != nullptr; }
   std::uint64_t dropped() const { return dropped_; }
   std::uint64_t dropped_bytes() const { return dropped_bytes_; }
   std::uint64_t connects() const { return connects_; }  // connections made (for metrics)

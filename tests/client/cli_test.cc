@@ -432,9 +432,18 @@ TEST_F(CliClusterTest, WrongKeyIsAClearConfigError) {
   // The same cluster, but a client key of our own.
   std::string dir = tmp_ / "wrong";
   fs::create_directories(dir);
-  fs::copy_file(cluster_->config_path(), dir + "/cluster.toml");
-  // The TLS certificates are right: only the HMAC key differs.
-  fs::copy(fs::path(cluster_->config_path()).parent_path() / "tls", dir + "/tls");
+  // In clear (tls = "off" on this client; the nodes serve plaintext clients too): inside TLS
+  // the certificate is the credential and the HMAC key is not used (docs/TLS.md).
+  {
+    std::ifstream in(cluster_->config_path());
+    std::stringstream text;
+    text << in.rdbuf();
+    std::string toml = text.str();
+    const std::string line = "tls = \"require\"";
+    ASSERT_NE(toml.find(line), std::string::npos);
+    toml.replace(toml.find(line), line.size(), "tls = \"off\"");
+    WriteFile(dir + "/cluster.toml", toml);
+  }
   // No system.key: a client host does not need it.
   WriteFile(dir + "/client.key", ToHex(atomdisk::RandomBytes(32)) + "\n");
   auto t0 = std::chrono::steady_clock::now();

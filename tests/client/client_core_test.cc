@@ -9,6 +9,7 @@
 
 #include <deque>
 #include <optional>
+#include <set>
 
 #include "common/hmac.h"
 #include "common/wire.h"
@@ -35,7 +36,8 @@ class World final : public ClientCoreEnv {
   void StartConnecting() override { ++start_connecting; }
   void SendFrame(int node, std::shared_ptr<const Frame> frame) override {
     auto body = std::span<const std::uint8_t>(*frame).subspan(kFrameLengthSize);
-    auto payload = VerifyFrameBody(body, mac);
+    // Nodes connected as TLS get zero tags (docs/TLS.md), the others the client key's HMAC.
+    auto payload = VerifyFrameBody(body, tls_nodes.count(node) ? Hmac::ZeroTag() : mac);
     ASSERT_TRUE(payload.ok());
     auto cmd = DecodeClientCommand(*payload);
     ASSERT_TRUE(cmd.ok()) << cmd.status().ToString();
@@ -66,6 +68,7 @@ class World final : public ClientCoreEnv {
   std::vector<int> closed;
   std::deque<std::function<void()>> posted;
   Hmac mac{Key()};
+  std::set<int> tls_nodes;
 };
 
 ClientOptions Options() {
@@ -389,6 +392,57 @@ TEST_F(ClientCoreTest, AResponseRecordedFromAnotherSessionIsNotTaken) {
   world_b.RunPosted();
   ASSERT_TRUE(result_b);
   EXPECT_TRUE(result_b->status.ok());
+}
+
+}  // namespace
+}  // namespace atomdisk::client
+
+namespace atomdisk::client {
+namespace {
+
+// Inside TLS the frames carry zero tags both ways (docs/TLS.md, "No HMAC inside TLS"); on a
+// connection in clear a zero tag is a bad tag as ever, so no recording or proxy can strip
+// the HMAC from a plaintext session.
+TEST_F(ClientCoreTest, FramesInsideTlsCarryZeroTagsAndOnlyThere) {
+  world.tls_nodes.insert(0);
+  core.OnConnected(0, /*tls=*/true);
+  auto [to, probe] = world.Next();  // the SendFrame above checked its zero tag
+  ASSERT_EQ(to, 0);
+  ClientResponse r;
+  r.request_id = probe.request_id;
+  r.op = ClientOp::kInfo;
+  r.info = R"({"features":["extents"]})";
+  Frame zero = EncodeFrame(r, Hmac::ZeroTag());
+  core.OnFrameBody(0, std::span<const std::uint8_t>(zero).subspan(kFrameLengthSize));
+  world.RunPosted();
+  SubmitWrite(5, false);
+  world.RunPosted();
+  auto [wto, write] = world.Next();
+  ASSERT_EQ(wto, 0);
+  ClientResponse ok;
+  ok.request_id = write.request_id;
+  ok.op = write.op;
+  ok.outcomes.assign(write.count, ExtentOutcome::kDone);
+  Frame ack = EncodeFrame(ok, Hmac::ZeroTag());
+  core.OnFrameBody(0, std::span<const std::uint8_t>(ack).subspan(kFrameLengthSize));
+  world.RunPosted();
+  ASSERT_TRUE(result.has_value());
+  EXPECT_TRUE(result->status.ok()) << result->status.ToString();
+  EXPECT_EQ(core.Stats().bad_frames, 0u);
+
+  // Node 1 in clear: a zero-tagged answer is refused like any bad tag.
+  result.reset();
+  core.OnConnected(1, /*tls=*/false);
+  auto [to1, probe1] = world.Next();
+  ASSERT_EQ(to1, 1);
+  ClientResponse r1;
+  r1.request_id = probe1.request_id;
+  r1.op = ClientOp::kInfo;
+  r1.info = R"({"features":["extents"]})";
+  Frame forged = EncodeFrame(r1, Hmac::ZeroTag());
+  core.OnFrameBody(1, std::span<const std::uint8_t>(forged).subspan(kFrameLengthSize));
+  world.RunPosted();
+  EXPECT_EQ(core.Stats().bad_frames, 1u);
 }
 
 }  // namespace

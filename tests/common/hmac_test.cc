@@ -57,6 +57,23 @@ std::vector<Rfc4231Case> Rfc4231Cases() {
   };
 }
 
+// Frames inside TLS carry 32 zero bytes for a tag (docs/TLS.md, "No HMAC inside TLS").
+TEST(Hmac, TheZeroTagTakesOnlyZeros) {
+  Hmac& zero = Hmac::ZeroTag();
+  EXPECT_TRUE(zero.zero_tag());
+  const Bytes data = FromString("what a node sends");
+  const MacTag tag = zero.Compute(data);
+  EXPECT_TRUE(std::all_of(tag.begin(), tag.end(), [](std::uint8_t b) { return b == 0; }));
+  EXPECT_TRUE(zero.Verify(data, tag));
+  MacTag one = tag;
+  one[31] = 1;
+  EXPECT_FALSE(zero.Verify(data, one));
+  EXPECT_FALSE(zero.Verify(data, std::span<const std::uint8_t>(tag).first(31)));
+  Hmac keyed(FromString("key"));
+  EXPECT_FALSE(keyed.zero_tag());
+  EXPECT_FALSE(keyed.Verify(data, tag)) << "a keyed MAC took a zero tag";
+}
+
 TEST(Hmac, Rfc4231) {
   for (const auto& tc : Rfc4231Cases()) {
     SCOPED_TRACE("RFC 4231 test case " + std::to_string(tc.number));

@@ -234,6 +234,30 @@ Status DecodeWith(Decoder d, std::span<const std::uint8_t> p) {
 
 // --- Byte-exact layouts ---------------------------------------------------------------------
 
+// On a TLS connection a zero tag is taken, and so is a valid HMAC (a sender that signs
+// anyway); a wrong non-zero tag is not. In clear a zero tag is a bad tag.
+TEST(WireTags, ZeroTagsOnlyOnTls) {
+  Hmac mac(std::vector<std::uint8_t>(32, 7));
+  ClientCommand cmd;
+  cmd.request_id = 9;
+  cmd.op = ClientOp::kRead;
+  cmd.sector = 3;
+  Frame zero = EncodeFrame(cmd, Hmac::ZeroTag());
+  Frame signed_frame = EncodeFrame(cmd, mac);
+  auto body = [](const Frame& f) {
+    return std::span<const std::uint8_t>(f).subspan(kFrameLengthSize);
+  };
+  EXPECT_TRUE(VerifyFrameBodyOn(body(zero), mac, true).ok());
+  EXPECT_TRUE(VerifyFrameBodyOn(body(signed_frame), mac, true).ok());
+  EXPECT_TRUE(VerifyFrameBodyOn(body(signed_frame), mac, false).ok());
+  EXPECT_EQ(VerifyFrameBodyOn(body(zero), mac, false).status().code(), StatusCode::kAuthFailure);
+  Frame wrong = signed_frame;
+  wrong.back() ^= 1;
+  EXPECT_EQ(VerifyFrameBodyOn(body(wrong), mac, true).status().code(), StatusCode::kAuthFailure);
+  EXPECT_EQ(&MacFor(mac, true), &Hmac::ZeroTag());
+  EXPECT_EQ(&MacFor(mac, false), &mac);
+}
+
 TEST(WireLayout, ReadProcMatchesReferenceExample) {
   SystemMessage m;
   m.sender = 147;

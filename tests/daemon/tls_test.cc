@@ -101,7 +101,8 @@ class TlsConn {
     if (Status s = Send(EncodeFrame(cmd, mac)); !s.ok()) return s;
     auto frame = ReadFrame();
     if (!frame.ok()) return frame.status();
-    auto payload = VerifyFrameBody(std::span<const std::uint8_t>(*frame).subspan(8), mac);
+    // Inside TLS the node answers with a zero tag (docs/TLS.md).
+    auto payload = VerifyFrameBodyOn(std::span<const std::uint8_t>(*frame).subspan(8), mac, true);
     if (!payload.ok()) return payload.status();
     auto resp = DecodeClientResponse(*payload);
     if (!resp.ok()) return resp.status();
@@ -234,6 +235,39 @@ TEST_F(DaemonTlsTest, TheClusterCertificateIsServed) {
   auto info = (*conn)->Info(cluster_->client_key());
   ASSERT_TRUE(info.ok()) << info.status().ToString();
   EXPECT_EQ(*info, ResponseStatus::kOk);
+}
+
+// Inside TLS a frame's tag is 32 zero bytes both ways (docs/TLS.md, "No HMAC inside TLS");
+// in clear a zero tag is a bad tag.
+TEST_F(DaemonTlsTest, FramesInsideTlsCarryZeroTags) {
+  auto conn = ConnectAs(1, "client.crt", "client.key");
+  ASSERT_TRUE(conn.ok()) << conn.status().ToString();
+  ClientCommand read;
+  read.request_id = 31;
+  read.op = ClientOp::kRead;
+  read.sector = kVictim;
+  ASSERT_TRUE((*conn)->Send(EncodeFrame(read, Hmac::ZeroTag())).ok());
+  auto frame = (*conn)->ReadFrame();
+  ASSERT_TRUE(frame.ok()) << frame.status().ToString();
+  const auto tag = std::span<const std::uint8_t>(*frame).last(kMacSize);
+  EXPECT_TRUE(std::all_of(tag.begin(), tag.end(), [](std::uint8_t b) { return b == 0; }))
+      << "the node signed its answer inside TLS";
+  auto payload = VerifyFrameBody(std::span<const std::uint8_t>(*frame).subspan(8), Hmac::ZeroTag());
+  ASSERT_TRUE(payload.ok());
+  auto resp = DecodeClientResponse(*payload);
+  ASSERT_TRUE(resp.ok());
+  EXPECT_EQ(resp->status, ResponseStatus::kOk);
+  EXPECT_EQ(CheckedId(*resp->data), kVictimId);
+
+  // The same zero-tagged command in clear: a bad tag.
+  auto plain = cluster_->Connect(1);
+  ASSERT_NE(plain, nullptr);
+  ASSERT_TRUE(plain->SendBytes(EncodeFrame(read, Hmac::ZeroTag())).ok());
+  auto refused = plain->ReadFrame();
+  ASSERT_TRUE(refused.ok()) << refused.status().ToString();
+  auto status = DecodeClientResponse(refused->payload());
+  ASSERT_TRUE(status.ok());
+  EXPECT_EQ(status->status, ResponseStatus::kAuthFailure);
 }
 
 TEST_F(DaemonTlsTest, AHandshakeWithoutACertificateIsRefusedAndLogged) {

@@ -116,6 +116,9 @@ int main(int argc, char** argv) {
   app.add_flag("--client-library", options.client_library,
                "simulated clients are the client library's own core (client/core), failing over "
                "between nodes over simulated client connections");
+  app.add_flag("--tls", options.tls,
+               "with --client-library: client connections are TLS, their frames carry zero tags "
+               "instead of HMACs as inside TLS");
   app.add_flag("--forged-tags", options.forged_tags,
                "the nemesis also hands nodes forged WriteProcs whose tag lies above the "
                "timestamp range (a node must drop them)");
@@ -146,6 +149,11 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;  // --help is not an error
+  }
+  if (options.tls && !options.client_library) {
+    std::cerr << "atomdisk-sim: --tls needs --client-library (the only simulated client "
+                 "connections that run the daemon's framing)\n";
+    return 2;
   }
 
   if (list_bugs) {

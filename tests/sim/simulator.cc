@@ -222,6 +222,7 @@ std::string ReplayCommand(const SimOptions& o) {
   if (o.extent_permille != 0) cmd += " --extents " + std::to_string(o.extent_permille);
   if (o.link_liveness) cmd += " --link-liveness";
   if (o.client_library) cmd += " --client-library";
+  if (o.tls) cmd += " --tls";
   if (o.forged_tags) cmd += " --forged-tags";
   if (o.bit_rot) cmd += " --bit-rot";
   if (o.serve_budget) cmd += " --serve-budget";
@@ -558,6 +559,7 @@ class Simulator {
     void OpStarted() override {}
     void OpFinished() override {}
     std::weak_ptr<ClientChannel> WeakChannel() override { return weak_from_this(); }
+    bool channel_tls() const override { return sim_->options_.tls; }
     void Close() { closed_ = true; }
 
    private:
@@ -2201,7 +2203,7 @@ void Simulator::LibDial(int c, int n) {
   conn.last_to_node_us = conn.last_to_client_us = now_us_;
   conn.channel = std::make_shared<SimClientChannel>(this, c, n, conn.gen);
   Trace(who + ": connected");
-  lc.core->OnConnected(n);
+  lc.core->OnConnected(n, options_.tls);
   LibScheduleTick(c);  // the feature probe it sends has an attempt deadline
 }
 

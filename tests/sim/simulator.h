@@ -113,6 +113,10 @@ struct SimOptions {
   // model (each operation handed straight to one node's core, the client waiting out a
   // timeout) and every seed as it ran before.
   bool client_library = false;
+  // With client_library: the client connections are TLS as daemons make them, so frames on
+  // them carry zero tags instead of HMACs (docs/TLS.md, "No HMAC inside TLS"), through the
+  // same ClientCore and NodeCore code that the daemon and the client library run.
+  bool tls = false;
   // The nemesis also hands nodes forged WriteProcs (as if signed with the system key) whose
   // tag lies above kMaxTagTs (docs/REGISTER.md, "Timestamp range"), with a value no client
   // wrote. A node must drop them: taking one would leave the sector no tag to write above,
