@@ -450,6 +450,16 @@ Status LoadTlsSettings(const toml::table& table, const std::string& path, const 
       cfg->tls_revoked.push_back(lower);
     }
   }
+  if (!cfg->tls_revoked.empty() && cfg->plaintext_clients) {
+    // A revoked client still holds client.key: in clear, that is all a node asks for.
+    cfg->warnings.push_back(
+        path + ": tls_revoked lists certificates, but clients in clear are served " +
+        (cfg->tls == TlsMode::kRequire ? "(plaintext_clients = true)"
+                                       : "(tls is not \"require\")") +
+        ": a revoked client that holds client.key can still read and write in clear; set "
+        "plaintext_clients = false under tls = \"require\", or replace client.key (docs/TLS.md, "
+        "\"Revoking a credential\")");
+  }
   if (cfg->tls == TlsMode::kOff) {
     cfg->warnings.push_back(
         path +

@@ -182,6 +182,10 @@ awaitable<void> TlsStream::Handshake(boost::system::error_code& ec) {
 
 awaitable<std::size_t> TlsStream::ReadSome(std::span<std::uint8_t> room,
                                            boost::system::error_code& ec) {
+  if (pending_read_error_) {
+    ec = pending_read_error_;
+    co_return 0;
+  }
   std::size_t got = 0;
   while (got < room.size()) {
     ERR_clear_error();
@@ -192,12 +196,22 @@ awaitable<std::size_t> TlsStream::ReadSome(std::span<std::uint8_t> room,
       continue;
     }
     if (SSL_get_error(ssl_, r) != SSL_ERROR_WANT_READ) {
-      if (got == 0) ec = Error(r);
-      break;  // with data: the error comes back at the next call
+      if (got == 0) {
+        ec = Error(r);
+      } else {
+        pending_read_error_ = Error(r);  // the data first, the error at the next call
+      }
+      break;
     }
     if (got > 0) break;  // what is decrypted now, before waiting for more
     co_await Fill(ec);
     if (ec) break;
+  }
+  // All of the last socket read taken: a large one's buffer goes back (an idle connection
+  // holds none).
+  if (in_pos_ == in_.size() && in_.capacity() > 4 * kRecord) {
+    std::vector<std::uint8_t>().swap(in_);
+    in_pos_ = 0;
   }
   // A KeyUpdate from the peer makes OpenSSL queue its answer; it goes with our next write.
   co_return got;

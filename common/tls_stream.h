@@ -63,6 +63,9 @@ class TlsStream {
   std::size_t in_pos_ = 0;
   std::vector<std::uint8_t> out_;      // records OpenSSL wrote, not yet handed to the socket
   std::vector<std::uint8_t> sending_;  // records the socket is writing
+  // An error met after ReadSome had data for its caller: returned by the next ReadSome
+  // (OpenSSL's error queue would be empty by then, and the reason lost).
+  boost::system::error_code pending_read_error_;
 };
 
 }  // namespace atomdisk

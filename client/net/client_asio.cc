@@ -50,8 +50,13 @@ std::string ErrorText(const boost::system::error_code& ec) {
 // A TCP socket, with TLS over it once Secure ran (docs/TLS.md, common/tls_stream.h).
 struct Stream {
   explicit Stream(asio::io_context& io) : socket(io) {}
+  Stream(const Stream&) = delete;  // `tls` refers to `socket`
+  Stream& operator=(const Stream&) = delete;
   tcp::socket socket;
   std::unique_ptr<TlsStream> tls;
+  // Set by a failed Secure when the node hung up on our ClientHello before showing a
+  // certificate: a node without TLS (tls = "accept" then dials it in clear next).
+  bool refused_tls = false;
 
   void Close() {
     boost::system::error_code ignored;
@@ -64,7 +69,14 @@ struct Stream {
     tls = std::make_unique<TlsStream>(socket, context, TlsStream::Side::kClient);
     boost::system::error_code ec;
     co_await tls->Handshake(ec);
-    if (ec) co_return "TLS handshake failed: " + TlsErrorText(ec, tls->native_handle());
+    if (ec) {
+      refused_tls = SSL_get0_peer_certificate(tls->native_handle()) == nullptr &&
+                    (ec == asio::ssl::error::stream_truncated || ec == asio::error::eof ||
+                     ec == asio::error::connection_reset);
+      co_return "TLS handshake failed: " + (ec == asio::error::operation_aborted
+                                                ? std::string("timed out")
+                                                : TlsErrorText(ec, tls->native_handle()));
+    }
     auto peer = context.PeerOf(tls->native_handle());
     if (!peer.ok()) co_return peer.status().message();
     if (peer->identity.role != TlsIdentity::Role::kNode ||
@@ -304,7 +316,9 @@ class ClientImpl final : public Client, private ClientCoreEnv {
           if (o.tls && !n->next_in_clear) {
             // Under the same deadline as the connect (the tick closes `connecting`).
             refused = co_await conn->stream.Secure(*o.tls, n->endpoint.rank);
-            if (!refused.empty() && o.tls_fallback) n->next_in_clear = true;
+            if (!refused.empty() && o.tls_fallback && conn->stream.refused_tls) {
+              n->next_in_clear = true;
+            }
           } else {
             n->next_in_clear = false;  // TLS again after this connection in clear
           }
@@ -452,9 +466,10 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, ClientOp op, Clock::tim
   out->endpoint = ep;
   // Shared with the watchdog's handler, which may run after this frame is gone.
   struct State {
-    explicit State(asio::io_context& io) : resolver(io), stream(io), watchdog(io) {}
+    explicit State(asio::io_context& io)
+        : resolver(io), stream(std::make_unique<Stream>(io)), watchdog(io) {}
     tcp::resolver resolver;
-    Stream stream;
+    std::unique_ptr<Stream> stream;
     asio::steady_timer watchdog;
     bool timed_out = false;
   };
@@ -465,7 +480,7 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, ClientOp op, Clock::tim
     st->timed_out = true;
     boost::system::error_code ignored;
     st->resolver.cancel();
-    st->stream.Close();
+    st->stream->Close();
   });
   // The reason for a failed step: the probe's deadline, or what the OS said.
   auto why = [&](const std::string& step, const boost::system::error_code& ec) {
@@ -480,13 +495,27 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, ClientOp op, Clock::tim
   if (ec) {
     error = why("cannot resolve " + ep.host, ec);
   } else {
-    co_await asio::async_connect(st->stream.socket, endpoints,
-                                 asio::redirect_error(use_awaitable, ec));
-    if (ec) error = why("cannot connect", ec);
-    if (!ec) st->stream.socket.set_option(tcp::no_delay(true), ec);
-    if (!ec && core_.options().tls) {
-      std::string refused = co_await st->stream.Secure(*core_.options().tls, ep.rank);
-      if (!refused.empty()) error = st->timed_out ? why("TLS handshake", ec) : refused;
+    const ClientOptions& o = core_.options();
+    // With TLS, and under tls = "accept" once more in clear if the node hung up on the
+    // ClientHello (a node without TLS yet), as the connection loop does.
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      const bool secure = o.tls && attempt == 0;
+      if (attempt > 0) st->stream = std::make_unique<Stream>(io_);
+      co_await asio::async_connect(st->stream->socket, endpoints,
+                                   asio::redirect_error(use_awaitable, ec));
+      if (ec) {
+        error = why("cannot connect", ec);
+        break;
+      }
+      st->stream->socket.set_option(tcp::no_delay(true), ec);
+      ec = {};
+      error.clear();
+      if (!secure) break;
+      std::string refused = co_await st->stream->Secure(*o.tls, ep.rank);
+      if (refused.empty()) break;
+      error = st->timed_out ? why("TLS handshake", ec) : refused;
+      if (st->timed_out || !o.tls_fallback || !st->stream->refused_tls) break;
+      st->stream->Close();
     }
   }
   // kInfo is harmless to repeat (the fastest answer is the RTT); other admin ops go once.
@@ -496,11 +525,11 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, ClientOp op, Clock::tim
     ClientCommand cmd;
     cmd.request_id = next_probe_id_++;
     cmd.op = op;
-    Frame frame = EncodeFrame(cmd, MacFor(mac_, st->stream.tls != nullptr));
+    Frame frame = EncodeFrame(cmd, MacFor(mac_, st->stream->tls != nullptr));
     auto t0 = Clock::now();
     const std::vector<std::shared_ptr<const Frame>> one = {
         std::make_shared<const Frame>(std::move(frame))};
-    co_await st->stream.Write(one, ec);
+    co_await st->stream->Write(one, ec);
     if (ec) {
       error = why("cannot send", ec);
       break;
@@ -517,7 +546,7 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, ClientOp op, Clock::tim
         break;
       }
       std::span<std::uint8_t> room = frames.Room();
-      std::size_t got = co_await st->stream.ReadSome(room, ec);
+      std::size_t got = co_await st->stream->ReadSome(room, ec);
       if ((ec == asio::error::eof || ec == asio::ssl::error::stream_truncated) &&
           frames.buffered() == 0) {
         error =
@@ -532,7 +561,7 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, ClientOp op, Clock::tim
     if (!error.empty()) break;
     double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
     Result<std::span<const std::uint8_t>> payload =
-        VerifyFrameBodyOn(body, mac_, st->stream.tls != nullptr);
+        VerifyFrameBodyOn(body, mac_, st->stream->tls != nullptr);
     if (!payload.ok()) {
       const bool auth = payload.status().code() == StatusCode::kAuthFailure;
       out->key_rejected = auth;
@@ -558,7 +587,7 @@ awaitable<void> ClientImpl::ProbeNode(std::size_t index, ClientOp op, Clock::tim
   out->reachable = error.empty() && best_ms >= 0;
   out->rtt_ms = out->reachable ? best_ms : 0;
   st->watchdog.cancel();
-  st->stream.Close();
+  st->stream->Close();
 }
 
 std::vector<NodeInfo> ClientImpl::Admin(milliseconds timeout, ClientOp op) {

@@ -156,7 +156,10 @@ awaitable<bool> Connection::SetUp() {
   co_await tls_stream_->Handshake(ec);
   if (closed_) co_return false;
   if (ec) {
-    tls_handshake_failed_ = true;
+    // No certificate of the peer's yet, and the peer hung up: it does not speak TLS.
+    tls_refused_by_peer_ = SSL_get0_peer_certificate(tls_stream_->native_handle()) == nullptr &&
+                           (ec == asio::ssl::error::stream_truncated || ec == asio::error::eof ||
+                            ec == asio::error::connection_reset);
     RefuseTls("TLS handshake failed: " + TlsErrorText(ec, tls_stream_->native_handle()));
     co_return false;
   }
@@ -184,6 +187,12 @@ awaitable<void> Connection::Reader() {
   }
   ready_ = true;
   write_signal_.cancel();
+  if (options_.on_ready) {
+    auto ready = std::move(options_.on_ready);
+    options_.on_ready = nullptr;
+    ready();
+    if (closed_) co_return;
+  }
   // Frames come out of a FrameBuffer (common/frame_buffer.h): no buffer until the first bytes
   // arrive (a stranger's connection that never sends, closed after Options::auth_timeout,
   // holds none), 64 KiB then, grown for an extent and given back when the stream goes back
@@ -318,6 +327,10 @@ awaitable<void> Connection::Watchdog() {
       period = std::min(period,
                         std::max(options_.response_deadline / 10, std::chrono::milliseconds(10)));
     }
+    if (!ready_ && options_.handshake_timeout.count() > 0) {
+      period = std::min(period,
+                        std::max(options_.handshake_timeout / 10, std::chrono::milliseconds(10)));
+    }
     watchdog_.expires_after(period);
     co_await watchdog_.async_wait(asio::redirect_error(use_awaitable, ec));
     if (closed_) co_return;
@@ -327,6 +340,12 @@ awaitable<void> Connection::Watchdog() {
       const auto silent_ms =
           std::chrono::duration_cast<std::chrono::milliseconds>(now - last_read_).count();
       Close("silent for " + std::to_string(silent_ms) + " ms");
+      co_return;
+    }
+    if (!ready_ && options_.handshake_timeout.count() > 0 &&
+        now - opened_ > options_.handshake_timeout) {
+      Close("TLS handshake not done within " + std::to_string(options_.handshake_timeout.count()) +
+            " ms");
       co_return;
     }
     if (!authenticated_ && options_.auth_timeout.count() > 0 &&

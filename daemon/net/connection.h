@@ -82,6 +82,14 @@ class Connection final : public ClientChannel, public std::enable_shared_from_th
     bool tls_dial = false;
     // After a handshake: why the peer is refused, or empty to go on.
     std::function<std::string(const TlsPeer&)> tls_admit;
+    // Closed when its TLS set-up has not finished this long after the connection was made
+    // (zero: never; accepted connections have auth_timeout instead). For dialled links: a
+    // peer whose kernel completes the connect while its process hangs must not hold the
+    // link in a handshake for ever.
+    std::chrono::milliseconds handshake_timeout{0};
+    // Called once the connection is set up (plaintext decided, or TLS handshake done and the
+    // peer admitted): a peer link counts as up from then, not from the TCP connect.
+    std::function<void()> on_ready;
     // Where a failed handshake or a refused certificate is logged instead of the close line
     // (the node server: rate-limited, at warning level, under a key of its own so that routine
     // closes do not hide it). Unset: like any close.
@@ -151,9 +159,11 @@ class Connection final : public ClientChannel, public std::enable_shared_from_th
   // The peer's verified identity on a TLS connection; null on a plaintext one (and before
   // the handshake finished).
   const TlsPeer* tls_peer() const { return tls_peer_ ? &*tls_peer_ : nullptr; }
-  // Whether this connection closed while its TLS handshake ran (a peer that does not speak
-  // TLS, or refused our certificate, or we its).
-  bool tls_handshake_failed() const { return tls_handshake_failed_; }
+  // Whether the peer closed this connection while our TLS handshake waited for its answer,
+  // before any certificate was seen: a peer that does not speak TLS (an older binary drops
+  // a ClientHello as a bad frame length). Not set for certificate failures or timeouts.
+  bool tls_refused_by_peer() const { return tls_refused_by_peer_; }
+  bool ready() const { return ready_; }
 
  private:
   boost::asio::awaitable<void> Reader();
@@ -168,7 +178,7 @@ class Connection final : public ClientChannel, public std::enable_shared_from_th
   std::unique_ptr<TlsStream> tls_stream_;  // over socket_, once TLS starts
   std::optional<TlsPeer> tls_peer_;
   bool ready_ = false;  // set up (plaintext decided, or TLS handshake done): the writer may go
-  bool tls_handshake_failed_ = false;
+  bool tls_refused_by_peer_ = false;
   FrameSink* sink_;
   std::string name_;
   Options options_;

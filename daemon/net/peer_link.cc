@@ -57,8 +57,8 @@ void PeerLink::SetPeerFeatures(std::uint8_t features) {
   liveness_.SetPeerAnswersPings((features & kFeatureLiveness) != 0);
   if (!conn_ || conn_->closed()) return;
   conn_->SetSilenceTimeout(SilenceTimeout());
-  // An older peer never answers our Pings: its link is up as it is.
-  if (!confirmed_ && !liveness_.peer_answers_pings()) Confirm();
+  // An older peer never answers our Pings: its link is up as it is, once set up.
+  if (!confirmed_ && !liveness_.peer_answers_pings() && conn_->ready()) Confirm();
 }
 
 void PeerLink::MaybePing(std::int64_t now_us,
@@ -101,7 +101,7 @@ asio::awaitable<void> PeerLink::Run() {
   const std::chrono::milliseconds kInitialBackoff(50);
   const std::chrono::milliseconds max_backoff(std::clamp<std::int64_t>(timeout_ms_ / 10, 50, 250));
   const std::chrono::milliseconds dial_deadline(std::max<std::int64_t>(timeout_ms_ / 4, 50));
-  std::chrono::milliseconds backoff = kInitialBackoff;
+  backoff_ = kInitialBackoff;
   tcp::resolver resolver(io_);
   while (!stopped_) {
     boost::system::error_code ec;
@@ -128,7 +128,6 @@ asio::awaitable<void> PeerLink::Run() {
     if (stopped_) co_return;
     if (!ec && socket.is_open()) {
       ++connects_;
-      backoff = kInitialBackoff;
       Connection::Options options;
       options.max_queued_frames = 4096;
       options.max_frame_body = kMaxPeerFrameBody;  // peers answer with node messages only
@@ -136,9 +135,20 @@ asio::awaitable<void> PeerLink::Run() {
       options.log_close = false;  // liveness_ logs the loss, rate-limited
       const bool use_tls = tls_ && !next_in_clear_;
       next_in_clear_ = false;
+      const std::uint64_t generation = ++generation_;
+      // Up once set up (for a TLS link: handshake done, the peer's certificate says our
+      // peer's rank), not at the TCP connect: a hung peer's kernel still completes that.
+      options.on_ready = [this, generation, kInitialBackoff] {
+        if (generation != generation_ || stopped_) return;
+        backoff_ = kInitialBackoff;
+        // A peer known to answer Pings is up once it answered one here (OnPong).
+        if (!confirmed_ && !liveness_.peer_answers_pings()) Confirm();
+      };
       if (use_tls) {
         options.tls = tls_;
         options.tls_dial = true;
+        options.handshake_timeout = std::max(
+            dial_deadline, std::chrono::milliseconds(std::max<std::int64_t>(timeout_ms_, 1000)));
         options.tls_admit = [rank = rank_](const TlsPeer& peer) -> std::string {
           if (peer.identity.role == TlsIdentity::Role::kNode && peer.identity.rank == rank) {
             return "";
@@ -153,16 +163,13 @@ asio::awaitable<void> PeerLink::Run() {
       confirmed_ = false;
       conn_->Start();
       liveness_.OnOpened(SteadyMicros());
-      // A peer known to answer Pings is up once it answered one here (OnPong); the first
-      // goes at the next tick. Any other is up now.
-      if (!liveness_.peer_answers_pings()) Confirm();
       // Sleep until the connection closes.
       while (!stopped_ && conn_ && !conn_->closed()) {
         wake_.expires_at(asio::steady_timer::time_point::max());
         co_await wake_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       }
       if (stopped_) co_return;
-      if (use_tls && plaintext_fallback_ && conn_ && conn_->tls_handshake_failed()) {
+      if (use_tls && plaintext_fallback_ && conn_ && conn_->tls_refused_by_peer()) {
         next_in_clear_ = true;  // tls = "accept": perhaps a peer without TLS yet
       }
       // Redial at once: the first back-off step is short, and a closed link is the common
@@ -173,9 +180,9 @@ asio::awaitable<void> PeerLink::Run() {
                     : (ec ? ec.message() : "connect failed");
       if (auto line = liveness_.OnDialFailed(why)) spdlog::warn("{}", *line);
     }
-    wake_.expires_after(backoff);
+    wake_.expires_after(backoff_);
     co_await wake_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-    backoff = std::min(backoff * 2, max_backoff);
+    backoff_ = std::min(backoff_ * 2, max_backoff);
   }
 }
 

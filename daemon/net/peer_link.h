@@ -36,9 +36,9 @@ class PeerLink {
   PeerLink(boost::asio::io_context& io, Rank rank, std::string host, std::uint16_t port,
            FrameSink* sink, std::int64_t timeout_ms);
   // Dial with TLS from now on (before Start). With `plaintext_fallback` (tls = "accept"), a
-  // peer whose handshake fails before any certificate was checked (an older binary closes the
-  // connection on the ClientHello) is dialled in clear next, and with TLS again after that
-  // connection ends.
+  // peer that hangs up on our ClientHello before showing a certificate (an older binary drops
+  // it as a bad frame length) is dialled in clear next, and with TLS again after that
+  // connection ends. Certificate failures and timeouts never fall back.
   void SetTls(std::shared_ptr<TlsContext> tls, bool plaintext_fallback) {
     tls_ = std::move(tls);
     plaintext_fallback_ = plaintext_fallback;
@@ -87,8 +87,10 @@ class PeerLink {
   std::shared_ptr<Connection> conn_;
   std::shared_ptr<TlsContext> tls_;
   bool plaintext_fallback_ = false;
-  bool next_in_clear_ = false;  // the last TLS dial failed its handshake (fallback only)
-  bool confirmed_ = false;      // conn_ is up (see connected())
+  bool next_in_clear_ = false;            // the last TLS dial failed its handshake (fallback only)
+  bool confirmed_ = false;                // conn_ is up (see connected())
+  std::uint64_t generation_ = 0;          // of conn_, so a late callback of an older one is ignored
+  std::chrono::milliseconds backoff_{0};  // the next redial's; reset once a link is set up
   boost::asio::steady_timer wake_;
   bool stopped_ = false;
   std::uint64_t dropped_ = 0;

@@ -16,6 +16,7 @@
 #include "common/wire.h"
 #include "tests/daemon/daemon_test_util.h"
 #include "tests/daemon/raw_client.h"
+#include "tests/daemon/tls_conn.h"
 
 namespace atomdisk::itest {
 namespace {
@@ -1003,6 +1004,69 @@ TEST_F(DaemonHostileTest, RandomFramesFuzzLoop) {
   // The other nodes are fine too (the fuzzed system messages went through node 1's registers).
   EXPECT_TRUE(ServesWriteAndRead(*cluster_, 2, 22, 5));
   EXPECT_TRUE(ServesWriteAndRead(*cluster_, 3, 23, 6));
+}
+
+// The fuzz classes against the TLS side of the port (issue 17), on a cluster as `atomdisk
+// init` makes it (tls = "require"): garbage that starts like a ClientHello, then the same
+// near-valid frames as above inside TLS, under a client's and a node's certificate, half of
+// them with the zero tag that TLS connections take instead of an HMAC (so they reach every
+// decoder). The node stays up, serves, and keeps its data.
+TEST(DaemonHostileTlsTest, FuzzAgainstTheTlsPort) {
+  LiveCluster cluster(3, {.sectors = 65536});
+  ASSERT_TRUE(cluster.ok());
+  ASSERT_TRUE(ServesWriteAndRead(cluster, 1, kVictim, kVictimId));
+  const std::uint64_t seed = std::getenv("ATOMDISK_ITEST_SEED")
+                                 ? std::strtoull(std::getenv("ATOMDISK_ITEST_SEED"), nullptr, 10)
+                                 : 20261207;
+  std::cerr << "ATOMDISK_ITEST_SEED=" << seed << "\n";
+  std::mt19937_64 rng(seed);
+  // Handshake garbage: 0x16, then random bytes or a record header with a random length.
+  for (int i = 0; i < 200; ++i) {
+    auto conn = cluster.Connect(1, /*quiet=*/true);
+    if (!conn) continue;  // the node is closing the previous ones: fine
+    Bytes junk = {0x16, 0x03, static_cast<std::uint8_t>(rng() % 5)};
+    junk.resize(3 + rng() % 600);
+    for (std::size_t k = 3; k < junk.size(); ++k) junk[k] = static_cast<std::uint8_t>(rng());
+    (void)conn->SendBytes(junk);
+  }
+  ASSERT_TRUE(cluster.IsRunning(1)) << cluster.harness().LogTail(1);
+  const std::string tls = cluster.dir() + "/tls";
+  constexpr int kFrames = 1500;
+  std::unique_ptr<TlsConn> conn;
+  int frames_on_conn = 0, connections = 0;
+  for (int i = 0; i < kFrames; ++i) {
+    if (!conn) {
+      const bool node = rng() % 2 == 0;
+      auto made = TlsConn::Connect(cluster.port(1), tls + "/ca.crt",
+                                   tls + (node ? "/node-2.crt" : "/client.crt"),
+                                   tls + (node ? "/node-2.key" : "/client.key"));
+      ASSERT_TRUE(made.ok()) << "after " << i << " frames: " << made.status().ToString();
+      conn = std::move(made).value();
+      frames_on_conn = 0;
+      ++connections;
+    }
+    bool complete = true;
+    Bytes frame = FuzzFrame(rng, cluster, &complete);
+    if (complete && frame.size() >= kFrameLengthSize + kMacSize && rng() % 2 == 0) {
+      std::fill(frame.end() - kMacSize, frame.end(), 0);  // the tag TLS connections take
+    }
+    if (!conn->Send(frame).ok() || !complete || ++frames_on_conn >= 16) conn.reset();
+    if (i % 500 == 499) {
+      ASSERT_TRUE(cluster.IsRunning(1)) << "after " << i + 1 << " frames\n"
+                                        << cluster.harness().LogTail(1);
+    }
+  }
+  conn.reset();
+  std::cerr << kFrames << " frames over " << connections << " TLS connections\n";
+  ASSERT_TRUE(cluster.IsRunning(1)) << cluster.harness().LogTail(1);
+  EXPECT_TRUE(ServesWriteAndRead(cluster, 1, kCanary, 77));
+  auto client = cluster.Connect(1);
+  ASSERT_NE(client, nullptr);
+  auto data = client->Read(kVictim);
+  ASSERT_TRUE(data.ok()) << data.status().ToString();
+  EXPECT_EQ(CheckedId(**data), kVictimId) << "the fuzzing changed data";
+  EXPECT_TRUE(ServesWriteAndRead(cluster, 2, 22, 5));
+  EXPECT_TRUE(ServesWriteAndRead(cluster, 3, 23, 6));
 }
 
 }  // namespace
