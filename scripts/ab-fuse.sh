@@ -7,14 +7,18 @@
 #
 #   sudo scripts/ab-fuse.sh --a DIR --b DIR [--rounds N] [--runtime S] [--size MIB]
 #       [--jobs "randwrite-fdatasync-16j randread-16j ..."] [--dir DIR]
+#       [--tls-a off|require] [--tls-b off|require]
 #
 # DIR holds atomdiskd, atomdisk and atomdisk-fuse (a build's bin/). Jobs (fio, O_DIRECT, the
 # same shapes as scripts/bench-fuse.sh): seqwrite, seqread (1 MiB, 1 job),
 # randwrite-fdatasync-1j, randwrite-fdatasync-16j, randwrite-dsync-16j, randread-1j,
 # randread-16j (4 KiB). Defaults: 3 rounds, 5 s per job, 256 MiB, every job.
+# --tls-a/--tls-b: each side's cluster setting (docs/TLS.md); both default to off, the only
+# one builds before TLS know. The same DIR on both sides with --tls-b require measures what
+# TLS costs through the mount (docs/BENCHMARKS.md, "TLS").
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-dir_a="" dir_b="" rounds=3 runtime=5 size_mib=256 dir=""
+dir_a="" dir_b="" rounds=3 runtime=5 size_mib=256 dir="" tls_a=off tls_b=off
 jobs="seqwrite seqread randwrite-fdatasync-1j randwrite-fdatasync-16j randwrite-dsync-16j randread-1j randread-16j"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -25,7 +29,9 @@ while [ $# -gt 0 ]; do
     --size) size_mib="$2"; shift 2 ;;
     --jobs) jobs="$2"; shift 2 ;;
     --dir) dir="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --tls-a) tls_a="$2"; shift 2 ;;
+    --tls-b) tls_b="$2"; shift 2 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "ab-fuse: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -60,8 +66,8 @@ for side in a b; do
   (
     d="dir_$side"
     ATOMDISK_BIN_DIR="$(readlink -f "${!d}")"
-    # Off on both sides: builds from before TLS know no other (ab-daemon.sh has --tls-a/-b).
-    export ATOMDISK_BIN_DIR CLUSTER_NO_TRAP=1 CLUSTER_TLS="${CLUSTER_TLS:-off}"
+    tls_var="tls_$side"
+    export ATOMDISK_BIN_DIR CLUSTER_NO_TRAP=1 CLUSTER_TLS="${!tls_var}"
     # shellcheck source=scripts/lib/cluster.sh
     source "$root/scripts/lib/cluster.sh"
     cluster_create "$dir/cluster-$side" 3 $((size_mib * 256)) >/dev/null
