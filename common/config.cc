@@ -114,8 +114,17 @@ Status OptionalInt(const toml::table& table, const std::string& path, const char
   if (!table[key]) return Status::Ok();
   auto v = table[key].value_exact<std::int64_t>();
   if (!v || *v < lo || *v > hi) {
-    return Err(path, "\"" + std::string(key) + "\" must be an integer" + unit + " in " +
-                         std::to_string(lo) + ".." + std::to_string(hi));
+    // Appended piece by piece: GCC 12's -Wrestrict misfires at -O3 on `"literal" + string`
+    // chains once this function is inlined (a known compiler bug; Release builds fail on it).
+    std::string what = "\"";
+    what += key;
+    what += "\" must be an integer";
+    what += unit;
+    what += " in ";
+    what += std::to_string(lo);
+    what += "..";
+    what += std::to_string(hi);
+    return Err(path, what);
   }
   *out = *v;
   return Status::Ok();
