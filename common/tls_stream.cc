@@ -160,6 +160,12 @@ awaitable<void> TlsStream::Fill(boost::system::error_code& ec) {
   }
 }
 
+bool TlsStream::PeerRefusedTls(const boost::system::error_code& ec) const {
+  return SSL_get0_peer_certificate(ssl_) == nullptr &&
+         (ec == asio::ssl::error::stream_truncated || ec == asio::error::eof ||
+          ec == asio::error::connection_reset);
+}
+
 awaitable<void> TlsStream::Handshake(boost::system::error_code& ec) {
   for (;;) {
     ERR_clear_error();

@@ -48,6 +48,10 @@ class TlsStream {
                                      boost::system::error_code& ec);
 
   SSL* native_handle() { return ssl_; }
+  // After Handshake failed with `ec`: whether the peer hung up before showing a certificate,
+  // i.e. it does not speak TLS (an older node drops a ClientHello as a bad frame length).
+  // What tls = "accept" falls back to clear for; never a certificate failure or a timeout.
+  bool PeerRefusedTls(const boost::system::error_code& ec) const;
 
  private:
   // Writes what OpenSSL produced (out_) whole.

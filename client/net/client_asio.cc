@@ -70,9 +70,7 @@ struct Stream {
     boost::system::error_code ec;
     co_await tls->Handshake(ec);
     if (ec) {
-      refused_tls = SSL_get0_peer_certificate(tls->native_handle()) == nullptr &&
-                    (ec == asio::ssl::error::stream_truncated || ec == asio::error::eof ||
-                     ec == asio::error::connection_reset);
+      refused_tls = tls->PeerRefusedTls(ec);
       co_return "TLS handshake failed: " + (ec == asio::error::operation_aborted
                                                 ? std::string("timed out")
                                                 : TlsErrorText(ec, tls->native_handle()));

@@ -157,9 +157,7 @@ awaitable<bool> Connection::SetUp() {
   if (closed_) co_return false;
   if (ec) {
     // No certificate of the peer's yet, and the peer hung up: it does not speak TLS.
-    tls_refused_by_peer_ = SSL_get0_peer_certificate(tls_stream_->native_handle()) == nullptr &&
-                           (ec == asio::ssl::error::stream_truncated || ec == asio::error::eof ||
-                            ec == asio::error::connection_reset);
+    tls_refused_by_peer_ = tls_stream_->PeerRefusedTls(ec);
     RefuseTls("TLS handshake failed: " + TlsErrorText(ec, tls_stream_->native_handle()));
     co_return false;
   }

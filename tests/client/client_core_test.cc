@@ -89,9 +89,19 @@ ClientOptions Options() {
 class ClientCoreTest : public ::testing::Test {
  protected:
   // Hands node `node` a response frame, signed as a node signs it.
-  void Answer(int node, const ClientResponse& resp) {
-    Frame f = EncodeFrame(resp, world.mac);
+  void Answer(int node, const ClientResponse& resp) { AnswerWith(node, resp, world.mac); }
+  // The same, sealed with `mac` (Hmac::ZeroTag() as inside TLS).
+  void AnswerWith(int node, const ClientResponse& resp, Hmac& mac) {
+    Frame f = EncodeFrame(resp, mac);
     core.OnFrameBody(node, std::span<const std::uint8_t>(f).subspan(kFrameLengthSize));
+  }
+  // The answer to a feature probe: this node takes extents.
+  static ClientResponse TakesExtents(const ClientCommand& probe) {
+    ClientResponse r;
+    r.request_id = probe.request_id;
+    r.op = ClientOp::kInfo;
+    r.info = R"({"features":["extents"]})";
+    return r;
   }
   // Connects `node` and answers its feature probe: it takes extents.
   void ConnectWithExtents(int node) {
@@ -408,12 +418,7 @@ TEST_F(ClientCoreTest, FramesInsideTlsCarryZeroTagsAndOnlyThere) {
   core.OnConnected(0, /*tls=*/true);
   auto [to, probe] = world.Next();  // the SendFrame above checked its zero tag
   ASSERT_EQ(to, 0);
-  ClientResponse r;
-  r.request_id = probe.request_id;
-  r.op = ClientOp::kInfo;
-  r.info = R"({"features":["extents"]})";
-  Frame zero = EncodeFrame(r, Hmac::ZeroTag());
-  core.OnFrameBody(0, std::span<const std::uint8_t>(zero).subspan(kFrameLengthSize));
+  AnswerWith(0, TakesExtents(probe), Hmac::ZeroTag());
   world.RunPosted();
   SubmitWrite(5, false);
   world.RunPosted();
@@ -423,8 +428,7 @@ TEST_F(ClientCoreTest, FramesInsideTlsCarryZeroTagsAndOnlyThere) {
   ok.request_id = write.request_id;
   ok.op = write.op;
   ok.outcomes.assign(write.count, ExtentOutcome::kDone);
-  Frame ack = EncodeFrame(ok, Hmac::ZeroTag());
-  core.OnFrameBody(0, std::span<const std::uint8_t>(ack).subspan(kFrameLengthSize));
+  AnswerWith(0, ok, Hmac::ZeroTag());
   world.RunPosted();
   ASSERT_TRUE(result.has_value());
   EXPECT_TRUE(result->status.ok()) << result->status.ToString();
@@ -435,12 +439,7 @@ TEST_F(ClientCoreTest, FramesInsideTlsCarryZeroTagsAndOnlyThere) {
   core.OnConnected(1, /*tls=*/false);
   auto [to1, probe1] = world.Next();
   ASSERT_EQ(to1, 1);
-  ClientResponse r1;
-  r1.request_id = probe1.request_id;
-  r1.op = ClientOp::kInfo;
-  r1.info = R"({"features":["extents"]})";
-  Frame forged = EncodeFrame(r1, Hmac::ZeroTag());
-  core.OnFrameBody(1, std::span<const std::uint8_t>(forged).subspan(kFrameLengthSize));
+  AnswerWith(1, TakesExtents(probe1), Hmac::ZeroTag());
   world.RunPosted();
   EXPECT_EQ(core.Stats().bad_frames, 1u);
 }
