@@ -27,6 +27,7 @@
 #include "common/build_info.h"
 #include "common/config.h"
 #include "common/logging.h"
+#include "common/malloc_tuning.h"
 #include "common/metrics_server.h"
 #include "daemon/core/node_metrics.h"
 #include "daemon/net/node_server.h"
@@ -118,6 +119,9 @@ int main(int argc, char** argv) {
   auto config = LoadClusterConfig(config_path);
   if (!config.ok()) return Fail(kExitConfig, config.status().message());
   for (const std::string& w : config->warnings) spdlog::warn("{}", w);
+  if (MallocTuning t = TuneMallocForLargeBuffers(); !t.applied) {
+    spdlog::info("allocator left at glibc's settings: {}", t.why);
+  }
   if (rank < 1 || rank > kMaxRank || !config->FindNode(static_cast<Rank>(rank))) {
     return Fail(kExitConfig, config_path + ": no node with rank " + std::to_string(rank));
   }

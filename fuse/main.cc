@@ -21,6 +21,7 @@
 #include "common/build_info.h"
 #include "common/config.h"
 #include "common/logging.h"
+#include "common/malloc_tuning.h"
 #include "common/metrics_server.h"
 #include "fuse/disk_fs.h"
 #include "fuse/fuse_metrics.h"
@@ -111,6 +112,9 @@ int Main(int argc, char** argv) {
   Result<ClusterConfig> config = LoadClusterConfig(config_path, ConfigUse::kClient);
   if (!config.ok()) return Fail(config.status().message(), kExitUsage);
   for (const std::string& w : config->warnings) spdlog::warn("{}", w);
+  if (MallocTuning t = TuneMallocForLargeBuffers(); !t.applied) {
+    spdlog::info("allocator left at glibc's settings: {}", t.why);
+  }
   Result<client::ClientOptions> client_options = client::OptionsFromConfig(*config, nodes);
   if (!client_options.ok()) return Fail(client_options.status().message(), kExitUsage);
   client_options->op_timeout = tuning.op_timeout;
