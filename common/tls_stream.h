@@ -5,9 +5,10 @@
 // Why not Asio's ssl::stream: it moves at most one TLS record (17 KiB) per socket read or
 // write and runs a state machine with timers for every operation, so a stream of small frames
 // cost about twice the daemon CPU per read of the same stream in clear (docs/BENCHMARKS.md,
-// "TLS"). Here OpenSSL reads and writes two memory BIOs: a socket read of up to 256 KiB is
-// fed in whole and decrypted record by record; a write encrypts every queued frame, gathered
-// into records of up to 16 KiB, and sends all the records in one socket write.
+// "TLS"). Here OpenSSL reads and writes the stream's own buffers through a BIO: a socket read
+// of up to 256 KiB lands in the stream's input buffer and is decrypted record by record; a write
+// encrypts every queued frame, gathered into records of up to 16 KiB, and sends all the records in
+// one socket write.
 //
 // One reader coroutine (ReadSome) and one writer coroutine (Write) may run at once, as on a
 // plain socket; both on the socket's (single) io thread. Handshake runs before either.
@@ -47,6 +48,19 @@ class TlsStream {
   boost::asio::awaitable<void> Write(std::span<const boost::asio::const_buffer> buffers,
                                      boost::system::error_code& ec);
 
+  // The last socket read, which OpenSSL takes from `pos` on (through the BIO in
+  // tls_stream.cc). Uninitialised storage, so that a socket read goes straight in.
+  struct InBuffer {
+    std::unique_ptr<std::uint8_t[]> data;
+    std::size_t capacity = 0;
+    std::size_t size = 0;
+    std::size_t pos = 0;
+    void Release() {
+      data.reset();
+      capacity = size = pos = 0;
+    }
+  };
+
   SSL* native_handle() { return ssl_; }
   // After Handshake failed with `ec`: whether the peer hung up before showing a certificate,
   // i.e. it does not speak TLS (an older node drops a ClientHello as a bad frame length).
@@ -62,9 +76,8 @@ class TlsStream {
   boost::system::error_code Error(int ret);
 
   boost::asio::ip::tcp::socket& socket_;
-  SSL* ssl_ = nullptr;            // its BIO reads in_ and appends to out_ (tls_stream.cc)
-  std::vector<std::uint8_t> in_;  // the last socket read, taken by OpenSSL from in_pos_ on
-  std::size_t in_pos_ = 0;
+  SSL* ssl_ = nullptr;  // its BIO reads in_ and appends to out_ (tls_stream.cc)
+  InBuffer in_;
   std::vector<std::uint8_t> out_;      // records OpenSSL wrote, not yet handed to the socket
   std::vector<std::uint8_t> sending_;  // records the socket is writing
   // An error met after ReadSome had data for its caller: returned by the next ReadSome
