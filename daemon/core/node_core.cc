@@ -506,7 +506,21 @@ void NodeCore::Send(Rank to, const SystemMessage& msg) {
     return;
   }
   if (outbox_.WouldOverflow(to, msg)) FlushOutbox();
-  if (outbox_.Add(to, msg)) env_->RequestFlush();
+  outbox_.Add(to, msg);
+  RequestFlushOnce();
+}
+
+void NodeCore::RequestFlushOnce() {
+  if (flush_requested_) return;
+  flush_requested_ = true;
+  env_->RequestFlush();
+}
+
+void NodeCore::HoldStoreSyncs() {
+  if (store_held_) return;
+  store_->HoldSyncs();
+  store_held_ = true;
+  RequestFlushOnce();
 }
 
 bool NodeCore::BatchesTo(Rank peer) const {
@@ -514,6 +528,12 @@ bool NodeCore::BatchesTo(Rank peer) const {
 }
 
 void NodeCore::FlushOutbox() {
+  flush_requested_ = false;
+  if (store_held_ && !(CORE_BUG(release_only_with_outbox) && outbox_.empty())) {
+    // First, so that the batch's fdatasync runs while the frames below are sent.
+    store_held_ = false;
+    store_->ReleaseSyncs();
+  }
   if (outbox_.empty()) return;
   std::vector<Rank> batch_to;
   for (const PeerOutbox::Batch& b : outbox_.Take()) {
@@ -540,6 +560,7 @@ void NodeCore::Persist(SectorIdx sector, const Triple& value) {
   observer_->OnStoreWrite(sector, value, false);
   NodeMetrics::Clock::time_point persist_start{};
   if (metrics_) persist_start = NodeMetrics::Clock::now();
+  HoldStoreSyncs();
   store_->Write(sector, value, [this, sector, tag, persist_start](Status status) {
     observer_->OnStoreWriteDone(sector, tag, status, false);
     if (metrics_) metrics_->StoreWrite(persist_start);
@@ -721,6 +742,7 @@ void NodeCore::StoreFromPeers(SectorIdx sector, const Triple& value, std::uint64
       syncer_->OnAbsorbed(token, status, env_->NowMs());
     });
   };
+  HoldStoreSyncs();
   if (repair) {
     store_->Repair(sector, value, std::move(done));
   } else {

@@ -146,6 +146,10 @@ struct NodeCoreBugs {
   // A sector whose failed slot may be newer (suspect, docs/STORAGE.md) is served from its older
   // valid slot, as the store did before the suspect rule.
   bool serve_suspect_older = false;
+  // The end of an event's handling releases the store writes held for one group commit only
+  // when the outbox has messages to send, so a replica's persists, which send nothing until
+  // they are durable, wait for some later message.
+  bool release_only_with_outbox = false;
 };
 
 struct NodeCoreOptions {
@@ -205,8 +209,10 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   // next Tick instead of at the end of their back-off, so a healed partition costs one round
   // trip, not up to RegisterConfig::retransmit_max_ms.
   void OnPeerLinkUp(Rank peer);
-  // Sends what the outbox holds: one system batch per group of peers with the same queue (a
-  // queue of one message goes as a plain system frame). See NodeCoreEnv::RequestFlush.
+  // Ends the handling of the events at hand (NodeCoreEnv::RequestFlush): hands the store
+  // writes made since to the group commit as one batch (SectorStore::HoldSyncs), then sends
+  // what the outbox holds, one system batch per group of peers with the same queue (a queue
+  // of one message goes as a plain system frame).
   void FlushOutbox();
   // Whether this node can coordinate at all: its own vote (if it votes) and the peers its
   // links are up to (NodeCoreEnv::PeerConnected; a silent link is closed within the peer
@@ -362,6 +368,14 @@ class NodeCore final : public RegisterEnv, public SyncEnv {
   // lone Value frame may be dropped unverified by a coordinator that no longer waits for it
   // (NodeCore::WantsValue), which a batch member may not.
   PeerOutbox outbox_;
+  // Asks the env for a FlushOutbox, unless one is due already.
+  void RequestFlushOnce();
+  // Holds the store's group commit until FlushOutbox (SectorStore::HoldSyncs), once per turn.
+  void HoldStoreSyncs();
+  // A FlushOutbox is due (NodeCoreEnv::RequestFlush was called since the last one).
+  bool flush_requested_ = false;
+  // The store holds this turn's writes for one group commit, until FlushOutbox.
+  bool store_held_ = false;
   // Peers whose latest HelloReply advertised kFeatureBatches (by rank); forgotten when our
   // link to a peer comes up again, until its next HelloReply (it may be an older version).
   std::array<bool, 256> batch_peers_{};

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -334,7 +335,7 @@ class SectorStoreImpl final : public SectorStore {
         const Entry& e = it->second;
         return e.has_waiting ? e.waiting : e.inflight;
       }
-      if (auto h = hints_.find(sector); h != hints_.end()) hint = h->second;
+      if (const SlotHint* h = hints_.Find(sector)) hint = *h;
     }
     // No write to this sector is in flight, and only this thread could start one: the
     // slots are stable while we read them.
@@ -362,7 +363,7 @@ class SectorStoreImpl final : public SectorStore {
       } else {
         // A failed slot: what was cached no longer holds, and a write of the tag the valid
         // slot holds must find the failed one to rewrite it (see Write).
-        hints_.erase(sector);
+        hints_.Erase(sector);
       }
     }
     if (suspect && strict) {
@@ -393,9 +394,9 @@ class SectorStoreImpl final : public SectorStore {
   std::optional<Tag> CachedDurableTag(SectorIdx sector) override {
     std::lock_guard<std::mutex> lock(mu_);
     if (!failed_.ok() || pending_.count(sector)) return std::nullopt;
-    auto it = hints_.find(sector);
-    if (it == hints_.end()) return std::nullopt;
-    return it->second.has_newest ? it->second.newest_tag : Tag{};
+    const SlotHint* h = hints_.Find(sector);
+    if (h == nullptr) return std::nullopt;
+    return h->has_newest ? h->newest_tag : Tag{};
   }
 
   void Write(SectorIdx sector, const Triple& value, WriteCallback done) override {
@@ -433,11 +434,11 @@ class SectorStoreImpl final : public SectorStore {
     Entry& e = NewEntry(sector);
     e.inflight = value;
     e.inflight_done.push_back(std::move(done));
-    if (repair) hints_.erase(sector);  // a repair always reads both slots
-    if (auto hint = hints_.find(sector); hint != hints_.end()) {
+    if (repair) hints_.Erase(sector);  // a repair always reads both slots
+    if (const SlotHint* hint = hints_.Find(sector)) {
       // The slots are known from the Read() that built this sector's register or from the
       // last sync: no pread needed.
-      const SlotHint h = hint->second;
+      const SlotHint h = *hint;
       // (A repair never gets here: it forgot the hint above, since it must read both slots to
       // find a failed one. A cached sector is not suspect: Read() forgets suspect ones.)
       if (h.has_newest && value.tag <= h.newest_tag) {
@@ -450,14 +451,13 @@ class SectorStoreImpl final : public SectorStore {
       Status s = file_->WriteAt(SlotOffset(sector, h.target), buf, kSlotSize);
       lock.lock();
       if (!s.ok()) {
-        hints_.erase(sector);
+        hints_.Erase(sector);
         Finish(sector, s);
         return;
       }
       e.durable_slot = h.has_newest ? 1 - h.target : -1;
       e.target_slot = h.target;
-      queued_.push_back(sector);
-      cv_.notify_one();
+      QueueForSync(sector);
       return;
     }
     WriteUncached(sector, value, e, lock, repair);
@@ -466,6 +466,17 @@ class SectorStoreImpl final : public SectorStore {
   bool Failed() override {
     std::lock_guard<std::mutex> lock(mu_);
     return !failed_.ok();
+  }
+
+  void HoldSyncs() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++hold_depth_;
+  }
+
+  void ReleaseSyncs() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ATOMDISK_CHECK(hold_depth_ > 0);
+    if (--hold_depth_ == 0) ReleaseHeld();
   }
 
   std::size_t SyncNow() override {
@@ -481,6 +492,8 @@ class SectorStoreImpl final : public SectorStore {
       if (closed_) return;
       closed_ = true;
       stop_ = true;
+      hold_depth_ = 0;
+      ReleaseHeld();  // synced before the thread stops, like every queued write
     }
     cv_.notify_all();
     if (thread_.joinable()) thread_.join();
@@ -554,7 +567,7 @@ class SectorStoreImpl final : public SectorStore {
         // Only a repair's verdict, or a value newer than anything the failed slot may hold,
         // may replace what shadows the sector (docs/STORAGE.md, "Suspect sectors").
         lock.lock();
-        hints_.erase(sector);
+        hints_.Erase(sector);
         Finish(sector, Status::Corruption("sector " + std::to_string(sector) +
                                           " is suspect (a slot failed its checks) and awaits a "
                                           "repair from the peers; " +
@@ -580,13 +593,31 @@ class SectorStoreImpl final : public SectorStore {
     }
     lock.lock();
     if (!s.ok()) {
-      hints_.erase(sector);
+      hints_.Erase(sector);
       Finish(sector, s);
       return;
     }
     e.durable_slot = p.newest;
     e.target_slot = target;
+    QueueForSync(sector);
+  }
+
+  // A write of `sector` is in the file: the next group commit covers it, or the one after
+  // ReleaseSyncs while syncs are held. Needs mu_.
+  void QueueForSync(SectorIdx sector) {
+    if (hold_depth_ > 0) {
+      held_.push_back(sector);
+      return;
+    }
     queued_.push_back(sector);
+    cv_.notify_one();
+  }
+
+  // Hands the held writes to the group commit. Needs mu_.
+  void ReleaseHeld() {
+    if (held_.empty()) return;
+    queued_.insert(queued_.end(), held_.begin(), held_.end());
+    held_.clear();
     cv_.notify_one();
   }
   // A write the group-commit round issues (a waiting write whose predecessor is durable).
@@ -605,10 +636,40 @@ class SectorStoreImpl final : public SectorStore {
     bool has_newest = false;
     Tag newest_tag;
   };
-  static constexpr std::size_t kMaxHints = 1 << 16;
+  // The slot cache: the SlotHint of the sectors read or synced lately, direct-mapped by
+  // sector index, so a lookup is one array access and remembering allocates nothing. A
+  // sector takes the entry of the one kMaxEntries sectors away (it is forgotten); each entry
+  // names its sector, so a hint is exact or absent, never another sector's. Sized to the
+  // device up to kMaxEntries (8 MiB): a 1 GiB device is cached whole. (An unordered_map
+  // before: a node allocated per sector, a hash lookup that missed the CPU cache, and the
+  // whole map cleared when it reached 65,536 sectors.)
+  class SlotHints {
+   public:
+    static constexpr std::uint64_t kMaxEntries = std::uint64_t{1} << 18;
+    explicit SlotHints(std::uint64_t sectors)
+        : entries_(std::min<std::uint64_t>(std::bit_ceil(sectors), kMaxEntries)),
+          mask_(entries_.size() - 1) {}
+    const SlotHint* Find(SectorIdx sector) const {
+      const Entry& e = entries_[sector & mask_];
+      return e.sector == sector ? &e.hint : nullptr;
+    }
+    void Put(SectorIdx sector, const SlotHint& hint) { entries_[sector & mask_] = {sector, hint}; }
+    void Erase(SectorIdx sector) {
+      Entry& e = entries_[sector & mask_];
+      if (e.sector == sector) e.sector = kNoSector;
+    }
+
+   private:
+    static constexpr SectorIdx kNoSector = ~SectorIdx{0};
+    struct Entry {
+      SectorIdx sector = kNoSector;
+      SlotHint hint;
+    };
+    std::vector<Entry> entries_;
+    const std::uint64_t mask_;
+  };
   void RememberSlots(SectorIdx sector, int target, bool has_newest, Tag newest_tag) {
-    if (hints_.size() >= kMaxHints && !hints_.count(sector)) hints_.clear();
-    hints_[sector] = SlotHint{target, has_newest, newest_tag};
+    hints_.Put(sector, SlotHint{target, has_newest, newest_tag});
   }
 
   // ScanRange over [first, last): finds the next allocated byte, reads up to
@@ -655,7 +716,7 @@ class SectorStoreImpl final : public SectorStore {
           // The slot cache may still describe the slot as it was before it rotted; a repair
           // must read the slots again (or it would find "already stored" and write nothing).
           std::lock_guard<std::mutex> lock(mu_);
-          hints_.erase(sector);
+          hints_.Erase(sector);
         }
         fn(sector, p.newest >= 0 ? p.tag[p.newest] : Tag{}, p.NoneFailed());
       }
@@ -742,7 +803,7 @@ class SectorStoreImpl final : public SectorStore {
       if (status.ok()) {
         RememberSlots(sector, 1 - e.target_slot, true, e.inflight.tag);
       } else {
-        hints_.erase(sector);
+        hints_.Erase(sector);
       }
       if (!status.ok() || !e.has_waiting) {
         for (WriteCallback& cb : e.waiting_done) run_.emplace_back(std::move(cb), failed_);
@@ -805,7 +866,7 @@ class SectorStoreImpl final : public SectorStore {
         }
         for (WriteCallback& cb : e.inflight_done) Defer(std::move(cb), status);
         e.inflight_done.clear();
-        hints_.erase(sector);
+        hints_.Erase(sector);
         if (e.has_waiting) {
           Promote(sector, e);  // appends to issue_: handled on the next pass
         } else {
@@ -840,9 +901,11 @@ class SectorStoreImpl final : public SectorStore {
   std::condition_variable cv_;     // the sync thread waits for queued_ / ready_ / stop_
   Map pending_;                    // sectors with a write in flight, see Entry
   std::vector<SectorIdx> queued_;  // written, waiting for the next sync
+  std::vector<SectorIdx> held_;    // written while syncs are held (HoldSyncs)
+  int hold_depth_ = 0;
   std::vector<std::pair<WriteCallback, Status>> ready_;  // callbacks due without a sync
   std::vector<Map::node_type> free_nodes_;
-  std::unordered_map<SectorIdx, SlotHint> hints_;
+  SlotHints hints_{options_.sectors};
   Status failed_;  // set for good after a failed sync
   bool stop_ = false;
   bool closed_ = false;

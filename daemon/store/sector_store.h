@@ -119,6 +119,16 @@ class SectorStore {
   // the failed slot. Otherwise as Write() (a tag below the newest valid one writes nothing).
   virtual void Repair(SectorIdx sector, const Triple& value, WriteCallback done) = 0;
 
+  // Holding: writes issued between HoldSyncs() and the matching ReleaseSyncs() go into the
+  // file at once, as always, but reach the group commit together at ReleaseSyncs(), so that
+  // the sectors of one batch share one fdatasync. Without it the sync thread starts an
+  // fdatasync for the first write of a batch, then one for each few that arrived during the
+  // last, and a 1 MiB extent cost dozens of them. Calls nest; same thread as Write(). A hold
+  // delays durability, so the caller releases it once the events at hand are handled
+  // (NodeCore does it with its outbox flush). Close() releases what is held.
+  virtual void HoldSyncs() = 0;
+  virtual void ReleaseSyncs() = 0;
+
   // Manual mode only: issues one group sync covering every queued write and runs their
   // callbacks (and then issues the writes that were waiting behind them, which need another
   // SyncNow). Returns the number of callbacks run.

@@ -71,6 +71,8 @@ const char* SimBugName(SimBug bug) {
       return "repair-from-one-peer";
     case SimBug::kServeSuspectOlder:
       return "serve-suspect-older";
+    case SimBug::kReleaseOnlyWithOutbox:
+      return "release-only-with-outbox";
     case SimBug::kScanFindsIgnored:
       return "scan-finds-ignored";
     case SimBug::kServeWithoutDeadline:
@@ -95,6 +97,7 @@ const char* SimBugLayer(SimBug bug) {
     case SimBug::kRefuseStartedExtents:
     case SimBug::kAcceptTopTags:
     case SimBug::kServeSuspectOlder:
+    case SimBug::kReleaseOnlyWithOutbox:
       return "node";
     case SimBug::kJoinerVotes:
     case SimBug::kLeaseForgotten:
@@ -163,6 +166,9 @@ const char* SimBugWhat(SimBug bug) {
     case SimBug::kServeSuspectOlder:
       return "a node serves a suspect sector (a failed slot that may be newer) from its older "
              "valid slot, as the store did before the suspect rule (needs --bit-rot)";
+    case SimBug::kReleaseOnlyWithOutbox:
+      return "a node hands the store writes it held for one group commit to the sync only when "
+             "it also has system messages to send, so a replica's persists wait for a later one";
     case SimBug::kScanFindsIgnored:
       return "a sector a Syncer scan met with a failed slot (a write a crash tore) is not "
              "repaired until something reads it there or a scrub runs";
@@ -202,6 +208,7 @@ std::vector<SimBug> AllSimBugs() {
           SimBug::kAcceptTopTags,
           SimBug::kRepairFromOnePeer,
           SimBug::kServeSuspectOlder,
+          SimBug::kReleaseOnlyWithOutbox,
           SimBug::kScanFindsIgnored,
           SimBug::kServeWithoutDeadline};
 }
@@ -2987,6 +2994,7 @@ SimResult Simulator::Run() {
   core_options_.bugs.refuse_started_extents = options_.bug == SimBug::kRefuseStartedExtents;
   core_options_.bugs.accept_top_tags = options_.bug == SimBug::kAcceptTopTags;
   core_options_.bugs.serve_suspect_older = options_.bug == SimBug::kServeSuspectOlder;
+  core_options_.bugs.release_only_with_outbox = options_.bug == SimBug::kReleaseOnlyWithOutbox;
 
   blocked_.assign(n_nodes, std::vector<bool>(n_nodes, false));
   cut_since_us_.assign(n_nodes, std::vector<std::int64_t>(n_nodes, -1));

@@ -64,6 +64,9 @@ enum class SimBug {
   // A node serves a suspect sector from its older valid slot (needs --bit-rot): after rot of
   // the newest value, an older value served as durable.
   kServeSuspectOlder,
+  // A node releases the store writes it held for one group commit only when it also has
+  // system messages to send (NodeCore::FlushOutbox).
+  kReleaseOnlyWithOutbox,
   // A sector a Syncer scan met with a failed slot is not handed to the scrub: a write torn by
   // a crash waits for a read of it there (or a scrub run) before it is repaired.
   kScanFindsIgnored,

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -18,6 +19,7 @@
 #include <mutex>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "daemon/store/faulty_block_file.h"
@@ -249,6 +251,63 @@ TEST(SectorStoreTest, OneSyncCoversEveryQueuedWrite) {
   EXPECT_TRUE(results.AllOk());
   EXPECT_EQ(store->SyncNow(), 0u);  // nothing queued: no sync at all
   EXPECT_EQ(disk->SyncCount(), syncs + 1);
+}
+
+// HoldSyncs: the writes of one batch go into the file at once but reach the group commit
+// together at ReleaseSyncs; holds nest.
+TEST(SectorStoreTest, HeldWritesWaitForTheReleaseAndShareOneSync) {
+  auto disk = std::make_shared<FaultyBlockFile>();
+  auto store = SectorStore::OpenOnFile(ShareBlockFile(disk), Manual(300));
+  const std::uint64_t syncs = disk->SyncCount();
+  Results results;
+  store->HoldSyncs();
+  store->HoldSyncs();
+  for (SectorIdx s = 0; s < 256; ++s) store->Write(s, Value(1, 1, s), results.Add());
+  EXPECT_EQ(disk->PendingWriteCount(), 256u);  // written at once
+  EXPECT_TRUE(ReadsAs(*store, 7, Value(1, 1, 7)));
+  EXPECT_EQ(store->SyncNow(), 0u);  // held: not handed to the group commit
+  EXPECT_EQ(disk->SyncCount(), syncs);
+  store->ReleaseSyncs();
+  EXPECT_EQ(store->SyncNow(), 0u);  // the outer hold still holds
+  store->ReleaseSyncs();
+  EXPECT_EQ(store->SyncNow(), 256u);
+  EXPECT_EQ(disk->SyncCount(), syncs + 1);
+  EXPECT_TRUE(results.AllOk());
+  EXPECT_EQ(disk->PendingWriteCount(), 0u);
+}
+
+// In background mode the sync thread starts nothing for held writes, and Close() syncs them.
+TEST(SectorStoreTest, BackgroundHeldWritesGoAsOneBatchAndCloseSyncsThem) {
+  auto disk = std::make_shared<FaultyBlockFile>();
+  SectorStore::Options options;
+  options.sectors = 600;
+  std::mutex mu;
+  std::vector<std::size_t> batches;
+  options.on_sync = [&](std::size_t sectors, double) {
+    std::lock_guard<std::mutex> lock(mu);
+    batches.push_back(sectors);
+  };
+  auto store = SectorStore::OpenOnFile(ShareBlockFile(disk), options);
+  Latch latch;
+  store->HoldSyncs();
+  for (SectorIdx s = 0; s < 256; ++s) store->Write(s, Value(1, 1, s), latch.Add());
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a sync thread would have run
+  EXPECT_EQ(latch.done(), 0u);
+  store->ReleaseSyncs();
+  latch.WaitFor(256);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_EQ(batches, (std::vector<std::size_t>{256}));
+  }
+  // Held at Close: synced and acknowledged, then durable across a crash.
+  store->HoldSyncs();
+  for (SectorIdx s = 300; s < 310; ++s) store->Write(s, Value(2, 1, s), latch.Add());
+  store->Close();
+  EXPECT_EQ(latch.done(), 266u);
+  EXPECT_TRUE(latch.errors().empty());
+  disk->SimulateCrashLosingUnsynced();
+  store = SectorStore::OpenOnFile(ShareBlockFile(disk), Manual(600));
+  EXPECT_TRUE(ReadsAs(*store, 305, Value(2, 1, 305)));
 }
 
 TEST(SectorStoreTest, CallbackNeverRunsBeforeTheSync) {
