@@ -8,8 +8,8 @@
 // again on first touch: a 1 MiB sequential read through the mount spent about 12% of the
 // coordinator's CPU in page faults, page zeroing and munmap (docs/BENCHMARKS.md, "The
 // allocator"). TuneMallocForLargeBuffers keeps such buffers in the heap and freed memory
-// mapped for reuse: resident memory then stays at its peak plus at most kMallocTrimBytes per
-// malloc arena, instead of shrinking after each burst.
+// mapped for reuse: resident memory then stays near its peak after a burst, keeping up to
+// kMallocTrimBytes of free heap top per malloc arena, instead of shrinking each time.
 #pragma once
 
 #include <cstddef>

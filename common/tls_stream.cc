@@ -41,7 +41,7 @@ void GiveChunk(std::unique_ptr<std::uint8_t[]> chunk) {
 
 // The BIO between OpenSSL and the stream's own buffers: reads take the stream's last
 // socket read, writes append to the records waiting to go out. No copy into an intermediate
-// BIO buffer, and no memory held beyond the stream's two vectors.
+// BIO buffer, and no memory held beyond the stream's own input and output buffers.
 struct BioState {
   TlsStream::InBuffer* in = nullptr;
   std::vector<std::uint8_t>* out = nullptr;
@@ -164,8 +164,15 @@ awaitable<void> TlsStream::Fill(boost::system::error_code& ec) {
     in_.size = in_.pos = 0;
     const std::size_t n = socket_.read_some(asio::buffer(in_.data.get(), kReadChunk), ec);
     if (ec == asio::error::would_block || ec == asio::error::try_again) {
+      // A spurious wake-up: the chunk goes back while we wait again.
       ec = {};
-      continue;  // a spurious wake-up
+      GiveChunk(std::move(in_.data));
+      in_.Release();
+      if (small) {
+        in_.data = std::move(small);
+        in_.capacity = kRecord;
+      }
+      continue;
     }
     if (ec == asio::error::eof) ec = asio::ssl::error::stream_truncated;  // no close_notify
     if (ec) co_return;

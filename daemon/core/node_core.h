@@ -50,10 +50,12 @@ class NodeCoreEnv {
   // Sends the same system batch (common/wire.h: two or more messages, in order) to each of
   // `to`, peers that advertised kFeatureBatches; encoded and signed once for all of them.
   virtual void SendSystemBatch(std::span<const Rank> to, std::span<const SystemMessage> msgs) = 0;
-  // The core holds system messages for batching (daemon/core/peer_outbox.h): call
-  // NodeCore::FlushOutbox once the events at hand are handled, before waiting for more (the
-  // daemon posts it to its io loop; the simulator calls it after each event). Called when
-  // the first message enters an empty outbox.
+  // The core holds system messages for batching (daemon/core/peer_outbox.h) and its store
+  // writes for one group commit (SectorStore::HoldSyncs): call NodeCore::FlushOutbox once the
+  // events at hand are handled, before waiting for more (the daemon posts it to its io loop;
+  // the simulator calls it after each event), also when there is nothing to send: the
+  // store's writes are not synced until then. Called once per turn, when the first message
+  // enters the outbox or the first store write is made.
   virtual void RequestFlush() = 0;
   // Whether our link to `peer` is up now.
   virtual bool PeerConnected(Rank peer) = 0;

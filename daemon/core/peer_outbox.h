@@ -31,7 +31,7 @@ class PeerOutbox {
 
   // Whether queueing `msg` for `to` would pass the caps: flush (Take) first.
   bool WouldOverflow(Rank to, const SystemMessage& msg) const;
-  // Queues `msg` for `to`; true if the outbox was empty before (arrange a flush).
+  // Queues `msg` for `to`; true if the outbox was empty before.
   bool Add(Rank to, const SystemMessage& msg);
   bool empty() const { return entries_.empty(); }
   // Messages held (a message held for several peers counts once).

@@ -470,11 +470,13 @@ class SectorStoreImpl final : public SectorStore {
 
   void HoldSyncs() override {
     std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return;
     ++hold_depth_;
   }
 
   void ReleaseSyncs() override {
     std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return;  // Close() released everything
     ATOMDISK_CHECK(hold_depth_ > 0);
     if (--hold_depth_ == 0) ReleaseHeld();
   }
@@ -630,7 +632,7 @@ class SectorStoreImpl final : public SectorStore {
   static constexpr std::size_t kMaxFreeNodes = 1024;
   // What is known of a sector's slots without reading them: where its next write goes and
   // its newest valid durable tag. Learned from Read() and from completed syncs; forgotten on
-  // any error. A bounded cache: cleared when full, so memory does not grow with the device.
+  // any error. Kept in SlotHints below, whose size is bounded whatever the device's.
   struct SlotHint {
     int target = 0;
     bool has_newest = false;

@@ -125,13 +125,16 @@ class SectorStore {
   // fdatasync for the first write of a batch, then one for each few that arrived during the
   // last, and a 1 MiB extent cost dozens of them. Calls nest; same thread as Write(). A hold
   // delays durability, so the caller releases it once the events at hand are handled
-  // (NodeCore does it with its outbox flush). Close() releases what is held.
+  // (NodeCore does it with its outbox flush). Close() releases what is held, and a release
+  // after Close() does nothing. Only writes made by Write()/Repair() are held: a write that
+  // waited behind an in-flight one of its sector is issued by the group commit itself and
+  // joins the next sync as before.
   virtual void HoldSyncs() = 0;
   virtual void ReleaseSyncs() = 0;
 
-  // Manual mode only: issues one group sync covering every queued write and runs their
-  // callbacks (and then issues the writes that were waiting behind them, which need another
-  // SyncNow). Returns the number of callbacks run.
+  // Manual mode only: issues one group sync covering every queued write (not the held ones,
+  // see HoldSyncs) and runs their callbacks (and then issues the writes that were waiting
+  // behind them, which need another SyncNow). Returns the number of callbacks run.
   virtual std::size_t SyncNow() = 0;
 
   // True once a sync has failed: the store then refuses every Read and Write (after a failed
@@ -139,10 +142,11 @@ class SectorStore {
   // holds). The owner should restart, which reopens it.
   virtual bool Failed() = 0;
 
-  // Stops the sync thread after the writes already queued (and those waiting behind them)
-  // are synced and their callbacks have run. Called by the destructor too. In manual mode
-  // nothing is synced: unsynced writes are dropped with their callbacks, never run (like a
-  // process crash; call SyncNow() until it returns 0 first for a clean stop). No Write() or
+  // Stops the sync thread after the writes already queued or held (and those waiting behind
+  // them) are synced and their callbacks have run. Called by the destructor too. In manual
+  // mode nothing is synced: unsynced writes are dropped with their callbacks, never run (like
+  // a process crash; release every hold, then call SyncNow() until it returns 0, for a clean
+  // stop). No Write() or
   // SyncNow() after Close().
   virtual void Close() = 0;
 

@@ -13,11 +13,19 @@
 namespace atomdisk {
 namespace {
 
-constexpr bool kSanitizerAllocator =
+// Sanitizers bring their own allocator, which takes no mallopt settings.
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-    true;
+#define ATOMDISK_SANITIZER_ALLOCATOR 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
+    __has_feature(memory_sanitizer) || __has_feature(hwaddress_sanitizer)
+#define ATOMDISK_SANITIZER_ALLOCATOR 1
+#endif
+#endif
+#ifdef ATOMDISK_SANITIZER_ALLOCATOR
+constexpr bool kSanitizerAllocator = true;
 #else
-    false;
+constexpr bool kSanitizerAllocator = false;
 #endif
 
 // The environment of the test binary, restored after each test.

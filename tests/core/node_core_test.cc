@@ -409,10 +409,13 @@ TEST_F(NodeCoreTest, AReplicaOverwriteBuildsItsRegisterFromTheCachedTag) {
     });
   };
   auto sync = [&] {
-    // The end of the event, as the daemon's posted flush does: the store writes it held for
+    // The end of each event, as the daemon's posted flush does: the store writes held for
     // one group commit go to the sync (SectorStore::HoldSyncs).
-    core_->FlushOutbox();
-    while (store_->SyncNow() > 0) world_.RunPosted();
+    for (;;) {
+      core_->FlushOutbox();
+      if (store_->SyncNow() == 0) break;
+      world_.RunPosted();
+    }
     world_.RunPosted();
   };
   // First write of the sector: nothing is cached yet, so its register is read from the store.
@@ -510,7 +513,7 @@ TEST_F(NodeCoreTest, PersistsOfOneTurnShareOneGroupCommitAtTheFlush) {
   EXPECT_EQ(world_.flush_requests, flushes_before + 1);  // asked once for the whole turn
   EXPECT_EQ(store_->SyncNow(), 0u);                      // held: nothing is synced before the flush
   core_->FlushOutbox();
-  EXPECT_EQ(store_->SyncNow(), 8u);  // one group commit for all eight
+  EXPECT_EQ(store_->SyncNow(), 8u);  // all eight reach the group commit at the flush
   world_.RunPosted();
   const auto acks = std::count_if(world_.sent.begin(), world_.sent.end(), [](const auto& s) {
     return s.to == 2 && s.msg.content == SystemContent::kAck;
