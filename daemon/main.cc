@@ -120,7 +120,7 @@ int main(int argc, char** argv) {
   if (!config.ok()) return Fail(kExitConfig, config.status().message());
   for (const std::string& w : config->warnings) spdlog::warn("{}", w);
   if (MallocTuning t = TuneMallocForLargeBuffers(); !t.applied) {
-    spdlog::info("allocator left at glibc's settings: {}", t.why);
+    spdlog::debug("allocator left at glibc's settings: {}", t.why);
   }
   if (rank < 1 || rank > kMaxRank || !config->FindNode(static_cast<Rank>(rank))) {
     return Fail(kExitConfig, config_path + ": no node with rank " + std::to_string(rank));

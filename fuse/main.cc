@@ -113,7 +113,7 @@ int Main(int argc, char** argv) {
   if (!config.ok()) return Fail(config.status().message(), kExitUsage);
   for (const std::string& w : config->warnings) spdlog::warn("{}", w);
   if (MallocTuning t = TuneMallocForLargeBuffers(); !t.applied) {
-    spdlog::info("allocator left at glibc's settings: {}", t.why);
+    spdlog::debug("allocator left at glibc's settings: {}", t.why);
   }
   Result<client::ClientOptions> client_options = client::OptionsFromConfig(*config, nodes);
   if (!client_options.ok()) return Fail(client_options.status().message(), kExitUsage);
