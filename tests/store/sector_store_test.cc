@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -19,7 +18,6 @@
 #include <mutex>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "daemon/store/faulty_block_file.h"
@@ -291,7 +289,14 @@ TEST(SectorStoreTest, BackgroundHeldWritesGoAsOneBatchAndCloseSyncsThem) {
   Latch latch;
   store->HoldSyncs();
   for (SectorIdx s = 0; s < 256; ++s) store->Write(s, Value(1, 1, s), latch.Add());
-  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a sync thread would have run
+  // Two whole rounds of the sync thread, each started by a write it answers without a sync (a
+  // sector out of range): a held write wrongly queued would have been synced and answered by
+  // the end of the second.
+  Latch rounds;
+  for (std::size_t round = 1; round <= 2; ++round) {
+    store->Write(options.sectors, Value(1), rounds.Add());
+    rounds.WaitFor(round);
+  }
   EXPECT_EQ(latch.done(), 0u);
   store->ReleaseSyncs();
   latch.WaitFor(256);
